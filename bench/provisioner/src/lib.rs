@@ -1,0 +1,1 @@
+//! Binder and provisioner benchmarks.

@@ -1,0 +1,1 @@
+//! CSI driver: Identity, Controller, Node and GroupController services on a unix socket.

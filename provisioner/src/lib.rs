@@ -1,0 +1,1 @@
+//! Control loops: PV/PVC binder, dynamic provisioner, expansion, StatefulSet claims.

@@ -1,0 +1,1 @@
+//! Bundled container runtime: OCI images, overlay rootfs, containers through libcontainer.

@@ -1,0 +1,1 @@
+//! volctl: kubectl-like CLI over the embedded store, plus node inspection.

@@ -1,0 +1,1 @@
+//! The node's volume manager: atomic writer, projected volumes, emptyDir, PVC volumes via CSI.
