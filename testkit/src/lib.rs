@@ -39,3 +39,6 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut cond: impl FnMut() -> Opt
         pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
+
+mod pool;
+pub use pool::*;
