@@ -1,1 +1,13 @@
 //! Control loops: PV/PVC binder, dynamic provisioner, expansion, StatefulSet claims.
+//!
+//! The decisions live in pure modules (`binder`, `provision::plan`, `expand`, `statefulset`)
+//! that read Kubernetes objects and return the writes to make; the `controller` module runs
+//! them against any `strata_store::Store`. The driver is reached only through CSI gRPC, exactly
+//! as external-provisioner reaches it, so nothing here knows pools, loop devices or mounts.
+#![forbid(unsafe_code)]
+
+pub mod binder;
+pub mod meta;
+pub mod names;
+pub mod quantity;
+pub mod selector;

@@ -1,0 +1,223 @@
+//! Label selectors and node selectors, evaluated as the apimachinery helpers do.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// Whether `selector` selects an object with `labels`. An empty selector selects everything
+/// (`metav1.LabelSelectorAsSelector`); a malformed one is an error, not a silent "no".
+pub fn label_selector_matches(
+    selector: &LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<bool, String> {
+    let empty = BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    for (k, v) in selector.match_labels.iter().flatten() {
+        if labels.get(k) != Some(v) {
+            return Ok(false);
+        }
+    }
+    for req in selector.match_expressions.iter().flatten() {
+        let values = req.values.as_deref().unwrap_or_default();
+        let have = labels.get(&req.key);
+        let ok = match req.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(format!(
+                    "{}: values must be non-empty for {}",
+                    req.key, req.operator
+                ));
+            }
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(format!(
+                    "{}: values must be empty for {}",
+                    req.key, req.operator
+                ));
+            }
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            other => {
+                return Err(format!(
+                    "{}: {other:?} is not a valid label selector operator",
+                    req.key
+                ));
+            }
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether a node with `node_name` and `labels` satisfies `selector`: the terms are ORed, the
+/// requirements inside a term ANDed, and an empty term matches nothing (`corev1 nodeaffinity`).
+pub fn node_selector_matches(
+    selector: &NodeSelector,
+    node_name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.node_selector_terms.iter().any(|term| {
+        let exprs = term.match_expressions.as_deref().unwrap_or_default();
+        let fields = term.match_fields.as_deref().unwrap_or_default();
+        if exprs.is_empty() && fields.is_empty() {
+            return false;
+        }
+        exprs
+            .iter()
+            .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+            && fields.iter().all(|r| {
+                // Only metadata.name is a valid field for node selectors.
+                r.key == "metadata.name"
+                    && matches!(r.operator.as_str(), "In" | "NotIn")
+                    && requirement_matches(r, Some(node_name))
+            })
+    })
+}
+
+fn requirement_matches(req: &NodeSelectorRequirement, have: Option<&str>) -> bool {
+    let values = req.values.as_deref().unwrap_or_default();
+    match req.operator.as_str() {
+        "In" => have.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => have.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => have.is_some(),
+        "DoesNotExist" => have.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(have), [bound]) = (have, values) else {
+                return false;
+            };
+            match (have.parse::<i64>(), bound.parse::<i64>()) {
+                (Ok(h), Ok(b)) if req.operator == "Gt" => h > b,
+                (Ok(h), Ok(b)) => h < b,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The labels a standalone node carries: no Node objects exist, so these are derived from its
+/// name (the hostname label and the driver's topology key, which are the same value here).
+pub fn standalone_node_labels(node: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (crate::names::LABEL_HOSTNAME.to_string(), node.to_string()),
+        (crate::names::TOPOLOGY_KEY.to_string(), node.to_string()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSelectorTerm;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: (!values.is_empty()).then(|| values.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn label_selector_operators() {
+        let l = labels(&[("tier", "db"), ("zone", "a")]);
+        let sel = |exprs: Vec<LabelSelectorRequirement>| LabelSelector {
+            match_expressions: Some(exprs),
+            match_labels: None,
+        };
+        assert!(label_selector_matches(&LabelSelector::default(), Some(&l)).unwrap());
+        assert!(
+            label_selector_matches(&sel(vec![expr("tier", "In", &["db", "x"])]), Some(&l)).unwrap()
+        );
+        assert!(
+            !label_selector_matches(&sel(vec![expr("tier", "NotIn", &["db"])]), Some(&l)).unwrap()
+        );
+        assert!(
+            label_selector_matches(&sel(vec![expr("gone", "NotIn", &["db"])]), Some(&l)).unwrap()
+        );
+        assert!(label_selector_matches(&sel(vec![expr("zone", "Exists", &[])]), Some(&l)).unwrap());
+        assert!(
+            !label_selector_matches(&sel(vec![expr("zone", "DoesNotExist", &[])]), Some(&l))
+                .unwrap()
+        );
+        assert!(label_selector_matches(&sel(vec![expr("zone", "Bogus", &[])]), Some(&l)).is_err());
+        assert!(label_selector_matches(&sel(vec![expr("zone", "In", &[])]), Some(&l)).is_err());
+        let by_label = LabelSelector {
+            match_labels: Some(labels(&[("tier", "web")])),
+            match_expressions: None,
+        };
+        assert!(!label_selector_matches(&by_label, Some(&l)).unwrap());
+        assert!(!label_selector_matches(&by_label, None).unwrap());
+    }
+
+    #[test]
+    fn node_selector_terms_or_and_requirements_and() {
+        let node = labels(&[("topology.strata.io/node", "n1"), ("rack", "7")]);
+        let req = |k: &str, op: &str, v: &[&str]| NodeSelectorRequirement {
+            key: k.into(),
+            operator: op.into(),
+            values: Some(v.iter().map(|s| s.to_string()).collect()),
+        };
+        let term = |exprs: Vec<NodeSelectorRequirement>| NodeSelectorTerm {
+            match_expressions: Some(exprs),
+            match_fields: None,
+        };
+        let sel = |terms: Vec<NodeSelectorTerm>| NodeSelector {
+            node_selector_terms: terms,
+        };
+        assert!(node_selector_matches(
+            &sel(vec![term(vec![req(
+                "topology.strata.io/node",
+                "In",
+                &["n1"]
+            )])]),
+            "n1",
+            &node
+        ));
+        assert!(!node_selector_matches(
+            &sel(vec![term(vec![req(
+                "topology.strata.io/node",
+                "In",
+                &["n2"]
+            )])]),
+            "n1",
+            &node
+        ));
+        assert!(node_selector_matches(
+            &sel(vec![
+                term(vec![req("topology.strata.io/node", "In", &["n2"])]),
+                term(vec![req("rack", "Gt", &["5"])]),
+            ]),
+            "n1",
+            &node
+        ));
+        assert!(!node_selector_matches(
+            &sel(vec![term(vec![req("rack", "Lt", &["5"])])]),
+            "n1",
+            &node
+        ));
+        assert!(
+            !node_selector_matches(&sel(vec![]), "n1", &node),
+            "no terms: nothing"
+        );
+        assert!(
+            !node_selector_matches(&sel(vec![term(vec![])]), "n1", &node),
+            "empty term: nothing"
+        );
+        let fields = NodeSelectorTerm {
+            match_expressions: None,
+            match_fields: Some(vec![req("metadata.name", "In", &["n1"])]),
+        };
+        assert!(node_selector_matches(&sel(vec![fields]), "n1", &node));
+    }
+}
