@@ -1,0 +1,341 @@
+//! The SQLite file: schema, connections and the write transaction.
+//!
+//! One global revision counter (as etcd's) numbers every write; each write also appends a
+//! row to `watch_log`, which watches read from. The log is compacted beyond a bound, and
+//! `meta.compacted` remembers the newest revision that was dropped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 1), ('revision', 0), ('compacted', 0);
+CREATE TABLE IF NOT EXISTS objects (
+    kind             TEXT NOT NULL,
+    namespace        TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    uid              TEXT NOT NULL,
+    resource_version INTEGER NOT NULL,
+    object           TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watch_log (
+    resource_version INTEGER PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    namespace        TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    type             TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
+    object           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS watch_log_by_kind ON watch_log (kind, resource_version);
+";
+
+/// What a watch log row says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl Change {
+    fn as_str(self) -> &'static str {
+        match self {
+            Change::Added => "ADDED",
+            Change::Modified => "MODIFIED",
+            Change::Deleted => "DELETED",
+        }
+    }
+    fn parse(s: &str) -> Change {
+        match s {
+            "ADDED" => Change::Added,
+            "DELETED" => Change::Deleted,
+            _ => Change::Modified,
+        }
+    }
+}
+
+pub(crate) struct Db {
+    pub(crate) path: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    retain: u64,
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(Error::db("opening the database"))?;
+    // Other processes hold write locks for a transaction at a time; wait for them rather
+    // than fail.
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(Error::db("setting busy_timeout"))?;
+    // WAL lets readers in other processes run while one writes. synchronous=NORMAL syncs
+    // the WAL at checkpoints, not per commit: every commit stays atomic and survives a
+    // process crash; only an OS crash may lose the newest commits.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(Error::db("enabling WAL"))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(Error::db("setting synchronous"))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(Error::db("setting foreign_keys"))?;
+    Ok(conn)
+}
+
+impl Db {
+    pub(crate) fn open(path: &Path, retain: u64) -> Result<Db> {
+        let mut writer = open_connection(path)?;
+        let tx = writer
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::db("creating the schema"))?;
+        tx.execute_batch(SCHEMA)
+            .map_err(Error::db("creating the schema"))?;
+        tx.commit().map_err(Error::db("creating the schema"))?;
+        let reader = open_connection(path)?;
+        Ok(Db {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            retain: retain.max(1),
+        })
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction (the write lock is taken up front, so two
+    /// processes never deadlock upgrading a read). Returns the result and whether the
+    /// revision moved.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<(T, u64, bool)> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::db("beginning a write"))?;
+        let start = meta(&tx, "revision")?;
+        let mut wtx = Tx {
+            tx,
+            revision: start,
+        };
+        let out = f(&mut wtx)?;
+        let Tx { tx, revision } = wtx;
+        if revision != start {
+            tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'revision'")
+                .and_then(|mut s| s.execute(params![revision as i64]))
+                .map_err(Error::db("advancing the revision"))?;
+            let compacted = meta(&tx, "compacted")?;
+            // Compact in steps of a quarter of the bound so it is not paid on every write.
+            if revision.saturating_sub(compacted) > self.retain + self.retain / 4 {
+                let upto = revision - self.retain;
+                tx.prepare_cached("DELETE FROM watch_log WHERE resource_version <= ?1")
+                    .and_then(|mut s| s.execute(params![upto as i64]))
+                    .map_err(Error::db("compacting the watch log"))?;
+                tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'compacted'")
+                    .and_then(|mut s| s.execute(params![upto as i64]))
+                    .map_err(Error::db("compacting the watch log"))?;
+            }
+        }
+        tx.commit().map_err(Error::db("committing"))?;
+        Ok((out, revision, revision != start))
+    }
+
+    /// Runs `f` in one read transaction: a consistent snapshot.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(Error::db("beginning a read"))?;
+        let out = f(&Reader { tx: &tx })?;
+        tx.finish().map_err(Error::db("ending a read"))?;
+        Ok(out)
+    }
+}
+
+fn meta(conn: &Connection, key: &str) -> Result<u64> {
+    let v: i64 = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+        .and_then(|mut s| s.query_row(params![key], |r| r.get(0)))
+        .map_err(Error::db("reading meta"))?;
+    Ok(v as u64)
+}
+
+fn decode(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|source| Error::Decode {
+        kind: "object".into(),
+        source,
+    })
+}
+
+fn get_object(conn: &Connection, kind: &str, ns: &str, name: &str) -> Result<Option<Value>> {
+    let text: Option<String> = conn
+        .prepare_cached("SELECT object FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")
+        .and_then(|mut s| {
+            s.query_row(params![kind, ns, name], |r| r.get(0))
+                .optional()
+        })
+        .map_err(Error::db("reading an object"))?;
+    text.as_deref().map(decode).transpose()
+}
+
+fn list_objects(conn: &Connection, kind: &str, ns: Option<&str>) -> Result<Vec<Value>> {
+    let rows: Vec<String> = match ns {
+        Some(ns) => conn
+            .prepare_cached("SELECT object FROM objects WHERE kind = ?1 AND namespace = ?2 ORDER BY namespace, name")
+            .and_then(|mut s| {
+                s.query_map(params![kind, ns], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            }),
+        None => conn
+            .prepare_cached("SELECT object FROM objects WHERE kind = ?1 ORDER BY namespace, name")
+            .and_then(|mut s| {
+                s.query_map(params![kind], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            }),
+    }
+    .map_err(Error::db("listing objects"))?;
+    rows.iter().map(|t| decode(t)).collect()
+}
+
+/// A consistent read snapshot.
+pub(crate) struct Reader<'c> {
+    tx: &'c rusqlite::Transaction<'c>,
+}
+
+/// One watch log row.
+pub(crate) struct LogEntry {
+    pub(crate) change: Change,
+    pub(crate) object: Value,
+}
+
+impl Reader<'_> {
+    pub(crate) fn revision(&self) -> Result<u64> {
+        meta(self.tx, "revision")
+    }
+    pub(crate) fn get(&self, kind: &str, ns: &str, name: &str) -> Result<Option<Value>> {
+        get_object(self.tx, kind, ns, name)
+    }
+    pub(crate) fn list(&self, kind: &str, ns: Option<&str>) -> Result<Vec<Value>> {
+        list_objects(self.tx, kind, ns)
+    }
+
+    /// Log entries of `kind` after `from`, at most `limit`, and the revision a caller has
+    /// seen everything up to. Gone when entries after `from` were compacted.
+    pub(crate) fn log_after(
+        &self,
+        kind: &str,
+        ns: Option<&str>,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<LogEntry>, u64)> {
+        if from < meta(self.tx, "compacted")? {
+            return Err(Error::Gone {
+                resource_version: from,
+            });
+        }
+        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String, String)> {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        };
+        let rows: Vec<(i64, String, String)> = match ns {
+            Some(ns) => self
+                .tx
+                .prepare_cached(
+                    "SELECT resource_version, type, object FROM watch_log
+                     WHERE kind = ?1 AND resource_version > ?2 AND namespace = ?3
+                     ORDER BY resource_version LIMIT ?4",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![kind, from as i64, ns, limit as i64], map)?
+                        .collect()
+                }),
+            None => self
+                .tx
+                .prepare_cached(
+                    "SELECT resource_version, type, object FROM watch_log
+                     WHERE kind = ?1 AND resource_version > ?2
+                     ORDER BY resource_version LIMIT ?3",
+                )
+                .and_then(|mut s| s.query_map(params![kind, from as i64, limit as i64], map)?.collect()),
+        }
+        .map_err(Error::db("reading the watch log"))?;
+        // A short page means nothing newer exists for this kind up to the snapshot's
+        // revision, so the caller may move its cursor there (and never falls behind a
+        // compaction while its kind is quiet).
+        let seen = if rows.len() < limit {
+            self.revision()?
+        } else {
+            rows.last().map_or(from, |r| r.0 as u64)
+        };
+        let entries = rows
+            .into_iter()
+            .map(|(_, t, o)| {
+                Ok(LogEntry {
+                    change: Change::parse(&t),
+                    object: decode(&o)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((entries, seen))
+    }
+}
+
+/// A write transaction; every change gets the next revision.
+pub(crate) struct Tx<'c> {
+    tx: rusqlite::Transaction<'c>,
+    revision: u64,
+}
+
+impl Tx<'_> {
+    pub(crate) fn get(&self, kind: &str, ns: &str, name: &str) -> Result<Option<Value>> {
+        get_object(&self.tx, kind, ns, name)
+    }
+    pub(crate) fn list(&self, kind: &str, ns: Option<&str>) -> Result<Vec<Value>> {
+        list_objects(&self.tx, kind, ns)
+    }
+
+    /// Stores `obj` (stamping its resourceVersion) and logs the change.
+    pub(crate) fn put(&mut self, kind: &str, ns: &str, name: &str, obj: &mut Value, change: Change) -> Result<u64> {
+        self.revision += 1;
+        let rv = self.revision;
+        obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        let text = obj.to_string();
+        self.tx
+            .prepare_cached(
+                "INSERT INTO objects (kind, namespace, name, uid, resource_version, object)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (kind, namespace, name) DO UPDATE SET
+                   uid = excluded.uid, resource_version = excluded.resource_version, object = excluded.object",
+            )
+            .and_then(|mut s| s.execute(params![kind, ns, name, uid, rv as i64, text]))
+            .map_err(Error::db("writing an object"))?;
+        self.log(kind, ns, name, change, &text)?;
+        Ok(rv)
+    }
+
+    /// Removes the object; its last state (stamped with the deletion's revision) goes to
+    /// the log.
+    pub(crate) fn remove(&mut self, kind: &str, ns: &str, name: &str, obj: &mut Value) -> Result<u64> {
+        self.revision += 1;
+        let rv = self.revision;
+        obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        self.tx
+            .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")
+            .and_then(|mut s| s.execute(params![kind, ns, name]))
+            .map_err(Error::db("deleting an object"))?;
+        self.log(kind, ns, name, Change::Deleted, &obj.to_string())?;
+        Ok(rv)
+    }
+
+    fn log(&self, kind: &str, ns: &str, name: &str, change: Change, text: &str) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO watch_log (resource_version, kind, namespace, name, type, object)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| s.execute(params![self.revision as i64, kind, ns, name, change.as_str(), text]))
+            .map_err(Error::db("appending to the watch log"))?;
+        Ok(())
+    }
+}

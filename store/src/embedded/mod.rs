@@ -1,0 +1,468 @@
+//! The embedded backend: one SQLite file, `<state-dir>/store.db`, shared by processes.
+//!
+//! SQLite rather than redb: redb takes an exclusive lock on its file, so volctl could not
+//! open the store while strata-provisioner and strata-node run. SQLite in WAL mode lets
+//! several processes read while one writes, and every write is one ACID transaction.
+
+mod db;
+mod notify;
+pub(crate) mod ops;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use self::db::{Change, Db, Tx};
+use self::notify::NotifyFile;
+use self::ops::Part;
+use crate::api::{
+    Deleted, EventType, Object, ObjectList, Preconditions, Store, WatchEvent, WatchStream,
+};
+use crate::error::{Error, Result};
+use crate::kinds::KindRef;
+use crate::selector;
+
+/// How often an idle watch re-checks the log even without a wake-up: a safety net for a
+/// lost inotify event, not the means of delivery.
+const RECHECK: Duration = Duration::from_secs(5);
+/// Log rows a watch reads per query.
+const PAGE: usize = 512;
+
+/// Tunables of an [`EmbeddedStore`] handle.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Watch log entries kept; a watch from an older version gets `Error::Gone`. The
+    /// bound is shared by every process, whichever writes last applies it.
+    pub watch_history: u64,
+    /// `source.component` of the events this handle records.
+    pub component: String,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            watch_history: 100_000,
+            component: "strata".into(),
+        }
+    }
+}
+
+/// A handle on the store in a state dir. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    db: Db,
+    notify: NotifyFile,
+    changed: Arc<watch::Sender<u64>>,
+    options: StoreOptions,
+    host: String,
+    state_dir: PathBuf,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Drop the only strong sender, then wake the listener thread so it sees that and ends.
+        self.changed = Arc::new(watch::channel(0).0);
+        self.notify.touch(0);
+    }
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("state_dir", &self.inner.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    /// A write transaction; on commit every watcher in every process is woken.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        let (out, revision, changed) = self.db.write(f)?;
+        if changed {
+            self.notify.touch(revision);
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(out)
+    }
+}
+
+fn to_value<K: Object>(obj: &K) -> Result<Value> {
+    serde_json::to_value(obj).map_err(|source| Error::Decode {
+        kind: K::KIND.into(),
+        source,
+    })
+}
+
+fn from_value<K: Object>(v: Value) -> Result<K> {
+    serde_json::from_value(v).map_err(|source| Error::Decode {
+        kind: K::KIND.into(),
+        source,
+    })
+}
+
+fn labels_of(v: &Value) -> Option<std::collections::BTreeMap<String, String>> {
+    v.get("metadata")?
+        .get("labels")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) `<state_dir>/store.db`.
+    pub fn open(state_dir: &Path) -> Result<EmbeddedStore> {
+        EmbeddedStore::open_with(state_dir, StoreOptions::default())
+    }
+
+    pub fn open_with(state_dir: &Path, options: StoreOptions) -> Result<EmbeddedStore> {
+        std::fs::create_dir_all(state_dir).map_err(|source| Error::Io {
+            context: "creating the state dir",
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let db = Db::open(&state_dir.join("store.db"), options.watch_history)?;
+        let notify_path = state_dir.join("store.notify");
+        let notify = NotifyFile::open(&notify_path)?;
+        let changed = Arc::new(watch::channel(0u64).0);
+        notify::spawn_listener(&notify_path, Arc::downgrade(&changed))?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                db,
+                notify,
+                changed,
+                options,
+                host,
+                state_dir: state_dir.to_path_buf(),
+            }),
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    pub fn database_path(&self) -> &Path {
+        &self.inner.db.path
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Runs blocking SQLite work on the blocking pool, keeping the caller's span.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&inner)))
+            .await
+            .map_err(Error::Blocking)?
+    }
+
+    /// The newest resourceVersion in the store.
+    pub async fn revision(&self) -> Result<u64> {
+        self.blocking(|inner| inner.db.read(|r| r.revision())).await
+    }
+
+    pub async fn get_value(&self, kind: KindRef, namespace: &str, name: &str) -> Result<Value> {
+        let ns = if kind.namespaced && namespace.is_empty() {
+            "default".to_string()
+        } else {
+            namespace.to_string()
+        };
+        let name = name.to_string();
+        self.blocking(move |inner| {
+            inner.db.read(|r| r.get(kind.kind, &ns, &name))?.ok_or(Error::NotFound {
+                kind: kind.kind.into(),
+                namespace: ns,
+                name,
+            })
+        })
+        .await
+    }
+
+    pub async fn list_values(
+        &self,
+        kind: KindRef,
+        namespace: Option<&str>,
+        selector: Option<&LabelSelector>,
+    ) -> Result<ObjectList<Value>> {
+        if let Some(sel) = selector {
+            selector::validate(sel)?;
+        }
+        let ns = if kind.namespaced {
+            namespace.map(str::to_string)
+        } else {
+            Some(String::new())
+        };
+        let selector = selector.cloned();
+        self.blocking(move |inner| {
+            let (items, resource_version) = inner
+                .db
+                .read(|r| Ok((r.list(kind.kind, ns.as_deref())?, r.revision()?)))?;
+            let items = match &selector {
+                Some(sel) => items
+                    .into_iter()
+                    .filter(|v| selector::matches(sel, labels_of(v).as_ref()))
+                    .collect(),
+                None => items,
+            };
+            Ok(ObjectList {
+                items,
+                resource_version,
+            })
+        })
+        .await
+    }
+
+    pub async fn create_value(&self, kind: KindRef, obj: Value) -> Result<Value> {
+        self.blocking(move |inner| inner.write(|tx| ops::create(tx, kind, obj)))
+            .await
+    }
+
+    pub async fn update_value(&self, kind: KindRef, obj: Value) -> Result<Value> {
+        self.blocking(move |inner| inner.write(|tx| ops::update(tx, kind, obj, Part::Main)))
+            .await
+    }
+
+    pub async fn update_status_value(&self, kind: KindRef, obj: Value) -> Result<Value> {
+        self.blocking(move |inner| inner.write(|tx| ops::update(tx, kind, obj, Part::Status)))
+            .await
+    }
+
+    pub async fn delete_value(
+        &self,
+        kind: KindRef,
+        namespace: &str,
+        name: &str,
+        preconditions: Preconditions,
+    ) -> Result<Deleted<Value>> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        self.blocking(move |inner| {
+            inner.write(|tx| ops::delete(tx, kind, &ns, &name, &preconditions))
+        })
+        .await
+    }
+
+    /// Every change of `kind` after `from`, in order (see [`Store::watch`]).
+    pub async fn watch_values(
+        &self,
+        kind: KindRef,
+        namespace: Option<&str>,
+        from: u64,
+    ) -> Result<WatchStream<Value>> {
+        let ns = if kind.namespaced {
+            namespace.map(str::to_string)
+        } else {
+            None
+        };
+        // Subscribe before the first read, so a commit after it cannot go unnoticed.
+        let rx = self.inner.changed.subscribe();
+        let mut state = WatchState {
+            store: self.clone(),
+            kind,
+            ns,
+            cursor: from,
+            buf: VecDeque::new(),
+            rx,
+            done: false,
+        };
+        state.fetch().await?;
+        Ok(Box::pin(futures::stream::unfold(state, |mut st| async move {
+            st.next().await.map(|item| (item, st))
+        })))
+    }
+
+    /// The events about one object, oldest first, as `describe` shows them.
+    pub async fn events_for(&self, kind: &str, namespace: &str, name: &str) -> Result<Vec<Event>> {
+        let ns = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
+        let list = self
+            .list_values(KindRef::of::<Event>(), Some(ns), None)
+            .await?;
+        let mut events: Vec<Event> = list
+            .items
+            .into_iter()
+            .map(from_value::<Event>)
+            .collect::<Result<_>>()?;
+        events.retain(|e| {
+            e.involved_object.kind.as_deref() == Some(kind)
+                && e.involved_object.name.as_deref() == Some(name)
+        });
+        events.sort_by(|a, b| {
+            a.last_timestamp
+                .cmp(&b.last_timestamp)
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
+        Ok(events)
+    }
+}
+
+struct WatchState {
+    store: EmbeddedStore,
+    kind: KindRef,
+    ns: Option<String>,
+    cursor: u64,
+    buf: VecDeque<WatchEvent<Value>>,
+    rx: watch::Receiver<u64>,
+    done: bool,
+}
+
+impl WatchState {
+    async fn fetch(&mut self) -> Result<()> {
+        let (kind, ns, from) = (self.kind.kind, self.ns.clone(), self.cursor);
+        let (entries, seen) = self
+            .store
+            .blocking(move |inner| inner.db.read(|r| r.log_after(kind, ns.as_deref(), from, PAGE)))
+            .await?;
+        self.cursor = seen.max(self.cursor);
+        self.buf.extend(entries.into_iter().map(|e| match e.change {
+            Change::Added => WatchEvent::Added(e.object),
+            Change::Modified => WatchEvent::Modified(e.object),
+            Change::Deleted => WatchEvent::Deleted(e.object),
+        }));
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Option<Result<WatchEvent<Value>>> {
+        loop {
+            if let Some(ev) = self.buf.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            // Mark the current wake-up seen before reading, so a commit racing the read
+            // wakes the wait below.
+            self.rx.borrow_and_update();
+            if let Err(err) = self.fetch().await {
+                self.done = true;
+                return Some(Err(err));
+            }
+            if self.buf.is_empty() {
+                let _ = tokio::time::timeout(RECHECK, self.rx.changed()).await;
+            }
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    async fn get<K: Object>(&self, namespace: &str, name: &str) -> Result<K> {
+        from_value(self.get_value(K::kind_ref(), namespace, name).await?)
+    }
+
+    async fn list<K: Object>(
+        &self,
+        namespace: Option<&str>,
+        selector: Option<&LabelSelector>,
+    ) -> Result<ObjectList<K>> {
+        let list = self.list_values(K::kind_ref(), namespace, selector).await?;
+        Ok(ObjectList {
+            items: list
+                .items
+                .into_iter()
+                .map(from_value)
+                .collect::<Result<_>>()?,
+            resource_version: list.resource_version,
+        })
+    }
+
+    async fn create<K: Object>(&self, obj: &K) -> Result<K> {
+        from_value(self.create_value(K::kind_ref(), to_value(obj)?).await?)
+    }
+
+    async fn update<K: Object>(&self, obj: &K) -> Result<K> {
+        from_value(self.update_value(K::kind_ref(), to_value(obj)?).await?)
+    }
+
+    async fn update_status<K: Object>(&self, obj: &K) -> Result<K> {
+        from_value(
+            self.update_status_value(K::kind_ref(), to_value(obj)?)
+                .await?,
+        )
+    }
+
+    async fn delete<K: Object>(
+        &self,
+        namespace: &str,
+        name: &str,
+        preconditions: Preconditions,
+    ) -> Result<Deleted<K>> {
+        Ok(
+            match self
+                .delete_value(K::kind_ref(), namespace, name, preconditions)
+                .await?
+            {
+                Deleted::Pending(v) => Deleted::Pending(from_value(v)?),
+                Deleted::Gone(v) => Deleted::Gone(from_value(v)?),
+            },
+        )
+    }
+
+    async fn watch<K: Object>(
+        &self,
+        namespace: Option<&str>,
+        from_resource_version: u64,
+    ) -> Result<WatchStream<K>> {
+        let stream = self
+            .watch_values(K::kind_ref(), namespace, from_resource_version)
+            .await?;
+        Ok(Box::pin(stream.map(|item| {
+            item.and_then(|ev| match ev {
+                WatchEvent::Added(v) => Ok(WatchEvent::Added(from_value(v)?)),
+                WatchEvent::Modified(v) => Ok(WatchEvent::Modified(from_value(v)?)),
+                WatchEvent::Deleted(v) => Ok(WatchEvent::Deleted(from_value(v)?)),
+            })
+        })))
+    }
+
+    async fn record_event(
+        &self,
+        involved: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        let involved = serde_json::to_value(involved).map_err(|source| Error::Decode {
+            kind: "ObjectReference".into(),
+            source,
+        })?;
+        let (reason, message) = (reason.to_string(), message.to_string());
+        self.blocking(move |inner| {
+            let (component, host) = (inner.options.component.clone(), inner.host.clone());
+            inner.write(|tx| {
+                ops::record_event(
+                    tx,
+                    ops::EventSpec {
+                        involved,
+                        type_: type_.as_str(),
+                        reason: &reason,
+                        message: &message,
+                        component: &component,
+                        host: &host,
+                    },
+                )
+            })
+        })
+        .await
+        .map(drop)
+    }
+}

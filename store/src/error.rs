@@ -1,0 +1,107 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Renders `ns/name`, or `name` for cluster-scoped objects.
+fn key(namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        format!("{name:?}")
+    } else {
+        format!("\"{namespace}/{name}\"")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} {} not found", key(namespace, name))]
+    NotFound {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("{kind} {} already exists", key(namespace, name))]
+    AlreadyExists {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    /// A stale resourceVersion or a failed precondition: re-read and retry.
+    #[error("conflict on {kind} {}: {reason}", key(namespace, name))]
+    Conflict {
+        kind: String,
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    /// The object (or request) breaks a validation rule; `field` is a JSON path like
+    /// `spec.resources.requests.storage`.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// Watch history before this version was compacted: list again and watch from there.
+    #[error("resource version {resource_version} is too old: history was compacted")]
+    Gone { resource_version: u64 },
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    /// A manifest document failed to parse or validate; the cause is the source.
+    #[error("document {index} ({what})")]
+    Document {
+        index: usize,
+        what: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("parsing YAML: {0}")]
+    Yaml(String),
+    #[error("decoding a stored {kind}")]
+    Decode {
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("sqlite: {context}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{context} {path}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a blocking store task failed")]
+    Blocking(#[source] tokio::task::JoinError),
+}
+
+impl Error {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Error::AlreadyExists { .. })
+    }
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Error::Invalid { .. })
+    }
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Error::Gone { .. })
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+        move |source| Error::Database { context, source }
+    }
+}
