@@ -1,1 +1,22 @@
 //! Bundled container runtime: OCI images, overlay rootfs, containers through libcontainer.
+//!
+//! Knows images (an OCI blob store and unpacked layers), container root filesystems
+//! (overlayfs over those layers plus an init layer and a writable upper), volume
+//! bind mounts and the OCI lifecycle. Knows nothing of pods, PVCs or CSI: the pod
+//! runner hands it a [`ContainerConfig`] and a list of [`BindMount`]s.
+//!
+//! Namespaces, cgroups, pivot_root, capabilities and no_new_privs are libcontainer's
+//! (youki) job, driven from [`container::Runtime`] in a single-threaded process (the
+//! `strata-runtime` binary); async callers use [`helper::Helper`].
+
+pub mod container;
+pub mod digest;
+pub mod error;
+pub mod resolve;
+mod sys;
+pub mod volumes;
+
+pub use container::{CreateOptions, Runtime, State};
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use volumes::{BindMount, Propagation};

@@ -1,0 +1,430 @@
+//! The OCI lifecycle (create, start, state, kill, delete) on top of libcontainer.
+//!
+//! Every function here forks (libcontainer clones the intermediate and init
+//! processes, and changes namespaces in them), so it must run in a single-threaded
+//! process: the `strata-runtime` binary, or a child forked for the purpose. The
+//! async daemon goes through [`crate::helper::Helper`] instead.
+//!
+//! State layout under the root dir:
+//! `<root>/<id>/` belongs to libcontainer (state.json, its config, notify socket);
+//! `<root>/.strata/<id>/` is ours: the spec libcontainer actually runs (`config.json`,
+//! bind mounts removed because we mounted them) and `premounts.json`, the host paths
+//! of those mounts, written before mounting so that `delete` can always undo them.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::syscall::syscall::SyscallType;
+use oci_spec::runtime::Spec;
+
+use crate::error::{Error, Result};
+use crate::volumes::{self, BindMount, Propagation};
+
+/// Options of `create` beyond the bundle.
+#[derive(Debug, Default, Clone)]
+pub struct CreateOptions {
+    /// Written with the container's init pid once created (runc `--pid-file`).
+    pub pid_file: Option<PathBuf>,
+    /// Append the container's stdout and stderr to this file; without it the init
+    /// process inherits ours (runc's pass-through mode).
+    pub log_file: Option<PathBuf>,
+}
+
+/// The OCI state of a container, as `state` prints it (runtime-spec "State").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub oci_version: String,
+    pub id: String,
+    /// creating, created, running or stopped.
+    pub status: String,
+    /// The init process; 0 once stopped, as runc reports it.
+    pub pid: i32,
+    pub bundle: PathBuf,
+    #[serde(default, skip_serializing_if = "std::collections::HashMap::is_empty")]
+    pub annotations: std::collections::HashMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+/// A directory of containers (runc's `--root`).
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    root: PathBuf,
+}
+
+const OUR_DIR: &str = ".strata";
+
+fn status_name(s: ContainerStatus) -> &'static str {
+    match s {
+        ContainerStatus::Creating => "creating",
+        ContainerStatus::Created => "created",
+        ContainerStatus::Running => "running",
+        ContainerStatus::Stopped => "stopped",
+        ContainerStatus::Paused => "paused",
+    }
+}
+
+/// Container ids become directory names: keep them to a safe alphabet.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 255
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "container id",
+            format!("{id:?} must be 1-255 of [A-Za-z0-9_.+-] not starting with '.'"),
+        ))
+    }
+}
+
+impl Runtime {
+    pub fn new(root: impl Into<PathBuf>) -> Result<Runtime> {
+        let root = root.into();
+        fs::create_dir_all(root.join(OUR_DIR)).map_err(Error::io("creating state root", &root))?;
+        let root = fs::canonicalize(&root).map_err(Error::io("resolving state root", &root))?;
+        Ok(Runtime { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lc_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    fn our_dir(&self, id: &str) -> PathBuf {
+        self.root.join(OUR_DIR).join(id)
+    }
+
+    /// Serialises commands on one container: libcontainer rewrites state.json in
+    /// place, so a concurrent reader could see it half written.
+    /// Only `create` makes the lock file; its absence means no such container.
+    fn lock(&self, id: &str, create: bool) -> Result<nix::fcntl::Flock<fs::File>> {
+        validate_id(id)?;
+        let path = self.root.join(OUR_DIR).join(format!("{id}.lock"));
+        let f = match fs::OpenOptions::new()
+            .create(create)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::ContainerNotFound(id.into()));
+            }
+            Err(e) => return Err(Error::io("opening lock", &path)(e)),
+        };
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::io("locking", &path)(e.into()))
+    }
+
+    fn load(&self, id: &str) -> Result<Container> {
+        validate_id(id)?;
+        let dir = self.lc_dir(id);
+        if !dir.join("state.json").exists() {
+            return Err(Error::ContainerNotFound(id.into()));
+        }
+        Container::load(dir).map_err(|source| Error::Container {
+            action: "loading state",
+            source,
+        })
+    }
+
+    /// `create`: sets up namespaces, cgroups and the rootfs, and leaves the init
+    /// process waiting for `start` (runtime-spec "create").
+    pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<State> {
+        let _lock = self.lock(id, true)?;
+        if self.lc_dir(id).exists() || self.our_dir(id).exists() {
+            return Err(Error::ContainerExists(id.into()));
+        }
+        let bundle = fs::canonicalize(bundle).map_err(Error::io("resolving bundle", bundle))?;
+        let config = bundle.join("config.json");
+        let mut spec = Spec::load(&config)?;
+        let rootfs = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .ok_or_else(|| Error::invalid("config.json", "has no root"))?;
+        let rootfs = if rootfs.is_absolute() { rootfs } else { bundle.join(rootfs) };
+        let rootfs = fs::canonicalize(&rootfs).map_err(Error::io("resolving rootfs", &rootfs))?;
+
+        let (ours, theirs) = split_mounts(spec.mounts().clone().unwrap_or_default());
+        let ours: Vec<BindMount> = ours.iter().filter_map(BindMount::from_oci).collect();
+        let dir = self.our_dir(id);
+        fs::create_dir_all(&dir).map_err(Error::io("creating container dir", &dir))?;
+        let undo = |rt: &Runtime| {
+            let _ = rt.undo_premounts(id);
+            let _ = fs::remove_dir_all(rt.our_dir(id));
+            let _ = fs::remove_file(rt.root.join(OUR_DIR).join(format!("{id}.lock")));
+        };
+        let result = (|| {
+            let mut landed = Vec::new();
+            for b in &ours {
+                // Record before mounting: a crash between the two leaves an entry
+                // that unmount treats as already gone.
+                let target = rootfs.join(resolve_display(&b.destination));
+                landed.push(target);
+                write_json(&dir.join("premounts.json"), &landed)?;
+                let real = volumes::mount_bind(&rootfs, b)?;
+                *landed.last_mut().expect("pushed above") = real;
+                write_json(&dir.join("premounts.json"), &landed)?;
+            }
+            spec.set_mounts(Some(theirs));
+            let mut root = spec.root().clone().expect("checked above");
+            root.set_path(rootfs.clone());
+            spec.set_root(Some(root));
+            if ours.iter().any(|b| b.propagation == Propagation::Bidirectional)
+                && let Some(linux) = spec.linux_mut()
+                && linux.rootfs_propagation().is_none()
+            {
+                // Copies of rshared volumes only stay peers of the host's if the
+                // container's mount tree is shared, as CRI runtimes arrange.
+                linux.set_rootfs_propagation(Some("shared".into()));
+            }
+            spec.save(dir.join("config.json"))?;
+
+            let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+                .with_root_path(&self.root)
+                .map_err(lc("setting root"))?
+                .with_pid_file(opts.pid_file.as_ref())
+                .map_err(lc("setting pid file"))?;
+            if let Some(log) = &opts.log_file {
+                let out = open_log(log)?;
+                let err = out.try_clone().map_err(Error::io("duplicating log fd", log))?;
+                builder = builder.with_stdout(out).with_stderr(err);
+            }
+            let mut container = builder
+                .validate_id()
+                .map_err(lc("validating id"))?
+                .as_init(&dir)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(lc("creating container"))?;
+            // libcontainer recorded our private spec dir; the state reports the
+            // caller's bundle, as runtime-spec "state" asks.
+            container.state.bundle = bundle.clone();
+            container.save().map_err(lc("saving state"))?;
+            Ok(to_state(&container))
+        })();
+        if result.is_err() {
+            undo(self);
+        }
+        result
+    }
+
+    /// `start`: runs the user process of a created container.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let _lock = self.lock(id, false)?;
+        let mut c = self.load(id)?;
+        if !c.can_start() {
+            return Err(bad_state(&c, "start"));
+        }
+        c.start().map_err(lc("starting"))
+    }
+
+    /// `state` of one container.
+    pub fn state(&self, id: &str) -> Result<State> {
+        let _lock = self.lock(id, false)?;
+        Ok(to_state(&self.load(id)?))
+    }
+
+    /// `kill`: sends `signal` (a name such as TERM, SIGKILL or a number) to init.
+    pub fn kill(&self, id: &str, signal: &str) -> Result<()> {
+        let sig = libcontainer::signal::Signal::try_from(signal)
+            .map_err(|_| Error::invalid("signal", format!("{signal:?} is not a signal")))?;
+        let _lock = self.lock(id, false)?;
+        let mut c = self.load(id)?;
+        if !c.can_kill() {
+            return Err(bad_state(&c, "kill"));
+        }
+        c.kill(sig, false).map_err(lc("killing"))
+    }
+
+    /// `delete`: removes a stopped (or created) container and everything created
+    /// for it; `force` kills a running one first.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let _lock = self.lock(id, false)?;
+        match self.load(id) {
+            Ok(mut c) => {
+                if !force && !matches!(c.status(), ContainerStatus::Stopped | ContainerStatus::Created) {
+                    return Err(bad_state(&c, "delete"));
+                }
+                c.delete(force).map_err(lc("deleting"))?;
+            }
+            // Our half may outlive libcontainer's after a crash mid-create.
+            Err(Error::ContainerNotFound(_)) if self.our_dir(id).exists() => {}
+            Err(e) => return Err(e),
+        }
+        self.undo_premounts(id)?;
+        let dir = self.our_dir(id);
+        let _ = fs::remove_file(self.root.join(OUR_DIR).join(format!("{id}.lock")));
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing container dir", dir)(e)),
+        }
+    }
+
+    /// `list`: every container under the root, sorted by id.
+    pub fn list(&self) -> Result<Vec<State>> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.root).map_err(Error::io("listing", &self.root))?;
+        for e in entries {
+            let e = e.map_err(Error::io("listing", &self.root))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !e.path().join("state.json").exists() {
+                continue;
+            }
+            match self.state(&name) {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::warn!(id = %name, error = %crate::error::chain(&e), "skipping unreadable container"),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// `run`: create, start, wait for init to exit, delete. Returns the exit code
+    /// (128 + signal for a killed process, as shells report it).
+    pub fn run(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<i32> {
+        let state = self.create(id, bundle, opts)?;
+        let started = self.start(id);
+        let code = match started {
+            Ok(()) => wait_exit(state.pid),
+            Err(e) => {
+                let _ = self.delete(id, true);
+                return Err(e);
+            }
+        };
+        self.delete(id, true)?;
+        code
+    }
+
+    fn undo_premounts(&self, id: &str) -> Result<()> {
+        let path = self.our_dir(id).join("premounts.json");
+        let landed: Vec<PathBuf> = match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| Error::Json {
+                path: path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("reading", path)(e)),
+        };
+        for p in landed.iter().rev() {
+            volumes::unmount(p)?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for init, our child: libcontainer clones it with CLONE_PARENT from the
+/// intermediate process, which makes it a child of the caller of `create`.
+fn wait_exit(pid: i32) -> Result<i32> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    let pid = nix::unistd::Pid::from_raw(pid);
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(Error::io("waiting for container init", format!("pid {pid}"))(e.into()));
+            }
+        }
+    }
+}
+
+/// Splits the spec's mounts into the binds we mount ourselves and the rest, which
+/// stay with libcontainer in their order. A bind beneath a non-bind destination
+/// (say /dev/termination-log under the /dev tmpfs) must come after that mount, so it
+/// stays with libcontainer, which also resolves it in the root.
+fn split_mounts(
+    mounts: Vec<oci_spec::runtime::Mount>,
+) -> (Vec<oci_spec::runtime::Mount>, Vec<oci_spec::runtime::Mount>) {
+    let non_bind: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|m| BindMount::from_oci(m).is_none())
+        .map(|m| m.destination().clone())
+        .collect();
+    mounts.into_iter().partition(|m| {
+        BindMount::from_oci(m).is_some()
+            && !non_bind.iter().any(|d| m.destination().starts_with(d))
+    })
+}
+
+/// A display-only join of a container path under the rootfs, for premounts.json
+/// before the real target is known.
+fn resolve_display(dest: &Path) -> PathBuf {
+    dest.strip_prefix("/").unwrap_or(dest).to_path_buf()
+}
+
+fn open_log(path: &Path) -> Result<OwnedFd> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(Error::io("opening log file", path))?;
+    Ok(f.into())
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(v).expect("serializable");
+    fs::write(&tmp, bytes).map_err(Error::io("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(Error::io("renaming", path))
+}
+
+fn lc(action: &'static str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> Error {
+    move |source| Error::Container { action, source }
+}
+
+fn bad_state(c: &Container, action: &'static str) -> Error {
+    Error::BadState {
+        id: c.id().to_string(),
+        status: status_name(c.status()).into(),
+        action,
+    }
+}
+
+fn to_state(c: &Container) -> State {
+    let status = c.status();
+    State {
+        oci_version: c.state.oci_version.clone(),
+        id: c.id().to_string(),
+        status: status_name(status).into(),
+        pid: match status {
+            ContainerStatus::Stopped => 0,
+            _ => c.pid().map(|p| p.as_raw()).unwrap_or(0),
+        },
+        bundle: c.bundle().clone(),
+        annotations: c.state.annotations.clone().unwrap_or_default(),
+        created: c.created().map(|t| t.to_rfc3339()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        for good in ["a", "pod-1_c.2", "x+y"] {
+            validate_id(good).unwrap();
+        }
+        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(256)] {
+            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `strata-runtime`: a runc-compatible subset over [`strata_runtime::Runtime`].
+//!
+//! One process per command, single-threaded, as libcontainer's forking requires.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use strata_runtime::{CreateOptions, Runtime};
+
+#[derive(Parser)]
+#[command(name = "strata-runtime", version, about = "OCI container runtime (runc-compatible subset)")]
+struct Cli {
+    /// Directory holding container state.
+    #[arg(long, global = true, default_value = "/run/strata-runtime")]
+    root: PathBuf,
+    /// Runtime log file (accepted for runc compatibility; logs go to stderr when absent).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Runtime log format (accepted for runc compatibility; always text).
+    #[arg(long = "log-format", global = true, default_value = "text")]
+    log_format: String,
+    /// Debug logging.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a container from a bundle; its process waits for `start`.
+    Create {
+        /// Bundle directory holding config.json.
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Write the init process id to this file.
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Append the container's stdout and stderr to this file (strata extension).
+        #[arg(long = "output")]
+        output: Option<PathBuf>,
+        id: String,
+    },
+    /// Start the user process of a created container.
+    Start { id: String },
+    /// Create, start, wait for the process and delete; exits with its status.
+    Run {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Append the container's stdout and stderr to this file (strata extension).
+        #[arg(long = "output")]
+        output: Option<PathBuf>,
+        id: String,
+    },
+    /// Print the OCI state of a container as JSON.
+    State { id: String },
+    /// Send a signal (TERM, KILL, SIGUSR1, 9, ...) to the container's init process.
+    Kill {
+        id: String,
+        #[arg(default_value = "TERM")]
+        signal: String,
+        /// Accepted for runc compatibility; only init is signalled.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Delete a stopped or created container and everything made for it.
+    Delete {
+        /// Kill a running container first.
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// List containers.
+    List {
+        /// Print only the ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("strata-runtime: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let level = if cli.debug { "debug" } else { "error" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_RUNTIME_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let file = cli
+        .log
+        .as_ref()
+        .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    // Only the text format is implemented; `--log-format json` is accepted so that
+    // callers written for runc work, and logs stay text.
+    match file {
+        Some(f) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    let rt = Runtime::new(&cli.root).with_context(|| format!("opening root {:?}", cli.root))?;
+    match cli.cmd {
+        Command::Create {
+            bundle,
+            pid_file,
+            output,
+            id,
+        } => {
+            let opts = CreateOptions {
+                pid_file,
+                log_file: output,
+            };
+            rt.create(&id, &bundle, &opts)
+                .with_context(|| format!("creating container {id}"))?;
+        }
+        Command::Start { id } => rt.start(&id).with_context(|| format!("starting container {id}"))?,
+        Command::Run {
+            bundle,
+            pid_file,
+            output,
+            id,
+        } => {
+            let opts = CreateOptions {
+                pid_file,
+                log_file: output,
+            };
+            let code = rt
+                .run(&id, &bundle, &opts)
+                .with_context(|| format!("running container {id}"))?;
+            return Ok(u8::try_from(code).unwrap_or(255));
+        }
+        Command::State { id } => {
+            let s = rt.state(&id).with_context(|| format!("state of container {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        Command::Kill { id, signal, all: _ } => rt
+            .kill(&id, &signal)
+            .with_context(|| format!("killing container {id}"))?,
+        Command::Delete { force, id } => rt
+            .delete(&id, force)
+            .with_context(|| format!("deleting container {id}"))?,
+        Command::List { quiet, format } => {
+            let all = rt.list()?;
+            if quiet {
+                for s in &all {
+                    println!("{}", s.id);
+                }
+            } else if format == "json" {
+                println!("{}", serde_json::to_string(&all)?);
+            } else {
+                println!("{:<24} {:<8} {:<10} {:<40} CREATED", "ID", "PID", "STATUS", "BUNDLE");
+                for s in &all {
+                    println!(
+                        "{:<24} {:<8} {:<10} {:<40} {}",
+                        s.id,
+                        s.pid,
+                        s.status,
+                        s.bundle.display(),
+                        s.created.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}
