@@ -9,5 +9,6 @@
 pub mod binder;
 pub mod meta;
 pub mod names;
+pub mod provision;
 pub mod quantity;
 pub mod selector;

@@ -1,0 +1,133 @@
+//! What a StorageClass means to the provisioner (§3.11).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::storage::v1::StorageClass;
+
+use crate::names::{CSI_PARAM_FSTYPE, CSI_PARAM_PREFIX, LEGACY_PARAM_FSTYPE};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassConfig {
+    pub name: String,
+    pub provisioner: String,
+    /// Parameters for the driver: every `csi.storage.k8s.io/` key removed (the deprecated
+    /// `fstype` key stays, as upstream leaves it).
+    pub parameters: BTreeMap<String, String>,
+    /// From `csi.storage.k8s.io/fstype` or the deprecated `fstype`; None means the default.
+    pub fs_type: Option<String>,
+    pub reclaim_policy: String,
+    pub wait_for_first_consumer: bool,
+    pub mount_options: Vec<String>,
+    pub allow_volume_expansion: bool,
+    /// `allowedTopologies` flattened into topology segments (key -> value), in order.
+    pub allowed_topologies: Vec<BTreeMap<String, String>>,
+}
+
+impl ClassConfig {
+    pub fn from_class(sc: &StorageClass) -> Result<Self, String> {
+        let params = sc.parameters.clone().unwrap_or_default();
+        let fs_type = match (
+            params.get(CSI_PARAM_FSTYPE),
+            params.get(LEGACY_PARAM_FSTYPE),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "storageClass {:?}: parameters {CSI_PARAM_FSTYPE} and {LEGACY_PARAM_FSTYPE} cannot both be set",
+                    sc.metadata.name.as_deref().unwrap_or_default()
+                ));
+            }
+            (Some(f), None) | (None, Some(f)) => Some(f.clone()),
+            (None, None) => None,
+        };
+        let parameters = params
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(CSI_PARAM_PREFIX))
+            .collect();
+        Ok(Self {
+            name: sc.metadata.name.clone().unwrap_or_default(),
+            provisioner: sc.provisioner.clone(),
+            parameters,
+            fs_type,
+            reclaim_policy: sc.reclaim_policy.clone().unwrap_or_else(|| "Delete".into()),
+            wait_for_first_consumer: sc.volume_binding_mode.as_deref()
+                == Some("WaitForFirstConsumer"),
+            mount_options: sc.mount_options.clone().unwrap_or_default(),
+            allow_volume_expansion: sc.allow_volume_expansion == Some(true),
+            allowed_topologies: flatten_topologies(sc),
+        })
+    }
+}
+
+/// Each `TopologySelectorTerm` becomes the segments it allows: the cartesian product of its
+/// expressions' values (one value per key).
+fn flatten_topologies(sc: &StorageClass) -> Vec<BTreeMap<String, String>> {
+    let mut out = Vec::new();
+    for term in sc.allowed_topologies.iter().flatten() {
+        let mut segments = vec![BTreeMap::new()];
+        for expr in term.match_label_expressions.iter().flatten() {
+            segments = segments
+                .into_iter()
+                .flat_map(|seg| {
+                    expr.values.iter().map(move |v| {
+                        let mut s = seg.clone();
+                        s.insert(expr.key.clone(), v.clone());
+                        s
+                    })
+                })
+                .collect();
+        }
+        out.extend(segments.into_iter().filter(|s| !s.is_empty()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binder::testutil::class;
+    use k8s_openapi::api::core::v1::{TopologySelectorLabelRequirement, TopologySelectorTerm};
+
+    #[test]
+    fn parameters_lose_reserved_keys_and_defaults_apply() {
+        let mut sc = class("fast", "Immediate");
+        sc.parameters = Some(BTreeMap::from([
+            ("pool".to_string(), "p1".to_string()),
+            ("csi.storage.k8s.io/fstype".to_string(), "xfs".to_string()),
+            (
+                "csi.storage.k8s.io/provisioner-secret-name".to_string(),
+                "s".to_string(),
+            ),
+        ]));
+        let c = ClassConfig::from_class(&sc).unwrap();
+        assert_eq!(
+            c.parameters,
+            BTreeMap::from([("pool".to_string(), "p1".to_string())])
+        );
+        assert_eq!(c.fs_type.as_deref(), Some("xfs"));
+        assert_eq!(c.reclaim_policy, "Delete");
+        assert!(!c.allow_volume_expansion && !c.wait_for_first_consumer);
+        sc.parameters
+            .as_mut()
+            .unwrap()
+            .insert("fstype".into(), "ext4".into());
+        assert!(
+            ClassConfig::from_class(&sc).is_err(),
+            "both fstype keys is an error"
+        );
+    }
+
+    #[test]
+    fn allowed_topologies_flatten_to_segments() {
+        let mut sc = class("local", "WaitForFirstConsumer");
+        sc.allowed_topologies = Some(vec![TopologySelectorTerm {
+            match_label_expressions: Some(vec![TopologySelectorLabelRequirement {
+                key: "topology.strata.io/node".into(),
+                values: vec!["n1".into(), "n2".into()],
+            }]),
+        }]);
+        let c = ClassConfig::from_class(&sc).unwrap();
+        assert_eq!(c.allowed_topologies.len(), 2);
+        assert_eq!(c.allowed_topologies[1]["topology.strata.io/node"], "n2");
+        assert!(c.wait_for_first_consumer);
+    }
+}

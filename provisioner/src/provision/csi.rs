@@ -1,0 +1,1 @@
+//! CSI gRPC client (filled in when csi-proto lands).
