@@ -328,9 +328,19 @@ impl Runtime {
     }
 }
 
-/// Waits for init, our child: libcontainer clones it with CLONE_PARENT from the
-/// intermediate process, which makes it a child of the caller of `create`.
-fn wait_exit(pid: i32) -> Result<i32> {
+/// Makes this process the reaper of orphaned descendants: a container's init,
+/// whose `strata-runtime create` parent exits, is then re-parented to us, and
+/// [`wait_exit`] can collect its exit status.
+pub fn become_subreaper() -> Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| Error::io("becoming child subreaper", "prctl")(e.into()))
+}
+
+/// Waits for a container's init and returns its exit code (128 + signal when
+/// killed). Init must be our child: libcontainer clones it with CLONE_PARENT from
+/// the intermediate process, so it is a child of the caller of `create`, or of the
+/// nearest subreaper once that caller has exited.
+pub fn wait_exit(pid: i32) -> Result<i32> {
     use nix::sys::wait::{WaitStatus, waitpid};
     let pid = nix::unistd::Pid::from_raw(pid);
     loop {

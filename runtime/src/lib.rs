@@ -12,11 +12,20 @@
 pub mod container;
 pub mod digest;
 pub mod error;
+pub mod helper;
+pub mod image;
+mod overlay;
 pub mod resolve;
+pub mod rootfs;
+pub mod spec;
 mod sys;
 pub mod volumes;
 
-pub use container::{CreateOptions, Runtime, State};
+pub use container::{CreateOptions, Runtime, State, become_subreaper, wait_exit};
 pub use digest::Digest;
 pub use error::{Error, Result};
+pub use image::{Image, ImageDefaults, ImageStore};
+pub use helper::Helper;
+pub use rootfs::{InitLayer, Rootfs};
+pub use spec::{ContainerConfig, NamespaceKind, Resources, write_bundle};
 pub use volumes::{BindMount, Propagation};

@@ -1,0 +1,208 @@
+//! Unpacking one layer tar into a directory that it can never write outside of.
+//!
+//! Entry paths that are absolute or hold `..` are refused; every parent directory is resolved with
+//! openat2(RESOLVE_IN_ROOT) from the layer dir, and the final name is created with
+//! *at(2) calls that do not follow it. A symlink in the layer, whatever it points
+//! to, therefore redirects at most inside the layer. Hard links must name a path
+//! inside the layer. OCI whiteouts become overlayfs whiteouts (`.wh.NAME` → char
+//! device 0/0 NAME, `.wh..wh..opq` → xattr trusted.overlay.opaque=y on the dir) and
+//! `trusted.overlay.*` xattrs carried by the tar are dropped, so a layer cannot forge
+//! overlay metadata.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+
+use crate::error::{Error, Result};
+use crate::resolve;
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// Unpacks the tar stream `tar` into the existing, empty directory `dest`.
+pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
+    let root = rustix::fs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io("opening layer dir", dest)(e.into()))?;
+    let mut archive = tar::Archive::new(tar);
+    let entries = archive.entries().map_err(Error::io("reading layer tar", dest))?;
+    for entry in entries {
+        let mut entry = entry.map_err(Error::io("reading layer tar", dest))?;
+        let raw = entry.path().map_err(Error::io("reading entry path", dest))?.into_owned();
+        let shown = raw.display().to_string();
+        let unsafe_entry = |reason: &'static str| Error::UnsafeLayerEntry {
+            path: shown.clone(),
+            reason,
+        };
+        if raw.is_absolute() {
+            return Err(unsafe_entry("absolute path"));
+        }
+        let rel = resolve::clean_relative(&raw).map_err(unsafe_entry)?;
+        if rel.as_os_str().is_empty() {
+            continue; // "./": the layer root itself
+        }
+        let (parent, name) = resolve::parent_in_root(&root, &rel, Mode::from(0o755))
+            .map_err(Error::io("resolving parent of", dest.join(&rel)))?;
+        let name_bytes = name.as_bytes();
+
+        if name_bytes == OPAQUE_MARKER.as_bytes() {
+            let dir = rustix::fs::openat(&parent, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| Error::io("opening opaque dir", dest.join(&rel))(e.into()))?;
+            rustix::fs::fsetxattr(&dir, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())
+                .map_err(|e| Error::io("marking dir opaque", dest.join(&rel))(e.into()))?;
+            continue;
+        }
+        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            let hidden = OsStr::from_bytes(hidden);
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(unsafe_entry("whiteout of an invalid name"));
+            }
+            remove_existing(&parent, hidden, dest)?;
+            rustix::fs::mknodat(&parent, hidden, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))
+                .map_err(|e| Error::io("creating whiteout", dest.join(&rel))(e.into()))?;
+            continue;
+        }
+
+        let header = entry.header().clone();
+        let mode = Mode::from_bits_truncate(header.mode().map_err(Error::io("reading mode", dest))? & 0o7777);
+        let kind = header.entry_type();
+        let path_err = |action: &'static str| Error::io(action, dest.join(&rel));
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {}
+                _ => {
+                    remove_existing(&parent, name, dest)?;
+                    rustix::fs::mkdirat(&parent, name, mode).map_err(|e| path_err("creating dir")(e.into()))?;
+                }
+            },
+            T::Regular | T::Continuous => {
+                remove_existing(&parent, name, dest)?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    name,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    mode,
+                )
+                .map_err(|e| path_err("creating file")(e.into()))?;
+                let mut f = File::from(fd);
+                io::copy(&mut entry, &mut f).map_err(path_err("writing file"))?;
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(path_err("reading link"))?
+                    .ok_or_else(|| unsafe_entry("symlink without a target"))?
+                    .into_owned();
+                remove_existing(&parent, name, dest)?;
+                // The target is stored as is: it is only ever followed inside the
+                // container's root, or by us with RESOLVE_IN_ROOT.
+                rustix::fs::symlinkat(&target, &parent, name).map_err(|e| path_err("creating symlink")(e.into()))?;
+            }
+            T::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(path_err("reading link"))?
+                    .ok_or_else(|| unsafe_entry("hard link without a target"))?
+                    .into_owned();
+                if target.is_absolute() {
+                    return Err(unsafe_entry("hard link target is absolute"));
+                }
+                let trel = resolve::clean_relative(&target).map_err(|_| unsafe_entry("hard link target leaves the layer"))?;
+                let tname = trel.file_name().ok_or_else(|| unsafe_entry("hard link to the layer root"))?;
+                let tparent = resolve::open_in_root(&root, trel.parent().unwrap_or(Path::new("")), OFlags::PATH | OFlags::DIRECTORY)
+                    .map_err(path_err("resolving hard link target"))?;
+                remove_existing(&parent, name, dest)?;
+                rustix::fs::linkat(&tparent, tname, &parent, name, AtFlags::empty())
+                    .map_err(|e| path_err("creating hard link")(e.into()))?;
+                continue; // shares the target's inode: metadata is the target's
+            }
+            T::Char | T::Block | T::Fifo => {
+                let ft = match kind {
+                    T::Char => FileType::CharacterDevice,
+                    T::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                remove_existing(&parent, name, dest)?;
+                rustix::fs::mknodat(&parent, name, ft, mode, rustix::fs::makedev(major, minor))
+                    .map_err(|e| path_err("creating device node")(e.into()))?;
+            }
+            // PAX and GNU metadata records are consumed by the tar reader itself.
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
+            _ => return Err(unsafe_entry("unsupported entry type")),
+        }
+
+        let uid = header.uid().map_err(path_err("reading uid"))?;
+        let gid = header.gid().map_err(path_err("reading gid"))?;
+        rustix::fs::chownat(
+            &parent,
+            name,
+            Some(rustix::process::Uid::from_raw(uid as u32)),
+            Some(rustix::process::Gid::from_raw(gid as u32)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| path_err("setting owner")(e.into()))?;
+        if kind != T::Symlink {
+            // After chown, which clears set-id bits.
+            rustix::fs::chmodat(&parent, name, mode, AtFlags::empty())
+                .map_err(|e| path_err("setting mode")(e.into()))?;
+        }
+        if let Some(exts) = entry.pax_extensions().map_err(path_err("reading pax headers"))? {
+            for ext in exts {
+                let ext = ext.map_err(path_err("reading pax headers"))?;
+                let Some(xname) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
+                    continue;
+                };
+                if xname.starts_with(b"trusted.overlay.") {
+                    tracing::debug!(path = %shown, "dropping overlay xattr from layer");
+                    continue;
+                }
+                let p = fd_path(&parent, name);
+                rustix::fs::lsetxattr(&p, OsStr::from_bytes(xname), ext.value_bytes(), rustix::fs::XattrFlags::empty())
+                    .map_err(|e| path_err("setting xattr")(e.into()))?;
+            }
+        }
+        let mtime = header.mtime().unwrap_or(0) as i64;
+        let ts = Timespec {
+            tv_sec: mtime,
+            tv_nsec: 0,
+        };
+        let _ = rustix::fs::utimensat(
+            &parent,
+            name,
+            &Timestamps {
+                last_access: ts,
+                last_modification: ts,
+            },
+            AtFlags::SYMLINK_NOFOLLOW,
+        );
+    }
+    Ok(())
+}
+
+/// `/proc/self/fd/N/name` for the l*xattr calls, which have no *at form; the fd was
+/// resolved in the root and the final name is not followed.
+fn fd_path(parent: &OwnedFd, name: &OsStr) -> std::path::PathBuf {
+    Path::new(&format!("/proc/self/fd/{}", parent.as_fd().as_raw_fd())).join(name)
+}
+
+/// A later layer entry replaces an earlier one of the same name (tar semantics).
+fn remove_existing(parent: &OwnedFd, name: &OsStr, dest: &Path) -> Result<()> {
+    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(Error::io("inspecting", dest.join(name))(e.into())),
+        Ok(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
+            let p = fd_path(parent, name);
+            std::fs::remove_dir_all(&p).map_err(Error::io("replacing dir", dest.join(name)))
+        }
+        Ok(_) => rustix::fs::unlinkat(parent, name, AtFlags::empty())
+            .map_err(|e| Error::io("replacing", dest.join(name))(e.into())),
+    }
+}

@@ -1,0 +1,197 @@
+//! Our container description and the OCI `config.json` generated from it.
+//!
+//! The base is oci-spec's default spec (runc's `runc spec` defaults: proc, dev,
+//! devpts, shm, mqueue, sysfs and cgroup mounts; pid, net, ipc, uts, mount and
+//! cgroup namespaces; the default capability set; no_new_privs; masked and
+//! read-only /proc paths), then the fields the pod runner sets.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Spec, UserBuilder,
+};
+
+use crate::error::{Error, Result};
+use crate::volumes::BindMount;
+
+/// A namespace a container can share with another process (a pod's infra process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NamespaceKind {
+    Network,
+    Ipc,
+    Uts,
+    Pid,
+}
+
+impl NamespaceKind {
+    fn oci(self) -> LinuxNamespaceType {
+        match self {
+            NamespaceKind::Network => LinuxNamespaceType::Network,
+            NamespaceKind::Ipc => LinuxNamespaceType::Ipc,
+            NamespaceKind::Uts => LinuxNamespaceType::Uts,
+            NamespaceKind::Pid => LinuxNamespaceType::Pid,
+        }
+    }
+
+    /// The /proc/<pid>/ns/ file name.
+    pub fn proc_name(self) -> &'static str {
+        match self {
+            NamespaceKind::Network => "net",
+            NamespaceKind::Ipc => "ipc",
+            NamespaceKind::Uts => "uts",
+            NamespaceKind::Pid => "pid",
+        }
+    }
+}
+
+/// cgroup limits; `None` leaves a resource unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resources {
+    /// Bytes; the kernel OOM-kills inside the container past it.
+    pub memory_limit: Option<i64>,
+    /// Relative CPU weight (cgroup v1 shares, 2-262144).
+    pub cpu_shares: Option<u64>,
+    /// CPU time in microseconds per `cpu_period` (CFS quota).
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+    /// Maximum number of tasks.
+    pub pids_limit: Option<i64>,
+}
+
+/// What the pod runner asks for one container.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContainerConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// Ignored when the UTS namespace is joined (the pod's hostname applies).
+    pub hostname: Option<String>,
+    pub resources: Resources,
+    /// `None` keeps the runc defaults (/proc/kcore, /proc/keys, ...).
+    pub masked_paths: Option<Vec<String>>,
+    pub readonly_paths: Option<Vec<String>>,
+    pub readonly_rootfs: bool,
+    /// Existing namespaces to join, by path (`/proc/<infra pid>/ns/net`, ...).
+    pub join_namespaces: Vec<(NamespaceKind, PathBuf)>,
+    pub volumes: Vec<BindMount>,
+    /// cgroup path (relative to each controller's root); default `/strata/<id>`.
+    pub cgroups_path: Option<PathBuf>,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        ContainerConfig {
+            args: vec!["/bin/sh".into()],
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            cwd: PathBuf::from("/"),
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+            hostname: None,
+            resources: Resources::default(),
+            masked_paths: None,
+            readonly_paths: None,
+            readonly_rootfs: false,
+            join_namespaces: Vec::new(),
+            volumes: Vec::new(),
+            cgroups_path: None,
+        }
+    }
+}
+
+impl ContainerConfig {
+    /// The runtime spec for container `id` whose mounted rootfs is `rootfs`.
+    pub fn to_spec(&self, id: &str, rootfs: &Path) -> Result<Spec> {
+        if self.args.is_empty() {
+            return Err(Error::invalid("args", "no command to run"));
+        }
+        if !self.cwd.is_absolute() {
+            return Err(Error::invalid("cwd", format!("{:?} is not absolute", self.cwd)));
+        }
+        let mut spec = Spec::default();
+        spec.set_version("1.0.2".into());
+
+        let mut process = spec.process().clone().unwrap_or_default();
+        process
+            .set_terminal(Some(false))
+            .set_args(Some(self.args.clone()))
+            .set_env(Some(self.env.clone()))
+            .set_cwd(self.cwd.clone())
+            .set_user(
+                UserBuilder::default()
+                    .uid(self.uid)
+                    .gid(self.gid)
+                    .additional_gids(self.additional_gids.clone())
+                    .build()?,
+            );
+        spec.set_process(Some(process));
+
+        let mut root = spec.root().clone().unwrap_or_default();
+        root.set_path(rootfs.to_path_buf()).set_readonly(Some(self.readonly_rootfs));
+        spec.set_root(Some(root));
+
+        let joins_uts = self.join_namespaces.iter().any(|(k, _)| *k == NamespaceKind::Uts);
+        spec.set_hostname(if joins_uts {
+            None
+        } else {
+            Some(self.hostname.clone().unwrap_or_else(|| id.to_string()))
+        });
+
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.extend(self.volumes.iter().map(BindMount::to_oci));
+        spec.set_mounts(Some(mounts));
+
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
+        for (kind, path) in &self.join_namespaces {
+            if !path.is_absolute() {
+                return Err(Error::invalid("namespace path", format!("{path:?} is not absolute")));
+            }
+            namespaces.retain(|n| n.typ() != kind.oci());
+            namespaces.push(LinuxNamespaceBuilder::default().typ(kind.oci()).path(path.clone()).build()?);
+        }
+        linux.set_namespaces(Some(namespaces));
+        if let Some(m) = &self.masked_paths {
+            linux.set_masked_paths(Some(m.clone()));
+        }
+        if let Some(r) = &self.readonly_paths {
+            linux.set_readonly_paths(Some(r.clone()));
+        }
+        linux.set_cgroups_path(Some(
+            self.cgroups_path.clone().unwrap_or_else(|| PathBuf::from(format!("/strata/{id}"))),
+        ));
+        let r = &self.resources;
+        let mut res = LinuxResourcesBuilder::default();
+        if let Some(limit) = r.memory_limit {
+            // memsw equal to the limit: no swap beyond it, so the OOM killer acts at the limit.
+            res = res.memory(LinuxMemoryBuilder::default().limit(limit).swap(limit).build()?);
+        }
+        if r.cpu_shares.is_some() || r.cpu_quota.is_some() {
+            let mut cpu = LinuxCpuBuilder::default();
+            if let Some(s) = r.cpu_shares {
+                cpu = cpu.shares(s);
+            }
+            if let Some(q) = r.cpu_quota {
+                cpu = cpu.quota(q).period(r.cpu_period.unwrap_or(100_000));
+            }
+            res = res.cpu(cpu.build()?);
+        }
+        if let Some(p) = r.pids_limit {
+            res = res.pids(LinuxPidsBuilder::default().limit(p).build()?);
+        }
+        linux.set_resources(Some(res.build()?));
+        spec.set_linux(Some(linux));
+        Ok(spec)
+    }
+}
+
+/// Writes `spec` as `<dir>/config.json`, creating `dir`.
+pub fn write_bundle(dir: &Path, spec: &Spec) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(Error::io("creating bundle", dir))?;
+    spec.save(dir.join("config.json"))?;
+    Ok(())
+}
