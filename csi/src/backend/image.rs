@@ -1,0 +1,196 @@
+//! The `image` backend: `<pool>/volumes/<v…>.img` and `<pool>/snapshots/<s…>.img`, sparse
+//! files that the node attaches as loop devices with ext4 or xfs inside.
+//!
+//! Every file is opened relative to a directory fd with RESOLVE_BENEATH and
+//! RESOLVE_NO_SYMLINKS, so neither a crafted name nor a symlink planted in the pool can
+//! lead outside it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+
+use super::{Backend, CopyKind, ImageKind, ImageRef};
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::sys::fs::Space;
+
+#[derive(Debug)]
+pub struct ImagePool {
+    name: String,
+    root: PathBuf,
+    volumes: File,
+    snapshots: File,
+}
+
+const VOLUMES: &str = "volumes";
+const SNAPSHOTS: &str = "snapshots";
+
+impl ImagePool {
+    /// Opens pool `name` at `root` (which must exist and be a directory, not a symlink),
+    /// creating its `volumes/` and `snapshots/` directories.
+    pub fn open(name: &str, root: &Path) -> Result<ImagePool> {
+        let root = root.canonicalize().map_err(Error::io("resolving pool", root))?;
+        let dir = sys::fs::open_dir(&root).map_err(Error::io("opening pool", &root))?;
+        let volumes = sys::fs::ensure_subdir(&dir, VOLUMES).map_err(Error::io("opening", root.join(VOLUMES)))?;
+        let snapshots =
+            sys::fs::ensure_subdir(&dir, SNAPSHOTS).map_err(Error::io("opening", root.join(SNAPSHOTS)))?;
+        Ok(ImagePool { name: name.to_string(), root, volumes, snapshots })
+    }
+
+    fn dir(&self, kind: ImageKind) -> (&File, &'static str) {
+        match kind {
+            ImageKind::Volume => (&self.volumes, VOLUMES),
+            ImageKind::Snapshot => (&self.snapshots, SNAPSHOTS),
+        }
+    }
+
+    fn checked(img: ImageRef<'_>) -> Result<&str> {
+        // Ids produce `[a-z0-9.]` names; anything else is a bug or a tampered record.
+        let ok = !img.file.is_empty()
+            && !img.file.starts_with('.')
+            && img.file.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.');
+        if !ok {
+            return Err(Error::StateCorrupt(format!("bad image file name {:?}", img.file)));
+        }
+        Ok(img.file)
+    }
+
+    fn open_flags(&self, img: ImageRef<'_>, flags: OFlag) -> Result<File> {
+        let name = Self::checked(img)?;
+        let (dir, _) = self.dir(img.kind);
+        sys::fs::open_beneath(dir, name, flags, 0o600).map_err(Error::io("opening image", self.path(img)))
+    }
+}
+
+impl Backend for ImagePool {
+    fn pool(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "image"
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn check(&self) -> Result<()> {
+        // The directory fds stay valid even if the pool was removed, so stat the path too.
+        let meta = std::fs::symlink_metadata(self.root.join(VOLUMES))
+            .map_err(Error::io("checking pool", self.root.join(VOLUMES)))?;
+        if !meta.is_dir() {
+            return Err(Error::NotReady(format!("pool {} volumes/ is not a directory", self.name)));
+        }
+        sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))?;
+        Ok(())
+    }
+
+    fn space(&self) -> Result<Space> {
+        sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))
+    }
+
+    fn create(&self, img: ImageRef<'_>, size: u64, from: Option<ImageRef<'_>>) -> Result<Option<CopyKind>> {
+        let dst = self.open_flags(img, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR)?;
+        let result = (|| {
+            let kind = match from {
+                None => None,
+                Some(src) => {
+                    let src_file = self.open_flags(src, OFlag::O_RDONLY)?;
+                    let kind = sys::reflink::copy_image(&src_file, &dst)
+                        .map_err(Error::io("copying image", self.path(src)))?;
+                    Some(kind)
+                }
+            };
+            let have = dst.metadata().map_err(Error::io("stat", self.path(img)))?.len();
+            if size > have {
+                sys::fs::set_len(&dst, size).map_err(Error::io("sizing image", self.path(img)))?;
+            }
+            if from.is_some() {
+                // A copied image holds data: make it durable before the record says Ready.
+                sys::fs::sync(&dst).map_err(Error::io("fsync", self.path(img)))?;
+            }
+            Ok(kind)
+        })();
+        if result.is_err() {
+            let (dir, _) = self.dir(img.kind);
+            let _ = sys::fs::unlink_beneath(dir, img.file);
+        }
+        result
+    }
+
+    fn remove(&self, img: ImageRef<'_>) -> Result<bool> {
+        let name = Self::checked(img)?;
+        let (dir, _) = self.dir(img.kind);
+        sys::fs::unlink_beneath(dir, name).map_err(Error::io("removing image", self.path(img)))
+    }
+
+    fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>> {
+        let name = Self::checked(img)?;
+        let (dir, _) = self.dir(img.kind);
+        sys::fs::file_exists(dir, name).map_err(Error::io("stat", self.path(img)))
+    }
+
+    fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()> {
+        let f = self.open_flags(img, OFlag::O_RDWR)?;
+        let have = f.metadata().map_err(Error::io("stat", self.path(img)))?.len();
+        if size > have {
+            sys::fs::set_len(&f, size).map_err(Error::io("growing image", self.path(img)))?;
+        }
+        Ok(())
+    }
+
+    fn open(&self, img: ImageRef<'_>) -> Result<File> {
+        self.open_flags(img, OFlag::O_RDWR)
+    }
+
+    fn path(&self, img: ImageRef<'_>) -> PathBuf {
+        let (_, sub) = self.dir(img.kind);
+        self.root.join(sub).join(img.file)
+    }
+
+    fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
+        let (_, sub) = self.dir(kind);
+        let dir = self.root.join(sub);
+        sys::fs::list_names(&dir).map_err(Error::io("listing", dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_copy_grow_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = ImagePool::open("p", dir.path()).unwrap();
+        let v = ImageRef::volume("vabc.img");
+        assert_eq!(pool.create(v, 1 << 20, None).unwrap(), None);
+        assert!(pool.create(v, 1 << 20, None).is_err(), "O_EXCL");
+        assert_eq!(pool.size(v).unwrap(), Some(1 << 20));
+        let s = ImageRef::snapshot("sabc.img");
+        assert!(pool.create(s, 1 << 20, Some(v)).unwrap().is_some());
+        pool.grow(v, 4 << 20).unwrap();
+        pool.grow(v, 2 << 20).unwrap();
+        assert_eq!(pool.size(v).unwrap(), Some(4 << 20));
+        assert!(pool.remove(v).unwrap());
+        assert!(!pool.remove(v).unwrap());
+        assert_eq!(pool.list(ImageKind::Snapshot).unwrap(), vec!["sabc.img".to_string()]);
+    }
+
+    #[test]
+    fn symlinks_and_bad_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let pool = ImagePool::open("p", dir.path()).unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("volumes/vlink.img")).unwrap();
+        assert!(pool.open(ImageRef::volume("vlink.img")).is_err(), "symlink followed");
+        assert!(pool.size(ImageRef::volume("vlink.img")).is_err());
+        for bad in ["../x", "a/b", "", ".hidden", "UPPER"] {
+            assert!(pool.open(ImageRef::volume(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"x");
+    }
+}

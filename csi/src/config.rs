@@ -1,0 +1,158 @@
+//! Command-line and library configuration of the driver.
+
+use std::path::PathBuf;
+
+use crate::ids;
+
+/// A CSI driver for local storage: volumes are sparse image files in pool directories,
+/// attached through loop devices with ext4 or xfs inside. One unix socket serves the
+/// Identity, Controller, Node and GroupController services.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "strata-csi", version)]
+pub struct Config {
+    /// CSI endpoint to listen on, `unix:///path/to/csi.sock` (also read from CSI_ENDPOINT).
+    /// The socket is created 0600; a stale socket left by a crash is replaced, a live one
+    /// is not.
+    #[arg(long, env = "CSI_ENDPOINT")]
+    pub endpoint: String,
+
+    /// This node's id: 1-63 characters of [A-Za-z0-9.-], alphanumeric at both ends. It is
+    /// the value of the topology key `topology.strata.io/node` and part of every id.
+    #[arg(long)]
+    pub node_id: String,
+
+    /// Directory for the driver's state database (created if missing).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+
+    /// A storage pool, `NAME=KIND:PATH`, e.g. `fast=image:/var/lib/strata/fast`. NAME is
+    /// 1-24 characters of [a-z0-9-]; KIND is `image` (a sparse file per volume); PATH is
+    /// an existing directory. Repeat for several pools; the first one is the default.
+    #[arg(long = "pool", required = true, value_parser = parse_pool)]
+    pub pools: Vec<PoolSpec>,
+
+    /// Name reported by GetPluginInfo.
+    #[arg(long, default_value = "local.csi.strata.io")]
+    pub driver_name: String,
+
+    /// Most volumes this node accepts (NodeGetInfo.max_volumes_per_node); 0 lets the CO
+    /// decide.
+    #[arg(long, default_value_t = 0)]
+    pub max_volumes_per_node: i64,
+}
+
+/// One `--pool NAME=KIND:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub kind: PoolKind,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    Image,
+}
+
+/// Parses `NAME=KIND:PATH`.
+pub fn parse_pool(s: &str) -> Result<PoolSpec, String> {
+    let (name, rest) = s.split_once('=').ok_or("expected NAME=KIND:PATH")?;
+    let (kind, path) = rest.split_once(':').ok_or("expected NAME=KIND:PATH")?;
+    if !ids::valid_pool(name) {
+        return Err(format!(
+            "pool name {name:?}: 1-{} characters of [a-z0-9-], alphanumeric at both ends",
+            ids::POOL_MAX
+        ));
+    }
+    let kind = match kind {
+        "image" => PoolKind::Image,
+        "dir" | "btrfs" => return Err(format!("pool kind {kind:?} is not implemented yet; use image")),
+        other => return Err(format!("unknown pool kind {other:?}; use image")),
+    };
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(format!("pool path {path:?} must be absolute"));
+    }
+    Ok(PoolSpec { name: name.to_string(), kind, path })
+}
+
+impl Config {
+    /// Checks what clap cannot; returns the socket path.
+    pub fn validate(&self) -> Result<PathBuf, String> {
+        if !ids::valid_node(&self.node_id) {
+            return Err(format!(
+                "--node-id {:?}: 1-{} characters of [A-Za-z0-9.-], alphanumeric at both ends",
+                self.node_id,
+                ids::NODE_MAX
+            ));
+        }
+        let name = &self.driver_name;
+        let dns_like = name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+        if !dns_like {
+            return Err(format!("--driver-name {name:?}: at most 63 characters, DNS-like"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.pools {
+            if !seen.insert(&p.name) {
+                return Err(format!("pool {} given twice", p.name));
+            }
+        }
+        if self.max_volumes_per_node < 0 {
+            return Err("--max-volumes-per-node must not be negative".into());
+        }
+        let path = self
+            .endpoint
+            .strip_prefix("unix://")
+            .ok_or_else(|| format!("--endpoint {:?}: only unix:// endpoints are supported", self.endpoint))?;
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(format!("--endpoint {:?}: the socket path must be absolute", self.endpoint));
+        }
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn parses_the_binary_contract() {
+        let c = Config::try_parse_from([
+            "strata-csi",
+            "--endpoint",
+            "unix:///run/strata/csi.sock",
+            "--node-id",
+            "node-1",
+            "--state-dir",
+            "/var/lib/strata/csi",
+            "--pool",
+            "fast=image:/srv/fast",
+            "--pool",
+            "slow=image:/srv/slow",
+        ])
+        .unwrap();
+        assert_eq!(c.driver_name, "local.csi.strata.io");
+        assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.pools[1].path, PathBuf::from("/srv/slow"));
+        assert_eq!(c.validate().unwrap(), PathBuf::from("/run/strata/csi.sock"));
+    }
+
+    #[test]
+    fn refuses_bad_pools_and_nodes() {
+        for bad in ["x", "Fast=image:/a", "a=zfs:/a", "a=image:rel", "a=dir:/a"] {
+            assert!(parse_pool(bad).is_err(), "{bad}");
+        }
+        let mut c = Config::try_parse_from([
+            "strata-csi", "--endpoint", "tcp://x", "--node-id", "n_1", "--state-dir", "/s", "--pool", "a=image:/a",
+        ])
+        .unwrap();
+        assert!(c.validate().is_err());
+        c.node_id = "n1".into();
+        assert!(c.validate().is_err(), "tcp endpoint");
+    }
+}

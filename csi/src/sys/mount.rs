@@ -1,0 +1,175 @@
+//! mount(2) and umount2(2) called directly: no fork of mount(8) on the hot path.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+
+/// Mount flags parsed from CSI `mount_flags`: generic ones become `MsFlags`, the rest is
+/// passed to the filesystem as its data string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub flags: MsFlags,
+    pub data: Vec<String>,
+}
+
+/// Splits `["ro", "noatime", "discard", "nosuid,nodev"]` into generic flags and fs data.
+/// Options that would change what kind of mount this is (`bind`, `remount`, `move`,
+/// propagation) are refused: the caller decides those.
+pub fn parse_options(list: &[String]) -> Result<Options, String> {
+    let mut out = Options { flags: MsFlags::empty(), data: Vec::new() };
+    for item in list {
+        for opt in item.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let flag = match opt {
+                "ro" => Some(MsFlags::MS_RDONLY),
+                "rw" => Some(MsFlags::empty()),
+                "nosuid" => Some(MsFlags::MS_NOSUID),
+                "nodev" => Some(MsFlags::MS_NODEV),
+                "noexec" => Some(MsFlags::MS_NOEXEC),
+                "sync" => Some(MsFlags::MS_SYNCHRONOUS),
+                "dirsync" => Some(MsFlags::MS_DIRSYNC),
+                "noatime" => Some(MsFlags::MS_NOATIME),
+                "nodiratime" => Some(MsFlags::MS_NODIRATIME),
+                "relatime" => Some(MsFlags::MS_RELATIME),
+                "strictatime" => Some(MsFlags::MS_STRICTATIME),
+                "lazytime" => Some(MsFlags::MS_LAZYTIME),
+                "defaults" | "suid" | "dev" | "exec" | "async" | "atime" | "diratime" => {
+                    Some(MsFlags::empty())
+                }
+                "bind" | "rbind" | "remount" | "move" | "shared" | "rshared" | "slave"
+                | "rslave" | "private" | "rprivate" | "unbindable" | "runbindable" => {
+                    return Err(format!("mount option {opt:?} is not allowed"));
+                }
+                _ => None,
+            };
+            match flag {
+                Some(f) => out.flags |= f,
+                None => {
+                    if opt.bytes().any(|b| b.is_ascii_control()) {
+                        return Err("mount option with control characters".into());
+                    }
+                    out.data.push(opt.to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Mounts filesystem `fstype` from `device` on `target`.
+pub fn mount_fs(device: &Path, target: &Path, fstype: &str, opts: &Options) -> io::Result<()> {
+    let data = opts.data.join(",");
+    let data = if data.is_empty() { None } else { Some(data.as_str()) };
+    nix::mount::mount(Some(device), target, Some(fstype), opts.flags, data)?;
+    Ok(())
+}
+
+/// Bind-mounts `source` on `target`, then applies `ro` and the generic flags with a
+/// remount: a bind mount ignores those flags on its first call (mount(2), MS_BIND).
+pub fn bind(source: &Path, target: &Path, read_only: bool, flags: MsFlags) -> io::Result<()> {
+    nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    let mut extra = flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+        | MsFlags::MS_NOATIME | MsFlags::MS_NODIRATIME | MsFlags::MS_RELATIME);
+    if read_only {
+        extra |= MsFlags::MS_RDONLY;
+    }
+    if !extra.is_empty()
+        && let Err(e) = nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+            None::<&str>,
+        )
+    {
+        // Never leave a writable mount behind when read-only was asked for.
+        let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Unmounts `target`. Returns false when nothing was mounted there (EINVAL) or the path is
+/// gone (ENOENT), so that callers can be idempotent.
+pub fn umount(target: &Path) -> io::Result<bool> {
+    match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Unmounts every mount stacked on `target`; returns how many were removed.
+pub fn umount_all(target: &Path) -> io::Result<u32> {
+    let mut n = 0;
+    while umount(target)? {
+        n += 1;
+        if n > 64 {
+            return Err(io::Error::other("more than 64 mounts stacked on the path"));
+        }
+    }
+    Ok(n)
+}
+
+/// What `statx` says about a path without following a final symlink.
+#[derive(Debug, Clone, Copy)]
+pub struct PathStat {
+    pub mount_root: bool,
+    pub dev: (u32, u32),
+    pub rdev: (u32, u32),
+    pub ino: u64,
+    pub mode: u32,
+}
+
+/// statx(2) with AT_SYMLINK_NOFOLLOW; tells whether the path is the root of a mount
+/// without reading mountinfo.
+pub fn stat(path: &Path) -> io::Result<PathStat> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with NUL"))?;
+    let mut sx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `c` is a NUL-terminated string alive for the call and `sx` points to writable
+    // memory of the size of `struct statx`, which the kernel fills.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS,
+            sx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx returned 0, so the kernel initialised the struct.
+    let sx = unsafe { sx.assume_init() };
+    let mount_root = sx.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+        && sx.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
+    Ok(PathStat {
+        mount_root,
+        dev: (sx.stx_dev_major, sx.stx_dev_minor),
+        rdev: (sx.stx_rdev_major, sx.stx_rdev_minor),
+        ino: sx.stx_ino,
+        mode: sx.stx_mode as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_generic_and_data() {
+        let o = parse_options(&["ro,noatime".into(), "discard".into(), "nosuid".into()]).unwrap();
+        assert_eq!(o.flags, MsFlags::MS_RDONLY | MsFlags::MS_NOATIME | MsFlags::MS_NOSUID);
+        assert_eq!(o.data, vec!["discard".to_string()]);
+    }
+
+    #[test]
+    fn options_refuse_bind_and_propagation() {
+        assert!(parse_options(&["bind".into()]).is_err());
+        assert!(parse_options(&["rw,rshared".into()]).is_err());
+    }
+}
