@@ -12,3 +12,4 @@ pub mod names;
 pub mod provision;
 pub mod quantity;
 pub mod selector;
+pub mod statefulset;
