@@ -1,0 +1,204 @@
+//! Containers through the `strata-runtime` binary: namespaces, limits, read-only
+//! rootfs and masked paths, volumes, joining namespaces.
+
+mod common;
+
+use common::*;
+use strata_runtime::{BindMount, ContainerConfig, Propagation, Resources};
+
+#[test]
+fn namespaces_seen_from_inside() {
+    if !testkit::require_root("namespaces_seen_from_inside") {
+        return;
+    }
+    let env = Env::new();
+    let img = env.busybox("bb");
+    let id = testkit::unique_id("ns");
+    let mut cfg = sh("echo pid=$$; echo host=$(hostname); echo mounts=$(wc -l < /proc/self/mountinfo); \
+                      grep ' / / ' /proc/self/mountinfo | grep -c overlay; cat /etc/hostname");
+    cfg.hostname = Some("inside-host".into());
+    let ran = run(&env, &id, &img, &cfg);
+    assert_eq!(ran.code, 0, "{ran:?}", ran = (ran.stderr.clone(), ran.output.clone()));
+    assert!(ran.output.contains("pid=1\n"), "{}", ran.output);
+    assert!(ran.output.contains("host=inside-host\n"), "{}", ran.output);
+    // The root is our overlay and the table is the container's own, far shorter than the host's.
+    let mounts: usize = ran.output.lines().find_map(|l| l.strip_prefix("mounts=")).unwrap().parse().unwrap();
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    assert!(mounts < 30 && mounts != host_mounts, "container sees {mounts} mounts, host {host_mounts}");
+    assert!(ran.output.lines().any(|l| l == "1"), "root is not the overlay: {}", ran.output);
+    assert!(ran.output.lines().any(|l| l == id), "init layer /etc/hostname: {}", ran.output);
+}
+
+#[test]
+fn memory_limit_kills_allocation_past_it() {
+    if !testkit::require_root("memory_limit_kills_allocation_past_it") {
+        return;
+    }
+    let env = Env::new();
+    let img = env.busybox("bb");
+    let limited = |script: &str| {
+        let mut cfg = sh(script);
+        cfg.resources = Resources {
+            memory_limit: Some(32 << 20),
+            ..Default::default()
+        };
+        cfg
+    };
+    // dd touches its whole block buffer: 8 MiB fits, 128 MiB does not.
+    let small = run(&env, &testkit::unique_id("mem"), &img, &limited("dd if=/dev/zero of=/dev/null bs=8M count=2 && echo fits"));
+    assert_eq!(small.code, 0, "{}{}", small.stderr, small.output);
+    assert!(small.output.contains("fits"));
+    let big = run(&env, &testkit::unique_id("mem"), &img, &limited("dd if=/dev/zero of=/dev/null bs=128M count=1; echo dd=$?"));
+    assert!(
+        big.output.contains("dd=137") || big.code == 137,
+        "allocation past the limit survived: code {} output {}",
+        big.code,
+        big.output
+    );
+}
+
+#[test]
+fn pids_limit_refuses_fork_past_it() {
+    if !testkit::require_root("pids_limit_refuses_fork_past_it") {
+        return;
+    }
+    let env = Env::new();
+    let img = env.busybox("bb");
+    // Command substitution would itself need a fork: only builtins after the loop.
+    let mut cfg = sh("n=0; while [ $n -lt 16 ]; do sleep 5 & n=$((n+1)); done; echo loop-done");
+    cfg.resources = Resources {
+        pids_limit: Some(6),
+        ..Default::default()
+    };
+    let ran = run(&env, &testkit::unique_id("pids"), &img, &cfg);
+    assert!(ran.output.contains("can't fork"), "no fork was refused: {}{}", ran.stderr, ran.output);
+    // The same script without the limit forks all 16.
+    let mut free = cfg.clone();
+    free.resources = Resources::default();
+    let ran = run(&env, &testkit::unique_id("pids"), &img, &free);
+    assert!(!ran.output.contains("can't fork") && ran.output.contains("loop-done"), "{}", ran.output);
+}
+
+#[test]
+fn readonly_rootfs_and_masked_paths_hold() {
+    if !testkit::require_root("readonly_rootfs_and_masked_paths_hold") {
+        return;
+    }
+    let env = Env::new();
+    let img = env.busybox("bb");
+    let vol = env.path("vol-ro");
+    std::fs::create_dir(&vol).unwrap();
+    let mut cfg = sh("touch /newfile 2>&1; echo root=$?; \
+                      touch /data/x 2>&1; echo vol=$?; \
+                      echo timer_list=$(wc -c < /proc/timer_list); \
+                      echo firmware=$(ls /sys/firmware | wc -l); \
+                      echo 1 > /proc/sys/vm/drop_caches 2>&1; echo sysctl=$?; \
+                      ls /proc/acpi 2>&1 | wc -l");
+    cfg.readonly_rootfs = true;
+    cfg.volumes = vec![BindMount {
+        source: vol.clone(),
+        destination: "/data".into(),
+        read_only: true,
+        propagation: Propagation::None,
+    }];
+    let ran = run(&env, &testkit::unique_id("ro"), &img, &cfg);
+    assert_eq!(ran.code, 0, "{}{}", ran.stderr, ran.output);
+    let o = &ran.output;
+    assert!(o.contains("root=1"), "rootfs writable: {o}");
+    assert!(o.contains("Read-only file system"), "{o}");
+    assert!(o.contains("vol=1"), "read-only volume writable: {o}");
+    assert!(o.contains("timer_list=0"), "/proc/timer_list not masked: {o}");
+    assert!(o.contains("firmware=0"), "/sys/firmware not masked: {o}");
+    assert!(o.contains("sysctl=1"), "/proc/sys writable: {o}");
+    assert_eq!(std::fs::read_dir(&vol).unwrap().count(), 0);
+}
+
+#[test]
+fn volumes_mount_with_requested_mode() {
+    if !testkit::require_root("volumes_mount_with_requested_mode") {
+        return;
+    }
+    let env = Env::new();
+    let img = env.busybox("bb");
+    // A shared source, so that HostToContainer has a peer group to be a slave of.
+    let vol = env.path("vol-rw");
+    std::fs::create_dir(&vol).unwrap();
+    nix::mount::mount(Some("tmpfs"), &vol, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    let _vol_mount = testkit::MountGuard(vol.clone());
+    nix::mount::mount(None::<&str>, &vol, None::<&str>, nix::mount::MsFlags::MS_SHARED, None::<&str>).unwrap();
+    std::fs::write(vol.join("from-host"), "hello\n").unwrap();
+    let mut cfg = sh("cat /deep/data/from-host && echo written > /deep/data/from-container && \
+                      grep ' /deep/data ' /proc/self/mountinfo");
+    cfg.volumes = vec![BindMount {
+        source: vol.clone(),
+        destination: "/deep/data".into(),
+        read_only: false,
+        propagation: Propagation::HostToContainer,
+    }];
+    let ran = run(&env, &testkit::unique_id("vol"), &img, &cfg);
+    assert_eq!(ran.code, 0, "{}{}", ran.stderr, ran.output);
+    assert!(ran.output.contains("hello"));
+    assert!(ran.output.contains("master:"), "volume is not a slave of the host: {}", ran.output);
+    assert_eq!(std::fs::read_to_string(vol.join("from-container")).unwrap(), "written\n");
+}
+
+#[test]
+fn joins_existing_namespaces_by_path() {
+    if !testkit::require_root("joins_existing_namespaces_by_path") {
+        return;
+    }
+    let env = Env::new();
+    let img = env.busybox("bb");
+    // An "infra" container holds the pod's namespaces.
+    let infra = testkit::unique_id("infra");
+    let rootfs = RootfsGuard(
+        strata_runtime::Rootfs::create(&env.store, &infra, &img, &strata_runtime::InitLayer::for_hostname("pod-host")).unwrap(),
+    );
+    let mut cfg = sh("sleep 60");
+    cfg.hostname = Some("pod-host".into());
+    let bundle = env.path("infra-bundle");
+    strata_runtime::write_bundle(&bundle, &cfg.to_spec(&infra, &rootfs.0.path()).unwrap()).unwrap();
+    let _infra_guard = testkit::ContainerGuard {
+        binary: BIN.into(),
+        root: env.state.clone(),
+        id: infra.clone(),
+    };
+    let out = env.cli().args(["create", "--bundle"]).arg(&bundle).args(["--output", "/dev/null", &infra]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env.cli().args(["start", &infra]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state: strata_runtime::State = serde_json::from_slice(&env.cli().args(["state", &infra]).output().unwrap().stdout).unwrap();
+    let ns = |k: &str| std::path::PathBuf::from(format!("/proc/{}/ns/{k}", state.pid));
+
+    let mut member = sh("hostname; for n in uts ipc net; do readlink /proc/self/ns/$n; done");
+    member.join_namespaces = vec![
+        (strata_runtime::NamespaceKind::Network, ns("net")),
+        (strata_runtime::NamespaceKind::Ipc, ns("ipc")),
+        (strata_runtime::NamespaceKind::Uts, ns("uts")),
+    ];
+    let ran = run(&env, &testkit::unique_id("member"), &img, &member);
+    assert_eq!(ran.code, 0, "{}{}", ran.stderr, ran.output);
+    assert!(ran.output.starts_with("pod-host\n"), "{}", ran.output);
+    for k in ["uts", "ipc", "net"] {
+        let want = std::fs::read_link(ns(k)).unwrap();
+        assert!(ran.output.contains(&*want.to_string_lossy()), "{k} not shared: {}", ran.output);
+    }
+}
+
+#[test]
+fn exit_status_and_log_file() {
+    if !testkit::require_root("exit_status_and_log_file") {
+        return;
+    }
+    let env = Env::new();
+    let img = env.busybox("bb");
+    let mut cfg: ContainerConfig = sh("echo to-stdout; echo to-stderr >&2; cd; pwd; id -u; exit 7");
+    cfg.cwd = "/tmp".into();
+    cfg.uid = 1234;
+    cfg.gid = 1234;
+    cfg.env.push("HOME=/tmp".into());
+    let ran = run(&env, &testkit::unique_id("exit"), &img, &cfg);
+    assert_eq!(ran.code, 7, "{}{}", ran.stderr, ran.output);
+    assert!(ran.output.contains("to-stdout") && ran.output.contains("to-stderr"), "{}", ran.output);
+    assert!(ran.output.contains("1234"), "{}", ran.output);
+}
