@@ -42,3 +42,6 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut cond: impl FnMut() -> Opt
 
 mod pool;
 pub use pool::*;
+
+mod bundle;
+pub use bundle::*;
