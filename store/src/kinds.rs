@@ -44,7 +44,7 @@ pub struct KindInfo {
     pub short_names: &'static [&'static str],
     /// Decodes a JSON object into the typed struct and back: validates structure and types
     /// and yields the canonical form.
-    pub(crate) roundtrip: fn(Value) -> Result<Value, serde_json::Error>,
+    pub(crate) roundtrip: fn(Value) -> Result<Value, FieldError>,
 }
 
 impl KindInfo {
@@ -59,9 +59,22 @@ impl KindInfo {
     }
 }
 
-fn roundtrip<K: Object>(v: Value) -> Result<Value, serde_json::Error> {
-    let typed: K = serde_json::from_value(v)?;
-    serde_json::to_value(typed)
+/// A field that failed to decode into its typed struct.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FieldError {
+    pub(crate) path: String,
+    pub(crate) message: String,
+}
+
+fn roundtrip<K: Object>(v: Value) -> Result<Value, FieldError> {
+    let typed: K = serde_path_to_error::deserialize(v).map_err(|e| FieldError {
+        path: e.path().to_string(),
+        message: e.into_inner().to_string(),
+    })?;
+    serde_json::to_value(typed).map_err(|e| FieldError {
+        path: String::new(),
+        message: e.to_string(),
+    })
 }
 
 macro_rules! kind {

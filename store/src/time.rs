@@ -16,10 +16,3 @@ pub(crate) fn now_rfc3339() -> String {
 pub(crate) fn format_seconds(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
-
-/// Now with microseconds, for metav1.MicroTime fields.
-pub(crate) fn now_micro_rfc3339() -> String {
-    Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
-}

@@ -157,10 +157,6 @@ impl EmbeddedStore {
         &self.inner.db.path
     }
 
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
-    }
-
     /// Runs blocking SQLite work on the blocking pool, keeping the caller's span.
     pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
