@@ -180,6 +180,13 @@ impl Runtime {
                 write_json(&dir.join("premounts.json"), &landed)?;
             }
             spec.set_mounts(Some(theirs));
+            if let Some(linux) = spec.linux_mut()
+                && linux.cgroups_path().is_none()
+            {
+                // libcontainer's default is a systemd-style ":youki:<id>", which in
+                // cgroupfs mode becomes a literal directory name; use ours.
+                linux.set_cgroups_path(Some(PathBuf::from(format!("/strata/{id}"))));
+            }
             let mut root = spec.root().clone().expect("checked above");
             root.set_path(rootfs.clone());
             spec.set_root(Some(root));
@@ -260,7 +267,13 @@ impl Runtime {
                 if !force && !matches!(c.status(), ContainerStatus::Stopped | ContainerStatus::Created) {
                     return Err(bad_state(&c, "delete"));
                 }
+                let cgroup = Spec::load(self.our_dir(id).join("config.json"))
+                    .ok()
+                    .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()));
                 c.delete(force).map_err(lc("deleting"))?;
+                if let Some(cg) = cgroup {
+                    remove_empty_cgroup_parents(&cg);
+                }
             }
             // Our half may outlive libcontainer's after a crash mid-create.
             Err(Error::ContainerNotFound(_)) if self.our_dir(id).exists() => {}
@@ -352,6 +365,28 @@ pub fn wait_exit(pid: i32) -> Result<i32> {
             Err(e) => {
                 return Err(Error::io("waiting for container init", format!("pid {pid}"))(e.into()));
             }
+        }
+    }
+}
+
+/// libcontainer removes the container's own cgroup; the parents it created on the
+/// way (`/strata` for `/strata/<id>`) go too once no other container uses them.
+/// rmdir(2) of a cgroup that still has children fails with EBUSY, which is the
+/// "still in use" answer we want, so errors are ignored.
+fn remove_empty_cgroup_parents(cgroup: &Path) {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup")); // pure v2
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    for root in roots {
+        let mut p = rel.parent();
+        while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty()) {
+            if fs::remove_dir(root.join(dir)).is_err() {
+                break;
+            }
+            p = dir.parent();
         }
     }
 }
