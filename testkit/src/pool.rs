@@ -106,7 +106,10 @@ pub fn mounts_under(root: &Path) -> Vec<MountEntry> {
 
 /// The mount at exactly `path` (the topmost one if several are stacked there).
 pub fn mount_at(path: &Path) -> Option<MountEntry> {
-    mountinfo().into_iter().rev().find(|m| m.mount_point == path)
+    mountinfo()
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == path)
 }
 
 /// A bound loop device as the kernel reports it in sysfs.
@@ -805,13 +808,22 @@ mod tests {
         let b = a.join("b");
         fs::create_dir_all(&b).unwrap();
         let tmpfs = |p: &Path| {
-            nix::mount::mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::empty(), None::<&str>)
-                .unwrap()
+            nix::mount::mount(
+                Some("tmpfs"),
+                p,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap()
         };
         tmpfs(&a);
         fs::create_dir_all(&b).unwrap();
         tmpfs(&b);
-        let got: Vec<_> = mounts_under(&root).into_iter().map(|m| m.mount_point).collect();
+        let got: Vec<_> = mounts_under(&root)
+            .into_iter()
+            .map(|m| m.mount_point)
+            .collect();
         assert_eq!(got, vec![b.clone(), a.clone()]);
         cleanup_and_remove(&root);
         assert!(!root.exists(), "cleanup removes the dir");
