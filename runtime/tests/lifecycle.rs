@@ -1,0 +1,165 @@
+//! The runc-compatible CLI on a bundle written by `runc spec`: the OCI lifecycle,
+//! refused transitions, hooks, and cleanup.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::*;
+
+struct Bundle {
+    env: Env,
+    dir: std::path::PathBuf,
+}
+
+/// `runc spec` output with only `terminal` and `args` changed (and hooks added
+/// where a test needs them).
+fn runc_bundle(args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> Bundle {
+    let env = Env::new();
+    let dir = env.path("bundle");
+    std::fs::create_dir(&dir).unwrap();
+    testkit::busybox_tree(&dir.join("rootfs"));
+    let out = std::process::Command::new("runc").arg("spec").current_dir(&dir).output().expect("runc (scripts/deps)");
+    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    let path = dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    c["process"]["terminal"] = false.into();
+    c["process"]["args"] = args.iter().map(|a| serde_json::Value::from(*a)).collect::<Vec<_>>().into();
+    edit(&mut c);
+    std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    Bundle { env, dir }
+}
+
+fn cli(b: &Bundle, args: &[&str]) -> Output {
+    b.env.cli().args(args).stdin(std::process::Stdio::null()).output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(!o.status.success(), "unexpectedly succeeded: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn status(b: &Bundle, id: &str) -> String {
+    let s: serde_json::Value = serde_json::from_str(&ok(&cli(b, &["state", id]))).unwrap();
+    s["status"].as_str().unwrap().to_string()
+}
+
+fn create(b: &Bundle, id: &str, extra: &[&str]) -> testkit::ContainerGuard {
+    let bundle = b.dir.to_string_lossy().into_owned();
+    let log = b.env.path("out.log").to_string_lossy().into_owned();
+    let mut args = vec!["create", "--bundle", &bundle, "--output", &log];
+    args.extend_from_slice(extra);
+    args.push(id);
+    ok(&cli(b, &args));
+    testkit::ContainerGuard {
+        binary: BIN.into(),
+        root: b.env.state.clone(),
+        id: id.to_string(),
+    }
+}
+
+#[test]
+fn lifecycle_on_a_runc_spec_bundle() {
+    if !testkit::require_root("lifecycle_on_a_runc_spec_bundle") {
+        return;
+    }
+    let b = runc_bundle(&["sh", "-c", "trap 'exit 3' TERM; echo started; while true; do sleep 0.1; done"], |_| {});
+    let id = testkit::unique_id("life");
+    let pid_file = b.env.path("pid");
+    let _guard = create(&b, &id, &["--pid-file", &pid_file.to_string_lossy()]);
+
+    let state: serde_json::Value = serde_json::from_str(&ok(&cli(&b, &["state", &id]))).unwrap();
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], id.as_str());
+    assert_eq!(state["bundle"], b.dir.to_string_lossy().as_ref());
+    let pid = state["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), pid.to_string());
+    assert!(ok(&cli(&b, &["list", "-q"])).lines().any(|l| l == id));
+    // The process waits for start: nothing has run yet.
+    assert!(!std::fs::read_to_string(b.env.path("out.log")).unwrap().contains("started"));
+    assert!(err(&cli(&b, &["create", "--bundle", &b.dir.to_string_lossy(), &id])).contains("already exists"));
+
+    ok(&cli(&b, &["start", &id]));
+    assert_eq!(status(&b, &id), "running");
+    testkit::wait_for("container output", Duration::from_secs(10), || {
+        std::fs::read_to_string(b.env.path("out.log")).unwrap().contains("started").then_some(())
+    });
+    assert!(err(&cli(&b, &["start", &id])).contains("is running: cannot start"));
+    assert!(err(&cli(&b, &["delete", &id])).contains("is running: cannot delete"));
+    assert!(err(&cli(&b, &["kill", &id, "NOSUCHSIG"])).contains("not a signal"));
+
+    // Default signal TERM, which the trap turns into exit 3.
+    ok(&cli(&b, &["kill", &id]));
+    testkit::wait_for("container to stop", Duration::from_secs(10), || (status(&b, &id) == "stopped").then_some(()));
+    assert!(err(&cli(&b, &["kill", &id, "KILL"])).contains("is stopped: cannot kill"));
+    assert!(err(&cli(&b, &["start", &id])).contains("is stopped: cannot start"));
+
+    ok(&cli(&b, &["delete", &id]));
+    assert!(err(&cli(&b, &["state", &id])).contains("not found"));
+    assert!(!ok(&cli(&b, &["list", "-q"])).lines().any(|l| l == id));
+    assert!(!testkit::cgroup_exists(&format!("strata/{id}")), "cgroup left behind");
+    assert!(err(&cli(&b, &["delete", &id])).contains("not found"));
+    assert!(err(&cli(&b, &["start", "no-such"])).contains("not found"));
+    assert!(err(&cli(&b, &["state", "../etc"])).contains("invalid container id"));
+}
+
+#[test]
+fn run_returns_exit_status_and_force_delete_kills() {
+    if !testkit::require_root("run_returns_exit_status_and_force_delete_kills") {
+        return;
+    }
+    let b = runc_bundle(&["sh", "-c", "exit 42"], |_| {});
+    let id = testkit::unique_id("run");
+    let o = cli(&b, &["run", "--bundle", &b.dir.to_string_lossy(), &id]);
+    assert_eq!(o.status.code(), Some(42), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(err(&cli(&b, &["state", &id])).contains("not found"), "run must delete");
+
+    let b = runc_bundle(&["sleep", "600"], |_| {});
+    let id = testkit::unique_id("force");
+    let _g = create(&b, &id, &[]);
+    ok(&cli(&b, &["start", &id]));
+    let pid = serde_json::from_str::<serde_json::Value>(&ok(&cli(&b, &["state", &id]))).unwrap()["pid"].as_i64().unwrap();
+    ok(&cli(&b, &["delete", "--force", &id]));
+    testkit::wait_for("init to die", Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")))
+        .then_some(())
+    });
+}
+
+#[test]
+fn hooks_run_at_the_points_the_spec_names() {
+    if !testkit::require_root("hooks_run_at_the_points_the_spec_names") {
+        return;
+    }
+    let marks = tempfile::tempdir().unwrap();
+    let m = marks.path().to_string_lossy().into_owned();
+    let hook = |name: &str| {
+        serde_json::json!([{ "path": "/bin/sh", "args": ["sh", "-c", format!("cat > {m}/{name}")] }])
+    };
+    let b = runc_bundle(&["true"], |c| {
+        c["hooks"] = serde_json::json!({
+            "createRuntime": hook("createRuntime"),
+            "poststart": hook("poststart"),
+            "poststop": hook("poststop"),
+        });
+    });
+    let id = testkit::unique_id("hooks");
+    let _g = create(&b, &id, &[]);
+    let created: serde_json::Value = serde_json::from_slice(&std::fs::read(marks.path().join("createRuntime")).unwrap()).unwrap();
+    assert_eq!(created["id"], id.as_str(), "hooks receive the state on stdin");
+    assert!(!marks.path().join("poststart").exists());
+    ok(&cli(&b, &["start", &id]));
+    assert!(marks.path().join("poststart").exists());
+    assert!(!marks.path().join("poststop").exists());
+    testkit::wait_for("container to stop", Duration::from_secs(10), || (status(&b, &id) == "stopped").then_some(()));
+    ok(&cli(&b, &["delete", &id]));
+    assert!(marks.path().join("poststop").exists());
+}
