@@ -11,7 +11,9 @@
 pub mod atomic_writer;
 mod dirfd;
 pub mod error;
+pub mod projection;
 #[allow(unsafe_code)]
 mod sys;
+pub mod token;
 
 pub use error::{Error, Result};
