@@ -1,1 +1,83 @@
 //! volctl: kubectl-like CLI over the embedded store, plus node inspection.
+//!
+//! One module per verb (`apply`, `get`, `describe`, `delete`); `table` renders kubectl's
+//! columns and `resource` resolves names like "pvc". The store does all the deciding:
+//! validation, defaulting and admission happen there, so volctl and the control loops
+//! see the same rules.
+
+#![forbid(unsafe_code)]
+
+mod apply;
+mod delete;
+mod describe;
+mod get;
+mod resource;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use strata_store::EmbeddedStore;
+
+/// kubectl-like access to the Strata store.
+#[derive(Debug, Parser)]
+#[command(name = "volctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// State directory holding the store (store.db); accepted before or after the verb.
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_STATE_DIR",
+        default_value = "/var/lib/strata"
+    )]
+    pub state_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Apply(apply::Args),
+    Get(get::Args),
+    Describe(describe::Args),
+    Delete(delete::Args),
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let store = EmbeddedStore::open(&self.state_dir)
+            .with_context(|| format!("opening the store in {}", self.state_dir.display()))?;
+        match self.command {
+            Command::Apply(args) => apply::run(&store, args).await,
+            Command::Get(args) => get::run(&store, args).await,
+            Command::Describe(args) => describe::run(&store, args).await,
+            Command::Delete(args) => delete::run(&store, args).await,
+        }
+    }
+}
+
+/// Entry point of the binary: errors go to stderr as one line with their causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

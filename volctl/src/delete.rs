@@ -1,0 +1,112 @@
+//! `volctl delete KIND NAME` or `volctl delete -f FILE`: finalizers are respected.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use strata_store::kinds::KindInfo;
+use strata_store::{Deleted, EmbeddedStore, Preconditions, WatchEvent};
+
+use crate::resource;
+
+/// Delete objects by kind and name, or those a manifest names.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Kind: name, plural or short name.
+    #[arg(required_unless_present = "files")]
+    kind: Option<String>,
+    /// Object names.
+    names: Vec<String>,
+    /// Delete the objects named in these manifests instead.
+    #[arg(short = 'f', long = "filename", conflicts_with = "kind")]
+    files: Vec<PathBuf>,
+    /// Namespace of namespaced kinds.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Wait until objects held by finalizers are really gone, at most this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    wait: Option<u64>,
+    /// A missing object is not an error.
+    #[arg(long)]
+    ignore_not_found: bool,
+}
+
+async fn wait_gone(store: &EmbeddedStore, kind: &'static KindInfo, ns: &str, name: &str, secs: u64) -> anyhow::Result<bool> {
+    let deadline = Duration::from_secs(secs);
+    let from = store.revision().await?;
+    let check = async {
+        // Watch first, then check: a removal between the two is still seen.
+        let mut stream = store.watch_values(kind.kind_ref, Some(ns).filter(|n| !n.is_empty()), from).await?;
+        match store.get_value(kind.kind_ref, ns, name).await {
+            Err(e) if e.is_not_found() => return Ok::<bool, anyhow::Error>(true),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        while let Some(ev) = stream.next().await {
+            if let WatchEvent::Deleted(o) = ev? {
+                if o["metadata"]["name"].as_str() == Some(name) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    };
+    match tokio::time::timeout(deadline, check).await {
+        Ok(r) => r,
+        Err(_) => Ok(false),
+    }
+}
+
+pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
+    let mut targets: Vec<(&'static KindInfo, String, String)> = Vec::new();
+    if !args.files.is_empty() {
+        for m in resource::read_manifests(&args.files, &args.namespace)? {
+            targets.push((m.kind, m.namespace, m.name));
+        }
+    } else {
+        let kind = resource::kind(args.kind.as_deref().context("a kind is required")?)?;
+        if args.names.is_empty() {
+            bail!("resource(s) were provided, but no name was specified");
+        }
+        let ns = if kind.namespaced() { args.namespace.clone() } else { String::new() };
+        for n in &args.names {
+            targets.push((kind, ns.clone(), n.clone()));
+        }
+    }
+    let mut failed = 0;
+    for (kind, ns, name) in targets {
+        let label = format!("{} {name:?}", resource::singular(kind));
+        match store.delete_value(kind.kind_ref, &ns, &name, Preconditions::default()).await {
+            Ok(Deleted::Gone(_)) => println!("{label} deleted"),
+            Ok(Deleted::Pending(obj)) => {
+                let finalizers: Vec<&str> = obj["metadata"]["finalizers"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
+                    .unwrap_or_default();
+                match args.wait {
+                    Some(secs) if wait_gone(store, kind, &ns, &name, secs).await? => {
+                        println!("{label} deleted");
+                    }
+                    Some(secs) => {
+                        eprintln!("{label} still pending after {secs}s: waiting on finalizers {}", finalizers.join(", "));
+                        failed += 1;
+                    }
+                    None => println!(
+                        "{label} marked for deletion; pending until finalizers are removed: {}",
+                        finalizers.join(", ")
+                    ),
+                }
+            }
+            Err(e) if e.is_not_found() && args.ignore_not_found => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} object(s) not deleted");
+    }
+    Ok(())
+}
