@@ -1,8 +1,10 @@
 //! The SQLite file: schema, connections and the write transaction.
 //!
 //! One global revision counter (as etcd's) numbers every write; each write also appends a
-//! row to `watch_log`, which watches read from. The log is compacted beyond a bound, and
-//! `meta.compacted` remembers the newest revision that was dropped.
+//! row to `watch_log`, which watches read from. The log is compacted beyond a bound;
+//! `compacted` remembers, per kind, the newest dropped entry, so a watch is Gone only when
+//! an entry it needs was dropped (a watch on a quiet kind never is), and `meta.compacted`
+//! the overall bound.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -36,6 +38,10 @@ CREATE TABLE IF NOT EXISTS watch_log (
     object           TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS watch_log_by_kind ON watch_log (kind, resource_version);
+CREATE TABLE IF NOT EXISTS compacted (
+    kind             TEXT PRIMARY KEY,
+    resource_version INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// What a watch log row says happened.
@@ -129,6 +135,15 @@ impl Db {
             // Compact in steps of a quarter of the bound so it is not paid on every write.
             if revision.saturating_sub(compacted) > self.retain + self.retain / 4 {
                 let upto = revision - self.retain;
+                tx.prepare_cached(
+                    "INSERT INTO compacted (kind, resource_version)
+                     SELECT kind, MAX(resource_version) FROM watch_log
+                     WHERE resource_version <= ?1 GROUP BY kind
+                     ON CONFLICT (kind) DO UPDATE SET
+                       resource_version = max(resource_version, excluded.resource_version)",
+                )
+                .and_then(|mut s| s.execute(params![upto as i64]))
+                .map_err(Error::db("compacting the watch log"))?;
                 tx.prepare_cached("DELETE FROM watch_log WHERE resource_version <= ?1")
                     .and_then(|mut s| s.execute(params![upto as i64]))
                     .map_err(Error::db("compacting the watch log"))?;
@@ -229,7 +244,13 @@ impl Reader<'_> {
         from: u64,
         limit: usize,
     ) -> Result<(Vec<LogEntry>, u64)> {
-        if from < meta(self.tx, "compacted")? {
+        let dropped: i64 = self
+            .tx
+            .prepare_cached("SELECT resource_version FROM compacted WHERE kind = ?1")
+            .and_then(|mut s| s.query_row(params![kind], |r| r.get(0)).optional())
+            .map_err(Error::db("reading the compaction bound"))?
+            .unwrap_or(0);
+        if from < dropped as u64 {
             return Err(Error::Gone {
                 resource_version: from,
             });

@@ -29,9 +29,6 @@ use crate::error::{Error, Result};
 use crate::kinds::KindRef;
 use crate::selector;
 
-/// How often an idle watch re-checks the log even without a wake-up: a safety net for a
-/// lost inotify event, not the means of delivery.
-const RECHECK: Duration = Duration::from_secs(5);
 /// Log rows a watch reads per query.
 const PAGE: usize = 512;
 
@@ -43,6 +40,9 @@ pub struct StoreOptions {
     pub watch_history: u64,
     /// `source.component` of the events this handle records.
     pub component: String,
+    /// How often an idle watch re-reads the log without a wake-up: a safety net for a
+    /// lost inotify event, not the means of delivery.
+    pub watch_recheck: Duration,
 }
 
 impl Default for StoreOptions {
@@ -50,6 +50,7 @@ impl Default for StoreOptions {
         StoreOptions {
             watch_history: 100_000,
             component: "strata".into(),
+            watch_recheck: Duration::from_secs(5),
         }
     }
 }
@@ -354,7 +355,8 @@ impl WatchState {
                 return Some(Err(err));
             }
             if self.buf.is_empty() {
-                let _ = tokio::time::timeout(RECHECK, self.rx.changed()).await;
+                let recheck = self.store.inner.options.watch_recheck;
+                let _ = tokio::time::timeout(recheck, self.rx.changed()).await;
             }
         }
     }
