@@ -1,0 +1,358 @@
+//! `bench-csi`: starts the real `strata-csi` on a loop-backed pool and measures
+//! CreateVolume/DeleteVolume rates (sequential and N in flight), the latency of NodeStage,
+//! NodePublish, NodeUnpublish and NodeUnstage, and NodePublish+NodeUnpublish pairs per second.
+//!
+//! Needs root (loop devices, mounts). Build the driver first:
+//! `cargo build --release -p strata-csi && cargo run --release -p bench-csi -- --iterations 200`
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bench_csi::{Summary, ms, rate};
+use clap::Parser;
+use csi_proto::volume_capability::access_mode::Mode;
+use csi_proto::*;
+use testkit::{DriverConfig, DriverProcess, LoopPool, PoolFs};
+
+/// Benchmarks strata-csi over its unix socket on a loop-backed pool.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The strata-csi binary; defaults to `strata-csi` next to this executable.
+    #[arg(long)]
+    driver: Option<PathBuf>,
+    /// Filesystem of the loop-backed pool: xfs (reflink), ext4, or dir (a plain directory).
+    #[arg(long, default_value = "xfs")]
+    pool_fs: String,
+    /// Size of the loop-backed pool in MiB.
+    #[arg(long, default_value_t = 4096)]
+    pool_mib: u64,
+    /// Volumes created (then deleted) per CreateVolume/DeleteVolume round.
+    #[arg(long, default_value_t = 1000)]
+    volumes: usize,
+    /// Requests in flight for the concurrent round.
+    #[arg(long, default_value_t = 16)]
+    inflight: usize,
+    /// Iterations of stage/publish/unpublish/unstage for the latency figures.
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+    /// NodePublish+NodeUnpublish pairs timed for the pairs/s figure.
+    #[arg(long, default_value_t = 2000)]
+    pairs: usize,
+}
+
+const MIB: i64 = 1 << 20;
+const POOL: &str = "bench";
+
+fn cap() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Mount(
+            volume_capability::MountVolume {
+                fs_type: "ext4".into(),
+                ..Default::default()
+            },
+        )),
+        access_mode: Some(volume_capability::AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn create_req(name: String) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name,
+        capacity_range: Some(CapacityRange {
+            required_bytes: 64 * MIB,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap()],
+        parameters: HashMap::from([("pool".to_owned(), POOL.to_owned())]),
+        ..Default::default()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench-csi needs root: loop devices and mounts");
+    }
+    let driver = match args.driver.clone() {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable dir")?
+            .join("strata-csi"),
+    };
+    if !driver.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p strata-csi) or pass --driver",
+            driver.display()
+        );
+    }
+    let fs = match args.pool_fs.as_str() {
+        "xfs" => PoolFs::Xfs(args.pool_mib << 20),
+        "ext4" => PoolFs::Ext4(args.pool_mib << 20),
+        "dir" => PoolFs::Dir,
+        other => bail!("--pool-fs {other}: want xfs, ext4 or dir"),
+    };
+    let pool = LoopPool::new(fs).context("making the pool")?;
+    let proc =
+        DriverProcess::start(DriverConfig::new(&driver, "bench-node").pool(POOL, pool.path()))
+            .await;
+    println!(
+        "strata-csi {} on a {} pool ({} MiB), kernel {}",
+        driver.display(),
+        args.pool_fs,
+        args.pool_mib,
+        kernel()
+    );
+
+    create_delete(&proc, &args, 1).await?;
+    create_delete(&proc, &args, args.inflight).await?;
+    node_latencies(&proc, &args).await?;
+    publish_pairs(&proc, &args).await?;
+    drop(proc);
+    drop(pool);
+    Ok(())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Creates `args.volumes` volumes with `inflight` requests outstanding, then deletes them the
+/// same way; reports each phase's rate and latencies.
+async fn create_delete(proc: &DriverProcess, args: &Args, inflight: usize) -> Result<()> {
+    let ctl = proc.controller().await;
+    let n = args.volumes;
+    let run = |phase: &'static str, ids: Vec<String>| {
+        let ctl = ctl.clone();
+        async move {
+            let queue = std::sync::Arc::new(std::sync::Mutex::new(ids.into_iter().enumerate()));
+            let start = Instant::now();
+            let mut workers = tokio::task::JoinSet::new();
+            for _ in 0..inflight {
+                let queue = queue.clone();
+                let mut ctl = ctl.clone();
+                workers.spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut made = Vec::new();
+                    loop {
+                        let next = queue.lock().unwrap().next();
+                        let Some((i, id)) = next else { break };
+                        let t = Instant::now();
+                        if phase == "create" {
+                            let v = ctl
+                                .create_volume(create_req(format!("bench-{inflight}-{i}")))
+                                .await
+                                .map_err(|s| anyhow::anyhow!("CreateVolume: {s}"))?
+                                .into_inner()
+                                .volume
+                                .context("no volume")?;
+                            made.push(v.volume_id);
+                        } else {
+                            ctl.delete_volume(DeleteVolumeRequest {
+                                volume_id: id,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|s| anyhow::anyhow!("DeleteVolume: {s}"))?;
+                        }
+                        lat.push(t.elapsed());
+                    }
+                    anyhow::Ok((lat, made))
+                });
+            }
+            let mut lat = Vec::new();
+            let mut made = Vec::new();
+            while let Some(r) = workers.join_next().await {
+                let (l, m) = r??;
+                lat.extend(l);
+                made.extend(m);
+            }
+            let elapsed = start.elapsed();
+            let s = Summary::of(&lat).context("no samples")?;
+            println!(
+                "{phase:>6} x{n} with {inflight:>2} in flight: {:>8.1} ops/s  p50 {}  p99 {}  max {}",
+                rate(n, elapsed),
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.max)
+            );
+            anyhow::Ok(made)
+        }
+    };
+    let ids = run("create", vec![String::new(); n]).await?;
+    if ids.len() != n {
+        bail!("created {} of {n}", ids.len());
+    }
+    run("delete", ids).await?;
+    Ok(())
+}
+
+/// Stage, publish, unpublish, unstage one volume `iterations` times; the first (cold: mkfs)
+/// round is reported apart.
+async fn node_latencies(proc: &DriverProcess, args: &Args) -> Result<()> {
+    let mut ctl = proc.controller().await;
+    let mut node = proc.node().await;
+    let vol = ctl
+        .create_volume(create_req("bench-node-rpcs".into()))
+        .await
+        .map_err(|s| anyhow::anyhow!("CreateVolume: {s}"))?
+        .into_inner()
+        .volume
+        .context("no volume")?;
+    let staging = proc.mkdir("bench-staging");
+    let target_parent = proc.mkdir("bench-pod");
+    let target = target_parent.join("mount");
+    let (mut st, mut pb, mut up, mut us) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut cold = None;
+    for i in 0..=args.iterations {
+        let t = Instant::now();
+        node.node_stage_volume(NodeStageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(cap()),
+            volume_context: vol.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("NodeStageVolume: {s}"))?;
+        let stage = t.elapsed();
+        let t = Instant::now();
+        node.node_publish_volume(publish_req(&vol, &staging, &target))
+            .await
+            .map_err(|s| anyhow::anyhow!("NodePublishVolume: {s}"))?;
+        let publish = t.elapsed();
+        let t = Instant::now();
+        node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("NodeUnpublishVolume: {s}"))?;
+        let unpublish = t.elapsed();
+        let t = Instant::now();
+        node.node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("NodeUnstageVolume: {s}"))?;
+        let unstage = t.elapsed();
+        if i == 0 {
+            cold = Some(stage);
+            continue;
+        }
+        st.push(stage);
+        pb.push(publish);
+        up.push(unpublish);
+        us.push(unstage);
+    }
+    if let Some(c) = cold {
+        println!("first NodeStageVolume (mkfs.ext4 of 64 MiB): {}", ms(c));
+    }
+    for (name, samples) in [
+        ("NodeStageVolume", &st),
+        ("NodePublishVolume", &pb),
+        ("NodeUnpublishVolume", &up),
+        ("NodeUnstageVolume", &us),
+    ] {
+        let s = Summary::of(samples).context("no samples")?;
+        println!(
+            "{name:<20} x{}: p50 {}  p99 {}  max {}",
+            s.n,
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max)
+        );
+    }
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: vol.volume_id,
+        ..Default::default()
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("DeleteVolume: {s}"))?;
+    Ok(())
+}
+
+fn publish_req(
+    vol: &Volume,
+    staging: &std::path::Path,
+    target: &std::path::Path,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap()),
+        readonly: false,
+        volume_context: vol.volume_context.clone(),
+        ..Default::default()
+    }
+}
+
+/// NodePublish+NodeUnpublish pairs per second on one staged volume, sequentially.
+async fn publish_pairs(proc: &DriverProcess, args: &Args) -> Result<()> {
+    let mut ctl = proc.controller().await;
+    let mut node = proc.node().await;
+    let vol = ctl
+        .create_volume(create_req("bench-pairs".into()))
+        .await
+        .map_err(|s| anyhow::anyhow!("CreateVolume: {s}"))?
+        .into_inner()
+        .volume
+        .context("no volume")?;
+    let staging = proc.mkdir("pairs-staging");
+    let target = proc.mkdir("pairs-pod").join("mount");
+    node.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap()),
+        volume_context: vol.volume_context.clone(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("NodeStageVolume: {s}"))?;
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(args.pairs);
+    for _ in 0..args.pairs {
+        let t = Instant::now();
+        node.node_publish_volume(publish_req(&vol, &staging, &target))
+            .await
+            .map_err(|s| anyhow::anyhow!("NodePublishVolume: {s}"))?;
+        node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("NodeUnpublishVolume: {s}"))?;
+        lat.push(t.elapsed());
+    }
+    let elapsed = start.elapsed();
+    let s = Summary::of(&lat).context("no samples")?;
+    println!(
+        "NodePublish+NodeUnpublish x{}: {:.1} pairs/s  pair p50 {}  p99 {}",
+        args.pairs,
+        rate(args.pairs, elapsed),
+        ms(s.p50),
+        ms(s.p99)
+    );
+    node.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("NodeUnstageVolume: {s}"))?;
+    ctl.delete_volume(DeleteVolumeRequest {
+        volume_id: vol.volume_id,
+        ..Default::default()
+    })
+    .await
+    .map_err(|s| anyhow::anyhow!("DeleteVolume: {s}"))?;
+    Ok(())
+}
