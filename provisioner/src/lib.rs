@@ -13,3 +13,6 @@ pub mod provision;
 pub mod quantity;
 pub mod selector;
 pub mod statefulset;
+
+/// The API types, from the store so every crate agrees on one k8s-openapi.
+pub use strata_store::k8s_openapi;

@@ -3,7 +3,7 @@
 //! Only what storage sizes need: non-negative values, rounded up to whole bytes as
 //! `Quantity.Value()` does upstream.
 
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use crate::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// Parses a quantity into whole bytes, rounding a fraction up.
 pub fn parse_bytes(q: &str) -> Result<u128, String> {

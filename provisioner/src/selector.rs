@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use crate::k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement};
+use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// Whether `selector` selects an object with `labels`. An empty selector selects everything
 /// (`metav1.LabelSelectorAsSelector`); a malformed one is an error, not a silent "no".
@@ -110,8 +110,8 @@ pub fn standalone_node_labels(node: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSelectorTerm;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use crate::k8s_openapi::api::core::v1::NodeSelectorTerm;
+    use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
+use crate::k8s_openapi::api::core::v1::{
     PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus,
 };
-use k8s_openapi::api::storage::v1::StorageClass;
+use crate::k8s_openapi::api::storage::v1::StorageClass;
 
 use super::class::{claim_class, claim_class_unset, default_class, is_delay_binding};
 use super::{Event, EventType, Plan, VolumeIndex, Write};
@@ -378,9 +378,11 @@ pub fn claim_status(
                     .and_then(|c| c.get("storage"))
                     .cloned();
                 let capacity = match annotation(&pv.metadata, names::ANN_PRE_RESIZE_CAPACITY) {
-                    Some(pre) => Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
-                        pre.to_string(),
-                    )),
+                    Some(pre) => Some(
+                        crate::k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                            pre.to_string(),
+                        ),
+                    ),
                     None => from_pv,
                 };
                 if let Some(q) = capacity {

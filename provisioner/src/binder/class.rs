@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::StorageClass;
+use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use crate::k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::meta::annotation;
 use crate::names::{ANN_BETA_DEFAULT_CLASS, ANN_BETA_STORAGE_CLASS, ANN_DEFAULT_CLASS};

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 
 use crate::binder::class::{claim_class, volume_class};
 use crate::meta::{self, claim_access_modes, volume_access_modes};
@@ -269,10 +269,10 @@ fn affinity_allows(pv: &PersistentVolume, node: Node<'_>) -> bool {
 mod tests {
     use super::*;
     use crate::binder::testutil::*;
-    use k8s_openapi::api::core::v1::{
+    use crate::k8s_openapi::api::core::v1::{
         NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, VolumeNodeAffinity,
     };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn index(pvs: Vec<PersistentVolume>) -> VolumeIndex {
         let mut i = VolumeIndex::new();
@@ -567,7 +567,7 @@ mod tests {
         c.spec.as_mut().unwrap().selector = Some(LabelSelector {
             match_labels: None,
             match_expressions: Some(vec![
-                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
                     key: "k".into(),
                     operator: "Near".into(),
                     values: None,

@@ -15,7 +15,7 @@ pub mod volume;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use crate::k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
 
 pub use claim::{ClaimContext, sync_claim};
 pub use index::VolumeIndex;

@@ -3,7 +3,7 @@
 //! Upstream an admission plugin adds them on create and two small controllers remove them;
 //! standalone there is no admission chain, so the same loops add them when missing.
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 
 use crate::meta::{self, add_finalizer, has_finalizer, remove_finalizer};
 use crate::names::{FINALIZER_PV_PROTECTION, FINALIZER_PVC_PROTECTION};
@@ -71,11 +71,11 @@ pub fn volume_protection(pv: &PersistentVolume) -> Option<PersistentVolume> {
 mod tests {
     use super::*;
     use crate::binder::testutil::*;
-    use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, PodSpec, Volume};
+    use crate::k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, PodSpec, Volume};
 
     fn pod(name: &str, node: Option<&str>, claim: &str) -> Pod {
         Pod {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            metadata: crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("default".into()),
                 ..Default::default()
@@ -112,7 +112,7 @@ mod tests {
         elsewhere.metadata.namespace = Some("prod".into());
         assert!(!pod_blocks_claim_deletion(&elsewhere, &c));
         let mut done = pod("p", Some("n1"), "data");
-        done.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        done.status = Some(crate::k8s_openapi::api::core::v1::PodStatus {
             phase: Some("Succeeded".into()),
             ..Default::default()
         });

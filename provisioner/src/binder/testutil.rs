@@ -2,16 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
+use crate::k8s_openapi::api::core::v1::{
     ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeSpec, PersistentVolumeStatus, VolumeResourceRequirements,
 };
-use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use crate::k8s_openapi::api::storage::v1::StorageClass;
+use crate::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 pub fn ts_at(secs: i64) -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    Time(crate::k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
 }
 
 pub fn claim(name: &str, request: &str, modes: &[&str]) -> PersistentVolumeClaim {

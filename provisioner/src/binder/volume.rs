@@ -1,6 +1,6 @@
 //! `syncVolume` (semantics doc §3.7) and `reclaimVolume` (§3.8).
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 
 use super::{Event, EventType, Plan, Write};
 use crate::meta::{self, annotation, has_annotation, remove_annotation};

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::storage::v1::StorageClass;
+use crate::k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::names::{CSI_PARAM_FSTYPE, CSI_PARAM_PREFIX, LEGACY_PARAM_FSTYPE};
 
@@ -85,7 +85,9 @@ fn flatten_topologies(sc: &StorageClass) -> Vec<BTreeMap<String, String>> {
 mod tests {
     use super::*;
     use crate::binder::testutil::class;
-    use k8s_openapi::api::core::v1::{TopologySelectorLabelRequirement, TopologySelectorTerm};
+    use crate::k8s_openapi::api::core::v1::{
+        TopologySelectorLabelRequirement, TopologySelectorTerm,
+    };
 
     #[test]
     fn parameters_lose_reserved_keys_and_defaults_apply() {

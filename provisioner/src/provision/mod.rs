@@ -12,8 +12,8 @@ pub mod volume;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use k8s_openapi::api::storage::v1::StorageClass;
+use crate::k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use crate::k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::binder::class::claim_class;
 use crate::meta::{self, annotation};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use crate::k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
 use super::class::ClassConfig;
 use crate::meta::{self, annotation};
@@ -389,12 +389,13 @@ mod tests {
             "claim Selector is not supported"
         );
         let mut snap = claim("c", "1Gi", &["ReadWriteOnce"]);
-        snap.spec.as_mut().unwrap().data_source =
-            Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
+        snap.spec.as_mut().unwrap().data_source = Some(
+            crate::k8s_openapi::api::core::v1::TypedLocalObjectReference {
                 api_group: Some("snapshot.storage.k8s.io".into()),
                 kind: "VolumeSnapshot".into(),
                 name: "s1".into(),
-            });
+            },
+        );
         assert!(build_create_request(&snap, &cfg("Immediate"), &driver(), "ext4", &p).is_err());
         let rwop = claim("c", "1Gi", &["ReadWriteOncePod", "ReadWriteMany"]);
         assert!(build_create_request(&rwop, &cfg("Immediate"), &driver(), "ext4", &p).is_err());
@@ -419,14 +420,16 @@ mod tests {
         assert_eq!(t.preferred, [node("n2"), node("n1")]);
         // With allowedTopologies the requisite is exactly the allowed list.
         let mut sc = class("local", "WaitForFirstConsumer");
-        sc.allowed_topologies = Some(vec![k8s_openapi::api::core::v1::TopologySelectorTerm {
-            match_label_expressions: Some(vec![
-                k8s_openapi::api::core::v1::TopologySelectorLabelRequirement {
-                    key: TOPOLOGY_KEY.into(),
-                    values: vec!["n1".into(), "n2".into(), "n3".into()],
-                },
-            ]),
-        }]);
+        sc.allowed_topologies = Some(vec![
+            crate::k8s_openapi::api::core::v1::TopologySelectorTerm {
+                match_label_expressions: Some(vec![
+                    crate::k8s_openapi::api::core::v1::TopologySelectorLabelRequirement {
+                        key: TOPOLOGY_KEY.into(),
+                        values: vec!["n1".into(), "n2".into(), "n3".into()],
+                    },
+                ]),
+            },
+        ]);
         let cfg = ClassConfig::from_class(&sc).unwrap();
         let t = build_create_request(&c, &cfg, &driver(), "ext4", &Placement { nodes: &nodes })
             .unwrap()

@@ -6,11 +6,11 @@ pub mod retention;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
+use crate::k8s_openapi::api::apps::v1::StatefulSet;
+use crate::k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::meta;
 
@@ -147,11 +147,11 @@ pub fn is_owned_by(pod: &Pod, set: &StatefulSet) -> bool {
 #[cfg(test)]
 pub(crate) mod testutil {
     use super::*;
-    use k8s_openapi::api::apps::v1::{
+    use crate::k8s_openapi::api::apps::v1::{
         StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
     };
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, VolumeMount};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use crate::k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, VolumeMount};
+    use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     pub fn set(name: &str, replicas: i32, when_deleted: &str, when_scaled: &str) -> StatefulSet {
         let selector = BTreeMap::from([("app".to_string(), name.to_string())]);
@@ -233,7 +233,8 @@ mod tests {
         assert_eq!(ordinal_of(&s, "web-"), None);
         assert_eq!(ordinal_range(&s), 0..3);
         let mut s2 = s.clone();
-        s2.spec.ordinals = Some(k8s_openapi::api::apps::v1::StatefulSetOrdinals { start: Some(5) });
+        s2.spec.ordinals =
+            Some(crate::k8s_openapi::api::apps::v1::StatefulSetOrdinals { start: Some(5) });
         assert_eq!(ordinal_range(&s2), 5..8);
     }
 

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use crate::k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use crate::k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 
 use super::retention::update_claim_refs;
 use super::{claim_for, ordinal_of, ordinal_range, pod_for, pod_name, templates};

@@ -2,9 +2,9 @@
 //!
 //! The controller only edits references; the garbage collector deletes.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use crate::k8s_openapi::api::apps::v1::StatefulSet;
+use crate::k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use crate::meta;
 

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::binder::VolumeIndex;
 use crate::binder::testutil::*;
-use k8s_openapi::api::core::v1::{
+use crate::k8s_openapi::api::core::v1::{
     NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, VolumeNodeAffinity,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 struct World {
     index: VolumeIndex,
@@ -105,7 +105,7 @@ fn written_claim_status(plan: &Plan) -> &PersistentVolumeClaim {
 }
 
 fn ann<'a>(
-    m: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    m: &'a crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     k: &str,
 ) -> Option<&'a str> {
     annotation(m, k)
@@ -636,4 +636,4 @@ fn two_claims_never_get_the_same_volume_when_the_cache_is_updated() {
     );
 }
 
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use crate::k8s_openapi::apimachinery::pkg::api::resource::Quantity;

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::binder::testutil::*;
-use k8s_openapi::api::core::v1::CSIPersistentVolumeSource;
+use crate::k8s_openapi::api::core::v1::CSIPersistentVolumeSource;
 
 fn sync(pv: &PersistentVolume, claim: Option<&PersistentVolumeClaim>) -> Plan {
     sync_volume(pv, &VolumeContext { claim })
