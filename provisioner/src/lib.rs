@@ -16,3 +16,5 @@ pub mod statefulset;
 
 /// The API types, from the store so every crate agrees on one k8s-openapi.
 pub use strata_store::k8s_openapi;
+pub mod expand;
+pub mod gc;
