@@ -154,7 +154,7 @@ mod tests {
     }
 
     fn node_strategy() -> impl Strategy<Value = String> {
-        "[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?"
+        "[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?".prop_filter("no empty label", |s| !s.contains(".."))
     }
 
     fn pool_strategy() -> impl Strategy<Value = String> {

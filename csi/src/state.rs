@@ -174,27 +174,27 @@ fn apply(conn: &Connection, op: &Op) -> rusqlite::Result<()> {
     let enc = |v: &dyn erased::Json| v.json();
     match op {
         Op::PutVolume(v) => conn
-            .prepare_cached("INSERT OR REPLACE INTO volumes (id, name, record) VALUES (?1, ?2, ?3)")?
+            .prepare_cached("INSERT INTO volumes (id, name, record) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET name = excluded.name, record = excluded.record")?
             .execute(params![v.id, v.name, enc(v)])
             .map(drop),
         Op::DelVolume(id) => conn.prepare_cached("DELETE FROM volumes WHERE id = ?1")?.execute([id]).map(drop),
         Op::PutSnapshot(s) => conn
-            .prepare_cached("INSERT OR REPLACE INTO snapshots (id, name, source, record) VALUES (?1, ?2, ?3, ?4)")?
+            .prepare_cached("INSERT INTO snapshots (id, name, source, record) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET name = excluded.name, source = excluded.source, record = excluded.record")?
             .execute(params![s.id, s.name, s.source_volume_id, enc(s)])
             .map(drop),
         Op::DelSnapshot(id) => conn.prepare_cached("DELETE FROM snapshots WHERE id = ?1")?.execute([id]).map(drop),
         Op::PutGroup(g) => conn
-            .prepare_cached("INSERT OR REPLACE INTO groups (id, name, record) VALUES (?1, ?2, ?3)")?
+            .prepare_cached("INSERT INTO groups (id, name, record) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET name = excluded.name, record = excluded.record")?
             .execute(params![g.id, g.name, enc(g)])
             .map(drop),
         Op::DelGroup(id) => conn.prepare_cached("DELETE FROM groups WHERE id = ?1")?.execute([id]).map(drop),
         Op::PutStage(s) => conn
-            .prepare_cached("INSERT OR REPLACE INTO stages (volume_id, record) VALUES (?1, ?2)")?
+            .prepare_cached("INSERT INTO stages (volume_id, record) VALUES (?1, ?2) ON CONFLICT(volume_id) DO UPDATE SET record = excluded.record")?
             .execute(params![s.volume_id, enc(s)])
             .map(drop),
         Op::DelStage(id) => conn.prepare_cached("DELETE FROM stages WHERE volume_id = ?1")?.execute([id]).map(drop),
         Op::PutPublish(p) => conn
-            .prepare_cached("INSERT OR REPLACE INTO publishes (target, volume_id, record) VALUES (?1, ?2, ?3)")?
+            .prepare_cached("INSERT INTO publishes (target, volume_id, record) VALUES (?1, ?2, ?3) ON CONFLICT(target) DO UPDATE SET volume_id = excluded.volume_id, record = excluded.record")?
             .execute(params![p.target.to_string_lossy(), p.volume_id, enc(p)])
             .map(drop),
         Op::DelPublish(t) => conn

@@ -122,7 +122,8 @@ mod tests {
         assert!(name("name", "c1\u{85}").is_err());
         assert!(name("name", &"x".repeat(129)).is_err());
         assert!(id("volume_id", "n_p_v01").is_ok());
-        assert!(id("volume_id", "../etc").is_ok(), "dots are allowed, slashes are not");
+        assert!(id("volume_id", "..etc").is_ok(), "dots are allowed, slashes are not");
+        assert!(id("volume_id", "../etc").is_err());
         assert!(id("volume_id", "a/b").is_err());
         assert!(id("volume_id", "").is_err());
         let e = id("volume_id", "").unwrap_err().to_string();
@@ -132,7 +133,7 @@ mod tests {
     #[test]
     fn maps() {
         let mut m = HashMap::new();
-        m.insert("k".to_string(), "v".repeat(4095));
+        m.insert("k".to_string(), "v".repeat(4096));
         assert!(map("parameters", &m).is_err());
         m.insert("k".to_string(), "v".repeat(4000));
         assert!(map("parameters", &m).is_ok());

@@ -91,15 +91,14 @@ impl Backend for ImagePool {
         sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))
     }
 
-    fn create(&self, img: ImageRef<'_>, size: u64, from: Option<ImageRef<'_>>) -> Result<Option<CopyKind>> {
+    fn create(&self, img: ImageRef<'_>, size: u64, from: Option<&File>) -> Result<Option<CopyKind>> {
         let dst = self.open_flags(img, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR)?;
         let result = (|| {
             let kind = match from {
                 None => None,
                 Some(src) => {
-                    let src_file = self.open_flags(src, OFlag::O_RDONLY)?;
-                    let kind = sys::reflink::copy_image(&src_file, &dst)
-                        .map_err(Error::io("copying image", self.path(src)))?;
+                    let kind =
+                        sys::reflink::copy_image(src, &dst).map_err(Error::io("copying image into", self.path(img)))?;
                     Some(kind)
                 }
             };
@@ -170,7 +169,8 @@ mod tests {
         assert!(pool.create(v, 1 << 20, None).is_err(), "O_EXCL");
         assert_eq!(pool.size(v).unwrap(), Some(1 << 20));
         let s = ImageRef::snapshot("sabc.img");
-        assert!(pool.create(s, 1 << 20, Some(v)).unwrap().is_some());
+        let src = pool.open(v).unwrap();
+        assert!(pool.create(s, 1 << 20, Some(&src)).unwrap().is_some());
         pool.grow(v, 4 << 20).unwrap();
         pool.grow(v, 2 << 20).unwrap();
         assert_eq!(pool.size(v).unwrap(), Some(4 << 20));

@@ -49,9 +49,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Proves the pool directory is still there and usable (Probe, GetCapacity).
     fn check(&self) -> Result<()>;
     fn space(&self) -> Result<Space>;
-    /// Creates `img` with `size` bytes, empty or as a copy of `from` (then grown to
-    /// `size`). Fails if `img` exists.
-    fn create(&self, img: ImageRef<'_>, size: u64, from: Option<ImageRef<'_>>) -> Result<Option<CopyKind>>;
+    /// Creates `img` with `size` bytes, empty or as a copy of the open image `from` (which
+    /// may live in another pool; then grown to `size`). Fails if `img` exists.
+    fn create(&self, img: ImageRef<'_>, size: u64, from: Option<&File>) -> Result<Option<CopyKind>>;
     /// Removes `img`; false when it was already gone.
     fn remove(&self, img: ImageRef<'_>) -> Result<bool>;
     /// Size in bytes, None when missing.

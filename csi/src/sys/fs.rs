@@ -10,6 +10,8 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
 fn how(flags: OFlag, mode: u32) -> OpenHow {
+    // openat2 refuses a mode without O_CREAT (EINVAL).
+    let mode = if flags.contains(OFlag::O_CREAT) { mode } else { 0 };
     OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
         .mode(Mode::from_bits_truncate(mode))

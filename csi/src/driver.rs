@@ -1,0 +1,327 @@
+//! The driver's core: pools, state, locks and the rules shared by the services. Knows
+//! nothing of gRPC; the service modules translate requests into calls on `Driver`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::backend::{Backend, ImageRef, Pools};
+use crate::error::{Error, Result};
+use crate::ids::{Kind, ObjectId};
+use crate::locks::Locks;
+use crate::state::{Phase, SnapshotRecord, Store, VolumeRecord};
+use crate::sys;
+
+/// Topology key whose value is the node id.
+pub const TOPOLOGY_KEY: &str = "topology.strata.io/node";
+/// 1 MiB: every size is rounded up to this.
+pub const SIZE_UNIT: u64 = 1 << 20;
+/// Smallest ext4 volume: leaves room for a journal.
+pub const EXT4_MIN: u64 = 16 << 20;
+/// Size of a volume created without a capacity range.
+pub const DEFAULT_SIZE: u64 = 1 << 30;
+/// Name prefix for objects the driver names itself. U+0001 is forbidden in CO names, so
+/// these can never collide with a CreateVolume or CreateSnapshot name.
+pub const INTERNAL_PREFIX: char = '\u{1}';
+
+/// Access modes. Local storage serves one node, so the MULTI_NODE modes are refused.
+pub mod mode {
+    pub const SINGLE_NODE_WRITER: i32 = 1;
+    pub const SINGLE_NODE_READER_ONLY: i32 = 2;
+    pub const MULTI_NODE_READER_ONLY: i32 = 3;
+    pub const MULTI_NODE_SINGLE_WRITER: i32 = 4;
+    pub const MULTI_NODE_MULTI_WRITER: i32 = 5;
+    pub const SINGLE_NODE_SINGLE_WRITER: i32 = 6;
+    pub const SINGLE_NODE_MULTI_WRITER: i32 = 7;
+}
+
+/// A volume capability in domain terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cap {
+    pub block: bool,
+    /// "" when unspecified; only for mount capabilities.
+    pub fs_type: String,
+    pub mount_flags: Vec<String>,
+    pub mount_group: String,
+    pub mode: i32,
+}
+
+impl Cap {
+    /// Whether this driver can serve the capability at all; Err(reason) otherwise.
+    pub fn supported(&self) -> std::result::Result<(), String> {
+        match self.mode {
+            mode::SINGLE_NODE_WRITER
+            | mode::SINGLE_NODE_READER_ONLY
+            | mode::SINGLE_NODE_SINGLE_WRITER
+            | mode::SINGLE_NODE_MULTI_WRITER => {}
+            mode::MULTI_NODE_READER_ONLY | mode::MULTI_NODE_SINGLE_WRITER | mode::MULTI_NODE_MULTI_WRITER => {
+                return Err(format!("access mode {} needs several nodes; local volumes live on one", self.mode));
+            }
+            other => return Err(format!("access mode {other} is unknown")),
+        }
+        if !self.block && !self.fs_type.is_empty() && self.fs_type != "ext4" && self.fs_type != "xfs" {
+            return Err(format!("fs_type {:?}: only ext4 and xfs", self.fs_type));
+        }
+        if !self.mount_group.is_empty() && self.mount_group.parse::<u32>().is_err() {
+            return Err(format!("volume_mount_group {:?} is not a numeric group id", self.mount_group));
+        }
+        Ok(())
+    }
+
+    /// Whether several publishes of one volume on this node are allowed (§5.6 matrix).
+    pub fn multi_publish(&self) -> bool {
+        matches!(
+            self.mode,
+            mode::SINGLE_NODE_MULTI_WRITER
+                | mode::MULTI_NODE_READER_ONLY
+                | mode::MULTI_NODE_SINGLE_WRITER
+                | mode::MULTI_NODE_MULTI_WRITER
+        )
+    }
+
+    /// A stable text form for fingerprints.
+    pub fn key(&self) -> String {
+        let mut flags = self.mount_flags.clone();
+        flags.sort();
+        format!(
+            "{}|{}|{}|{}|{}",
+            if self.block { "block" } else { "mount" },
+            self.fs_type,
+            flags.join(","),
+            self.mount_group,
+            self.mode
+        )
+    }
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub fn round_up(n: u64, unit: u64) -> u64 {
+    n.div_ceil(unit).saturating_mul(unit)
+}
+
+/// Minimum size for a filesystem type ("" = block only).
+pub fn min_size(fs_type: &str) -> u64 {
+    match fs_type {
+        "xfs" => sys::mkfs::XFS_MIN_BYTES,
+        "ext4" => EXT4_MIN,
+        _ => SIZE_UNIT,
+    }
+}
+
+/// The size to allocate for a capacity range: `required` rounded up to 1 MiB and to the
+/// filesystem's minimum, within `limit`. 0 means unset for both.
+pub fn pick_size(required: u64, limit: u64, floor: u64, fs_type: &str) -> Result<u64> {
+    if limit != 0 && required > limit {
+        return Err(Error::OutOfRange {
+            field: "capacity_range",
+            reason: format!("required_bytes {required} exceeds limit_bytes {limit}"),
+        });
+    }
+    let min = min_size(fs_type).max(floor);
+    let want = if required == 0 {
+        if limit != 0 { limit.min(DEFAULT_SIZE).max(min) } else { DEFAULT_SIZE.max(min) }
+    } else {
+        required.max(min)
+    };
+    let mut size = round_up(want, SIZE_UNIT);
+    if limit != 0 && size > limit {
+        // Rounding overshot the limit: round down instead if that still fits.
+        let down = limit / SIZE_UNIT * SIZE_UNIT;
+        if down >= required.max(min) && down > 0 {
+            size = down;
+        } else {
+            return Err(Error::OutOfRange {
+                field: "capacity_range",
+                reason: format!("smallest possible size {size} exceeds limit_bytes {limit}"),
+            });
+        }
+    }
+    Ok(size)
+}
+
+/// Checks requisite/preferred topologies against this node.
+pub fn topology_allows(node_id: &str, requisite: &[HashMap<String, String>], preferred: &[HashMap<String, String>]) -> Result<()> {
+    let matches = |t: &HashMap<String, String>| {
+        t.iter().all(|(k, v)| k.eq_ignore_ascii_case(TOPOLOGY_KEY) && v == node_id)
+    };
+    if !requisite.is_empty() {
+        if requisite.iter().any(matches) {
+            return Ok(());
+        }
+        return Err(Error::Topology(format!(
+            "no requisite topology contains {TOPOLOGY_KEY}={node_id}; volumes of this driver live on node {node_id}"
+        )));
+    }
+    if !preferred.is_empty() && !preferred.iter().any(matches) {
+        return Err(Error::Topology(format!("no preferred topology contains {TOPOLOGY_KEY}={node_id}")));
+    }
+    Ok(())
+}
+
+/// Result of looking up an id the CO gave us.
+pub enum Lookup<T> {
+    Found(T),
+    /// Well-formed for this node but not in the state, or not one of our ids at all.
+    Unknown,
+    /// One of ours, but from another node.
+    OtherNode(ObjectId),
+}
+
+pub struct Driver {
+    pub node_id: String,
+    pub driver_name: String,
+    pub max_volumes_per_node: i64,
+    pub pools: Pools,
+    pub store: Store,
+    pub locks: Locks,
+    pub state_dir: PathBuf,
+}
+
+impl Driver {
+    pub fn pool(&self, name: &str) -> Result<&std::sync::Arc<dyn Backend>> {
+        self.pools.get(name).ok_or_else(|| Error::StateCorrupt(format!("pool {name} is not configured")))
+    }
+
+    /// Volume by id as the CO knows it: our id format, or the CO's id of an ephemeral
+    /// inline volume.
+    pub fn lookup_volume(&self, id: &str) -> Result<Lookup<VolumeRecord>> {
+        match ObjectId::parse(id) {
+            Some(oid) if oid.kind == Kind::Volume => {
+                if oid.node != self.node_id {
+                    return Ok(Lookup::OtherNode(oid));
+                }
+                Ok(match self.store.volume(id)? {
+                    Some(v) => Lookup::Found(v),
+                    None => Lookup::Unknown,
+                })
+            }
+            Some(_) => Ok(Lookup::Unknown),
+            None => Ok(match self.store.volume_by_name(&ephemeral_name(id))? {
+                Some(v) => Lookup::Found(v),
+                None => Lookup::Unknown,
+            }),
+        }
+    }
+
+    /// A ready volume, or NOT_FOUND (another node's volume is also not found here).
+    pub fn ready_volume(&self, id: &str) -> Result<VolumeRecord> {
+        match self.lookup_volume(id)? {
+            Lookup::Found(v) if v.phase == Phase::Ready => Ok(v),
+            Lookup::Found(_) | Lookup::Unknown => Err(Error::VolumeNotFound(id.to_string())),
+            Lookup::OtherNode(oid) => Err(Error::VolumeNotFound(format!("{id} (it lives on node {})", oid.node))),
+        }
+    }
+
+    pub fn lookup_snapshot(&self, id: &str) -> Result<Lookup<SnapshotRecord>> {
+        match ObjectId::parse(id) {
+            Some(oid) if oid.kind == Kind::Snapshot => {
+                if oid.node != self.node_id {
+                    return Ok(Lookup::OtherNode(oid));
+                }
+                Ok(match self.store.snapshot(id)? {
+                    Some(s) => Lookup::Found(s),
+                    None => Lookup::Unknown,
+                })
+            }
+            _ => Ok(Lookup::Unknown),
+        }
+    }
+
+    /// Whether the volume's image file is present (for volume_condition).
+    pub fn image_present(&self, v: &VolumeRecord) -> Result<bool> {
+        let pool = self.pool(&v.pool)?;
+        Ok(pool.size(ImageRef::volume(&v.file))?.is_some())
+    }
+
+    /// The volume's health as the controller sees it: image present, and if staged, its
+    /// loop device still backed by the image and its mount still there.
+    pub fn condition(&self, v: &VolumeRecord) -> Result<(bool, String)> {
+        let pool = self.pool(&v.pool)?;
+        if pool.size(ImageRef::volume(&v.file))?.is_none() {
+            return Ok((true, format!("image {} is missing", pool.path(ImageRef::volume(&v.file)).display())));
+        }
+        if let Some(st) = self.store.stage(&v.id)?
+            && st.phase == crate::state::StagePhase::Staged
+        {
+            let image = pool.path(ImageRef::volume(&v.file));
+            let devices = sys::loopdev::find_by_backing(&image).map_err(Error::io("listing loop devices", "/sys/block"))?;
+            let recorded = st.device.as_deref().and_then(sys::loopdev::number_of);
+            if recorded.is_none_or(|n| !devices.contains(&n)) {
+                return Ok((true, format!("loop device of {} is gone", image.display())));
+            }
+            if !st.block {
+                match sys::mount::stat(&st.staging_path) {
+                    Ok(s) if s.mount_root => {}
+                    _ => return Ok((true, format!("staging mount {} is gone", st.staging_path.display()))),
+                }
+            }
+        }
+        Ok((false, "healthy".to_string()))
+    }
+}
+
+/// The name under which an ephemeral inline volume with CO id `id` is recorded.
+pub fn ephemeral_name(id: &str) -> String {
+    format!("{INTERNAL_PREFIX}ephemeral:{id}")
+}
+
+/// The name of the member snapshot of group `group_id` for volume `volume_id`.
+pub fn group_member_name(group_id: &str, volume_id: &str) -> String {
+    format!("{INTERNAL_PREFIX}group:{group_id}:{volume_id}")
+}
+
+/// Sorted copy of a map, for storing and comparing parameters.
+pub fn sorted(m: &HashMap<String, String>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Whether `path` is the root of a mount of the same filesystem as `reference`.
+pub fn same_mount(path: &Path, reference: &Path) -> bool {
+    match (sys::mount::stat(path), sys::mount::stat(reference)) {
+        (Ok(a), Ok(b)) => a.mount_root && a.dev == b.dev,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_round_and_respect_limits() {
+        assert_eq!(pick_size(1, 0, 0, "").unwrap(), SIZE_UNIT);
+        assert_eq!(pick_size(SIZE_UNIT + 1, 0, 0, "").unwrap(), 2 * SIZE_UNIT);
+        assert_eq!(pick_size(0, 0, 0, "ext4").unwrap(), DEFAULT_SIZE);
+        assert_eq!(pick_size(1, 0, 0, "xfs").unwrap(), sys::mkfs::XFS_MIN_BYTES);
+        assert_eq!(pick_size(0, 64 << 20, 0, "ext4").unwrap(), 64 << 20);
+        assert!(matches!(pick_size(2, 1, 0, ""), Err(Error::OutOfRange { .. })));
+        assert!(matches!(pick_size(1 << 20, 100 << 20, 0, "xfs"), Err(Error::OutOfRange { .. })));
+        assert_eq!(pick_size(10, 0, 50 << 20, "ext4").unwrap(), 50 << 20, "source floor");
+        // A limit that is not a multiple of the unit still admits a size below it.
+        assert_eq!(pick_size(20 << 20, (20 << 20) + 5, 0, "ext4").unwrap(), 20 << 20);
+    }
+
+    #[test]
+    fn topology() {
+        let t = |v: &str| HashMap::from([(TOPOLOGY_KEY.to_string(), v.to_string())]);
+        assert!(topology_allows("n1", &[t("n2"), t("n1")], &[]).is_ok());
+        assert!(matches!(topology_allows("n1", &[t("n2")], &[]), Err(Error::Topology(_))));
+        assert!(topology_allows("n1", &[], &[]).is_ok());
+        let other_key = HashMap::from([("zone".to_string(), "a".to_string())]);
+        assert!(topology_allows("n1", &[other_key], &[]).is_err());
+    }
+
+    #[test]
+    fn caps() {
+        let c = Cap { block: false, fs_type: "ext4".into(), mount_flags: vec![], mount_group: String::new(), mode: 1 };
+        assert!(c.supported().is_ok());
+        assert!(!c.multi_publish());
+        assert!(Cap { mode: 5, ..c.clone() }.supported().is_err());
+        assert!(Cap { fs_type: "ntfs".into(), ..c.clone() }.supported().is_err());
+        assert!(Cap { mode: 7, ..c.clone() }.multi_publish());
+        assert!(Cap { mount_group: "abc".into(), ..c }.supported().is_err());
+    }
+}

@@ -1,0 +1,639 @@
+//! Node-side operations: stage (loop device, mkfs when empty, mount), publish (bind mount
+//! or device node), their negations, stats, online expansion and ephemeral inline volumes.
+//!
+//! Stage records its intent first; publish records after the mount (its retry adopts a
+//! mount left by a crash, and reconciliation reports strays), so the hot path costs one
+//! state commit per publish and one per unpublish.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::backend::ImageRef;
+use crate::driver::{self, Cap, Driver, Lookup, mode};
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::state::{Op, PublishRecord, StagePhase, StageRecord, VolumeRecord};
+use crate::sys;
+use crate::volumes::{CreateArgs, PARAM_FS_TYPE, PARAM_POOL};
+
+/// volume_context key that marks an ephemeral inline volume (set by the kubelet).
+pub const CTX_EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
+/// volume_context keys of an ephemeral inline volume.
+pub const CTX_SIZE: &str = "size";
+/// Size of an ephemeral volume without a `size` attribute.
+pub const EPHEMERAL_DEFAULT_SIZE: u64 = 100 << 20;
+
+#[derive(Debug, Clone)]
+pub struct StageArgs {
+    pub volume_id: String,
+    pub staging: PathBuf,
+    pub cap: Cap,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishArgs {
+    pub volume_id: String,
+    pub staging: PathBuf,
+    pub target: PathBuf,
+    pub cap: Cap,
+    pub readonly: bool,
+    pub context: BTreeMap<String, String>,
+}
+
+/// Node stats of one volume path.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub block: bool,
+    pub bytes_total: u64,
+    pub bytes_available: u64,
+    pub bytes_used: u64,
+    pub inodes_total: u64,
+    pub inodes_available: u64,
+    pub inodes_used: u64,
+    pub abnormal: bool,
+    pub message: String,
+}
+
+fn io_at(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    Error::io(op, path)
+}
+
+/// Gives group `gid` write access to the filesystem root, with setgid so new files keep
+/// the group (what `volume_mount_group` asks of ext4/xfs, which have no gid= option).
+fn apply_mount_group(root: &Path, gid: &str) -> Result<()> {
+    let gid: u32 = gid.parse().map_err(|_| Error::invalid("volume_mount_group", "not a numeric group id"))?;
+    nix::unistd::chown(root, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| Error::Io {
+        op: "chgrp",
+        path: root.to_path_buf(),
+        source: e.into(),
+    })?;
+    let meta = std::fs::metadata(root).map_err(io_at("stat", root))?;
+    let mode = meta.permissions().mode() | 0o2070;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode)).map_err(io_at("chmod", root))?;
+    Ok(())
+}
+
+/// Parses a Kubernetes-style quantity: `1073741824`, `512Mi`, `1Gi`, `1G`, `100M`.
+pub fn parse_quantity(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1000,
+        "Ki" => 1 << 10,
+        "M" => 1000 * 1000,
+        "Mi" => 1 << 20,
+        "G" => 1000 * 1000 * 1000,
+        "Gi" => 1 << 30,
+        "T" => 1000u64.pow(4),
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl Driver {
+    fn image_path(&self, v: &VolumeRecord) -> Result<PathBuf> {
+        Ok(self.pool(&v.pool)?.path(ImageRef::volume(&v.file)))
+    }
+
+    /// Whether a Staged record is still real: loop device backed by the image and, for
+    /// mount volumes, the staging path mounted.
+    fn stage_intact(&self, v: &VolumeRecord, st: &StageRecord) -> Result<bool> {
+        let image = self.image_path(v)?;
+        let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of) else {
+            return Ok(false);
+        };
+        let devs = sys::loopdev::find_by_backing(&image).map_err(io_at("listing loop devices", Path::new("/sys/block")))?;
+        if !devs.contains(&n) {
+            return Ok(false);
+        }
+        if st.block {
+            return Ok(true);
+        }
+        let dev = sys::mount::stat(&sys::loopdev::device_path(n)).map_err(io_at("stat", &sys::loopdev::device_path(n)))?;
+        Ok(sys::mount::stat(&st.staging_path).is_ok_and(|s| s.mount_root && s.dev == dev.rdev))
+    }
+
+    /// Undoes whatever a stage left: mount at the staging path, loop devices backed by the
+    /// image; then forgets the record.
+    pub(crate) fn teardown_stage(&self, v: &VolumeRecord, st: &StageRecord) -> Result<()> {
+        if !st.block {
+            sys::mount::umount_all(&st.staging_path).map_err(io_at("unmounting", &st.staging_path))?;
+        }
+        failpoint::hit("node_unstage:after_umount");
+        let image = self.image_path(v)?;
+        for n in sys::loopdev::find_by_backing(&image).map_err(io_at("listing loop devices", Path::new("/sys/block")))? {
+            sys::loopdev::detach(n).map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
+        }
+        failpoint::hit("node_unstage:after_detach");
+        self.store.write(vec![Op::DelStage(v.id.clone())])?;
+        Ok(())
+    }
+
+    /// NodeStageVolume.
+    pub fn stage(&self, a: StageArgs) -> Result<()> {
+        let v = self.ready_volume(&a.volume_id)?;
+        a.cap.supported().map_err(Error::CapabilityUnsupported)?;
+        if !a.cap.block && !a.cap.fs_type.is_empty() && a.cap.fs_type != v.fs_type {
+            return Err(Error::CapabilityUnsupported(format!(
+                "volume {} holds {}, capability asks for {}",
+                v.id, v.fs_type, a.cap.fs_type
+            )));
+        }
+        let meta = std::fs::symlink_metadata(&a.staging).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::invalid("staging_target_path", "does not exist (the CO creates it)"),
+            _ => Error::Io { op: "stat", path: a.staging.clone(), source: e },
+        })?;
+        if !a.cap.block && !meta.is_dir() {
+            return Err(Error::invalid("staging_target_path", "is not a directory"));
+        }
+        let opts = sys::mount::parse_options(&a.cap.mount_flags).map_err(|r| Error::invalid("mount_flags", r))?;
+        let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
+        let args = a.cap.key();
+        if let Some(st) = self.store.stage(&v.id)? {
+            if st.phase == StagePhase::Staged {
+                if st.staging_path != a.staging {
+                    return Err(Error::Precondition(format!(
+                        "volume {} is already staged at {}",
+                        v.id,
+                        st.staging_path.display()
+                    )));
+                }
+                if st.args != args {
+                    return Err(Error::StagedIncompatible {
+                        id: v.id.clone(),
+                        path: a.staging.display().to_string(),
+                        reason: "another volume_capability".into(),
+                    });
+                }
+                if self.stage_intact(&v, &st)? {
+                    return Ok(());
+                }
+                tracing::warn!(volume_id = %v.id, "staged volume lost its device or mount; staging again");
+            }
+            self.teardown_stage(&v, &st)?;
+        }
+
+        let mut st = StageRecord {
+            volume_id: v.id.clone(),
+            staging_path: a.staging.clone(),
+            device: None,
+            block: a.cap.block,
+            fs_type: if a.cap.block { String::new() } else { v.fs_type.clone() },
+            args,
+            phase: StagePhase::Staging,
+        };
+        self.store.write(vec![Op::PutStage(st.clone())])?;
+        failpoint::hit("node_stage:after_intent");
+
+        let pool = self.pool(&v.pool)?;
+        let file = pool.open(ImageRef::volume(&v.file))?;
+        let image = pool.path(ImageRef::volume(&v.file));
+        // Mount volumes detach by themselves when unmounted (autoclear); block volumes
+        // have no mount to hold the device, so they stay attached until unstage.
+        let opts_attach = sys::loopdev::AttachOptions { autoclear: !a.cap.block, direct_io: v.direct_io };
+        let mut attached = sys::loopdev::attach(&file, opts_attach, &format!("strata:{}", v.file))
+            .map_err(io_at("attaching loop device to", &image))?;
+        drop(file);
+        failpoint::hit("node_stage:after_attach");
+        st.device = Some(attached.path.clone());
+
+        let result = (|| -> Result<()> {
+            if v.direct_io && !sys::loopdev::direct_io(attached.number).unwrap_or(false) {
+                tracing::warn!(volume_id = %v.id, device = %attached.path.display(), "kernel refused direct I/O for this device");
+            }
+            if a.cap.block {
+                return Ok(());
+            }
+            let dev = attached.path.clone();
+            let found = sys::fs::probe(&mut attached.handle).map_err(io_at("reading superblock of", &dev))?;
+            let (fs_type, fs_size) = match found {
+                sys::fs::Probe::Empty => {
+                    sys::mkfs::mkfs(&dev, &v.fs_type).map_err(io_at("making filesystem on", &dev))?;
+                    failpoint::hit("node_stage:after_mkfs");
+                    (v.fs_type.clone(), None)
+                }
+                sys::fs::Probe::Ext4 { size_bytes } => ("ext4".to_string(), Some(size_bytes)),
+                sys::fs::Probe::Xfs { size_bytes } => ("xfs".to_string(), Some(size_bytes)),
+                sys::fs::Probe::Unknown => {
+                    return Err(Error::CapabilityUnsupported(format!(
+                        "image of {} holds data that is neither ext4 nor xfs; not formatting over it",
+                        v.id
+                    )));
+                }
+            };
+            st.fs_type = fs_type.clone();
+            sys::mount::mount_fs(&dev, &a.staging, &fs_type, &opts).map_err(io_at("mounting", &a.staging))?;
+            failpoint::hit("node_stage:after_mount");
+            // Restored or cloned into a larger volume, or expanded while unstaged: grow the
+            // filesystem to the device now ("including growing the filesystem by
+            // NodePublish time").
+            let dev_size = sys::loopdev::size_bytes(attached.number).map_err(io_at("reading size of", &dev))?;
+            if fs_size.is_some_and(|s| s + driver::SIZE_UNIT <= dev_size) {
+                sys::mkfs::grow(&fs_type, &dev, &a.staging).map_err(io_at("growing filesystem on", &dev))?;
+            }
+            if !a.cap.mount_group.is_empty() {
+                apply_mount_group(&a.staging, &a.cap.mount_group)?;
+            }
+            Ok(())
+        })();
+        let result = result.and_then(|()| {
+            st.phase = StagePhase::Staged;
+            self.store.write(vec![Op::PutStage(st.clone())])
+        });
+        if let Err(e) = result {
+            if !a.cap.block {
+                let _ = sys::mount::umount_all(&a.staging);
+            }
+            let n = attached.number;
+            drop(attached);
+            let _ = sys::loopdev::detach(n);
+            let _ = self.store.write(vec![Op::DelStage(v.id.clone())]);
+            return Err(e);
+        }
+        failpoint::hit("node_stage:after_commit");
+        tracing::debug!(volume_id = %v.id, device = %attached.path.display(), "staged volume");
+        drop(attached);
+        Ok(())
+    }
+
+    /// NodeUnstageVolume: not staged → OK.
+    pub fn unstage(&self, volume_id: &str, staging: &Path) -> Result<()> {
+        let v = match self.lookup_volume(volume_id)? {
+            Lookup::Found(v) => v,
+            Lookup::Unknown | Lookup::OtherNode(_) => return Err(Error::VolumeNotFound(volume_id.to_string())),
+        };
+        let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
+        let Some(st) = self.store.stage(&v.id)? else {
+            return Ok(());
+        };
+        if st.staging_path != staging {
+            return Err(Error::Precondition(format!(
+                "volume {} is staged at {}, not at {}",
+                v.id,
+                st.staging_path.display(),
+                staging.display()
+            )));
+        }
+        if let Some(p) = self.store.publishes_of(&v.id)?.first() {
+            return Err(Error::InUse { id: v.id.clone(), reason: format!("still published at {}", p.target.display()) });
+        }
+        self.teardown_stage(&v, &st)
+    }
+
+    /// NodePublishVolume, with the second-publish matrix of §5.6.
+    pub fn publish(&self, a: PublishArgs) -> Result<()> {
+        let v = self.ready_volume(&a.volume_id)?;
+        a.cap.supported().map_err(Error::CapabilityUnsupported)?;
+        let parent = a.target.parent().unwrap_or(Path::new("/"));
+        if !parent.is_dir() {
+            return Err(Error::invalid("target_path", format!("parent {} does not exist", parent.display())));
+        }
+        let opts = sys::mount::parse_options(&a.cap.mount_flags).map_err(|r| Error::invalid("mount_flags", r))?;
+        let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
+        let st = match self.store.stage(&v.id)? {
+            Some(st) if st.phase == StagePhase::Staged && st.staging_path == a.staging => st,
+            Some(st) if st.phase == StagePhase::Staged => {
+                return Err(Error::Precondition(format!(
+                    "volume {} is staged at {}, not at {}",
+                    v.id,
+                    st.staging_path.display(),
+                    a.staging.display()
+                )));
+            }
+            _ => return Err(Error::Precondition(format!("volume {} is not staged at {}", v.id, a.staging.display()))),
+        };
+        if st.block != a.cap.block {
+            return Err(Error::CapabilityUnsupported(format!(
+                "volume {} is staged as {} but published as {}",
+                v.id,
+                if st.block { "block" } else { "mount" },
+                if a.cap.block { "block" } else { "mount" }
+            )));
+        }
+        if !a.cap.block && !a.cap.fs_type.is_empty() && a.cap.fs_type != st.fs_type {
+            return Err(Error::CapabilityUnsupported(format!("volume {} holds {}, not {}", v.id, st.fs_type, a.cap.fs_type)));
+        }
+        let read_only = a.readonly || a.cap.mode == mode::SINGLE_NODE_READER_ONLY;
+        let args = format!("{}|{}|{}|{:?}", a.staging.display(), a.cap.key(), read_only, a.context);
+        if let Some(p) = self.store.publish(&a.target)? {
+            if p.volume_id != v.id {
+                return Err(Error::PublishedIncompatible {
+                    target: a.target.display().to_string(),
+                    reason: format!("volume {} is published there", p.volume_id),
+                });
+            }
+            if p.args != args {
+                return Err(Error::PublishedIncompatible {
+                    target: a.target.display().to_string(),
+                    reason: "published with other arguments".into(),
+                });
+            }
+            if self.publish_intact(&st, &a.target) {
+                return Ok(());
+            }
+            tracing::warn!(volume_id = %v.id, target = %a.target.display(), "published mount is gone; publishing again");
+        } else {
+            for other in self.store.publishes_of(&v.id)? {
+                let both_multi = a.cap.multi_publish() && Cap { mode: other.access_mode, ..a.cap.clone() }.multi_publish();
+                if !both_multi {
+                    return Err(Error::Precondition(format!(
+                        "volume {} is already published at {} and its access mode allows one publish",
+                        v.id,
+                        other.target.display()
+                    )));
+                }
+            }
+        }
+
+        let device = st.device.clone().ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
+        // A retry after a crash between mount and record finds the mount: adopt it.
+        let adopt = self.publish_intact(&st, &a.target);
+        let mut created = false;
+        if !adopt {
+            if a.cap.block {
+                match std::fs::OpenOptions::new().write(true).create_new(true).mode_0640().open(&a.target) {
+                    Ok(_) => created = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::Io { op: "creating", path: a.target.clone(), source: e }),
+                }
+            } else {
+                match std::fs::DirBuilder::new().mode_0750().create(&a.target) {
+                    Ok(()) => created = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::Io { op: "creating", path: a.target.clone(), source: e }),
+                }
+            }
+            failpoint::hit("node_publish:after_mkdir");
+            let source: &Path = if a.cap.block { &device } else { &st.staging_path };
+            if let Err(e) = sys::mount::bind(source, &a.target, read_only, opts.flags) {
+                if created {
+                    remove_target(&a.target);
+                }
+                return Err(Error::Io { op: "bind-mounting onto", path: a.target.clone(), source: e });
+            }
+            failpoint::hit("node_publish:after_mount");
+        }
+        let result = (|| {
+            if !a.cap.block && !a.cap.mount_group.is_empty() {
+                apply_mount_group(&a.target, &a.cap.mount_group)?;
+            }
+            self.store.write(vec![Op::PutPublish(PublishRecord {
+                target: a.target.clone(),
+                volume_id: v.id.clone(),
+                staging_path: a.staging.clone(),
+                readonly: read_only,
+                block: a.cap.block,
+                access_mode: a.cap.mode,
+                args,
+            })])
+        })();
+        if let Err(e) = result {
+            let _ = sys::mount::umount_all(&a.target);
+            if created {
+                remove_target(&a.target);
+            }
+            return Err(e);
+        }
+        failpoint::hit("node_publish:after_commit");
+        Ok(())
+    }
+
+    /// Whether `target` is a mount of the staged volume.
+    fn publish_intact(&self, st: &StageRecord, target: &Path) -> bool {
+        let Ok(t) = sys::mount::stat(target) else { return false };
+        if !t.mount_root {
+            return false;
+        }
+        if st.block {
+            let Some(dev) = &st.device else { return false };
+            sys::mount::stat(dev).is_ok_and(|d| d.rdev == t.rdev && t.mode & libc::S_IFMT == libc::S_IFBLK)
+        } else {
+            sys::mount::stat(&st.staging_path).is_ok_and(|s| s.dev == t.dev)
+        }
+    }
+
+    /// NodeUnpublishVolume: undo the publish and remove what publish created.
+    pub fn unpublish(&self, volume_id: &str, target: &Path) -> Result<()> {
+        let rec = self.store.publish(target)?;
+        let v = match self.lookup_volume(volume_id)? {
+            Lookup::Found(v) => Some(v),
+            Lookup::Unknown | Lookup::OtherNode(_) => None,
+        };
+        let Some(v) = v else {
+            // Unknown volume: fine if there is nothing to undo (a retried unpublish of an
+            // ephemeral volume that is already gone), else NOT_FOUND.
+            if rec.is_none() && std::fs::symlink_metadata(target).is_err() {
+                return Ok(());
+            }
+            return Err(Error::VolumeNotFound(volume_id.to_string()));
+        };
+        {
+            let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
+            if let Some(p) = &rec
+                && p.volume_id != v.id
+            {
+                return Err(Error::Precondition(format!(
+                    "{} is a publish of volume {}, not of {volume_id}",
+                    target.display(),
+                    p.volume_id
+                )));
+            }
+            let st = self.store.stage(&v.id)?;
+            let ours = rec.is_some() || st.as_ref().is_some_and(|st| self.publish_intact(st, target));
+            if ours {
+                sys::mount::umount_all(target).map_err(io_at("unmounting", target))?;
+                failpoint::hit("node_unpublish:after_umount");
+                remove_target(target);
+                failpoint::hit("node_unpublish:after_remove");
+            } else if let Ok(meta) = std::fs::symlink_metadata(target) {
+                // Publish crashed between mkdir and mount: remove the empty leftover.
+                let is_mount = sys::mount::stat(target).is_ok_and(|s| s.mount_root);
+                if !is_mount && (meta.is_dir() || (meta.is_file() && meta.len() == 0)) {
+                    remove_target(target);
+                }
+            }
+            if rec.is_some() {
+                self.store.write(vec![Op::DelPublish(target.to_path_buf())])?;
+            }
+        }
+        if v.ephemeral.is_some() && self.store.publishes_of(&v.id)?.is_empty() {
+            self.remove_ephemeral(&v)?;
+        }
+        Ok(())
+    }
+
+    fn remove_ephemeral(&self, v: &VolumeRecord) -> Result<()> {
+        if let Some(st) = self.store.stage(&v.id)? {
+            self.unstage(&v.id, &st.staging_path)?;
+            let _ = std::fs::remove_dir(&st.staging_path);
+        }
+        let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
+        self.remove_volume(v.clone())
+    }
+
+    /// NodePublishVolume of an ephemeral inline volume: create, stage and publish at once.
+    pub fn publish_ephemeral(&self, a: PublishArgs) -> Result<()> {
+        let co_id = a.volume_id.clone();
+        let _guard = self.locks.try_lock([format!("eph:{co_id}")])?;
+        let size = match a.context.get(CTX_SIZE) {
+            Some(s) => parse_quantity(s).ok_or_else(|| Error::invalid("volume_context", format!("size {s:?} is not a quantity")))?,
+            None => EPHEMERAL_DEFAULT_SIZE,
+        };
+        let mut parameters = std::collections::HashMap::new();
+        for key in [PARAM_POOL, PARAM_FS_TYPE] {
+            if let Some(val) = a.context.get(key) {
+                parameters.insert(key.to_string(), val.clone());
+            }
+        }
+        let name = driver::ephemeral_name(&co_id);
+        let v = match self.store.volume_by_name(&name)? {
+            Some(v) => v,
+            None => self.create_volume(CreateArgs {
+                name,
+                required: size,
+                caps: vec![a.cap.clone()],
+                parameters,
+                ephemeral: Some(co_id.clone()),
+                ..Default::default()
+            })?,
+        };
+        let staging = self.state_dir.join("ephemeral").join(v.file.trim_end_matches(".img"));
+        std::fs::create_dir_all(&staging).map_err(io_at("creating", &staging))?;
+        let result = self
+            .stage(StageArgs { volume_id: v.id.clone(), staging: staging.clone(), cap: a.cap.clone() })
+            .and_then(|()| self.publish(PublishArgs { volume_id: v.id.clone(), staging: staging.clone(), ..a }));
+        if let Err(e) = result {
+            if self.store.publishes_of(&v.id)?.is_empty() {
+                if let Err(clean) = self.remove_ephemeral(&v) {
+                    tracing::warn!(volume_id = %v.id, error = %clean, "cleaning up a failed ephemeral volume");
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Which of the volume's paths `path` is: (stage record, publish record).
+    fn path_of(&self, v: &VolumeRecord, path: &Path) -> Result<(StageRecord, Option<PublishRecord>)> {
+        let st = self.store.stage(&v.id)?;
+        let p = self.store.publish(path)?.filter(|p| p.volume_id == v.id);
+        match st {
+            Some(st) if st.staging_path == path || p.is_some() => Ok((st, p)),
+            _ => Err(Error::VolumeNotFound(format!("{} at {}", v.id, path.display()))),
+        }
+    }
+
+    /// NodeGetVolumeStats.
+    pub fn stats(&self, volume_id: &str, path: &Path) -> Result<Stats> {
+        let v = self.ready_volume(volume_id)?;
+        let (st, publ) = self.path_of(&v, path)?;
+        let (mut abnormal, mut message) = self.condition(&v)?;
+        if !abnormal && (publ.is_some() || !st.block) {
+            let intact = match &publ {
+                Some(_) => self.publish_intact(&st, path),
+                None => sys::mount::stat(path).is_ok_and(|s| s.mount_root),
+            };
+            if !intact {
+                abnormal = true;
+                message = format!("mount at {} is gone", path.display());
+            }
+        }
+        let mut s = Stats { block: st.block, abnormal, message, ..Default::default() };
+        if st.block {
+            let n = st.device.as_deref().and_then(sys::loopdev::number_of);
+            s.bytes_total = match n.map(sys::loopdev::size_bytes) {
+                Some(Ok(b)) => b,
+                _ => v.capacity,
+            };
+            return Ok(s);
+        }
+        if abnormal {
+            s.bytes_total = v.capacity;
+            return Ok(s);
+        }
+        let dir = sys::fs::open_dir(path).map_err(io_at("opening", path))?;
+        let nix = nix::sys::statvfs::fstatvfs(&dir).map_err(|e| Error::Io { op: "statvfs", path: path.into(), source: e.into() })?;
+        let frsize = nix.fragment_size() as u64;
+        s.bytes_total = nix.blocks() as u64 * frsize;
+        s.bytes_available = nix.blocks_available() as u64 * frsize;
+        s.bytes_used = (nix.blocks() as u64 - nix.blocks_free() as u64) * frsize;
+        s.inodes_total = nix.files() as u64;
+        s.inodes_available = nix.files_available() as u64;
+        s.inodes_used = nix.files() as u64 - nix.files_free() as u64;
+        Ok(s)
+    }
+
+    /// NodeExpandVolume: refresh the loop device's size, then grow ext4/xfs while mounted.
+    pub fn node_expand(&self, volume_id: &str, path: &Path, required: u64, block_cap: Option<bool>) -> Result<u64> {
+        let v = self.ready_volume(volume_id)?;
+        let (st, _) = self.path_of(&v, path)?;
+        if st.phase != StagePhase::Staged {
+            return Err(Error::Precondition(format!("volume {} is not staged", v.id)));
+        }
+        if required > v.capacity {
+            return Err(Error::OutOfRange {
+                field: "capacity_range",
+                reason: format!("{required} bytes requested, the volume has {} (ControllerExpandVolume first)", v.capacity),
+            });
+        }
+        let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
+        let dev = st.device.clone().ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
+        let n = sys::loopdev::number_of(&dev).ok_or_else(|| Error::StateCorrupt(format!("bad device {}", dev.display())))?;
+        sys::loopdev::refresh_capacity(n).map_err(io_at("refreshing capacity of", &dev))?;
+        if !st.block && !block_cap.unwrap_or(false) {
+            sys::mkfs::grow(&st.fs_type, &dev, &st.staging_path).map_err(io_at("growing filesystem on", &dev))?;
+        }
+        Ok(v.capacity)
+    }
+}
+
+/// Removes a publish target (directory or device-node file); failures are logged, since
+/// the mount is already gone and a leftover empty entry harms nobody.
+fn remove_target(target: &Path) {
+    let r = match std::fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir(target),
+        Ok(_) => std::fs::remove_file(target),
+        Err(_) => Ok(()),
+    };
+    if let Err(e) = r {
+        tracing::warn!(target = %target.display(), error = %e, "removing publish target");
+    }
+}
+
+trait ModeExt {
+    fn mode_0640(&mut self) -> &mut Self;
+}
+impl ModeExt for std::fs::OpenOptions {
+    fn mode_0640(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o640)
+    }
+}
+trait DirModeExt {
+    fn mode_0750(&mut self) -> &mut Self;
+}
+impl DirModeExt for std::fs::DirBuilder {
+    fn mode_0750(&mut self) -> &mut Self {
+        std::os::unix::fs::DirBuilderExt::mode(self, 0o750)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
+        assert_eq!(parse_quantity("100Mi"), Some(100 << 20));
+        assert_eq!(parse_quantity("5M"), Some(5_000_000));
+        assert_eq!(parse_quantity("4096"), Some(4096));
+        assert_eq!(parse_quantity("1.5Gi"), None);
+        assert_eq!(parse_quantity("Gi"), None);
+        assert_eq!(parse_quantity("99999999999999Ti"), None);
+    }
+}

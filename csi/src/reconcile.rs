@@ -1,0 +1,225 @@
+//! Start-up reconciliation: compares the records with the pool files, the loop devices
+//! (/sys/block/loop*/loop/backing_file) and the mount table, finishes or rolls back
+//! operations a crash interrupted, and reports at warn every difference it leaves alone.
+//! It never attaches or mounts anything by itself.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::backend::{ImageKind, ImageRef};
+use crate::driver::Driver;
+use crate::error::Result;
+use crate::state::{Op, Phase, StagePhase};
+use crate::sys;
+
+/// What reconciliation did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub rolled_back: Vec<String>,
+    pub finished: Vec<String>,
+    pub differences: Vec<String>,
+}
+
+impl Report {
+    fn warn(&mut self, msg: String) {
+        tracing::warn!(difference = %msg, "reconcile");
+        self.differences.push(msg);
+    }
+}
+
+pub fn run(d: &Driver) -> Result<Report> {
+    let mut r = Report::default();
+
+    // A crash during a group snapshot can leave filesystems frozen: thaw every staged
+    // mount (FITHAW on a thawed filesystem is a no-op).
+    for st in d.store.all_stages()? {
+        if !st.block && st.phase == StagePhase::Staged && sys::mount::stat(&st.staging_path).is_ok_and(|s| s.mount_root) {
+            let _ = sys::fsfreeze::thaw(&st.staging_path);
+        }
+    }
+
+    // Groups first: their member snapshots follow them.
+    for g in d.store.all_groups()? {
+        if g.phase == Phase::Ready {
+            continue;
+        }
+        let mut ops = Vec::new();
+        for id in &g.snapshot_ids {
+            if let Some(s) = d.store.snapshot(id)? {
+                d.pool(&s.pool)?.remove(ImageRef::snapshot(&s.file))?;
+                ops.push(Op::DelSnapshot(s.id));
+            }
+        }
+        ops.push(Op::DelGroup(g.id.clone()));
+        d.store.write(ops)?;
+        r.rolled_back.push(format!("group snapshot {} ({:?})", g.id, g.phase));
+    }
+
+    for s in d.store.all_snapshots()? {
+        let Some(pool) = d.pools.get(&s.pool) else {
+            r.warn(format!("snapshot {} is in pool {}, which is not configured", s.id, s.pool));
+            continue;
+        };
+        let img = ImageRef::snapshot(&s.file);
+        match s.phase {
+            Phase::Creating | Phase::Deleting => {
+                pool.remove(img)?;
+                d.store.write(vec![Op::DelSnapshot(s.id.clone())])?;
+                r.rolled_back.push(format!("snapshot {} ({:?})", s.id, s.phase));
+            }
+            Phase::Ready => {
+                if pool.size(img)?.is_none() {
+                    r.warn(format!("snapshot {} has no image {}", s.id, pool.path(img).display()));
+                }
+            }
+        }
+    }
+
+    for v in d.store.all_volumes()? {
+        let Some(pool) = d.pools.get(&v.pool) else {
+            r.warn(format!("volume {} is in pool {}, which is not configured", v.id, v.pool));
+            continue;
+        };
+        let img = ImageRef::volume(&v.file);
+        match v.phase {
+            Phase::Creating => {
+                // The CO got no answer and will retry CreateVolume: roll back.
+                pool.remove(img)?;
+                d.store.write(vec![Op::DelVolume(v.id.clone())])?;
+                r.rolled_back.push(format!("volume {} (Creating)", v.id));
+            }
+            Phase::Deleting => {
+                pool.remove(img)?;
+                d.store.write(vec![Op::DelVolume(v.id.clone()), Op::DelStage(v.id.clone())])?;
+                r.finished.push(format!("volume {} (Deleting)", v.id));
+            }
+            Phase::Ready => match pool.size(img)? {
+                None => r.warn(format!("volume {} has no image {}", v.id, pool.path(img).display())),
+                Some(size) if size > v.capacity => {
+                    // ControllerExpandVolume grew the file but crashed before recording.
+                    let mut v2 = v.clone();
+                    v2.capacity = size;
+                    d.store.write(vec![Op::PutVolume(v2)])?;
+                    r.finished.push(format!("volume {} expansion to {size}", v.id));
+                }
+                Some(_) => {}
+            },
+        }
+    }
+
+    let loops = sys::loopdev::list().map_err(crate::error::Error::io("listing loop devices", "/sys/block"))?;
+    let mounts = sys::mountinfo::read().map_err(crate::error::Error::io("reading", "/proc/self/mountinfo"))?;
+
+    for st in d.store.all_stages()? {
+        let Some(v) = d.store.volume(&st.volume_id)? else {
+            d.store.write(vec![Op::DelStage(st.volume_id.clone())])?;
+            r.rolled_back.push(format!("stage of vanished volume {}", st.volume_id));
+            continue;
+        };
+        let Some(pool) = d.pools.get(&v.pool) else { continue };
+        let image = pool.path(ImageRef::volume(&v.file));
+        let devs: Vec<u32> = loops.iter().filter(|b| !b.deleted && b.file == image).map(|b| b.number).collect();
+        let mounted = mounts.iter().any(|m| m.mount_point == st.staging_path && devs.iter().any(|n| m.source == format!("/dev/loop{n}")));
+        let recorded = st.device.as_deref().and_then(sys::loopdev::number_of);
+        let intact = match st.phase {
+            StagePhase::Staging => false,
+            StagePhase::Staged => recorded.is_some_and(|n| devs.contains(&n)) && (st.block || mounted),
+        };
+        if intact {
+            continue;
+        }
+        // Half-done stage, or a stage whose device or mount vanished (reboot): undo what
+        // is left. The CO stages again; nothing is re-attached here.
+        let publishes = d.store.publishes_of(&v.id)?;
+        if st.phase == StagePhase::Staged && !publishes.is_empty() {
+            r.warn(format!(
+                "volume {} is published but its stage at {} lost its device or mount",
+                v.id,
+                st.staging_path.display()
+            ));
+            continue;
+        }
+        if !st.block && mounted {
+            sys::mount::umount_all(&st.staging_path).map_err(crate::error::Error::io("unmounting", &st.staging_path))?;
+        }
+        for n in &devs {
+            sys::loopdev::detach(*n).map_err(crate::error::Error::io("detaching", sys::loopdev::device_path(*n)))?;
+        }
+        d.store.write(vec![Op::DelStage(v.id.clone())])?;
+        if st.phase == StagePhase::Staging {
+            r.rolled_back.push(format!("stage of {} at {}", v.id, st.staging_path.display()));
+        } else {
+            r.warn(format!("stage of {} at {} had lost its device or mount; forgotten", v.id, st.staging_path.display()));
+        }
+    }
+
+    let mut known_targets = HashSet::new();
+    for p in d.store.all_publishes()? {
+        known_targets.insert(p.target.clone());
+        let mounted = mounts.iter().any(|m| m.mount_point == p.target);
+        if !mounted {
+            d.store.write(vec![Op::DelPublish(p.target.clone())])?;
+            r.warn(format!("publish of {} at {} had no mount; forgotten", p.volume_id, p.target.display()));
+        }
+    }
+
+    // Strays: mounts of our staged devices nobody recorded (a publish that crashed after
+    // its mount; the CO's retry adopts it), loop devices on pool files without a stage,
+    // and pool files without a record.
+    let mut staged_paths = HashSet::new();
+    let mut our_devices = HashSet::new();
+    for st in d.store.all_stages()? {
+        staged_paths.insert(st.staging_path.clone());
+        if let Some(dev) = st.device {
+            our_devices.insert(dev.to_string_lossy().into_owned());
+        }
+    }
+    for m in &mounts {
+        if our_devices.contains(&m.source) && !staged_paths.contains(&m.mount_point) && !known_targets.contains(&m.mount_point) {
+            r.warn(format!("{} is mounted at {} without a publish record", m.source, m.mount_point.display()));
+        }
+    }
+    let mut files = HashSet::new();
+    for v in d.store.all_volumes()? {
+        if let Some(pool) = d.pools.get(&v.pool) {
+            files.insert(pool.path(ImageRef::volume(&v.file)));
+        }
+    }
+    for s in d.store.all_snapshots()? {
+        if let Some(pool) = d.pools.get(&s.pool) {
+            files.insert(pool.path(ImageRef::snapshot(&s.file)));
+        }
+    }
+    let staged_volumes: HashSet<String> = d.store.all_stages()?.into_iter().map(|s| s.volume_id).collect();
+    for b in &loops {
+        let in_pool = d.pools.iter().any(|p| b.file.starts_with(p.root()));
+        if !in_pool {
+            continue;
+        }
+        let owner = d.store.all_volumes()?.into_iter().find(|v| {
+            d.pools.get(&v.pool).is_some_and(|p| p.path(ImageRef::volume(&v.file)) == b.file)
+        });
+        if owner.is_none_or(|v| !staged_volumes.contains(&v.id)) {
+            r.warn(format!("/dev/loop{} is attached to {} without a stage record", b.number, b.file.display()));
+        }
+    }
+    for pool in d.pools.iter() {
+        for (kind, sub) in [(ImageKind::Volume, "volumes"), (ImageKind::Snapshot, "snapshots")] {
+            for name in pool.list(kind)? {
+                let path = pool.root().join(sub).join(&name);
+                if !files.contains(&path) {
+                    r.warn(format!("{} has no record; left alone", path.display()));
+                }
+            }
+        }
+    }
+    if !r.rolled_back.is_empty() || !r.finished.is_empty() {
+        tracing::info!(rolled_back = ?r.rolled_back, finished = ?r.finished, "reconciled state after restart");
+    }
+    Ok(r)
+}
+
+/// Removes `path` if it is an empty directory (for ephemeral staging dirs).
+pub fn remove_empty_dir(path: &Path) {
+    let _ = std::fs::remove_dir(path);
+}

@@ -1,0 +1,381 @@
+//! Controller-side volume operations: create (empty, from a snapshot, from a volume),
+//! delete, expand, modify. Each records its intent before the side effect.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::backend::ImageRef;
+use crate::driver::{self, Cap, Driver, Lookup};
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::ids::{Kind, ObjectId};
+use crate::state::{Op, Phase, Source, StagePhase, VolumeRecord};
+use crate::sys;
+
+/// Parameter keys of CreateVolume.
+pub const PARAM_POOL: &str = "pool";
+pub const PARAM_FS_TYPE: &str = "fsType";
+/// The one mutable parameter (ControllerModifyVolume); also accepted at creation.
+pub const PARAM_DIRECT_IO: &str = "directIO";
+/// Keys the CO reserves for itself; external-provisioner strips them, others may not.
+const CO_PREFIX: &str = "csi.storage.k8s.io/";
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateArgs {
+    pub name: String,
+    pub required: u64,
+    pub limit: u64,
+    pub caps: Vec<Cap>,
+    pub parameters: HashMap<String, String>,
+    pub mutable_parameters: HashMap<String, String>,
+    pub source: Option<Source>,
+    pub requisite: Vec<HashMap<String, String>>,
+    pub preferred: Vec<HashMap<String, String>>,
+    pub ephemeral: Option<String>,
+}
+
+fn parse_bool(field: &'static str, v: &str) -> Result<bool> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(Error::invalid(field, format!("{PARAM_DIRECT_IO} must be \"true\" or \"false\", not {other:?}"))),
+    }
+}
+
+/// Checks `mutable_parameters` completely before anything is applied.
+pub fn parse_mutable(m: &HashMap<String, String>) -> Result<Option<bool>> {
+    let mut direct_io = None;
+    for (k, v) in m {
+        if k == PARAM_DIRECT_IO {
+            direct_io = Some(parse_bool("mutable_parameters", v)?);
+        } else {
+            return Err(Error::invalid(
+                "mutable_parameters",
+                format!("{k:?} is not a mutable parameter (only {PARAM_DIRECT_IO})"),
+            ));
+        }
+    }
+    Ok(direct_io)
+}
+
+/// Resolved creation settings.
+struct Settings {
+    pool: String,
+    fs_type: String,
+    direct_io: bool,
+    parameters: BTreeMap<String, String>,
+    mutable: BTreeMap<String, String>,
+}
+
+impl Driver {
+    fn settings(&self, a: &CreateArgs) -> Result<Settings> {
+        let mut pool = None;
+        let mut fs_param = None;
+        let mut direct_io = false;
+        for (k, v) in &a.parameters {
+            match k.as_str() {
+                PARAM_POOL => {
+                    if self.pools.get(v).is_none() {
+                        return Err(Error::invalid("parameters", format!("pool {v:?} is not configured on this node")));
+                    }
+                    pool = Some(v.clone());
+                }
+                PARAM_FS_TYPE => match v.as_str() {
+                    "ext4" | "xfs" => fs_param = Some(v.clone()),
+                    other => return Err(Error::invalid("parameters", format!("fsType {other:?}: only ext4 and xfs"))),
+                },
+                PARAM_DIRECT_IO => direct_io = parse_bool("parameters", v)?,
+                k if k.starts_with(CO_PREFIX) => {}
+                other => return Err(Error::invalid("parameters", format!("unknown parameter {other:?}"))),
+            }
+        }
+        if let Some(d) = parse_mutable(&a.mutable_parameters)? {
+            direct_io = d;
+        }
+        let mut cap_fs: Option<&str> = None;
+        for c in &a.caps {
+            if c.block || c.fs_type.is_empty() {
+                continue;
+            }
+            match cap_fs {
+                Some(f) if f != c.fs_type => {
+                    return Err(Error::invalid("volume_capabilities", "capabilities ask for different fs_types"));
+                }
+                _ => cap_fs = Some(&c.fs_type),
+            }
+        }
+        let fs_type = match (fs_param, cap_fs) {
+            (Some(p), Some(c)) if p != c => {
+                return Err(Error::invalid(
+                    "parameters",
+                    format!("fsType {p:?} conflicts with the capability's fs_type {c:?}"),
+                ));
+            }
+            (Some(p), _) => p,
+            (None, Some(c)) => c.to_string(),
+            (None, None) => "ext4".to_string(),
+        };
+        let pool = pool.unwrap_or_else(|| self.pools.default_pool().pool().to_string());
+        let mut parameters = BTreeMap::new();
+        parameters.insert(PARAM_POOL.to_string(), pool.clone());
+        parameters.insert(PARAM_FS_TYPE.to_string(), fs_type.clone());
+        if let Some(v) = a.parameters.get(PARAM_DIRECT_IO) {
+            parameters.insert(PARAM_DIRECT_IO.to_string(), v.clone());
+        }
+        Ok(Settings { pool, fs_type, direct_io, parameters, mutable: driver::sorted(&a.mutable_parameters) })
+    }
+
+    /// Opens the content source, checks it is ready and on this node; returns the open
+    /// image and the smallest size a volume made from it may have.
+    fn open_source(&self, src: &Source) -> Result<(std::fs::File, u64)> {
+        match src {
+            Source::Snapshot(id) => match self.lookup_snapshot(id)? {
+                Lookup::Found(s) if s.phase == Phase::Ready => {
+                    let f = self.pool(&s.pool)?.open(ImageRef::snapshot(&s.file))?;
+                    Ok((f, s.size))
+                }
+                Lookup::Found(_) | Lookup::Unknown => Err(Error::SnapshotNotFound(id.clone())),
+                Lookup::OtherNode(oid) => Err(Error::OtherNode {
+                    what: "snapshot",
+                    id: id.clone(),
+                    node: oid.node,
+                    here: self.node_id.clone(),
+                }),
+            },
+            Source::Volume(id) => match self.lookup_volume(id)? {
+                Lookup::Found(v) if v.phase == Phase::Ready && v.ephemeral.is_none() => {
+                    let f = self.pool(&v.pool)?.open(ImageRef::volume(&v.file))?;
+                    Ok((f, v.capacity))
+                }
+                Lookup::Found(_) | Lookup::Unknown => Err(Error::VolumeNotFound(id.clone())),
+                Lookup::OtherNode(oid) => Err(Error::OtherNode {
+                    what: "volume",
+                    id: id.clone(),
+                    node: oid.node,
+                    here: self.node_id.clone(),
+                }),
+            },
+        }
+    }
+
+    /// CreateVolume: "a volume with the same name that is compatible ... → OK with the
+    /// same Volume"; otherwise ALREADY_EXISTS.
+    pub fn create_volume(&self, a: CreateArgs) -> Result<VolumeRecord> {
+        let s = self.settings(&a)?;
+        driver::topology_allows(&self.node_id, &a.requisite, &a.preferred)?;
+        let id = ObjectId::for_name(&self.node_id, &s.pool, Kind::Volume, &a.name);
+        let id_str = id.to_string();
+        let mut keys = vec![format!("name:{}", a.name), format!("vol:{id_str}")];
+        match &a.source {
+            Some(Source::Snapshot(sid)) => keys.push(format!("snap:{sid}")),
+            Some(Source::Volume(vid)) => keys.push(format!("vol:{vid}")),
+            None => {}
+        }
+        keys.dedup();
+        let _guard = self.locks.try_lock(keys)?;
+
+        if let Some(existing) = self.store.volume_by_name(&a.name)? {
+            match existing.phase {
+                Phase::Ready => return self.compatible(existing, &a, &s),
+                // Left by a failed attempt whose cleanup also failed: redo from scratch.
+                Phase::Creating | Phase::Deleting => {
+                    self.pool(&existing.pool)?.remove(ImageRef::volume(&existing.file))?;
+                    self.store.write(vec![Op::DelVolume(existing.id.clone())])?;
+                }
+            }
+        }
+
+        let (source_file, floor) = match &a.source {
+            Some(src) => {
+                let (f, floor) = self.open_source(src)?;
+                (Some(f), floor)
+            }
+            None => (None, 0),
+        };
+        if a.required != 0 && a.required < floor {
+            return Err(Error::OutOfRange {
+                field: "capacity_range",
+                reason: format!("required_bytes {} is smaller than the source ({floor} bytes)", a.required),
+            });
+        }
+        let size = driver::pick_size(a.required, a.limit, floor, &s.fs_type)?;
+        let pool = self.pool(&s.pool)?;
+        let space = pool.space()?;
+        // A sparse image uses nothing yet, but a volume that can never be filled is a lie:
+        // refuse sizes beyond the pool's free space.
+        if size > space.free_bytes {
+            return Err(Error::PoolFull { pool: s.pool.clone(), want: size, free: space.free_bytes });
+        }
+
+        let mut rec = VolumeRecord {
+            id: id_str.clone(),
+            name: a.name.clone(),
+            pool: s.pool.clone(),
+            file: id.file_name(),
+            capacity: size,
+            fs_type: s.fs_type.clone(),
+            parameters: s.parameters,
+            mutable_parameters: s.mutable,
+            direct_io: s.direct_io,
+            source: a.source.clone(),
+            created_unix: driver::now_unix(),
+            phase: Phase::Creating,
+            ephemeral: a.ephemeral.clone(),
+        };
+        self.store.write(vec![Op::PutVolume(rec.clone())])?;
+        failpoint::hit("create_volume:after_intent");
+
+        let img = ImageRef::volume(&rec.file);
+        let made = (|| {
+            // A file under a Creating record is ours (an earlier attempt crashed).
+            pool.remove(img)?;
+            pool.create(img, size, source_file.as_ref())
+        })();
+        if let Err(e) = made {
+            let _ = self.store.write(vec![Op::DelVolume(rec.id.clone())]);
+            return Err(e);
+        }
+        failpoint::hit("create_volume:after_file");
+        rec.phase = Phase::Ready;
+        if let Err(e) = self.store.write(vec![Op::PutVolume(rec.clone())]) {
+            let _ = pool.remove(img);
+            return Err(e);
+        }
+        failpoint::hit("create_volume:after_commit");
+        tracing::debug!(volume_id = %rec.id, pool = %rec.pool, size, "created volume");
+        Ok(rec)
+    }
+
+    fn compatible(&self, v: VolumeRecord, a: &CreateArgs, s: &Settings) -> Result<VolumeRecord> {
+        let bad = |reason: String| Error::Incompatible { what: "volume", name: a.name.clone(), reason };
+        if a.required != 0 && v.capacity < a.required {
+            return Err(bad(format!("it has {} bytes, {} required", v.capacity, a.required)));
+        }
+        if a.limit != 0 && v.capacity > a.limit {
+            return Err(bad(format!("it has {} bytes, limit is {}", v.capacity, a.limit)));
+        }
+        if v.pool != s.pool || v.fs_type != s.fs_type || v.parameters != s.parameters {
+            return Err(bad(format!("it was created with parameters {:?}", v.parameters)));
+        }
+        if v.mutable_parameters != s.mutable {
+            return Err(bad(format!("it was created with mutable_parameters {:?}", v.mutable_parameters)));
+        }
+        if v.source != a.source {
+            return Err(bad("it was created from another content source".into()));
+        }
+        if v.ephemeral != a.ephemeral {
+            return Err(bad("it is of another lifecycle (ephemeral or persistent)".into()));
+        }
+        Ok(v)
+    }
+
+    /// DeleteVolume: unknown → OK. Snapshots are independent copies, so a volume with
+    /// snapshots may go. A staged or published volume is in use → FAILED_PRECONDITION.
+    pub fn delete_volume(&self, id: &str) -> Result<()> {
+        let _guard = self.locks.try_lock([format!("vol:{id}")])?;
+        let v = match self.lookup_volume(id)? {
+            Lookup::Found(v) => v,
+            Lookup::Unknown => return Ok(()),
+            Lookup::OtherNode(oid) => {
+                return Err(Error::Precondition(format!(
+                    "volume {id} lives on node {}; delete it there (this is node {})",
+                    oid.node, self.node_id
+                )));
+            }
+        };
+        if self.store.stage(&v.id)?.is_some() {
+            return Err(Error::InUse { id: id.to_string(), reason: "it is staged on this node".into() });
+        }
+        let pubs = self.store.publishes_of(&v.id)?;
+        if let Some(p) = pubs.first() {
+            return Err(Error::InUse { id: id.to_string(), reason: format!("it is published at {}", p.target.display()) });
+        }
+        self.remove_volume(v)
+    }
+
+    /// Deletes a volume that is known to be unused.
+    pub(crate) fn remove_volume(&self, mut v: VolumeRecord) -> Result<()> {
+        v.phase = Phase::Deleting;
+        self.store.write(vec![Op::PutVolume(v.clone())])?;
+        failpoint::hit("delete_volume:after_intent");
+        self.pool(&v.pool)?.remove(ImageRef::volume(&v.file))?;
+        failpoint::hit("delete_volume:after_unlink");
+        self.store.write(vec![Op::DelVolume(v.id.clone())])?;
+        tracing::debug!(volume_id = %v.id, "deleted volume");
+        Ok(())
+    }
+
+    /// ControllerExpandVolume. Returns (capacity, node_expansion_required).
+    pub fn expand_volume(&self, id: &str, required: u64, limit: u64, block_cap: Option<bool>) -> Result<(u64, bool)> {
+        let _guard = self.locks.try_lock([format!("vol:{id}")])?;
+        let mut v = self.ready_volume(id)?;
+        let stage = self.store.stage(&v.id)?;
+        let block = block_cap.or(stage.as_ref().map(|s| s.block)).unwrap_or(false);
+        let target = driver::pick_size(required, limit, 0, "")?;
+        if target <= v.capacity {
+            // "already ≥ target → SHOULD be OK"
+            return Ok((v.capacity, false));
+        }
+        let pool = self.pool(&v.pool)?;
+        let free = pool.space()?.free_bytes;
+        if target - v.capacity > free {
+            return Err(Error::PoolFull { pool: v.pool.clone(), want: target - v.capacity, free });
+        }
+        pool.grow(ImageRef::volume(&v.file), target)?;
+        failpoint::hit("controller_expand:after_truncate");
+        // Online: an attached loop device learns the new size at once.
+        if let Some(st) = &stage
+            && st.phase == StagePhase::Staged
+            && let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of)
+        {
+            sys::loopdev::refresh_capacity(n).map_err(Error::io("refreshing loop capacity", format!("/dev/loop{n}")))?;
+        }
+        v.capacity = target;
+        self.store.write(vec![Op::PutVolume(v.clone())])?;
+        Ok((target, !block))
+    }
+
+    /// ControllerModifyVolume: every key is checked before anything is applied.
+    pub fn modify_volume(&self, id: &str, mutable: &HashMap<String, String>) -> Result<()> {
+        let direct_io = parse_mutable(mutable)?;
+        let _guard = self.locks.try_lock([format!("vol:{id}")])?;
+        let mut v = self.ready_volume(id)?;
+        let Some(direct_io) = direct_io else {
+            return Ok(());
+        };
+        if let Some(st) = self.store.stage(&v.id)?
+            && st.phase == StagePhase::Staged
+            && let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of)
+        {
+            sys::loopdev::set_direct_io(n, direct_io)
+                .map_err(Error::io("switching direct I/O of", format!("/dev/loop{n}")))?;
+        }
+        v.direct_io = direct_io;
+        v.mutable_parameters.insert(PARAM_DIRECT_IO.to_string(), direct_io.to_string());
+        self.store.write(vec![Op::PutVolume(v)])?;
+        Ok(())
+    }
+
+    /// GetCapacity: (available, maximum volume size, minimum volume size).
+    pub fn capacity(
+        &self,
+        parameters: &HashMap<String, String>,
+        caps: &[Cap],
+        topology: Option<&HashMap<String, String>>,
+    ) -> Result<(u64, u64, u64)> {
+        let a = CreateArgs { parameters: parameters.clone(), caps: caps.to_vec(), ..Default::default() };
+        let s = self.settings(&a)?;
+        if let Some(t) = topology
+            && driver::topology_allows(&self.node_id, std::slice::from_ref(t), &[]).is_err()
+        {
+            return Ok((0, 0, 0));
+        }
+        if caps.iter().any(|c| c.supported().is_err()) {
+            return Ok((0, 0, 0));
+        }
+        let pool = self.pool(&s.pool)?;
+        pool.check()?;
+        let free = pool.space()?.free_bytes;
+        let free = free / driver::SIZE_UNIT * driver::SIZE_UNIT;
+        Ok((free, free, driver::min_size(&s.fs_type)))
+    }
+}
