@@ -1,12 +1,16 @@
 //! Control loops: PV/PVC binder, dynamic provisioner, expansion, StatefulSet claims.
 //!
-//! The decisions live in pure modules (`binder`, `provision::plan`, `expand`, `statefulset`)
-//! that read Kubernetes objects and return the writes to make; the `controller` module runs
-//! them against any `strata_store::Store`. The driver is reached only through CSI gRPC, exactly
-//! as external-provisioner reaches it, so nothing here knows pools, loop devices or mounts.
+//! The decisions live in pure modules (`binder`, `provision`, `expand`, `statefulset`, `gc`)
+//! that read Kubernetes objects and return the writes to make; `controller` runs them against
+//! any `strata_store::Store`. The driver is reached only through CSI gRPC, exactly as
+//! external-provisioner reaches it, so nothing here knows pools, loop devices or mounts.
 #![forbid(unsafe_code)]
 
 pub mod binder;
+pub mod controller;
+pub mod error;
+pub mod expand;
+pub mod gc;
 pub mod meta;
 pub mod names;
 pub mod provision;
@@ -16,5 +20,7 @@ pub mod statefulset;
 
 /// The API types, from the store so every crate agrees on one k8s-openapi.
 pub use strata_store::k8s_openapi;
-pub mod expand;
-pub mod gc;
+
+pub use controller::{Config, Running, start};
+pub use error::{Error, Result};
+pub use provision::csi::CsiClient;

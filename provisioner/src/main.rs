@@ -1,1 +1,81 @@
-fn main() {}
+//! `strata-provisioner`: the binder, dynamic provisioner, expansion and StatefulSet loops
+//! against the embedded store, talking to `strata-csi` over its unix socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use strata_provisioner::{Config, CsiClient};
+use tracing::info;
+
+/// Runs the PV/PVC binder, the dynamic provisioner, volume expansion and the StatefulSet
+/// controller until SIGTERM or SIGINT.
+#[derive(Parser, Debug)]
+#[command(name = "strata-provisioner", version)]
+struct Args {
+    /// State directory holding the object store (store.db).
+    #[arg(long, env = "STRATA_STATE_DIR", default_value = "/var/lib/strata")]
+    state_dir: PathBuf,
+    /// The CSI driver's endpoint, unix:///PATH.
+    #[arg(long)]
+    csi_endpoint: String,
+    /// This node's name: the topology offered to the driver and where pods without a node
+    /// get their WaitForFirstConsumer claims placed.
+    #[arg(long)]
+    node_id: String,
+    /// Filesystem for volumes whose class sets no csi.storage.k8s.io/fstype.
+    #[arg(long, default_value = "ext4")]
+    default_fstype: String,
+    /// Concurrent CreateVolume/DeleteVolume calls.
+    #[arg(long, default_value_t = 16)]
+    worker_threads: usize,
+    /// Per-call CSI timeout in seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// First retry delay in milliseconds (doubles up to --retry-interval-max).
+    #[arg(long, default_value_t = 1000)]
+    retry_interval_start: u64,
+    /// Longest retry delay in seconds.
+    #[arg(long, default_value_t = 300)]
+    retry_interval_max: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = Config::new(&args.node_id);
+    config.default_fs_type = args.default_fstype;
+    config.provision_workers = args.worker_threads.max(1);
+    config.csi_timeout = Duration::from_secs(args.timeout.max(1));
+    config.retry_start = Duration::from_millis(args.retry_interval_start.max(1));
+    config.retry_max = Duration::from_secs(args.retry_interval_max.max(1));
+
+    let state_dir = args.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || strata_store::EmbeddedStore::open(&state_dir))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
+    let csi = CsiClient::new(&args.csi_endpoint, config.csi_timeout).map_err(anyhow::Error::msg)?;
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let running = tokio::select! {
+        r = strata_provisioner::start(store, csi, config) => r.context("starting the control loops")?,
+        _ = term.recv() => return Ok(()),
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
+    info!(driver = %running.driver.name, node = %args.node_id, "running");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: finishing in-flight work"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: finishing in-flight work"),
+    }
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! The control loops against any [`Store`]: informers (list + watch) feed one cache and
+//! enqueue keys; one work queue per loop; workers apply the pure decisions of the other
+//! modules. Level-triggered: every sync reads the current state, so a lost wake-up costs
+//! nothing but time, and a restart re-lists and re-syncs everything.
+
+mod binder;
+pub mod cache;
+mod informer;
+mod provision;
+pub mod queue;
+mod statefulset;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata_store::Store;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::binder::{Event, EventType};
+use crate::error::{Error, Result, chain};
+use crate::provision::csi::CsiClient;
+use crate::provision::request::DriverInfo;
+use crate::provision::retry::Backoff;
+use cache::Cache;
+use queue::WorkQueue;
+
+/// Tunables; the defaults are external-provisioner's where it has one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node (`--node-id`): the topology offered to the driver and the standalone
+    /// placement target for pods without a node.
+    pub node_id: String,
+    /// fs_type when the class names none (`--default-fstype`).
+    pub default_fs_type: String,
+    /// Concurrent CreateVolume/DeleteVolume calls (`--worker-threads`).
+    pub provision_workers: usize,
+    pub retry_start: Duration,
+    pub retry_max: Duration,
+    /// Per CSI call (`--timeout`).
+    pub csi_timeout: Duration,
+    /// How long workers get to finish the item they hold on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn new(node_id: &str) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            default_fs_type: "ext4".into(),
+            provision_workers: 16,
+            retry_start: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            csi_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+pub(crate) struct Queues {
+    pub claims: Arc<WorkQueue>,
+    pub volumes: Arc<WorkQueue>,
+    pub provision: Arc<WorkQueue>,
+    pub delete: Arc<WorkQueue>,
+    pub expand: Arc<WorkQueue>,
+    pub sets: Arc<WorkQueue>,
+    pub gc: Arc<WorkQueue>,
+    pub placement: Arc<WorkQueue>,
+}
+
+impl Queues {
+    fn all(&self) -> [&Arc<WorkQueue>; 8] {
+        [
+            &self.claims,
+            &self.volumes,
+            &self.provision,
+            &self.delete,
+            &self.expand,
+            &self.sets,
+            &self.gc,
+            &self.placement,
+        ]
+    }
+}
+
+/// What a sync asks of its queue.
+pub(crate) enum Requeue {
+    Done,
+    /// Try again after the key's next backoff delay.
+    Backoff,
+    /// Try again after this long (e.g. a slower infeasible retry).
+    After(Duration),
+}
+
+pub(crate) struct Controller<S: Store> {
+    pub store: S,
+    pub csi: CsiClient,
+    pub driver: DriverInfo,
+    pub config: Config,
+    pub cache: Mutex<Cache>,
+    pub queues: Queues,
+    backoff: Mutex<HashMap<(&'static str, String), Backoff>>,
+    /// `storage.kubernetes.io/csiProvisionerIdentity`: start time, pid and driver name.
+    pub identity: String,
+}
+
+impl<S: Store> Controller<S> {
+    pub fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn record(&self, e: &Event) {
+        let t = match e.type_ {
+            EventType::Normal => strata_store::EventType::Normal,
+            EventType::Warning => strata_store::EventType::Warning,
+        };
+        if let Err(err) = self
+            .store
+            .record_event(&e.involved, t, e.reason, &e.message)
+            .await
+        {
+            // Events are advisory; a failure to record one never fails the sync.
+            warn!(reason = e.reason, error = %chain(&err), "recording event failed");
+        }
+    }
+
+    fn next_backoff(&self, queue: &'static str, key: &str) -> Duration {
+        let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((queue, key.to_string()))
+            .or_insert_with(|| Backoff::new(self.config.retry_start, self.config.retry_max))
+            .next_delay()
+    }
+
+    fn forget(&self, queue: &'static str, key: &str) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(queue, key.to_string()));
+    }
+}
+
+/// A running set of loops; [`Running::shutdown`] stops them gracefully.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    queues: Vec<Arc<WorkQueue>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    informers: Vec<tokio::task::JoinHandle<()>>,
+    grace: Duration,
+    pub driver: DriverInfo,
+}
+
+impl Running {
+    /// Stops taking work, lets every worker finish the item it holds (an in-flight CSI call
+    /// completes or times out), then stops the informers. What was not done is redone after a
+    /// restart: CreateVolume is idempotent by name.
+    pub async fn shutdown(self) {
+        for q in &self.queues {
+            q.shut_down();
+        }
+        let all = futures::future::join_all(self.workers);
+        if tokio::time::timeout(self.grace, all).await.is_err() {
+            warn!("workers did not finish within the shutdown grace period");
+        }
+        let _ = self.stop.send(true);
+        for h in self.informers {
+            h.abort();
+            let _ = h.await;
+        }
+        info!("control loops stopped");
+    }
+}
+
+/// Asks the driver who it is, retrying until it answers (it may start after us).
+pub async fn wait_for_driver(csi: &CsiClient, deadline: Option<Duration>) -> Result<DriverInfo> {
+    let start = std::time::Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        match csi.driver_info().await {
+            Ok(info) => return Ok(info),
+            Err(e) => {
+                if deadline.is_some_and(|d| start.elapsed() >= d) {
+                    return Err(Error::Csi(e));
+                }
+                debug!(error = %e, "driver not answering yet");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// Starts every loop against `store`, talking to the driver at `csi`.
+pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result<Running> {
+    let driver = wait_for_driver(&csi, None).await?;
+    info!(driver = %driver.name, topology = driver.accessibility_constraints, expand = driver.expand_volume, "driver found");
+    let identity = format!(
+        "{}-{}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+        std::process::id(),
+        driver.name
+    );
+    let ctl = Arc::new(Controller {
+        store,
+        csi,
+        driver: driver.clone(),
+        config: config.clone(),
+        cache: Mutex::new(Cache::default()),
+        queues: Queues {
+            claims: WorkQueue::new("claims"),
+            volumes: WorkQueue::new("volumes"),
+            provision: WorkQueue::new("provision"),
+            delete: WorkQueue::new("delete"),
+            expand: WorkQueue::new("expand"),
+            sets: WorkQueue::new("statefulsets"),
+            gc: WorkQueue::new("gc"),
+            placement: WorkQueue::new("placement"),
+        },
+        backoff: Mutex::default(),
+        identity,
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let informers = informer::start_all(&ctl, stop_rx).await?;
+
+    let mut workers = Vec::new();
+    let q = &ctl.queues;
+    // syncClaim and syncVolume are not re-entrant: one worker each.
+    workers.push(spawn_worker(&ctl, &q.claims, |c, k| {
+        Box::pin(async move { c.sync_claim(&k).await })
+    }));
+    workers.push(spawn_worker(&ctl, &q.volumes, |c, k| {
+        Box::pin(async move { c.sync_volume(&k).await })
+    }));
+    for _ in 0..config.provision_workers.max(1) {
+        workers.push(spawn_worker(&ctl, &q.provision, |c, k| {
+            Box::pin(async move { c.provision(&k).await })
+        }));
+        workers.push(spawn_worker(&ctl, &q.delete, |c, k| {
+            Box::pin(async move { c.delete(&k).await })
+        }));
+    }
+    workers.push(spawn_worker(&ctl, &q.expand, |c, k| {
+        Box::pin(async move { c.expand(&k).await })
+    }));
+    workers.push(spawn_worker(&ctl, &q.sets, |c, k| {
+        Box::pin(async move { c.sync_set(&k).await })
+    }));
+    workers.push(spawn_worker(&ctl, &q.gc, |c, k| {
+        Box::pin(async move { c.collect(&k).await })
+    }));
+    workers.push(spawn_worker(&ctl, &q.placement, |c, k| {
+        Box::pin(async move { c.place(&k).await })
+    }));
+
+    Ok(Running {
+        stop,
+        queues: q.all().into_iter().cloned().collect(),
+        workers,
+        informers,
+        grace: config.shutdown_grace,
+        driver,
+    })
+}
+
+type SyncFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Requeue>> + Send>>;
+
+fn spawn_worker<S: Store>(
+    ctl: &Arc<Controller<S>>,
+    queue: &Arc<WorkQueue>,
+    sync: fn(Arc<Controller<S>>, String) -> SyncFuture,
+) -> tokio::task::JoinHandle<()> {
+    let ctl = Arc::clone(ctl);
+    let queue = Arc::clone(queue);
+    tokio::spawn(async move {
+        while let Some(key) = queue.next().await {
+            let span = tracing::debug_span!("sync", queue = queue.name, key = %key);
+            let result =
+                tracing::Instrument::instrument(sync(Arc::clone(&ctl), key.clone()), span).await;
+            match result {
+                Ok(Requeue::Done) => ctl.forget(queue.name, &key),
+                Ok(Requeue::Backoff) => {
+                    queue.add_after(key.clone(), ctl.next_backoff(queue.name, &key))
+                }
+                Ok(Requeue::After(d)) => queue.add_after(key.clone(), d),
+                Err(e) if e.is_conflict() => {
+                    // Someone wrote first; the write helpers put the stored version in the
+                    // cache, so sync again right away on fresh data.
+                    debug!(queue = queue.name, key = %key, "conflict, retrying");
+                    queue.add(key.clone());
+                }
+                Err(e) => {
+                    warn!(queue = queue.name, key = %key, error = %chain(&e), "sync failed");
+                    queue.add_after(key.clone(), ctl.next_backoff(queue.name, &key));
+                }
+            }
+            queue.done(&key);
+        }
+    })
+}

@@ -1,0 +1,396 @@
+//! The external-provisioner and external-resizer workers: CreateVolume, DeleteVolume and
+//! ControllerExpandVolume over CSI, with the events `kubectl describe` shows.
+
+use std::time::Duration;
+
+use strata_store::Store;
+use tracing::{debug, info, warn};
+
+use super::{Controller, Requeue};
+use crate::binder::class::claim_class;
+use crate::binder::{Event, EventType};
+use crate::error::{Error, Result, chain};
+use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use crate::meta::{self, add_finalizer, has_finalizer, remove_finalizer};
+use crate::names::{self, reason};
+use crate::provision::class::ClassConfig;
+use crate::provision::request::{
+    AccessMode, AccessType, Capability, Placement, build_create_request,
+};
+use crate::provision::retry::{Disposition, classify};
+use crate::provision::volume::{Rejected, build_volume};
+use crate::provision::{self, csi::CsiError};
+use crate::{expand, quantity};
+
+impl<S: Store> Controller<S> {
+    #[tracing::instrument(skip_all, fields(pvc = %k))]
+    pub(crate) async fn provision(&self, k: &str) -> Result<Requeue> {
+        let (pvc, class) = {
+            let c = self.cache();
+            let Some(pvc) = c.claims.get(k).cloned() else {
+                return Ok(Requeue::Done);
+            };
+            if !provision::should_provision(&pvc, &self.driver.name, &c.classes) {
+                return Ok(Requeue::Done);
+            }
+            // A PV with the claim's volume name exists: provisioned already, the binder binds.
+            if c.volumes.get(&provision::volume_name(&pvc)).is_some() {
+                return Ok(Requeue::Done);
+            }
+            let class = c.classes.get(claim_class(&pvc)).cloned();
+            (pvc, class)
+        };
+        let Some(class) = class else {
+            return Ok(Requeue::Done);
+        };
+        let class_name = claim_class(&pvc).to_string();
+        let failed = |msg: String| {
+            Event::on_claim(
+                &pvc,
+                EventType::Warning,
+                reason::PROVISIONING_FAILED,
+                format!("failed to provision volume with StorageClass {class_name:?}: {msg}"),
+            )
+        };
+        let cfg = match ClassConfig::from_class(&class) {
+            Ok(c) => c,
+            Err(e) => {
+                self.record(&failed(e)).await;
+                return Ok(Requeue::Backoff);
+            }
+        };
+        let nodes = vec![self.config.node_id.clone()];
+        let request = match build_create_request(
+            &pvc,
+            &cfg,
+            &self.driver,
+            &self.config.default_fs_type,
+            &Placement { nodes: &nodes },
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                self.record(&failed(e)).await;
+                return Ok(Requeue::Backoff);
+            }
+        };
+        self.record(&Event::on_claim(
+            &pvc,
+            EventType::Normal,
+            reason::PROVISIONING,
+            format!(
+                "External provisioner is provisioning volume for claim {:?}",
+                meta::claim_key(&pvc)
+            ),
+        ))
+        .await;
+        let created = match self.csi.create_volume(&request).await {
+            Ok(v) => v,
+            Err(e) => return self.provision_failed(&pvc, &cfg, e, failed).await,
+        };
+        let fs_type = match &request.capabilities[0].access_type {
+            AccessType::Mount { fs_type, .. } if !fs_type.is_empty() => Some(fs_type.as_str()),
+            _ => None,
+        };
+        let pv = match build_volume(
+            &pvc,
+            &cfg,
+            &self.driver.name,
+            &self.identity,
+            request.required_bytes,
+            fs_type,
+            &created,
+        ) {
+            Ok(pv) => pv,
+            Err(rejected @ Rejected::TooSmall { .. }) => {
+                // The driver made less than asked: take it back, then report.
+                if let Err(e) = self.csi.delete_volume(&created.volume_id).await {
+                    warn!(volume_id = %created.volume_id, error = %e, "deleting an undersized volume failed");
+                }
+                self.record(&failed(rejected.to_string())).await;
+                return Ok(Requeue::Backoff);
+            }
+        };
+        // Saving the PV is retried here with backoff so a created volume is not forgotten;
+        // should the process die first, the next attempt's CreateVolume (same name) returns
+        // the same volume.
+        let mut delay = Duration::from_millis(50);
+        let saved = loop {
+            match self.store.create(&pv).await {
+                Ok(saved) => break saved,
+                Err(e) if e.is_already_exists() => match self
+                    .store
+                    .get::<PersistentVolume>("", meta::name(&pv.metadata))
+                    .await
+                {
+                    Ok(existing) => break existing,
+                    Err(e) => warn!(error = %chain(&e), "reading the existing PV failed"),
+                },
+                Err(e) if e.is_invalid() => return Err(e.into()),
+                Err(e) => warn!(error = %chain(&e), "saving the PV failed, retrying"),
+            }
+            if self.queues.provision.is_shut_down() {
+                return Ok(Requeue::Backoff);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+        info!(volume = %meta::name(&saved.metadata), "provisioned");
+        self.cache().volumes.upsert(saved.clone());
+        self.record(&Event::on_claim(
+            &pvc,
+            EventType::Normal,
+            reason::PROVISIONING_SUCCEEDED,
+            format!(
+                "Successfully provisioned volume {}",
+                meta::name(&saved.metadata)
+            ),
+        ))
+        .await;
+        self.queues.claims.add(meta::claim_key(&pvc));
+        Ok(Requeue::Done)
+    }
+
+    async fn provision_failed(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        cfg: &ClassConfig,
+        err: CsiError,
+        failed: impl Fn(String) -> Event,
+    ) -> Result<Requeue> {
+        let selected = meta::has_annotation(&pvc.metadata, names::ANN_SELECTED_NODE);
+        let disposition = classify(
+            err.code,
+            self.driver.accessibility_constraints,
+            selected && cfg.wait_for_first_consumer,
+        );
+        debug!(error = %err, ?disposition, "CreateVolume failed");
+        self.record(&failed(err.to_string())).await;
+        match disposition {
+            // Maybe still running in the driver: the same call again, soon.
+            Disposition::InBackground | Disposition::Final => Ok(Requeue::Backoff),
+            Disposition::Infeasible => Ok(Requeue::After(
+                self.config.retry_max.min(self.config.retry_start * 16),
+            )),
+            Disposition::Reschedule => {
+                // Placement failed on that node: clear selected-node so it is picked again.
+                let mut updated = pvc.clone();
+                meta::remove_annotation(&mut updated.metadata, names::ANN_SELECTED_NODE);
+                self.write_pvc(&updated, false).await?;
+                Ok(Requeue::Done)
+            }
+        }
+    }
+
+    /// The external-provisioner's PV side: its finalizer (HonorPVReclaimPolicy) and
+    /// DeleteVolume for released volumes with the Delete policy.
+    #[tracing::instrument(skip_all, fields(volume = %name))]
+    pub(crate) async fn delete(&self, name: &str) -> Result<Requeue> {
+        let Some(pv) = self.cache().volumes.get(name).cloned() else {
+            return Ok(Requeue::Done);
+        };
+        let Some(csi) = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.csi.as_ref())
+            .filter(|c| c.driver == self.driver.name)
+        else {
+            return Ok(Requeue::Done);
+        };
+        let volume_id = csi.volume_handle.clone();
+        let policy = meta::reclaim_policy(&pv).to_string();
+        let deleting = pv.metadata.deletion_timestamp.is_some();
+        let has_fin = has_finalizer(&pv.metadata, names::FINALIZER_EXTERNAL_PROVISIONER);
+        if policy == "Delete" && meta::volume_phase(&pv) == "Bound" && !deleting && !has_fin {
+            let mut updated = pv.clone();
+            add_finalizer(&mut updated.metadata, names::FINALIZER_EXTERNAL_PROVISIONER);
+            self.write_pv(&updated, false).await?;
+            return Ok(Requeue::Done);
+        }
+        if policy != "Delete" && has_fin {
+            let mut updated = pv.clone();
+            remove_finalizer(&mut updated.metadata, names::FINALIZER_EXTERNAL_PROVISIONER);
+            self.write_pv(&updated, false).await?;
+            return Ok(Requeue::Done);
+        }
+        // shouldDelete: Released, Delete, and (our finalizer still on, or not being deleted).
+        if meta::volume_phase(&pv) != "Released" || policy != "Delete" || (deleting && !has_fin) {
+            return Ok(Requeue::Done);
+        }
+        if let Err(e) = self.csi.delete_volume(&volume_id).await {
+            self.record(&Event::on_volume(
+                &pv,
+                EventType::Warning,
+                reason::VOLUME_FAILED_DELETE,
+                e.to_string(),
+            ))
+            .await;
+            return Ok(Requeue::Backoff);
+        }
+        info!(volume_id = %volume_id, "deleted backing volume");
+        if has_fin {
+            let mut updated = pv.clone();
+            remove_finalizer(&mut updated.metadata, names::FINALIZER_EXTERNAL_PROVISIONER);
+            match self.write_pv(&updated, false).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => return Ok(Requeue::Done),
+                Err(e) => return Err(e),
+            }
+        }
+        let current = self.cache().volumes.get(name).cloned();
+        if let Some(pv) = current {
+            self.delete_pv(&pv).await?;
+        }
+        Ok(Requeue::Done)
+    }
+
+    /// ControllerExpandVolume for a bound claim that asks for more than its PV has.
+    #[tracing::instrument(skip_all, fields(pvc = %k))]
+    pub(crate) async fn expand(&self, k: &str) -> Result<Requeue> {
+        if !self.driver.expand_volume {
+            return Ok(Requeue::Done);
+        }
+        let (pvc, pv, size) = {
+            let c = self.cache();
+            let Some(pvc) = c.claims.get(k).cloned() else {
+                return Ok(Requeue::Done);
+            };
+            let Some(pv) = c.volumes.get(meta::claim_volume_name(&pvc)).cloned() else {
+                return Ok(Requeue::Done);
+            };
+            if pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.csi.as_ref())
+                .is_none_or(|c| c.driver != self.driver.name)
+            {
+                return Ok(Requeue::Done);
+            }
+            let allowed = c
+                .classes
+                .get(claim_class(&pvc))
+                .is_some_and(|sc| sc.allow_volume_expansion == Some(true));
+            let Some(size) = expand::wanted_size(&pvc, &pv, allowed) else {
+                return Ok(Requeue::Done);
+            };
+            (pvc, pv, size)
+        };
+        let pv_name = meta::name(&pv.metadata).to_string();
+        let mut pvc = pvc;
+        if meta::annotation(&pvc.metadata, names::ANN_STORAGE_RESIZER)
+            != Some(self.driver.name.as_str())
+        {
+            meta::set_annotation(
+                &mut pvc.metadata,
+                names::ANN_STORAGE_RESIZER,
+                &self.driver.name,
+            );
+            pvc = self.write_pvc(&pvc, false).await?;
+        }
+        let pvc = self.write_pvc(&expand::started(&pvc, size), true).await?;
+        self.record(&Event::on_claim(
+            &pvc,
+            EventType::Normal,
+            reason::RESIZING,
+            format!("External resizer is resizing volume {pv_name}"),
+        ))
+        .await;
+        let csi = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.csi.as_ref())
+            .expect("checked above");
+        let cap = expand_capability(&pv);
+        let bytes = u64::try_from(size)
+            .map_err(|_| Error::Invalid("requested size is too large".into()))?;
+        match self
+            .csi
+            .expand_volume(&csi.volume_handle, bytes, cap.as_ref())
+            .await
+        {
+            Ok((got, node_required)) => {
+                let new_size = u128::try_from(got)
+                    .ok()
+                    .filter(|g| *g > 0)
+                    .unwrap_or(size)
+                    .max(size);
+                self.write_pv(
+                    &expand::expanded_volume(&pv, &pvc, new_size, node_required),
+                    false,
+                )
+                .await?;
+                let pvc = self
+                    .write_pvc(
+                        &expand::controller_done(&pvc, new_size, node_required),
+                        true,
+                    )
+                    .await?;
+                let (r, msg) = if node_required {
+                    (
+                        reason::FILE_SYSTEM_RESIZE_REQUIRED,
+                        "Require file system resize of volume on node".to_string(),
+                    )
+                } else {
+                    (
+                        reason::VOLUME_RESIZE_SUCCESSFUL,
+                        "Resize volume succeeded".to_string(),
+                    )
+                };
+                self.record(&Event::on_claim(&pvc, EventType::Normal, r, msg))
+                    .await;
+                info!(size = %quantity::format_bytes(new_size).0, node_required, "expanded");
+                Ok(Requeue::Done)
+            }
+            Err(e) => {
+                // INVALID_ARGUMENT / OUT_OF_RANGE will not succeed by retrying the same size.
+                let infeasible = matches!(e.code, Some(3) | Some(11));
+                let msg = format!(
+                    "resize volume {pv_name:?} by resizer {:?} failed: {e}",
+                    self.driver.name
+                );
+                self.write_pvc(&expand::failed(&pvc, size, msg.clone(), infeasible), true)
+                    .await?;
+                self.record(&Event::on_claim(
+                    &pvc,
+                    EventType::Warning,
+                    reason::VOLUME_RESIZE_FAILED,
+                    msg,
+                ))
+                .await;
+                Ok(if infeasible {
+                    Requeue::Done
+                } else {
+                    Requeue::Backoff
+                })
+            }
+        }
+    }
+}
+
+/// The capability sent with ControllerExpandVolume: the PV's mode and access type.
+fn expand_capability(pv: &PersistentVolume) -> Option<Capability> {
+    let mode = match meta::volume_access_modes(pv).first().map(String::as_str) {
+        Some("ReadOnlyMany") => AccessMode::MultiNodeReaderOnly,
+        Some("ReadWriteMany") => AccessMode::MultiNodeMultiWriter,
+        Some(_) => AccessMode::SingleNodeWriter,
+        None => return None,
+    };
+    let access_type = if meta::volume_volume_mode(pv) == "Block" {
+        AccessType::Block
+    } else {
+        let fs_type = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.csi.as_ref())
+            .and_then(|c| c.fs_type.clone())
+            .unwrap_or_default();
+        AccessType::Mount {
+            fs_type,
+            mount_flags: pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.mount_options.clone())
+                .unwrap_or_default(),
+        }
+    };
+    Some(Capability { access_type, mode })
+}
