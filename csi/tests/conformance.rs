@@ -36,7 +36,7 @@ fn cap_mode(m: Mode) -> VolumeCapability {
 
 // ---------------------------------------------------------------- Identity
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_rpcs() {
     if !testkit::require_root("identity_rpcs") {
         return;
@@ -135,7 +135,7 @@ async fn identity_rpcs() {
     c.finish();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_name_flag_is_reported() {
     if !testkit::require_root("driver_name_flag_is_reported") {
         return;
@@ -158,7 +158,7 @@ async fn driver_name_flag_is_reported() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_checks_the_pools() {
     if !testkit::require_root("probe_checks_the_pools") {
         return;
@@ -184,7 +184,7 @@ async fn probe_checks_the_pools() {
 
 // ---------------------------------------------------------------- Socket and process
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_is_0600_stale_socket_replaced_and_sigterm_exits_zero() {
     if !testkit::require_root("socket_is_0600_stale_socket_replaced_and_sigterm_exits_zero") {
         return;
@@ -209,9 +209,12 @@ async fn socket_is_0600_stale_socket_replaced_and_sigterm_exits_zero() {
         .probe(ProbeRequest {})
         .await
         .expect("Probe after replacing a stale socket");
+    let mode = std::fs::metadata(driver.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the replacement socket is 0600 too");
+    // An idle client connection (as a kubelet keeps) must not keep the driver alive.
 
     driver.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = driver.wait_exit(WAIT);
+    let status = tokio::task::block_in_place(|| driver.wait_exit(WAIT));
     assert_eq!(
         status.code(),
         Some(0),
@@ -219,7 +222,7 @@ async fn socket_is_0600_stale_socket_replaced_and_sigterm_exits_zero() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_rpcs() {
     if !testkit::require_root("sigterm_drains_in_flight_rpcs") {
         return;
@@ -233,8 +236,10 @@ async fn sigterm_drains_in_flight_rpcs() {
     let rpc = tokio::spawn(async move { node.node_stage_volume(req).await });
     // Wait until the RPC is in the driver's hands: its loop device appears.
     let pool = env.pool.path().to_owned();
-    testkit::wait_for("stage to attach a loop device", WAIT, || {
-        (!testkit::loops_backed_under(&pool).is_empty() || rpc.is_finished()).then_some(())
+    tokio::task::block_in_place(|| {
+        testkit::wait_for("stage to attach a loop device", WAIT, || {
+            (!testkit::loops_backed_under(&pool).is_empty() || rpc.is_finished()).then_some(())
+        })
     });
     env.driver.signal(nix::sys::signal::Signal::SIGTERM);
     let res = rpc.await.unwrap();
@@ -243,14 +248,14 @@ async fn sigterm_drains_in_flight_rpcs() {
         "issue 2 §2: SIGTERM drains in-flight RPCs, got {:?}",
         res.err().map(|s| show(&s))
     );
-    let status = env.driver.wait_exit(WAIT);
+    let status = tokio::task::block_in_place(|| env.driver.wait_exit(WAIT));
     assert_eq!(status.code(), Some(0), "SIGTERM → exit 0, got {status}");
     assert!(mount_at(&staging).is_some(), "the drained stage completed");
 }
 
 // ---------------------------------------------------------------- Capabilities
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capabilities_cover_the_issue() {
     if !testkit::require_root("capabilities_cover_the_issue") {
         return;
@@ -319,7 +324,7 @@ async fn capabilities_cover_the_issue() {
 
 /// Every advertised capability is exercised once with a valid request: advertising a
 /// capability whose RPC fails is worse than not advertising it.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_advertised_capability_works() {
     if !testkit::require_root("every_advertised_capability_works") {
         return;
@@ -612,7 +617,7 @@ fn snapshot_source(id: &str) -> VolumeContentSource {
 
 // ---------------------------------------------------------------- CreateVolume
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_volume_success_and_idempotency() {
     if !testkit::require_root("create_volume_success_and_idempotency") {
         return;
@@ -798,7 +803,7 @@ async fn create_volume_success_and_idempotency() {
     c.finish();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_volume_invalid_arguments_change_nothing() {
     if !testkit::require_root("create_volume_invalid_arguments_change_nothing") {
         return;
@@ -921,7 +926,12 @@ async fn create_volume_invalid_arguments_change_nothing() {
         "CSI MountVolume: mount_flags ≤ 4 KiB",
     ));
 
-    for (what, req, rule) in cases {
+    // Each case under its own name: one accepted by mistake must not turn the next into an
+    // ALREADY_EXISTS.
+    for (i, (what, mut req, rule)) in cases.into_iter().enumerate() {
+        if req.name == "pvc-bad" {
+            req.name = format!("pvc-bad-{i}");
+        }
         c.code(
             &format!("CreateVolume {what}"),
             rule,
@@ -931,6 +941,7 @@ async fn create_volume_invalid_arguments_change_nothing() {
     }
     // A limit below the requirement is either malformed or an unsupported range.
     let mut r = base.clone();
+    r.name = "pvc-bad-range".into();
     r.capacity_range = Some(CapacityRange {
         required_bytes: 64 * MIB,
         limit_bytes: 32 * MIB,
@@ -942,6 +953,7 @@ async fn create_volume_invalid_arguments_change_nothing() {
         &[Code::InvalidArgument, Code::OutOfRange],
     );
     let mut r = base.clone();
+    r.name = "pvc-bad-tiny".into();
     r.capacity_range = Some(CapacityRange {
         required_bytes: 0,
         limit_bytes: 4096,
@@ -969,7 +981,7 @@ async fn create_volume_invalid_arguments_change_nothing() {
     c.finish();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_volume_capacity_topology_and_pool_full() {
     if !testkit::require_root("create_volume_capacity_topology_and_pool_full") {
         return;
@@ -1096,7 +1108,7 @@ async fn create_volume_capacity_topology_and_pool_full() {
 }
 
 /// A source that lives on another node is a scheduling problem, not a missing object.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_source_from_another_node_is_resource_exhausted() {
     if !testkit::require_root("content_source_from_another_node_is_resource_exhausted") {
         return;
@@ -1159,7 +1171,7 @@ async fn content_source_from_another_node_is_resource_exhausted() {
 
 // ---------------------------------------------------------------- DeleteVolume, ids
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_volume_and_id_validation() {
     if !testkit::require_root("delete_volume_and_id_validation") {
         return;
@@ -1273,7 +1285,7 @@ async fn delete_volume_and_id_validation() {
 
 /// Replacing a volume's image with a symlink out of the pool must not make the driver act
 /// on the symlink's target.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_symlinked_out_of_the_pool_is_refused() {
     if !testkit::require_root("image_symlinked_out_of_the_pool_is_refused") {
         return;
@@ -1330,7 +1342,7 @@ async fn image_symlinked_out_of_the_pool_is_refused() {
 
 // ---------------------------------------------------------------- Validate, List, Get
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_list_and_get_volume() {
     if !testkit::require_root("validate_list_and_get_volume") {
         return;
@@ -1561,7 +1573,7 @@ async fn deleted_snapshot_id(env: &mut Env, source: &str) -> String {
 
 // ---------------------------------------------------------------- Snapshots, restore, clone
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_restore_and_clone() {
     if !testkit::require_root("snapshots_restore_and_clone") {
         return;
@@ -1976,7 +1988,7 @@ async fn snapshots_restore_and_clone() {
     c.finish();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_snapshots() {
     if !testkit::require_root("group_snapshots") {
         return;
@@ -2176,7 +2188,7 @@ async fn group_snapshots() {
 
 // ---------------------------------------------------------------- Expand, Modify
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_expand_and_modify() {
     if !testkit::require_root("controller_expand_and_modify") {
         return;
@@ -2364,7 +2376,7 @@ async fn controller_expand_and_modify() {
 
 // ---------------------------------------------------------------- Node: info, stage
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_info() {
     if !testkit::require_root("node_info") {
         return;
@@ -2398,7 +2410,7 @@ async fn node_info() {
     c.finish();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_stage_unstage() {
     if !testkit::require_root("node_stage_unstage") {
         return;
@@ -2497,9 +2509,6 @@ async fn node_stage_unstage() {
     let mut r = base.clone();
     r.secrets = big_map();
     cases.push(("secrets over 4 KiB", r, R_4K));
-    let mut r = base.clone();
-    r.volume_capability = Some(mount_cap("btrfs", Mode::SingleNodeWriter));
-    cases.push(("fs_type btrfs", r, "issue 2 §4: fsType ext4|xfs"));
     for (what, req, rule) in cases {
         c.code(
             &format!("NodeStageVolume {what}"),
@@ -2508,6 +2517,14 @@ async fn node_stage_unstage() {
             Code::InvalidArgument,
         );
     }
+    let mut r = base.clone();
+    r.volume_capability = Some(mount_cap("btrfs", Mode::SingleNodeWriter));
+    c.code_in(
+        "NodeStageVolume fs_type btrfs",
+        "CSI NodeStageVolume: capability not supported → FAILED_PRECONDITION (or INVALID_ARGUMENT)",
+        env.node.node_stage_volume(r).await,
+        &[Code::FailedPrecondition, Code::InvalidArgument],
+    );
     let mut r = base.clone();
     r.volume_id = deleted_id(&mut env).await;
     c.code(
@@ -2614,7 +2631,7 @@ async fn node_stage_unstage() {
 
 // ---------------------------------------------------------------- Node: publish
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_publish_unpublish() {
     if !testkit::require_root("node_publish_unpublish") {
         return;
@@ -2847,7 +2864,7 @@ async fn node_publish_unpublish() {
 }
 
 /// The semantics doc §5.6 matrix for a second NodePublishVolume of one volume.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_publish_matrix() {
     if !testkit::require_root("second_publish_matrix") {
         return;
@@ -2948,7 +2965,7 @@ async fn second_publish_matrix() {
     c.finish();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_stats_and_expand() {
     if !testkit::require_root("node_stats_and_expand") {
         return;
@@ -3239,7 +3256,7 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 // ---------------------------------------------------------------- Ephemeral inline volumes
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_inline_volume() {
     if !testkit::require_root("ephemeral_inline_volume") {
         return;
@@ -3281,8 +3298,10 @@ async fn ephemeral_inline_volume() {
             })
             .await,
     );
-    testkit::wait_for("ephemeral volume to go", Duration::from_secs(10), || {
-        env.pool.loop_devices().is_empty().then_some(())
+    tokio::task::block_in_place(|| {
+        testkit::wait_for("ephemeral volume to go", Duration::from_secs(10), || {
+            env.pool.loop_devices().is_empty().then_some(())
+        })
     });
     c.check(
         "unpublish deletes the ephemeral volume",

@@ -39,7 +39,7 @@ async fn teardown(env: &mut Env, v: &Volume, st: &Path, t: &Path) {
     env.unstage(&v.volume_id, st).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writing_past_the_size_gives_enospc() {
     if !testkit::require_root("writing_past_the_size_gives_enospc") {
         return;
@@ -74,7 +74,7 @@ async fn writing_past_the_size_gives_enospc() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_volume_is_a_device_that_takes_writes() {
     if !testkit::require_root("block_volume_is_a_device_that_takes_writes") {
         return;
@@ -130,7 +130,7 @@ async fn block_volume_is_a_device_that_takes_writes() {
     env.unstage(&v.volume_id, &st).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_while_mounted() {
     if !testkit::require_root("grow_while_mounted") {
         return;
@@ -211,7 +211,7 @@ async fn grow_while_mounted() {
 /// Snapshot, write more, restore the snapshot into a new volume: it holds the old contents
 /// only. A clone holds the current ones. On a reflink pool (xfs) and a copying one (plain
 /// dir on the host filesystem).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_restore_and_clone_contents() {
     if !testkit::require_root("snapshot_restore_and_clone_contents") {
         return;
@@ -308,7 +308,7 @@ async fn snapshot_restore_and_clone_contents() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_stats_and_abnormal_conditions() {
     if !testkit::require_root("volume_stats_and_abnormal_conditions") {
         return;
@@ -397,8 +397,10 @@ async fn volume_stats_and_abnormal_conditions() {
                 testkit::detach_loop(&dev.device).unwrap();
                 nix::mount::umount2(&st, nix::mount::MntFlags::MNT_DETACH).unwrap();
                 let name = dev.name.clone();
-                testkit::wait_for("loop device to go", WAIT, || {
-                    testkit::LoopDevice::by_name(&name).is_none().then_some(())
+                tokio::task::block_in_place(|| {
+                    testkit::wait_for("loop device to go", WAIT, || {
+                        testkit::LoopDevice::by_name(&name).is_none().then_some(())
+                    })
                 });
             }
             _ => std::fs::remove_file(&dev.backing_file).unwrap(),
@@ -435,7 +437,7 @@ async fn volume_stats_and_abnormal_conditions() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readonly_publish_refuses_writes() {
     if !testkit::require_root("readonly_publish_refuses_writes") {
         return;
@@ -465,7 +467,7 @@ async fn readonly_publish_refuses_writes() {
     env.unstage(&v.volume_id, &st).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_mount_group_gives_group_access() {
     if !testkit::require_root("volume_mount_group_gives_group_access") {
         return;
@@ -521,7 +523,7 @@ async fn volume_mount_group_gives_group_access() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_io_modify_reaches_the_loop_device() {
     if !testkit::require_root("direct_io_modify_reaches_the_loop_device") {
         return;
