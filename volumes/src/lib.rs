@@ -8,9 +8,15 @@
 
 #![deny(unsafe_code)]
 
+pub mod api_volume;
 pub mod atomic_writer;
+pub mod csi_volume;
 mod dirfd;
+pub mod empty_dir;
 pub mod error;
+pub mod handoff;
+pub mod layout;
+pub mod mount;
 pub mod projection;
 #[allow(unsafe_code)]
 mod sys;
