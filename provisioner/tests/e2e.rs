@@ -1,0 +1,323 @@
+//! End to end: the control loops in-process against an embedded store, talking to a real
+//! `strata-csi` on a loop-backed ext4 pool. Root only (the pool is a loop device).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::json;
+use strata_provisioner::k8s_openapi::api::apps::v1::StatefulSet;
+use strata_provisioner::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use strata_provisioner::k8s_openapi::api::storage::v1::StorageClass;
+use strata_provisioner::{Config, CsiClient, Running};
+use strata_store::{EmbeddedStore, Object, Preconditions, Store};
+use testkit::{DriverConfig, DriverProcess, LoopPool};
+
+const NODE: &str = "node-e2e";
+const DRIVER: &str = "local.csi.strata.io";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The strata-csi binary next to this test's target dir, built once if missing (CI builds
+/// the workspace first; a lone `cargo test -p strata-provisioner` does not).
+pub fn csi_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test exe");
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
+        let bin = profile_dir.join("strata-csi");
+        if !bin.exists() {
+            let target = profile_dir.parent().expect("target dir").to_path_buf();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "-p", "strata-csi"])
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .expect("run cargo build -p strata-csi");
+            assert!(status.success(), "building strata-csi failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// Pool, driver, store and loops. Field order is drop order: loops are stopped explicitly,
+/// then the driver is killed, then the pool's mounts and loop devices go.
+pub struct Harness {
+    pub store: EmbeddedStore,
+    pub running: Option<Running>,
+    pub driver: DriverProcess,
+    pub pool: LoopPool,
+    _state: tempfile::TempDir,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        let pool = LoopPool::ext4(512 << 20);
+        let driver = DriverProcess::start(DriverConfig::new(csi_binary(), NODE).pool("main", pool.path())).await;
+        let state = tempfile::tempdir().expect("state dir");
+        let store = EmbeddedStore::open(state.path()).expect("open store");
+        let mut config = Config::new(NODE);
+        config.retry_start = Duration::from_millis(100);
+        config.retry_max = Duration::from_secs(2);
+        config.provision_workers = 4;
+        let csi = CsiClient::new(&driver.endpoint(), config.csi_timeout).expect("client");
+        let running = strata_provisioner::start(store.clone(), csi, config).await.expect("start loops");
+        assert_eq!(running.driver.name, DRIVER);
+        Harness { store, running: Some(running), driver, pool, _state: state }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub async fn apply<K: Object>(&self, v: serde_json::Value) -> K {
+        let obj: K = serde_json::from_value(v).expect("object json");
+        self.store.create(&obj).await.expect("create")
+    }
+}
+
+/// Waits for an async condition with a deadline (the async form of `testkit::wait_for`).
+pub async fn eventually<T, F, Fut>(what: &str, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+fn class(name: &str, mode: &str, expand: bool) -> serde_json::Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": name},
+        "provisioner": DRIVER,
+        "volumeBindingMode": mode,
+        "allowVolumeExpansion": expand,
+        "parameters": {"csi.storage.k8s.io/fstype": "ext4"}
+    })
+}
+
+fn claim(name: &str, class: Option<&str>, size: &str) -> serde_json::Value {
+    let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}});
+    if let Some(c) = class {
+        spec["storageClassName"] = json!(c);
+    }
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+async fn bound_claim(store: &EmbeddedStore, name: &str) -> PersistentVolumeClaim {
+    eventually(&format!("claim {name} Bound"), || async {
+        let c: PersistentVolumeClaim = store.get("default", name).await.ok()?;
+        (c.status.as_ref()?.phase.as_deref() == Some("Bound")).then_some(c)
+    })
+    .await
+}
+
+async fn gone<K: Object>(store: &EmbeddedStore, ns: &str, name: &str) {
+    eventually(&format!("{} {ns}/{name} gone", K::KIND), || async {
+        match store.get::<K>(ns, name).await {
+            Err(e) if e.is_not_found() => Some(()),
+            _ => None,
+        }
+    })
+    .await
+}
+
+fn images(pool: &LoopPool) -> usize {
+    pool.files().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_claims_bind_and_scale_down_deletes_them() {
+    if !testkit::require_root("statefulset_claims_bind_and_scale_down_deletes_them") {
+        return;
+    }
+    let mut h = Harness::start().await;
+    h.apply::<StorageClass>(class("fast", "Immediate", false)).await;
+    let set: StatefulSet = h
+        .apply(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "replicas": 3,
+                "serviceName": "web",
+                "selector": {"matchLabels": {"app": "web"}},
+                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Delete"},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": {"name": "data", "labels": {"tier": "db"}},
+                    "spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "32Mi"}}}
+                }]
+            }
+        }))
+        .await;
+    let mut volumes = Vec::new();
+    for o in 0..3 {
+        let c = bound_claim(&h.store, &format!("data-web-{o}")).await;
+        let labels = c.metadata.labels.clone().unwrap();
+        assert_eq!((labels["app"].as_str(), labels["tier"].as_str()), ("web", "db"), "template labels merged with the selector");
+        let pv_name = c.spec.as_ref().unwrap().volume_name.clone().unwrap();
+        let pv: PersistentVolume = h.store.get("", &pv_name).await.unwrap();
+        assert_eq!(pv_name, format!("pvc-{}", c.metadata.uid.as_deref().unwrap()));
+        let spec = pv.spec.as_ref().unwrap();
+        assert_eq!(spec.csi.as_ref().unwrap().driver, DRIVER);
+        assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+        let affinity = serde_json::to_string(&spec.node_affinity).unwrap();
+        assert!(affinity.contains("topology.strata.io/node") && affinity.contains(NODE), "{affinity}");
+        assert_eq!(pv.metadata.annotations.as_ref().unwrap()["pv.kubernetes.io/provisioned-by"], DRIVER);
+        let pod: Pod = h.store.get("default", &format!("web-{o}")).await.unwrap();
+        let vol = &pod.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
+        assert_eq!(vol.persistent_volume_claim.as_ref().unwrap().claim_name, format!("data-web-{o}"));
+        volumes.push(pv_name);
+    }
+    assert_eq!(images(&h.pool), 3, "three volumes on the pool");
+    let events = h.store.events_for("PersistentVolumeClaim", "default", "data-web-0").await.unwrap();
+    let reasons: Vec<_> = events.iter().filter_map(|e| e.reason.clone()).collect();
+    for r in ["ExternalProvisioning", "Provisioning", "ProvisioningSucceeded"] {
+        assert!(reasons.iter().any(|x| x == r), "missing event {r}: {reasons:?}");
+    }
+
+    // Scale down to 1 with whenScaled=Delete: pods, claims, PVs and backing volumes of
+    // ordinals 1 and 2 go; ordinal 0 stays.
+    let mut set: StatefulSet = h.store.get("default", "web").await.unwrap_or(set);
+    set.spec.replicas = Some(1);
+    h.store.update(&set).await.unwrap();
+    for o in [1, 2] {
+        gone::<Pod>(&h.store, "default", &format!("web-{o}")).await;
+        gone::<PersistentVolumeClaim>(&h.store, "default", &format!("data-web-{o}")).await;
+        gone::<PersistentVolume>(&h.store, "", &volumes[o]).await;
+    }
+    eventually("backing volumes deleted", || async { (images(&h.pool) == 1).then_some(()) }).await;
+    bound_claim(&h.store, "data-web-0").await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_pv_prebound_by_claim_ref_binds_and_retain_keeps_it() {
+    if !testkit::require_root("static_pv_prebound_by_claim_ref_binds_and_retain_keeps_it") {
+        return;
+    }
+    let mut h = Harness::start().await;
+    // A decoy that would match on size: the claimRef reservation must win.
+    for (name, size, claim_ref) in [("decoy", "1Gi", None), ("reserved", "2Gi", Some("mine"))] {
+        let mut spec = json!({
+            "capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": "/tmp"}
+        });
+        if let Some(c) = claim_ref {
+            spec["claimRef"] = json!({"namespace": "default", "name": c});
+        }
+        h.apply::<PersistentVolume>(json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name}, "spec": spec})).await;
+    }
+    h.apply::<PersistentVolumeClaim>(claim("mine", Some(""), "1Gi")).await;
+    let c = bound_claim(&h.store, "mine").await;
+    assert_eq!(c.spec.as_ref().unwrap().volume_name.as_deref(), Some("reserved"));
+    assert_eq!(c.status.as_ref().unwrap().capacity.as_ref().unwrap()["storage"].0, "2Gi");
+    let pv: PersistentVolume = h.store.get("", "reserved").await.unwrap();
+    assert_eq!(pv.status.as_ref().unwrap().phase.as_deref(), Some("Bound"));
+    assert!(
+        !pv.metadata.annotations.unwrap_or_default().contains_key("pv.kubernetes.io/bound-by-controller"),
+        "pre-bound by the user: no bound-by-controller"
+    );
+    assert_eq!(pv.spec.unwrap().claim_ref.unwrap().uid, c.metadata.uid);
+
+    // Deleting the claim releases the PV; Retain keeps it with the stale claimRef.
+    h.store.delete::<PersistentVolumeClaim>("default", "mine", Preconditions::default()).await.unwrap();
+    gone::<PersistentVolumeClaim>(&h.store, "default", "mine").await;
+    eventually("PV Released", || async {
+        let pv: PersistentVolume = h.store.get("", "reserved").await.ok()?;
+        (pv.status?.phase.as_deref() == Some("Released")).then_some(())
+    })
+    .await;
+    // A new claim with the same name is not bound to it (old UID in claimRef).
+    h.apply::<PersistentVolumeClaim>(claim("mine", Some(""), "2Gi")).await;
+    let pending = eventually("new claim synced", || async {
+        let c: PersistentVolumeClaim = h.store.get("default", "mine").await.ok()?;
+        let evs = h.store.events_for("PersistentVolumeClaim", "default", "mine").await.ok()?;
+        evs.iter().any(|e| e.reason.as_deref() == Some("FailedBinding")).then_some(c)
+    })
+    .await;
+    assert!(pending.spec.unwrap().volume_name.is_none());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expansion_grows_the_pv_and_reports_the_resize() {
+    if !testkit::require_root("expansion_grows_the_pv_and_reports_the_resize") {
+        return;
+    }
+    let mut h = Harness::start().await;
+    h.apply::<StorageClass>(class("grow", "Immediate", true)).await;
+    h.apply::<PersistentVolumeClaim>(claim("data", Some("grow"), "32Mi")).await;
+    let mut c = bound_claim(&h.store, "data").await;
+    let pv_name = c.spec.as_ref().unwrap().volume_name.clone().unwrap();
+    c.spec.as_mut().unwrap().resources.as_mut().unwrap().requests.as_mut().unwrap().insert(
+        "storage".into(),
+        strata_provisioner::k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into()),
+    );
+    h.store.update(&c).await.unwrap();
+    eventually("PV grown to 64Mi", || async {
+        let pv: PersistentVolume = h.store.get("", &pv_name).await.ok()?;
+        (pv.spec?.capacity?["storage"].0 == "64Mi").then_some(())
+    })
+    .await;
+    let c = eventually("claim resize recorded", || async {
+        let c: PersistentVolumeClaim = h.store.get("default", "data").await.ok()?;
+        let st = c.status.clone()?;
+        let allocated = st.allocated_resources.as_ref()?.get("storage")?.0.clone();
+        let pending = st.conditions.iter().flatten().any(|x| x.type_ == "FileSystemResizePending");
+        let done = st.capacity.as_ref()?.get("storage")?.0 == "64Mi";
+        (allocated == "64Mi" && (pending || done)).then_some(c)
+    })
+    .await;
+    let st = c.status.unwrap();
+    if st.conditions.iter().flatten().any(|x| x.type_ == "FileSystemResizePending") {
+        assert_eq!(st.capacity.unwrap()["storage"].0, "32Mi", "the node step has not run: capacity unchanged");
+        assert_eq!(st.allocated_resource_statuses.unwrap()["storage"], "NodeResizePending");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_first_consumer_places_on_the_pod_node() {
+    if !testkit::require_root("wait_for_first_consumer_places_on_the_pod_node") {
+        return;
+    }
+    let mut h = Harness::start().await;
+    h.apply::<StorageClass>(class("local", "WaitForFirstConsumer", false)).await;
+    h.apply::<PersistentVolumeClaim>(claim("later", Some("local"), "32Mi")).await;
+    eventually("WaitForFirstConsumer event", || async {
+        let evs = h.store.events_for("PersistentVolumeClaim", "default", "later").await.ok()?;
+        evs.iter().any(|e| e.reason.as_deref() == Some("WaitForFirstConsumer")).then_some(())
+    })
+    .await;
+    let c: PersistentVolumeClaim = h.store.get("default", "later").await.unwrap();
+    assert!(c.spec.unwrap().volume_name.is_none(), "no volume before a consumer exists");
+    assert_eq!(images(&h.pool), 0);
+    h.apply::<Pod>(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "consumer", "namespace": "default"},
+        "spec": {
+            "containers": [{"name": "c", "image": "busybox"}],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "later"}}]
+        }
+    }))
+    .await;
+    let c = bound_claim(&h.store, "later").await;
+    assert_eq!(c.metadata.annotations.unwrap()["volume.kubernetes.io/selected-node"], NODE);
+    h.stop().await;
+}
