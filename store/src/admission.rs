@@ -74,7 +74,9 @@ fn dns_subdomain_problem(s: &str) -> Option<String> {
     if s.len() > 253 {
         return Some("must be no more than 253 characters".into());
     }
-    if s.split('.').any(|part| dns_label_problem(part, 253).is_some()) {
+    if s.split('.')
+        .any(|part| dns_label_problem(part, 253).is_some())
+    {
         return Some(
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character".into(),
         );
@@ -97,7 +99,9 @@ fn qualified_name_problem(key: &str) -> Option<String> {
     }
     let alnum = |b: u8| b.is_ascii_alphanumeric();
     let b = name.as_bytes();
-    if !name.bytes().all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
+    if !name
+        .bytes()
+        .all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
         || !alnum(b[0])
         || !alnum(b[b.len() - 1])
     {
@@ -115,7 +119,9 @@ fn label_value_problem(v: &str) -> Option<String> {
     }
     let alnum = |b: u8| b.is_ascii_alphanumeric();
     let b = v.as_bytes();
-    if !v.bytes().all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
+    if !v
+        .bytes()
+        .all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
         || !alnum(b[0])
         || !alnum(b[b.len() - 1])
     {
@@ -165,7 +171,12 @@ fn set_default(v: &mut Value, path: &[&str], key: &str, value: Value) {
 pub fn apply_defaults(kind: &str, obj: &mut Value) {
     match kind {
         "PersistentVolume" => {
-            set_default(obj, &["spec"], "persistentVolumeReclaimPolicy", json!("Retain"));
+            set_default(
+                obj,
+                &["spec"],
+                "persistentVolumeReclaimPolicy",
+                json!("Retain"),
+            );
             set_default(obj, &["spec"], "volumeMode", json!("Filesystem"));
         }
         "PersistentVolumeClaim" => {
@@ -179,7 +190,12 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
             set_default(obj, &["spec"], "replicas", json!(1));
             set_default(obj, &["spec"], "podManagementPolicy", json!("OrderedReady"));
             set_default(obj, &["spec"], "revisionHistoryLimit", json!(10));
-            set_default(obj, &["spec", "updateStrategy"], "type", json!("RollingUpdate"));
+            set_default(
+                obj,
+                &["spec", "updateStrategy"],
+                "type",
+                json!("RollingUpdate"),
+            );
             set_default(
                 obj,
                 &["spec", "persistentVolumeClaimRetentionPolicy"],
@@ -256,9 +272,7 @@ pub fn pick_default_class(classes: &[Value]) -> Option<String> {
 
 fn add_finalizer(obj: &mut Value, finalizer: &str) {
     let meta = obj_mut(obj, &["metadata"]);
-    let list = meta
-        .entry("finalizers")
-        .or_insert_with(|| json!([]));
+    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
     if !list.is_array() {
         *list = json!([]);
     }
@@ -371,7 +385,10 @@ fn one_of(v: &Value, path: &[&str], allowed: &[&str]) -> Result<()> {
     {
         return Err(Error::invalid(
             path.join("."),
-            format!("Unsupported value: {s:?}: supported values: {}", allowed.join(", ")),
+            format!(
+                "Unsupported value: {s:?}: supported values: {}",
+                allowed.join(", ")
+            ),
         ));
     }
     Ok(())
@@ -386,10 +403,20 @@ fn validate_access_modes(v: &Value, spec_path: &[&str], required: bool) -> Resul
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     if required && modes.is_empty() {
-        return Err(Error::invalid(field, "Required value: at least 1 access mode is required"));
+        return Err(Error::invalid(
+            field,
+            "Required value: at least 1 access mode is required",
+        ));
     }
     for m in &modes {
-        if !["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"].contains(m) {
+        if ![
+            "ReadWriteOnce",
+            "ReadOnlyMany",
+            "ReadWriteMany",
+            "ReadWriteOncePod",
+        ]
+        .contains(m)
+        {
             return Err(Error::invalid(field, format!("Unsupported value: {m:?}")));
         }
     }
@@ -408,9 +435,10 @@ fn validate_claim_spec(v: &Value, spec: &[&str]) -> Result<()> {
     storage.extend(["resources", "requests", "storage"]);
     match quantity_at(v, &storage) {
         None => Err(Error::invalid(storage.join("."), "Required value")),
-        Some(q) if q.is_negative() || q.is_zero() => {
-            Err(Error::invalid(storage.join("."), "must be greater than zero"))
-        }
+        Some(q) if q.is_negative() || q.is_zero() => Err(Error::invalid(
+            storage.join("."),
+            "must be greater than zero",
+        )),
         Some(_) => {
             let mut mode = spec.to_vec();
             mode.push("volumeMode");
@@ -429,11 +457,17 @@ fn validate_metadata(kind: &str, v: &Value) -> Result<()> {
             match val.as_str() {
                 Some(s) => {
                     if let Some(r) = label_value_problem(s) {
-                        return Err(Error::invalid(format!("metadata.labels.{k}"), format!("{s:?}: {r}")));
+                        return Err(Error::invalid(
+                            format!("metadata.labels.{k}"),
+                            format!("{s:?}: {r}"),
+                        ));
                     }
                 }
                 None => {
-                    return Err(Error::invalid(format!("metadata.labels.{k}"), "must be a string"));
+                    return Err(Error::invalid(
+                        format!("metadata.labels.{k}"),
+                        "must be a string",
+                    ));
                 }
             }
         }
@@ -442,12 +476,18 @@ fn validate_metadata(kind: &str, v: &Value) -> Result<()> {
         let mut total = 0;
         for (k, val) in ann {
             if let Some(r) = qualified_name_problem(k) {
-                return Err(Error::invalid("metadata.annotations", format!("{k:?}: {r}")));
+                return Err(Error::invalid(
+                    "metadata.annotations",
+                    format!("{k:?}: {r}"),
+                ));
             }
             total += k.len() + val.as_str().map_or(0, str::len);
         }
         if total > 256 * 1024 {
-            return Err(Error::invalid("metadata.annotations", "Too long: must have at most 262144 bytes"));
+            return Err(Error::invalid(
+                "metadata.annotations",
+                "Too long: must have at most 262144 bytes",
+            ));
         }
     }
     if let Some(Value::Array(fins)) = meta.get("finalizers") {
@@ -473,23 +513,40 @@ pub fn validate_object(kind: &str, v: &Value) -> Result<()> {
             if quantity_at(v, &["spec", "capacity", "storage"]).is_none() {
                 return Err(Error::invalid("spec.capacity.storage", "Required value"));
             }
-            one_of(v, &["spec", "persistentVolumeReclaimPolicy"], &["Retain", "Delete", "Recycle"])?;
+            one_of(
+                v,
+                &["spec", "persistentVolumeReclaimPolicy"],
+                &["Retain", "Delete", "Recycle"],
+            )?;
             one_of(v, &["spec", "volumeMode"], &["Filesystem", "Block"])?;
         }
         "StorageClass" => {
             match str_at(v, &["provisioner"]) {
                 None | Some("") => return Err(Error::invalid("provisioner", "Required value")),
-                Some(p) if qualified_name_problem(p).is_some() && dns_subdomain_problem(p).is_some() => {
-                    return Err(Error::invalid("provisioner", format!("{p:?}: not a qualified name")));
+                Some(p)
+                    if qualified_name_problem(p).is_some()
+                        && dns_subdomain_problem(p).is_some() =>
+                {
+                    return Err(Error::invalid(
+                        "provisioner",
+                        format!("{p:?}: not a qualified name"),
+                    ));
                 }
                 Some(_) => {}
             }
             one_of(v, &["reclaimPolicy"], &["Delete", "Retain"])?;
-            one_of(v, &["volumeBindingMode"], &["Immediate", "WaitForFirstConsumer"])?;
+            one_of(
+                v,
+                &["volumeBindingMode"],
+                &["Immediate", "WaitForFirstConsumer"],
+            )?;
             if let Some(Value::Object(p)) = v.get("parameters")
                 && p.len() > 512
             {
-                return Err(Error::invalid("parameters", "Too many: must have at most 512 items"));
+                return Err(Error::invalid(
+                    "parameters",
+                    "Too many: must have at most 512 items",
+                ));
             }
         }
         "StatefulSet" => {
@@ -519,7 +576,10 @@ pub fn validate_object(kind: &str, v: &Value) -> Result<()> {
 
 fn forbidden_if_changed(old: &Value, new: &Value, path: &[&str], reason: &str) -> Result<()> {
     if get(old, path) != get(new, path) {
-        return Err(Error::invalid(path.join("."), format!("Forbidden: {reason}")));
+        return Err(Error::invalid(
+            path.join("."),
+            format!("Forbidden: {reason}"),
+        ));
     }
     Ok(())
 }
@@ -538,13 +598,20 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Result<()> {
         if let Some(f) = finalizers(new).iter().find(|f| !before.contains(f)) {
             return Err(Error::invalid(
                 "metadata.finalizers",
-                format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizer {f:?}"),
+                format!(
+                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizer {f:?}"
+                ),
             ));
         }
     }
     match kind {
         "StorageClass" => {
-            for f in ["provisioner", "parameters", "reclaimPolicy", "volumeBindingMode"] {
+            for f in [
+                "provisioner",
+                "parameters",
+                "reclaimPolicy",
+                "volumeBindingMode",
+            ] {
                 forbidden_if_changed(old, new, &[f], &format!("updates to {f} are forbidden."))?;
             }
         }
@@ -637,10 +704,8 @@ fn validate_claim_update(old: &Value, new: &Value) -> Result<()> {
     for spec in [&mut old_spec, &mut new_spec] {
         if let Some(m) = spec.as_object_mut() {
             m.remove("volumeAttributesClassName");
-            if bound {
-                if let Some(Value::Object(res)) = m.get_mut("resources") {
-                    res.remove("requests");
-                }
+            if bound && let Some(Value::Object(res)) = m.get_mut("resources") {
+                res.remove("requests");
             }
         }
     }
@@ -696,7 +761,18 @@ mod tests {
         assert!(validate_name("PersistentVolumeClaim", "data-web-0", false).is_ok());
         assert!(validate_name("PersistentVolume", "pvc-1.example", false).is_ok());
         assert!(validate_name("StatefulSet", "web.x", false).is_err());
-        for bad in ["", "UPPER", "-a", "a-", "../etc", "a/b", ".", "..", "a_b", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "UPPER",
+            "-a",
+            "a-",
+            "../etc",
+            "a/b",
+            ".",
+            "..",
+            "a_b",
+            &"a".repeat(254),
+        ] {
             assert!(validate_name("ConfigMap", bad, false).is_err(), "{bad:?}");
         }
         assert!(validate_name("Pod", "web-", true).is_ok());

@@ -134,7 +134,8 @@ impl EventType {
 
 /// The narrow store interface. "" is the namespace of cluster-scoped kinds.
 pub trait Store: Clone + Send + Sync + 'static {
-    fn get<K: Object>(&self, namespace: &str, name: &str) -> impl Future<Output = Result<K>> + Send;
+    fn get<K: Object>(&self, namespace: &str, name: &str)
+    -> impl Future<Output = Result<K>> + Send;
 
     /// `namespace: None` lists every namespace.
     fn list<K: Object>(

@@ -78,7 +78,10 @@ pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Vec<Manife
     if text.len() > MAX_MANIFEST_BYTES {
         return Err(Error::invalid(
             "manifest",
-            format!("{} bytes is more than the {MAX_MANIFEST_BYTES} allowed", text.len()),
+            format!(
+                "{} bytes is more than the {MAX_MANIFEST_BYTES} allowed",
+                text.len()
+            ),
         ));
     }
     let mut out = Vec::new();
@@ -96,7 +99,11 @@ pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Vec<Manife
             continue;
         }
         let value: Value = serde_json::to_value(&yaml).map_err(|e| {
-            doc_error(index, "unparsed", Error::Yaml(format!("not representable as JSON: {e}")))
+            doc_error(
+                index,
+                "unparsed",
+                Error::Yaml(format!("not representable as JSON: {e}")),
+            )
         })?;
         out.push(parse_document(index, value, default_namespace)?);
     }
@@ -105,7 +112,11 @@ pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Vec<Manife
 
 fn parse_document(index: usize, mut value: Value, default_namespace: &str) -> Result<Manifest> {
     let Some(map) = value.as_object() else {
-        return Err(doc_error(index, "unparsed", Error::invalid("", "a document must be a mapping")));
+        return Err(doc_error(
+            index,
+            "unparsed",
+            Error::invalid("", "a document must be a mapping"),
+        ));
     };
     let str_field = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let (api_version, kind) = (str_field("apiVersion"), str_field("kind"));
@@ -133,7 +144,10 @@ fn parse_document(index: usize, mut value: Value, default_namespace: &str) -> Re
             return Err(fail(match kinds::by_kind(&kind) {
                 Some(info) => Error::invalid(
                     "apiVersion",
-                    format!("{kind} is served as {:?}, not {api_version:?}", info.api_version()),
+                    format!(
+                        "{kind} is served as {:?}, not {api_version:?}",
+                        info.api_version()
+                    ),
                 ),
                 None => Error::UnknownKind(format!("{api_version}/{kind}")),
             }));
@@ -154,7 +168,10 @@ fn parse_document(index: usize, mut value: Value, default_namespace: &str) -> Re
             .unwrap_or(default_namespace)
             .to_string();
         admission::validate_name("Namespace", &ns, false).map_err(|_| {
-            fail(Error::invalid("metadata.namespace", format!("{ns:?}: must be a DNS-1123 label")))
+            fail(Error::invalid(
+                "metadata.namespace",
+                format!("{ns:?}: must be a DNS-1123 label"),
+            ))
         })?;
         value["metadata"]["namespace"] = json!(ns);
         ns
@@ -189,7 +206,11 @@ fn parse_document(index: usize, mut value: Value, default_namespace: &str) -> Re
 }
 
 /// The path of a key the typed struct dropped (kubectl's strict field validation).
-fn first_unknown_field(original: &Value, canonical: &Value, path: &mut Vec<String>) -> Option<String> {
+fn first_unknown_field(
+    original: &Value,
+    canonical: &Value,
+    path: &mut Vec<String>,
+) -> Option<String> {
     match (original, canonical) {
         (Value::Object(o), Value::Object(c)) => {
             for (k, v) in o {
@@ -225,7 +246,11 @@ fn first_unknown_field(original: &Value, canonical: &Value, path: &mut Vec<Strin
 
 /// Sets in `live` what `new` sets, removes what `last` set and `new` no longer does, and
 /// keeps the rest. Maps merge key by key; lists and scalars are replaced whole.
-fn three_way(live: &mut Map<String, Value>, last: Option<&Map<String, Value>>, new: &Map<String, Value>) {
+fn three_way(
+    live: &mut Map<String, Value>,
+    last: Option<&Map<String, Value>>,
+    new: &Map<String, Value>,
+) {
     if let Some(last) = last {
         for k in last.keys() {
             if !new.contains_key(k) {
@@ -291,12 +316,17 @@ fn merged(kind: &str, live: &Value, manifest: &Value) -> Value {
     o.retain(|k, _| matches!(k.as_str(), "metadata" | "status"));
     o.extend(live_body);
     for field in ["labels", "annotations"] {
-        let new = manifest["metadata"].get(field).and_then(Value::as_object).unwrap_or(&empty);
+        let new = manifest["metadata"]
+            .get(field)
+            .and_then(Value::as_object)
+            .unwrap_or(&empty);
         let last_map = last
             .as_ref()
             .and_then(|l| l["metadata"].get(field))
             .and_then(Value::as_object);
-        let meta = out["metadata"].as_object_mut().expect("stored objects have metadata");
+        let meta = out["metadata"]
+            .as_object_mut()
+            .expect("stored objects have metadata");
         let mut live_map = meta
             .get(field)
             .and_then(Value::as_object)
@@ -310,7 +340,9 @@ fn merged(kind: &str, live: &Value, manifest: &Value) -> Value {
         }
     }
     let remembered = last_applied(kind, manifest).to_string();
-    let meta = out["metadata"].as_object_mut().expect("stored objects have metadata");
+    let meta = out["metadata"]
+        .as_object_mut()
+        .expect("stored objects have metadata");
     let ann = meta.entry("annotations").or_insert_with(|| json!({}));
     ann[LAST_APPLIED_ANNOTATION] = json!(remembered);
     out
@@ -327,30 +359,31 @@ impl EmbeddedStore {
                     let kind = m.kind.kind_ref;
                     let what = format!("{} {}", m.kind.kind(), m.name);
                     let fail = |e: Error| doc_error(m.index, what.clone(), e);
-                    let (object, outcome) = match tx.get(kind.kind, &m.namespace, &m.name).map_err(&fail)? {
-                        None => {
-                            let mut obj = m.object.clone();
-                            let ann = obj["metadata"]
-                                .as_object_mut()
-                                .expect("validated manifests have metadata")
-                                .entry("annotations")
-                                .or_insert_with(|| json!({}));
-                            ann[LAST_APPLIED_ANNOTATION] =
-                                json!(last_applied(kind.kind, &m.object).to_string());
-                            (ops::create(tx, kind, obj).map_err(&fail)?, Outcome::Created)
-                        }
-                        Some(live) => {
-                            let before = live["metadata"]["resourceVersion"].clone();
-                            let new = merged(kind.kind, &live, &m.object);
-                            let out = ops::update(tx, kind, new, Part::Main).map_err(&fail)?;
-                            let outcome = if out["metadata"]["resourceVersion"] == before {
-                                Outcome::Unchanged
-                            } else {
-                                Outcome::Configured
-                            };
-                            (out, outcome)
-                        }
-                    };
+                    let (object, outcome) =
+                        match tx.get(kind.kind, &m.namespace, &m.name).map_err(&fail)? {
+                            None => {
+                                let mut obj = m.object.clone();
+                                let ann = obj["metadata"]
+                                    .as_object_mut()
+                                    .expect("validated manifests have metadata")
+                                    .entry("annotations")
+                                    .or_insert_with(|| json!({}));
+                                ann[LAST_APPLIED_ANNOTATION] =
+                                    json!(last_applied(kind.kind, &m.object).to_string());
+                                (ops::create(tx, kind, obj).map_err(&fail)?, Outcome::Created)
+                            }
+                            Some(live) => {
+                                let before = live["metadata"]["resourceVersion"].clone();
+                                let new = merged(kind.kind, &live, &m.object);
+                                let out = ops::update(tx, kind, new, Part::Main).map_err(&fail)?;
+                                let outcome = if out["metadata"]["resourceVersion"] == before {
+                                    Outcome::Unchanged
+                                } else {
+                                    Outcome::Configured
+                                };
+                                (out, outcome)
+                            }
+                        };
                     applied.push(Applied {
                         kind: m.kind,
                         namespace: m.namespace,
@@ -415,18 +448,58 @@ spec:
             err_text(&e),
             "document 3 (PersistentVolumeClaim data2): spec.resources.requests.storage: invalid quantity \"10Gx\""
         );
-        let e = parse_manifests("apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n", "default").unwrap_err();
-        assert_eq!(err_text(&e), "document 1 (Widget w): unknown kind \"v1/Widget\"");
-        let e = parse_manifests("apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {a: b}}\n", "default").unwrap_err();
-        assert!(err_text(&e).starts_with("document 1 (ConfigMap): metadata.name: Required value"), "{}", err_text(&e));
-        let e = parse_manifests("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\nspecc: {}\n", "default").unwrap_err();
-        assert_eq!(err_text(&e), "document 1 (ConfigMap c): specc: unknown field");
+        let e = parse_manifests(
+            "apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n",
+            "default",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err_text(&e),
+            "document 1 (Widget w): unknown kind \"v1/Widget\""
+        );
+        let e = parse_manifests(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {a: b}}\n",
+            "default",
+        )
+        .unwrap_err();
+        assert!(
+            err_text(&e).starts_with("document 1 (ConfigMap): metadata.name: Required value"),
+            "{}",
+            err_text(&e)
+        );
+        let e = parse_manifests(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\nspecc: {}\n",
+            "default",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err_text(&e),
+            "document 1 (ConfigMap c): specc: unknown field"
+        );
         let e = parse_manifests("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: c}\nspec: {accessModes: 3}\n", "default").unwrap_err();
-        assert!(err_text(&e).starts_with("document 1 (PersistentVolumeClaim c): spec.accessModes: invalid type"), "{}", err_text(&e));
+        assert!(
+            err_text(&e).starts_with(
+                "document 1 (PersistentVolumeClaim c): spec.accessModes: invalid type"
+            ),
+            "{}",
+            err_text(&e)
+        );
         let e = parse_manifests("a: [1, 2\n", "default").unwrap_err();
-        assert!(err_text(&e).starts_with("document 1 (unparsed): parsing YAML"), "{}", err_text(&e));
-        let e = parse_manifests("apiVersion: apps/v1\nkind: ConfigMap\nmetadata: {name: c}\n", "default").unwrap_err();
-        assert!(err_text(&e).contains("apiVersion: ConfigMap is served as \"v1\""), "{}", err_text(&e));
+        assert!(
+            err_text(&e).starts_with("document 1 (unparsed): parsing YAML"),
+            "{}",
+            err_text(&e)
+        );
+        let e = parse_manifests(
+            "apiVersion: apps/v1\nkind: ConfigMap\nmetadata: {name: c}\n",
+            "default",
+        )
+        .unwrap_err();
+        assert!(
+            err_text(&e).contains("apiVersion: ConfigMap is served as \"v1\""),
+            "{}",
+            err_text(&e)
+        );
     }
 
     #[test]

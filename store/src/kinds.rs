@@ -94,7 +94,12 @@ macro_rules! kind {
 
 static KINDS: [KindInfo; 10] = [
     kind!(PersistentVolume, false, "persistentvolumes", ["pv"]),
-    kind!(PersistentVolumeClaim, true, "persistentvolumeclaims", ["pvc"]),
+    kind!(
+        PersistentVolumeClaim,
+        true,
+        "persistentvolumeclaims",
+        ["pvc"]
+    ),
     kind!(StorageClass, false, "storageclasses", ["sc"]),
     kind!(StatefulSet, true, "statefulsets", ["sts"]),
     kind!(ConfigMap, true, "configmaps", ["cm"]),

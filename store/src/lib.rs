@@ -8,8 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
-pub mod apply;
 mod api;
+pub mod apply;
 mod embedded;
 mod error;
 pub mod kinds;

@@ -129,7 +129,9 @@ pub fn parse(input: &str) -> Result<Quantity, QuantityError> {
         "Ti" => (0, 40),
         "Pi" => (0, 50),
         "Ei" => (0, 60),
-        s if s.starts_with(['e', 'E']) => (parse_exponent(&s[1..]).ok_or_else(|| err("bad suffix"))?, 0),
+        s if s.starts_with(['e', 'E']) => {
+            (parse_exponent(&s[1..]).ok_or_else(|| err("bad suffix"))?, 0)
+        }
         _ => return Err(err("bad suffix")),
     };
     // mantissa = int_digits ++ frac_digits, scaled by 10^-(frac len).
@@ -214,8 +216,26 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         for bad in [
-            "", "10Gx", "Gi", "1.2.3", "1 Gi", "1gi", "1KiB", "e3", "1e", "1e+", "1ee3", "--1",
-            "1e99999", "99999999999999999999Ei", "0x10", " 1", "1Gi ", ".", "+", "1.5e1.5",
+            "",
+            "10Gx",
+            "Gi",
+            "1.2.3",
+            "1 Gi",
+            "1gi",
+            "1KiB",
+            "e3",
+            "1e",
+            "1e+",
+            "1ee3",
+            "--1",
+            "1e99999",
+            "99999999999999999999Ei",
+            "0x10",
+            " 1",
+            "1Gi ",
+            ".",
+            "+",
+            "1.5e1.5",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} must be rejected");
         }

@@ -89,15 +89,27 @@ mod tests {
             match_expressions: Some(reqs),
             match_labels: None,
         };
-        assert!(matches(&sel(vec![req("app", "In", &["web", "x"])]), Some(&l)));
+        assert!(matches(
+            &sel(vec![req("app", "In", &["web", "x"])]),
+            Some(&l)
+        ));
         assert!(!matches(&sel(vec![req("app", "In", &["x"])]), Some(&l)));
         assert!(matches(&sel(vec![req("app", "NotIn", &["x"])]), Some(&l)));
         assert!(matches(&sel(vec![req("zone", "NotIn", &["x"])]), Some(&l)));
-        assert!(!matches(&sel(vec![req("app", "NotIn", &["web"])]), Some(&l)));
+        assert!(!matches(
+            &sel(vec![req("app", "NotIn", &["web"])]),
+            Some(&l)
+        ));
         assert!(matches(&sel(vec![req("tier", "Exists", &[])]), Some(&l)));
         assert!(!matches(&sel(vec![req("zone", "Exists", &[])]), Some(&l)));
-        assert!(matches(&sel(vec![req("zone", "DoesNotExist", &[])]), Some(&l)));
-        assert!(!matches(&sel(vec![req("app", "DoesNotExist", &[])]), None.or(Some(&l))));
+        assert!(matches(
+            &sel(vec![req("zone", "DoesNotExist", &[])]),
+            Some(&l)
+        ));
+        assert!(!matches(
+            &sel(vec![req("app", "DoesNotExist", &[])]),
+            None.or(Some(&l))
+        ));
         assert!(matches(&LabelSelector::default(), None));
         let both = LabelSelector {
             match_labels: Some(labels(&[("app", "web")])),

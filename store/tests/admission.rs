@@ -50,7 +50,10 @@ async fn storage_class_defaults_and_immutability() {
     let mut changed = sc.clone();
     changed.provisioner = "other.example.com".into();
     let err = store.update(&changed).await.unwrap_err();
-    assert!(err.is_invalid() && err.to_string().starts_with("provisioner"), "{err}");
+    assert!(
+        err.is_invalid() && err.to_string().starts_with("provisioner"),
+        "{err}"
+    );
     let mut changed = sc.clone();
     changed.parameters = Some(BTreeMap::from([("a".into(), "b".into())]));
     assert!(store.update(&changed).await.unwrap_err().is_invalid());
@@ -75,8 +78,14 @@ async fn default_class_admission_newest_wins_and_empty_means_none() {
     assert!(name == "a-default" || name == "b-default", "{name}");
     let c = store.create(&claim("empty", Some(""))).await.unwrap();
     assert_eq!(c.spec.unwrap().storage_class_name.as_deref(), Some(""));
-    let c = store.create(&claim("explicit", Some("plain"))).await.unwrap();
-    assert_eq!(c.spec.as_ref().unwrap().storage_class_name.as_deref(), Some("plain"));
+    let c = store
+        .create(&claim("explicit", Some("plain")))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        Some("plain")
+    );
     assert_eq!(c.spec.unwrap().volume_mode.as_deref(), Some("Filesystem"));
     assert_eq!(
         c.metadata.finalizers.unwrap(),
@@ -94,13 +103,30 @@ async fn pv_protection_and_defaults() {
         "status": {"phase": "Bound"},
     }));
     let pv = store.create(&pv).await.unwrap();
-    assert_eq!(pv.metadata.finalizers.as_deref().unwrap(), ["kubernetes.io/pv-protection"]);
-    assert_eq!(pv.status.as_ref().unwrap().phase.as_deref(), Some("Pending"), "status is reset on create");
+    assert_eq!(
+        pv.metadata.finalizers.as_deref().unwrap(),
+        ["kubernetes.io/pv-protection"]
+    );
+    assert_eq!(
+        pv.status.as_ref().unwrap().phase.as_deref(),
+        Some("Pending"),
+        "status is reset on create"
+    );
     let spec = pv.spec.as_ref().unwrap();
-    assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Retain"));
+    assert_eq!(
+        spec.persistent_volume_reclaim_policy.as_deref(),
+        Some("Retain")
+    );
     assert_eq!(spec.volume_mode.as_deref(), Some("Filesystem"));
     let mut moved = pv.clone();
-    moved.spec.as_mut().unwrap().host_path.as_mut().unwrap().path = "/etc".into();
+    moved
+        .spec
+        .as_mut()
+        .unwrap()
+        .host_path
+        .as_mut()
+        .unwrap()
+        .path = "/etc".into();
     let err = store.update(&moved).await.unwrap_err();
     assert!(err.to_string().contains("immutable"), "{err}");
 }
@@ -114,12 +140,22 @@ async fn claim_spec_immutable_after_binding_except_growth() {
     bound.spec.as_mut().unwrap().volume_name = Some("pv1".into());
     let bound = store.update(&bound).await.unwrap();
     let mut status = bound.clone();
-    status.status = Some(from_json(json!({"phase": "Bound", "capacity": {"storage": "1Gi"}})));
+    status.status = Some(from_json(
+        json!({"phase": "Bound", "capacity": {"storage": "1Gi"}}),
+    ));
     let bound = store.update_status(&status).await.unwrap();
     let set_size = |c: &PersistentVolumeClaim, s: &str| {
         let mut c = c.clone();
-        c.spec.as_mut().unwrap().resources.as_mut().unwrap().requests =
-            Some(BTreeMap::from([("storage".into(), strata_store::k8s_openapi::apimachinery::pkg::api::resource::Quantity(s.into()))]));
+        c.spec
+            .as_mut()
+            .unwrap()
+            .resources
+            .as_mut()
+            .unwrap()
+            .requests = Some(BTreeMap::from([(
+            "storage".into(),
+            strata_store::k8s_openapi::apimachinery::pkg::api::resource::Quantity(s.into()),
+        )]));
         c
     };
     let grown = store.update(&set_size(&bound, "2Gi")).await.unwrap();
@@ -149,7 +185,10 @@ async fn immutable_config_maps_and_secrets() {
     let mut labelled = cm.clone();
     labelled.metadata.labels = Some(BTreeMap::from([("x".into(), "y".into())]));
     store.update(&labelled).await.unwrap();
-    store.delete::<ConfigMap>("default", "frozen", Preconditions::default()).await.unwrap();
+    store
+        .delete::<ConfigMap>("default", "frozen", Preconditions::default())
+        .await
+        .unwrap();
 
     let secret: Secret = from_json(json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "s"}, "stringData": {"password": "hunter2"}, "immutable": true}));
@@ -196,28 +235,78 @@ async fn names_namespaces_and_generate_name() {
 async fn deletion_rules() {
     let (_dir, store) = open();
     let c = store.create(&claim("del", None)).await.unwrap();
-    let wrong_uid = Preconditions { uid: Some("nope".into()), resource_version: None };
-    assert!(store.delete::<PersistentVolumeClaim>("default", "del", wrong_uid).await.unwrap_err().is_conflict());
-    let stale_rv = Preconditions { uid: None, resource_version: Some("0".into()) };
-    assert!(store.delete::<PersistentVolumeClaim>("default", "del", stale_rv).await.unwrap_err().is_conflict());
-    let right = Preconditions { uid: c.metadata.uid.clone(), resource_version: c.metadata.resource_version.clone() };
-    let pending = store.delete::<PersistentVolumeClaim>("default", "del", right).await.unwrap();
+    let wrong_uid = Preconditions {
+        uid: Some("nope".into()),
+        resource_version: None,
+    };
+    assert!(
+        store
+            .delete::<PersistentVolumeClaim>("default", "del", wrong_uid)
+            .await
+            .unwrap_err()
+            .is_conflict()
+    );
+    let stale_rv = Preconditions {
+        uid: None,
+        resource_version: Some("0".into()),
+    };
+    assert!(
+        store
+            .delete::<PersistentVolumeClaim>("default", "del", stale_rv)
+            .await
+            .unwrap_err()
+            .is_conflict()
+    );
+    let right = Preconditions {
+        uid: c.metadata.uid.clone(),
+        resource_version: c.metadata.resource_version.clone(),
+    };
+    let pending = store
+        .delete::<PersistentVolumeClaim>("default", "del", right)
+        .await
+        .unwrap();
     assert!(!pending.is_gone());
     let first = pending.into_object();
     // A second delete is idempotent: same deletionTimestamp, no new version.
-    let again = store.delete::<PersistentVolumeClaim>("default", "del", Preconditions::default()).await.unwrap().into_object();
-    assert_eq!(again.metadata.deletion_timestamp, first.metadata.deletion_timestamp);
-    assert_eq!(again.metadata.resource_version, first.metadata.resource_version);
+    let again = store
+        .delete::<PersistentVolumeClaim>("default", "del", Preconditions::default())
+        .await
+        .unwrap()
+        .into_object();
+    assert_eq!(
+        again.metadata.deletion_timestamp,
+        first.metadata.deletion_timestamp
+    );
+    assert_eq!(
+        again.metadata.resource_version,
+        first.metadata.resource_version
+    );
     // No new finalizers once deleting.
     let mut more = again.clone();
-    more.metadata.finalizers.as_mut().unwrap().push("example.com/extra".into());
+    more.metadata
+        .finalizers
+        .as_mut()
+        .unwrap()
+        .push("example.com/extra".into());
     assert!(store.update(&more).await.unwrap_err().is_invalid());
     // Removing the last finalizer removes the object.
     let mut none = again.clone();
     none.metadata.finalizers = None;
     store.update(&none).await.unwrap();
-    assert!(store.get::<PersistentVolumeClaim>("default", "del").await.unwrap_err().is_not_found());
-    assert!(store.delete::<PersistentVolumeClaim>("default", "del", Preconditions::default()).await.unwrap_err().is_not_found());
+    assert!(
+        store
+            .get::<PersistentVolumeClaim>("default", "del")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        store
+            .delete::<PersistentVolumeClaim>("default", "del", Preconditions::default())
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 }
 
 #[tokio::test]
@@ -231,7 +320,10 @@ async fn no_op_update_keeps_the_version_and_status_update_ignores_spec() {
     both.status = Some(from_json(json!({"phase": "Lost"})));
     let after = store.update_status(&both).await.unwrap();
     assert_eq!(after.spec.as_ref().unwrap().volume_name, None);
-    assert_eq!(after.status.as_ref().unwrap().phase.as_deref(), Some("Lost"));
+    assert_eq!(
+        after.status.as_ref().unwrap().phase.as_deref(),
+        Some("Lost")
+    );
     assert_eq!(after.metadata.generation, Some(1));
 }
 
@@ -240,12 +332,20 @@ async fn watch_gone_after_compaction_and_quiet_kinds_keep_up() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open_with(
         dir.path(),
-        StoreOptions { watch_history: 8, ..Default::default() },
+        StoreOptions {
+            watch_history: 8,
+            ..Default::default()
+        },
     )
     .unwrap();
-    let quiet_from = store.list::<StorageClass>(None, None).await.unwrap().resource_version;
+    let quiet_from = store
+        .list::<StorageClass>(None, None)
+        .await
+        .unwrap()
+        .resource_version;
     let mut quiet = store.watch::<StorageClass>(None, quiet_from).await.unwrap();
-    let mut cm: ConfigMap = from_json(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "busy"}}));
+    let mut cm: ConfigMap =
+        from_json(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "busy"}}));
     cm = store.create(&cm).await.unwrap();
     for i in 0..40 {
         cm.data = Some(BTreeMap::from([("i".into(), i.to_string())]));
@@ -262,7 +362,11 @@ async fn watch_gone_after_compaction_and_quiet_kinds_keep_up() {
     // The StorageClass watch was idle through all of it and still delivers, not Gone.
     let sc = store.create(&class("late", false)).await.unwrap();
     use futures::StreamExt as _;
-    let ev = tokio::time::timeout(std::time::Duration::from_secs(60), quiet.next()).await.unwrap().unwrap().unwrap();
+    let ev = tokio::time::timeout(std::time::Duration::from_secs(60), quiet.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.object().metadata.uid, sc.metadata.uid);
 }
 
@@ -276,7 +380,10 @@ async fn dynamic_values_follow_the_same_rules() {
         .await
         .unwrap();
     assert_eq!(v["kind"], "PersistentVolumeClaim");
-    assert_eq!(v["metadata"]["finalizers"][0], "kubernetes.io/pvc-protection");
+    assert_eq!(
+        v["metadata"]["finalizers"][0],
+        "kubernetes.io/pvc-protection"
+    );
     let err = store
         .create_value(kind, json!({"metadata": {"name": "bad"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "-1"}}}}))
         .await

@@ -63,8 +63,15 @@ fn never_recheck() -> StoreOptions {
 async fn write_in_another_process_wakes_watcher() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open_with(dir.path(), never_recheck()).unwrap();
-    let from = store.list::<ConfigMap>(None, None).await.unwrap().resource_version;
-    let mut watch = store.watch::<ConfigMap>(Some("default"), from).await.unwrap();
+    let from = store
+        .list::<ConfigMap>(None, None)
+        .await
+        .unwrap()
+        .resource_version;
+    let mut watch = store
+        .watch::<ConfigMap>(Some("default"), from)
+        .await
+        .unwrap();
     let path = dir.path().to_path_buf();
     tokio::task::spawn_blocking(move || spawn_child_writer(&path, "from-child"))
         .await
@@ -74,7 +81,9 @@ async fn write_in_another_process_wakes_watcher() {
         .expect("the watcher must be woken by the other process's commit")
         .unwrap()
         .unwrap();
-    let WatchEvent::Added(obj) = ev else { panic!("expected ADDED, got {ev:?}") };
+    let WatchEvent::Added(obj) = ev else {
+        panic!("expected ADDED, got {ev:?}")
+    };
     assert_eq!(obj.metadata.name.as_deref(), Some("from-child"));
 }
 

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use strata_store::k8s_openapi::api::core::v1::{
-    ConfigMap, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PersistentVolumeSpec,
-    VolumeResourceRequirements,
+    ConfigMap, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimStatus, PersistentVolumeSpec, VolumeResourceRequirements,
 };
 use strata_store::k8s_openapi::api::storage::v1::StorageClass;
 use strata_store::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -55,7 +54,12 @@ fn volume(name: &str) -> PersistentVolume {
 
 fn config_map(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     let mut m = meta("default", name);
-    m.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    m.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     ConfigMap {
         metadata: m,
         data: Some(BTreeMap::from([("k".into(), "v".into())])),
@@ -86,7 +90,10 @@ async fn create_sets_server_fields_and_rejects_duplicates() {
     assert!(err.is_already_exists(), "{err}");
     let got: PersistentVolumeClaim = store.get("default", "data").await.unwrap();
     assert_eq!(got, created);
-    let err = store.get::<PersistentVolumeClaim>("default", "nope").await.unwrap_err();
+    let err = store
+        .get::<PersistentVolumeClaim>("default", "nope")
+        .await
+        .unwrap_err();
     assert!(err.is_not_found());
 }
 
@@ -109,7 +116,11 @@ async fn update_is_compare_and_swap() {
 #[tokio::test]
 async fn watch_from_old_version_sees_every_event_in_order() {
     let (_dir, store) = open();
-    let start = store.list::<ConfigMap>(None, None).await.unwrap().resource_version;
+    let start = store
+        .list::<ConfigMap>(None, None)
+        .await
+        .unwrap()
+        .resource_version;
     let mut cm = store.create(&config_map("w", &[])).await.unwrap();
     for i in 0..5 {
         cm.data = Some(BTreeMap::from([("k".into(), i.to_string())]));
@@ -119,7 +130,10 @@ async fn watch_from_old_version_sees_every_event_in_order() {
         .delete::<ConfigMap>("default", "w", Preconditions::default())
         .await
         .unwrap();
-    let mut watch = store.watch::<ConfigMap>(Some("default"), start).await.unwrap();
+    let mut watch = store
+        .watch::<ConfigMap>(Some("default"), start)
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     for _ in 0..7 {
         let ev = watch.next().await.unwrap().unwrap();
@@ -128,7 +142,10 @@ async fn watch_from_old_version_sees_every_event_in_order() {
     assert_eq!(seen[0].0, "ADDED");
     assert!(seen[1..6].iter().all(|e| e.0 == "MODIFIED"));
     assert_eq!(seen[6].0, "DELETED");
-    assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "in order: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0].1 < w[1].1),
+        "in order: {seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -143,12 +160,17 @@ async fn finalizers_hold_deletion_until_removed() {
         .delete::<PersistentVolumeClaim>("default", "held", Preconditions::default())
         .await
         .unwrap();
-    let Deleted::Pending(obj) = pending else { panic!("finalizer must hold the claim") };
+    let Deleted::Pending(obj) = pending else {
+        panic!("finalizer must hold the claim")
+    };
     assert!(obj.metadata.deletion_timestamp.is_some());
     let mut obj: PersistentVolumeClaim = store.get("default", "held").await.unwrap();
     obj.metadata.finalizers = Some(vec![]);
     store.update(&obj).await.unwrap();
-    let err = store.get::<PersistentVolumeClaim>("default", "held").await.unwrap_err();
+    let err = store
+        .get::<PersistentVolumeClaim>("default", "held")
+        .await
+        .unwrap_err();
     assert!(err.is_not_found());
 }
 
@@ -156,23 +178,46 @@ async fn finalizers_hold_deletion_until_removed() {
 async fn status_subresource_and_generation() {
     let (_dir, store) = open();
     let created = store.create(&volume("pv1")).await.unwrap();
-    assert_eq!(created.status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
     assert_eq!(
-        created.spec.as_ref().unwrap().persistent_volume_reclaim_policy.as_deref(),
+        created.status.as_ref().unwrap().phase.as_deref(),
+        Some("Pending")
+    );
+    assert_eq!(
+        created
+            .spec
+            .as_ref()
+            .unwrap()
+            .persistent_volume_reclaim_policy
+            .as_deref(),
         Some("Retain")
     );
     let mut changed = created.clone();
     changed.status.as_mut().unwrap().phase = Some("Available".into());
     changed.spec.as_mut().unwrap().mount_options = Some(vec!["noatime".into()]);
     let updated = store.update(&changed).await.unwrap();
-    assert_eq!(updated.status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
+    assert_eq!(
+        updated.status.as_ref().unwrap().phase.as_deref(),
+        Some("Pending")
+    );
     assert_eq!(updated.metadata.generation, Some(2));
     let mut status = updated.clone();
     status.status.as_mut().unwrap().phase = Some("Available".into());
     status.spec.as_mut().unwrap().mount_options = None;
     let after = store.update_status(&status).await.unwrap();
-    assert_eq!(after.status.as_ref().unwrap().phase.as_deref(), Some("Available"));
-    assert_eq!(after.spec.as_ref().unwrap().mount_options.as_deref().map(<[_]>::len), Some(1));
+    assert_eq!(
+        after.status.as_ref().unwrap().phase.as_deref(),
+        Some("Available")
+    );
+    assert_eq!(
+        after
+            .spec
+            .as_ref()
+            .unwrap()
+            .mount_options
+            .as_deref()
+            .map(<[_]>::len),
+        Some(1)
+    );
     assert_eq!(after.metadata.generation, Some(2));
     let _ = PersistentVolumeClaimStatus::default();
 }
@@ -180,8 +225,14 @@ async fn status_subresource_and_generation() {
 #[tokio::test]
 async fn list_by_label_selector() {
     let (_dir, store) = open();
-    store.create(&config_map("a", &[("app", "web"), ("tier", "fe")])).await.unwrap();
-    store.create(&config_map("b", &[("app", "db")])).await.unwrap();
+    store
+        .create(&config_map("a", &[("app", "web"), ("tier", "fe")]))
+        .await
+        .unwrap();
+    store
+        .create(&config_map("b", &[("app", "db")]))
+        .await
+        .unwrap();
     store.create(&config_map("c", &[])).await.unwrap();
     let sel = LabelSelector {
         match_labels: Some(BTreeMap::from([("app".into(), "web".into())])),
@@ -190,7 +241,10 @@ async fn list_by_label_selector() {
     let names = |l: Vec<ConfigMap>| -> Vec<String> {
         l.into_iter().map(|c| c.metadata.name.unwrap()).collect()
     };
-    assert_eq!(names(store.list(Some("default"), Some(&sel)).await.unwrap().items), ["a"]);
+    assert_eq!(
+        names(store.list(Some("default"), Some(&sel)).await.unwrap().items),
+        ["a"]
+    );
     let sel = LabelSelector {
         match_labels: None,
         match_expressions: Some(vec![LabelSelectorRequirement {
@@ -199,7 +253,10 @@ async fn list_by_label_selector() {
             values: Some(vec!["web".into()]),
         }]),
     };
-    assert_eq!(names(store.list(None, Some(&sel)).await.unwrap().items), ["b", "c"]);
+    assert_eq!(
+        names(store.list(None, Some(&sel)).await.unwrap().items),
+        ["b", "c"]
+    );
 }
 
 #[tokio::test]
@@ -216,7 +273,12 @@ async fn events_aggregate() {
     };
     for _ in 0..3 {
         store
-            .record_event(&involved, EventType::Normal, "Provisioning", "External provisioner is provisioning volume")
+            .record_event(
+                &involved,
+                EventType::Normal,
+                "Provisioning",
+                "External provisioner is provisioning volume",
+            )
             .await
             .unwrap();
     }
@@ -224,10 +286,21 @@ async fn events_aggregate() {
         .record_event(&involved, EventType::Warning, "ProvisioningFailed", "boom")
         .await
         .unwrap();
-    let events = store.events_for("PersistentVolumeClaim", "default", "ev").await.unwrap();
+    let events = store
+        .events_for("PersistentVolumeClaim", "default", "ev")
+        .await
+        .unwrap();
     assert_eq!(events.len(), 2);
-    let prov = events.iter().find(|e| e.reason.as_deref() == Some("Provisioning")).unwrap();
+    let prov = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Provisioning"))
+        .unwrap();
     assert_eq!(prov.count, Some(3));
     assert!(prov.first_timestamp.is_some() && prov.last_timestamp.is_some());
-    let _ = (StorageClass::default(), StoreOptions::default(), Duration::ZERO, WatchEvent::Added(1));
+    let _ = (
+        StorageClass::default(),
+        StoreOptions::default(),
+        Duration::ZERO,
+        WatchEvent::Added(1),
+    );
 }

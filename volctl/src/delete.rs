@@ -32,22 +32,30 @@ pub struct Args {
     ignore_not_found: bool,
 }
 
-async fn wait_gone(store: &EmbeddedStore, kind: &'static KindInfo, ns: &str, name: &str, secs: u64) -> anyhow::Result<bool> {
+async fn wait_gone(
+    store: &EmbeddedStore,
+    kind: &'static KindInfo,
+    ns: &str,
+    name: &str,
+    secs: u64,
+) -> anyhow::Result<bool> {
     let deadline = Duration::from_secs(secs);
     let from = store.revision().await?;
     let check = async {
         // Watch first, then check: a removal between the two is still seen.
-        let mut stream = store.watch_values(kind.kind_ref, Some(ns).filter(|n| !n.is_empty()), from).await?;
+        let mut stream = store
+            .watch_values(kind.kind_ref, Some(ns).filter(|n| !n.is_empty()), from)
+            .await?;
         match store.get_value(kind.kind_ref, ns, name).await {
             Err(e) if e.is_not_found() => return Ok::<bool, anyhow::Error>(true),
             Err(e) => return Err(e.into()),
             Ok(_) => {}
         }
         while let Some(ev) = stream.next().await {
-            if let WatchEvent::Deleted(o) = ev? {
-                if o["metadata"]["name"].as_str() == Some(name) {
-                    return Ok(true);
-                }
+            if let WatchEvent::Deleted(o) = ev?
+                && o["metadata"]["name"].as_str() == Some(name)
+            {
+                return Ok(true);
             }
         }
         Ok(false)
@@ -69,7 +77,11 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
         if args.names.is_empty() {
             bail!("resource(s) were provided, but no name was specified");
         }
-        let ns = if kind.namespaced() { args.namespace.clone() } else { String::new() };
+        let ns = if kind.namespaced() {
+            args.namespace.clone()
+        } else {
+            String::new()
+        };
         for n in &args.names {
             targets.push((kind, ns.clone(), n.clone()));
         }
@@ -77,25 +89,29 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
     let mut failed = 0;
     for (kind, ns, name) in targets {
         let label = format!("{} {name:?}", resource::singular(kind));
-        match store.delete_value(kind.kind_ref, &ns, &name, Preconditions::default()).await {
+        match store
+            .delete_value(kind.kind_ref, &ns, &name, Preconditions::default())
+            .await
+        {
             Ok(Deleted::Gone(_)) => println!("{label} deleted"),
             Ok(Deleted::Pending(obj)) => {
                 let finalizers: Vec<&str> = obj["metadata"]["finalizers"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
                     .unwrap_or_default();
-                match args.wait {
-                    Some(secs) if wait_gone(store, kind, &ns, &name, secs).await? => {
+                println!(
+                    "{label} marked for deletion; pending until finalizers are removed: {}",
+                    finalizers.join(", ")
+                );
+                if let Some(secs) = args.wait {
+                    // Say so before waiting, so whoever watches the output knows where we are.
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                    if wait_gone(store, kind, &ns, &name, secs).await? {
                         println!("{label} deleted");
-                    }
-                    Some(secs) => {
-                        eprintln!("{label} still pending after {secs}s: waiting on finalizers {}", finalizers.join(", "));
+                    } else {
+                        eprintln!("{label} still pending after {secs}s");
                         failed += 1;
                     }
-                    None => println!(
-                        "{label} marked for deletion; pending until finalizers are removed: {}",
-                        finalizers.join(", ")
-                    ),
                 }
             }
             Err(e) if e.is_not_found() && args.ignore_not_found => {}

@@ -57,7 +57,12 @@ fn list(v: &Value, path: &[&str]) -> String {
     path.iter()
         .try_fold(v, |v, k| v.get(k))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "<none>".into())
 }
@@ -95,33 +100,71 @@ pub fn render_object(kind: &KindInfo, v: &Value) -> String {
     }
     match kind.kind() {
         "PersistentVolumeClaim" => {
-            field(&mut out, "StorageClass", s(v, &["spec", "storageClassName"]));
+            field(
+                &mut out,
+                "StorageClass",
+                s(v, &["spec", "storageClassName"]),
+            );
             field(&mut out, "Status", s(v, &["status", "phase"]));
             field(&mut out, "Volume", s(v, &["spec", "volumeName"]));
             map_lines(&mut out, "Labels", v["metadata"].get("labels"));
             map_lines(&mut out, "Annotations", annotations(v).as_ref());
-            field(&mut out, "Finalizers", &format!("[{}]", list(v, &["metadata", "finalizers"])));
-            field(&mut out, "Capacity", s(v, &["status", "capacity", "storage"]));
-            field(&mut out, "Access Modes", &modes(v, &["status", "accessModes"]));
+            field(
+                &mut out,
+                "Finalizers",
+                &format!("[{}]", list(v, &["metadata", "finalizers"])),
+            );
+            field(
+                &mut out,
+                "Capacity",
+                s(v, &["status", "capacity", "storage"]),
+            );
+            field(
+                &mut out,
+                "Access Modes",
+                &modes(v, &["status", "accessModes"]),
+            );
             field(&mut out, "VolumeMode", s(v, &["spec", "volumeMode"]));
-            field(&mut out, "Requested", s(v, &["spec", "resources", "requests", "storage"]));
+            field(
+                &mut out,
+                "Requested",
+                s(v, &["spec", "resources", "requests", "storage"]),
+            );
         }
         "PersistentVolume" => {
             map_lines(&mut out, "Labels", v["metadata"].get("labels"));
             map_lines(&mut out, "Annotations", annotations(v).as_ref());
-            field(&mut out, "Finalizers", &format!("[{}]", list(v, &["metadata", "finalizers"])));
-            field(&mut out, "StorageClass", s(v, &["spec", "storageClassName"]));
+            field(
+                &mut out,
+                "Finalizers",
+                &format!("[{}]", list(v, &["metadata", "finalizers"])),
+            );
+            field(
+                &mut out,
+                "StorageClass",
+                s(v, &["spec", "storageClassName"]),
+            );
             field(&mut out, "Status", s(v, &["status", "phase"]));
             let claim = match s(v, &["spec", "claimRef", "name"]) {
                 "" => String::new(),
                 n => format!("{}/{n}", s(v, &["spec", "claimRef", "namespace"])),
             };
             field(&mut out, "Claim", &claim);
-            field(&mut out, "Reclaim Policy", s(v, &["spec", "persistentVolumeReclaimPolicy"]));
-            field(&mut out, "Access Modes", &modes(v, &["spec", "accessModes"]));
+            field(
+                &mut out,
+                "Reclaim Policy",
+                s(v, &["spec", "persistentVolumeReclaimPolicy"]),
+            );
+            field(
+                &mut out,
+                "Access Modes",
+                &modes(v, &["spec", "accessModes"]),
+            );
             field(&mut out, "VolumeMode", s(v, &["spec", "volumeMode"]));
             field(&mut out, "Capacity", s(v, &["spec", "capacity", "storage"]));
-            let affinity = v["spec"].get("nodeAffinity").map_or("<none>".to_string(), |a| a.to_string());
+            let affinity = v["spec"]
+                .get("nodeAffinity")
+                .map_or("<none>".to_string(), |a| a.to_string());
             field(&mut out, "Node Affinity", &affinity);
             field(&mut out, "Message", s(v, &["status", "message"]));
             if let Some(csi) = v["spec"].get("csi") {
@@ -130,15 +173,33 @@ pub fn render_object(kind: &KindInfo, v: &Value) -> String {
                 let _ = writeln!(out, "    Driver:        {}", s(csi, &["driver"]));
                 let _ = writeln!(out, "    FSType:        {}", s(csi, &["fsType"]));
                 let _ = writeln!(out, "    VolumeHandle:  {}", s(csi, &["volumeHandle"]));
-                let _ = writeln!(out, "    ReadOnly:      {}", csi["readOnly"].as_bool().unwrap_or(false));
+                let _ = writeln!(
+                    out,
+                    "    ReadOnly:      {}",
+                    csi["readOnly"].as_bool().unwrap_or(false)
+                );
             }
         }
         "StorageClass" => {
-            field(&mut out, "IsDefaultClass", if strata_store::admission::is_default_class(v) { "Yes" } else { "No" });
+            field(
+                &mut out,
+                "IsDefaultClass",
+                if strata_store::admission::is_default_class(v) {
+                    "Yes"
+                } else {
+                    "No"
+                },
+            );
             map_lines(&mut out, "Annotations", annotations(v).as_ref());
             field(&mut out, "Provisioner", s(v, &["provisioner"]));
             map_lines(&mut out, "Parameters", v.get("parameters"));
-            field(&mut out, "AllowVolumeExpansion", &v["allowVolumeExpansion"].as_bool().map_or("<unset>".into(), |b| b.to_string()));
+            field(
+                &mut out,
+                "AllowVolumeExpansion",
+                &v["allowVolumeExpansion"]
+                    .as_bool()
+                    .map_or("<unset>".into(), |b| b.to_string()),
+            );
             field(&mut out, "MountOptions", &list(v, &["mountOptions"]));
             field(&mut out, "ReclaimPolicy", s(v, &["reclaimPolicy"]));
             field(&mut out, "VolumeBindingMode", s(v, &["volumeBindingMode"]));
@@ -187,13 +248,16 @@ pub fn render_events(events: &[Event]) -> String {
     let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {
-            let ts = |t: &Option<strata_store::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
-                t.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
-            };
+            let ts = |t: &Option<
+                strata_store::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+            >| { t.as_ref().map(|t| t.0.to_string()).unwrap_or_default() };
             let last = table::age(&ts(&e.last_timestamp));
             let count = e.count.unwrap_or(1);
             let age = if count > 1 {
-                format!("{last} (x{count} over {})", table::age(&ts(&e.first_timestamp)))
+                format!(
+                    "{last} (x{count} over {})",
+                    table::age(&ts(&e.first_timestamp))
+                )
             } else {
                 last
             };
@@ -201,7 +265,10 @@ pub fn render_events(events: &[Event]) -> String {
                 e.type_.clone().unwrap_or_default(),
                 e.reason.clone().unwrap_or_default(),
                 age,
-                e.source.as_ref().and_then(|s| s.component.clone()).unwrap_or_default(),
+                e.source
+                    .as_ref()
+                    .and_then(|s| s.component.clone())
+                    .unwrap_or_default(),
                 e.message.clone().unwrap_or_default(),
             ]
         })
@@ -222,7 +289,11 @@ pub fn render_events(events: &[Event]) -> String {
 
 pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
     let kind = resource::kind(&args.kind)?;
-    let ns = if kind.namespaced() { args.namespace.as_str() } else { "" };
+    let ns = if kind.namespaced() {
+        args.namespace.as_str()
+    } else {
+        ""
+    };
     let obj = store.get_value(kind.kind_ref, ns, &args.name).await?;
     let events = store.events_for(kind.kind(), ns, &args.name).await?;
     print!("{}{}", render_object(kind, &obj), render_events(&events));

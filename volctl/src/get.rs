@@ -6,11 +6,11 @@ use std::io::Write as _;
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use strata_store::EmbeddedStore;
 use strata_store::k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement,
 };
 use strata_store::kinds::KindInfo;
-use strata_store::EmbeddedStore;
 
 use crate::resource;
 use crate::table::{self, Width};
@@ -79,14 +79,25 @@ pub fn parse_selector(text: &str) -> anyhow::Result<LabelSelector> {
             match_labels.insert(k.trim().to_string(), v.trim().to_string());
         } else if let Some(k) = part.strip_prefix('!') {
             exprs.push(req(k, "DoesNotExist", vec![]));
-        } else if let Some((k, rest)) = part.split_once(" notin ").or_else(|| part.split_once(" in ")) {
-            let op = if part.contains(" notin ") { "NotIn" } else { "In" };
+        } else if let Some((k, rest)) = part
+            .split_once(" notin ")
+            .or_else(|| part.split_once(" in "))
+        {
+            let op = if part.contains(" notin ") {
+                "NotIn"
+            } else {
+                "In"
+            };
             let list = rest
                 .trim()
                 .strip_prefix('(')
                 .and_then(|r| r.strip_suffix(')'))
                 .with_context(|| format!("selector {part:?}: values must be in parentheses"))?;
-            let values: Vec<String> = list.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+            let values: Vec<String> = list
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect();
             if values.is_empty() {
                 bail!("selector {part:?}: empty value list");
             }
@@ -107,7 +118,14 @@ fn to_yaml(v: &Value) -> anyhow::Result<String> {
     yaml_serde::to_string(v).context("rendering YAML")
 }
 
-fn print_objects(kind: &KindInfo, items: &[Value], output: Option<Output>, all_ns: bool, single: bool, header: bool) -> anyhow::Result<()> {
+fn print_objects(
+    kind: &KindInfo,
+    items: &[Value],
+    output: Option<Output>,
+    all_ns: bool,
+    single: bool,
+    header: bool,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match output {
         Some(Output::Yaml) | Some(Output::Json) => {
@@ -124,11 +142,20 @@ fn print_objects(kind: &KindInfo, items: &[Value], output: Option<Output>, all_n
         }
         Some(Output::Name) => {
             for v in items {
-                writeln!(out, "{}/{}", resource::singular(kind), v["metadata"]["name"].as_str().unwrap_or(""))?;
+                writeln!(
+                    out,
+                    "{}/{}",
+                    resource::singular(kind),
+                    v["metadata"]["name"].as_str().unwrap_or("")
+                )?;
             }
         }
         Some(Output::Wide) | None => {
-            let width = if output == Some(Output::Wide) { Width::Wide } else { Width::Normal };
+            let width = if output == Some(Output::Wide) {
+                Width::Wide
+            } else {
+                Width::Normal
+            };
             let ns_col = all_ns && kind.namespaced();
             let mut headers = table::headers(kind, width);
             if ns_col {
@@ -139,14 +166,24 @@ fn print_objects(kind: &KindInfo, items: &[Value], output: Option<Output>, all_n
                 .map(|v| {
                     let mut r = table::row(kind, v, width);
                     if ns_col {
-                        r.insert(0, v["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+                        r.insert(
+                            0,
+                            v["metadata"]["namespace"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_string(),
+                        );
                     }
                     r
                 })
                 .collect();
             let text = table::render(&headers, &rows);
             // Watch updates print rows only, like kubectl.
-            let text = if header { text.as_str() } else { text.split_once('\n').map_or("", |x| x.1) };
+            let text = if header {
+                text.as_str()
+            } else {
+                text.split_once('\n').map_or("", |x| x.1)
+            };
             write!(out, "{text}")?;
         }
     }
@@ -173,7 +210,9 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
             (vec![obj], rv)
         }
         None => {
-            let list = store.list_values(kind.kind_ref, ns, selector.as_ref()).await?;
+            let list = store
+                .list_values(kind.kind_ref, ns, selector.as_ref())
+                .await?;
             (list.items, list.resource_version)
         }
     };
@@ -183,7 +222,14 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
             _ => eprintln!("No resources found"),
         }
     } else {
-        print_objects(kind, &items, args.output, args.all_namespaces, args.name.is_some(), true)?;
+        print_objects(
+            kind,
+            &items,
+            args.output,
+            args.all_namespaces,
+            args.name.is_some(),
+            true,
+        )?;
     }
     if !args.watch {
         return Ok(());
@@ -191,7 +237,9 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
     let mut header = items.is_empty();
     let mut from = from;
     loop {
-        let mut stream = store.watch_values(kind.kind_ref, ns.filter(|n| !n.is_empty()), from).await?;
+        let mut stream = store
+            .watch_values(kind.kind_ref, ns.filter(|n| !n.is_empty()), from)
+            .await?;
         while let Some(ev) = stream.next().await {
             let ev = match ev {
                 Ok(ev) => ev,
@@ -199,7 +247,10 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             };
             let obj = ev.object();
-            from = obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(from);
+            from = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(from);
             if let Some(name) = &args.name
                 && obj["metadata"]["name"].as_str() != Some(name)
             {
@@ -215,11 +266,21 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
             if matches!(args.output, Some(Output::Yaml)) {
                 println!("---");
             }
-            print_objects(kind, &[shown], args.output, args.all_namespaces, true, header)?;
+            print_objects(
+                kind,
+                &[shown],
+                args.output,
+                args.all_namespaces,
+                true,
+                header,
+            )?;
             header = false;
         }
         // History was compacted under a slow consumer: re-list and continue from there.
-        from = store.list_values(kind.kind_ref, ns, None).await?.resource_version;
+        from = store
+            .list_values(kind.kind_ref, ns, None)
+            .await?
+            .resource_version;
     }
 }
 

@@ -71,7 +71,10 @@ pub fn read_manifests(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Vec<
     for path in paths {
         for file in sources(path)? {
             let (text, what) = if file == Path::new("-") {
-                (read_limited(std::io::stdin().lock(), "stdin")?, "stdin".to_string())
+                (
+                    read_limited(std::io::stdin().lock(), "stdin")?,
+                    "stdin".to_string(),
+                )
             } else {
                 let what = file.display().to_string();
                 let f = std::fs::File::open(&file).with_context(|| format!("opening {what}"))?;

@@ -19,7 +19,11 @@ fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
 }
 
 fn or_none(x: &str) -> String {
-    if x.is_empty() { "<none>".into() } else { x.into() }
+    if x.is_empty() {
+        "<none>".into()
+    } else {
+        x.into()
+    }
 }
 
 fn count(v: &Value, path: &[&str]) -> usize {
@@ -40,20 +44,36 @@ pub fn human_duration(secs: i64) -> String {
     if secs < 120 {
         format!("{secs}s")
     } else if m < 10 {
-        if secs % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", secs % 60) }
+        if secs % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", secs % 60)
+        }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 { format!("{}d", h / 24) } else { format!("{}d{}h", h / 24, h % 24) }
+        if h % 24 == 0 {
+            format!("{}d", h / 24)
+        } else {
+            format!("{}d{}h", h / 24, h % 24)
+        }
     } else if h < 24 * 365 * 2 {
         format!("{}d", h / 24)
     } else if h < 24 * 365 * 8 {
         let d = h / 24;
-        if d % 365 == 0 { format!("{}y", d / 365) } else { format!("{}y{}d", d / 365, d % 365) }
+        if d % 365 == 0 {
+            format!("{}y", d / 365)
+        } else {
+            format!("{}y{}d", d / 365, d % 365)
+        }
     } else {
         format!("{}y", h / 24 / 365)
     }
@@ -96,13 +116,34 @@ fn default_class(v: &Value) -> bool {
 pub fn headers(kind: &KindInfo, width: Width) -> Vec<&'static str> {
     let mut h = match kind.kind() {
         "PersistentVolumeClaim" => vec![
-            "NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "VOLUMEATTRIBUTESCLASS", "AGE",
+            "NAME",
+            "STATUS",
+            "VOLUME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "AGE",
         ],
         "PersistentVolume" => vec![
-            "NAME", "CAPACITY", "ACCESS MODES", "RECLAIM POLICY", "STATUS", "CLAIM", "STORAGECLASS", "VOLUMEATTRIBUTESCLASS", "REASON", "AGE",
+            "NAME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "RECLAIM POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "REASON",
+            "AGE",
         ],
         "StorageClass" => vec![
-            "NAME", "PROVISIONER", "RECLAIMPOLICY", "VOLUMEBINDINGMODE", "ALLOWVOLUMEEXPANSION", "AGE",
+            "NAME",
+            "PROVISIONER",
+            "RECLAIMPOLICY",
+            "VOLUMEBINDINGMODE",
+            "ALLOWVOLUMEEXPANSION",
+            "AGE",
         ],
         "StatefulSet" => vec!["NAME", "READY", "AGE"],
         "ConfigMap" => vec!["NAME", "DATA", "AGE"],
@@ -130,7 +171,10 @@ pub fn row(kind: &KindInfo, v: &Value, width: Width) -> Vec<String> {
     let created = age(s(v, &["metadata", "creationTimestamp"]));
     let mut r = match kind.kind() {
         "PersistentVolumeClaim" => {
-            let phase = if v["metadata"].get("deletionTimestamp").is_some_and(|t| !t.is_null()) {
+            let phase = if v["metadata"]
+                .get("deletionTimestamp")
+                .is_some_and(|t| !t.is_null())
+            {
                 "Terminating"
             } else {
                 s(v, &["status", "phase"])
@@ -147,12 +191,18 @@ pub fn row(kind: &KindInfo, v: &Value, width: Width) -> Vec<String> {
             ]
         }
         "PersistentVolume" => {
-            let claim = match (s(v, &["spec", "claimRef", "namespace"]), s(v, &["spec", "claimRef", "name"])) {
+            let claim = match (
+                s(v, &["spec", "claimRef", "namespace"]),
+                s(v, &["spec", "claimRef", "name"]),
+            ) {
                 (_, "") => String::new(),
                 ("", n) => n.into(),
                 (ns, n) => format!("{ns}/{n}"),
             };
-            let phase = if v["metadata"].get("deletionTimestamp").is_some_and(|t| !t.is_null()) {
+            let phase = if v["metadata"]
+                .get("deletionTimestamp")
+                .is_some_and(|t| !t.is_null())
+            {
                 "Terminating"
             } else {
                 s(v, &["status", "phase"])
@@ -171,11 +221,18 @@ pub fn row(kind: &KindInfo, v: &Value, width: Width) -> Vec<String> {
             ]
         }
         "StorageClass" => vec![
-            if default_class(v) { format!("{name} (default)") } else { name },
+            if default_class(v) {
+                format!("{name} (default)")
+            } else {
+                name
+            },
             s(v, &["provisioner"]).into(),
             s(v, &["reclaimPolicy"]).into(),
             s(v, &["volumeBindingMode"]).into(),
-            v.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string(),
+            v.get("allowVolumeExpansion")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string(),
             created,
         ],
         "StatefulSet" => vec![
@@ -192,13 +249,29 @@ pub fn row(kind: &KindInfo, v: &Value, width: Width) -> Vec<String> {
             (count(v, &["data"]) + count(v, &["binaryData"])).to_string(),
             created,
         ],
-        "Secret" => vec![name, s(v, &["type"]).into(), count(v, &["data"]).to_string(), created],
+        "Secret" => vec![
+            name,
+            s(v, &["type"]).into(),
+            count(v, &["data"]).to_string(),
+            created,
+        ],
         "ServiceAccount" => vec![name, count(v, &["secrets"]).to_string(), created],
         "Pod" => {
             let statuses = v["status"]["containerStatuses"].as_array();
-            let ready = statuses.map_or(0, |a| a.iter().filter(|c| c["ready"].as_bool() == Some(true)).count());
-            let restarts: i64 = statuses.map_or(0, |a| a.iter().map(|c| c["restartCount"].as_i64().unwrap_or(0)).sum());
-            let phase = if v["metadata"].get("deletionTimestamp").is_some_and(|t| !t.is_null()) {
+            let ready = statuses.map_or(0, |a| {
+                a.iter()
+                    .filter(|c| c["ready"].as_bool() == Some(true))
+                    .count()
+            });
+            let restarts: i64 = statuses.map_or(0, |a| {
+                a.iter()
+                    .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+                    .sum()
+            });
+            let phase = if v["metadata"]
+                .get("deletionTimestamp")
+                .is_some_and(|t| !t.is_null())
+            {
                 "Terminating"
             } else {
                 s(v, &["status", "phase"])
@@ -227,11 +300,15 @@ pub fn row(kind: &KindInfo, v: &Value, width: Width) -> Vec<String> {
     };
     if width == Width::Wide {
         match kind.kind() {
-            "PersistentVolumeClaim" | "PersistentVolume" => r.push(s(v, &["spec", "volumeMode"]).into()),
+            "PersistentVolumeClaim" | "PersistentVolume" => {
+                r.push(s(v, &["spec", "volumeMode"]).into())
+            }
             "StatefulSet" => {
                 let containers = v["spec"]["template"]["spec"]["containers"].as_array();
-                let names: Vec<&str> = containers.map_or(vec![], |c| c.iter().map(|c| s(c, &["name"])).collect());
-                let images: Vec<&str> = containers.map_or(vec![], |c| c.iter().map(|c| s(c, &["image"])).collect());
+                let names: Vec<&str> =
+                    containers.map_or(vec![], |c| c.iter().map(|c| s(c, &["name"])).collect());
+                let images: Vec<&str> =
+                    containers.map_or(vec![], |c| c.iter().map(|c| s(c, &["image"])).collect());
                 r.push(names.join(","));
                 r.push(images.join(","));
             }
@@ -293,7 +370,10 @@ mod tests {
 
     #[test]
     fn renders_aligned_columns() {
-        let out = render(&["NAME", "STATUS"], &[vec!["a-long-name".into(), "Bound".into()]]);
+        let out = render(
+            &["NAME", "STATUS"],
+            &[vec!["a-long-name".into(), "Bound".into()]],
+        );
         assert_eq!(out, "NAME          STATUS\na-long-name   Bound\n");
     }
 }

@@ -115,7 +115,10 @@ impl Db {
     /// Runs `f` in one IMMEDIATE transaction (the write lock is taken up front, so two
     /// processes never deadlock upgrading a read). Returns the result and whether the
     /// revision moved.
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<(T, u64, bool)> {
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<(T, u64, bool)> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -185,7 +188,9 @@ fn decode(text: &str) -> Result<Value> {
 
 fn get_object(conn: &Connection, kind: &str, ns: &str, name: &str) -> Result<Option<Value>> {
     let text: Option<String> = conn
-        .prepare_cached("SELECT object FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")
+        .prepare_cached(
+            "SELECT object FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+        )
         .and_then(|mut s| {
             s.query_row(params![kind, ns, name], |r| r.get(0))
                 .optional()
@@ -277,7 +282,10 @@ impl Reader<'_> {
                      WHERE kind = ?1 AND resource_version > ?2
                      ORDER BY resource_version LIMIT ?3",
                 )
-                .and_then(|mut s| s.query_map(params![kind, from as i64, limit as i64], map)?.collect()),
+                .and_then(|mut s| {
+                    s.query_map(params![kind, from as i64, limit as i64], map)?
+                        .collect()
+                }),
         }
         .map_err(Error::db("reading the watch log"))?;
         // A short page means nothing newer exists for this kind up to the snapshot's
@@ -316,7 +324,14 @@ impl Tx<'_> {
     }
 
     /// Stores `obj` (stamping its resourceVersion) and logs the change.
-    pub(crate) fn put(&mut self, kind: &str, ns: &str, name: &str, obj: &mut Value, change: Change) -> Result<u64> {
+    pub(crate) fn put(
+        &mut self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        obj: &mut Value,
+        change: Change,
+    ) -> Result<u64> {
         self.revision += 1;
         let rv = self.revision;
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
@@ -337,7 +352,13 @@ impl Tx<'_> {
 
     /// Removes the object; its last state (stamped with the deletion's revision) goes to
     /// the log.
-    pub(crate) fn remove(&mut self, kind: &str, ns: &str, name: &str, obj: &mut Value) -> Result<u64> {
+    pub(crate) fn remove(
+        &mut self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        obj: &mut Value,
+    ) -> Result<u64> {
         self.revision += 1;
         let rv = self.revision;
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
@@ -355,7 +376,16 @@ impl Tx<'_> {
                 "INSERT INTO watch_log (resource_version, kind, namespace, name, type, object)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
-            .and_then(|mut s| s.execute(params![self.revision as i64, kind, ns, name, change.as_str(), text]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    self.revision as i64,
+                    kind,
+                    ns,
+                    name,
+                    change.as_str(),
+                    text
+                ])
+            })
             .map_err(Error::db("appending to the watch log"))?;
         Ok(())
     }

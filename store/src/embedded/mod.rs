@@ -184,11 +184,14 @@ impl EmbeddedStore {
         };
         let name = name.to_string();
         self.blocking(move |inner| {
-            inner.db.read(|r| r.get(kind.kind, &ns, &name))?.ok_or(Error::NotFound {
-                kind: kind.kind.into(),
-                namespace: ns,
-                name,
-            })
+            inner
+                .db
+                .read(|r| r.get(kind.kind, &ns, &name))?
+                .ok_or(Error::NotFound {
+                    kind: kind.kind.into(),
+                    namespace: ns,
+                    name,
+                })
         })
         .await
     }
@@ -280,9 +283,10 @@ impl EmbeddedStore {
             done: false,
         };
         state.fetch().await?;
-        Ok(Box::pin(futures::stream::unfold(state, |mut st| async move {
-            st.next().await.map(|item| (item, st))
-        })))
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut st| async move { st.next().await.map(|item| (item, st)) },
+        )))
     }
 
     /// The events about one object, oldest first, as `describe` shows them.
@@ -328,7 +332,11 @@ impl WatchState {
         let (kind, ns, from) = (self.kind.kind, self.ns.clone(), self.cursor);
         let (entries, seen) = self
             .store
-            .blocking(move |inner| inner.db.read(|r| r.log_after(kind, ns.as_deref(), from, PAGE)))
+            .blocking(move |inner| {
+                inner
+                    .db
+                    .read(|r| r.log_after(kind, ns.as_deref(), from, PAGE))
+            })
             .await?;
         self.cursor = seen.max(self.cursor);
         self.buf.extend(entries.into_iter().map(|e| match e.change {

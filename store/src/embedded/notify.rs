@@ -59,7 +59,10 @@ pub(crate) fn spawn_listener(path: &Path, sender: Weak<watch::Sender<u64>>) -> R
     };
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC).map_err(io)?;
     inotify
-        .add_watch(path, AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE)
+        .add_watch(
+            path,
+            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE,
+        )
         .map_err(io)?;
     std::thread::Builder::new()
         .name("store-notify".into())

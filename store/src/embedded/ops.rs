@@ -39,7 +39,10 @@ pub(crate) fn identity(kind: KindRef, obj: &mut Value) -> Result<(String, String
     }
     match obj.get("kind").and_then(Value::as_str) {
         Some(k) if k != kind.kind => {
-            return Err(Error::invalid("kind", format!("expected {:?}, got {k:?}", kind.kind)));
+            return Err(Error::invalid(
+                "kind",
+                format!("expected {:?}, got {k:?}", kind.kind),
+            ));
         }
         _ => {}
     }
@@ -50,9 +53,16 @@ pub(crate) fn identity(kind: KindRef, obj: &mut Value) -> Result<(String, String
     }
     let ns = meta_str(obj, "namespace").to_string();
     let ns = if kind.namespaced {
-        let ns = if ns.is_empty() { "default".to_string() } else { ns };
+        let ns = if ns.is_empty() {
+            "default".to_string()
+        } else {
+            ns
+        };
         admission::validate_name("Namespace", &ns, false).map_err(|_| {
-            Error::invalid("metadata.namespace", format!("{ns:?}: must be a DNS-1123 label"))
+            Error::invalid(
+                "metadata.namespace",
+                format!("{ns:?}: must be a DNS-1123 label"),
+            )
         })?;
         obj["metadata"]["namespace"] = json!(ns);
         ns
@@ -60,7 +70,10 @@ pub(crate) fn identity(kind: KindRef, obj: &mut Value) -> Result<(String, String
         if !ns.is_empty() {
             return Err(Error::invalid(
                 "metadata.namespace",
-                format!("Forbidden: not allowed on this type ({} is cluster-scoped)", kind.kind),
+                format!(
+                    "Forbidden: not allowed on this type ({} is cluster-scoped)",
+                    kind.kind
+                ),
             ));
         }
         if let Some(m) = obj["metadata"].as_object_mut() {
@@ -108,7 +121,9 @@ pub(crate) fn create(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value) -> Result<V
     } else {
         admission::validate_name(kind.kind, &name, false)?;
     }
-    let meta = obj["metadata"].as_object_mut().expect("identity made metadata");
+    let meta = obj["metadata"]
+        .as_object_mut()
+        .expect("identity made metadata");
     for server_set in [
         "uid",
         "creationTimestamp",
@@ -188,7 +203,9 @@ fn spec_part(v: &Value) -> serde_json::Map<String, Value> {
     v.as_object()
         .map(|o| {
             o.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         })
@@ -228,14 +245,18 @@ pub(crate) fn update(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value, part: Part)
             kind,
             &ns,
             &name,
-            format!("Precondition failed: UID in precondition: {want_uid}, UID in object meta: {have_uid}"),
+            format!(
+                "Precondition failed: UID in precondition: {want_uid}, UID in object meta: {have_uid}"
+            ),
         ));
     }
 
     let mut new = match part {
         Part::Main => {
             let mut new = obj;
-            let meta = new["metadata"].as_object_mut().expect("identity made metadata");
+            let meta = new["metadata"]
+                .as_object_mut()
+                .expect("identity made metadata");
             meta.remove("managedFields");
             meta.remove("generateName");
             for kept in [
@@ -308,7 +329,11 @@ pub(crate) fn delete(
     name: &str,
     pre: &Preconditions,
 ) -> Result<Deleted<Value>> {
-    let ns = if kind.namespaced && ns.is_empty() { "default" } else { ns };
+    let ns = if kind.namespaced && ns.is_empty() {
+        "default"
+    } else {
+        ns
+    };
     let mut obj = tx
         .get(kind.kind, ns, name)?
         .ok_or_else(|| not_found(kind, ns, name))?;
@@ -319,7 +344,10 @@ pub(crate) fn delete(
             kind,
             ns,
             name,
-            format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&obj, "uid")),
+            format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta_str(&obj, "uid")
+            ),
         ));
     }
     if let Some(rv) = &pre.resource_version
@@ -410,10 +438,12 @@ pub(crate) fn record_event(tx: &mut Tx<'_>, ev: EventSpec<'_>) -> Result<Value> 
         }
         None => {
             let mut involved = involved.clone();
-            if involved.get("namespace").is_none_or(|v| v.as_str() == Some("")) {
-                if let Some(o) = involved.as_object_mut() {
-                    o.remove("namespace");
-                }
+            if involved
+                .get("namespace")
+                .is_none_or(|v| v.as_str() == Some(""))
+                && let Some(o) = involved.as_object_mut()
+            {
+                o.remove("namespace");
             }
             let event = json!({
                 "apiVersion": "v1",
