@@ -40,6 +40,7 @@ impl pb::controller_server::Controller for Service {
     async fn create_volume(&self, req: Request<pb::CreateVolumeRequest>) -> Result<Response<pb::CreateVolumeResponse>, Status> {
         let r = req.into_inner();
         let args = (|| {
+            validate::map("secrets", &r.secrets)?;
             validate::name("name", &r.name)?;
             validate::map("parameters", &r.parameters)?;
             validate::map("mutable_parameters", &r.mutable_parameters)?;
@@ -49,6 +50,9 @@ impl pb::controller_server::Controller for Service {
             }
             let (required, limit) = convert::range(&r.capacity_range)?;
             let (requisite, preferred) = match &r.accessibility_requirements {
+                Some(t) if t.requisite.is_empty() && t.preferred.is_empty() => {
+                    return Err(Error::invalid("accessibility_requirements", "requisite or preferred must be set"));
+                }
                 Some(t) => (convert::topologies(&t.requisite), convert::topologies(&t.preferred)),
                 None => (Vec::new(), Vec::new()),
             };
@@ -72,7 +76,9 @@ impl pb::controller_server::Controller for Service {
 
     #[tracing::instrument(skip_all, fields(volume_id = %req.get_ref().volume_id))]
     async fn delete_volume(&self, req: Request<pb::DeleteVolumeRequest>) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
-        let id = req.into_inner().volume_id;
+        let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
+        let id = r.volume_id;
         validate::id("volume_id", &id).map_err(bad)?;
         self.run(move |d| d.delete_volume(&id)).await?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))
@@ -100,6 +106,7 @@ impl pb::controller_server::Controller for Service {
         req: Request<pb::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<pb::ValidateVolumeCapabilitiesResponse>, Status> {
         let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
         let caps = convert::caps("volume_capabilities", &r.volume_capabilities).map_err(bad)?;
         validate::map("volume_context", &r.volume_context).map_err(bad)?;
@@ -218,6 +225,7 @@ impl pb::controller_server::Controller for Service {
     #[tracing::instrument(skip_all, fields(name = %req.get_ref().name, volume_id = %req.get_ref().source_volume_id))]
     async fn create_snapshot(&self, req: Request<pb::CreateSnapshotRequest>) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
         let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::name("name", &r.name).map_err(bad)?;
         validate::id("source_volume_id", &r.source_volume_id).map_err(bad)?;
         validate::map("parameters", &r.parameters).map_err(bad)?;
@@ -230,7 +238,9 @@ impl pb::controller_server::Controller for Service {
 
     #[tracing::instrument(skip_all, fields(snapshot_id = %req.get_ref().snapshot_id))]
     async fn delete_snapshot(&self, req: Request<pb::DeleteSnapshotRequest>) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        let id = req.into_inner().snapshot_id;
+        let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
+        let id = r.snapshot_id;
         validate::id("snapshot_id", &id).map_err(bad)?;
         self.run(move |d| d.delete_snapshot(&id)).await?;
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
@@ -239,6 +249,7 @@ impl pb::controller_server::Controller for Service {
     #[tracing::instrument(skip_all)]
     async fn list_snapshots(&self, req: Request<pb::ListSnapshotsRequest>) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
         let limit = convert::max_entries(r.max_entries).map_err(bad)?;
         let after = convert::token_decode(&r.starting_token).map_err(bad)?;
         validate::bounded("snapshot_id", &r.snapshot_id).map_err(bad)?;
@@ -295,7 +306,9 @@ impl pb::controller_server::Controller for Service {
 
     #[tracing::instrument(skip_all, fields(snapshot_id = %req.get_ref().snapshot_id))]
     async fn get_snapshot(&self, req: Request<pb::GetSnapshotRequest>) -> Result<Response<pb::GetSnapshotResponse>, Status> {
-        let id = req.into_inner().snapshot_id;
+        let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
+        let id = r.snapshot_id;
         validate::id("snapshot_id", &id).map_err(bad)?;
         let s = self
             .run(move |d| match d.lookup_snapshot(&id)? {
@@ -312,6 +325,7 @@ impl pb::controller_server::Controller for Service {
         req: Request<pb::ControllerExpandVolumeRequest>,
     ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
         let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
         if r.capacity_range.is_none() {
             return Err(bad(Error::invalid("capacity_range", "required field is missing")));
@@ -355,8 +369,12 @@ impl pb::controller_server::Controller for Service {
         req: Request<pb::ControllerModifyVolumeRequest>,
     ) -> Result<Response<pb::ControllerModifyVolumeResponse>, Status> {
         let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
         validate::map("mutable_parameters", &r.mutable_parameters).map_err(bad)?;
+        if r.mutable_parameters.is_empty() {
+            return Err(bad(Error::invalid("mutable_parameters", "required field is missing")));
+        }
         volumes::parse_mutable(&r.mutable_parameters).map_err(bad)?;
         self.run(move |d| d.modify_volume(&r.volume_id, &r.mutable_parameters)).await?;
         Ok(Response::new(pb::ControllerModifyVolumeResponse {}))

@@ -50,6 +50,7 @@ impl pb::group_controller_server::GroupController for Service {
         req: Request<pb::CreateVolumeGroupSnapshotRequest>,
     ) -> Result<Response<pb::CreateVolumeGroupSnapshotResponse>, Status> {
         let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::name("name", &r.name).map_err(bad)?;
         if r.source_volume_ids.is_empty() {
             return Err(bad(Error::invalid("source_volume_ids", "at least one volume is required")));
@@ -78,6 +79,7 @@ impl pb::group_controller_server::GroupController for Service {
         req: Request<pb::DeleteVolumeGroupSnapshotRequest>,
     ) -> Result<Response<pb::DeleteVolumeGroupSnapshotResponse>, Status> {
         let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("group_snapshot_id", &r.group_snapshot_id).map_err(bad)?;
         ids("snapshot_ids", &r.snapshot_ids)?;
         self.run(move |d| d.delete_group(&r.group_snapshot_id, &r.snapshot_ids)).await?;
@@ -90,6 +92,7 @@ impl pb::group_controller_server::GroupController for Service {
         req: Request<pb::GetVolumeGroupSnapshotRequest>,
     ) -> Result<Response<pb::GetVolumeGroupSnapshotResponse>, Status> {
         let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("group_snapshot_id", &r.group_snapshot_id).map_err(bad)?;
         ids("snapshot_ids", &r.snapshot_ids)?;
         let (g, members) = self.run(move |d| d.get_group(&r.group_snapshot_id, &r.snapshot_ids)).await?;

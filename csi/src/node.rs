@@ -29,6 +29,7 @@ impl pb::node_server::Node for Service {
     async fn node_stage_volume(&self, req: Request<pb::NodeStageVolumeRequest>) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
         let r = req.into_inner();
         let args = (|| {
+            validate::map("secrets", &r.secrets)?;
             validate::id("volume_id", &r.volume_id)?;
             let staging = validate::co_path("staging_target_path", &r.staging_target_path)?;
             let cap = convert::required_cap("volume_capability", &r.volume_capability)?;
@@ -61,6 +62,7 @@ impl pb::node_server::Node for Service {
         let r = req.into_inner();
         let ephemeral = r.volume_context.get(CTX_EPHEMERAL).is_some_and(|v| v == "true");
         let args = (|| {
+            validate::map("secrets", &r.secrets)?;
             validate::id("volume_id", &r.volume_id)?;
             let target = validate::co_path("target_path", &r.target_path)?;
             let cap = convert::required_cap("volume_capability", &r.volume_capability)?;
@@ -143,6 +145,7 @@ impl pb::node_server::Node for Service {
         req: Request<pb::NodeExpandVolumeRequest>,
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
         let r = req.into_inner();
+        validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
         let path = validate::co_path("volume_path", &r.volume_path).map_err(bad)?;
         if !r.staging_target_path.is_empty() {

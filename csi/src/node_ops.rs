@@ -186,6 +186,7 @@ impl Driver {
             fs_type: if a.cap.block { String::new() } else { v.fs_type.clone() },
             args,
             phase: StagePhase::Staging,
+            mount_flags: a.cap.mount_flags.clone(),
         };
         self.store.write(vec![Op::PutStage(st.clone())])?;
         failpoint::hit("node_stage:after_intent");
@@ -227,13 +228,18 @@ impl Driver {
                 }
             };
             st.fs_type = fs_type.clone();
-            sys::mount::mount_fs(&dev, &a.staging, &fs_type, &opts).map_err(io_at("mounting", &a.staging))?;
-            failpoint::hit("node_stage:after_mount");
             // Restored or cloned into a larger volume, or expanded while unstaged: grow the
             // filesystem to the device now ("including growing the filesystem by
-            // NodePublish time").
+            // NodePublish time"). ext4 grows best unmounted (no capability needed); xfs
+            // only grows mounted.
             let dev_size = sys::loopdev::size_bytes(attached.number).map_err(io_at("reading size of", &dev))?;
-            if fs_size.is_some_and(|s| s + driver::SIZE_UNIT <= dev_size) {
+            let needs_grow = fs_size.is_some_and(|s| s + driver::SIZE_UNIT <= dev_size);
+            if needs_grow && fs_type == "ext4" {
+                sys::mkfs::grow_ext4_offline(&dev).map_err(io_at("growing filesystem on", &dev))?;
+            }
+            sys::mount::mount_fs(&dev, &a.staging, &fs_type, &opts).map_err(io_at("mounting", &a.staging))?;
+            failpoint::hit("node_stage:after_mount");
+            if needs_grow && fs_type == "xfs" {
                 sys::mkfs::grow(&fs_type, &dev, &a.staging).map_err(io_at("growing filesystem on", &dev))?;
             }
             if !a.cap.mount_group.is_empty() {
@@ -261,11 +267,18 @@ impl Driver {
         Ok(())
     }
 
-    /// NodeUnstageVolume: not staged → OK.
+    /// NodeUnstageVolume: not staged → OK. An unknown volume has nothing staged here
+    /// either (a retry after the volume was deleted), so it is OK too unless something
+    /// is still mounted at the path.
     pub fn unstage(&self, volume_id: &str, staging: &Path) -> Result<()> {
         let v = match self.lookup_volume(volume_id)? {
             Lookup::Found(v) => v,
-            Lookup::Unknown | Lookup::OtherNode(_) => return Err(Error::VolumeNotFound(volume_id.to_string())),
+            Lookup::Unknown | Lookup::OtherNode(_) => {
+                if sys::mount::stat(staging).is_ok_and(|s| s.mount_root) {
+                    return Err(Error::VolumeNotFound(volume_id.to_string()));
+                }
+                return Ok(());
+            }
         };
         let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
         let Some(st) = self.store.stage(&v.id)? else {
@@ -585,9 +598,33 @@ impl Driver {
         let dev = st.device.clone().ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
         let n = sys::loopdev::number_of(&dev).ok_or_else(|| Error::StateCorrupt(format!("bad device {}", dev.display())))?;
         sys::loopdev::refresh_capacity(n).map_err(io_at("refreshing capacity of", &dev))?;
-        if !st.block && !block_cap.unwrap_or(false) {
-            sys::mkfs::grow(&st.fs_type, &dev, &st.staging_path).map_err(io_at("growing filesystem on", &dev))?;
+        if st.block || block_cap.unwrap_or(false) {
+            return Ok(v.capacity);
         }
+        if st.fs_type != "ext4" || sys::mkfs::can_grow_ext4_online() {
+            sys::mkfs::grow(&st.fs_type, &dev, &st.staging_path).map_err(io_at("growing filesystem on", &dev))?;
+            return Ok(v.capacity);
+        }
+        // Without CAP_SYS_RESOURCE ext4 can only grow unmounted: possible while nothing
+        // is published; otherwise "fs can't be grown while in use" (the CO must not retry;
+        // the next stage grows it).
+        if let Some(p) = self.store.publishes_of(&v.id)?.first() {
+            return Err(Error::Precondition(format!(
+                "ext4 on {} cannot grow while published at {}: online ext4 resize needs CAP_SYS_RESOURCE, \
+                 which this driver lacks; it grows at the next NodeStageVolume",
+                v.id,
+                p.target.display()
+            )));
+        }
+        let opts = sys::mount::parse_options(&st.mount_flags).map_err(|r| Error::invalid("mount_flags", r))?;
+        // Keep the device alive across the umount: autoclear would detach it.
+        let hold = std::fs::OpenOptions::new().read(true).write(true).open(&dev).map_err(io_at("opening", &dev))?;
+        sys::mount::umount_all(&st.staging_path).map_err(io_at("unmounting", &st.staging_path))?;
+        let grown = sys::mkfs::grow_ext4_offline(&dev).map_err(io_at("growing filesystem on", &dev));
+        let mounted = sys::mount::mount_fs(&dev, &st.staging_path, "ext4", &opts).map_err(io_at("mounting", &st.staging_path));
+        drop(hold);
+        grown?;
+        mounted?;
         Ok(v.capacity)
     }
 }

@@ -99,6 +99,9 @@ pub struct StageRecord {
     /// Fingerprint of the capability and mount flags, for the idempotency check.
     pub args: String,
     pub phase: StagePhase,
+    /// The capability's mount flags, to mount again after an offline resize.
+    #[serde(default)]
+    pub mount_flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -555,6 +558,7 @@ mod tests {
             fs_type: "ext4".into(),
             args: "x".into(),
             phase: StagePhase::Staging,
+            mount_flags: vec![],
         };
         let p = PublishRecord {
             target: "/t".into(),

@@ -310,6 +310,12 @@ impl Driver {
         let mut v = self.ready_volume(id)?;
         let stage = self.store.stage(&v.id)?;
         let block = block_cap.or(stage.as_ref().map(|s| s.block)).unwrap_or(false);
+        if limit != 0 && limit < v.capacity {
+            return Err(Error::OutOfRange {
+                field: "capacity_range",
+                reason: format!("limit_bytes {limit} is below the current size {}; volumes never shrink", v.capacity),
+            });
+        }
         let target = driver::pick_size(required, limit, 0, "")?;
         if target <= v.capacity {
             // "already ≥ target → SHOULD be OK"

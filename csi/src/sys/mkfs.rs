@@ -38,6 +38,34 @@ pub fn mkfs(device: &Path, fs_type: &str) -> io::Result<()> {
     }
 }
 
+/// Grows an unmounted ext4 filesystem to the size of its device: resize2fs insists on a
+/// fresh e2fsck first. e2fsck exit codes 0 and 1 mean clean or fixed.
+pub fn grow_ext4_offline(device: &Path) -> io::Result<()> {
+    let out = Command::new("e2fsck").args(["-f", "-p"]).arg(device).stdin(Stdio::null()).output()?;
+    match out.status.code() {
+        Some(0) | Some(1) => {}
+        _ => {
+            let mut msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            msg.push_str(String::from_utf8_lossy(&out.stderr).trim());
+            msg.truncate(512);
+            return Err(io::Error::other(format!("e2fsck failed ({}): {msg}", out.status)));
+        }
+    }
+    run(Command::new("resize2fs").arg(device))
+}
+
+/// Whether this process may grow a mounted ext4: the kernel's online resize asks for
+/// CAP_SYS_RESOURCE (fs/ext4/resize.c, ext4_resize_begin), which some sandboxes drop.
+pub fn can_grow_ext4_online() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 /// Grows a mounted filesystem to the size of its device.
 pub fn grow(fs_type: &str, device: &Path, mount_point: &Path) -> io::Result<()> {
     match fs_type {
