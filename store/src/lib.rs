@@ -12,6 +12,7 @@ mod api;
 pub mod apply;
 mod embedded;
 mod error;
+pub mod failpoint;
 pub mod kinds;
 pub mod quantity;
 pub mod selector;

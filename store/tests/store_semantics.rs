@@ -304,3 +304,49 @@ async fn events_aggregate() {
         WatchEvent::Added(1),
     );
 }
+
+#[tokio::test]
+async fn expired_events_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open_with(
+        dir.path(),
+        StoreOptions {
+            event_ttl: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let involved = ObjectReference {
+        kind: Some("PersistentVolume".into()),
+        name: Some("pv1".into()),
+        ..Default::default()
+    };
+    store
+        .record_event(&involved, EventType::Normal, "First", "one")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .events_for("PersistentVolume", "", "pv1")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store
+        .record_event(&involved, EventType::Normal, "Second", "two")
+        .await
+        .unwrap();
+    let events = store
+        .events_for("PersistentVolume", "", "pv1")
+        .await
+        .unwrap();
+    let reasons: Vec<_> = events.iter().map(|e| e.reason.clone().unwrap()).collect();
+    assert_eq!(
+        reasons,
+        ["Second"],
+        "with a zero TTL the older event is gone"
+    );
+    // Events of cluster-scoped objects live in "default".
+    assert_eq!(events[0].metadata.namespace.as_deref(), Some("default"));
+}

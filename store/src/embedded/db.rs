@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::failpoint;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -134,6 +135,7 @@ impl Db {
             tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'revision'")
                 .and_then(|mut s| s.execute(params![revision as i64]))
                 .map_err(Error::db("advancing the revision"))?;
+            failpoint::hit("write:revision-advanced");
             let compacted = meta(&tx, "compacted")?;
             // Compact in steps of a quarter of the bound so it is not paid on every write.
             if revision.saturating_sub(compacted) > self.retain + self.retain / 4 {
@@ -153,9 +155,12 @@ impl Db {
                 tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'compacted'")
                     .and_then(|mut s| s.execute(params![upto as i64]))
                     .map_err(Error::db("compacting the watch log"))?;
+                failpoint::hit("write:compacted");
             }
         }
+        failpoint::hit("write:before-commit");
         tx.commit().map_err(Error::db("committing"))?;
+        failpoint::hit("write:after-commit");
         Ok((out, revision, revision != start))
     }
 
@@ -323,6 +328,21 @@ impl Tx<'_> {
         list_objects(&self.tx, kind, ns)
     }
 
+    pub(crate) fn meta_get(&self, key: &str) -> Result<Option<i64>> {
+        self.tx
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
+            .map_err(Error::db("reading meta"))
+    }
+
+    pub(crate) fn meta_set(&self, key: &str, value: i64) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .and_then(|mut s| s.execute(params![key, value]))
+            .map_err(Error::db("writing meta"))?;
+        Ok(())
+    }
+
     /// Stores `obj` (stamping its resourceVersion) and logs the change.
     pub(crate) fn put(
         &mut self,
@@ -346,7 +366,9 @@ impl Tx<'_> {
             )
             .and_then(|mut s| s.execute(params![kind, ns, name, uid, rv as i64, text]))
             .map_err(Error::db("writing an object"))?;
+        failpoint::hit("put:object-written");
         self.log(kind, ns, name, change, &text)?;
+        failpoint::hit("put:logged");
         Ok(rv)
     }
 
@@ -366,6 +388,7 @@ impl Tx<'_> {
             .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")
             .and_then(|mut s| s.execute(params![kind, ns, name]))
             .map_err(Error::db("deleting an object"))?;
+        failpoint::hit("remove:object-deleted");
         self.log(kind, ns, name, Change::Deleted, &obj.to_string())?;
         Ok(rv)
     }

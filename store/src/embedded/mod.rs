@@ -43,6 +43,8 @@ pub struct StoreOptions {
     /// How often an idle watch re-reads the log without a wake-up: a safety net for a
     /// lost inotify event, not the means of delivery.
     pub watch_recheck: Duration,
+    /// Events not seen again for this long are removed (the API server's `--event-ttl`).
+    pub event_ttl: Duration,
 }
 
 impl Default for StoreOptions {
@@ -51,6 +53,7 @@ impl Default for StoreOptions {
             watch_history: 100_000,
             component: "strata".into(),
             watch_recheck: Duration::from_secs(5),
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -464,6 +467,7 @@ impl Store for EmbeddedStore {
                         message: &message,
                         component: &component,
                         host: &host,
+                        ttl: inner.options.event_ttl,
                     },
                 )
             })

@@ -394,6 +394,31 @@ pub(crate) struct EventSpec<'a> {
     pub(crate) message: &'a str,
     pub(crate) component: &'a str,
     pub(crate) host: &'a str,
+    pub(crate) ttl: std::time::Duration,
+}
+
+/// Removes events last seen more than `ttl` ago, as the API server's event TTL does
+/// (`--event-ttl`, 1 h by default). Runs at most once per `min(ttl, 60 s)`.
+fn prune_events(tx: &mut Tx<'_>, ttl: std::time::Duration) -> Result<()> {
+    let now = jiff::Timestamp::now().as_second();
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let last_run = tx.meta_get("events_pruned")?.unwrap_or(0);
+    if now - last_run < ttl.min(60) {
+        return Ok(());
+    }
+    tx.meta_set("events_pruned", now)?;
+    for mut ev in tx.list("Event", None)? {
+        let last = ev["lastTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map_or(0, |t| t.as_second());
+        if last.saturating_add(ttl) <= now {
+            let ns = meta_str(&ev, "namespace").to_string();
+            let name = meta_str(&ev, "name").to_string();
+            tx.remove("Event", &ns, &name, &mut ev)?;
+        }
+    }
+    Ok(())
 }
 
 /// Records or aggregates a core/v1 Event, as client-go's event correlator does for
@@ -437,6 +462,7 @@ pub(crate) fn record_event(tx: &mut Tx<'_>, ev: EventSpec<'_>) -> Result<Value> 
             update(tx, event_kind, existing, Part::Main)
         }
         None => {
+            prune_events(tx, ev.ttl)?;
             let mut involved = involved.clone();
             if involved
                 .get("namespace")
