@@ -30,6 +30,10 @@ fn big_map() -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+fn xfs_snw() -> VolumeCapability {
+    mount_cap("xfs", Mode::SingleNodeWriter)
+}
+
 fn cap_mode(m: Mode) -> VolumeCapability {
     mount_cap("ext4", m)
 }
@@ -209,7 +213,11 @@ async fn socket_is_0600_stale_socket_replaced_and_sigterm_exits_zero() {
         .probe(ProbeRequest {})
         .await
         .expect("Probe after replacing a stale socket");
-    let mode = std::fs::metadata(driver.socket()).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(driver.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "the replacement socket is 0600 too");
     // An idle client connection (as a kubelet keeps) must not keep the driver alive.
 
@@ -2765,16 +2773,6 @@ async fn node_publish_unpublish() {
         mount_at(&elsewhere),
     );
 
-    // Read-only publish.
-    let ro = env.publish(&v, &staging, "pod-ro", snw(), true).await;
-    c.check(
-        "readonly publish is a read-only mount",
-        "CSI NodePublishVolume: readonly → read-only mount",
-        mount_at(&ro).is_some_and(|m| m.read_only()),
-        mount_at(&ro),
-    );
-    env.unpublish(&v.volume_id, &ro).await;
-
     // Unpublish.
     let unpub = |id: &str, p: &Path| NodeUnpublishVolumeRequest {
         volume_id: id.into(),
@@ -2824,6 +2822,16 @@ async fn node_publish_unpublish() {
             .node_unpublish_volume(unpub(&gone_vol, &target))
             .await,
     );
+
+    // Read-only publish (after the rw one is gone: single-node-writer allows one publish).
+    let ro = env.publish(&v, &staging, "pod-ro", snw(), true).await;
+    c.check(
+        "readonly publish is a read-only mount",
+        "CSI NodePublishVolume: readonly → read-only mount",
+        mount_at(&ro).is_some_and(|m| m.read_only()),
+        mount_at(&ro),
+    );
+    env.unpublish(&v.volume_id, &ro).await;
 
     // Block.
     let b = env.create("pvc-block", 32 * MIB).await;
@@ -2970,12 +2978,14 @@ async fn node_stats_and_expand() {
     if !testkit::require_root("node_stats_and_expand") {
         return;
     }
-    let mut env = Env::new(PoolFs::Ext4(512 << 20)).await;
+    // xfs: it grows online with CAP_SYS_ADMIN alone (ext4 also needs CAP_SYS_RESOURCE,
+    // see data.rs).
+    let mut env = Env::new(PoolFs::Dir).await;
     let mut c = Checks::new("node_stats_and_expand");
     let gone_vol = deleted_id(&mut env).await;
-    let v = env.create("pvc-stats", 64 * MIB).await;
-    let staging = env.stage(&v, "staging", snw()).await;
-    let target = env.publish(&v, &staging, "pod", snw(), false).await;
+    let v = env.create_fs("pvc-stats", 320 * MIB, "xfs").await;
+    let staging = env.stage(&v, "staging", xfs_snw()).await;
+    let target = env.publish(&v, &staging, "pod", xfs_snw(), false).await;
     let stats = |id: &str, p: &Path| NodeGetVolumeStatsRequest {
         volume_id: id.into(),
         volume_path: path_str(p),
@@ -3000,7 +3010,7 @@ async fn node_stats_and_expand() {
             c.check(
                 &format!("{what}: bytes and inodes usage"),
                 "issue 2 §5: NodeGetVolumeStats gives this volume's bytes and inodes",
-                bytes.is_some_and(|u| u.total > 0 && u.total <= 64 * MIB && u.used > 0)
+                bytes.is_some_and(|u| u.total > 0 && u.total <= 320 * MIB && u.used > 0)
                     && inodes.is_some_and(|u| u.total > 0),
                 &r.usage,
             );
@@ -3052,10 +3062,10 @@ async fn node_stats_and_expand() {
         .controller_expand_volume(ControllerExpandVolumeRequest {
             volume_id: v.volume_id.clone(),
             capacity_range: Some(CapacityRange {
-                required_bytes: 128 * MIB,
+                required_bytes: 448 * MIB,
                 limit_bytes: 0,
             }),
-            volume_capability: Some(snw()),
+            volume_capability: Some(xfs_snw()),
             ..Default::default()
         })
         .await
@@ -3065,10 +3075,10 @@ async fn node_stats_and_expand() {
         volume_path: path_str(p),
         staging_target_path: path_str(&staging),
         capacity_range: Some(CapacityRange {
-            required_bytes: 128 * MIB,
+            required_bytes: 448 * MIB,
             limit_bytes: 0,
         }),
-        volume_capability: Some(snw()),
+        volume_capability: Some(xfs_snw()),
         ..Default::default()
     };
     if let Some(r) = c.ok(
@@ -3081,7 +3091,7 @@ async fn node_stats_and_expand() {
         c.check(
             "NodeExpandVolume capacity",
             "CSI NodeExpandVolume: capacity_bytes ≥ required",
-            r.capacity_bytes == 0 || r.capacity_bytes >= 128 * MIB,
+            r.capacity_bytes == 0 || r.capacity_bytes >= 448 * MIB,
             r.capacity_bytes,
         );
     }

@@ -162,26 +162,48 @@ async fn grow_while_mounted() {
             r.node_expansion_required,
             "{fs}: a mounted filesystem needs node expansion"
         );
-        let r = env
-            .node
-            .node_expand_volume(NodeExpandVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                volume_path: path_str(&t),
-                staging_target_path: path_str(&st),
-                capacity_range: Some(CapacityRange {
-                    required_bytes: new_size,
-                    limit_bytes: 0,
-                }),
-                volume_capability: Some(fs_cap(fs)),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|s| panic!("{fs}: NodeExpandVolume: {}", show(&s)))
-            .into_inner();
-        assert!(
-            r.capacity_bytes == 0 || r.capacity_bytes >= new_size,
-            "{fs}: {r:?}"
-        );
+        let node_expand = NodeExpandVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            volume_path: path_str(&t),
+            staging_target_path: path_str(&st),
+            capacity_range: Some(CapacityRange {
+                required_bytes: new_size,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(fs_cap(fs)),
+            ..Default::default()
+        };
+        let r = env.node.node_expand_volume(node_expand.clone()).await;
+        let (v, st, t) = if fs == "ext4" && !has_capability(CAP_SYS_RESOURCE) {
+            // EXT4_IOC_RESIZE_FS needs CAP_SYS_RESOURCE. Without it the honest answer is
+            // FAILED_PRECONDITION ("cannot grow while in use", the CO does not retry), and
+            // the filesystem grows offline at the next stage.
+            let err = r.expect_err("ext4 cannot grow online without CAP_SYS_RESOURCE");
+            assert_eq!(
+                err.code(),
+                Code::FailedPrecondition,
+                "{fs}: CSI NodeExpandVolume: cannot grow while in use → FAILED_PRECONDITION, got {}",
+                show(&err)
+            );
+            eprintln!("grow_while_mounted: no CAP_SYS_RESOURCE here, ext4 grows at restage");
+            teardown(&mut env, &v, &st, &t).await;
+            let st = env
+                .stage(&v, &format!("grow-{fs}-staging"), fs_cap(fs))
+                .await;
+            let t = env
+                .publish(&v, &st, &format!("grow-{fs}"), fs_cap(fs), false)
+                .await;
+            (v, st, t)
+        } else {
+            let r = r
+                .unwrap_or_else(|s| panic!("{fs}: NodeExpandVolume: {}", show(&s)))
+                .into_inner();
+            assert!(
+                r.capacity_bytes == 0 || r.capacity_bytes >= new_size,
+                "{fs}: {r:?}"
+            );
+            (v, st, t)
+        };
         let total1 = fs_total_bytes(&t);
         assert!(
             total1 > total0 + (64 << 20),
@@ -443,11 +465,15 @@ async fn readonly_publish_refuses_writes() {
         return;
     }
     let mut env = Env::new(PoolFs::Dir).await;
-    let v = env.create("ro", 32 * MIB).await;
-    let st = env.stage(&v, "ro-staging", snw()).await;
-    let rw = env.publish(&v, &st, "rw", snw(), false).await;
+    // Two publishes of one volume on one node need a multi-writer mode (§5.6 matrix).
+    let cap = mount_cap("ext4", Mode::SingleNodeMultiWriter);
+    let mut req = create_req("ro", 32 * MIB);
+    req.volume_capabilities = vec![cap.clone()];
+    let v = env.create_req(req).await;
+    let st = env.stage(&v, "ro-staging", cap.clone()).await;
+    let rw = env.publish(&v, &st, "rw", cap.clone(), false).await;
     std::fs::write(rw.join("existing"), b"data").unwrap();
-    let ro = env.publish(&v, &st, "ro", snw(), true).await;
+    let ro = env.publish(&v, &st, "ro", cap.clone(), true).await;
     for attempt in [
         std::fs::write(ro.join("new"), b"x").err(),
         std::fs::OpenOptions::new()

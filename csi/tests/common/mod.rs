@@ -553,3 +553,17 @@ pub fn has_pattern(path: &Path, bytes: u64, seed: u8) -> bool {
 }
 
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Whether this process (and so the driver it starts) holds `cap`, a capability number
+/// from <linux/capability.h>, in its effective set.
+pub fn has_capability(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << cap) != 0)
+}
+
+/// CAP_SYS_RESOURCE: ext4 online resize (EXT4_IOC_RESIZE_FS) needs it; some sandboxes drop it.
+pub const CAP_SYS_RESOURCE: u32 = 24;
