@@ -182,15 +182,7 @@ fn parse_document(index: usize, mut value: Value, default_namespace: &str) -> Re
         }
         String::new()
     };
-    let canonical = (info.roundtrip)(value.clone()).map_err(|e| {
-        fail(Error::invalid(
-            if e.path == "." { String::new() } else { e.path },
-            e.message,
-        ))
-    })?;
-    if let Some(path) = first_unknown_field(&value, &canonical, &mut Vec::new()) {
-        return Err(fail(Error::invalid(path, "unknown field")));
-    }
+    let canonical = info.canonicalize(value).map_err(&fail)?;
     // Check what the server would check, on a defaulted copy, so a bad document is caught
     // before anything is written.
     let mut defaulted = canonical.clone();
@@ -203,45 +195,6 @@ fn parse_document(index: usize, mut value: Value, default_namespace: &str) -> Re
         name,
         object: canonical,
     })
-}
-
-/// The path of a key the typed struct dropped (kubectl's strict field validation).
-fn first_unknown_field(
-    original: &Value,
-    canonical: &Value,
-    path: &mut Vec<String>,
-) -> Option<String> {
-    match (original, canonical) {
-        (Value::Object(o), Value::Object(c)) => {
-            for (k, v) in o {
-                path.push(k.clone());
-                let found = match c.get(k) {
-                    None if !v.is_null() => Some(path.join(".")),
-                    None => None,
-                    Some(cv) => first_unknown_field(v, cv, path),
-                };
-                path.pop();
-                if found.is_some() {
-                    return found;
-                }
-            }
-            None
-        }
-        (Value::Array(o), Value::Array(c)) => {
-            for (i, (ov, cv)) in o.iter().zip(c).enumerate() {
-                let last = path.pop().unwrap_or_default();
-                path.push(format!("{last}[{i}]"));
-                let found = first_unknown_field(ov, cv, path);
-                path.pop();
-                path.push(last);
-                if found.is_some() {
-                    return found;
-                }
-            }
-            None
-        }
-        _ => None,
-    }
 }
 
 /// Sets in `live` what `new` sets, removes what `last` set and `new` no longer does, and

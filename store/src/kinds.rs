@@ -15,6 +15,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use serde_json::Value;
 
 use crate::api::Object;
+use crate::error::{Error, Result};
 
 /// What the untyped core needs to know about a kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,65 @@ impl KindInfo {
     }
     pub fn namespaced(&self) -> bool {
         self.kind_ref.namespaced
+    }
+
+    /// Decodes a JSON object into this kind's typed struct and back: the structure and
+    /// types are checked, unknown fields refused (kubectl's strict field validation), and
+    /// the result is the canonical form the store keeps.
+    pub fn canonicalize(&self, mut value: Value) -> Result<Value> {
+        if let Some(o) = value.as_object_mut() {
+            o.insert("apiVersion".into(), Value::from(self.api_version()));
+            o.insert("kind".into(), Value::from(self.kind()));
+        }
+        let canonical = (self.roundtrip)(value.clone()).map_err(|e| {
+            Error::invalid(
+                if e.path == "." { String::new() } else { e.path },
+                e.message,
+            )
+        })?;
+        if let Some(path) = first_unknown_field(&value, &canonical, &mut Vec::new()) {
+            return Err(Error::invalid(path, "unknown field"));
+        }
+        Ok(canonical)
+    }
+}
+
+/// The path of a key the typed struct dropped (kubectl's strict field validation).
+fn first_unknown_field(
+    original: &Value,
+    canonical: &Value,
+    path: &mut Vec<String>,
+) -> Option<String> {
+    match (original, canonical) {
+        (Value::Object(o), Value::Object(c)) => {
+            for (k, v) in o {
+                path.push(k.clone());
+                let found = match c.get(k) {
+                    None if !v.is_null() => Some(path.join(".")),
+                    None => None,
+                    Some(cv) => first_unknown_field(v, cv, path),
+                };
+                path.pop();
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        (Value::Array(o), Value::Array(c)) => {
+            for (i, (ov, cv)) in o.iter().zip(c).enumerate() {
+                let last = path.pop().unwrap_or_default();
+                path.push(format!("{last}[{i}]"));
+                let found = first_unknown_field(ov, cv, path);
+                path.pop();
+                path.push(last);
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        _ => None,
     }
 }
 
@@ -132,6 +192,11 @@ pub fn by_api_version_kind(api_version: &str, kind: &str) -> Option<&'static Kin
     KINDS
         .iter()
         .find(|k| k.kind() == kind && k.api_version() == api_version)
+}
+
+/// The registered kind behind a KindRef, if any.
+pub fn registered(kind: KindRef) -> Option<&'static KindInfo> {
+    KINDS.iter().find(|k| k.kind_ref == kind)
 }
 
 /// The registered kind with this exact `kind` string.

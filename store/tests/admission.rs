@@ -389,4 +389,25 @@ async fn dynamic_values_follow_the_same_rules() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("greater than zero"), "{err}");
+    // Dynamic writes are decoded into the typed struct first: nothing undecodable is stored.
+    let err = store
+        .create_value(kind, json!({"metadata": {"name": "odd"}, "spec": {"accessModes": ["ReadWriteOnce"], "bogus": 1, "resources": {"requests": {"storage": "1Gi"}}}}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "spec.bogus: unknown field");
+    let err = store
+        .create_value(
+            kind,
+            json!({"metadata": {"name": "odd"}, "spec": {"accessModes": "ReadWriteOnce"}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("spec.accessModes: invalid type"),
+        "{err}"
+    );
+    // "" lists every namespace of a namespaced kind.
+    let all = store.list_values(kind, Some(""), None).await.unwrap();
+    assert_eq!(all.items.len(), 1);
 }

@@ -192,8 +192,50 @@ fn print_objects(
 }
 
 pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
-    let kind = resource::kind(&args.kind)?;
     let selector = args.selector.as_deref().map(parse_selector).transpose()?;
+    if args.kind.contains(',') {
+        // `get pv,pvc`: one table per kind, separated by a blank line, as kubectl prints.
+        if args.name.is_some() || args.watch {
+            bail!("a name or --watch needs a single kind, not {:?}", args.kind);
+        }
+        let kinds = args
+            .kind
+            .split(',')
+            .filter(|k| !k.is_empty())
+            .map(resource::kind)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut printed = false;
+        for kind in kinds {
+            let ns = if args.all_namespaces || !kind.namespaced() {
+                None
+            } else {
+                Some(args.namespace.as_str())
+            };
+            let list = store
+                .list_values(kind.kind_ref, ns, selector.as_ref())
+                .await?;
+            if list.items.is_empty() {
+                continue;
+            }
+            if printed && !matches!(args.output, Some(Output::Yaml) | Some(Output::Json)) {
+                println!();
+            }
+            print_objects(
+                kind,
+                &list.items,
+                args.output,
+                args.all_namespaces,
+                false,
+                true,
+            )?;
+            printed = true;
+        }
+        if !printed {
+            eprintln!("No resources found in {} namespace.", args.namespace);
+        }
+        return Ok(());
+    }
+    let kind = resource::kind(&args.kind)?;
     let ns: Option<&str> = if !kind.namespaced() {
         Some("")
     } else if args.all_namespaces {
@@ -203,10 +245,11 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
     };
     let (items, from) = match &args.name {
         Some(name) => {
+            // The revision first: a change racing the read is then replayed, never missed.
+            let rv = store.revision().await?;
             let obj = store
                 .get_value(kind.kind_ref, ns.unwrap_or(""), name)
                 .await?;
-            let rv = store.revision().await?;
             (vec![obj], rv)
         }
         None => {

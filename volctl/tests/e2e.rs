@@ -233,6 +233,11 @@ fn apply_from_stdin_and_directory() {
     );
     let by_label = env.ok(&["get", "pv", "-l", "tier=static", "-o", "name"]);
     assert_eq!(by_label, "persistentvolume/static-data\n");
+    let both = env.ok(&["get", "pv,pvc"]);
+    assert!(
+        both.contains("static-data") && both.contains("static-claim") && both.contains("\n\nNAME"),
+        "{both}"
+    );
     let pvc = env.ok(&["get", "pvc"]);
     let header: Vec<&str> = pvc
         .lines()

@@ -208,8 +208,9 @@ impl EmbeddedStore {
         if let Some(sel) = selector {
             selector::validate(sel)?;
         }
+        // As in the API's paths, "" for a namespaced kind means every namespace.
         let ns = if kind.namespaced {
-            namespace.map(str::to_string)
+            namespace.filter(|n| !n.is_empty()).map(str::to_string)
         } else {
             Some(String::new())
         };
@@ -233,17 +234,53 @@ impl EmbeddedStore {
         .await
     }
 
+    /// Creates an object given as JSON (see [`Store::create`]). The JSON is checked against the
+    /// kind's typed struct first, so the store never holds what a typed reader cannot decode.
     pub async fn create_value(&self, kind: KindRef, obj: Value) -> Result<Value> {
+        let info = crate::kinds::registered(kind)
+            .ok_or_else(|| Error::UnknownKind(format!("{}/{}", kind.api_version, kind.kind)))?;
+        self.blocking(move |inner| {
+            let obj = info.canonicalize(obj)?;
+            inner.write(|tx| ops::create(tx, kind, obj))
+        })
+        .await
+    }
+
+    async fn create_raw(&self, kind: KindRef, obj: Value) -> Result<Value> {
         self.blocking(move |inner| inner.write(|tx| ops::create(tx, kind, obj)))
             .await
     }
 
+    /// Updates an object given as JSON (see [`Store::update`]). The JSON is checked against the
+    /// kind's typed struct first, so the store never holds what a typed reader cannot decode.
     pub async fn update_value(&self, kind: KindRef, obj: Value) -> Result<Value> {
+        let info = crate::kinds::registered(kind)
+            .ok_or_else(|| Error::UnknownKind(format!("{}/{}", kind.api_version, kind.kind)))?;
+        self.blocking(move |inner| {
+            let obj = info.canonicalize(obj)?;
+            inner.write(|tx| ops::update(tx, kind, obj, Part::Main))
+        })
+        .await
+    }
+
+    async fn update_raw(&self, kind: KindRef, obj: Value) -> Result<Value> {
         self.blocking(move |inner| inner.write(|tx| ops::update(tx, kind, obj, Part::Main)))
             .await
     }
 
+    /// Updates the status of an object given as JSON (see [`Store::update_status`]). The JSON is checked against the
+    /// kind's typed struct first, so the store never holds what a typed reader cannot decode.
     pub async fn update_status_value(&self, kind: KindRef, obj: Value) -> Result<Value> {
+        let info = crate::kinds::registered(kind)
+            .ok_or_else(|| Error::UnknownKind(format!("{}/{}", kind.api_version, kind.kind)))?;
+        self.blocking(move |inner| {
+            let obj = info.canonicalize(obj)?;
+            inner.write(|tx| ops::update(tx, kind, obj, Part::Status))
+        })
+        .await
+    }
+
+    async fn update_status_raw(&self, kind: KindRef, obj: Value) -> Result<Value> {
         self.blocking(move |inner| inner.write(|tx| ops::update(tx, kind, obj, Part::Status)))
             .await
     }
@@ -270,7 +307,7 @@ impl EmbeddedStore {
         from: u64,
     ) -> Result<WatchStream<Value>> {
         let ns = if kind.namespaced {
-            namespace.map(str::to_string)
+            namespace.filter(|n| !n.is_empty()).map(str::to_string)
         } else {
             None
         };
@@ -395,16 +432,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn create<K: Object>(&self, obj: &K) -> Result<K> {
-        from_value(self.create_value(K::kind_ref(), to_value(obj)?).await?)
+        from_value(self.create_raw(K::kind_ref(), to_value(obj)?).await?)
     }
 
     async fn update<K: Object>(&self, obj: &K) -> Result<K> {
-        from_value(self.update_value(K::kind_ref(), to_value(obj)?).await?)
+        from_value(self.update_raw(K::kind_ref(), to_value(obj)?).await?)
     }
 
     async fn update_status<K: Object>(&self, obj: &K) -> Result<K> {
         from_value(
-            self.update_status_value(K::kind_ref(), to_value(obj)?)
+            self.update_status_raw(K::kind_ref(), to_value(obj)?)
                 .await?,
         )
     }
