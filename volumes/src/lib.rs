@@ -16,6 +16,7 @@ pub mod empty_dir;
 pub mod error;
 pub mod handoff;
 pub mod layout;
+pub mod manager;
 pub mod mount;
 pub mod projection;
 #[allow(unsafe_code)]
