@@ -350,3 +350,28 @@ async fn expired_events_are_pruned() {
     // Events of cluster-scoped objects live in "default".
     assert_eq!(events[0].metadata.namespace.as_deref(), Some("default"));
 }
+
+#[test]
+fn database_is_private_and_symlinks_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    drop(
+        rt.block_on(async { EmbeddedStore::open(dir.path()) })
+            .unwrap(),
+    );
+    let mode = std::fs::metadata(dir.path().join("store.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A store.db planted as a symlink to another file is not followed.
+    let evil = tempfile::tempdir().unwrap();
+    let target = evil.path().join("elsewhere");
+    std::fs::write(&target, b"not a database").unwrap();
+    std::os::unix::fs::symlink(&target, evil.path().join("store.db")).unwrap();
+    let err = EmbeddedStore::open(evil.path()).unwrap_err();
+    assert!(err.to_string().contains("store.db"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"not a database");
+}

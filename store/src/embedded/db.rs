@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS compacted (
 ) WITHOUT ROWID;
 ";
 
+/// Read connections per handle.
+const READERS: usize = 3;
+
 /// What a watch log row says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
@@ -73,8 +76,30 @@ impl Change {
 pub(crate) struct Db {
     pub(crate) path: PathBuf,
     writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    /// A few read connections, so a long list does not hold up every get.
+    readers: Vec<Mutex<Connection>>,
     retain: u64,
+}
+
+/// Creates `path` (if missing) readable by its owner only, since the store holds Secrets,
+/// and refuses a symlink planted in its place. SQLite gives its -wal and -shm files the
+/// database file's mode.
+pub(crate) fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map(drop)
+        .map_err(|source| Error::Io {
+            context: "opening",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
@@ -97,6 +122,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
 
 impl Db {
     pub(crate) fn open(path: &Path, retain: u64) -> Result<Db> {
+        create_private(path)?;
         let mut writer = open_connection(path)?;
         let tx = writer
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -104,11 +130,13 @@ impl Db {
         tx.execute_batch(SCHEMA)
             .map_err(Error::db("creating the schema"))?;
         tx.commit().map_err(Error::db("creating the schema"))?;
-        let reader = open_connection(path)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(path).map(Mutex::new))
+            .collect::<Result<_>>()?;
         Ok(Db {
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
-            reader: Mutex::new(reader),
+            readers,
             retain: retain.max(1),
         })
     }
@@ -166,7 +194,12 @@ impl Db {
 
     /// Runs `f` in one read transaction: a consistent snapshot.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Reader<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        // Take a free reader if there is one, else wait for the first.
+        let mut conn = self
+            .readers
+            .iter()
+            .find_map(|r| r.try_lock().ok())
+            .unwrap_or_else(|| self.readers[0].lock().unwrap_or_else(|p| p.into_inner()));
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(Error::db("beginning a read"))?;

@@ -21,11 +21,14 @@ pub(crate) struct NotifyFile {
 
 impl NotifyFile {
     pub(crate) fn open(path: &Path) -> Result<NotifyFile> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(path)
             .map_err(|source| Error::Io {
                 context: "opening the notify file",
