@@ -152,8 +152,30 @@ async fn scenario(fp: &'static str) {
         "the driver must die at {fp} (abort), got {status}"
     );
 
-    // Restart clean and retry the same RPC.
+    // Restart clean. Start-up reconciliation alone, before any retry (the CO may never
+    // retry), must leave nothing stray: every pool file is a listed volume or snapshot, and
+    // every loop device of the pool backs a mount the driver made.
     env.restart(&[]).await;
+    let listed = env.list_volumes().await.len() + env.list_snapshots().await.len();
+    let files = env.pool.files();
+    assert_eq!(
+        files.len(),
+        listed,
+        "{fp}: after restart, before the retry: pool files vs ListVolumes+ListSnapshots \
+         (issue 2 §8: start-up reconciles records against pool files): {files:?}"
+    );
+    let mounts = testkit::mounts_under(env.driver.dir());
+    for l in env.pool.loop_devices() {
+        assert!(
+            mounts.iter().any(|m| Path::new(&m.source) == l.device),
+            "{fp}: after restart, before the retry: loop device {} ({}) backs no mount \
+             (issue 2 §8: start-up reconciles loop devices)",
+            l.device.display(),
+            l.backing_file.display()
+        );
+    }
+
+    // Retry the same RPC.
     let retry = call(&mut env, rpc, &prep).await;
     if let Err(e) = &retry {
         panic!("retrying {rpc} after a crash at {fp} failed: {e}");

@@ -126,8 +126,148 @@ async fn block_volume_is_a_device_that_takes_writes() {
     f.read_exact(&mut back).unwrap();
     assert!(back == pattern, "block data read back after restage");
     drop(f);
+    // Stats of a block volume: its size.
+    let r = env
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: v.volume_id.clone(),
+            volume_path: path_str(&t),
+            staging_target_path: path_str(&st),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("NodeGetVolumeStats on a block target: {}", show(&s)))
+        .into_inner();
+    let bytes = r
+        .usage
+        .iter()
+        .find(|u| u.unit == volume_usage::Unit::Bytes as i32);
+    assert!(
+        bytes.is_some_and(|u| u.total == v.capacity_bytes),
+        "block stats total is the device size: {r:?}"
+    );
+
+    // Grow the block volume while published: the device the workload holds gets bigger.
+    let new_size = v.capacity_bytes + 32 * MIB;
+    let r = env
+        .ctl
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: new_size,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("ControllerExpandVolume block: {}", show(&s)))
+        .into_inner();
+    if r.node_expansion_required {
+        env.node
+            .node_expand_volume(NodeExpandVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                volume_path: path_str(&t),
+                staging_target_path: path_str(&st),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: new_size,
+                    limit_bytes: 0,
+                }),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("NodeExpandVolume block: {}", show(&s)));
+    }
+    let dev = loop_of_block_file(&t).expect("target is a loop device");
+    assert!(
+        dev.size_bytes as i64 >= new_size,
+        "issue 2 §5: online grow refreshes the loop capacity: device {} < {new_size} (node_expansion_required={})",
+        dev.size_bytes,
+        r.node_expansion_required
+    );
     env.unpublish(&v.volume_id, &t).await;
     env.unstage(&v.volume_id, &st).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_block_publish_refuses_writes() {
+    if !testkit::require_root("readonly_block_publish_refuses_writes") {
+        return;
+    }
+    let mut env = Env::new(PoolFs::Dir).await;
+    let cap = block_cap(Mode::SingleNodeWriter);
+    let mut req = create_req("blk-ro", 32 * MIB);
+    req.volume_capabilities = vec![cap.clone()];
+    let v = env.create_req(req).await;
+    let st = env.stage(&v, "blk-ro-staging", cap.clone()).await;
+    // A read-only mount does not stop writes to a device node on it: the device itself must
+    // refuse them.
+    let ro = env.publish(&v, &st, "blk-ro-pod", cap.clone(), true).await;
+    let w = std::fs::OpenOptions::new().write(true).open(&ro);
+    let refused = match &w {
+        Ok(f) => {
+            let mut f = f;
+            f.write_all(&[0u8; 4096])
+                .and_then(|()| f.sync_all())
+                .is_err()
+        }
+        Err(_) => true,
+    };
+    let opened = format!("{w:?}");
+    drop(w);
+    env.unpublish(&v.volume_id, &ro).await;
+    env.unstage(&v.volume_id, &st).await;
+    assert!(
+        refused,
+        "CSI NodePublishVolume readonly=true: a read-only block publish must refuse writes, \
+         but the device opened for write ({opened}) and took a write"
+    );
+}
+
+/// xfs refuses to mount two filesystems with the same UUID at once, and a snapshot or clone
+/// is a byte copy: the copy must be mountable next to its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfs_copies_mount_next_to_their_source() {
+    if !testkit::require_root("xfs_copies_mount_next_to_their_source") {
+        return;
+    }
+    let mut env = Env::new(PoolFs::Xfs(2 << 30)).await;
+    let (v, st, t) = staged_and_published(&mut env, "xsrc", "xfs", 320 * MIB).await;
+    let (_, err) = write_pattern(&t.join("a"), 1 << 20, 21);
+    assert!(err.is_none(), "{err:?}");
+    nix::unistd::sync();
+    let snap = env.snapshot("xsnap", &v.volume_id).await;
+    let source = |snapshot: bool| VolumeContentSource {
+        r#type: Some(if snapshot {
+            volume_content_source::Type::Snapshot(volume_content_source::SnapshotSource {
+                snapshot_id: snap.snapshot_id.clone(),
+            })
+        } else {
+            volume_content_source::Type::Volume(volume_content_source::VolumeSource {
+                volume_id: v.volume_id.clone(),
+            })
+        }),
+    };
+    for (name, from_snapshot) in [("xrestored", true), ("xcloned", false)] {
+        let mut req = create_req(name, 320 * MIB);
+        req.parameters.insert("fsType".into(), "xfs".into());
+        req.volume_capabilities = vec![fs_cap("xfs")];
+        req.volume_content_source = Some(source(from_snapshot));
+        let c = env.create_req(req).await;
+        let cst = env.driver.mkdir(&format!("{name}-staging"));
+        let r = env
+            .node
+            .node_stage_volume(stage_req(&c, &cst, fs_cap("xfs")))
+            .await;
+        assert!(
+            r.is_ok(),
+            "{name}: an xfs copy must stage while its source is mounted (duplicate UUID): {:?}",
+            r.map_err(|s| show(&s)).err()
+        );
+        assert!(has_pattern(&cst.join("a"), 1 << 20, 21), "{name}: contents");
+        env.unstage(&c.volume_id, &cst).await;
+    }
+    teardown(&mut env, &v, &st, &t).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,12 +568,12 @@ async fn volume_stats_and_abnormal_conditions() {
             _ => std::fs::remove_file(&dev.backing_file).unwrap(),
         }
         let r = stats(&mut env, v.volume_id.clone(), &st).await;
-        // With the mount gone the path no longer holds the volume: NOT_FOUND is also a
-        // faithful answer; anything else must report the condition.
-        let not_found = matches!(&r, Err(s) if s.code() == Code::NotFound);
+        // The driver staged the volume there and knows it: the answer is the abnormal
+        // condition (issue 2 §5), which is what makes a CO report the broken volume.
         assert!(
-            abnormal(&r) || (how != "backing" && not_found),
-            "{how} gone: NodeGetVolumeStats must report volume_condition abnormal, got {:?}",
+            abnormal(&r),
+            "{how} gone: issue 2 §5: NodeGetVolumeStats reports volume_condition abnormal when \
+             the backing file, loop device or mount is gone; got {:?}",
             r.map(|r| r.into_inner()).map_err(|s| show(&s))
         );
         if how == "backing" {

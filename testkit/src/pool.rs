@@ -332,25 +332,52 @@ impl LoopPool {
         let backing = this.root.join("backing.img");
         fs::File::create(&backing)?.set_len(size)?;
         run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&backing))?;
-        let device = run_output(
-            Command::new("losetup")
-                .args(["--find", "--show"])
-                .arg(&backing),
-        )?;
-        let device = PathBuf::from(device.trim());
-        let mounted = nix::mount::mount(
-            Some(&device),
-            &pool,
-            Some(fs_type),
-            MsFlags::empty(),
-            None::<&str>,
-        );
-        // Detaching a mounted loop device marks it autoclear: it then vanishes with the
-        // unmount, even if this process dies before `Drop` runs.
-        let detached = detach_loop(&device);
-        mounted.map_err(|e| io::Error::other(format!("mount {}: {e}", device.display())))?;
-        detached?;
-        Ok(this)
+        // Another process on the machine may detach a loop device by number just after we
+        // got it (a buggy driver's stale record): check the device is still ours, and retry
+        // with a fresh device if the mount fails because it was taken away.
+        let mut last = None;
+        for _ in 0..5 {
+            let device = run_output(
+                Command::new("losetup")
+                    .args(["--find", "--show"])
+                    .arg(&backing),
+            )?;
+            let device = PathBuf::from(device.trim());
+            let ours = || {
+                device
+                    .to_str()
+                    .and_then(LoopDevice::by_name)
+                    .is_some_and(|l| l.backing_file == backing)
+            };
+            let mounted = if ours() {
+                nix::mount::mount(
+                    Some(&device),
+                    &pool,
+                    Some(fs_type),
+                    MsFlags::empty(),
+                    None::<&str>,
+                )
+                .map_err(|e| io::Error::other(format!("mount {}: {e}", device.display())))
+            } else {
+                Err(io::Error::other(format!(
+                    "{} was detached by someone else before the mount",
+                    device.display()
+                )))
+            };
+            // Detaching a mounted loop device marks it autoclear: it then vanishes with the
+            // unmount, even if this process dies before `Drop` runs. Only while it is ours.
+            if ours() {
+                let _ = detach_loop(&device);
+            }
+            match mounted {
+                Ok(()) => return Ok(this),
+                Err(e) => {
+                    eprintln!("testkit: making pool {}: {e}; retrying", pool.display());
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no attempt")))
     }
 
     /// A plain directory pool (no root needed).
