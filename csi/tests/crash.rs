@@ -597,3 +597,77 @@ fn check_accounted(env: &Env, expect: &Expect, fp: &str) {
         "{fp}: stray or missing files in the pool (want one per volume and snapshot): {files:?}"
     );
 }
+
+/// A node reboot as the driver sees it: it dies, and meanwhile its mounts and loop devices
+/// vanish and an image is lost. At start-up it must report what is broken and let the CO
+/// stage and publish the healthy volume again, with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_reboot_like_damage() {
+    if !testkit::require_root("restart_after_reboot_like_damage") {
+        return;
+    }
+    let mut env = Env::new(PoolFs::Ext4(512 << 20)).await;
+    let a = env.create("reboot-a", 64 * MIB).await;
+    let b = env.create("reboot-b", 64 * MIB).await;
+    let st = env.stage(&a, "reboot-staging", snw()).await;
+    let t = env.publish(&a, &st, "reboot-pod", snw(), false).await;
+    let (_, err) = write_pattern(&t.join("data"), DATA, 4);
+    assert!(err.is_none(), "{err:?}");
+    // b's image: staged once to learn it, then unstaged.
+    let bst = env.stage(&b, "reboot-b-staging", snw()).await;
+    let b_image = loop_of_mount(&bst).expect("b's loop device").backing_file;
+    env.unstage(&b.volume_id, &bst).await;
+
+    env.driver.kill();
+    let dev = loop_of_mount(&st).expect("a's loop device");
+    for m in [&t, &st] {
+        nix::mount::umount2(m.as_path(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    let _ = testkit::detach_loop(&dev.device);
+    tokio::task::block_in_place(|| {
+        testkit::wait_for("a's loop device to go", WAIT, || {
+            env.pool.loop_devices().is_empty().then_some(())
+        })
+    });
+    std::fs::remove_file(&b_image).unwrap();
+
+    env.restart(&[]).await;
+    let g = env
+        .ctl
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: b.volume_id.clone(),
+        })
+        .await
+        .map(|r| r.into_inner());
+    let cond = g
+        .as_ref()
+        .ok()
+        .and_then(|g| g.status.as_ref())
+        .and_then(|s| s.volume_condition.clone());
+    assert!(
+        cond.as_ref().is_some_and(|c| c.abnormal),
+        "issue 2 §8: a volume whose image vanished is reported abnormal after restart: {g:?}"
+    );
+    // The CO stages and publishes a again, as the kubelet does after a reboot.
+    env.node
+        .node_stage_volume(stage_req(&a, &st, snw()))
+        .await
+        .unwrap_or_else(|s| panic!("re-stage after reboot: {}", show(&s)));
+    env.node
+        .node_publish_volume(publish_req(&a, &st, &t, snw(), false))
+        .await
+        .unwrap_or_else(|s| panic!("re-publish after reboot: {}", show(&s)));
+    assert!(
+        has_pattern(&t.join("data"), DATA, 4),
+        "data back after the reboot"
+    );
+    assert_eq!(env.pool.loop_devices().len(), 1, "one loop device for a");
+    env.unpublish(&a.volume_id, &t).await;
+    env.unstage(&a.volume_id, &st).await;
+    env.delete(&a.volume_id).await;
+    env.delete(&b.volume_id).await;
+    assert!(env.pool.files().is_empty(), "{:?}", env.pool.files());
+    assert!(env.list_volumes().await.is_empty());
+    assert!(env.pool.loop_devices().is_empty());
+    assert!(testkit::mounts_under(env.driver.dir()).is_empty());
+}
