@@ -327,6 +327,62 @@ async fn capabilities_cover_the_issue() {
         has_group,
         &group,
     );
+
+    // What is not advertised answers UNIMPLEMENTED, so that the CO does not retry.
+    let unimplemented = "CSI §Error Scheme: RPC not implemented → UNIMPLEMENTED";
+    if !ctl.contains(&(C::PublishUnpublishVolume as i32)) {
+        c.code(
+            "ControllerPublishVolume without PUBLISH_UNPUBLISH_VOLUME",
+            unimplemented,
+            env.ctl
+                .controller_publish_volume(ControllerPublishVolumeRequest {
+                    volume_id: "x".into(),
+                    node_id: NODE.into(),
+                    volume_capability: Some(snw()),
+                    ..Default::default()
+                })
+                .await,
+            Code::Unimplemented,
+        );
+        c.code(
+            "ControllerUnpublishVolume without PUBLISH_UNPUBLISH_VOLUME",
+            unimplemented,
+            env.ctl
+                .controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+                    volume_id: "x".into(),
+                    node_id: NODE.into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::Unimplemented,
+        );
+    }
+    let plugin = env
+        .ident
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .expect("GetPluginCapabilities")
+        .into_inner();
+    let metadata = plugin.capabilities.iter().any(|cap| {
+        matches!(&cap.r#type, Some(plugin_capability::Type::Service(s))
+            if s.r#type == plugin_capability::service::Type::SnapshotMetadataService as i32)
+    });
+    if !metadata {
+        let mut sm = csi_proto::snapshot_metadata_client::SnapshotMetadataClient::new(
+            env.driver.channel().await,
+        );
+        c.code(
+            "GetMetadataAllocated without SNAPSHOT_METADATA_SERVICE",
+            unimplemented,
+            sm.get_metadata_allocated(GetMetadataAllocatedRequest {
+                snapshot_id: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.map(|_| ())),
+            Code::Unimplemented,
+        );
+    }
     c.finish();
 }
 
@@ -2172,6 +2228,14 @@ async fn group_snapshots() {
         "CSI DeleteVolumeGroupSnapshot: snapshot_ids mismatch → INVALID_ARGUMENT",
         env.group
             .delete_volume_group_snapshot(del(&g.group_snapshot_id, vec![ids[1].clone()]))
+            .await,
+        Code::InvalidArgument,
+    );
+    c.code(
+        "DeleteVolumeGroupSnapshot without group_snapshot_id",
+        R_INVALID,
+        env.group
+            .delete_volume_group_snapshot(del("", ids.clone()))
             .await,
         Code::InvalidArgument,
     );
