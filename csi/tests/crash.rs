@@ -151,6 +151,10 @@ async fn scenario(fp: &'static str) {
         Some(libc::SIGABRT),
         "the driver must die at {fp} (abort), got {status}"
     );
+    assert!(
+        env.driver.log_text().contains(fp),
+        "the abort must be the failpoint's: {fp} not named in the driver's log"
+    );
 
     // Restart clean. Start-up reconciliation alone, before any retry (the CO may never
     // retry), must leave nothing stray: every pool file is a listed volume or snapshot, and
