@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use strata_provisioner::k8s_openapi::api::apps::v1::StatefulSet;
-use strata_provisioner::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use strata_provisioner::k8s_openapi::api::core::v1::{
+    PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use strata_provisioner::k8s_openapi::api::storage::v1::StorageClass;
 use strata_provisioner::{Config, CsiClient, Running};
 use strata_store::{EmbeddedStore, Object, Preconditions, Store};
@@ -23,7 +25,11 @@ pub fn csi_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test exe");
-        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
+        let profile_dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target/<profile>")
+            .to_path_buf();
         let bin = profile_dir.join("strata-csi");
         if !bin.exists() {
             let target = profile_dir.parent().expect("target dir").to_path_buf();
@@ -53,7 +59,9 @@ pub struct Harness {
 impl Harness {
     pub async fn start() -> Harness {
         let pool = LoopPool::ext4(512 << 20);
-        let driver = DriverProcess::start(DriverConfig::new(csi_binary(), NODE).pool("main", pool.path())).await;
+        let driver =
+            DriverProcess::start(DriverConfig::new(csi_binary(), NODE).pool("main", pool.path()))
+                .await;
         let state = tempfile::tempdir().expect("state dir");
         let store = EmbeddedStore::open(state.path()).expect("open store");
         let mut config = Config::new(NODE);
@@ -61,9 +69,17 @@ impl Harness {
         config.retry_max = Duration::from_secs(2);
         config.provision_workers = 4;
         let csi = CsiClient::new(&driver.endpoint(), config.csi_timeout).expect("client");
-        let running = strata_provisioner::start(store.clone(), csi, config).await.expect("start loops");
+        let running = strata_provisioner::start(store.clone(), csi, config)
+            .await
+            .expect("start loops");
         assert_eq!(running.driver.name, DRIVER);
-        Harness { store, running: Some(running), driver, pool, _state: state }
+        Harness {
+            store,
+            running: Some(running),
+            driver,
+            pool,
+            _state: state,
+        }
     }
 
     pub async fn stop(&mut self) {
@@ -90,7 +106,10 @@ where
         if let Some(v) = cond().await {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));
     }
@@ -108,7 +127,8 @@ fn class(name: &str, mode: &str, expand: bool) -> serde_json::Value {
 }
 
 fn claim(name: &str, class: Option<&str>, size: &str) -> serde_json::Value {
-    let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}});
+    let mut spec =
+        json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}});
     if let Some(c) = class {
         spec["storageClassName"] = json!(c);
     }
@@ -143,7 +163,8 @@ async fn statefulset_claims_bind_and_scale_down_deletes_them() {
         return;
     }
     let mut h = Harness::start().await;
-    h.apply::<StorageClass>(class("fast", "Immediate", false)).await;
+    h.apply::<StorageClass>(class("fast", "Immediate", false))
+        .await;
     let set: StatefulSet = h
         .apply(json!({
             "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -168,26 +189,56 @@ async fn statefulset_claims_bind_and_scale_down_deletes_them() {
     for o in 0..3 {
         let c = bound_claim(&h.store, &format!("data-web-{o}")).await;
         let labels = c.metadata.labels.clone().unwrap();
-        assert_eq!((labels["app"].as_str(), labels["tier"].as_str()), ("web", "db"), "template labels merged with the selector");
+        assert_eq!(
+            (labels["app"].as_str(), labels["tier"].as_str()),
+            ("web", "db"),
+            "template labels merged with the selector"
+        );
         let pv_name = c.spec.as_ref().unwrap().volume_name.clone().unwrap();
         let pv: PersistentVolume = h.store.get("", &pv_name).await.unwrap();
-        assert_eq!(pv_name, format!("pvc-{}", c.metadata.uid.as_deref().unwrap()));
+        assert_eq!(
+            pv_name,
+            format!("pvc-{}", c.metadata.uid.as_deref().unwrap())
+        );
         let spec = pv.spec.as_ref().unwrap();
         assert_eq!(spec.csi.as_ref().unwrap().driver, DRIVER);
-        assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Delete")
+        );
         let affinity = serde_json::to_string(&spec.node_affinity).unwrap();
-        assert!(affinity.contains("topology.strata.io/node") && affinity.contains(NODE), "{affinity}");
-        assert_eq!(pv.metadata.annotations.as_ref().unwrap()["pv.kubernetes.io/provisioned-by"], DRIVER);
+        assert!(
+            affinity.contains("topology.strata.io/node") && affinity.contains(NODE),
+            "{affinity}"
+        );
+        assert_eq!(
+            pv.metadata.annotations.as_ref().unwrap()["pv.kubernetes.io/provisioned-by"],
+            DRIVER
+        );
         let pod: Pod = h.store.get("default", &format!("web-{o}")).await.unwrap();
         let vol = &pod.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
-        assert_eq!(vol.persistent_volume_claim.as_ref().unwrap().claim_name, format!("data-web-{o}"));
+        assert_eq!(
+            vol.persistent_volume_claim.as_ref().unwrap().claim_name,
+            format!("data-web-{o}")
+        );
         volumes.push(pv_name);
     }
     assert_eq!(images(&h.pool), 3, "three volumes on the pool");
-    let events = h.store.events_for("PersistentVolumeClaim", "default", "data-web-0").await.unwrap();
+    let events = h
+        .store
+        .events_for("PersistentVolumeClaim", "default", "data-web-0")
+        .await
+        .unwrap();
     let reasons: Vec<_> = events.iter().filter_map(|e| e.reason.clone()).collect();
-    for r in ["ExternalProvisioning", "Provisioning", "ProvisioningSucceeded"] {
-        assert!(reasons.iter().any(|x| x == r), "missing event {r}: {reasons:?}");
+    for r in [
+        "ExternalProvisioning",
+        "Provisioning",
+        "ProvisioningSucceeded",
+    ] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "missing event {r}: {reasons:?}"
+        );
     }
 
     // Scale down to 1 with whenScaled=Delete: pods, claims, PVs and backing volumes of
@@ -200,7 +251,10 @@ async fn statefulset_claims_bind_and_scale_down_deletes_them() {
         gone::<PersistentVolumeClaim>(&h.store, "default", &format!("data-web-{o}")).await;
         gone::<PersistentVolume>(&h.store, "", &volumes[o]).await;
     }
-    eventually("backing volumes deleted", || async { (images(&h.pool) == 1).then_some(()) }).await;
+    eventually("backing volumes deleted", || async {
+        (images(&h.pool) == 1).then_some(())
+    })
+    .await;
     bound_claim(&h.store, "data-web-0").await;
     h.stop().await;
 }
@@ -223,20 +277,33 @@ async fn static_pv_prebound_by_claim_ref_binds_and_retain_keeps_it() {
         }
         h.apply::<PersistentVolume>(json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name}, "spec": spec})).await;
     }
-    h.apply::<PersistentVolumeClaim>(claim("mine", Some(""), "1Gi")).await;
+    h.apply::<PersistentVolumeClaim>(claim("mine", Some(""), "1Gi"))
+        .await;
     let c = bound_claim(&h.store, "mine").await;
-    assert_eq!(c.spec.as_ref().unwrap().volume_name.as_deref(), Some("reserved"));
-    assert_eq!(c.status.as_ref().unwrap().capacity.as_ref().unwrap()["storage"].0, "2Gi");
+    assert_eq!(
+        c.spec.as_ref().unwrap().volume_name.as_deref(),
+        Some("reserved")
+    );
+    assert_eq!(
+        c.status.as_ref().unwrap().capacity.as_ref().unwrap()["storage"].0,
+        "2Gi"
+    );
     let pv: PersistentVolume = h.store.get("", "reserved").await.unwrap();
     assert_eq!(pv.status.as_ref().unwrap().phase.as_deref(), Some("Bound"));
     assert!(
-        !pv.metadata.annotations.unwrap_or_default().contains_key("pv.kubernetes.io/bound-by-controller"),
+        !pv.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("pv.kubernetes.io/bound-by-controller"),
         "pre-bound by the user: no bound-by-controller"
     );
     assert_eq!(pv.spec.unwrap().claim_ref.unwrap().uid, c.metadata.uid);
 
     // Deleting the claim releases the PV; Retain keeps it with the stale claimRef.
-    h.store.delete::<PersistentVolumeClaim>("default", "mine", Preconditions::default()).await.unwrap();
+    h.store
+        .delete::<PersistentVolumeClaim>("default", "mine", Preconditions::default())
+        .await
+        .unwrap();
     gone::<PersistentVolumeClaim>(&h.store, "default", "mine").await;
     eventually("PV Released", || async {
         let pv: PersistentVolume = h.store.get("", "reserved").await.ok()?;
@@ -244,11 +311,18 @@ async fn static_pv_prebound_by_claim_ref_binds_and_retain_keeps_it() {
     })
     .await;
     // A new claim with the same name is not bound to it (old UID in claimRef).
-    h.apply::<PersistentVolumeClaim>(claim("mine", Some(""), "2Gi")).await;
+    h.apply::<PersistentVolumeClaim>(claim("mine", Some(""), "2Gi"))
+        .await;
     let pending = eventually("new claim synced", || async {
         let c: PersistentVolumeClaim = h.store.get("default", "mine").await.ok()?;
-        let evs = h.store.events_for("PersistentVolumeClaim", "default", "mine").await.ok()?;
-        evs.iter().any(|e| e.reason.as_deref() == Some("FailedBinding")).then_some(c)
+        let evs = h
+            .store
+            .events_for("PersistentVolumeClaim", "default", "mine")
+            .await
+            .ok()?;
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("FailedBinding"))
+            .then_some(c)
     })
     .await;
     assert!(pending.spec.unwrap().volume_name.is_none());
@@ -261,14 +335,27 @@ async fn expansion_grows_the_pv_and_reports_the_resize() {
         return;
     }
     let mut h = Harness::start().await;
-    h.apply::<StorageClass>(class("grow", "Immediate", true)).await;
-    h.apply::<PersistentVolumeClaim>(claim("data", Some("grow"), "32Mi")).await;
+    h.apply::<StorageClass>(class("grow", "Immediate", true))
+        .await;
+    h.apply::<PersistentVolumeClaim>(claim("data", Some("grow"), "32Mi"))
+        .await;
     let mut c = bound_claim(&h.store, "data").await;
     let pv_name = c.spec.as_ref().unwrap().volume_name.clone().unwrap();
-    c.spec.as_mut().unwrap().resources.as_mut().unwrap().requests.as_mut().unwrap().insert(
-        "storage".into(),
-        strata_provisioner::k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into()),
-    );
+    c.spec
+        .as_mut()
+        .unwrap()
+        .resources
+        .as_mut()
+        .unwrap()
+        .requests
+        .as_mut()
+        .unwrap()
+        .insert(
+            "storage".into(),
+            strata_provisioner::k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                "64Mi".into(),
+            ),
+        );
     h.store.update(&c).await.unwrap();
     eventually("PV grown to 64Mi", || async {
         let pv: PersistentVolume = h.store.get("", &pv_name).await.ok()?;
@@ -279,15 +366,31 @@ async fn expansion_grows_the_pv_and_reports_the_resize() {
         let c: PersistentVolumeClaim = h.store.get("default", "data").await.ok()?;
         let st = c.status.clone()?;
         let allocated = st.allocated_resources.as_ref()?.get("storage")?.0.clone();
-        let pending = st.conditions.iter().flatten().any(|x| x.type_ == "FileSystemResizePending");
+        let pending = st
+            .conditions
+            .iter()
+            .flatten()
+            .any(|x| x.type_ == "FileSystemResizePending");
         let done = st.capacity.as_ref()?.get("storage")?.0 == "64Mi";
         (allocated == "64Mi" && (pending || done)).then_some(c)
     })
     .await;
     let st = c.status.unwrap();
-    if st.conditions.iter().flatten().any(|x| x.type_ == "FileSystemResizePending") {
-        assert_eq!(st.capacity.unwrap()["storage"].0, "32Mi", "the node step has not run: capacity unchanged");
-        assert_eq!(st.allocated_resource_statuses.unwrap()["storage"], "NodeResizePending");
+    if st
+        .conditions
+        .iter()
+        .flatten()
+        .any(|x| x.type_ == "FileSystemResizePending")
+    {
+        assert_eq!(
+            st.capacity.unwrap()["storage"].0,
+            "32Mi",
+            "the node step has not run: capacity unchanged"
+        );
+        assert_eq!(
+            st.allocated_resource_statuses.unwrap()["storage"],
+            "NodeResizePending"
+        );
     }
     h.stop().await;
 }
@@ -298,15 +401,26 @@ async fn wait_for_first_consumer_places_on_the_pod_node() {
         return;
     }
     let mut h = Harness::start().await;
-    h.apply::<StorageClass>(class("local", "WaitForFirstConsumer", false)).await;
-    h.apply::<PersistentVolumeClaim>(claim("later", Some("local"), "32Mi")).await;
+    h.apply::<StorageClass>(class("local", "WaitForFirstConsumer", false))
+        .await;
+    h.apply::<PersistentVolumeClaim>(claim("later", Some("local"), "32Mi"))
+        .await;
     eventually("WaitForFirstConsumer event", || async {
-        let evs = h.store.events_for("PersistentVolumeClaim", "default", "later").await.ok()?;
-        evs.iter().any(|e| e.reason.as_deref() == Some("WaitForFirstConsumer")).then_some(())
+        let evs = h
+            .store
+            .events_for("PersistentVolumeClaim", "default", "later")
+            .await
+            .ok()?;
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("WaitForFirstConsumer"))
+            .then_some(())
     })
     .await;
     let c: PersistentVolumeClaim = h.store.get("default", "later").await.unwrap();
-    assert!(c.spec.unwrap().volume_name.is_none(), "no volume before a consumer exists");
+    assert!(
+        c.spec.unwrap().volume_name.is_none(),
+        "no volume before a consumer exists"
+    );
     assert_eq!(images(&h.pool), 0);
     h.apply::<Pod>(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -318,6 +432,9 @@ async fn wait_for_first_consumer_places_on_the_pod_node() {
     }))
     .await;
     let c = bound_claim(&h.store, "later").await;
-    assert_eq!(c.metadata.annotations.unwrap()["volume.kubernetes.io/selected-node"], NODE);
+    assert_eq!(
+        c.metadata.annotations.unwrap()["volume.kubernetes.io/selected-node"],
+        NODE
+    );
     h.stop().await;
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use strata_store::{Preconditions, Store};
 use tracing::debug;
 
-use super::cache::{self, key};
+use super::cache::key;
 use super::{Controller, Requeue};
 use crate::binder::{self, ClaimContext, Plan, VolumeContext, Write};
 use crate::error::Result;
@@ -28,7 +28,7 @@ impl<S: Store> Controller<S> {
         };
         match r {
             Ok(new) => {
-                self.cache().volumes.upsert(new.clone());
+                self.cache().put_volume(new.clone());
                 Ok(new)
             }
             Err(e) => {
@@ -52,10 +52,7 @@ impl<S: Store> Controller<S> {
         };
         match r {
             Ok(new) => {
-                let mut c = self.cache();
-                cache::upsert(&mut c.claims, key(&new.metadata), new.clone(), |o| {
-                    &o.metadata
-                });
+                self.cache().put_claim(new.clone());
                 Ok(new)
             }
             Err(e) => {
@@ -70,9 +67,15 @@ impl<S: Store> Controller<S> {
 
     pub(crate) async fn refresh_pv(&self, name: &str) {
         match self.store.get::<PersistentVolume>("", name).await {
-            Ok(pv) => self.cache().volumes.upsert(pv),
+            Ok(pv) => self.cache().put_volume(pv),
             Err(e) if e.is_not_found() => {
-                self.cache().volumes.remove(name);
+                let mut c = self.cache();
+                let rv = c
+                    .volumes
+                    .get(name)
+                    .map(|o| meta::resource_version(&o.metadata))
+                    .unwrap_or(0);
+                c.drop_volume(name, rv);
             }
             Err(_) => {}
         }
@@ -83,10 +86,16 @@ impl<S: Store> Controller<S> {
         match self.store.get::<PersistentVolumeClaim>(ns, name).await {
             Ok(pvc) => {
                 let mut c = self.cache();
-                cache::upsert(&mut c.claims, k, pvc, |o| &o.metadata);
+                c.put_claim(pvc);
             }
             Err(e) if e.is_not_found() => {
-                self.cache().claims.remove(&k);
+                let mut c = self.cache();
+                let rv = c
+                    .claims
+                    .get(&k)
+                    .map(|o| meta::resource_version(&o.metadata))
+                    .unwrap_or(0);
+                c.drop_claim(&k, rv);
             }
             Err(_) => {}
         }
@@ -200,6 +209,7 @@ impl<S: Store> Controller<S> {
             }
         }
         if let Some(updated) = binder::protection::claim_protection(&pvc, in_use) {
+            debug!(claim = k, deleting, in_use, "pvc-protection finalizer");
             self.write_pvc(&updated, false).await?;
         }
         Ok(())
@@ -269,9 +279,16 @@ impl<S: Store> Controller<S> {
             .await
         {
             Ok(d) => {
+                let gone = d.is_gone();
                 let obj = d.into_object();
-                if obj.metadata.deletion_timestamp.is_some() {
-                    self.cache().volumes.upsert(obj);
+                let mut c = self.cache();
+                if gone {
+                    c.drop_volume(
+                        meta::name(&obj.metadata),
+                        meta::resource_version(&obj.metadata),
+                    );
+                } else {
+                    c.put_volume(obj);
                 }
                 Ok(())
             }

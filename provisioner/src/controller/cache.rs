@@ -4,10 +4,11 @@
 //! sees the PV as bound before the watch event arrives; an event older than what the cache
 //! holds is ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::binder::VolumeIndex;
 use crate::k8s_openapi::api::apps::v1::StatefulSet;
+use crate::k8s_openapi::api::core::v1::PersistentVolume;
 use crate::k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use crate::k8s_openapi::api::storage::v1::StorageClass;
 use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -15,6 +16,9 @@ use crate::meta;
 
 #[derive(Default)]
 pub struct Cache {
+    /// Deleted objects ("Kind/key" -> resourceVersion of the deletion), so a write result or a
+    /// late event older than the deletion cannot bring an object back.
+    tombstones: HashMap<String, u64>,
     pub volumes: VolumeIndex,
     /// Keyed `namespace/name`.
     pub claims: BTreeMap<String, PersistentVolumeClaim>,
@@ -27,42 +31,151 @@ pub fn key(m: &ObjectMeta) -> String {
     format!("{}/{}", meta::namespace(m), meta::name(m))
 }
 
-/// Inserts `obj` unless the map holds a newer version of it. Returns whether it was stored.
-pub fn upsert<K>(
-    map: &mut BTreeMap<String, K>,
-    k: String,
-    obj: K,
-    meta_of: impl Fn(&K) -> &ObjectMeta,
-) -> bool {
-    if let Some(old) = map.get(&k) {
-        let (o, n) = (
-            meta::resource_version(meta_of(old)),
-            meta::resource_version(meta_of(&obj)),
-        );
-        if n != 0 && n < o {
-            return false;
-        }
-    }
-    map.insert(k, obj);
-    true
+/// An update that removed the last finalizer of an object being deleted returns its final
+/// state: the object is gone from the store.
+fn removed(m: &ObjectMeta) -> bool {
+    m.deletion_timestamp.is_some() && m.finalizers.as_ref().is_none_or(|f| f.is_empty())
 }
 
-/// Removes `k` unless the map holds a version newer than the deletion's.
-pub fn remove<K>(
+fn put<K>(
     map: &mut BTreeMap<String, K>,
-    k: &str,
-    deleted: &ObjectMeta,
-    meta_of: impl Fn(&K) -> &ObjectMeta,
+    tombs: &mut HashMap<String, u64>,
+    kind: &str,
+    k: String,
+    obj: K,
+    m: impl Fn(&K) -> &ObjectMeta,
 ) {
-    if let Some(old) = map.get(k)
-        && meta::resource_version(meta_of(old)) > meta::resource_version(deleted)
+    let rv = meta::resource_version(m(&obj));
+    if removed(m(&obj)) {
+        return drop_key(map, tombs, kind, &k, rv, m);
+    }
+    let tomb = format!("{kind}/{k}");
+    if tombs.get(&tomb).is_some_and(|t| rv != 0 && rv <= *t) {
+        return;
+    }
+    if let Some(old) = map.get(&k)
+        && rv != 0
+        && rv < meta::resource_version(m(old))
     {
         return;
     }
-    map.remove(k);
+    tombs.remove(&tomb);
+    map.insert(k, obj);
+}
+
+fn drop_key<K>(
+    map: &mut BTreeMap<String, K>,
+    tombs: &mut HashMap<String, u64>,
+    kind: &str,
+    k: &str,
+    rv: u64,
+    m: impl Fn(&K) -> &ObjectMeta,
+) {
+    if let Some(old) = map.get(k) {
+        if meta::resource_version(m(old)) > rv {
+            return;
+        }
+        map.remove(k);
+    }
+    let t = tombs.entry(format!("{kind}/{k}")).or_insert(0);
+    *t = (*t).max(rv);
 }
 
 impl Cache {
+    pub fn put_claim(&mut self, o: PersistentVolumeClaim) {
+        put(
+            &mut self.claims,
+            &mut self.tombstones,
+            "pvc",
+            key(&o.metadata),
+            o,
+            |x| &x.metadata,
+        );
+    }
+
+    pub fn drop_claim(&mut self, k: &str, rv: u64) {
+        drop_key(&mut self.claims, &mut self.tombstones, "pvc", k, rv, |x| {
+            &x.metadata
+        });
+    }
+
+    pub fn put_pod(&mut self, o: Pod) {
+        put(
+            &mut self.pods,
+            &mut self.tombstones,
+            "pod",
+            key(&o.metadata),
+            o,
+            |x| &x.metadata,
+        );
+    }
+
+    pub fn drop_pod(&mut self, k: &str, rv: u64) {
+        drop_key(&mut self.pods, &mut self.tombstones, "pod", k, rv, |x| {
+            &x.metadata
+        });
+    }
+
+    pub fn put_set(&mut self, o: StatefulSet) {
+        put(
+            &mut self.sets,
+            &mut self.tombstones,
+            "sts",
+            key(&o.metadata),
+            o,
+            |x| &x.metadata,
+        );
+    }
+
+    pub fn drop_set(&mut self, k: &str, rv: u64) {
+        drop_key(&mut self.sets, &mut self.tombstones, "sts", k, rv, |x| {
+            &x.metadata
+        });
+    }
+
+    pub fn put_class(&mut self, o: StorageClass) {
+        let k = meta::name(&o.metadata).to_string();
+        put(&mut self.classes, &mut self.tombstones, "sc", k, o, |x| {
+            &x.metadata
+        });
+    }
+
+    pub fn drop_class(&mut self, k: &str, rv: u64) {
+        drop_key(&mut self.classes, &mut self.tombstones, "sc", k, rv, |x| {
+            &x.metadata
+        });
+    }
+
+    /// The index has its own newer-version check; the tombstone check is done here.
+    pub fn put_volume(&mut self, pv: PersistentVolume) {
+        let name = meta::name(&pv.metadata).to_string();
+        let rv = meta::resource_version(&pv.metadata);
+        if removed(&pv.metadata) {
+            return self.drop_volume(&name, rv);
+        }
+        let tomb = format!("pv/{name}");
+        if self
+            .tombstones
+            .get(&tomb)
+            .is_some_and(|t| rv != 0 && rv <= *t)
+        {
+            return;
+        }
+        self.tombstones.remove(&tomb);
+        self.volumes.upsert(pv);
+    }
+
+    pub fn drop_volume(&mut self, name: &str, rv: u64) {
+        if let Some(old) = self.volumes.get(name) {
+            if meta::resource_version(&old.metadata) > rv {
+                return;
+            }
+            self.volumes.remove(name);
+        }
+        let t = self.tombstones.entry(format!("pv/{name}")).or_insert(0);
+        *t = (*t).max(rv);
+    }
+
     /// Pods in `namespace` that use claim `name` through a persistentVolumeClaim volume.
     pub fn pods_using_claim<'a>(
         &'a self,

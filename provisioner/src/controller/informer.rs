@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::Controller;
-use super::cache::{self, key};
+use super::cache::key;
 use crate::error::{Result, chain};
 use crate::k8s_openapi::api::apps::v1::StatefulSet;
 use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
@@ -76,6 +76,7 @@ async fn start<S: Store, K: Informed>(
                     };
                     match next {
                         Some(Ok(ev)) => {
+                            debug!(kind = K::KIND, event = ev.type_name(), name = %key(ev.object().metadata()), rv = meta::resource_version(ev.object().metadata()), "watch event");
                             rv = rv.max(meta::resource_version(ev.object().metadata()));
                             K::handle(&ctl, ev, false);
                         }
@@ -116,15 +117,12 @@ impl Informed for StorageClass {
     fn handle<S: Store>(ctl: &Controller<S>, ev: WatchEvent<Self>, initial: bool) {
         let mut c = ctl.cache();
         match ev {
-            WatchEvent::Deleted(sc) => cache::remove(
-                &mut c.classes,
+            WatchEvent::Deleted(sc) => c.drop_class(
                 meta::name(&sc.metadata),
-                &sc.metadata,
-                |o| &o.metadata,
+                meta::resource_version(&sc.metadata),
             ),
             WatchEvent::Added(sc) | WatchEvent::Modified(sc) => {
-                let name = meta::name(&sc.metadata).to_string();
-                cache::upsert(&mut c.classes, name, sc, |o| &o.metadata);
+                c.put_class(sc);
             }
         }
         if !initial {
@@ -157,13 +155,9 @@ impl Informed for PersistentVolume {
         let unbound = claim_key.is_none();
         match ev {
             WatchEvent::Deleted(pv) => {
-                if c.volumes.get(&name).is_none_or(|old| {
-                    meta::resource_version(&old.metadata) <= meta::resource_version(&pv.metadata)
-                }) {
-                    c.volumes.remove(&name);
-                }
+                c.drop_volume(&name, meta::resource_version(&pv.metadata));
             }
-            WatchEvent::Added(pv) | WatchEvent::Modified(pv) => c.volumes.upsert(pv),
+            WatchEvent::Added(pv) | WatchEvent::Modified(pv) => c.put_volume(pv),
         }
         ctl.queues.volumes.add(name.clone());
         ctl.queues.delete.add(name);
@@ -195,13 +189,13 @@ impl Informed for PersistentVolumeClaim {
         let volume = meta::claim_volume_name(ev.object()).to_string();
         match ev {
             WatchEvent::Deleted(pvc) => {
-                cache::remove(&mut c.claims, &k, &pvc.metadata, |o| &o.metadata);
+                c.drop_claim(&k, meta::resource_version(&pvc.metadata));
                 if !volume.is_empty() {
                     ctl.queues.volumes.add(volume.clone());
                 }
             }
             WatchEvent::Added(pvc) | WatchEvent::Modified(pvc) => {
-                cache::upsert(&mut c.claims, k.clone(), pvc, |o| &o.metadata);
+                c.put_claim(pvc);
                 ctl.queues.gc.add(format!("PersistentVolumeClaim/{k}"));
             }
         }
@@ -243,9 +237,9 @@ impl Informed for Pod {
         let deleted = matches!(ev, WatchEvent::Deleted(_));
         let pod = ev.object().clone();
         match ev {
-            WatchEvent::Deleted(p) => cache::remove(&mut c.pods, &k, &p.metadata, |o| &o.metadata),
+            WatchEvent::Deleted(p) => c.drop_pod(&k, meta::resource_version(&p.metadata)),
             WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                cache::upsert(&mut c.pods, k.clone(), p, |o| &o.metadata);
+                c.put_pod(p);
                 ctl.queues.placement.add(k.clone());
                 ctl.queues.gc.add(format!("Pod/{k}"));
             }
@@ -293,7 +287,7 @@ impl Informed for StatefulSet {
         let k = key(&ev.object().metadata);
         match ev {
             WatchEvent::Deleted(set) => {
-                cache::remove(&mut c.sets, &k, &set.metadata, |o| &o.metadata);
+                c.drop_set(&k, meta::resource_version(&set.metadata));
                 // Its pods and (whenDeleted=Delete) claims are orphans now.
                 let uid = meta::uid(&set.metadata);
                 let owned = |refs: &Option<
@@ -311,7 +305,7 @@ impl Informed for StatefulSet {
                 }
             }
             WatchEvent::Added(set) | WatchEvent::Modified(set) => {
-                cache::upsert(&mut c.sets, k.clone(), set, |o| &o.metadata);
+                c.put_set(set);
                 ctl.queues.sets.add(k);
             }
         }

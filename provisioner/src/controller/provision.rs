@@ -135,7 +135,7 @@ impl<S: Store> Controller<S> {
             delay = (delay * 2).min(Duration::from_secs(5));
         };
         info!(volume = %meta::name(&saved.metadata), "provisioned");
-        self.cache().volumes.upsert(saved.clone());
+        self.cache().put_volume(saved.clone());
         self.record(&Event::on_claim(
             &pvc,
             EventType::Normal,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use strata_store::{Preconditions, Store};
 use tracing::{debug, info};
 
-use super::cache::{self, key};
+use super::cache::key;
 use super::{Controller, Requeue};
 use crate::binder::class::{claim_class, is_delay_binding};
 use crate::binder::index::Node;
@@ -65,8 +65,7 @@ impl<S: Store> Controller<S> {
             match a {
                 Action::CreateClaim(pvc) => match self.store.create(&pvc).await {
                     Ok(new) => {
-                        let mut c = self.cache();
-                        cache::upsert(&mut c.claims, key(&new.metadata), new, |o| &o.metadata);
+                        self.cache().put_claim(new);
                     }
                     // Made by an earlier pass whose watch event has not arrived: fine.
                     Err(e) if e.is_already_exists() => {}
@@ -91,8 +90,7 @@ impl<S: Store> Controller<S> {
                 }
                 Action::CreatePod(pod) => match self.store.create(&pod).await {
                     Ok(new) => {
-                        let mut c = self.cache();
-                        cache::upsert(&mut c.pods, key(&new.metadata), new, |o| &o.metadata);
+                        self.cache().put_pod(new);
                     }
                     Err(e) if e.is_already_exists() => {}
                     Err(e) => return Err(e.into()),
@@ -108,13 +106,16 @@ impl<S: Store> Controller<S> {
                         .await
                     {
                         Ok(d) => {
+                            let gone = d.is_gone();
                             let obj = d.into_object();
                             let mut c = self.cache();
-                            let pk = key(&obj.metadata);
-                            if obj.metadata.deletion_timestamp.is_some() {
-                                cache::upsert(&mut c.pods, pk, obj, |o| &o.metadata);
+                            if gone {
+                                c.drop_pod(
+                                    &key(&obj.metadata),
+                                    meta::resource_version(&obj.metadata),
+                                );
                             } else {
-                                c.pods.remove(&pk);
+                                c.put_pod(obj);
                             }
                         }
                         Err(e) if e.is_not_found() => {}
@@ -136,8 +137,7 @@ impl<S: Store> Controller<S> {
                 }
                 Action::UpdateStatus(updated) => match self.store.update_status(&updated).await {
                     Ok(new) => {
-                        let mut c = self.cache();
-                        cache::upsert(&mut c.sets, key(&new.metadata), new, |o| &o.metadata);
+                        self.cache().put_set(new);
                     }
                     Err(e) if e.is_conflict() => {
                         if let Ok(fresh) = self
@@ -148,10 +148,7 @@ impl<S: Store> Controller<S> {
                             )
                             .await
                         {
-                            let mut c = self.cache();
-                            cache::upsert(&mut c.sets, key(&fresh.metadata), fresh, |o| {
-                                &o.metadata
-                            });
+                            self.cache().put_set(fresh);
                         }
                         return Err(e.into());
                     }
