@@ -1,1 +1,96 @@
-//! Node agent: runs the volume manager (and later the pod runner) for the pods on one node.
+//! The node agent `strata-node`: runs the volume manager for the pods the store places on
+//! this node (`spec.nodeName`). Until the pod runner lands it prepares volumes only.
+//!
+//! Knows flags, the store and the volume manager; the work is in `strata-volumes`.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use strata_store::EmbeddedStore;
+use strata_volumes::manager::{Config, VolumeManager};
+
+/// The kubelet's volume side for one node: prepares every volume of the pods placed on
+/// NODE under STATE-DIR/pods/<uid>/volumes, keeps Secret and ConfigMap volumes current as
+/// the objects change, refreshes service account tokens, and tears volumes down when pods
+/// go away.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "strata-node", version)]
+pub struct Args {
+    /// State directory: the embedded store (store.db), the node's token key and the pod
+    /// volume directories.
+    #[arg(long, default_value = "/var/lib/strata")]
+    pub state_dir: PathBuf,
+
+    /// This node's name: pods with this spec.nodeName are served.
+    #[arg(long)]
+    pub node_id: String,
+
+    /// The CSI driver's endpoint, unix:///PATH; without it PVC volumes fail to mount.
+    #[arg(long)]
+    pub csi_endpoint: Option<String>,
+
+    /// `iss` of the service account tokens this node signs.
+    #[arg(long, default_value = strata_volumes::token::DEFAULT_ISSUER)]
+    pub issuer: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid --{flag}: {reason}")]
+    InvalidFlag { flag: &'static str, reason: String },
+    #[error("opening the store")]
+    Store(#[source] strata_store::Error),
+    #[error("volume manager")]
+    Volumes(#[source] strata_volumes::Error),
+}
+
+impl Args {
+    fn check(&self) -> Result<(), Error> {
+        let id = &self.node_id;
+        let ok = !id.is_empty()
+            && id.len() <= 253
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && id.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(Error::InvalidFlag {
+                flag: "node-id",
+                reason: format!("{id:?} is not a DNS subdomain name"),
+            });
+        }
+        if let Some(ep) = &self.csi_endpoint
+            && !ep.strip_prefix("unix://").is_some_and(|p| p.starts_with('/'))
+        {
+            return Err(Error::InvalidFlag {
+                flag: "csi-endpoint",
+                reason: format!("{ep:?} is not unix:///ABSOLUTE/PATH"),
+            });
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(Error::InvalidFlag {
+                flag: "state-dir",
+                reason: "must be an absolute path".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Opens the store and runs the volume manager until `shutdown` resolves.
+pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    args.check()?;
+    let store = EmbeddedStore::open(&args.state_dir).map_err(Error::Store)?;
+    let manager = VolumeManager::new(
+        store,
+        Config {
+            state_dir: args.state_dir.clone(),
+            node_name: args.node_id.clone(),
+            csi_endpoint: args.csi_endpoint.clone(),
+            issuer: args.issuer.clone(),
+        },
+    )
+    .map_err(Error::Volumes)?;
+    tracing::info!(node = %args.node_id, state_dir = %args.state_dir.display(), "volume manager starting");
+    manager.run(shutdown).await.map_err(Error::Volumes)
+}
