@@ -244,4 +244,33 @@ mod tests {
             "invalid quantity \"10Gx\": bad suffix"
         );
     }
+
+    proptest::proptest! {
+        /// Any string: parse never panics, and what it accepts matches the grammar's shape.
+        #[test]
+        fn arbitrary_input_never_panics(s in "\\PC{0,24}") {
+            let _ = parse(&s);
+        }
+
+        /// Well-formed quantities parse to exactly the value their parts say.
+        #[test]
+        fn grammar_values_are_exact(
+            int in 0u64..1_000_000,
+            frac in proptest::option::of(0u32..1000),
+            unit in 0usize..8,
+        ) {
+            let (suffix, mult): (&str, i128) = [
+                ("", 1), ("k", 1_000), ("M", 1_000_000), ("G", 1_000_000_000),
+                ("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("e3", 1_000),
+            ][unit];
+            let text = match frac {
+                Some(f) => format!("{int}.{f:03}{suffix}"),
+                None => format!("{int}{suffix}"),
+            };
+            let q = parse(&text).unwrap();
+            // value * 1e9 = (int * 1000 + frac) * mult * 1e6
+            let want = (i128::from(int) * 1000 + i128::from(frac.unwrap_or(0))) * mult * 1_000_000;
+            proptest::prop_assert_eq!(q.nanos(), want, "{}", text);
+        }
+    }
 }

@@ -179,6 +179,7 @@ impl EmbeddedStore {
         self.blocking(|inner| inner.db.read(|r| r.revision())).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(kind = kind.kind, namespace, name))]
     pub async fn get_value(&self, kind: KindRef, namespace: &str, name: &str) -> Result<Value> {
         let ns = if kind.namespaced && namespace.is_empty() {
             "default".to_string()
@@ -199,6 +200,7 @@ impl EmbeddedStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(kind = kind.kind, namespace = ?namespace))]
     pub async fn list_values(
         &self,
         kind: KindRef,
@@ -246,6 +248,7 @@ impl EmbeddedStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(kind = kind.kind))]
     async fn create_raw(&self, kind: KindRef, obj: Value) -> Result<Value> {
         self.blocking(move |inner| inner.write(|tx| ops::create(tx, kind, obj)))
             .await
@@ -263,6 +266,7 @@ impl EmbeddedStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(kind = kind.kind))]
     async fn update_raw(&self, kind: KindRef, obj: Value) -> Result<Value> {
         self.blocking(move |inner| inner.write(|tx| ops::update(tx, kind, obj, Part::Main)))
             .await
@@ -280,11 +284,13 @@ impl EmbeddedStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(kind = kind.kind))]
     async fn update_status_raw(&self, kind: KindRef, obj: Value) -> Result<Value> {
         self.blocking(move |inner| inner.write(|tx| ops::update(tx, kind, obj, Part::Status)))
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(kind = kind.kind, namespace, name))]
     pub async fn delete_value(
         &self,
         kind: KindRef,
@@ -300,6 +306,7 @@ impl EmbeddedStore {
     }
 
     /// Every change of `kind` after `from`, in order (see [`Store::watch`]).
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(kind = kind.kind, from))]
     pub async fn watch_values(
         &self,
         kind: KindRef,
