@@ -48,6 +48,16 @@ pub enum Command {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         use anyhow::Context as _;
+        // Only apply may start a new store: reading from a mistyped --state-dir must say so
+        // rather than show an empty cluster.
+        let db = self.state_dir.join("store.db");
+        if !matches!(self.command, Command::Apply(_)) && !db.exists() {
+            anyhow::bail!(
+                "no store in {} ({} does not exist); check --state-dir or STRATA_STATE_DIR",
+                self.state_dir.display(),
+                db.display()
+            );
+        }
         let store = EmbeddedStore::open(&self.state_dir)
             .with_context(|| format!("opening the store in {}", self.state_dir.display()))?;
         match self.command {

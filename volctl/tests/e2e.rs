@@ -147,10 +147,12 @@ fn apply_get_and_reapply() {
         cm.contains("kind: List") && cm.contains("greeting: hello from strata"),
         "{cm}"
     );
+    let err = other.fails(&["get", "cm"]);
     assert!(
-        other.ok(&["get", "cm", "-o", "name"]).is_empty(),
-        "the other state dir is empty"
+        err.contains("no store in"),
+        "reading never creates a store: {err}"
     );
+    assert!(!other.state().exists());
 }
 
 #[test]
@@ -164,7 +166,10 @@ fn invalid_manifest_names_document_and_field_and_stores_nothing() {
     );
     assert!(err.contains("bad.yaml"), "names the file: {err}");
     let out = env.run(&["get", "cm"]);
-    assert!(out.stdout.is_empty(), "nothing stored");
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "nothing stored"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("No resources found"));
     for (text, want) in [
         (
