@@ -219,6 +219,14 @@ async fn status_subresource_and_generation() {
         Some(1)
     );
     assert_eq!(after.metadata.generation, Some(2));
+    assert!(
+        after
+            .status
+            .as_ref()
+            .unwrap()
+            .last_phase_transition_time
+            .is_some()
+    );
     let _ = PersistentVolumeClaimStatus::default();
 }
 

@@ -142,6 +142,9 @@ pub(crate) fn create(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value) -> Result<V
     }
     admission::apply_defaults(kind.kind, &mut obj);
     admission::apply_create_status_defaults(kind.kind, &mut obj);
+    if kind.kind == "PersistentVolume" {
+        obj["status"]["lastPhaseTransitionTime"] = json!(time::now_rfc3339());
+    }
     if kind.kind == "Pod" {
         obj["status"]["phase"] = json!("Pending");
     }
@@ -303,6 +306,13 @@ pub(crate) fn update(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value, part: Part)
                 }
                 _ => {
                     o.remove("status");
+                }
+            }
+            // The API server stamps a PV's phase changes (PersistentVolumeLastPhaseTransitionTime, GA 1.31).
+            if kind.kind == "PersistentVolume" {
+                let phase = |v: &Value| v["status"]["phase"].as_str().map(str::to_string);
+                if phase(&new) != phase(&old) && new["status"].is_object() {
+                    new["status"]["lastPhaseTransitionTime"] = json!(time::now_rfc3339());
                 }
             }
             new
