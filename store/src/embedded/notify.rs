@@ -72,10 +72,17 @@ pub(crate) fn spawn_listener(path: &Path, sender: Weak<watch::Sender<u64>>) -> R
         .spawn(move || {
             loop {
                 match inotify.read_events() {
-                    Ok(_) => match sender.upgrade() {
-                        Some(s) => s.send_modify(|n| *n = n.wrapping_add(1)),
-                        None => return,
-                    },
+                    Ok(events) => {
+                        match sender.upgrade() {
+                            Some(s) => s.send_modify(|n| *n = n.wrapping_add(1)),
+                            None => return,
+                        }
+                        // The file is gone (state dir removed): no more events will come.
+                        if events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
+                            tracing::warn!("store notify file removed; watches fall back to re-checks");
+                            return;
+                        }
+                    }
                     Err(Errno::EINTR) => continue,
                     Err(err) => {
                         tracing::warn!(%err, "store notify thread stopped; watches fall back to re-checks");
