@@ -207,6 +207,18 @@ impl EmbeddedStore {
         namespace: Option<&str>,
         selector: Option<&LabelSelector>,
     ) -> Result<ObjectList<Value>> {
+        self.list_mapped(kind, namespace, selector, Ok).await
+    }
+
+    /// Lists and converts each item on the blocking pool: decoding thousands of objects
+    /// would otherwise hold up an async worker.
+    async fn list_mapped<T: Send + 'static>(
+        &self,
+        kind: KindRef,
+        namespace: Option<&str>,
+        selector: Option<&LabelSelector>,
+        convert: fn(Value) -> Result<T>,
+    ) -> Result<ObjectList<T>> {
         if let Some(sel) = selector {
             selector::validate(sel)?;
         }
@@ -221,13 +233,15 @@ impl EmbeddedStore {
             let (items, resource_version) = inner
                 .db
                 .read(|r| Ok((r.list(kind.kind, ns.as_deref())?, r.revision()?)))?;
-            let items = match &selector {
-                Some(sel) => items
-                    .into_iter()
-                    .filter(|v| selector::matches(sel, labels_of(v).as_ref()))
-                    .collect(),
-                None => items,
-            };
+            let items = items
+                .into_iter()
+                .filter(|v| {
+                    selector
+                        .as_ref()
+                        .is_none_or(|sel| selector::matches(sel, labels_of(v).as_ref()))
+                })
+                .map(convert)
+                .collect::<Result<_>>()?;
             Ok(ObjectList {
                 items,
                 resource_version,
@@ -427,15 +441,8 @@ impl Store for EmbeddedStore {
         namespace: Option<&str>,
         selector: Option<&LabelSelector>,
     ) -> Result<ObjectList<K>> {
-        let list = self.list_values(K::kind_ref(), namespace, selector).await?;
-        Ok(ObjectList {
-            items: list
-                .items
-                .into_iter()
-                .map(from_value)
-                .collect::<Result<_>>()?,
-            resource_version: list.resource_version,
-        })
+        self.list_mapped(K::kind_ref(), namespace, selector, from_value::<K>)
+            .await
     }
 
     async fn create<K: Object>(&self, obj: &K) -> Result<K> {
