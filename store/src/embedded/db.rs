@@ -6,6 +6,7 @@
 //! an entry it needs was dropped (a watch on a quiet kind never is), and `meta.compacted`
 //! the overall bound.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -142,12 +143,12 @@ impl Db {
     }
 
     /// Runs `f` in one IMMEDIATE transaction (the write lock is taken up front, so two
-    /// processes never deadlock upgrading a read). Returns the result and whether the
-    /// revision moved.
+    /// processes never deadlock upgrading a read). Returns the result, the revision after
+    /// it and the kinds it changed.
     pub(crate) fn write<T>(
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T>,
-    ) -> Result<(T, u64, bool)> {
+    ) -> Result<(T, u64, BTreeSet<String>)> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -156,9 +157,14 @@ impl Db {
         let mut wtx = Tx {
             tx,
             revision: start,
+            kinds: BTreeSet::new(),
         };
         let out = f(&mut wtx)?;
-        let Tx { tx, revision } = wtx;
+        let Tx {
+            tx,
+            revision,
+            kinds,
+        } = wtx;
         if revision != start {
             tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'revision'")
                 .and_then(|mut s| s.execute(params![revision as i64]))
@@ -189,7 +195,7 @@ impl Db {
         failpoint::hit("write:before-commit");
         tx.commit().map_err(Error::db("committing"))?;
         failpoint::hit("write:after-commit");
-        Ok((out, revision, revision != start))
+        Ok((out, revision, kinds))
     }
 
     /// Runs `f` in one read transaction: a consistent snapshot.
@@ -351,6 +357,8 @@ impl Reader<'_> {
 pub(crate) struct Tx<'c> {
     tx: rusqlite::Transaction<'c>,
     revision: u64,
+    /// Kinds written, whose watchers are woken after the commit.
+    kinds: BTreeSet<String>,
 }
 
 impl Tx<'_> {
@@ -426,7 +434,10 @@ impl Tx<'_> {
         Ok(rv)
     }
 
-    fn log(&self, kind: &str, ns: &str, name: &str, change: Change, text: &str) -> Result<()> {
+    fn log(&mut self, kind: &str, ns: &str, name: &str, change: Change, text: &str) -> Result<()> {
+        if !self.kinds.contains(kind) {
+            self.kinds.insert(kind.to_string());
+        }
         self.tx
             .prepare_cached(
                 "INSERT INTO watch_log (resource_version, kind, namespace, name, type, object)

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use self::db::{Change, Db, Tx};
-use self::notify::NotifyFile;
+use self::notify::{Channels, Notifier};
 use self::ops::Part;
 use crate::api::{
     Deleted, EventType, Object, ObjectList, Preconditions, Store, WatchEvent, WatchStream,
@@ -66,8 +66,8 @@ pub struct EmbeddedStore {
 
 pub(crate) struct Inner {
     db: Db,
-    notify: NotifyFile,
-    changed: Arc<watch::Sender<u64>>,
+    notifier: Notifier,
+    channels: Arc<Channels>,
     options: StoreOptions,
     host: String,
     state_dir: PathBuf,
@@ -76,8 +76,8 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Drop the only strong sender, then wake the listener thread so it sees that and ends.
-        self.changed = Arc::new(watch::channel(0).0);
-        self.notify.touch(0);
+        self.channels = Arc::new(Channels::default());
+        self.notifier.touch_close();
     }
 }
 
@@ -92,10 +92,10 @@ impl std::fmt::Debug for EmbeddedStore {
 impl Inner {
     /// A write transaction; on commit every watcher in every process is woken.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        let (out, revision, changed) = self.db.write(f)?;
-        if changed {
-            self.notify.touch(revision);
-            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        let (out, revision, kinds) = self.db.write(f)?;
+        for kind in &kinds {
+            self.notifier.touch(kind, revision);
+            self.channels.wake(Some(kind));
         }
         Ok(out)
     }
@@ -134,18 +134,17 @@ impl EmbeddedStore {
             source,
         })?;
         let db = Db::open(&state_dir.join("store.db"), options.watch_history)?;
-        let notify_path = state_dir.join("store.notify");
-        let notify = NotifyFile::open(&notify_path)?;
-        let changed = Arc::new(watch::channel(0u64).0);
-        notify::spawn_listener(&notify_path, Arc::downgrade(&changed))?;
+        let notifier = Notifier::open(&state_dir.join("store.notify.d"))?;
+        let channels = Arc::new(Channels::default());
+        notify::spawn_listener(notifier.dir(), Arc::downgrade(&channels))?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
-                notify,
-                changed,
+                notifier,
+                channels,
                 options,
                 host,
                 state_dir: state_dir.to_path_buf(),
@@ -333,7 +332,7 @@ impl EmbeddedStore {
             None
         };
         // Subscribe before the first read, so a commit after it cannot go unnoticed.
-        let rx = self.inner.changed.subscribe();
+        let rx = self.inner.channels.subscribe(kind.kind);
         let mut state = WatchState {
             store: self.clone(),
             kind,

@@ -1,11 +1,14 @@
-//! Cross-process wake-ups: every commit rewrites a small file next to the database, and
-//! each store handle has a thread blocked in inotify on it. SQLite itself tells other
-//! processes nothing, and polling would put a period on every control loop's reaction.
+//! Cross-process wake-ups. Every commit rewrites, for each kind it changed, a small file
+//! `<state-dir>/store.notify.d/<Kind>`, and each store handle has a thread blocked in
+//! inotify on that directory: the event names the file, so only the watches of that kind
+//! wake. SQLite itself tells other processes nothing, and polling would put a period on
+//! every control loop's reaction.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
+use std::sync::{Arc, Mutex, Weak};
 
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -13,58 +16,123 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 
-/// The writing side: one per store handle.
-pub(crate) struct NotifyFile {
-    file: File,
-    path: PathBuf,
+/// The file a handle touches when it closes, to end listener threads that outlived it.
+const CLOSE_FILE: &str = "_close";
+
+/// A kind's file name: kinds are CamelCase identifiers; anything else shares one file.
+fn file_name(kind: &str) -> &str {
+    if !kind.is_empty() && kind.len() <= 64 && kind.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        kind
+    } else {
+        "_other"
+    }
 }
 
-impl NotifyFile {
-    pub(crate) fn open(path: &Path) -> Result<NotifyFile> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(path)
-            .map_err(|source| Error::Io {
-                context: "opening the notify file",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(NotifyFile {
-            file,
-            path: path.to_path_buf(),
-        })
+/// Per-kind wake-up channels of one handle.
+#[derive(Default)]
+pub(crate) struct Channels {
+    by_kind: Mutex<HashMap<String, Arc<watch::Sender<u64>>>>,
+}
+
+impl Channels {
+    fn sender(&self, kind: &str) -> Arc<watch::Sender<u64>> {
+        let mut map = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(file_name(kind).to_string())
+            .or_insert_with(|| Arc::new(watch::channel(0).0))
+            .clone()
     }
 
-    /// Tells every watcher, in every process, that a commit happened. The content (the
-    /// revision) is informational; the IN_MODIFY event is the message.
-    pub(crate) fn touch(&self, revision: u64) {
-        if let Err(err) = self.file.write_at(&revision.to_le_bytes(), 0) {
-            // Watchers still catch up at their slow safety re-check.
-            tracing::warn!(path = %self.path.display(), %err, "could not touch the notify file");
+    /// A receiver woken on every change of `kind`.
+    pub(crate) fn subscribe(&self, kind: &str) -> watch::Receiver<u64> {
+        self.sender(kind).subscribe()
+    }
+
+    /// Wakes the watches of `kind` (of every kind when None).
+    pub(crate) fn wake(&self, kind: Option<&str>) {
+        let bump = |s: &watch::Sender<u64>| s.send_modify(|n| *n = n.wrapping_add(1));
+        match kind {
+            Some(kind) => bump(&self.sender(kind)),
+            None => {
+                let map = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
+                map.values().for_each(|s| bump(s));
+            }
         }
     }
 }
 
-/// Starts the thread that turns inotify events on `path` into bumps of `sender`. It ends
-/// once the store handle (the only strong owner of the sender) is gone and the file is
-/// touched again, which the handle's Drop does.
-pub(crate) fn spawn_listener(path: &Path, sender: Weak<watch::Sender<u64>>) -> Result<()> {
+/// The writing side: one per store handle, with the kind files it has opened.
+pub(crate) struct Notifier {
+    dir: PathBuf,
+    files: Mutex<HashMap<String, File>>,
+}
+
+fn open_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
+impl Notifier {
+    pub(crate) fn open(dir: &Path) -> Result<Notifier> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            context: "creating the notify dir",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Notifier {
+            dir: dir.to_path_buf(),
+            files: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Tells every watcher of `kind`, in every process, that a commit changed it. The
+    /// content (the revision) is informational; the IN_MODIFY event is the message.
+    pub(crate) fn touch(&self, kind: &str, revision: u64) {
+        let name = file_name(kind);
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match files.get(name) {
+            Some(f) => f.write_at(&revision.to_le_bytes(), 0),
+            None => open_private(&self.dir.join(name)).and_then(|f| {
+                let r = f.write_at(&revision.to_le_bytes(), 0);
+                files.insert(name.to_string(), f);
+                r
+            }),
+        };
+        if let Err(err) = result {
+            // Watchers still catch up at their slow safety re-check.
+            tracing::warn!(path = %self.dir.join(name).display(), %err, "could not touch a notify file");
+        }
+    }
+
+    /// Wakes every listener thread on this directory (used when a handle closes).
+    pub(crate) fn touch_close(&self) {
+        self.touch(CLOSE_FILE, 0);
+    }
+}
+
+/// Starts the thread that turns inotify events in `dir` into wake-ups of `channels`. It
+/// ends once the handle (the only strong owner of the channels) is gone and the directory
+/// sees another event, which the handle's Drop provides.
+pub(crate) fn spawn_listener(dir: &Path, channels: Weak<Channels>) -> Result<()> {
     let io = |source: Errno| Error::Io {
-        context: "watching the notify file",
-        path: path.to_path_buf(),
+        context: "watching the notify dir",
+        path: dir.to_path_buf(),
         source: source.into(),
     };
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC).map_err(io)?;
     inotify
         .add_watch(
-            path,
-            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE,
+            dir,
+            AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_CREATE,
         )
         .map_err(io)?;
     std::thread::Builder::new()
@@ -73,13 +141,23 @@ pub(crate) fn spawn_listener(path: &Path, sender: Weak<watch::Sender<u64>>) -> R
             loop {
                 match inotify.read_events() {
                     Ok(events) => {
-                        match sender.upgrade() {
-                            Some(s) => s.send_modify(|n| *n = n.wrapping_add(1)),
-                            None => return,
+                        let Some(channels) = channels.upgrade() else {
+                            return;
+                        };
+                        for e in &events {
+                            let name = e.name.as_ref().and_then(|n| n.to_str());
+                            match name {
+                                Some(CLOSE_FILE) => {}
+                                // An overflowed queue loses names: wake everyone.
+                                Some(kind) if !e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) => {
+                                    channels.wake(Some(kind))
+                                }
+                                _ => channels.wake(None),
+                            }
                         }
-                        // The file is gone (state dir removed): no more events will come.
+                        // The directory is gone (state dir removed): no more events will come.
                         if events.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
-                            tracing::warn!("store notify file removed; watches fall back to re-checks");
+                            tracing::warn!("store notify dir removed; watches fall back to re-checks");
                             return;
                         }
                     }
@@ -93,7 +171,7 @@ pub(crate) fn spawn_listener(path: &Path, sender: Weak<watch::Sender<u64>>) -> R
         })
         .map_err(|source| Error::Io {
             context: "spawning the notify thread for",
-            path: path.to_path_buf(),
+            path: dir.to_path_buf(),
             source,
         })?;
     Ok(())
