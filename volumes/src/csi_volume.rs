@@ -56,6 +56,7 @@ pub struct CsiNode {
     driver: String,
     stage_unstage: bool,
     expand: bool,
+    single_node_multi_writer: bool,
 }
 
 impl std::fmt::Debug for CsiNode {
@@ -73,18 +74,23 @@ fn rpc_err(rpc: &'static str, volume: &str, s: csi_proto::tonic::Status) -> Erro
     }
 }
 
-/// Maps a Kubernetes access mode to CSI's (as the kubelet's csi plugin does).
-pub fn access_mode(k8s: &[String]) -> i32 {
+/// Maps a Kubernetes access mode to CSI's as the kubelet's csi plugin does: with a driver
+/// that advertises SINGLE_NODE_MULTI_WRITER, ReadWriteOnce becomes that mode (several
+/// pods on one node may share the volume) and ReadWriteOncePod SINGLE_NODE_SINGLE_WRITER;
+/// without it both are SINGLE_NODE_WRITER.
+pub fn access_mode(k8s: &[String], single_node_multi_writer: bool) -> i32 {
     use volume_capability::access_mode::Mode;
     let has = |m: &str| k8s.iter().any(|x| x == m);
-    let mode = if has("ReadWriteOncePod") {
-        Mode::SingleNodeSingleWriter
-    } else if has("ReadWriteMany") {
+    let mode = if has("ReadWriteMany") {
         Mode::MultiNodeMultiWriter
-    } else if has("ReadOnlyMany") && !has("ReadWriteOnce") {
+    } else if has("ReadOnlyMany") && !has("ReadWriteOnce") && !has("ReadWriteOncePod") {
         Mode::MultiNodeReaderOnly
-    } else {
+    } else if !single_node_multi_writer {
         Mode::SingleNodeWriter
+    } else if has("ReadWriteOncePod") {
+        Mode::SingleNodeSingleWriter
+    } else {
+        Mode::SingleNodeMultiWriter
     };
     mode as i32
 }
@@ -142,11 +148,17 @@ impl CsiNode {
             driver: info.name,
             stage_unstage: rpcs.contains(&(Type::StageUnstageVolume as i32)),
             expand: rpcs.contains(&(Type::ExpandVolume as i32)),
+            single_node_multi_writer: rpcs.contains(&(Type::SingleNodeMultiWriter as i32)),
         })
     }
 
     pub fn driver(&self) -> &str {
         &self.driver
+    }
+
+    /// Whether the node service advertises SINGLE_NODE_MULTI_WRITER.
+    pub fn single_node_multi_writer(&self) -> bool {
+        self.single_node_multi_writer
     }
 
     fn capability(v: &CsiVolume) -> csi_proto::VolumeCapability {
@@ -420,11 +432,13 @@ mod tests {
     #[test]
     fn access_modes_map_like_the_kubelet() {
         use volume_capability::access_mode::Mode;
-        let m = |v: &[&str]| access_mode(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(m(&["ReadWriteOnce"]), Mode::SingleNodeWriter as i32);
-        assert_eq!(m(&["ReadWriteOncePod"]), Mode::SingleNodeSingleWriter as i32);
-        assert_eq!(m(&["ReadOnlyMany"]), Mode::MultiNodeReaderOnly as i32);
-        assert_eq!(m(&["ReadWriteMany", "ReadWriteOnce"]), Mode::MultiNodeMultiWriter as i32);
+        let m = |v: &[&str], snmw| access_mode(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>(), snmw);
+        assert_eq!(m(&["ReadWriteOnce"], false), Mode::SingleNodeWriter as i32);
+        assert_eq!(m(&["ReadWriteOnce"], true), Mode::SingleNodeMultiWriter as i32);
+        assert_eq!(m(&["ReadWriteOncePod"], false), Mode::SingleNodeWriter as i32);
+        assert_eq!(m(&["ReadWriteOncePod"], true), Mode::SingleNodeSingleWriter as i32);
+        assert_eq!(m(&["ReadOnlyMany"], true), Mode::MultiNodeReaderOnly as i32);
+        assert_eq!(m(&["ReadWriteMany", "ReadWriteOnce"], false), Mode::MultiNodeMultiWriter as i32);
     }
 
     #[test]

@@ -433,7 +433,7 @@ impl<S: Store> VolumeManager<S> {
             block: spec.volume_mode.as_deref() == Some("Block"),
             fs_type: csi_src.fs_type.clone().unwrap_or_default(),
             mount_flags: spec.mount_options.clone().unwrap_or_default(),
-            access_mode: csi_volume::access_mode(spec.access_modes.as_deref().unwrap_or_default()),
+            access_mode: csi_volume::access_mode(spec.access_modes.as_deref().unwrap_or_default(), csi.single_node_multi_writer()),
             read_only,
             volume_context: csi_src.volume_attributes.clone().unwrap_or_default(),
             stage_secrets: secret_data(&csi_src.node_stage_secret_ref).await?,
@@ -613,6 +613,9 @@ impl<S: Store> VolumeManager<S> {
         let _guard = lock.lock().await;
         let state = self.inner.cfg.state_dir.clone();
         let pod_dir = layout::pod_dir(&state, uid);
+        // subPath binds first: they pin what they show of the volumes below.
+        let sub = layout::subpath_dir(&state, uid);
+        blocking(move || mount::unmount_below(&sub)).await?;
         let csi_dir = pod_dir.join("volumes/kubernetes.io~csi");
         let has_csi = {
             let d = csi_dir.clone();
