@@ -521,10 +521,10 @@ impl Driver {
             .stage(StageArgs { volume_id: v.id.clone(), staging: staging.clone(), cap: a.cap.clone() })
             .and_then(|()| self.publish(PublishArgs { volume_id: v.id.clone(), staging: staging.clone(), ..a }));
         if let Err(e) = result {
-            if self.store.publishes_of(&v.id)?.is_empty() {
-                if let Err(clean) = self.remove_ephemeral(&v) {
-                    tracing::warn!(volume_id = %v.id, error = %clean, "cleaning up a failed ephemeral volume");
-                }
+            if self.store.publishes_of(&v.id)?.is_empty()
+                && let Err(clean) = self.remove_ephemeral(&v)
+            {
+                tracing::warn!(volume_id = %v.id, error = %clean, "cleaning up a failed ephemeral volume");
             }
             return Err(e);
         }

@@ -110,7 +110,7 @@ impl Driver {
         };
         self.store.write(vec![Op::PutSnapshot(rec.clone())])?;
         failpoint::hit("create_snapshot:after_intent");
-        if let Err(e) = self.cut(&[(&v, &rec)]) {
+        if let Err(e) = self.cut(&[(&v, &rec)], false) {
             let _ = self.store.write(vec![Op::DelSnapshot(rec.id.clone())]);
             return Err(e);
         }
@@ -122,12 +122,12 @@ impl Driver {
 
     /// Copies each volume image to its snapshot image while all of them are quiesced.
     /// On error, the snapshot images made so far are removed.
-    fn cut(&self, pairs: &[(&VolumeRecord, &SnapshotRecord)]) -> Result<()> {
+    fn cut(&self, pairs: &[(&VolumeRecord, &SnapshotRecord)], group: bool) -> Result<()> {
         let volumes: Vec<VolumeRecord> = pairs.iter().map(|(v, _)| (*v).clone()).collect();
         let mut made: Vec<&SnapshotRecord> = Vec::new();
         let result = (|| {
             let q = self.quiesce(&volumes)?;
-            if pairs.len() > 1 {
+            if group {
                 failpoint::hit("group_snapshot:after_freeze");
             }
             for (v, s) in pairs {
@@ -258,7 +258,7 @@ impl Driver {
         self.store.write(ops)?;
         failpoint::hit("group_snapshot:after_intent");
         let pairs: Vec<(&VolumeRecord, &SnapshotRecord)> = volumes.iter().zip(snaps.iter()).collect();
-        if let Err(e) = self.cut(&pairs) {
+        if let Err(e) = self.cut(&pairs, true) {
             // "If it fails before a group id exists, the SP must clean up the partial
             // snapshots itself": cut removed the images, drop the records too.
             let mut ops = vec![Op::DelGroup(gid.clone())];

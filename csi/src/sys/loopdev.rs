@@ -314,3 +314,116 @@ pub fn number_of(device: &Path) -> Option<u32> {
         .parse()
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// Unmounts and detaches whatever the test attached, also when it panics.
+    struct Cleanup {
+        mounts: Vec<PathBuf>,
+        devices: Vec<u32>,
+    }
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for m in self.mounts.iter().rev() {
+                let _ = crate::sys::mount::umount_all(m);
+            }
+            for n in &self.devices {
+                let _ = detach(*n);
+            }
+        }
+    }
+
+    #[test]
+    fn attach_grow_mount_freeze_detach() {
+        if !testkit::require_root("sys::loopdev::attach_grow_mount_freeze_detach") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("v.img");
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&image).unwrap();
+        file.set_len(64 << 20).unwrap();
+        let mut clean = Cleanup { mounts: Vec::new(), devices: Vec::new() };
+        let mut dev = attach(&file, AttachOptions { autoclear: false, direct_io: false }, "strata:test").unwrap();
+        clean.devices.push(dev.number);
+        let canonical = image.canonicalize().unwrap();
+        assert!(find_by_backing(&canonical).unwrap().contains(&dev.number));
+        assert_eq!(size_bytes(dev.number).unwrap(), 64 << 20);
+
+        // Direct I/O can be switched both ways on an attached device.
+        set_direct_io(dev.number, true).unwrap();
+        assert!(direct_io(dev.number).unwrap());
+        set_direct_io(dev.number, false).unwrap();
+        assert!(!direct_io(dev.number).unwrap());
+
+        assert_eq!(crate::sys::fs::probe(&mut dev.handle).unwrap(), crate::sys::fs::Probe::Empty);
+        crate::sys::mkfs::mkfs(&dev.path, "ext4").unwrap();
+        match crate::sys::fs::probe(&mut dev.handle).unwrap() {
+            crate::sys::fs::Probe::Ext4 { size_bytes } => assert_eq!(size_bytes, 64 << 20),
+            other => panic!("expected ext4, found {other:?}"),
+        }
+
+        // Grow the file, then the device, then the filesystem (offline: no capability).
+        file.set_len(96 << 20).unwrap();
+        refresh_capacity(dev.number).unwrap();
+        assert_eq!(size_bytes(dev.number).unwrap(), 96 << 20);
+        crate::sys::mkfs::grow_ext4_offline(&dev.path).unwrap();
+        match crate::sys::fs::probe(&mut dev.handle).unwrap() {
+            crate::sys::fs::Probe::Ext4 { size_bytes } => assert_eq!(size_bytes, 96 << 20),
+            other => panic!("expected ext4, found {other:?}"),
+        }
+
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let opts = crate::sys::mount::parse_options(&["noatime".into()]).unwrap();
+        crate::sys::mount::mount_fs(&dev.path, &mnt, "ext4", &opts).unwrap();
+        clean.mounts.push(mnt.clone());
+        assert!(crate::sys::mount::stat(&mnt).unwrap().mount_root);
+        let info = crate::sys::mountinfo::read().unwrap();
+        let m = crate::sys::mountinfo::at(&info, &mnt);
+        assert_eq!(m.last().unwrap().source, dev.path.to_string_lossy());
+
+        crate::sys::fsfreeze::freeze(&mnt).unwrap();
+        crate::sys::fsfreeze::thaw(&mnt).unwrap();
+        crate::sys::fsfreeze::thaw(&mnt).unwrap();
+
+        // A read-only bind mount refuses writes.
+        let bind = dir.path().join("bind");
+        std::fs::create_dir(&bind).unwrap();
+        crate::sys::mount::bind(&mnt, &bind, true, nix::mount::MsFlags::empty()).unwrap();
+        clean.mounts.push(bind.clone());
+        let err = std::fs::write(bind.join("x"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        assert_eq!(crate::sys::mount::umount_all(&bind).unwrap(), 1);
+        assert!(!crate::sys::mount::umount(&bind).unwrap(), "second umount finds nothing");
+
+        assert_eq!(crate::sys::mount::umount_all(&mnt).unwrap(), 1);
+        drop(dev);
+        let n = clean.devices[0];
+        detach(n).unwrap();
+        detach(n).unwrap();
+        assert!(!find_by_backing(&canonical).unwrap().contains(&n));
+    }
+
+    #[test]
+    fn autoclear_device_goes_away_with_its_last_user() {
+        if !testkit::require_root("sys::loopdev::autoclear_device_goes_away_with_its_last_user") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("a.img");
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&image).unwrap();
+        file.set_len(8 << 20).unwrap();
+        let dev = attach(&file, AttachOptions { autoclear: true, direct_io: false }, "strata:test").unwrap();
+        let clean = Cleanup { mounts: Vec::new(), devices: vec![dev.number] };
+        let canonical = image.canonicalize().unwrap();
+        assert!(find_by_backing(&canonical).unwrap().contains(&dev.number));
+        drop(dev);
+        testkit::wait_for("autoclear detach", std::time::Duration::from_secs(10), || {
+            (!find_by_backing(&canonical).unwrap().contains(&clean.devices[0])).then_some(())
+        });
+    }
+}
