@@ -23,6 +23,7 @@ pub mod node_ops;
 pub mod reconcile;
 pub mod server;
 pub mod service;
+pub mod snapshot_metadata;
 pub mod snapshots;
 pub mod state;
 pub mod sys;

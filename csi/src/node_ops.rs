@@ -151,7 +151,7 @@ impl Driver {
         if !a.cap.block && !meta.is_dir() {
             return Err(Error::invalid("staging_target_path", "is not a directory"));
         }
-        let opts = sys::mount::parse_options(&a.cap.mount_flags).map_err(|r| Error::invalid("mount_flags", r))?;
+        let mut opts = sys::mount::parse_options(&a.cap.mount_flags).map_err(|r| Error::invalid("mount_flags", r))?;
         let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
         let args = a.cap.key();
         if let Some(st) = self.store.stage(&v.id)? {
@@ -196,7 +196,8 @@ impl Driver {
         let image = pool.path(ImageRef::volume(&v.file));
         // Mount volumes detach by themselves when unmounted (autoclear); block volumes
         // have no mount to hold the device, so they stay attached until unstage.
-        let opts_attach = sys::loopdev::AttachOptions { autoclear: !a.cap.block, direct_io: v.direct_io };
+        let opts_attach =
+            sys::loopdev::AttachOptions { autoclear: !a.cap.block, direct_io: v.direct_io, read_only: false };
         let mut attached = sys::loopdev::attach(&file, opts_attach, &format!("strata:{}", v.file))
             .map_err(io_at("attaching loop device to", &image))?;
         drop(file);
@@ -228,6 +229,11 @@ impl Driver {
                 }
             };
             st.fs_type = fs_type.clone();
+            // Snapshots and clones share their source's xfs UUID, which xfs refuses to
+            // mount twice; the UUID means nothing to us, so ignore it.
+            if fs_type == "xfs" && !opts.data.iter().any(|o| o == "nouuid") {
+                opts.data.push("nouuid".into());
+            }
             // Restored or cloned into a larger volume, or expanded while unstaged: grow the
             // filesystem to the device now ("including growing the filesystem by
             // NodePublish time"). ext4 grows best unmounted (no capability needed); xfs
@@ -346,8 +352,11 @@ impl Driver {
                     reason: "published with other arguments".into(),
                 });
             }
-            if self.publish_intact(&st, &a.target) {
+            if self.publish_intact(&st, &a.target, p.device.as_deref()) {
                 return Ok(());
+            }
+            if let Some(dev) = p.device.as_deref().and_then(sys::loopdev::number_of) {
+                let _ = sys::loopdev::detach(dev);
             }
             tracing::warn!(volume_id = %v.id, target = %a.target.display(), "published mount is gone; publishing again");
         } else {
@@ -365,14 +374,36 @@ impl Driver {
 
         let device = st.device.clone().ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
         // A retry after a crash between mount and record finds the mount: adopt it.
-        let adopt = self.publish_intact(&st, &a.target);
+        let adopt = self.publish_intact(&st, &a.target, None);
         let mut created = false;
+        // A read-only bind mount does not stop writes through a device node (only its
+        // filesystem is read-only), so a read-only block publish gets its own read-only
+        // loop device on the same image.
+        let mut ro_device: Option<sys::loopdev::Attached> = None;
+        if !adopt && a.cap.block && read_only {
+            let pool = self.pool(&v.pool)?;
+            let image = pool.path(ImageRef::volume(&v.file));
+            let file = pool.open(ImageRef::volume(&v.file))?;
+            let opts_ro = sys::loopdev::AttachOptions { autoclear: false, direct_io: false, read_only: true };
+            let dev = sys::loopdev::attach(&file, opts_ro, &format!("strata:{}:ro", v.file))
+                .map_err(io_at("attaching a read-only loop device to", &image))?;
+            ro_device = Some(dev);
+        }
+        let ro_path = ro_device.as_ref().map(|d| d.path.clone());
+        let drop_ro = |ro: &Option<sys::loopdev::Attached>| {
+            if let Some(d) = ro {
+                let _ = sys::loopdev::detach(d.number);
+            }
+        };
         if !adopt {
             if a.cap.block {
                 match std::fs::OpenOptions::new().write(true).create_new(true).mode_0640().open(&a.target) {
                     Ok(_) => created = true,
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Error::Io { op: "creating", path: a.target.clone(), source: e }),
+                    Err(e) => {
+                        drop_ro(&ro_device);
+                        return Err(Error::Io { op: "creating", path: a.target.clone(), source: e });
+                    }
                 }
             } else {
                 match std::fs::DirBuilder::new().mode_0750().create(&a.target) {
@@ -382,11 +413,16 @@ impl Driver {
                 }
             }
             failpoint::hit("node_publish:after_mkdir");
-            let source: &Path = if a.cap.block { &device } else { &st.staging_path };
+            let source: &Path = match (&ro_path, a.cap.block) {
+                (Some(ro), _) => ro,
+                (None, true) => &device,
+                (None, false) => &st.staging_path,
+            };
             if let Err(e) = sys::mount::bind(source, &a.target, read_only, opts.flags) {
                 if created {
                     remove_target(&a.target);
                 }
+                drop_ro(&ro_device);
                 return Err(Error::Io { op: "bind-mounting onto", path: a.target.clone(), source: e });
             }
             failpoint::hit("node_publish:after_mount");
@@ -403,6 +439,7 @@ impl Driver {
                 block: a.cap.block,
                 access_mode: a.cap.mode,
                 args,
+                device: ro_path.clone(),
             })])
         })();
         if let Err(e) = result {
@@ -410,20 +447,22 @@ impl Driver {
             if created {
                 remove_target(&a.target);
             }
+            drop_ro(&ro_device);
             return Err(e);
         }
         failpoint::hit("node_publish:after_commit");
         Ok(())
     }
 
-    /// Whether `target` is a mount of the staged volume.
-    fn publish_intact(&self, st: &StageRecord, target: &Path) -> bool {
+    /// Whether `target` is a mount of the staged volume (for block: of `device`, or of the
+    /// staged device when None).
+    fn publish_intact(&self, st: &StageRecord, target: &Path, device: Option<&Path>) -> bool {
         let Ok(t) = sys::mount::stat(target) else { return false };
         if !t.mount_root {
             return false;
         }
         if st.block {
-            let Some(dev) = &st.device else { return false };
+            let Some(dev) = device.or(st.device.as_deref()) else { return false };
             sys::mount::stat(dev).is_ok_and(|d| d.rdev == t.rdev && t.mode & libc::S_IFMT == libc::S_IFBLK)
         } else {
             sys::mount::stat(&st.staging_path).is_ok_and(|s| s.dev == t.dev)
@@ -457,11 +496,14 @@ impl Driver {
                 )));
             }
             let st = self.store.stage(&v.id)?;
-            let ours = rec.is_some() || st.as_ref().is_some_and(|st| self.publish_intact(st, target));
+            let ours = rec.is_some() || st.as_ref().is_some_and(|st| self.publish_intact(st, target, None));
             if ours {
                 sys::mount::umount_all(target).map_err(io_at("unmounting", target))?;
                 failpoint::hit("node_unpublish:after_umount");
                 remove_target(target);
+                if let Some(n) = rec.as_ref().and_then(|p| p.device.as_deref()).and_then(sys::loopdev::number_of) {
+                    sys::loopdev::detach(n).map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
+                }
                 failpoint::hit("node_unpublish:after_remove");
             } else if let Ok(meta) = std::fs::symlink_metadata(target) {
                 // Publish crashed between mkdir and mount: remove the empty leftover.
@@ -548,7 +590,7 @@ impl Driver {
         let (mut abnormal, mut message) = self.condition(&v)?;
         if !abnormal && (publ.is_some() || !st.block) {
             let intact = match &publ {
-                Some(_) => self.publish_intact(&st, path),
+                Some(p) => self.publish_intact(&st, path, p.device.as_deref()),
                 None => sys::mount::stat(path).is_ok_and(|s| s.mount_root),
             };
             if !intact {

@@ -90,7 +90,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         .add_service(pb::identity_server::IdentityServer::new(svc.clone()))
         .add_service(pb::controller_server::ControllerServer::new(svc.clone()))
         .add_service(pb::node_server::NodeServer::new(svc.clone()))
-        .add_service(pb::group_controller_server::GroupControllerServer::new(svc))
+        .add_service(pb::group_controller_server::GroupControllerServer::new(svc.clone()))
+        .add_service(pb::snapshot_metadata_server::SnapshotMetadataServer::new(svc))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(&socket);

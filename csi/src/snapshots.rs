@@ -14,7 +14,7 @@ use crate::sys;
 
 /// Filesystems frozen (and block devices flushed) for the duration of a cut; thawed on
 /// drop, so an error or panic never leaves a filesystem frozen.
-struct Quiesced {
+pub(crate) struct Quiesced {
     frozen: Vec<PathBuf>,
 }
 
@@ -30,7 +30,7 @@ impl Drop for Quiesced {
 
 impl Driver {
     /// Freezes the staged filesystems of `volumes` and flushes staged block devices.
-    fn quiesce(&self, volumes: &[VolumeRecord]) -> Result<Quiesced> {
+    pub(crate) fn quiesce(&self, volumes: &[VolumeRecord]) -> Result<Quiesced> {
         let mut q = Quiesced { frozen: Vec::new() };
         for v in volumes {
             let Some(st) = self.store.stage(&v.id)? else { continue };

@@ -123,6 +123,9 @@ pub struct PublishRecord {
     pub access_mode: i32,
     /// Fingerprint of every argument except secrets (the "P" of the second-publish matrix).
     pub args: String,
+    /// For a read-only block publish: the read-only loop device bound at the target.
+    #[serde(default)]
+    pub device: Option<PathBuf>,
 }
 
 /// One change; a job is a list of them applied atomically.
@@ -612,6 +615,7 @@ mod tests {
             block: false,
             access_mode: 1,
             args: "y".into(),
+            device: None,
         };
         s.write(vec![Op::PutStage(st.clone()), Op::PutPublish(p.clone())]).unwrap();
         assert_eq!(s.stage("a").unwrap(), Some(st));

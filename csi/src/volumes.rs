@@ -228,6 +228,14 @@ impl Driver {
         let made = (|| {
             // A file under a Creating record is ours (an earlier attempt crashed).
             pool.remove(img)?;
+            // A clone of a staged volume is cut like a snapshot: with its filesystem frozen.
+            let _quiet = match &a.source {
+                Some(Source::Volume(src)) => match self.store.volume(src)? {
+                    Some(sv) => Some(self.quiesce(std::slice::from_ref(&sv))?),
+                    None => None,
+                },
+                _ => None,
+            };
             pool.create(img, size, source_file.as_ref())
         })();
         if let Err(e) = made {

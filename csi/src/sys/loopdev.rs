@@ -17,6 +17,7 @@ const LOOP_SET_DIRECT_IO: libc::c_ulong = 0x4C08;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 
+const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_FLAGS_DIRECT_IO: u32 = 16;
 const LO_NAME_SIZE: usize = 64;
@@ -78,6 +79,8 @@ pub struct AttachOptions {
     /// Detach automatically when the last opener (the mount) goes away.
     pub autoclear: bool,
     pub direct_io: bool,
+    /// The device refuses writes (the backing file may be opened read-only).
+    pub read_only: bool,
 }
 
 /// An attached loop device. The open handle keeps an autoclear device alive until the
@@ -112,6 +115,9 @@ pub fn attach(backing: &File, opts: AttachOptions, tag: &str) -> io::Result<Atta
     }
     if opts.direct_io {
         flags |= LO_FLAGS_DIRECT_IO;
+    }
+    if opts.read_only {
+        flags |= LO_FLAGS_READ_ONLY;
     }
     // Another process may grab the device between GET_FREE and CONFIGURE (EBUSY): retry
     // with a fresh number a bounded number of times.
@@ -347,7 +353,7 @@ mod tests {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&image).unwrap();
         file.set_len(64 << 20).unwrap();
         let mut clean = Cleanup { mounts: Vec::new(), devices: Vec::new() };
-        let mut dev = attach(&file, AttachOptions { autoclear: false, direct_io: false }, "strata:test").unwrap();
+        let mut dev = attach(&file, AttachOptions { autoclear: false, direct_io: false, read_only: false }, "strata:test").unwrap();
         clean.devices.push(dev.number);
         let canonical = image.canonicalize().unwrap();
         assert!(find_by_backing(&canonical).unwrap().contains(&dev.number));
@@ -417,7 +423,7 @@ mod tests {
         let image = dir.path().join("a.img");
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&image).unwrap();
         file.set_len(8 << 20).unwrap();
-        let dev = attach(&file, AttachOptions { autoclear: true, direct_io: false }, "strata:test").unwrap();
+        let dev = attach(&file, AttachOptions { autoclear: true, direct_io: false, read_only: false }, "strata:test").unwrap();
         let clean = Cleanup { mounts: Vec::new(), devices: vec![dev.number] };
         let canonical = image.canonicalize().unwrap();
         assert!(find_by_backing(&canonical).unwrap().contains(&dev.number));

@@ -93,11 +93,23 @@ pub fn bind(source: &Path, target: &Path, read_only: bool, flags: MsFlags) -> io
 
 /// Unmounts `target`. Returns false when nothing was mounted there (EINVAL) or the path is
 /// gone (ENOENT), so that callers can be idempotent.
+///
+/// EBUSY is retried for up to about two seconds: a thread that forks (mkfs here, or any
+/// process that opened a file in the mount) holds duplicated descriptors until its child
+/// execs, which makes the mount busy for that instant.
 pub fn umount(target: &Path) -> io::Result<bool> {
-    match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
-        Ok(()) => Ok(true),
-        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(false),
-        Err(e) => Err(e.into()),
+    let mut pause = std::time::Duration::from_millis(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => return Ok(true),
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(false),
+            Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
