@@ -2302,7 +2302,7 @@ async fn controller_expand_and_modify() {
             "expanded capacity and node expansion required for a mount volume",
             "CSI ControllerExpandVolume: capacity_bytes ≥ required; node_expansion_required for a filesystem",
             r.capacity_bytes >= 96 * MIB && r.node_expansion_required,
-            &r,
+            r,
         );
     }
     if let Some(r) = c.ok(
@@ -2316,7 +2316,7 @@ async fn controller_expand_and_modify() {
             "repeat keeps the size",
             "CSI ControllerExpandVolume idempotency",
             r.capacity_bytes >= 96 * MIB,
-            &r,
+            r,
         );
     }
     if let Some(r) = c.ok(
@@ -2330,7 +2330,7 @@ async fn controller_expand_and_modify() {
             "never shrinks",
             "CSI ControllerExpandVolume: volumes only grow",
             r.capacity_bytes >= 96 * MIB,
-            &r,
+            r,
         );
     }
     c.code(
@@ -2395,7 +2395,8 @@ async fn controller_expand_and_modify() {
             .controller_modify_volume(modify(&v.volume_id, &[("directIO", "true")]))
             .await,
     );
-    let bad: &[(&str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let bad: &[Case] = &[
         (
             "unknown key next to a valid one",
             &[("directIO", "false"), ("bogus", "1")],

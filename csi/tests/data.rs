@@ -502,12 +502,12 @@ async fn volume_stats_and_abnormal_conditions() {
     let sv = statvfs(&t);
     assert_eq!(
         b0.total as u64,
-        sv.blocks() as u64 * sv.fragment_size() as u64,
+        sv.blocks() * sv.fragment_size(),
         "bytes total is the filesystem's size"
     );
     assert_eq!(
         i0.total as u64,
-        sv.files() as u64,
+        sv.files(),
         "inode total is the filesystem's"
     );
     let (_, err) = write_pattern(&t.join("eight-mib"), 8 << 20, 2);
@@ -675,6 +675,7 @@ async fn volume_mount_group_gives_group_access() {
         // for the next pod.
         std::fs::OpenOptions::new()
             .create(true)
+            .truncate(true)
             .write(true)
             .mode(0o664)
             .open(t.join("by-root"))

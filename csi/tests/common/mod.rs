@@ -230,9 +230,9 @@ impl Env {
             .into_inner()
             .capabilities
             .into_iter()
-            .filter_map(|c| match c.r#type {
-                Some(node_service_capability::Type::Rpc(r)) => Some(r.r#type),
-                None => None,
+            .filter_map(|c| {
+                c.r#type
+                    .map(|node_service_capability::Type::Rpc(r)| r.r#type)
             })
             .collect()
     }
@@ -245,9 +245,9 @@ impl Env {
             .into_inner()
             .capabilities
             .into_iter()
-            .filter_map(|c| match c.r#type {
-                Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
-                None => None,
+            .filter_map(|c| {
+                c.r#type
+                    .map(|controller_service_capability::Type::Rpc(r)| r.r#type)
             })
             .collect()
     }
@@ -512,7 +512,7 @@ pub fn statvfs(path: &Path) -> nix::sys::statvfs::Statvfs {
 /// Total bytes of the filesystem mounted at `path`.
 pub fn fs_total_bytes(path: &Path) -> u64 {
     let s = statvfs(path);
-    s.blocks() as u64 * s.fragment_size() as u64
+    s.blocks() * s.fragment_size()
 }
 
 /// Writes `bytes` of a deterministic pattern to `path`, fsyncs, and returns the io error
