@@ -66,14 +66,22 @@ pub fn parse_pool(s: &str) -> Result<PoolSpec, String> {
     }
     let kind = match kind {
         "image" => PoolKind::Image,
-        "dir" | "btrfs" => return Err(format!("pool kind {kind:?} is not implemented yet; use image")),
+        "dir" | "btrfs" => {
+            return Err(format!(
+                "pool kind {kind:?} is not implemented yet; use image"
+            ));
+        }
         other => return Err(format!("unknown pool kind {other:?}; use image")),
     };
     let path = PathBuf::from(path);
     if !path.is_absolute() {
         return Err(format!("pool path {path:?} must be absolute"));
     }
-    Ok(PoolSpec { name: name.to_string(), kind, path })
+    Ok(PoolSpec {
+        name: name.to_string(),
+        kind,
+        path,
+    })
 }
 
 impl Config {
@@ -88,11 +96,21 @@ impl Config {
         }
         let name = &self.driver_name;
         let dns_like = name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-            && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && name
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_alphanumeric());
         if !dns_like {
-            return Err(format!("--driver-name {name:?}: at most 63 characters, DNS-like"));
+            return Err(format!(
+                "--driver-name {name:?}: at most 63 characters, DNS-like"
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.pools {
@@ -103,13 +121,18 @@ impl Config {
         if self.max_volumes_per_node < 0 {
             return Err("--max-volumes-per-node must not be negative".into());
         }
-        let path = self
-            .endpoint
-            .strip_prefix("unix://")
-            .ok_or_else(|| format!("--endpoint {:?}: only unix:// endpoints are supported", self.endpoint))?;
+        let path = self.endpoint.strip_prefix("unix://").ok_or_else(|| {
+            format!(
+                "--endpoint {:?}: only unix:// endpoints are supported",
+                self.endpoint
+            )
+        })?;
         let path = PathBuf::from(path);
         if !path.is_absolute() {
-            return Err(format!("--endpoint {:?}: the socket path must be absolute", self.endpoint));
+            return Err(format!(
+                "--endpoint {:?}: the socket path must be absolute",
+                self.endpoint
+            ));
         }
         Ok(path)
     }
@@ -148,7 +171,15 @@ mod tests {
             assert!(parse_pool(bad).is_err(), "{bad}");
         }
         let mut c = Config::try_parse_from([
-            "strata-csi", "--endpoint", "tcp://x", "--node-id", "n_1", "--state-dir", "/s", "--pool", "a=image:/a",
+            "strata-csi",
+            "--endpoint",
+            "tcp://x",
+            "--node-id",
+            "n_1",
+            "--state-dir",
+            "/s",
+            "--pool",
+            "a=image:/a",
         ])
         .unwrap();
         assert!(c.validate().is_err());

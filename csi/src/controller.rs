@@ -37,7 +37,10 @@ fn bad(e: Error) -> Status {
 #[tonic::async_trait]
 impl pb::controller_server::Controller for Service {
     #[tracing::instrument(skip_all, fields(name = %req.get_ref().name))]
-    async fn create_volume(&self, req: Request<pb::CreateVolumeRequest>) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
         let r = req.into_inner();
         let args = (|| {
             validate::map("secrets", &r.secrets)?;
@@ -46,14 +49,21 @@ impl pb::controller_server::Controller for Service {
             validate::map("mutable_parameters", &r.mutable_parameters)?;
             let caps = convert::caps("volume_capabilities", &r.volume_capabilities)?;
             for c in &caps {
-                c.supported().map_err(|m| Error::invalid("volume_capabilities", m))?;
+                c.supported()
+                    .map_err(|m| Error::invalid("volume_capabilities", m))?;
             }
             let (required, limit) = convert::range(&r.capacity_range)?;
             let (requisite, preferred) = match &r.accessibility_requirements {
                 Some(t) if t.requisite.is_empty() && t.preferred.is_empty() => {
-                    return Err(Error::invalid("accessibility_requirements", "requisite or preferred must be set"));
+                    return Err(Error::invalid(
+                        "accessibility_requirements",
+                        "requisite or preferred must be set",
+                    ));
                 }
-                Some(t) => (convert::topologies(&t.requisite), convert::topologies(&t.preferred)),
+                Some(t) => (
+                    convert::topologies(&t.requisite),
+                    convert::topologies(&t.preferred),
+                ),
                 None => (Vec::new(), Vec::new()),
             };
             Ok(CreateArgs {
@@ -71,11 +81,16 @@ impl pb::controller_server::Controller for Service {
         })()
         .map_err(bad)?;
         let v = self.run(move |d| d.create_volume(args)).await?;
-        Ok(Response::new(pb::CreateVolumeResponse { volume: Some(convert::volume(&v, &self.d.node_id)) }))
+        Ok(Response::new(pb::CreateVolumeResponse {
+            volume: Some(convert::volume(&v, &self.d.node_id)),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(volume_id = %req.get_ref().volume_id))]
-    async fn delete_volume(&self, req: Request<pb::DeleteVolumeRequest>) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let r = req.into_inner();
         validate::map("secrets", &r.secrets).map_err(bad)?;
         let id = r.volume_id;
@@ -89,7 +104,9 @@ impl pb::controller_server::Controller for Service {
         &self,
         _req: Request<pb::ControllerPublishVolumeRequest>,
     ) -> Result<Response<pb::ControllerPublishVolumeResponse>, Status> {
-        Err(bad(Error::Unimplemented("ControllerPublishVolume (PUBLISH_UNPUBLISH_VOLUME is not advertised)")))
+        Err(bad(Error::Unimplemented(
+            "ControllerPublishVolume (PUBLISH_UNPUBLISH_VOLUME is not advertised)",
+        )))
     }
 
     #[tracing::instrument(skip_all)]
@@ -97,7 +114,9 @@ impl pb::controller_server::Controller for Service {
         &self,
         _req: Request<pb::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<pb::ControllerUnpublishVolumeResponse>, Status> {
-        Err(bad(Error::Unimplemented("ControllerUnpublishVolume (PUBLISH_UNPUBLISH_VOLUME is not advertised)")))
+        Err(bad(Error::Unimplemented(
+            "ControllerUnpublishVolume (PUBLISH_UNPUBLISH_VOLUME is not advertised)",
+        )))
     }
 
     #[tracing::instrument(skip_all, fields(volume_id = %req.get_ref().volume_id))]
@@ -127,14 +146,19 @@ impl pb::controller_server::Controller for Service {
         if problem.is_none() {
             for (k, val) in &r.parameters {
                 let known = v.parameters.get(k);
-                if known.is_some_and(|x| x != val) || (known.is_none() && k != volumes::PARAM_DIRECT_IO) {
+                if known.is_some_and(|x| x != val)
+                    || (known.is_none() && k != volumes::PARAM_DIRECT_IO)
+                {
                     problem = Some(format!("parameter {k:?} does not match the volume"));
                     break;
                 }
             }
         }
         let resp = match problem {
-            Some(message) => pb::ValidateVolumeCapabilitiesResponse { confirmed: None, message },
+            Some(message) => pb::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message,
+            },
             None => pb::ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(pb::validate_volume_capabilities_response::Confirmed {
                     volume_context: r.volume_context,
@@ -149,7 +173,10 @@ impl pb::controller_server::Controller for Service {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_volumes(&self, req: Request<pb::ListVolumesRequest>) -> Result<Response<pb::ListVolumesResponse>, Status> {
+    async fn list_volumes(
+        &self,
+        req: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let r = req.into_inner();
         let limit = convert::max_entries(r.max_entries).map_err(bad)?;
         let after = convert::token_decode(&r.starting_token).map_err(bad)?;
@@ -178,7 +205,11 @@ impl pb::controller_server::Controller for Service {
                         out.push(pb::list_volumes_response::Entry {
                             volume: Some(convert::volume(v, &node)),
                             status: Some(pb::list_volumes_response::VolumeStatus {
-                                published_node_ids: if published { vec![node.clone()] } else { Vec::new() },
+                                published_node_ids: if published {
+                                    vec![node.clone()]
+                                } else {
+                                    Vec::new()
+                                },
                                 volume_condition: Some(pb::VolumeCondition { abnormal, message }),
                             }),
                         });
@@ -187,11 +218,17 @@ impl pb::controller_server::Controller for Service {
                 Ok((out, next))
             })
             .await?;
-        Ok(Response::new(pb::ListVolumesResponse { entries, next_token: next }))
+        Ok(Response::new(pb::ListVolumesResponse {
+            entries,
+            next_token: next,
+        }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn get_capacity(&self, req: Request<pb::GetCapacityRequest>) -> Result<Response<pb::GetCapacityResponse>, Status> {
+    async fn get_capacity(
+        &self,
+        req: Request<pb::GetCapacityRequest>,
+    ) -> Result<Response<pb::GetCapacityResponse>, Status> {
         let r = req.into_inner();
         validate::map("parameters", &r.parameters).map_err(bad)?;
         let caps: Vec<_> = r
@@ -201,7 +238,9 @@ impl pb::controller_server::Controller for Service {
             .collect::<Result<_, _>>()
             .map_err(bad)?;
         let topo = r.accessible_topology.map(|t| t.segments);
-        let (avail, max, min) = self.run(move |d| d.capacity(&r.parameters, &caps, topo.as_ref())).await?;
+        let (avail, max, min) = self
+            .run(move |d| d.capacity(&r.parameters, &caps, topo.as_ref()))
+            .await?;
         Ok(Response::new(pb::GetCapacityResponse {
             available_capacity: avail as i64,
             maximum_volume_size: Some(max as i64),
@@ -217,27 +256,46 @@ impl pb::controller_server::Controller for Service {
         Ok(Response::new(pb::ControllerGetCapabilitiesResponse {
             capabilities: CAPABILITIES
                 .iter()
-                .map(|t| pb::ControllerServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: *t as i32 })) })
+                .map(|t| pb::ControllerServiceCapability {
+                    r#type: Some(Type::Rpc(Rpc { r#type: *t as i32 })),
+                })
                 .collect(),
         }))
     }
 
     #[tracing::instrument(skip_all, fields(name = %req.get_ref().name, volume_id = %req.get_ref().source_volume_id))]
-    async fn create_snapshot(&self, req: Request<pb::CreateSnapshotRequest>) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
         let r = req.into_inner();
         validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::name("name", &r.name).map_err(bad)?;
         validate::id("source_volume_id", &r.source_volume_id).map_err(bad)?;
         validate::map("parameters", &r.parameters).map_err(bad)?;
-        if let Some(k) = r.parameters.keys().find(|k| !k.starts_with("csi.storage.k8s.io/")) {
-            return Err(bad(Error::invalid("parameters", format!("unknown parameter {k:?}"))));
+        if let Some(k) = r
+            .parameters
+            .keys()
+            .find(|k| !k.starts_with("csi.storage.k8s.io/"))
+        {
+            return Err(bad(Error::invalid(
+                "parameters",
+                format!("unknown parameter {k:?}"),
+            )));
         }
-        let s = self.run(move |d| d.create_snapshot(&r.name, &r.source_volume_id)).await?;
-        Ok(Response::new(pb::CreateSnapshotResponse { snapshot: Some(convert::snapshot(&s)) }))
+        let s = self
+            .run(move |d| d.create_snapshot(&r.name, &r.source_volume_id))
+            .await?;
+        Ok(Response::new(pb::CreateSnapshotResponse {
+            snapshot: Some(convert::snapshot(&s)),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(snapshot_id = %req.get_ref().snapshot_id))]
-    async fn delete_snapshot(&self, req: Request<pb::DeleteSnapshotRequest>) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
         let r = req.into_inner();
         validate::map("secrets", &r.secrets).map_err(bad)?;
         let id = r.snapshot_id;
@@ -247,7 +305,10 @@ impl pb::controller_server::Controller for Service {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_snapshots(&self, req: Request<pb::ListSnapshotsRequest>) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let r = req.into_inner();
         validate::map("secrets", &r.secrets).map_err(bad)?;
         let limit = convert::max_entries(r.max_entries).map_err(bad)?;
@@ -258,7 +319,8 @@ impl pb::controller_server::Controller for Service {
             .run(move |d| {
                 let visible = |s: &SnapshotRecord| {
                     s.phase == Phase::Ready
-                        && (r.source_volume_id.is_empty() || s.source_volume_id == r.source_volume_id)
+                        && (r.source_volume_id.is_empty()
+                            || s.source_volume_id == r.source_volume_id)
                         && s.id > after
                 };
                 if !r.snapshot_id.is_empty() {
@@ -275,7 +337,8 @@ impl pb::controller_server::Controller for Service {
                     let page = if r.source_volume_id.is_empty() {
                         d.store.snapshots_after(&cursor, limit + 1)?
                     } else {
-                        d.store.snapshots_of(&r.source_volume_id, &cursor, limit + 1)?
+                        d.store
+                            .snapshots_of(&r.source_volume_id, &cursor, limit + 1)?
                     };
                     if page.is_empty() {
                         return Ok((out, String::new()));
@@ -298,14 +361,19 @@ impl pb::controller_server::Controller for Service {
         Ok(Response::new(pb::ListSnapshotsResponse {
             entries: entries
                 .iter()
-                .map(|s| pb::list_snapshots_response::Entry { snapshot: Some(convert::snapshot(s)) })
+                .map(|s| pb::list_snapshots_response::Entry {
+                    snapshot: Some(convert::snapshot(s)),
+                })
                 .collect(),
             next_token: next,
         }))
     }
 
     #[tracing::instrument(skip_all, fields(snapshot_id = %req.get_ref().snapshot_id))]
-    async fn get_snapshot(&self, req: Request<pb::GetSnapshotRequest>) -> Result<Response<pb::GetSnapshotResponse>, Status> {
+    async fn get_snapshot(
+        &self,
+        req: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
         let r = req.into_inner();
         validate::map("secrets", &r.secrets).map_err(bad)?;
         let id = r.snapshot_id;
@@ -316,7 +384,9 @@ impl pb::controller_server::Controller for Service {
                 _ => Err(Error::SnapshotNotFound(id)),
             })
             .await?;
-        Ok(Response::new(pb::GetSnapshotResponse { snapshot: Some(convert::snapshot(&s)) }))
+        Ok(Response::new(pb::GetSnapshotResponse {
+            snapshot: Some(convert::snapshot(&s)),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(volume_id = %req.get_ref().volume_id))]
@@ -328,15 +398,23 @@ impl pb::controller_server::Controller for Service {
         validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
         if r.capacity_range.is_none() {
-            return Err(bad(Error::invalid("capacity_range", "required field is missing")));
+            return Err(bad(Error::invalid(
+                "capacity_range",
+                "required field is missing",
+            )));
         }
         let (required, limit) = convert::range(&r.capacity_range).map_err(bad)?;
         let block = match &r.volume_capability {
             Some(c) => Some(convert::cap("volume_capability", c).map_err(bad)?.block),
             None => None,
         };
-        let (cap, node) = self.run(move |d| d.expand_volume(&r.volume_id, required, limit, block)).await?;
-        Ok(Response::new(pb::ControllerExpandVolumeResponse { capacity_bytes: cap as i64, node_expansion_required: node }))
+        let (cap, node) = self
+            .run(move |d| d.expand_volume(&r.volume_id, required, limit, block))
+            .await?;
+        Ok(Response::new(pb::ControllerExpandVolumeResponse {
+            capacity_bytes: cap as i64,
+            node_expansion_required: node,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(volume_id = %req.get_ref().volume_id))]
@@ -357,7 +435,11 @@ impl pb::controller_server::Controller for Service {
         Ok(Response::new(pb::ControllerGetVolumeResponse {
             volume: Some(convert::volume(&v, &self.d.node_id)),
             status: Some(pb::controller_get_volume_response::VolumeStatus {
-                published_node_ids: if staged { vec![self.d.node_id.clone()] } else { Vec::new() },
+                published_node_ids: if staged {
+                    vec![self.d.node_id.clone()]
+                } else {
+                    Vec::new()
+                },
                 volume_condition: Some(pb::VolumeCondition { abnormal, message }),
             }),
         }))
@@ -373,14 +455,21 @@ impl pb::controller_server::Controller for Service {
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
         validate::map("mutable_parameters", &r.mutable_parameters).map_err(bad)?;
         if r.mutable_parameters.is_empty() {
-            return Err(bad(Error::invalid("mutable_parameters", "required field is missing")));
+            return Err(bad(Error::invalid(
+                "mutable_parameters",
+                "required field is missing",
+            )));
         }
         volumes::parse_mutable(&r.mutable_parameters).map_err(bad)?;
-        self.run(move |d| d.modify_volume(&r.volume_id, &r.mutable_parameters)).await?;
+        self.run(move |d| d.modify_volume(&r.volume_id, &r.mutable_parameters))
+            .await?;
         Ok(Response::new(pb::ControllerModifyVolumeResponse {}))
     }
 }
 
 fn out_last(out: &[pb::list_volumes_response::Entry]) -> String {
-    out.last().and_then(|e| e.volume.as_ref()).map(|v| v.volume_id.clone()).unwrap_or_default()
+    out.last()
+        .and_then(|e| e.volume.as_ref())
+        .map(|v| v.volume_id.clone())
+        .unwrap_or_default()
 }

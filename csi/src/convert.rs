@@ -24,9 +24,13 @@ pub fn cap(field: &'static str, c: &pb::VolumeCapability) -> Result<Cap> {
         return Err(Error::invalid(field, "access_mode is missing or UNKNOWN"));
     }
     match &c.access_type {
-        Some(AccessType::Block(_)) => {
-            Ok(Cap { block: true, fs_type: String::new(), mount_flags: Vec::new(), mount_group: String::new(), mode })
-        }
+        Some(AccessType::Block(_)) => Ok(Cap {
+            block: true,
+            fs_type: String::new(),
+            mount_flags: Vec::new(),
+            mount_group: String::new(),
+            mode,
+        }),
         Some(AccessType::Mount(m)) => {
             validate::bounded(field, &m.fs_type)?;
             validate::bounded(field, &m.volume_mount_group)?;
@@ -42,7 +46,10 @@ pub fn cap(field: &'static str, c: &pb::VolumeCapability) -> Result<Cap> {
                 mode,
             })
         }
-        None => Err(Error::invalid(field, "access_type (block or mount) is missing")),
+        None => Err(Error::invalid(
+            field,
+            "access_type (block or mount) is missing",
+        )),
     }
 }
 
@@ -61,7 +68,9 @@ pub fn caps(field: &'static str, list: &[pb::VolumeCapability]) -> Result<Vec<Ca
 }
 
 pub fn topology(node_id: &str) -> pb::Topology {
-    pb::Topology { segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node_id.to_string())]) }
+    pb::Topology {
+        segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node_id.to_string())]),
+    }
 }
 
 pub fn source_of(s: &Option<pb::VolumeContentSource>) -> Result<Option<Source>> {
@@ -84,8 +93,12 @@ pub fn content_source(s: &Source) -> pb::VolumeContentSource {
     use pb::volume_content_source::{SnapshotSource, Type, VolumeSource};
     pb::VolumeContentSource {
         r#type: Some(match s {
-            Source::Snapshot(id) => Type::Snapshot(SnapshotSource { snapshot_id: id.clone() }),
-            Source::Volume(id) => Type::Volume(VolumeSource { volume_id: id.clone() }),
+            Source::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                snapshot_id: id.clone(),
+            }),
+            Source::Volume(id) => Type::Volume(VolumeSource {
+                volume_id: id.clone(),
+            }),
         }),
     }
 }
@@ -105,7 +118,10 @@ pub fn volume(v: &VolumeRecord, node_id: &str) -> pb::Volume {
 }
 
 pub fn timestamp(unix: i64) -> Timestamp {
-    Timestamp { seconds: unix, nanos: 0 }
+    Timestamp {
+        seconds: unix,
+        nanos: 0,
+    }
 }
 
 pub fn snapshot(s: &SnapshotRecord) -> pb::Snapshot {

@@ -54,16 +54,28 @@ impl Cap {
             | mode::SINGLE_NODE_READER_ONLY
             | mode::SINGLE_NODE_SINGLE_WRITER
             | mode::SINGLE_NODE_MULTI_WRITER => {}
-            mode::MULTI_NODE_READER_ONLY | mode::MULTI_NODE_SINGLE_WRITER | mode::MULTI_NODE_MULTI_WRITER => {
-                return Err(format!("access mode {} needs several nodes; local volumes live on one", self.mode));
+            mode::MULTI_NODE_READER_ONLY
+            | mode::MULTI_NODE_SINGLE_WRITER
+            | mode::MULTI_NODE_MULTI_WRITER => {
+                return Err(format!(
+                    "access mode {} needs several nodes; local volumes live on one",
+                    self.mode
+                ));
             }
             other => return Err(format!("access mode {other} is unknown")),
         }
-        if !self.block && !self.fs_type.is_empty() && self.fs_type != "ext4" && self.fs_type != "xfs" {
+        if !self.block
+            && !self.fs_type.is_empty()
+            && self.fs_type != "ext4"
+            && self.fs_type != "xfs"
+        {
             return Err(format!("fs_type {:?}: only ext4 and xfs", self.fs_type));
         }
         if !self.mount_group.is_empty() && self.mount_group.parse::<u32>().is_err() {
-            return Err(format!("volume_mount_group {:?} is not a numeric group id", self.mount_group));
+            return Err(format!(
+                "volume_mount_group {:?} is not a numeric group id",
+                self.mount_group
+            ));
         }
         Ok(())
     }
@@ -95,7 +107,10 @@ impl Cap {
 }
 
 pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 pub fn round_up(n: u64, unit: u64) -> u64 {
@@ -122,7 +137,11 @@ pub fn pick_size(required: u64, limit: u64, floor: u64, fs_type: &str) -> Result
     }
     let min = min_size(fs_type).max(floor);
     let want = if required == 0 {
-        if limit != 0 { limit.min(DEFAULT_SIZE).max(min) } else { DEFAULT_SIZE.max(min) }
+        if limit != 0 {
+            limit.min(DEFAULT_SIZE).max(min)
+        } else {
+            DEFAULT_SIZE.max(min)
+        }
     } else {
         required.max(min)
     };
@@ -143,9 +162,14 @@ pub fn pick_size(required: u64, limit: u64, floor: u64, fs_type: &str) -> Result
 }
 
 /// Checks requisite/preferred topologies against this node.
-pub fn topology_allows(node_id: &str, requisite: &[HashMap<String, String>], preferred: &[HashMap<String, String>]) -> Result<()> {
+pub fn topology_allows(
+    node_id: &str,
+    requisite: &[HashMap<String, String>],
+    preferred: &[HashMap<String, String>],
+) -> Result<()> {
     let matches = |t: &HashMap<String, String>| {
-        t.iter().all(|(k, v)| k.eq_ignore_ascii_case(TOPOLOGY_KEY) && v == node_id)
+        t.iter()
+            .all(|(k, v)| k.eq_ignore_ascii_case(TOPOLOGY_KEY) && v == node_id)
     };
     if !requisite.is_empty() {
         if requisite.iter().any(matches) {
@@ -156,7 +180,9 @@ pub fn topology_allows(node_id: &str, requisite: &[HashMap<String, String>], pre
         )));
     }
     if !preferred.is_empty() && !preferred.iter().any(matches) {
-        return Err(Error::Topology(format!("no preferred topology contains {TOPOLOGY_KEY}={node_id}")));
+        return Err(Error::Topology(format!(
+            "no preferred topology contains {TOPOLOGY_KEY}={node_id}"
+        )));
     }
     Ok(())
 }
@@ -182,7 +208,9 @@ pub struct Driver {
 
 impl Driver {
     pub fn pool(&self, name: &str) -> Result<&std::sync::Arc<dyn Backend>> {
-        self.pools.get(name).ok_or_else(|| Error::StateCorrupt(format!("pool {name} is not configured")))
+        self.pools
+            .get(name)
+            .ok_or_else(|| Error::StateCorrupt(format!("pool {name} is not configured")))
     }
 
     /// Volume by id as the CO knows it: our id format, or the CO's id of an ephemeral
@@ -211,7 +239,10 @@ impl Driver {
         match self.lookup_volume(id)? {
             Lookup::Found(v) if v.phase == Phase::Ready => Ok(v),
             Lookup::Found(_) | Lookup::Unknown => Err(Error::VolumeNotFound(id.to_string())),
-            Lookup::OtherNode(oid) => Err(Error::VolumeNotFound(format!("{id} (it lives on node {})", oid.node))),
+            Lookup::OtherNode(oid) => Err(Error::VolumeNotFound(format!(
+                "{id} (it lives on node {})",
+                oid.node
+            ))),
         }
     }
 
@@ -241,13 +272,20 @@ impl Driver {
     pub fn condition(&self, v: &VolumeRecord) -> Result<(bool, String)> {
         let pool = self.pool(&v.pool)?;
         if pool.size(ImageRef::volume(&v.file))?.is_none() {
-            return Ok((true, format!("image {} is missing", pool.path(ImageRef::volume(&v.file)).display())));
+            return Ok((
+                true,
+                format!(
+                    "image {} is missing",
+                    pool.path(ImageRef::volume(&v.file)).display()
+                ),
+            ));
         }
         if let Some(st) = self.store.stage(&v.id)?
             && st.phase == crate::state::StagePhase::Staged
         {
             let image = pool.path(ImageRef::volume(&v.file));
-            let devices = sys::loopdev::find_by_backing(&image).map_err(Error::io("listing loop devices", "/sys/block"))?;
+            let devices = sys::loopdev::find_by_backing(&image)
+                .map_err(Error::io("listing loop devices", "/sys/block"))?;
             let recorded = st.device.as_deref().and_then(sys::loopdev::number_of);
             if recorded.is_none_or(|n| !devices.contains(&n)) {
                 return Ok((true, format!("loop device of {} is gone", image.display())));
@@ -255,7 +293,12 @@ impl Driver {
             if !st.block {
                 match sys::mount::stat(&st.staging_path) {
                     Ok(s) if s.mount_root => {}
-                    _ => return Ok((true, format!("staging mount {} is gone", st.staging_path.display()))),
+                    _ => {
+                        return Ok((
+                            true,
+                            format!("staging mount {} is gone", st.staging_path.display()),
+                        ));
+                    }
                 }
             }
         }
@@ -297,18 +340,34 @@ mod tests {
         assert_eq!(pick_size(0, 0, 0, "ext4").unwrap(), DEFAULT_SIZE);
         assert_eq!(pick_size(1, 0, 0, "xfs").unwrap(), sys::mkfs::XFS_MIN_BYTES);
         assert_eq!(pick_size(0, 64 << 20, 0, "ext4").unwrap(), 64 << 20);
-        assert!(matches!(pick_size(2, 1, 0, ""), Err(Error::OutOfRange { .. })));
-        assert!(matches!(pick_size(1 << 20, 100 << 20, 0, "xfs"), Err(Error::OutOfRange { .. })));
-        assert_eq!(pick_size(10, 0, 50 << 20, "ext4").unwrap(), 50 << 20, "source floor");
+        assert!(matches!(
+            pick_size(2, 1, 0, ""),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            pick_size(1 << 20, 100 << 20, 0, "xfs"),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert_eq!(
+            pick_size(10, 0, 50 << 20, "ext4").unwrap(),
+            50 << 20,
+            "source floor"
+        );
         // A limit that is not a multiple of the unit still admits a size below it.
-        assert_eq!(pick_size(20 << 20, (20 << 20) + 5, 0, "ext4").unwrap(), 20 << 20);
+        assert_eq!(
+            pick_size(20 << 20, (20 << 20) + 5, 0, "ext4").unwrap(),
+            20 << 20
+        );
     }
 
     #[test]
     fn topology() {
         let t = |v: &str| HashMap::from([(TOPOLOGY_KEY.to_string(), v.to_string())]);
         assert!(topology_allows("n1", &[t("n2"), t("n1")], &[]).is_ok());
-        assert!(matches!(topology_allows("n1", &[t("n2")], &[]), Err(Error::Topology(_))));
+        assert!(matches!(
+            topology_allows("n1", &[t("n2")], &[]),
+            Err(Error::Topology(_))
+        ));
         assert!(topology_allows("n1", &[], &[]).is_ok());
         let other_key = HashMap::from([("zone".to_string(), "a".to_string())]);
         assert!(topology_allows("n1", &[other_key], &[]).is_err());
@@ -316,12 +375,45 @@ mod tests {
 
     #[test]
     fn caps() {
-        let c = Cap { block: false, fs_type: "ext4".into(), mount_flags: vec![], mount_group: String::new(), mode: 1 };
+        let c = Cap {
+            block: false,
+            fs_type: "ext4".into(),
+            mount_flags: vec![],
+            mount_group: String::new(),
+            mode: 1,
+        };
         assert!(c.supported().is_ok());
         assert!(!c.multi_publish());
-        assert!(Cap { mode: 5, ..c.clone() }.supported().is_err());
-        assert!(Cap { fs_type: "ntfs".into(), ..c.clone() }.supported().is_err());
-        assert!(Cap { mode: 7, ..c.clone() }.multi_publish());
-        assert!(Cap { mount_group: "abc".into(), ..c }.supported().is_err());
+        assert!(
+            Cap {
+                mode: 5,
+                ..c.clone()
+            }
+            .supported()
+            .is_err()
+        );
+        assert!(
+            Cap {
+                fs_type: "ntfs".into(),
+                ..c.clone()
+            }
+            .supported()
+            .is_err()
+        );
+        assert!(
+            Cap {
+                mode: 7,
+                ..c.clone()
+            }
+            .multi_publish()
+        );
+        assert!(
+            Cap {
+                mount_group: "abc".into(),
+                ..c
+            }
+            .supported()
+            .is_err()
+        );
     }
 }

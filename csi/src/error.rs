@@ -18,11 +18,24 @@ pub enum Error {
     #[error("group snapshot {0} not found")]
     GroupSnapshotNotFound(String),
     #[error("{what} {id} lives on node {node}, not on this node ({here}); it cannot be used here")]
-    OtherNode { what: &'static str, id: String, node: String, here: String },
+    OtherNode {
+        what: &'static str,
+        id: String,
+        node: String,
+        here: String,
+    },
     #[error("{what} {name:?} already exists and is incompatible: {reason}")]
-    Incompatible { what: &'static str, name: String, reason: String },
+    Incompatible {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
     #[error("volume {id} is already staged at {path} with different arguments: {reason}")]
-    StagedIncompatible { id: String, path: String, reason: String },
+    StagedIncompatible {
+        id: String,
+        path: String,
+        reason: String,
+    },
     #[error("target {target} is already published with different arguments: {reason}")]
     PublishedIncompatible { target: String, reason: String },
     #[error("an operation on {0} is already in flight")]
@@ -66,7 +79,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument { field, reason: reason.into() }
+        Error::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
     }
 
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
@@ -164,18 +180,49 @@ mod tests {
             (Error::VolumeNotFound("v".into()), Code::NotFound),
             (Error::Busy("v".into()), Code::Aborted),
             (Error::BadToken("x".into()), Code::Aborted),
-            (Error::PoolFull { pool: "p".into(), want: 2, free: 1 }, Code::ResourceExhausted),
             (
-                Error::OtherNode { what: "snapshot", id: "a".into(), node: "n2".into(), here: "n1".into() },
+                Error::PoolFull {
+                    pool: "p".into(),
+                    want: 2,
+                    free: 1,
+                },
                 Code::ResourceExhausted,
             ),
             (
-                Error::Incompatible { what: "volume", name: "x".into(), reason: "size".into() },
+                Error::OtherNode {
+                    what: "snapshot",
+                    id: "a".into(),
+                    node: "n2".into(),
+                    here: "n1".into(),
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::Incompatible {
+                    what: "volume",
+                    name: "x".into(),
+                    reason: "size".into(),
+                },
                 Code::AlreadyExists,
             ),
-            (Error::OutOfRange { field: "capacity_range", reason: "x".into() }, Code::OutOfRange),
-            (Error::InUse { id: "v".into(), reason: "staged".into() }, Code::FailedPrecondition),
-            (Error::Unimplemented("ControllerPublishVolume"), Code::Unimplemented),
+            (
+                Error::OutOfRange {
+                    field: "capacity_range",
+                    reason: "x".into(),
+                },
+                Code::OutOfRange,
+            ),
+            (
+                Error::InUse {
+                    id: "v".into(),
+                    reason: "staged".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::Unimplemented("ControllerPublishVolume"),
+                Code::Unimplemented,
+            ),
         ];
         for (err, code) in cases {
             let text = err.to_string();
@@ -188,7 +235,11 @@ mod tests {
 
     #[test]
     fn message_carries_the_cause_chain() {
-        let e = Error::Io { op: "attach", path: "/p/v.img".into(), source: std::io::Error::other("EBUSY") };
+        let e = Error::Io {
+            op: "attach",
+            path: "/p/v.img".into(),
+            source: std::io::Error::other("EBUSY"),
+        };
         assert_eq!(Status::from(e).message(), "attach /p/v.img: EBUSY");
     }
 }

@@ -39,7 +39,9 @@ impl pb::group_controller_server::GroupController for Service {
     ) -> Result<Response<pb::GroupControllerGetCapabilitiesResponse>, Status> {
         Ok(Response::new(pb::GroupControllerGetCapabilitiesResponse {
             capabilities: vec![pb::GroupControllerServiceCapability {
-                r#type: Some(Type::Rpc(Rpc { r#type: rpc::Type::CreateDeleteGetVolumeGroupSnapshot as i32 })),
+                r#type: Some(Type::Rpc(Rpc {
+                    r#type: rpc::Type::CreateDeleteGetVolumeGroupSnapshot as i32,
+                })),
             }],
         }))
     }
@@ -53,14 +55,20 @@ impl pb::group_controller_server::GroupController for Service {
         validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::name("name", &r.name).map_err(bad)?;
         if r.source_volume_ids.is_empty() {
-            return Err(bad(Error::invalid("source_volume_ids", "at least one volume is required")));
+            return Err(bad(Error::invalid(
+                "source_volume_ids",
+                "at least one volume is required",
+            )));
         }
         ids("source_volume_ids", &r.source_volume_ids)?;
         let mut sorted = r.source_volume_ids.clone();
         sorted.sort();
         sorted.dedup();
         if sorted.len() != r.source_volume_ids.len() {
-            return Err(bad(Error::invalid("source_volume_ids", "a volume is listed twice")));
+            return Err(bad(Error::invalid(
+                "source_volume_ids",
+                "a volume is listed twice",
+            )));
         }
         validate::map("parameters", &r.parameters).map_err(bad)?;
         let (g, members) = self
@@ -70,7 +78,9 @@ impl pb::group_controller_server::GroupController for Service {
                 Ok((g, members))
             })
             .await?;
-        Ok(Response::new(pb::CreateVolumeGroupSnapshotResponse { group_snapshot: Some(group(&g, &members)) }))
+        Ok(Response::new(pb::CreateVolumeGroupSnapshotResponse {
+            group_snapshot: Some(group(&g, &members)),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(group_snapshot_id = %req.get_ref().group_snapshot_id))]
@@ -82,7 +92,8 @@ impl pb::group_controller_server::GroupController for Service {
         validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("group_snapshot_id", &r.group_snapshot_id).map_err(bad)?;
         ids("snapshot_ids", &r.snapshot_ids)?;
-        self.run(move |d| d.delete_group(&r.group_snapshot_id, &r.snapshot_ids)).await?;
+        self.run(move |d| d.delete_group(&r.group_snapshot_id, &r.snapshot_ids))
+            .await?;
         Ok(Response::new(pb::DeleteVolumeGroupSnapshotResponse {}))
     }
 
@@ -95,7 +106,11 @@ impl pb::group_controller_server::GroupController for Service {
         validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("group_snapshot_id", &r.group_snapshot_id).map_err(bad)?;
         ids("snapshot_ids", &r.snapshot_ids)?;
-        let (g, members) = self.run(move |d| d.get_group(&r.group_snapshot_id, &r.snapshot_ids)).await?;
-        Ok(Response::new(pb::GetVolumeGroupSnapshotResponse { group_snapshot: Some(group(&g, &members)) }))
+        let (g, members) = self
+            .run(move |d| d.get_group(&r.group_snapshot_id, &r.snapshot_ids))
+            .await?;
+        Ok(Response::new(pb::GetVolumeGroupSnapshotResponse {
+            group_snapshot: Some(group(&g, &members)),
+        }))
     }
 }

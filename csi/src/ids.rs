@@ -64,14 +64,16 @@ pub fn valid_node(s: &str) -> bool {
     s.len() <= NODE_MAX
         && alnum_ends(s)
         && !s.contains("..")
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
 /// Whether `s` may be used as a pool name (see the module docs).
 pub fn valid_pool(s: &str) -> bool {
     s.len() <= POOL_MAX
         && alnum_ends(s)
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl ObjectId {
@@ -86,7 +88,12 @@ impl ObjectId {
         for b in &digest[..HASH_HEX / 2] {
             hash.push_str(&format!("{b:02x}"));
         }
-        ObjectId { node: node.to_string(), pool: pool.to_string(), kind, hash }
+        ObjectId {
+            node: node.to_string(),
+            pool: pool.to_string(),
+            kind,
+            hash,
+        }
     }
 
     /// Parses an id strictly; None when it is not one of ours.
@@ -101,10 +108,19 @@ impl ObjectId {
         let mut chars = tail.chars();
         let kind = Kind::from_letter(chars.next()?)?;
         let hash = chars.as_str();
-        if hash.len() != HASH_HEX || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hash.len() != HASH_HEX
+            || !hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return None;
         }
-        Some(ObjectId { node: node.into(), pool: pool.into(), kind, hash: hash.into() })
+        Some(ObjectId {
+            node: node.into(),
+            pool: pool.into(),
+            kind,
+            hash: hash.into(),
+        })
     }
 
     /// Name of the image file inside the pool: `<kind><hash>.img`; only `[a-z0-9.]`, so
@@ -116,7 +132,14 @@ impl ObjectId {
 
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}_{}_{}{}", self.node, self.pool, self.kind.letter(), self.hash)
+        write!(
+            f,
+            "{}_{}_{}{}",
+            self.node,
+            self.pool,
+            self.kind.letter(),
+            self.hash
+        )
     }
 }
 
@@ -130,8 +153,14 @@ mod tests {
         let a = ObjectId::for_name("node-1.example", "fast", Kind::Volume, "pvc-1");
         let s = a.to_string();
         assert_eq!(ObjectId::parse(&s), Some(a.clone()));
-        assert_eq!(ObjectId::for_name("node-1.example", "fast", Kind::Volume, "pvc-1"), a);
-        assert_ne!(ObjectId::for_name("node-1.example", "fast", Kind::Snapshot, "pvc-1").hash, a.hash);
+        assert_eq!(
+            ObjectId::for_name("node-1.example", "fast", Kind::Volume, "pvc-1"),
+            a
+        );
+        assert_ne!(
+            ObjectId::for_name("node-1.example", "fast", Kind::Snapshot, "pvc-1").hash,
+            a.hash
+        );
         assert!(a.file_name().starts_with('v') && a.file_name().ends_with(".img"));
     }
 
@@ -154,7 +183,8 @@ mod tests {
     }
 
     fn node_strategy() -> impl Strategy<Value = String> {
-        "[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?".prop_filter("no empty label", |s| !s.contains(".."))
+        "[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?"
+            .prop_filter("no empty label", |s| !s.contains(".."))
     }
 
     fn pool_strategy() -> impl Strategy<Value = String> {

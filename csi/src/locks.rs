@@ -30,12 +30,19 @@ impl Locks {
         let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
         let mut held = self.held.lock().expect("locks mutex");
         if let Some(busy) = keys.iter().find(|k| held.contains(*k)) {
-            return Err(Error::Busy(busy.split_once(':').map_or(busy.as_str(), |(_, v)| v).to_string()));
+            return Err(Error::Busy(
+                busy.split_once(':')
+                    .map_or(busy.as_str(), |(_, v)| v)
+                    .to_string(),
+            ));
         }
         for k in &keys {
             held.insert(k.clone());
         }
-        Ok(Guard { held: self.held.clone(), keys })
+        Ok(Guard {
+            held: self.held.clone(),
+            keys,
+        })
     }
 }
 
@@ -58,7 +65,10 @@ mod tests {
         let g = l.try_lock(["vol:a", "name:x"]).unwrap();
         assert!(matches!(l.try_lock(["vol:a"]), Err(Error::Busy(ref v)) if v == "a"));
         assert!(l.try_lock(["vol:b", "name:x"]).is_err());
-        assert!(l.try_lock(["vol:b"]).is_ok(), "all-or-nothing left vol:b free");
+        assert!(
+            l.try_lock(["vol:b"]).is_ok(),
+            "all-or-nothing left vol:b free"
+        );
         drop(g);
         assert!(l.try_lock(["vol:a", "name:x"]).is_ok());
     }

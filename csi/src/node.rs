@@ -26,7 +26,10 @@ fn bad(e: Error) -> Status {
 #[tonic::async_trait]
 impl pb::node_server::Node for Service {
     #[tracing::instrument(skip_all, fields(volume_id = %req.get_ref().volume_id, staging = %req.get_ref().staging_target_path))]
-    async fn node_stage_volume(&self, req: Request<pb::NodeStageVolumeRequest>) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
+    async fn node_stage_volume(
+        &self,
+        req: Request<pb::NodeStageVolumeRequest>,
+    ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
         let r = req.into_inner();
         let args = (|| {
             validate::map("secrets", &r.secrets)?;
@@ -35,7 +38,11 @@ impl pb::node_server::Node for Service {
             let cap = convert::required_cap("volume_capability", &r.volume_capability)?;
             validate::map("volume_context", &r.volume_context)?;
             validate::map("publish_context", &r.publish_context)?;
-            Ok(StageArgs { volume_id: r.volume_id.clone(), staging, cap })
+            Ok(StageArgs {
+                volume_id: r.volume_id.clone(),
+                staging,
+                cap,
+            })
         })()
         .map_err(bad)?;
         self.run(move |d| d.stage(args)).await?;
@@ -49,7 +56,8 @@ impl pb::node_server::Node for Service {
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
         let r = req.into_inner();
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
-        let staging = validate::co_path("staging_target_path", &r.staging_target_path).map_err(bad)?;
+        let staging =
+            validate::co_path("staging_target_path", &r.staging_target_path).map_err(bad)?;
         self.run(move |d| d.unstage(&r.volume_id, &staging)).await?;
         Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
     }
@@ -60,7 +68,10 @@ impl pb::node_server::Node for Service {
         req: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
         let r = req.into_inner();
-        let ephemeral = r.volume_context.get(CTX_EPHEMERAL).is_some_and(|v| v == "true");
+        let ephemeral = r
+            .volume_context
+            .get(CTX_EPHEMERAL)
+            .is_some_and(|v| v == "true");
         let args = (|| {
             validate::map("secrets", &r.secrets)?;
             validate::id("volume_id", &r.volume_id)?;
@@ -72,7 +83,9 @@ impl pb::node_server::Node for Service {
                 std::path::PathBuf::new()
             } else if r.staging_target_path.is_empty() {
                 // Spec table: STAGE_UNSTAGE_VOLUME is advertised but no staging path set.
-                return Err(Error::Precondition("staging_target_path is required: this node stages volumes".into()));
+                return Err(Error::Precondition(
+                    "staging_target_path is required: this node stages volumes".into(),
+                ));
             } else {
                 validate::co_path("staging_target_path", &r.staging_target_path)?
             };
@@ -82,7 +95,11 @@ impl pb::node_server::Node for Service {
                 target,
                 cap,
                 readonly: r.readonly,
-                context: r.volume_context.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                context: r
+                    .volume_context
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             })
         })()
         .map_err(bad)?;
@@ -102,7 +119,8 @@ impl pb::node_server::Node for Service {
         let r = req.into_inner();
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
         let target = validate::co_path("target_path", &r.target_path).map_err(bad)?;
-        self.run(move |d| d.unpublish(&r.volume_id, &target)).await?;
+        self.run(move |d| d.unpublish(&r.volume_id, &target))
+            .await?;
         Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
     }
 
@@ -135,7 +153,10 @@ impl pb::node_server::Node for Service {
         }
         Ok(Response::new(pb::NodeGetVolumeStatsResponse {
             usage,
-            volume_condition: Some(pb::VolumeCondition { abnormal: s.abnormal, message: s.message }),
+            volume_condition: Some(pb::VolumeCondition {
+                abnormal: s.abnormal,
+                message: s.message,
+            }),
         }))
     }
 
@@ -156,8 +177,12 @@ impl pb::node_server::Node for Service {
             Some(c) => Some(convert::cap("volume_capability", c).map_err(bad)?.block),
             None => None,
         };
-        let cap = self.run(move |d| d.node_expand(&r.volume_id, &path, required, block)).await?;
-        Ok(Response::new(pb::NodeExpandVolumeResponse { capacity_bytes: cap as i64 }))
+        let cap = self
+            .run(move |d| d.node_expand(&r.volume_id, &path, required, block))
+            .await?;
+        Ok(Response::new(pb::NodeExpandVolumeResponse {
+            capacity_bytes: cap as i64,
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -168,13 +193,18 @@ impl pb::node_server::Node for Service {
         Ok(Response::new(pb::NodeGetCapabilitiesResponse {
             capabilities: CAPABILITIES
                 .iter()
-                .map(|t| pb::NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: *t as i32 })) })
+                .map(|t| pb::NodeServiceCapability {
+                    r#type: Some(Type::Rpc(Rpc { r#type: *t as i32 })),
+                })
                 .collect(),
         }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn node_get_info(&self, _req: Request<pb::NodeGetInfoRequest>) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
+    async fn node_get_info(
+        &self,
+        _req: Request<pb::NodeGetInfoRequest>,
+    ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
         Ok(Response::new(pb::NodeGetInfoResponse {
             node_id: self.d.node_id.clone(),
             max_volumes_per_node: self.d.max_volumes_per_node,

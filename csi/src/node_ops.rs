@@ -62,15 +62,20 @@ fn io_at(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error 
 /// Gives group `gid` write access to the filesystem root, with setgid so new files keep
 /// the group (what `volume_mount_group` asks of ext4/xfs, which have no gid= option).
 fn apply_mount_group(root: &Path, gid: &str) -> Result<()> {
-    let gid: u32 = gid.parse().map_err(|_| Error::invalid("volume_mount_group", "not a numeric group id"))?;
-    nix::unistd::chown(root, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| Error::Io {
-        op: "chgrp",
-        path: root.to_path_buf(),
-        source: e.into(),
+    let gid: u32 = gid
+        .parse()
+        .map_err(|_| Error::invalid("volume_mount_group", "not a numeric group id"))?;
+    nix::unistd::chown(root, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+        Error::Io {
+            op: "chgrp",
+            path: root.to_path_buf(),
+            source: e.into(),
+        }
     })?;
     let meta = std::fs::metadata(root).map_err(io_at("stat", root))?;
     let mode = meta.permissions().mode() | 0o2070;
-    std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode)).map_err(io_at("chmod", root))?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode))
+        .map_err(io_at("chmod", root))?;
     Ok(())
 }
 
@@ -107,14 +112,16 @@ impl Driver {
         let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of) else {
             return Ok(false);
         };
-        let devs = sys::loopdev::find_by_backing(&image).map_err(io_at("listing loop devices", Path::new("/sys/block")))?;
+        let devs = sys::loopdev::find_by_backing(&image)
+            .map_err(io_at("listing loop devices", Path::new("/sys/block")))?;
         if !devs.contains(&n) {
             return Ok(false);
         }
         if st.block {
             return Ok(true);
         }
-        let dev = sys::mount::stat(&sys::loopdev::device_path(n)).map_err(io_at("stat", &sys::loopdev::device_path(n)))?;
+        let dev = sys::mount::stat(&sys::loopdev::device_path(n))
+            .map_err(io_at("stat", &sys::loopdev::device_path(n)))?;
         Ok(sys::mount::stat(&st.staging_path).is_ok_and(|s| s.mount_root && s.dev == dev.rdev))
     }
 
@@ -122,12 +129,16 @@ impl Driver {
     /// image; then forgets the record.
     pub(crate) fn teardown_stage(&self, v: &VolumeRecord, st: &StageRecord) -> Result<()> {
         if !st.block {
-            sys::mount::umount_all(&st.staging_path).map_err(io_at("unmounting", &st.staging_path))?;
+            sys::mount::umount_all(&st.staging_path)
+                .map_err(io_at("unmounting", &st.staging_path))?;
         }
         failpoint::hit("node_unstage:after_umount");
         let image = self.image_path(v)?;
-        for n in sys::loopdev::find_by_backing(&image).map_err(io_at("listing loop devices", Path::new("/sys/block")))? {
-            sys::loopdev::detach(n).map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
+        for n in sys::loopdev::find_by_backing(&image)
+            .map_err(io_at("listing loop devices", Path::new("/sys/block")))?
+        {
+            sys::loopdev::detach(n)
+                .map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
         }
         failpoint::hit("node_unstage:after_detach");
         self.store.write(vec![Op::DelStage(v.id.clone())])?;
@@ -145,13 +156,20 @@ impl Driver {
             )));
         }
         let meta = std::fs::symlink_metadata(&a.staging).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::invalid("staging_target_path", "does not exist (the CO creates it)"),
-            _ => Error::Io { op: "stat", path: a.staging.clone(), source: e },
+            std::io::ErrorKind::NotFound => {
+                Error::invalid("staging_target_path", "does not exist (the CO creates it)")
+            }
+            _ => Error::Io {
+                op: "stat",
+                path: a.staging.clone(),
+                source: e,
+            },
         })?;
         if !a.cap.block && !meta.is_dir() {
             return Err(Error::invalid("staging_target_path", "is not a directory"));
         }
-        let mut opts = sys::mount::parse_options(&a.cap.mount_flags).map_err(|r| Error::invalid("mount_flags", r))?;
+        let mut opts = sys::mount::parse_options(&a.cap.mount_flags)
+            .map_err(|r| Error::invalid("mount_flags", r))?;
         let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
         let args = a.cap.key();
         if let Some(st) = self.store.stage(&v.id)? {
@@ -183,7 +201,11 @@ impl Driver {
             staging_path: a.staging.clone(),
             device: None,
             block: a.cap.block,
-            fs_type: if a.cap.block { String::new() } else { v.fs_type.clone() },
+            fs_type: if a.cap.block {
+                String::new()
+            } else {
+                v.fs_type.clone()
+            },
             args,
             phase: StagePhase::Staging,
             mount_flags: a.cap.mount_flags.clone(),
@@ -196,8 +218,11 @@ impl Driver {
         let image = pool.path(ImageRef::volume(&v.file));
         // Mount volumes detach by themselves when unmounted (autoclear); block volumes
         // have no mount to hold the device, so they stay attached until unstage.
-        let opts_attach =
-            sys::loopdev::AttachOptions { autoclear: !a.cap.block, direct_io: v.direct_io, read_only: false };
+        let opts_attach = sys::loopdev::AttachOptions {
+            autoclear: !a.cap.block,
+            direct_io: v.direct_io,
+            read_only: false,
+        };
         let mut attached = sys::loopdev::attach(&file, opts_attach, &format!("strata:{}", v.file))
             .map_err(io_at("attaching loop device to", &image))?;
         drop(file);
@@ -212,10 +237,12 @@ impl Driver {
                 return Ok(());
             }
             let dev = attached.path.clone();
-            let found = sys::fs::probe(&mut attached.handle).map_err(io_at("reading superblock of", &dev))?;
+            let found = sys::fs::probe(&mut attached.handle)
+                .map_err(io_at("reading superblock of", &dev))?;
             let (fs_type, fs_size) = match found {
                 sys::fs::Probe::Empty => {
-                    sys::mkfs::mkfs(&dev, &v.fs_type).map_err(io_at("making filesystem on", &dev))?;
+                    sys::mkfs::mkfs(&dev, &v.fs_type)
+                        .map_err(io_at("making filesystem on", &dev))?;
                     failpoint::hit("node_stage:after_mkfs");
                     (v.fs_type.clone(), None)
                 }
@@ -238,15 +265,18 @@ impl Driver {
             // filesystem to the device now ("including growing the filesystem by
             // NodePublish time"). ext4 grows best unmounted (no capability needed); xfs
             // only grows mounted.
-            let dev_size = sys::loopdev::size_bytes(attached.number).map_err(io_at("reading size of", &dev))?;
+            let dev_size = sys::loopdev::size_bytes(attached.number)
+                .map_err(io_at("reading size of", &dev))?;
             let needs_grow = fs_size.is_some_and(|s| s + driver::SIZE_UNIT <= dev_size);
             if needs_grow && fs_type == "ext4" {
                 sys::mkfs::grow_ext4_offline(&dev).map_err(io_at("growing filesystem on", &dev))?;
             }
-            sys::mount::mount_fs(&dev, &a.staging, &fs_type, &opts).map_err(io_at("mounting", &a.staging))?;
+            sys::mount::mount_fs(&dev, &a.staging, &fs_type, &opts)
+                .map_err(io_at("mounting", &a.staging))?;
             failpoint::hit("node_stage:after_mount");
             if needs_grow && fs_type == "xfs" {
-                sys::mkfs::grow(&fs_type, &dev, &a.staging).map_err(io_at("growing filesystem on", &dev))?;
+                sys::mkfs::grow(&fs_type, &dev, &a.staging)
+                    .map_err(io_at("growing filesystem on", &dev))?;
             }
             if !a.cap.mount_group.is_empty() {
                 apply_mount_group(&a.staging, &a.cap.mount_group)?;
@@ -299,7 +329,10 @@ impl Driver {
             )));
         }
         if let Some(p) = self.store.publishes_of(&v.id)?.first() {
-            return Err(Error::InUse { id: v.id.clone(), reason: format!("still published at {}", p.target.display()) });
+            return Err(Error::InUse {
+                id: v.id.clone(),
+                reason: format!("still published at {}", p.target.display()),
+            });
         }
         self.teardown_stage(&v, &st)
     }
@@ -310,9 +343,13 @@ impl Driver {
         a.cap.supported().map_err(Error::CapabilityUnsupported)?;
         let parent = a.target.parent().unwrap_or(Path::new("/"));
         if !parent.is_dir() {
-            return Err(Error::invalid("target_path", format!("parent {} does not exist", parent.display())));
+            return Err(Error::invalid(
+                "target_path",
+                format!("parent {} does not exist", parent.display()),
+            ));
         }
-        let opts = sys::mount::parse_options(&a.cap.mount_flags).map_err(|r| Error::invalid("mount_flags", r))?;
+        let opts = sys::mount::parse_options(&a.cap.mount_flags)
+            .map_err(|r| Error::invalid("mount_flags", r))?;
         let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
         let st = match self.store.stage(&v.id)? {
             Some(st) if st.phase == StagePhase::Staged && st.staging_path == a.staging => st,
@@ -324,7 +361,13 @@ impl Driver {
                     a.staging.display()
                 )));
             }
-            _ => return Err(Error::Precondition(format!("volume {} is not staged at {}", v.id, a.staging.display()))),
+            _ => {
+                return Err(Error::Precondition(format!(
+                    "volume {} is not staged at {}",
+                    v.id,
+                    a.staging.display()
+                )));
+            }
         };
         if st.block != a.cap.block {
             return Err(Error::CapabilityUnsupported(format!(
@@ -335,10 +378,19 @@ impl Driver {
             )));
         }
         if !a.cap.block && !a.cap.fs_type.is_empty() && a.cap.fs_type != st.fs_type {
-            return Err(Error::CapabilityUnsupported(format!("volume {} holds {}, not {}", v.id, st.fs_type, a.cap.fs_type)));
+            return Err(Error::CapabilityUnsupported(format!(
+                "volume {} holds {}, not {}",
+                v.id, st.fs_type, a.cap.fs_type
+            )));
         }
         let read_only = a.readonly || a.cap.mode == mode::SINGLE_NODE_READER_ONLY;
-        let args = format!("{}|{}|{}|{:?}", a.staging.display(), a.cap.key(), read_only, a.context);
+        let args = format!(
+            "{}|{}|{}|{:?}",
+            a.staging.display(),
+            a.cap.key(),
+            read_only,
+            a.context
+        );
         if let Some(p) = self.store.publish(&a.target)? {
             if p.volume_id != v.id {
                 return Err(Error::PublishedIncompatible {
@@ -361,7 +413,12 @@ impl Driver {
             tracing::warn!(volume_id = %v.id, target = %a.target.display(), "published mount is gone; publishing again");
         } else {
             for other in self.store.publishes_of(&v.id)? {
-                let both_multi = a.cap.multi_publish() && Cap { mode: other.access_mode, ..a.cap.clone() }.multi_publish();
+                let both_multi = a.cap.multi_publish()
+                    && Cap {
+                        mode: other.access_mode,
+                        ..a.cap.clone()
+                    }
+                    .multi_publish();
                 if !both_multi {
                     return Err(Error::Precondition(format!(
                         "volume {} is already published at {} and its access mode allows one publish",
@@ -372,7 +429,10 @@ impl Driver {
             }
         }
 
-        let device = st.device.clone().ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
+        let device = st
+            .device
+            .clone()
+            .ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
         // A retry after a crash between mount and record finds the mount: adopt it.
         let adopt = self.publish_intact(&st, &a.target, None);
         let mut created = false;
@@ -384,7 +444,11 @@ impl Driver {
             let pool = self.pool(&v.pool)?;
             let image = pool.path(ImageRef::volume(&v.file));
             let file = pool.open(ImageRef::volume(&v.file))?;
-            let opts_ro = sys::loopdev::AttachOptions { autoclear: false, direct_io: false, read_only: true };
+            let opts_ro = sys::loopdev::AttachOptions {
+                autoclear: false,
+                direct_io: false,
+                read_only: true,
+            };
             let dev = sys::loopdev::attach(&file, opts_ro, &format!("strata:{}:ro", v.file))
                 .map_err(io_at("attaching a read-only loop device to", &image))?;
             ro_device = Some(dev);
@@ -397,19 +461,34 @@ impl Driver {
         };
         if !adopt {
             if a.cap.block {
-                match std::fs::OpenOptions::new().write(true).create_new(true).mode_0640().open(&a.target) {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode_0640()
+                    .open(&a.target)
+                {
                     Ok(_) => created = true,
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                     Err(e) => {
                         drop_ro(&ro_device);
-                        return Err(Error::Io { op: "creating", path: a.target.clone(), source: e });
+                        return Err(Error::Io {
+                            op: "creating",
+                            path: a.target.clone(),
+                            source: e,
+                        });
                     }
                 }
             } else {
                 match std::fs::DirBuilder::new().mode_0750().create(&a.target) {
                     Ok(()) => created = true,
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Error::Io { op: "creating", path: a.target.clone(), source: e }),
+                    Err(e) => {
+                        return Err(Error::Io {
+                            op: "creating",
+                            path: a.target.clone(),
+                            source: e,
+                        });
+                    }
                 }
             }
             failpoint::hit("node_publish:after_mkdir");
@@ -423,7 +502,11 @@ impl Driver {
                     remove_target(&a.target);
                 }
                 drop_ro(&ro_device);
-                return Err(Error::Io { op: "bind-mounting onto", path: a.target.clone(), source: e });
+                return Err(Error::Io {
+                    op: "bind-mounting onto",
+                    path: a.target.clone(),
+                    source: e,
+                });
             }
             failpoint::hit("node_publish:after_mount");
         }
@@ -457,13 +540,18 @@ impl Driver {
     /// Whether `target` is a mount of the staged volume (for block: of `device`, or of the
     /// staged device when None).
     fn publish_intact(&self, st: &StageRecord, target: &Path, device: Option<&Path>) -> bool {
-        let Ok(t) = sys::mount::stat(target) else { return false };
+        let Ok(t) = sys::mount::stat(target) else {
+            return false;
+        };
         if !t.mount_root {
             return false;
         }
         if st.block {
-            let Some(dev) = device.or(st.device.as_deref()) else { return false };
-            sys::mount::stat(dev).is_ok_and(|d| d.rdev == t.rdev && t.mode & libc::S_IFMT == libc::S_IFBLK)
+            let Some(dev) = device.or(st.device.as_deref()) else {
+                return false;
+            };
+            sys::mount::stat(dev)
+                .is_ok_and(|d| d.rdev == t.rdev && t.mode & libc::S_IFMT == libc::S_IFBLK)
         } else {
             sys::mount::stat(&st.staging_path).is_ok_and(|s| s.dev == t.dev)
         }
@@ -496,13 +584,21 @@ impl Driver {
                 )));
             }
             let st = self.store.stage(&v.id)?;
-            let ours = rec.is_some() || st.as_ref().is_some_and(|st| self.publish_intact(st, target, None));
+            let ours = rec.is_some()
+                || st
+                    .as_ref()
+                    .is_some_and(|st| self.publish_intact(st, target, None));
             if ours {
                 sys::mount::umount_all(target).map_err(io_at("unmounting", target))?;
                 failpoint::hit("node_unpublish:after_umount");
                 remove_target(target);
-                if let Some(n) = rec.as_ref().and_then(|p| p.device.as_deref()).and_then(sys::loopdev::number_of) {
-                    sys::loopdev::detach(n).map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
+                if let Some(n) = rec
+                    .as_ref()
+                    .and_then(|p| p.device.as_deref())
+                    .and_then(sys::loopdev::number_of)
+                {
+                    sys::loopdev::detach(n)
+                        .map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
                 }
                 failpoint::hit("node_unpublish:after_remove");
             } else if let Ok(meta) = std::fs::symlink_metadata(target) {
@@ -513,7 +609,8 @@ impl Driver {
                 }
             }
             if rec.is_some() {
-                self.store.write(vec![Op::DelPublish(target.to_path_buf())])?;
+                self.store
+                    .write(vec![Op::DelPublish(target.to_path_buf())])?;
             }
         }
         if v.ephemeral.is_some() && self.store.publishes_of(&v.id)?.is_empty() {
@@ -536,7 +633,9 @@ impl Driver {
         let co_id = a.volume_id.clone();
         let _guard = self.locks.try_lock([format!("eph:{co_id}")])?;
         let size = match a.context.get(CTX_SIZE) {
-            Some(s) => parse_quantity(s).ok_or_else(|| Error::invalid("volume_context", format!("size {s:?} is not a quantity")))?,
+            Some(s) => parse_quantity(s).ok_or_else(|| {
+                Error::invalid("volume_context", format!("size {s:?} is not a quantity"))
+            })?,
             None => EPHEMERAL_DEFAULT_SIZE,
         };
         let mut parameters = std::collections::HashMap::new();
@@ -557,11 +656,24 @@ impl Driver {
                 ..Default::default()
             })?,
         };
-        let staging = self.state_dir.join("ephemeral").join(v.file.trim_end_matches(".img"));
+        let staging = self
+            .state_dir
+            .join("ephemeral")
+            .join(v.file.trim_end_matches(".img"));
         std::fs::create_dir_all(&staging).map_err(io_at("creating", &staging))?;
         let result = self
-            .stage(StageArgs { volume_id: v.id.clone(), staging: staging.clone(), cap: a.cap.clone() })
-            .and_then(|()| self.publish(PublishArgs { volume_id: v.id.clone(), staging: staging.clone(), ..a }));
+            .stage(StageArgs {
+                volume_id: v.id.clone(),
+                staging: staging.clone(),
+                cap: a.cap.clone(),
+            })
+            .and_then(|()| {
+                self.publish(PublishArgs {
+                    volume_id: v.id.clone(),
+                    staging: staging.clone(),
+                    ..a
+                })
+            });
         if let Err(e) = result {
             if self.store.publishes_of(&v.id)?.is_empty()
                 && let Err(clean) = self.remove_ephemeral(&v)
@@ -574,12 +686,20 @@ impl Driver {
     }
 
     /// Which of the volume's paths `path` is: (stage record, publish record).
-    fn path_of(&self, v: &VolumeRecord, path: &Path) -> Result<(StageRecord, Option<PublishRecord>)> {
+    fn path_of(
+        &self,
+        v: &VolumeRecord,
+        path: &Path,
+    ) -> Result<(StageRecord, Option<PublishRecord>)> {
         let st = self.store.stage(&v.id)?;
         let p = self.store.publish(path)?.filter(|p| p.volume_id == v.id);
         match st {
             Some(st) if st.staging_path == path || p.is_some() => Ok((st, p)),
-            _ => Err(Error::VolumeNotFound(format!("{} at {}", v.id, path.display()))),
+            _ => Err(Error::VolumeNotFound(format!(
+                "{} at {}",
+                v.id,
+                path.display()
+            ))),
         }
     }
 
@@ -598,7 +718,12 @@ impl Driver {
                 message = format!("mount at {} is gone", path.display());
             }
         }
-        let mut s = Stats { block: st.block, abnormal, message, ..Default::default() };
+        let mut s = Stats {
+            block: st.block,
+            abnormal,
+            message,
+            ..Default::default()
+        };
         if st.block {
             let n = st.device.as_deref().and_then(sys::loopdev::number_of);
             s.bytes_total = match n.map(sys::loopdev::size_bytes) {
@@ -612,7 +737,11 @@ impl Driver {
             return Ok(s);
         }
         let dir = sys::fs::open_dir(path).map_err(io_at("opening", path))?;
-        let nix = nix::sys::statvfs::fstatvfs(&dir).map_err(|e| Error::Io { op: "statvfs", path: path.into(), source: e.into() })?;
+        let nix = nix::sys::statvfs::fstatvfs(&dir).map_err(|e| Error::Io {
+            op: "statvfs",
+            path: path.into(),
+            source: e.into(),
+        })?;
         let frsize = nix.fragment_size() as u64;
         s.bytes_total = nix.blocks() as u64 * frsize;
         s.bytes_available = nix.blocks_available() as u64 * frsize;
@@ -624,27 +753,44 @@ impl Driver {
     }
 
     /// NodeExpandVolume: refresh the loop device's size, then grow ext4/xfs while mounted.
-    pub fn node_expand(&self, volume_id: &str, path: &Path, required: u64, block_cap: Option<bool>) -> Result<u64> {
+    pub fn node_expand(
+        &self,
+        volume_id: &str,
+        path: &Path,
+        required: u64,
+        block_cap: Option<bool>,
+    ) -> Result<u64> {
         let v = self.ready_volume(volume_id)?;
         let (st, _) = self.path_of(&v, path)?;
         if st.phase != StagePhase::Staged {
-            return Err(Error::Precondition(format!("volume {} is not staged", v.id)));
+            return Err(Error::Precondition(format!(
+                "volume {} is not staged",
+                v.id
+            )));
         }
         if required > v.capacity {
             return Err(Error::OutOfRange {
                 field: "capacity_range",
-                reason: format!("{required} bytes requested, the volume has {} (ControllerExpandVolume first)", v.capacity),
+                reason: format!(
+                    "{required} bytes requested, the volume has {} (ControllerExpandVolume first)",
+                    v.capacity
+                ),
             });
         }
         let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
-        let dev = st.device.clone().ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
-        let n = sys::loopdev::number_of(&dev).ok_or_else(|| Error::StateCorrupt(format!("bad device {}", dev.display())))?;
+        let dev = st
+            .device
+            .clone()
+            .ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
+        let n = sys::loopdev::number_of(&dev)
+            .ok_or_else(|| Error::StateCorrupt(format!("bad device {}", dev.display())))?;
         sys::loopdev::refresh_capacity(n).map_err(io_at("refreshing capacity of", &dev))?;
         if st.block || block_cap.unwrap_or(false) {
             return Ok(v.capacity);
         }
         if st.fs_type != "ext4" || sys::mkfs::can_grow_ext4_online() {
-            sys::mkfs::grow(&st.fs_type, &dev, &st.staging_path).map_err(io_at("growing filesystem on", &dev))?;
+            sys::mkfs::grow(&st.fs_type, &dev, &st.staging_path)
+                .map_err(io_at("growing filesystem on", &dev))?;
             return Ok(v.capacity);
         }
         // Without CAP_SYS_RESOURCE ext4 can only grow unmounted: possible while nothing
@@ -658,12 +804,19 @@ impl Driver {
                 p.target.display()
             )));
         }
-        let opts = sys::mount::parse_options(&st.mount_flags).map_err(|r| Error::invalid("mount_flags", r))?;
+        let opts = sys::mount::parse_options(&st.mount_flags)
+            .map_err(|r| Error::invalid("mount_flags", r))?;
         // Keep the device alive across the umount: autoclear would detach it.
-        let hold = std::fs::OpenOptions::new().read(true).write(true).open(&dev).map_err(io_at("opening", &dev))?;
+        let hold = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)
+            .map_err(io_at("opening", &dev))?;
         sys::mount::umount_all(&st.staging_path).map_err(io_at("unmounting", &st.staging_path))?;
-        let grown = sys::mkfs::grow_ext4_offline(&dev).map_err(io_at("growing filesystem on", &dev));
-        let mounted = sys::mount::mount_fs(&dev, &st.staging_path, "ext4", &opts).map_err(io_at("mounting", &st.staging_path));
+        let grown =
+            sys::mkfs::grow_ext4_offline(&dev).map_err(io_at("growing filesystem on", &dev));
+        let mounted = sys::mount::mount_fs(&dev, &st.staging_path, "ext4", &opts)
+            .map_err(io_at("mounting", &st.staging_path));
         drop(hold);
         grown?;
         mounted?;

@@ -33,7 +33,10 @@ pub fn run(d: &Driver) -> Result<Report> {
     // A crash during a group snapshot can leave filesystems frozen: thaw every staged
     // mount (FITHAW on a thawed filesystem is a no-op).
     for st in d.store.all_stages()? {
-        if !st.block && st.phase == StagePhase::Staged && sys::mount::stat(&st.staging_path).is_ok_and(|s| s.mount_root) {
+        if !st.block
+            && st.phase == StagePhase::Staged
+            && sys::mount::stat(&st.staging_path).is_ok_and(|s| s.mount_root)
+        {
             let _ = sys::fsfreeze::thaw(&st.staging_path);
         }
     }
@@ -52,12 +55,16 @@ pub fn run(d: &Driver) -> Result<Report> {
         }
         ops.push(Op::DelGroup(g.id.clone()));
         d.store.write(ops)?;
-        r.rolled_back.push(format!("group snapshot {} ({:?})", g.id, g.phase));
+        r.rolled_back
+            .push(format!("group snapshot {} ({:?})", g.id, g.phase));
     }
 
     for s in d.store.all_snapshots()? {
         let Some(pool) = d.pools.get(&s.pool) else {
-            r.warn(format!("snapshot {} is in pool {}, which is not configured", s.id, s.pool));
+            r.warn(format!(
+                "snapshot {} is in pool {}, which is not configured",
+                s.id, s.pool
+            ));
             continue;
         };
         let img = ImageRef::snapshot(&s.file);
@@ -65,11 +72,16 @@ pub fn run(d: &Driver) -> Result<Report> {
             Phase::Creating | Phase::Deleting => {
                 pool.remove(img)?;
                 d.store.write(vec![Op::DelSnapshot(s.id.clone())])?;
-                r.rolled_back.push(format!("snapshot {} ({:?})", s.id, s.phase));
+                r.rolled_back
+                    .push(format!("snapshot {} ({:?})", s.id, s.phase));
             }
             Phase::Ready => {
                 if pool.size(img)?.is_none() {
-                    r.warn(format!("snapshot {} has no image {}", s.id, pool.path(img).display()));
+                    r.warn(format!(
+                        "snapshot {} has no image {}",
+                        s.id,
+                        pool.path(img).display()
+                    ));
                 }
             }
         }
@@ -77,7 +89,10 @@ pub fn run(d: &Driver) -> Result<Report> {
 
     for v in d.store.all_volumes()? {
         let Some(pool) = d.pools.get(&v.pool) else {
-            r.warn(format!("volume {} is in pool {}, which is not configured", v.id, v.pool));
+            r.warn(format!(
+                "volume {} is in pool {}, which is not configured",
+                v.id, v.pool
+            ));
             continue;
         };
         let img = ImageRef::volume(&v.file);
@@ -90,40 +105,64 @@ pub fn run(d: &Driver) -> Result<Report> {
             }
             Phase::Deleting => {
                 pool.remove(img)?;
-                d.store.write(vec![Op::DelVolume(v.id.clone()), Op::DelStage(v.id.clone())])?;
+                d.store.write(vec![
+                    Op::DelVolume(v.id.clone()),
+                    Op::DelStage(v.id.clone()),
+                ])?;
                 r.finished.push(format!("volume {} (Deleting)", v.id));
             }
             Phase::Ready => match pool.size(img)? {
-                None => r.warn(format!("volume {} has no image {}", v.id, pool.path(img).display())),
+                None => r.warn(format!(
+                    "volume {} has no image {}",
+                    v.id,
+                    pool.path(img).display()
+                )),
                 Some(size) if size > v.capacity => {
                     // ControllerExpandVolume grew the file but crashed before recording.
                     let mut v2 = v.clone();
                     v2.capacity = size;
                     d.store.write(vec![Op::PutVolume(v2)])?;
-                    r.finished.push(format!("volume {} expansion to {size}", v.id));
+                    r.finished
+                        .push(format!("volume {} expansion to {size}", v.id));
                 }
                 Some(_) => {}
             },
         }
     }
 
-    let loops = sys::loopdev::list().map_err(crate::error::Error::io("listing loop devices", "/sys/block"))?;
-    let mounts = sys::mountinfo::read().map_err(crate::error::Error::io("reading", "/proc/self/mountinfo"))?;
+    let loops = sys::loopdev::list().map_err(crate::error::Error::io(
+        "listing loop devices",
+        "/sys/block",
+    ))?;
+    let mounts = sys::mountinfo::read()
+        .map_err(crate::error::Error::io("reading", "/proc/self/mountinfo"))?;
 
     for st in d.store.all_stages()? {
         let Some(v) = d.store.volume(&st.volume_id)? else {
             d.store.write(vec![Op::DelStage(st.volume_id.clone())])?;
-            r.rolled_back.push(format!("stage of vanished volume {}", st.volume_id));
+            r.rolled_back
+                .push(format!("stage of vanished volume {}", st.volume_id));
             continue;
         };
-        let Some(pool) = d.pools.get(&v.pool) else { continue };
+        let Some(pool) = d.pools.get(&v.pool) else {
+            continue;
+        };
         let image = pool.path(ImageRef::volume(&v.file));
-        let devs: Vec<u32> = loops.iter().filter(|b| !b.deleted && b.file == image).map(|b| b.number).collect();
-        let mounted = mounts.iter().any(|m| m.mount_point == st.staging_path && devs.iter().any(|n| m.source == format!("/dev/loop{n}")));
+        let devs: Vec<u32> = loops
+            .iter()
+            .filter(|b| !b.deleted && b.file == image)
+            .map(|b| b.number)
+            .collect();
+        let mounted = mounts.iter().any(|m| {
+            m.mount_point == st.staging_path
+                && devs.iter().any(|n| m.source == format!("/dev/loop{n}"))
+        });
         let recorded = st.device.as_deref().and_then(sys::loopdev::number_of);
         let intact = match st.phase {
             StagePhase::Staging => false,
-            StagePhase::Staged => recorded.is_some_and(|n| devs.contains(&n)) && (st.block || mounted),
+            StagePhase::Staged => {
+                recorded.is_some_and(|n| devs.contains(&n)) && (st.block || mounted)
+            }
         };
         if intact {
             continue;
@@ -140,16 +179,28 @@ pub fn run(d: &Driver) -> Result<Report> {
             continue;
         }
         if !st.block && mounted {
-            sys::mount::umount_all(&st.staging_path).map_err(crate::error::Error::io("unmounting", &st.staging_path))?;
+            sys::mount::umount_all(&st.staging_path)
+                .map_err(crate::error::Error::io("unmounting", &st.staging_path))?;
         }
         for n in &devs {
-            sys::loopdev::detach(*n).map_err(crate::error::Error::io("detaching", sys::loopdev::device_path(*n)))?;
+            sys::loopdev::detach(*n).map_err(crate::error::Error::io(
+                "detaching",
+                sys::loopdev::device_path(*n),
+            ))?;
         }
         d.store.write(vec![Op::DelStage(v.id.clone())])?;
         if st.phase == StagePhase::Staging {
-            r.rolled_back.push(format!("stage of {} at {}", v.id, st.staging_path.display()));
+            r.rolled_back.push(format!(
+                "stage of {} at {}",
+                v.id,
+                st.staging_path.display()
+            ));
         } else {
-            r.warn(format!("stage of {} at {} had lost its device or mount; forgotten", v.id, st.staging_path.display()));
+            r.warn(format!(
+                "stage of {} at {} had lost its device or mount; forgotten",
+                v.id,
+                st.staging_path.display()
+            ));
         }
     }
 
@@ -159,7 +210,11 @@ pub fn run(d: &Driver) -> Result<Report> {
         let mounted = mounts.iter().any(|m| m.mount_point == p.target);
         if !mounted {
             d.store.write(vec![Op::DelPublish(p.target.clone())])?;
-            r.warn(format!("publish of {} at {} had no mount; forgotten", p.volume_id, p.target.display()));
+            r.warn(format!(
+                "publish of {} at {} had no mount; forgotten",
+                p.volume_id,
+                p.target.display()
+            ));
         }
     }
 
@@ -175,8 +230,15 @@ pub fn run(d: &Driver) -> Result<Report> {
         }
     }
     for m in &mounts {
-        if our_devices.contains(&m.source) && !staged_paths.contains(&m.mount_point) && !known_targets.contains(&m.mount_point) {
-            r.warn(format!("{} is mounted at {} without a publish record", m.source, m.mount_point.display()));
+        if our_devices.contains(&m.source)
+            && !staged_paths.contains(&m.mount_point)
+            && !known_targets.contains(&m.mount_point)
+        {
+            r.warn(format!(
+                "{} is mounted at {} without a publish record",
+                m.source,
+                m.mount_point.display()
+            ));
         }
     }
     let mut files = HashSet::new();
@@ -190,21 +252,35 @@ pub fn run(d: &Driver) -> Result<Report> {
             files.insert(pool.path(ImageRef::snapshot(&s.file)));
         }
     }
-    let staged_volumes: HashSet<String> = d.store.all_stages()?.into_iter().map(|s| s.volume_id).collect();
+    let staged_volumes: HashSet<String> = d
+        .store
+        .all_stages()?
+        .into_iter()
+        .map(|s| s.volume_id)
+        .collect();
     for b in &loops {
         let in_pool = d.pools.iter().any(|p| b.file.starts_with(p.root()));
         if !in_pool {
             continue;
         }
         let owner = d.store.all_volumes()?.into_iter().find(|v| {
-            d.pools.get(&v.pool).is_some_and(|p| p.path(ImageRef::volume(&v.file)) == b.file)
+            d.pools
+                .get(&v.pool)
+                .is_some_and(|p| p.path(ImageRef::volume(&v.file)) == b.file)
         });
         if owner.is_none_or(|v| !staged_volumes.contains(&v.id)) {
-            r.warn(format!("/dev/loop{} is attached to {} without a stage record", b.number, b.file.display()));
+            r.warn(format!(
+                "/dev/loop{} is attached to {} without a stage record",
+                b.number,
+                b.file.display()
+            ));
         }
     }
     for pool in d.pools.iter() {
-        for (kind, sub) in [(ImageKind::Volume, "volumes"), (ImageKind::Snapshot, "snapshots")] {
+        for (kind, sub) in [
+            (ImageKind::Volume, "volumes"),
+            (ImageKind::Snapshot, "snapshots"),
+        ] {
             for name in pool.list(kind)? {
                 let path = pool.root().join(sub).join(&name);
                 if !files.contains(&path) {

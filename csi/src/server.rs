@@ -24,7 +24,8 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
     for spec in &config.pools {
         let pool: Arc<dyn Backend> = match spec.kind {
             PoolKind::Image => Arc::new(
-                ImagePool::open(&spec.name, &spec.path).with_context(|| format!("opening pool {}", spec.name))?,
+                ImagePool::open(&spec.name, &spec.path)
+                    .with_context(|| format!("opening pool {}", spec.name))?,
             ),
         };
         pools.push(pool);
@@ -51,23 +52,32 @@ fn claim_socket(path: &Path) -> anyhow::Result<()> {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
-                bail!("{} exists and is not a socket; refusing to replace it", path.display());
+                bail!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                );
             }
         }
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!("another server is listening on {}", path.display());
     }
-    std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    std::fs::remove_file(path)
+        .with_context(|| format!("removing stale socket {}", path.display()))?;
     Ok(())
 }
 
 /// Runs the driver until `shutdown` completes, then drains in-flight RPCs and returns.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     failpoint::init_from_env().map_err(anyhow::Error::msg)?;
     let socket = config.validate().map_err(anyhow::Error::msg)?;
     let cfg = config.clone();
-    let driver = tokio::task::spawn_blocking(move || build_driver(&cfg)).await.context("start-up task")??;
+    let driver = tokio::task::spawn_blocking(move || build_driver(&cfg))
+        .await
+        .context("start-up task")??;
     let driver = Arc::new(driver);
 
     if let Some(dir) = socket.parent() {
@@ -90,8 +100,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         .add_service(pb::identity_server::IdentityServer::new(svc.clone()))
         .add_service(pb::controller_server::ControllerServer::new(svc.clone()))
         .add_service(pb::node_server::NodeServer::new(svc.clone()))
-        .add_service(pb::group_controller_server::GroupControllerServer::new(svc.clone()))
-        .add_service(pb::snapshot_metadata_server::SnapshotMetadataServer::new(svc))
+        .add_service(pb::group_controller_server::GroupControllerServer::new(
+            svc.clone(),
+        ))
+        .add_service(pb::snapshot_metadata_server::SnapshotMetadataServer::new(
+            svc,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(&socket);

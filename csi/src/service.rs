@@ -34,7 +34,9 @@ impl Service {
 pub(crate) fn status(e: Error) -> Status {
     let s = Status::from(e);
     match s.code() {
-        Code::Internal | Code::Unknown | Code::DataLoss => tracing::error!(code = ?s.code(), message = %s.message(), "request failed"),
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            tracing::error!(code = ?s.code(), message = %s.message(), "request failed")
+        }
         _ => tracing::debug!(code = ?s.code(), message = %s.message(), "request refused"),
     }
     s

@@ -33,17 +33,23 @@ impl Driver {
     pub(crate) fn quiesce(&self, volumes: &[VolumeRecord]) -> Result<Quiesced> {
         let mut q = Quiesced { frozen: Vec::new() };
         for v in volumes {
-            let Some(st) = self.store.stage(&v.id)? else { continue };
+            let Some(st) = self.store.stage(&v.id)? else {
+                continue;
+            };
             if st.phase != StagePhase::Staged {
                 continue;
             }
             if st.block {
                 if let Some(dev) = &st.device {
-                    let f = std::fs::OpenOptions::new().read(true).open(dev).map_err(Error::io("opening", dev))?;
+                    let f = std::fs::OpenOptions::new()
+                        .read(true)
+                        .open(dev)
+                        .map_err(Error::io("opening", dev))?;
                     f.sync_all().map_err(Error::io("flushing", dev))?;
                 }
             } else {
-                sys::fsfreeze::freeze(&st.staging_path).map_err(Error::io("freezing", &st.staging_path))?;
+                sys::fsfreeze::freeze(&st.staging_path)
+                    .map_err(Error::io("freezing", &st.staging_path))?;
                 q.frozen.push(st.staging_path.clone());
             }
         }
@@ -67,10 +73,15 @@ impl Driver {
         for v in sources {
             let pool = self.pool(&v.pool)?;
             let f = pool.open(ImageRef::volume(&v.file))?;
-            let used = sys::fs::allocated(&f).map_err(Error::io("stat", pool.path(ImageRef::volume(&v.file))))?;
+            let used = sys::fs::allocated(&f)
+                .map_err(Error::io("stat", pool.path(ImageRef::volume(&v.file))))?;
             let free = pool.space()?.free_bytes;
             if used > free {
-                return Err(Error::PoolFull { pool: v.pool.clone(), want: used, free });
+                return Err(Error::PoolFull {
+                    pool: v.pool.clone(),
+                    want: used,
+                    free,
+                });
             }
         }
         Ok(())
@@ -79,7 +90,9 @@ impl Driver {
     /// CreateSnapshot: same name and source → OK; same name, other source → ALREADY_EXISTS.
     /// Blocks until the snapshot is cut; it is ready at once.
     pub fn create_snapshot(&self, name: &str, source_id: &str) -> Result<SnapshotRecord> {
-        let _guard = self.locks.try_lock([format!("snapname:{name}"), format!("vol:{source_id}")])?;
+        let _guard = self
+            .locks
+            .try_lock([format!("snapname:{name}"), format!("vol:{source_id}")])?;
         if let Some(s) = self.store.snapshot_by_name(name)? {
             if s.source_volume_id != source_id {
                 return Err(Error::Incompatible {
@@ -186,7 +199,12 @@ impl Driver {
         for id in &g.snapshot_ids {
             match self.store.snapshot(id)? {
                 Some(s) => out.push(s),
-                None => return Err(Error::StateCorrupt(format!("group {} lost member {id}", g.id))),
+                None => {
+                    return Err(Error::StateCorrupt(format!(
+                        "group {} lost member {id}",
+                        g.id
+                    )));
+                }
             }
         }
         Ok(out)
@@ -194,9 +212,17 @@ impl Driver {
 
     /// CreateVolumeGroupSnapshot: write-order consistent across all members (their
     /// filesystems are frozen together while the images are copied), or nothing.
-    pub fn create_group(&self, name: &str, sources: &[String], parameters: &HashMap<String, String>) -> Result<GroupRecord> {
+    pub fn create_group(
+        &self,
+        name: &str,
+        sources: &[String],
+        parameters: &HashMap<String, String>,
+    ) -> Result<GroupRecord> {
         if let Some(k) = parameters.keys().next() {
-            return Err(Error::invalid("parameters", format!("unknown parameter {k:?}")));
+            return Err(Error::invalid(
+                "parameters",
+                format!("unknown parameter {k:?}"),
+            ));
         }
         let mut keys = vec![format!("groupname:{name}")];
         keys.extend(sources.iter().map(|s| format!("vol:{s}")));
@@ -224,7 +250,8 @@ impl Driver {
             volumes.push(self.source_for_snapshot(id)?);
         }
         self.check_space(&volumes)?;
-        let gid = ObjectId::for_name(&self.node_id, &volumes[0].pool, Kind::Group, name).to_string();
+        let gid =
+            ObjectId::for_name(&self.node_id, &volumes[0].pool, Kind::Group, name).to_string();
         let created = driver::now_unix();
         let mut snaps: Vec<SnapshotRecord> = volumes
             .iter()
@@ -257,7 +284,8 @@ impl Driver {
         ops.extend(snaps.iter().cloned().map(Op::PutSnapshot));
         self.store.write(ops)?;
         failpoint::hit("group_snapshot:after_intent");
-        let pairs: Vec<(&VolumeRecord, &SnapshotRecord)> = volumes.iter().zip(snaps.iter()).collect();
+        let pairs: Vec<(&VolumeRecord, &SnapshotRecord)> =
+            volumes.iter().zip(snaps.iter()).collect();
         if let Err(e) = self.cut(&pairs, true) {
             // "If it fails before a group id exists, the SP must clean up the partial
             // snapshots itself": cut removed the images, drop the records too.
@@ -301,19 +329,28 @@ impl Driver {
         a.sort();
         b.sort();
         if a != b {
-            return Err(Error::invalid("snapshot_ids", "do not match the group snapshot's members"));
+            return Err(Error::invalid(
+                "snapshot_ids",
+                "do not match the group snapshot's members",
+            ));
         }
         Ok(())
     }
 
     pub fn lookup_group(&self, id: &str) -> Result<Option<GroupRecord>> {
         match ObjectId::parse(id) {
-            Some(oid) if oid.kind == Kind::Group && oid.node == self.node_id => self.store.group(id),
+            Some(oid) if oid.kind == Kind::Group && oid.node == self.node_id => {
+                self.store.group(id)
+            }
             _ => Ok(None),
         }
     }
 
-    pub fn get_group(&self, id: &str, snapshot_ids: &[String]) -> Result<(GroupRecord, Vec<SnapshotRecord>)> {
+    pub fn get_group(
+        &self,
+        id: &str,
+        snapshot_ids: &[String],
+    ) -> Result<(GroupRecord, Vec<SnapshotRecord>)> {
         let g = self.lookup_group(id)?.filter(|g| g.phase == Phase::Ready);
         let g = g.ok_or_else(|| Error::GroupSnapshotNotFound(id.to_string()))?;
         Self::check_members(&g, snapshot_ids)?;
@@ -323,7 +360,9 @@ impl Driver {
 
     pub fn delete_group(&self, id: &str, snapshot_ids: &[String]) -> Result<()> {
         let _guard = self.locks.try_lock([format!("group:{id}")])?;
-        let Some(g) = self.lookup_group(id)? else { return Ok(()) };
+        let Some(g) = self.lookup_group(id)? else {
+            return Ok(());
+        };
         Self::check_members(&g, snapshot_ids)?;
         self.drop_group(g)
     }

@@ -23,8 +23,8 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
@@ -296,7 +296,9 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, wal: PathBuf) {
             Err(e) => {
                 let msg = e.to_string();
                 for job in batch {
-                    let _ = job.done.send(Err(Error::StateCorrupt(format!("commit failed: {msg}"))));
+                    let _ = job
+                        .done
+                        .send(Err(Error::StateCorrupt(format!("commit failed: {msg}"))));
                 }
             }
         }
@@ -323,7 +325,10 @@ struct Savepoint<'a> {
 impl SavepointExt for rusqlite::Transaction<'_> {
     fn unchecked_transaction_savepoint(&self) -> rusqlite::Result<Savepoint<'_>> {
         self.execute_batch("SAVEPOINT job")?;
-        Ok(Savepoint { conn: self, done: false })
+        Ok(Savepoint {
+            conn: self,
+            done: false,
+        })
     }
 }
 
@@ -367,7 +372,12 @@ impl Store {
             .name("state-writer".into())
             .spawn(move || writer_loop(writer, rx, wal))
             .map_err(Error::io("spawning state writer", &path))?;
-        Ok(Store { path, jobs: Mutex::new(Some(tx)), reader: Mutex::new(reader), writer: Mutex::new(Some(handle)) })
+        Ok(Store {
+            path,
+            jobs: Mutex::new(Some(tx)),
+            reader: Mutex::new(reader),
+            writer: Mutex::new(Some(handle)),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -378,14 +388,18 @@ impl Store {
         let (done, rx) = oneshot::channel();
         let guard = self.jobs.lock().expect("state sender lock");
         let sender = guard.as_ref().ok_or(Error::StateClosed)?;
-        sender.send(Job { ops, done }).map_err(|_| Error::StateClosed)?;
+        sender
+            .send(Job { ops, done })
+            .map_err(|_| Error::StateClosed)?;
         Ok(rx)
     }
 
     /// Commits `ops` atomically and durably; blocks until the fsync is done. Call from
     /// blocking threads only.
     pub fn write(&self, ops: Vec<Op>) -> Result<()> {
-        self.send(ops)?.blocking_recv().map_err(|_| Error::StateClosed)?
+        self.send(ops)?
+            .blocking_recv()
+            .map_err(|_| Error::StateClosed)?
     }
 
     /// Stops the writer after the queued jobs are committed.
@@ -398,15 +412,23 @@ impl Store {
 
     fn query_one<T: DeserializeOwned>(&self, sql: &str, key: &str) -> Result<Option<T>> {
         let conn = self.reader.lock().expect("state reader lock");
-        let raw: Option<String> =
-            conn.prepare_cached(sql)?.query_row([key], |r| r.get(0)).optional()?;
+        let raw: Option<String> = conn
+            .prepare_cached(sql)?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
         raw.map(|s| from_json(&s)).transpose()
     }
 
-    fn query_all<T: DeserializeOwned>(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<T>> {
+    fn query_all<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<T>> {
         let conn = self.reader.lock().expect("state reader lock");
         let mut stmt = conn.prepare_cached(sql)?;
-        let rows: Vec<String> = stmt.query_map(args, |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let rows: Vec<String> = stmt
+            .query_map(args, |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         rows.iter().map(|s| from_json(s)).collect()
     }
 
@@ -420,7 +442,10 @@ impl Store {
 
     /// Volumes with id > `after`, in id order, at most `limit`.
     pub fn volumes_after(&self, after: &str, limit: u32) -> Result<Vec<VolumeRecord>> {
-        self.query_all("SELECT record FROM volumes WHERE id > ?1 ORDER BY id LIMIT ?2", &[&after, &limit])
+        self.query_all(
+            "SELECT record FROM volumes WHERE id > ?1 ORDER BY id LIMIT ?2",
+            &[&after, &limit],
+        )
     }
 
     pub fn all_volumes(&self) -> Result<Vec<VolumeRecord>> {
@@ -436,10 +461,18 @@ impl Store {
     }
 
     pub fn snapshots_after(&self, after: &str, limit: u32) -> Result<Vec<SnapshotRecord>> {
-        self.query_all("SELECT record FROM snapshots WHERE id > ?1 ORDER BY id LIMIT ?2", &[&after, &limit])
+        self.query_all(
+            "SELECT record FROM snapshots WHERE id > ?1 ORDER BY id LIMIT ?2",
+            &[&after, &limit],
+        )
     }
 
-    pub fn snapshots_of(&self, source: &str, after: &str, limit: u32) -> Result<Vec<SnapshotRecord>> {
+    pub fn snapshots_of(
+        &self,
+        source: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<SnapshotRecord>> {
         self.query_all(
             "SELECT record FROM snapshots WHERE source = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             &[&source, &after, &limit],
@@ -471,11 +504,17 @@ impl Store {
     }
 
     pub fn publish(&self, target: &Path) -> Result<Option<PublishRecord>> {
-        self.query_one("SELECT record FROM publishes WHERE target = ?1", &target.to_string_lossy())
+        self.query_one(
+            "SELECT record FROM publishes WHERE target = ?1",
+            &target.to_string_lossy(),
+        )
     }
 
     pub fn publishes_of(&self, volume_id: &str) -> Result<Vec<PublishRecord>> {
-        self.query_all("SELECT record FROM publishes WHERE volume_id = ?1 ORDER BY target", &[&volume_id])
+        self.query_all(
+            "SELECT record FROM publishes WHERE volume_id = ?1 ORDER BY target",
+            &[&volume_id],
+        )
     }
 
     pub fn all_publishes(&self) -> Result<Vec<PublishRecord>> {
@@ -556,7 +595,10 @@ mod tests {
         s.write(vec![Op::PutVolume(vol("a", "same"))]).unwrap();
         // Same name, other id: the UNIQUE constraint fails the whole job, including its
         // first op.
-        let err = s.write(vec![Op::PutVolume(vol("c", "other")), Op::PutVolume(vol("b", "same"))]);
+        let err = s.write(vec![
+            Op::PutVolume(vol("c", "other")),
+            Op::PutVolume(vol("b", "same")),
+        ]);
         assert!(err.is_err());
         assert!(s.volume("c").unwrap().is_none(), "job must be atomic");
         s.write(vec![Op::PutVolume(vol("d", "nd"))]).unwrap();
@@ -572,7 +614,11 @@ mod tests {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for i in 0..10 {
-                        s.write(vec![Op::PutVolume(vol(&format!("v{t:02}{i}"), &format!("n{t}-{i}")))]).unwrap();
+                        s.write(vec![Op::PutVolume(vol(
+                            &format!("v{t:02}{i}"),
+                            &format!("n{t}-{i}"),
+                        ))])
+                        .unwrap();
                     }
                 })
             })
@@ -617,10 +663,12 @@ mod tests {
             args: "y".into(),
             device: None,
         };
-        s.write(vec![Op::PutStage(st.clone()), Op::PutPublish(p.clone())]).unwrap();
+        s.write(vec![Op::PutStage(st.clone()), Op::PutPublish(p.clone())])
+            .unwrap();
         assert_eq!(s.stage("a").unwrap(), Some(st));
         assert_eq!(s.publishes_of("a").unwrap(), vec![p.clone()]);
-        s.write(vec![Op::DelPublish("/t".into()), Op::DelStage("a".into())]).unwrap();
+        s.write(vec![Op::DelPublish("/t".into()), Op::DelStage("a".into())])
+            .unwrap();
         assert!(s.publish(Path::new("/t")).unwrap().is_none());
         assert!(s.all_stages().unwrap().is_empty());
     }

@@ -24,7 +24,10 @@ pub fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str> {
 /// An optional string: at most `STRING_MAX` bytes.
 pub fn bounded<'a>(field: &'static str, value: &'a str) -> Result<&'a str> {
     if value.len() > STRING_MAX {
-        return Err(Error::invalid(field, format!("{} bytes, at most {STRING_MAX} allowed", value.len())));
+        return Err(Error::invalid(
+            field,
+            format!("{} bytes, at most {STRING_MAX} allowed", value.len()),
+        ));
     }
     Ok(value)
 }
@@ -52,7 +55,10 @@ pub fn id(field: &'static str, value: &str) -> Result<()> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '~')))
     {
-        return Err(Error::invalid(field, format!("character {c:?} is not allowed")));
+        return Err(Error::invalid(
+            field,
+            format!("character {c:?} is not allowed"),
+        ));
     }
     Ok(())
 }
@@ -61,7 +67,10 @@ pub fn id(field: &'static str, value: &str) -> Result<()> {
 pub fn map(field: &'static str, m: &HashMap<String, String>) -> Result<()> {
     let total: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
     if total > MAP_MAX {
-        return Err(Error::invalid(field, format!("{total} bytes, at most {MAP_MAX} allowed")));
+        return Err(Error::invalid(
+            field,
+            format!("{total} bytes, at most {MAP_MAX} allowed"),
+        ));
     }
     if m.keys().any(|k| k.is_empty()) {
         return Err(Error::invalid(field, "empty key"));
@@ -76,7 +85,10 @@ pub fn co_path(field: &'static str, value: &str) -> Result<PathBuf> {
         return Err(Error::invalid(field, "required field is missing"));
     }
     if value.len() > PATH_MAX {
-        return Err(Error::invalid(field, format!("{} bytes, at most {PATH_MAX} allowed", value.len())));
+        return Err(Error::invalid(
+            field,
+            format!("{} bytes, at most {PATH_MAX} allowed", value.len()),
+        ));
     }
     if value.bytes().any(|b| b == 0 || b == b'\n') {
         return Err(Error::invalid(field, "contains NUL or newline"));
@@ -86,9 +98,15 @@ pub fn co_path(field: &'static str, value: &str) -> Result<PathBuf> {
         return Err(Error::invalid(field, "must be an absolute path"));
     }
     if value.contains("//") || value.split('/').any(|c| c == "." || c == "..") {
-        return Err(Error::invalid(field, "must not contain '.', '..' or empty components"));
+        return Err(Error::invalid(
+            field,
+            "must not contain '.', '..' or empty components",
+        ));
     }
-    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
         return Err(Error::invalid(field, "must not contain '.' or '..'"));
     }
     if path == Path::new("/") {
@@ -107,7 +125,9 @@ mod tests {
     fn paths() {
         assert!(co_path("target_path", "/var/lib/kubelet/pods/x/mount").is_ok());
         assert_eq!(co_path("t", "/a/b/").unwrap(), PathBuf::from("/a/b"));
-        for bad in ["", "rel/path", "/a/../b", "/a/./b", "/a//b", "/", "/a\0b", "/..", "/a/.."] {
+        for bad in [
+            "", "rel/path", "/a/../b", "/a/./b", "/a//b", "/", "/a\0b", "/..", "/a/..",
+        ] {
             assert!(co_path("target_path", bad).is_err(), "{bad:?}");
         }
         let long = format!("/{}", "a".repeat(PATH_MAX));
@@ -122,7 +142,10 @@ mod tests {
         assert!(name("name", "c1\u{85}").is_err());
         assert!(name("name", &"x".repeat(129)).is_err());
         assert!(id("volume_id", "n_p_v01").is_ok());
-        assert!(id("volume_id", "..etc").is_ok(), "dots are allowed, slashes are not");
+        assert!(
+            id("volume_id", "..etc").is_ok(),
+            "dots are allowed, slashes are not"
+        );
         assert!(id("volume_id", "../etc").is_err());
         assert!(id("volume_id", "a/b").is_err());
         assert!(id("volume_id", "").is_err());

@@ -37,7 +37,10 @@ fn parse_bool(field: &'static str, v: &str) -> Result<bool> {
     match v {
         "true" => Ok(true),
         "false" => Ok(false),
-        other => Err(Error::invalid(field, format!("{PARAM_DIRECT_IO} must be \"true\" or \"false\", not {other:?}"))),
+        other => Err(Error::invalid(
+            field,
+            format!("{PARAM_DIRECT_IO} must be \"true\" or \"false\", not {other:?}"),
+        )),
     }
 }
 
@@ -75,17 +78,30 @@ impl Driver {
             match k.as_str() {
                 PARAM_POOL => {
                     if self.pools.get(v).is_none() {
-                        return Err(Error::invalid("parameters", format!("pool {v:?} is not configured on this node")));
+                        return Err(Error::invalid(
+                            "parameters",
+                            format!("pool {v:?} is not configured on this node"),
+                        ));
                     }
                     pool = Some(v.clone());
                 }
                 PARAM_FS_TYPE => match v.as_str() {
                     "ext4" | "xfs" => fs_param = Some(v.clone()),
-                    other => return Err(Error::invalid("parameters", format!("fsType {other:?}: only ext4 and xfs"))),
+                    other => {
+                        return Err(Error::invalid(
+                            "parameters",
+                            format!("fsType {other:?}: only ext4 and xfs"),
+                        ));
+                    }
                 },
                 PARAM_DIRECT_IO => direct_io = parse_bool("parameters", v)?,
                 k if k.starts_with(CO_PREFIX) => {}
-                other => return Err(Error::invalid("parameters", format!("unknown parameter {other:?}"))),
+                other => {
+                    return Err(Error::invalid(
+                        "parameters",
+                        format!("unknown parameter {other:?}"),
+                    ));
+                }
             }
         }
         if let Some(d) = parse_mutable(&a.mutable_parameters)? {
@@ -98,7 +114,10 @@ impl Driver {
             }
             match cap_fs {
                 Some(f) if f != c.fs_type => {
-                    return Err(Error::invalid("volume_capabilities", "capabilities ask for different fs_types"));
+                    return Err(Error::invalid(
+                        "volume_capabilities",
+                        "capabilities ask for different fs_types",
+                    ));
                 }
                 _ => cap_fs = Some(&c.fs_type),
             }
@@ -121,7 +140,13 @@ impl Driver {
         if let Some(v) = a.parameters.get(PARAM_DIRECT_IO) {
             parameters.insert(PARAM_DIRECT_IO.to_string(), v.clone());
         }
-        Ok(Settings { pool, fs_type, direct_io, parameters, mutable: driver::sorted(&a.mutable_parameters) })
+        Ok(Settings {
+            pool,
+            fs_type,
+            direct_io,
+            parameters,
+            mutable: driver::sorted(&a.mutable_parameters),
+        })
     }
 
     /// Opens the content source, checks it is ready and on this node; returns the open
@@ -178,7 +203,8 @@ impl Driver {
                 Phase::Ready => return self.compatible(existing, &a, &s),
                 // Left by a failed attempt whose cleanup also failed: redo from scratch.
                 Phase::Creating | Phase::Deleting => {
-                    self.pool(&existing.pool)?.remove(ImageRef::volume(&existing.file))?;
+                    self.pool(&existing.pool)?
+                        .remove(ImageRef::volume(&existing.file))?;
                     self.store.write(vec![Op::DelVolume(existing.id.clone())])?;
                 }
             }
@@ -194,7 +220,10 @@ impl Driver {
         if a.required != 0 && a.required < floor {
             return Err(Error::OutOfRange {
                 field: "capacity_range",
-                reason: format!("required_bytes {} is smaller than the source ({floor} bytes)", a.required),
+                reason: format!(
+                    "required_bytes {} is smaller than the source ({floor} bytes)",
+                    a.required
+                ),
             });
         }
         let size = driver::pick_size(a.required, a.limit, floor, &s.fs_type)?;
@@ -203,7 +232,11 @@ impl Driver {
         // A sparse image uses nothing yet, but a volume that can never be filled is a lie:
         // refuse sizes beyond the pool's free space.
         if size > space.free_bytes {
-            return Err(Error::PoolFull { pool: s.pool.clone(), want: size, free: space.free_bytes });
+            return Err(Error::PoolFull {
+                pool: s.pool.clone(),
+                want: size,
+                free: space.free_bytes,
+            });
         }
 
         let mut rec = VolumeRecord {
@@ -254,24 +287,42 @@ impl Driver {
     }
 
     fn compatible(&self, v: VolumeRecord, a: &CreateArgs, s: &Settings) -> Result<VolumeRecord> {
-        let bad = |reason: String| Error::Incompatible { what: "volume", name: a.name.clone(), reason };
+        let bad = |reason: String| Error::Incompatible {
+            what: "volume",
+            name: a.name.clone(),
+            reason,
+        };
         if a.required != 0 && v.capacity < a.required {
-            return Err(bad(format!("it has {} bytes, {} required", v.capacity, a.required)));
+            return Err(bad(format!(
+                "it has {} bytes, {} required",
+                v.capacity, a.required
+            )));
         }
         if a.limit != 0 && v.capacity > a.limit {
-            return Err(bad(format!("it has {} bytes, limit is {}", v.capacity, a.limit)));
+            return Err(bad(format!(
+                "it has {} bytes, limit is {}",
+                v.capacity, a.limit
+            )));
         }
         if v.pool != s.pool || v.fs_type != s.fs_type || v.parameters != s.parameters {
-            return Err(bad(format!("it was created with parameters {:?}", v.parameters)));
+            return Err(bad(format!(
+                "it was created with parameters {:?}",
+                v.parameters
+            )));
         }
         if v.mutable_parameters != s.mutable {
-            return Err(bad(format!("it was created with mutable_parameters {:?}", v.mutable_parameters)));
+            return Err(bad(format!(
+                "it was created with mutable_parameters {:?}",
+                v.mutable_parameters
+            )));
         }
         if v.source != a.source {
             return Err(bad("it was created from another content source".into()));
         }
         if v.ephemeral != a.ephemeral {
-            return Err(bad("it is of another lifecycle (ephemeral or persistent)".into()));
+            return Err(bad(
+                "it is of another lifecycle (ephemeral or persistent)".into()
+            ));
         }
         Ok(v)
     }
@@ -291,11 +342,17 @@ impl Driver {
             }
         };
         if self.store.stage(&v.id)?.is_some() {
-            return Err(Error::InUse { id: id.to_string(), reason: "it is staged on this node".into() });
+            return Err(Error::InUse {
+                id: id.to_string(),
+                reason: "it is staged on this node".into(),
+            });
         }
         let pubs = self.store.publishes_of(&v.id)?;
         if let Some(p) = pubs.first() {
-            return Err(Error::InUse { id: id.to_string(), reason: format!("it is published at {}", p.target.display()) });
+            return Err(Error::InUse {
+                id: id.to_string(),
+                reason: format!("it is published at {}", p.target.display()),
+            });
         }
         self.remove_volume(v)
     }
@@ -313,15 +370,26 @@ impl Driver {
     }
 
     /// ControllerExpandVolume. Returns (capacity, node_expansion_required).
-    pub fn expand_volume(&self, id: &str, required: u64, limit: u64, block_cap: Option<bool>) -> Result<(u64, bool)> {
+    pub fn expand_volume(
+        &self,
+        id: &str,
+        required: u64,
+        limit: u64,
+        block_cap: Option<bool>,
+    ) -> Result<(u64, bool)> {
         let _guard = self.locks.try_lock([format!("vol:{id}")])?;
         let mut v = self.ready_volume(id)?;
         let stage = self.store.stage(&v.id)?;
-        let block = block_cap.or(stage.as_ref().map(|s| s.block)).unwrap_or(false);
+        let block = block_cap
+            .or(stage.as_ref().map(|s| s.block))
+            .unwrap_or(false);
         if limit != 0 && limit < v.capacity {
             return Err(Error::OutOfRange {
                 field: "capacity_range",
-                reason: format!("limit_bytes {limit} is below the current size {}; volumes never shrink", v.capacity),
+                reason: format!(
+                    "limit_bytes {limit} is below the current size {}; volumes never shrink",
+                    v.capacity
+                ),
             });
         }
         let target = driver::pick_size(required, limit, 0, "")?;
@@ -332,7 +400,11 @@ impl Driver {
         let pool = self.pool(&v.pool)?;
         let free = pool.space()?.free_bytes;
         if target - v.capacity > free {
-            return Err(Error::PoolFull { pool: v.pool.clone(), want: target - v.capacity, free });
+            return Err(Error::PoolFull {
+                pool: v.pool.clone(),
+                want: target - v.capacity,
+                free,
+            });
         }
         pool.grow(ImageRef::volume(&v.file), target)?;
         failpoint::hit("controller_expand:after_truncate");
@@ -341,7 +413,10 @@ impl Driver {
             && st.phase == StagePhase::Staged
             && let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of)
         {
-            sys::loopdev::refresh_capacity(n).map_err(Error::io("refreshing loop capacity", format!("/dev/loop{n}")))?;
+            sys::loopdev::refresh_capacity(n).map_err(Error::io(
+                "refreshing loop capacity",
+                format!("/dev/loop{n}"),
+            ))?;
         }
         v.capacity = target;
         self.store.write(vec![Op::PutVolume(v.clone())])?;
@@ -360,11 +435,14 @@ impl Driver {
             && st.phase == StagePhase::Staged
             && let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of)
         {
-            sys::loopdev::set_direct_io(n, direct_io)
-                .map_err(Error::io("switching direct I/O of", format!("/dev/loop{n}")))?;
+            sys::loopdev::set_direct_io(n, direct_io).map_err(Error::io(
+                "switching direct I/O of",
+                format!("/dev/loop{n}"),
+            ))?;
         }
         v.direct_io = direct_io;
-        v.mutable_parameters.insert(PARAM_DIRECT_IO.to_string(), direct_io.to_string());
+        v.mutable_parameters
+            .insert(PARAM_DIRECT_IO.to_string(), direct_io.to_string());
         self.store.write(vec![Op::PutVolume(v)])?;
         Ok(())
     }
@@ -376,7 +454,11 @@ impl Driver {
         caps: &[Cap],
         topology: Option<&HashMap<String, String>>,
     ) -> Result<(u64, u64, u64)> {
-        let a = CreateArgs { parameters: parameters.clone(), caps: caps.to_vec(), ..Default::default() };
+        let a = CreateArgs {
+            parameters: parameters.clone(),
+            caps: caps.to_vec(),
+            ..Default::default()
+        };
         let s = self.settings(&a)?;
         if let Some(t) = topology
             && driver::topology_allows(&self.node_id, std::slice::from_ref(t), &[]).is_err()

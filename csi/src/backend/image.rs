@@ -30,12 +30,20 @@ impl ImagePool {
     /// Opens pool `name` at `root` (which must exist and be a directory, not a symlink),
     /// creating its `volumes/` and `snapshots/` directories.
     pub fn open(name: &str, root: &Path) -> Result<ImagePool> {
-        let root = root.canonicalize().map_err(Error::io("resolving pool", root))?;
+        let root = root
+            .canonicalize()
+            .map_err(Error::io("resolving pool", root))?;
         let dir = sys::fs::open_dir(&root).map_err(Error::io("opening pool", &root))?;
-        let volumes = sys::fs::ensure_subdir(&dir, VOLUMES).map_err(Error::io("opening", root.join(VOLUMES)))?;
-        let snapshots =
-            sys::fs::ensure_subdir(&dir, SNAPSHOTS).map_err(Error::io("opening", root.join(SNAPSHOTS)))?;
-        Ok(ImagePool { name: name.to_string(), root, volumes, snapshots })
+        let volumes = sys::fs::ensure_subdir(&dir, VOLUMES)
+            .map_err(Error::io("opening", root.join(VOLUMES)))?;
+        let snapshots = sys::fs::ensure_subdir(&dir, SNAPSHOTS)
+            .map_err(Error::io("opening", root.join(SNAPSHOTS)))?;
+        Ok(ImagePool {
+            name: name.to_string(),
+            root,
+            volumes,
+            snapshots,
+        })
     }
 
     fn dir(&self, kind: ImageKind) -> (&File, &'static str) {
@@ -49,9 +57,15 @@ impl ImagePool {
         // Ids produce `[a-z0-9.]` names; anything else is a bug or a tampered record.
         let ok = !img.file.is_empty()
             && !img.file.starts_with('.')
-            && img.file.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.');
+            && img
+                .file
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.');
         if !ok {
-            return Err(Error::StateCorrupt(format!("bad image file name {:?}", img.file)));
+            return Err(Error::StateCorrupt(format!(
+                "bad image file name {:?}",
+                img.file
+            )));
         }
         Ok(img.file)
     }
@@ -59,7 +73,8 @@ impl ImagePool {
     fn open_flags(&self, img: ImageRef<'_>, flags: OFlag) -> Result<File> {
         let name = Self::checked(img)?;
         let (dir, _) = self.dir(img.kind);
-        sys::fs::open_beneath(dir, name, flags, 0o600).map_err(Error::io("opening image", self.path(img)))
+        sys::fs::open_beneath(dir, name, flags, 0o600)
+            .map_err(Error::io("opening image", self.path(img)))
     }
 }
 
@@ -81,7 +96,10 @@ impl Backend for ImagePool {
         let meta = std::fs::symlink_metadata(self.root.join(VOLUMES))
             .map_err(Error::io("checking pool", self.root.join(VOLUMES)))?;
         if !meta.is_dir() {
-            return Err(Error::NotReady(format!("pool {} volumes/ is not a directory", self.name)));
+            return Err(Error::NotReady(format!(
+                "pool {} volumes/ is not a directory",
+                self.name
+            )));
         }
         sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))?;
         Ok(())
@@ -91,18 +109,26 @@ impl Backend for ImagePool {
         sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))
     }
 
-    fn create(&self, img: ImageRef<'_>, size: u64, from: Option<&File>) -> Result<Option<CopyKind>> {
+    fn create(
+        &self,
+        img: ImageRef<'_>,
+        size: u64,
+        from: Option<&File>,
+    ) -> Result<Option<CopyKind>> {
         let dst = self.open_flags(img, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR)?;
         let result = (|| {
             let kind = match from {
                 None => None,
                 Some(src) => {
-                    let kind =
-                        sys::reflink::copy_image(src, &dst).map_err(Error::io("copying image into", self.path(img)))?;
+                    let kind = sys::reflink::copy_image(src, &dst)
+                        .map_err(Error::io("copying image into", self.path(img)))?;
                     Some(kind)
                 }
             };
-            let have = dst.metadata().map_err(Error::io("stat", self.path(img)))?.len();
+            let have = dst
+                .metadata()
+                .map_err(Error::io("stat", self.path(img)))?
+                .len();
             if size > have {
                 sys::fs::set_len(&dst, size).map_err(Error::io("sizing image", self.path(img)))?;
             }
@@ -133,7 +159,10 @@ impl Backend for ImagePool {
 
     fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()> {
         let f = self.open_flags(img, OFlag::O_RDWR)?;
-        let have = f.metadata().map_err(Error::io("stat", self.path(img)))?.len();
+        let have = f
+            .metadata()
+            .map_err(Error::io("stat", self.path(img)))?
+            .len();
         if size > have {
             sys::fs::set_len(&f, size).map_err(Error::io("growing image", self.path(img)))?;
         }
@@ -176,7 +205,10 @@ mod tests {
         assert_eq!(pool.size(v).unwrap(), Some(4 << 20));
         assert!(pool.remove(v).unwrap());
         assert!(!pool.remove(v).unwrap());
-        assert_eq!(pool.list(ImageKind::Snapshot).unwrap(), vec!["sabc.img".to_string()]);
+        assert_eq!(
+            pool.list(ImageKind::Snapshot).unwrap(),
+            vec!["sabc.img".to_string()]
+        );
     }
 
     #[test]
@@ -185,8 +217,15 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let pool = ImagePool::open("p", dir.path()).unwrap();
         std::fs::write(outside.path().join("secret"), b"x").unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("volumes/vlink.img")).unwrap();
-        assert!(pool.open(ImageRef::volume("vlink.img")).is_err(), "symlink followed");
+        std::os::unix::fs::symlink(
+            outside.path().join("secret"),
+            dir.path().join("volumes/vlink.img"),
+        )
+        .unwrap();
+        assert!(
+            pool.open(ImageRef::volume("vlink.img")).is_err(),
+            "symlink followed"
+        );
         assert!(pool.size(ImageRef::volume("vlink.img")).is_err());
         for bad in ["../x", "a/b", "", ".hidden", "UPPER"] {
             assert!(pool.open(ImageRef::volume(bad)).is_err(), "{bad}");

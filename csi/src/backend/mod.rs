@@ -30,10 +30,16 @@ pub struct ImageRef<'a> {
 
 impl<'a> ImageRef<'a> {
     pub fn volume(file: &'a str) -> Self {
-        ImageRef { kind: ImageKind::Volume, file }
+        ImageRef {
+            kind: ImageKind::Volume,
+            file,
+        }
     }
     pub fn snapshot(file: &'a str) -> Self {
-        ImageRef { kind: ImageKind::Snapshot, file }
+        ImageRef {
+            kind: ImageKind::Snapshot,
+            file,
+        }
     }
 }
 
@@ -51,7 +57,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn space(&self) -> Result<Space>;
     /// Creates `img` with `size` bytes, empty or as a copy of the open image `from` (which
     /// may live in another pool; then grown to `size`). Fails if `img` exists.
-    fn create(&self, img: ImageRef<'_>, size: u64, from: Option<&File>) -> Result<Option<CopyKind>>;
+    fn create(&self, img: ImageRef<'_>, size: u64, from: Option<&File>)
+    -> Result<Option<CopyKind>>;
     /// Removes `img`; false when it was already gone.
     fn remove(&self, img: ImageRef<'_>) -> Result<bool>;
     /// Size in bytes, None when missing.

@@ -11,11 +11,19 @@ use nix::sys::stat::Mode;
 
 fn how(flags: OFlag, mode: u32) -> OpenHow {
     // openat2 refuses a mode without O_CREAT (EINVAL).
-    let mode = if flags.contains(OFlag::O_CREAT) { mode } else { 0 };
+    let mode = if flags.contains(OFlag::O_CREAT) {
+        mode
+    } else {
+        0
+    };
     OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
         .mode(Mode::from_bits_truncate(mode))
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        )
 }
 
 /// Opens directory `path` (absolute) itself, refusing a symlink as the last component.
@@ -56,7 +64,10 @@ pub fn unlink_beneath(dir: &impl AsFd, name: &str) -> io::Result<bool> {
 pub fn file_exists(dir: &impl AsFd, name: &str) -> io::Result<Option<u64>> {
     match nix::sys::stat::fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Ok(Some(st.st_size as u64)),
-        Ok(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file")),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        )),
         Err(nix::errno::Errno::ENOENT) => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -115,8 +126,12 @@ pub fn sync(file: &File) -> io::Result<()> {
 pub enum Probe {
     /// Nothing we recognise and only zeros where superblocks would be.
     Empty,
-    Ext4 { size_bytes: u64 },
-    Xfs { size_bytes: u64 },
+    Ext4 {
+        size_bytes: u64,
+    },
+    Xfs {
+        size_bytes: u64,
+    },
     /// Some non-zero data we do not recognise: never format over it.
     Unknown,
 }
@@ -138,7 +153,9 @@ pub fn probe(file: &mut File) -> io::Result<Probe> {
     if buf.len() >= 4 && &buf[0..4] == b"XFSB" && buf.len() >= 16 {
         let block = u32::from_be_bytes(buf[4..8].try_into().unwrap()) as u64;
         let dblocks = u64::from_be_bytes(buf[8..16].try_into().unwrap());
-        return Ok(Probe::Xfs { size_bytes: block * dblocks });
+        return Ok(Probe::Xfs {
+            size_bytes: block * dblocks,
+        });
     }
     if buf.len() >= 2048 && buf[1080] == 0x53 && buf[1081] == 0xEF {
         let sb = &buf[1024..2048];
@@ -151,7 +168,9 @@ pub fn probe(file: &mut File) -> io::Result<Probe> {
         if incompat & 0x80 != 0 {
             blocks |= le32(0x150) << 32;
         }
-        return Ok(Probe::Ext4 { size_bytes: blocks * block });
+        return Ok(Probe::Ext4 {
+            size_bytes: blocks * block,
+        });
     }
     if buf.iter().all(|b| *b == 0) {
         Ok(Probe::Empty)

@@ -232,7 +232,13 @@ pub fn refresh_capacity(n: u32) -> io::Result<()> {
 
 fn set_direct_io_fd(dev: &File, on: bool) -> io::Result<()> {
     // SAFETY: `dev` is open for the call; LOOP_SET_DIRECT_IO takes an integer by value.
-    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_DIRECT_IO as _, on as libc::c_ulong) };
+    let rc = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            LOOP_SET_DIRECT_IO as _,
+            on as libc::c_ulong,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -314,11 +320,7 @@ pub fn find_by_backing(file: &Path) -> io::Result<Vec<u32>> {
 
 /// The loop number of a device path like /dev/loop7.
 pub fn number_of(device: &Path) -> Option<u32> {
-    device
-        .to_str()?
-        .strip_prefix("/dev/loop")?
-        .parse()
-        .ok()
+    device.to_str()?.strip_prefix("/dev/loop")?.parse().ok()
 }
 
 #[cfg(test)]
@@ -350,10 +352,28 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("v.img");
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&image).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&image)
+            .unwrap();
         file.set_len(64 << 20).unwrap();
-        let mut clean = Cleanup { mounts: Vec::new(), devices: Vec::new() };
-        let mut dev = attach(&file, AttachOptions { autoclear: false, direct_io: false, read_only: false }, "strata:test").unwrap();
+        let mut clean = Cleanup {
+            mounts: Vec::new(),
+            devices: Vec::new(),
+        };
+        let mut dev = attach(
+            &file,
+            AttachOptions {
+                autoclear: false,
+                direct_io: false,
+                read_only: false,
+            },
+            "strata:test",
+        )
+        .unwrap();
         clean.devices.push(dev.number);
         let canonical = image.canonicalize().unwrap();
         assert!(find_by_backing(&canonical).unwrap().contains(&dev.number));
@@ -365,7 +385,10 @@ mod tests {
         set_direct_io(dev.number, false).unwrap();
         assert!(!direct_io(dev.number).unwrap());
 
-        assert_eq!(crate::sys::fs::probe(&mut dev.handle).unwrap(), crate::sys::fs::Probe::Empty);
+        assert_eq!(
+            crate::sys::fs::probe(&mut dev.handle).unwrap(),
+            crate::sys::fs::Probe::Empty
+        );
         crate::sys::mkfs::mkfs(&dev.path, "ext4").unwrap();
         match crate::sys::fs::probe(&mut dev.handle).unwrap() {
             crate::sys::fs::Probe::Ext4 { size_bytes } => assert_eq!(size_bytes, 64 << 20),
@@ -404,7 +427,10 @@ mod tests {
         let err = std::fs::write(bind.join("x"), b"x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));
         assert_eq!(crate::sys::mount::umount_all(&bind).unwrap(), 1);
-        assert!(!crate::sys::mount::umount(&bind).unwrap(), "second umount finds nothing");
+        assert!(
+            !crate::sys::mount::umount(&bind).unwrap(),
+            "second umount finds nothing"
+        );
 
         assert_eq!(crate::sys::mount::umount_all(&mnt).unwrap(), 1);
         drop(dev);
@@ -421,15 +447,40 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("a.img");
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&image).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&image)
+            .unwrap();
         file.set_len(8 << 20).unwrap();
-        let dev = attach(&file, AttachOptions { autoclear: true, direct_io: false, read_only: false }, "strata:test").unwrap();
-        let clean = Cleanup { mounts: Vec::new(), devices: vec![dev.number] };
+        let dev = attach(
+            &file,
+            AttachOptions {
+                autoclear: true,
+                direct_io: false,
+                read_only: false,
+            },
+            "strata:test",
+        )
+        .unwrap();
+        let clean = Cleanup {
+            mounts: Vec::new(),
+            devices: vec![dev.number],
+        };
         let canonical = image.canonicalize().unwrap();
         assert!(find_by_backing(&canonical).unwrap().contains(&dev.number));
         drop(dev);
-        testkit::wait_for("autoclear detach", std::time::Duration::from_secs(10), || {
-            (!find_by_backing(&canonical).unwrap().contains(&clean.devices[0])).then_some(())
-        });
+        testkit::wait_for(
+            "autoclear detach",
+            std::time::Duration::from_secs(10),
+            || {
+                (!find_by_backing(&canonical)
+                    .unwrap()
+                    .contains(&clean.devices[0]))
+                .then_some(())
+            },
+        );
     }
 }

@@ -9,7 +9,11 @@ use std::process::{Command, Stdio};
 pub const XFS_MIN_BYTES: u64 = 300 << 20;
 
 fn run(cmd: &mut Command) -> io::Result<()> {
-    let out = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()?;
     if out.status.success() {
         return Ok(());
     }
@@ -18,37 +22,55 @@ fn run(cmd: &mut Command) -> io::Result<()> {
         msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
     }
     msg.truncate(512);
-    Err(io::Error::other(format!("{:?} failed ({}): {msg}", cmd.get_program(), out.status)))
+    Err(io::Error::other(format!(
+        "{:?} failed ({}): {msg}",
+        cmd.get_program(),
+        out.status
+    )))
 }
 
 /// Makes a filesystem of `fs_type` (ext4 or xfs) on `device`. No discard: the image is
 /// a fresh sparse file, so there is nothing to discard and it would only cost time.
 pub fn mkfs(device: &Path, fs_type: &str) -> io::Result<()> {
     match fs_type {
-        "ext4" => run(Command::new("mkfs.ext4").args([
-            "-q",
-            "-F",
-            "-m",
-            "0",
-            "-E",
-            "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
-        ]).arg(device)),
-        "xfs" => run(Command::new("mkfs.xfs").args(["-q", "-f", "-K"]).arg(device)),
-        other => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unsupported fs type {other}"))),
+        "ext4" => run(Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-E",
+                "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
+            ])
+            .arg(device)),
+        "xfs" => run(Command::new("mkfs.xfs")
+            .args(["-q", "-f", "-K"])
+            .arg(device)),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unsupported fs type {other}"),
+        )),
     }
 }
 
 /// Grows an unmounted ext4 filesystem to the size of its device: resize2fs insists on a
 /// fresh e2fsck first. e2fsck exit codes 0 and 1 mean clean or fixed.
 pub fn grow_ext4_offline(device: &Path) -> io::Result<()> {
-    let out = Command::new("e2fsck").args(["-f", "-p"]).arg(device).stdin(Stdio::null()).output()?;
+    let out = Command::new("e2fsck")
+        .args(["-f", "-p"])
+        .arg(device)
+        .stdin(Stdio::null())
+        .output()?;
     match out.status.code() {
         Some(0) | Some(1) => {}
         _ => {
             let mut msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
             msg.push_str(String::from_utf8_lossy(&out.stderr).trim());
             msg.truncate(512);
-            return Err(io::Error::other(format!("e2fsck failed ({}): {msg}", out.status)));
+            return Err(io::Error::other(format!(
+                "e2fsck failed ({}): {msg}",
+                out.status
+            )));
         }
     }
     run(Command::new("resize2fs").arg(device))
@@ -58,7 +80,9 @@ pub fn grow_ext4_offline(device: &Path) -> io::Result<()> {
 /// CAP_SYS_RESOURCE (fs/ext4/resize.c, ext4_resize_begin), which some sandboxes drop.
 pub fn can_grow_ext4_online() -> bool {
     const CAP_SYS_RESOURCE: u32 = 24;
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -71,6 +95,9 @@ pub fn grow(fs_type: &str, device: &Path, mount_point: &Path) -> io::Result<()> 
     match fs_type {
         "ext4" => run(Command::new("resize2fs").arg(device)),
         "xfs" => run(Command::new("xfs_growfs").arg("-d").arg(mount_point)),
-        other => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cannot grow {other}"))),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot grow {other}"),
+        )),
     }
 }

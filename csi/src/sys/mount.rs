@@ -19,7 +19,10 @@ pub struct Options {
 /// Options that would change what kind of mount this is (`bind`, `remount`, `move`,
 /// propagation) are refused: the caller decides those.
 pub fn parse_options(list: &[String]) -> Result<Options, String> {
-    let mut out = Options { flags: MsFlags::empty(), data: Vec::new() };
+    let mut out = Options {
+        flags: MsFlags::empty(),
+        data: Vec::new(),
+    };
     for item in list {
         for opt in item.split(',').map(str::trim).filter(|o| !o.is_empty()) {
             let flag = match opt {
@@ -61,7 +64,11 @@ pub fn parse_options(list: &[String]) -> Result<Options, String> {
 /// Mounts filesystem `fstype` from `device` on `target`.
 pub fn mount_fs(device: &Path, target: &Path, fstype: &str, opts: &Options) -> io::Result<()> {
     let data = opts.data.join(",");
-    let data = if data.is_empty() { None } else { Some(data.as_str()) };
+    let data = if data.is_empty() {
+        None
+    } else {
+        Some(data.as_str())
+    };
     nix::mount::mount(Some(device), target, Some(fstype), opts.flags, data)?;
     Ok(())
 }
@@ -69,9 +76,20 @@ pub fn mount_fs(device: &Path, target: &Path, fstype: &str, opts: &Options) -> i
 /// Bind-mounts `source` on `target`, then applies `ro` and the generic flags with a
 /// remount: a bind mount ignores those flags on its first call (mount(2), MS_BIND).
 pub fn bind(source: &Path, target: &Path, read_only: bool, flags: MsFlags) -> io::Result<()> {
-    nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
-    let mut extra = flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
-        | MsFlags::MS_NOATIME | MsFlags::MS_NODIRATIME | MsFlags::MS_RELATIME);
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    let mut extra = flags
+        & (MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC
+            | MsFlags::MS_NOATIME
+            | MsFlags::MS_NODIRATIME
+            | MsFlags::MS_RELATIME);
     if read_only {
         extra |= MsFlags::MS_RDONLY;
     }
@@ -175,7 +193,10 @@ mod tests {
     #[test]
     fn options_split_generic_and_data() {
         let o = parse_options(&["ro,noatime".into(), "discard".into(), "nosuid".into()]).unwrap();
-        assert_eq!(o.flags, MsFlags::MS_RDONLY | MsFlags::MS_NOATIME | MsFlags::MS_NOSUID);
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOATIME | MsFlags::MS_NOSUID
+        );
         assert_eq!(o.data, vec!["discard".to_string()]);
     }
 

@@ -24,7 +24,10 @@ pub fn copy_image(src: &File, dst: &File) -> io::Result<CopyKind> {
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
         // Not supported by this filesystem, or across filesystems: copy instead.
-        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EXDEV) | Some(libc::ENOTTY)
+        Some(libc::EOPNOTSUPP)
+        | Some(libc::EINVAL)
+        | Some(libc::EXDEV)
+        | Some(libc::ENOTTY)
         | Some(libc::EPERM) => {}
         _ => return Err(err),
     }
@@ -70,13 +73,23 @@ fn copy_range(src: &File, dst: &File, off: u64, mut n: u64) -> io::Result<()> {
         // SAFETY: both fds are open; the offsets are our own stack variables, which the
         // kernel advances by the number of bytes copied.
         let r = unsafe {
-            libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, chunk, 0)
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                chunk,
+                0,
+            )
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
         if r == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source shrank during copy"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "source shrank during copy",
+            ));
         }
         n -= r as u64;
     }
@@ -91,14 +104,24 @@ mod tests {
     #[test]
     fn sparse_copy_keeps_data_and_holes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut src = std::fs::OpenOptions::new().read(true).write(true).create(true)
-            .truncate(true).open(dir.path().join("a")).unwrap();
+        let mut src = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("a"))
+            .unwrap();
         src.set_len(64 << 20).unwrap();
         src.seek(SeekFrom::Start(10 << 20)).unwrap();
         src.write_all(b"hello extent").unwrap();
         src.sync_all().unwrap();
-        let mut dst = std::fs::OpenOptions::new().read(true).write(true).create(true)
-            .truncate(true).open(dir.path().join("b")).unwrap();
+        let mut dst = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("b"))
+            .unwrap();
         copy_image(&src, &dst).unwrap();
         assert_eq!(dst.metadata().unwrap().len(), 64 << 20);
         let mut buf = [0u8; 12];
@@ -106,6 +129,9 @@ mod tests {
         dst.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hello extent");
         use std::os::unix::fs::MetadataExt;
-        assert!(dst.metadata().unwrap().blocks() * 512 < 8 << 20, "holes were filled");
+        assert!(
+            dst.metadata().unwrap().blocks() * 512 < 8 << 20,
+            "holes were filled"
+        );
     }
 }
