@@ -50,7 +50,9 @@ impl Args {
         let id = &self.node_id;
         let ok = !id.is_empty()
             && id.len() <= 253
-            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
             && id.starts_with(|c: char| c.is_ascii_alphanumeric())
             && id.ends_with(|c: char| c.is_ascii_alphanumeric());
         if !ok {
@@ -60,7 +62,9 @@ impl Args {
             });
         }
         if let Some(ep) = &self.csi_endpoint
-            && !ep.strip_prefix("unix://").is_some_and(|p| p.starts_with('/'))
+            && !ep
+                .strip_prefix("unix://")
+                .is_some_and(|p| p.starts_with('/'))
         {
             return Err(Error::InvalidFlag {
                 flag: "csi-endpoint",

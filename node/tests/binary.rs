@@ -29,11 +29,24 @@ fn bad_flags_are_refused() {
     for args in [
         vec!["--node-id=-bad-", "--state-dir", "/tmp/x"],
         vec!["--node-id", "n1", "--state-dir", "relative"],
-        vec!["--node-id", "n1", "--state-dir", "/tmp/x", "--csi-endpoint", "tcp://1.2.3.4:5"],
+        vec![
+            "--node-id",
+            "n1",
+            "--state-dir",
+            "/tmp/x",
+            "--csi-endpoint",
+            "tcp://1.2.3.4:5",
+        ],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_strata-node")).args(&args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_strata-node"))
+            .args(&args)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("invalid --"),
+            "{args:?}"
+        );
     }
 }
 
@@ -44,13 +57,17 @@ async fn serves_the_pods_of_its_node() {
     }
     let dir = testkit::unique_temp_dir("strata-node");
     let store = EmbeddedStore::open(&dir).unwrap();
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cfg", "namespace": "default"},
-        "data": {"k": "v1"}})).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "cfg", "namespace": "default"},
+        "data": {"k": "v1"}}))
+        .unwrap();
     store.create(&cm).await.unwrap();
     let pod = |name: &str, node: &str| -> Pod {
-        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
             "nodeName": node, "containers": [{"name": "c", "image": "busybox"}],
-            "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]}}))
+            "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]}}),
+        )
         .unwrap()
     };
     let mine = store.create(&pod("mine", "n1")).await.unwrap();
@@ -61,9 +78,17 @@ async fn serves_the_pods_of_its_node() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let mut node = Node { child, dir: dir.clone() };
-    let file = strata_volumes::layout::volume_dir(&dir, mine.metadata.uid.as_deref().unwrap(), "kubernetes.io~configmap", "cfg")
-        .join("k");
+    let mut node = Node {
+        child,
+        dir: dir.clone(),
+    };
+    let file = strata_volumes::layout::volume_dir(
+        &dir,
+        mine.metadata.uid.as_deref().unwrap(),
+        "kubernetes.io~configmap",
+        "cfg",
+    )
+    .join("k");
     let deadline = Duration::from_secs(60);
     testkit::wait_for("the volume of the pod on n1", deadline, || {
         (std::fs::read(&file).ok()? == b"v1").then_some(())
@@ -76,8 +101,17 @@ async fn serves_the_pods_of_its_node() {
     });
     let other_dir = strata_volumes::layout::pod_dir(&dir, other.metadata.uid.as_deref().unwrap());
     assert!(!other_dir.exists(), "a pod of another node is not served");
-    assert!(dir.join(strata_volumes::token::JWKS_FILE).exists(), "public key published");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(node.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = testkit::wait_for("strata-node to exit", deadline, || node.child.try_wait().unwrap());
+    assert!(
+        dir.join(strata_volumes::token::JWKS_FILE).exists(),
+        "public key published"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = testkit::wait_for("strata-node to exit", deadline, || {
+        node.child.try_wait().unwrap()
+    });
     assert!(status.success(), "{status:?}");
 }

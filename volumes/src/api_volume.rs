@@ -10,7 +10,12 @@ use crate::projection::Kind;
 
 /// Idempotent: the tmpfs is mounted once; an unchanged payload writes nothing. On an
 /// error the previous content stays as it was (never torn down: k8s#139474).
-pub fn set_up(dir: &Path, kind: Kind, payload: &Payload, fs_group: Option<u32>) -> Result<WriteOutcome> {
+pub fn set_up(
+    dir: &Path,
+    kind: Kind,
+    payload: &Payload,
+    fs_group: Option<u32>,
+) -> Result<WriteOutcome> {
     let medium = if kind.on_tmpfs() {
         Medium::Memory { size: None }
     } else {

@@ -405,7 +405,8 @@ impl AtomicWriter {
         if let Ok(Some(text)) = dirfd::readlink_at(root, OsStr::new(DATA_TMP_LINK))
             && text == name
         {
-            let _ = nix::unistd::unlinkat(root, DATA_TMP_LINK, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            let _ =
+                nix::unistd::unlinkat(root, DATA_TMP_LINK, nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
         if let Err(err) = dirfd::remove_all_at(root, OsStr::new(name), &self.target) {
             tracing::warn!(target_dir = %self.target.display(), error = %err, "removing unfinished version");
@@ -428,7 +429,10 @@ impl AtomicWriter {
                 continue;
             }
             let path = self.target.join(first);
-            if dirfd::lstat_at(root, OsStr::new(first)).at("stat", &path)?.is_some() {
+            if dirfd::lstat_at(root, OsStr::new(first))
+                .at("stat", &path)?
+                .is_some()
+            {
                 continue;
             }
             fail(Step::CreateLink)?;
@@ -451,7 +455,8 @@ impl AtomicWriter {
         if let Some(gid) = fs_group {
             let gid = Some(Gid::from_raw(gid));
             for name in seen.iter().copied().chain([DATA_LINK]) {
-                let st = dirfd::lstat_at(root, OsStr::new(name)).at("stat", self.target.join(name))?;
+                let st =
+                    dirfd::lstat_at(root, OsStr::new(name)).at("stat", self.target.join(name))?;
                 if st.is_some_and(|st| dirfd::is_symlink(&st)) {
                     nix::unistd::fchownat(root, name, None, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
                         .at("chown", self.target.join(name))?;
@@ -460,7 +465,8 @@ impl AtomicWriter {
             nix::unistd::fchown(root, None, gid).at("chown", &self.target)?;
             let st = nix::sys::stat::fstat(root).at("stat", &self.target)?;
             let mode = (st.st_mode & 0o7777) | 0o2550;
-            nix::sys::stat::fchmod(root, Mode::from_bits_truncate(mode)).at("chmod", &self.target)?;
+            nix::sys::stat::fchmod(root, Mode::from_bits_truncate(mode))
+                .at("chmod", &self.target)?;
         }
         Ok(())
     }
@@ -497,7 +503,11 @@ impl AtomicWriter {
                 continue;
             }
             fail(Step::Prune)?;
-            match nix::unistd::unlinkat(root, name.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            match nix::unistd::unlinkat(
+                root,
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e).at("remove", &path),
             }
@@ -591,8 +601,11 @@ fn apply_fs_group(dir: BorrowedFd<'_>, gid: u32, shown: &Path) -> Result<()> {
     let g = Some(Gid::from_raw(gid));
     nix::unistd::fchown(dir, None, g).at("chown", shown)?;
     let st = nix::sys::stat::fstat(dir).at("stat", shown)?;
-    nix::sys::stat::fchmod(dir, Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o2550))
-        .at("chmod", shown)?;
+    nix::sys::stat::fchmod(
+        dir,
+        Mode::from_bits_truncate((st.st_mode & 0o7777) | 0o2550),
+    )
+    .at("chmod", shown)?;
     for name in dirfd::list(dir, shown)? {
         let path = shown.join(&name);
         let Some(st) = dirfd::lstat_at(dir, &name).at("stat", &path)? else {
@@ -664,7 +677,11 @@ fn live_version(root: BorrowedFd<'_>, target: &Path) -> Result<String> {
     Ok(version)
 }
 
-fn read_version(root: BorrowedFd<'_>, target: &Path, version: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+fn read_version(
+    root: BorrowedFd<'_>,
+    target: &Path,
+    version: &str,
+) -> Result<BTreeMap<String, Vec<u8>>> {
     let vpath = target.join(version);
     let vdir = dirfd::open_dir_at(root, OsStr::new(version), target)?;
     let mut paths = Vec::new();

@@ -61,7 +61,9 @@ pub struct CsiNode {
 
 impl std::fmt::Debug for CsiNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CsiNode").field("driver", &self.driver).finish_non_exhaustive()
+        f.debug_struct("CsiNode")
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,9 +139,10 @@ impl CsiNode {
         let rpcs: BTreeSet<i32> = caps
             .capabilities
             .iter()
-            .filter_map(|c| match &c.r#type {
-                Some(node_service_capability::Type::Rpc(r)) => Some(r.r#type),
-                None => None,
+            .filter_map(|c| {
+                c.r#type
+                    .as_ref()
+                    .map(|node_service_capability::Type::Rpc(r)| r.r#type)
             })
             .collect();
         use node_service_capability::rpc::Type;
@@ -173,7 +176,9 @@ impl CsiNode {
         };
         csi_proto::VolumeCapability {
             access_type: Some(access_type),
-            access_mode: Some(volume_capability::AccessMode { mode: v.access_mode }),
+            access_mode: Some(volume_capability::AccessMode {
+                mode: v.access_mode,
+            }),
         }
     }
 
@@ -232,7 +237,13 @@ impl CsiNode {
     }
 
     /// NodeExpandVolume on a published volume; returns the size the driver reports.
-    pub async fn expand(&self, state: &Path, pod_uid: &str, v: &CsiVolume, bytes: i64) -> Result<i64> {
+    pub async fn expand(
+        &self,
+        state: &Path,
+        pod_uid: &str,
+        v: &CsiVolume,
+        bytes: i64,
+    ) -> Result<i64> {
         if !self.expand {
             return Err(Error::Csi {
                 rpc: "NodeExpandVolume",
@@ -432,20 +443,39 @@ mod tests {
     #[test]
     fn access_modes_map_like_the_kubelet() {
         use volume_capability::access_mode::Mode;
-        let m = |v: &[&str], snmw| access_mode(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>(), snmw);
+        let m = |v: &[&str], snmw| {
+            access_mode(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>(), snmw)
+        };
         assert_eq!(m(&["ReadWriteOnce"], false), Mode::SingleNodeWriter as i32);
-        assert_eq!(m(&["ReadWriteOnce"], true), Mode::SingleNodeMultiWriter as i32);
-        assert_eq!(m(&["ReadWriteOncePod"], false), Mode::SingleNodeWriter as i32);
-        assert_eq!(m(&["ReadWriteOncePod"], true), Mode::SingleNodeSingleWriter as i32);
+        assert_eq!(
+            m(&["ReadWriteOnce"], true),
+            Mode::SingleNodeMultiWriter as i32
+        );
+        assert_eq!(
+            m(&["ReadWriteOncePod"], false),
+            Mode::SingleNodeWriter as i32
+        );
+        assert_eq!(
+            m(&["ReadWriteOncePod"], true),
+            Mode::SingleNodeSingleWriter as i32
+        );
         assert_eq!(m(&["ReadOnlyMany"], true), Mode::MultiNodeReaderOnly as i32);
-        assert_eq!(m(&["ReadWriteMany", "ReadWriteOnce"], false), Mode::MultiNodeMultiWriter as i32);
+        assert_eq!(
+            m(&["ReadWriteMany", "ReadWriteOnce"], false),
+            Mode::MultiNodeMultiWriter as i32
+        );
     }
 
     #[test]
     fn staging_path_is_the_kubelet_one() {
         let p = layout::csi_staging(Path::new("/s"), "local.csi.strata.io", "vol-1");
         let hash = layout::hex_sha256("vol-1");
-        assert_eq!(p, Path::new("/s/plugins/kubernetes.io/csi/local.csi.strata.io").join(hash).join("globalmount"));
+        assert_eq!(
+            p,
+            Path::new("/s/plugins/kubernetes.io/csi/local.csi.strata.io")
+                .join(hash)
+                .join("globalmount")
+        );
         assert_eq!(
             layout::csi_publish(Path::new("/s"), "uid", "pv-1"),
             Path::new("/s/pods/uid/volumes/kubernetes.io~csi/pv-1/mount")
@@ -461,14 +491,32 @@ mod tests {
             spec_vol_id: "pv".into(),
             volume_lifecycle_mode: "Persistent".into(),
         };
-        make_dir_with_data(&layout::csi_publish(tmp.path(), "p1", "pv-a"), &data("h1"), false).unwrap();
-        make_dir_with_data(&layout::csi_publish(tmp.path(), "p2", "pv-a"), &data("h1"), false).unwrap();
-        make_dir_with_data(&layout::csi_publish(tmp.path(), "p2", "pv-b"), &data("h2"), false).unwrap();
+        make_dir_with_data(
+            &layout::csi_publish(tmp.path(), "p1", "pv-a"),
+            &data("h1"),
+            false,
+        )
+        .unwrap();
+        make_dir_with_data(
+            &layout::csi_publish(tmp.path(), "p2", "pv-a"),
+            &data("h1"),
+            false,
+        )
+        .unwrap();
+        make_dir_with_data(
+            &layout::csi_publish(tmp.path(), "p2", "pv-b"),
+            &data("h2"),
+            false,
+        )
+        .unwrap();
         let mut users = publish_users(tmp.path(), "h1").unwrap();
         users.sort();
         assert_eq!(users, vec!["p1", "p2"]);
         assert_eq!(publish_users(tmp.path(), "h2").unwrap(), vec!["p2"]);
-        let dir = layout::csi_publish(tmp.path(), "p1", "pv-a").parent().unwrap().to_owned();
+        let dir = layout::csi_publish(tmp.path(), "p1", "pv-a")
+            .parent()
+            .unwrap()
+            .to_owned();
         remove_data_dir(&dir).unwrap();
         assert_eq!(publish_users(tmp.path(), "h1").unwrap(), vec!["p2"]);
         // Not recursive: an unexpected entry stops the removal.

@@ -130,7 +130,13 @@ pub fn mkdir_all_at(dir: BorrowedFd<'_>, rel: &Path, shown: &Path) -> Result<Own
                     Mode::from_bits_truncate(0o755),
                     nix::sys::stat::FchmodatFlags::NoFollowSymlink,
                 )
-                .or_else(|e| if e == Errno::EOPNOTSUPP { Ok(()) } else { Err(e) })
+                .or_else(|e| {
+                    if e == Errno::EOPNOTSUPP {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .at("chmod", &at)?;
             }
             Err(Errno::EEXIST) => {}

@@ -14,7 +14,9 @@ use crate::projection::quantity;
 pub enum Medium {
     Disk,
     /// tmpfs, with a size in bytes when the volume sets `sizeLimit`.
-    Memory { size: Option<u64> },
+    Memory {
+        size: Option<u64>,
+    },
 }
 
 impl Medium {

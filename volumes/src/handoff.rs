@@ -134,10 +134,13 @@ pub fn container_volumes(
         });
     }
     for d in c.volume_devices.iter().flatten() {
-        let v = volumes.get(&d.name).filter(|v| v.block).ok_or_else(|| Error::InvalidArgument {
-            field: "volumeDevices.name",
-            reason: format!("{:?} is not a prepared block volume", d.name),
-        })?;
+        let v = volumes
+            .get(&d.name)
+            .filter(|v| v.block)
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "volumeDevices.name",
+                reason: format!("{:?} is not a prepared block volume", d.name),
+            })?;
         out.devices.push(ContainerDevice {
             source: v.path.clone(),
             device_path: d.device_path.clone(),
@@ -158,7 +161,11 @@ fn beneath(flags: OFlag) -> OpenHow {
 /// Already mounted: nothing to do.
 pub fn resolve_subpath(root: &Path, sub: &str, target: &Path, create: bool) -> Result<()> {
     let rel = Path::new(sub);
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
         return Err(Error::InvalidPath {
             path: sub.to_owned(),
             reason: "subPath must be relative without '..' or '.'",
@@ -183,14 +190,28 @@ pub fn resolve_subpath(root: &Path, sub: &str, target: &Path, create: bool) -> R
                         Err(Errno::ENOENT) => {
                             let parent = partial.parent().unwrap_or(Path::new(""));
                             let pfd = if parent.as_os_str().is_empty() {
-                                nix::fcntl::openat2(root_fd.as_fd(), ".", beneath(OFlag::O_DIRECTORY | OFlag::O_RDONLY))
+                                nix::fcntl::openat2(
+                                    root_fd.as_fd(),
+                                    ".",
+                                    beneath(OFlag::O_DIRECTORY | OFlag::O_RDONLY),
+                                )
                             } else {
-                                nix::fcntl::openat2(root_fd.as_fd(), parent, beneath(OFlag::O_DIRECTORY | OFlag::O_RDONLY))
+                                nix::fcntl::openat2(
+                                    root_fd.as_fd(),
+                                    parent,
+                                    beneath(OFlag::O_DIRECTORY | OFlag::O_RDONLY),
+                                )
                             }
                             .at("open", root.join(parent))?;
-                            match nix::sys::stat::mkdirat(pfd.as_fd(), comp.as_os_str(), Mode::from_bits_truncate(0o750)) {
+                            match nix::sys::stat::mkdirat(
+                                pfd.as_fd(),
+                                comp.as_os_str(),
+                                Mode::from_bits_truncate(0o750),
+                            ) {
                                 Ok(()) | Err(Errno::EEXIST) => {}
-                                Err(e) => return Err(e).at("create directory", root.join(&partial)),
+                                Err(e) => {
+                                    return Err(e).at("create directory", root.join(&partial));
+                                }
                             }
                             made = true;
                             break;
@@ -277,17 +298,35 @@ mod tests {
         let summary: Vec<(&str, &str, bool, Propagation)> = out
             .mounts
             .iter()
-            .map(|m| (m.source.to_str().unwrap(), m.destination.as_str(), m.read_only, m.propagation))
+            .map(|m| {
+                (
+                    m.source.to_str().unwrap(),
+                    m.destination.as_str(),
+                    m.read_only,
+                    m.propagation,
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             vec![
                 ("/s/cfg", "/etc/cfg", true, Propagation::None),
-                ("/s/data/mount", "/data", false, Propagation::HostToContainer),
+                (
+                    "/s/data/mount",
+                    "/data",
+                    false,
+                    Propagation::HostToContainer
+                ),
                 ("/s/scratch", "/scratch", true, Propagation::None),
             ]
         );
-        assert_eq!(out.devices, vec![ContainerDevice { source: "/s/raw/dev".into(), device_path: "/dev/xvda".into() }]);
+        assert_eq!(
+            out.devices,
+            vec![ContainerDevice {
+                source: "/s/raw/dev".into(),
+                device_path: "/dev/xvda".into()
+            }]
+        );
         assert!(container_volumes(Path::new("/s"), &pod(), "ghost", &prepared()).is_err());
         let mut missing = prepared();
         missing.remove("cfg");
@@ -319,11 +358,21 @@ mod tests {
         std::os::unix::fs::symlink("../outside", vol.join("rel-escape")).unwrap();
         std::os::unix::fs::symlink("real", vol.join("inner")).unwrap();
 
-        for bad in ["abs", "abs/etc", "rel-escape/secret", "../outside", "/real", "real/../.."] {
+        for bad in [
+            "abs",
+            "abs/etc",
+            "rel-escape/secret",
+            "../outside",
+            "/real",
+            "real/../..",
+        ] {
             let target = tmp.path().join("t-bad");
             let _g = Unmount(target.clone());
             assert!(resolve_subpath(&vol, bad, &target, true).is_err(), "{bad}");
-            assert!(!mount::is_mount_point(&mount::mountinfo().unwrap(), &target), "{bad}");
+            assert!(
+                !mount::is_mount_point(&mount::mountinfo().unwrap(), &target),
+                "{bad}"
+            );
         }
         // A link that stays inside is fine, and the exact file is bound.
         let t1 = tmp.path().join("t1");

@@ -16,7 +16,10 @@ pub fn pod_dir(state: &Path, pod_uid: &str) -> PathBuf {
 
 /// `<state>/pods/<uid>/volumes/<plugin dir>/<volume>`, plugin dir as `kubernetes.io~secret`.
 pub fn volume_dir(state: &Path, pod_uid: &str, plugin_dir: &str, volume: &str) -> PathBuf {
-    pod_dir(state, pod_uid).join("volumes").join(plugin_dir).join(volume)
+    pod_dir(state, pod_uid)
+        .join("volumes")
+        .join(plugin_dir)
+        .join(volume)
 }
 
 /// Bind mounts of resolved subPaths: `<state>/pods/<uid>/volume-subpaths/<volume>/<container>/<index>`.
@@ -49,5 +52,9 @@ pub fn hex_sha256(s: &str) -> String {
 
 /// A name used as one path component: no `/`, not `.`/`..`, not empty, no NUL.
 pub fn valid_component(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']) && name.len() <= 255
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && name.len() <= 255
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use strata_store::k8s_openapi::api::core::v1::{
-    ConfigMap, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount, Volume,
+    ConfigMap, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    ServiceAccount, Volume,
 };
 use strata_store::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use strata_store::{EventType, Object, Store, WatchEvent};
@@ -113,7 +114,9 @@ fn key_of<K: Object>(obj: &K) -> ObjKey {
 /// The node's allocatable amounts for limits a container leaves unset (§2.4).
 fn host_allocatable(state_dir: &Path) -> BTreeMap<String, Quantity> {
     let mut out = BTreeMap::new();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     out.insert("cpu".into(), Quantity(cpus.to_string()));
     if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo")
         && let Some(kb) = meminfo
@@ -124,7 +127,7 @@ fn host_allocatable(state_dir: &Path) -> BTreeMap<String, Quantity> {
         out.insert("memory".into(), Quantity((kb * 1024).to_string()));
     }
     if let Ok(st) = nix::sys::statvfs::statvfs(state_dir) {
-        let bytes = st.blocks() as u64 * st.fragment_size() as u64;
+        let bytes = st.blocks() * st.fragment_size();
         out.insert("ephemeral-storage".into(), Quantity(bytes.to_string()));
     }
     out
@@ -188,10 +191,15 @@ impl<S: Store> VolumeManager<S> {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let endpoint = self.inner.cfg.csi_endpoint.as_deref().ok_or_else(|| Error::InvalidArgument {
-            field: "csi-endpoint",
-            reason: "PVC volumes need a CSI driver, and none is configured".into(),
-        })?;
+        let endpoint =
+            self.inner
+                .cfg
+                .csi_endpoint
+                .as_deref()
+                .ok_or_else(|| Error::InvalidArgument {
+                    field: "csi-endpoint",
+                    reason: "PVC volumes need a CSI driver, and none is configured".into(),
+                })?;
         let c = CsiNode::connect(endpoint).await?;
         *guard = Some(c.clone());
         Ok(c)
@@ -232,7 +240,12 @@ impl<S: Store> VolumeManager<S> {
     /// watch has delivered them). NotFound leaves them absent.
     async fn fill_cache(&self, ns: &str, refs: &References) -> Result<()> {
         for name in &refs.secrets {
-            let have = self.inner.secrets.read().expect("lock").contains_key(&(ns.to_owned(), name.clone()));
+            let have = self
+                .inner
+                .secrets
+                .read()
+                .expect("lock")
+                .contains_key(&(ns.to_owned(), name.clone()));
             if !have {
                 match self.inner.store.get::<Secret>(ns, name).await {
                     Ok(s) => self.cache_object(ObjectKind::Secret, CachedObject::Secret(s)),
@@ -242,7 +255,12 @@ impl<S: Store> VolumeManager<S> {
             }
         }
         for name in &refs.config_maps {
-            let have = self.inner.config_maps.read().expect("lock").contains_key(&(ns.to_owned(), name.clone()));
+            let have = self
+                .inner
+                .config_maps
+                .read()
+                .expect("lock")
+                .contains_key(&(ns.to_owned(), name.clone()));
             if !have {
                 match self.inner.store.get::<ConfigMap>(ns, name).await {
                     Ok(c) => self.cache_object(ObjectKind::ConfigMap, CachedObject::ConfigMap(c)),
@@ -258,7 +276,13 @@ impl<S: Store> VolumeManager<S> {
     async fn token_for(&self, pod: &Pod, key: &TokenKey) -> Result<String> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let now = SystemTime::now();
-        let cached = self.inner.tokens.lock().expect("lock").get(&(uid.clone(), key.clone())).cloned();
+        let cached = self
+            .inner
+            .tokens
+            .lock()
+            .expect("lock")
+            .get(&(uid.clone(), key.clone()))
+            .cloned();
         if let Some(tok) = &cached
             && !token::requires_refresh(tok, now, token::jitter_secs())
         {
@@ -267,13 +291,23 @@ impl<S: Store> VolumeManager<S> {
         match self.issue_token(pod, key, now).await {
             Ok(tok) => {
                 let text = tok.token.clone();
-                self.inner.tokens.lock().expect("lock").insert((uid, key.clone()), tok);
+                self.inner
+                    .tokens
+                    .lock()
+                    .expect("lock")
+                    .insert((uid, key.clone()), tok);
                 self.inner.token_wake.notify_one();
                 Ok(text)
             }
             // A failed refresh keeps using the cached token until it expires.
             Err(e) => match cached {
-                Some(tok) if tok.expires_at > now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) => {
+                Some(tok)
+                    if tok.expires_at
+                        > now
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0) =>
+                {
                     tracing::warn!(error = %e, "token refresh failed; keeping the current token");
                     Ok(tok.token)
                 }
@@ -317,7 +351,12 @@ impl<S: Store> VolumeManager<S> {
     }
 
     /// Builds and writes one API-data volume. Returns the immutable objects it used.
-    async fn set_up_api_volume(&self, pod: &Pod, volume: &Volume, kind: Kind) -> Result<(PreparedVolume, BTreeSet<(ObjectKind, String)>)> {
+    async fn set_up_api_volume(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+        kind: Kind,
+    ) -> Result<(PreparedVolume, BTreeSet<(ObjectKind, String)>)> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let refs = projection::references(volume)?;
@@ -331,14 +370,22 @@ impl<S: Store> VolumeManager<S> {
             let cache = self.inner.secrets.read().expect("lock");
             refs.secrets
                 .iter()
-                .filter_map(|n| cache.get(&(ns.clone(), n.clone())).map(|s| (n.clone(), s.clone())))
+                .filter_map(|n| {
+                    cache
+                        .get(&(ns.clone(), n.clone()))
+                        .map(|s| (n.clone(), s.clone()))
+                })
                 .collect()
         };
         let config_maps: BTreeMap<String, ConfigMap> = {
             let cache = self.inner.config_maps.read().expect("lock");
             refs.config_maps
                 .iter()
-                .filter_map(|n| cache.get(&(ns.clone(), n.clone())).map(|c| (n.clone(), c.clone())))
+                .filter_map(|n| {
+                    cache
+                        .get(&(ns.clone(), n.clone()))
+                        .map(|c| (n.clone(), c.clone()))
+                })
                 .collect()
         };
         for (n, s) in &secrets {
@@ -361,7 +408,12 @@ impl<S: Store> VolumeManager<S> {
                 node_allocatable: &self.inner.allocatable,
             },
         )?;
-        let dir = layout::volume_dir(&self.inner.cfg.state_dir, &uid, kind.plugin_dir(), &volume.name);
+        let dir = layout::volume_dir(
+            &self.inner.cfg.state_dir,
+            &uid,
+            kind.plugin_dir(),
+            &volume.name,
+        );
         let fs_group = projection::fs_group(pod);
         let d = dir.clone();
         let outcome = blocking(move || api_volume::set_up(&d, kind, &payload, fs_group)).await?;
@@ -382,17 +434,30 @@ impl<S: Store> VolumeManager<S> {
         let src = volume.persistent_volume_claim.as_ref().expect("checked");
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let pvc: PersistentVolumeClaim = self.inner.store.get(&ns, &src.claim_name).await.map_err(store_err)?;
+        let pvc: PersistentVolumeClaim = self
+            .inner
+            .store
+            .get(&ns, &src.claim_name)
+            .await
+            .map_err(store_err)?;
         let pv_name = pvc
             .spec
             .as_ref()
             .and_then(|s| s.volume_name.clone())
-            .filter(|n| !n.is_empty() && pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+            .filter(|n| {
+                !n.is_empty()
+                    && pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+            })
             .ok_or_else(|| Error::InvalidArgument {
                 field: "persistentVolumeClaim",
                 reason: format!("claim {ns}/{} is not bound yet", src.claim_name),
             })?;
-        let pv: PersistentVolume = self.inner.store.get("", &pv_name).await.map_err(store_err)?;
+        let pv: PersistentVolume = self
+            .inner
+            .store
+            .get("", &pv_name)
+            .await
+            .map_err(store_err)?;
         let spec = pv.spec.as_ref().ok_or_else(|| Error::InvalidArgument {
             field: "persistentVolume",
             reason: format!("{pv_name} has no spec"),
@@ -405,27 +470,37 @@ impl<S: Store> VolumeManager<S> {
         if csi_src.driver != csi.driver() {
             return Err(Error::InvalidArgument {
                 field: "persistentVolume.spec.csi.driver",
-                reason: format!("{pv_name} needs driver {:?}; this node runs {:?}", csi_src.driver, csi.driver()),
+                reason: format!(
+                    "{pv_name} needs driver {:?}; this node runs {:?}",
+                    csi_src.driver,
+                    csi.driver()
+                ),
             });
         }
-        let secret_data = |r: &Option<strata_store::k8s_openapi::api::core::v1::SecretReference>| {
-            let store = self.inner.store.clone();
-            let r = r.clone();
-            async move {
-                let Some(r) = r else { return Ok(BTreeMap::new()) };
-                let s: Secret = store
-                    .get(r.namespace.as_deref().unwrap_or_default(), r.name.as_deref().unwrap_or_default())
-                    .await
-                    .map_err(store_err)?;
-                Ok::<_, Error>(
-                    s.data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                        .collect(),
-                )
-            }
-        };
+        let secret_data =
+            |r: &Option<strata_store::k8s_openapi::api::core::v1::SecretReference>| {
+                let store = self.inner.store.clone();
+                let r = r.clone();
+                async move {
+                    let Some(r) = r else {
+                        return Ok(BTreeMap::new());
+                    };
+                    let s: Secret = store
+                        .get(
+                            r.namespace.as_deref().unwrap_or_default(),
+                            r.name.as_deref().unwrap_or_default(),
+                        )
+                        .await
+                        .map_err(store_err)?;
+                    Ok::<_, Error>(
+                        s.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                            .collect(),
+                    )
+                }
+            };
         let read_only = src.read_only.unwrap_or(false) || csi_src.read_only.unwrap_or(false);
         let v = CsiVolume {
             pv_name: pv_name.clone(),
@@ -433,7 +508,10 @@ impl<S: Store> VolumeManager<S> {
             block: spec.volume_mode.as_deref() == Some("Block"),
             fs_type: csi_src.fs_type.clone().unwrap_or_default(),
             mount_flags: spec.mount_options.clone().unwrap_or_default(),
-            access_mode: csi_volume::access_mode(spec.access_modes.as_deref().unwrap_or_default(), csi.single_node_multi_writer()),
+            access_mode: csi_volume::access_mode(
+                spec.access_modes.as_deref().unwrap_or_default(),
+                csi.single_node_multi_writer(),
+            ),
             read_only,
             volume_context: csi_src.volume_attributes.clone().unwrap_or_default(),
             stage_secrets: secret_data(&csi_src.node_stage_secret_ref).await?,
@@ -484,16 +562,21 @@ impl<S: Store> VolumeManager<S> {
                 field: "persistentVolume.spec.capacity",
                 reason: format!("{:?} is not a size", want.0),
             })?;
-        csi.expand(&self.inner.cfg.state_dir, pod_uid, v, bytes).await?;
+        csi.expand(&self.inner.cfg.state_dir, pod_uid, v, bytes)
+            .await?;
         let ns = pvc.metadata.namespace.clone().unwrap_or_default();
         let name = pvc.metadata.name.clone().unwrap_or_default();
         for _ in 0..5 {
-            let mut cur: PersistentVolumeClaim = self.inner.store.get(&ns, &name).await.map_err(store_err)?;
+            let mut cur: PersistentVolumeClaim =
+                self.inner.store.get(&ns, &name).await.map_err(store_err)?;
             let status = cur.status.get_or_insert_with(Default::default);
             if let Some(m) = status.allocated_resource_statuses.as_mut() {
                 m.remove("storage");
             }
-            status.capacity.get_or_insert_with(Default::default).insert("storage".into(), want.clone());
+            status
+                .capacity
+                .get_or_insert_with(Default::default)
+                .insert("storage".into(), want.clone());
             match self.inner.store.update_status(&cur).await {
                 Ok(_) => {
                     tracing::info!(pvc = %format!("{ns}/{name}"), size = %want.0, "expanded on the node");
@@ -503,7 +586,9 @@ impl<S: Store> VolumeManager<S> {
                 Err(e) => return Err(store_err(e)),
             }
         }
-        Err(Error::Store(format!("updating {ns}/{name} status: conflict after retries")))
+        Err(Error::Store(format!(
+            "updating {ns}/{name} status: conflict after retries"
+        )))
     }
 
     /// Sets up every volume of `pod` (idempotent). Volumes that fail are reported together
@@ -522,7 +607,13 @@ impl<S: Store> VolumeManager<S> {
         let mut prepared = BTreeMap::new();
         let mut errors = BTreeMap::new();
         let mut immutable = BTreeSet::new();
-        for volume in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+        for volume in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
             match self.set_up_volume(pod, volume).await {
                 Ok((p, imm)) => {
                     prepared.insert(volume.name.clone(), p);
@@ -560,11 +651,18 @@ impl<S: Store> VolumeManager<S> {
         }
         Err(Error::Projection {
             volume: pod.metadata.name.clone().unwrap_or_default(),
-            errors: errors.into_iter().map(|(v, e)| format!("{v}: {e}")).collect(),
+            errors: errors
+                .into_iter()
+                .map(|(v, e)| format!("{v}: {e}"))
+                .collect(),
         })
     }
 
-    async fn set_up_volume(&self, pod: &Pod, volume: &Volume) -> Result<(PreparedVolume, BTreeSet<(ObjectKind, String)>)> {
+    async fn set_up_volume(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+    ) -> Result<(PreparedVolume, BTreeSet<(ObjectKind, String)>)> {
         if !layout::valid_component(&volume.name) {
             return Err(Error::InvalidArgument {
                 field: "volumes.name",
@@ -577,7 +675,12 @@ impl<S: Store> VolumeManager<S> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if let Some(src) = &volume.empty_dir {
             let medium = Medium::of(src)?;
-            let dir = layout::volume_dir(&self.inner.cfg.state_dir, &uid, "kubernetes.io~empty-dir", &volume.name);
+            let dir = layout::volume_dir(
+                &self.inner.cfg.state_dir,
+                &uid,
+                "kubernetes.io~empty-dir",
+                &volume.name,
+            );
             let fs_group = projection::fs_group(pod);
             let d = dir.clone();
             blocking(move || empty_dir::set_up(&d, medium, fs_group)).await?;
@@ -595,7 +698,10 @@ impl<S: Store> VolumeManager<S> {
         }
         Err(Error::InvalidArgument {
             field: "volumes",
-            reason: format!("volume {:?}: this volume type is not supported", volume.name),
+            reason: format!(
+                "volume {:?}: this volume type is not supported",
+                volume.name
+            ),
         })
     }
 
@@ -627,7 +733,10 @@ impl<S: Store> VolumeManager<S> {
         let d = pod_dir.clone();
         blocking(move || {
             mount::unmount_below(&d)?;
-            if mount::mountinfo()?.iter().any(|m| m.mount_point.starts_with(&d)) {
+            if mount::mountinfo()?
+                .iter()
+                .any(|m| m.mount_point.starts_with(&d))
+            {
                 return Err(Error::CorruptVolume {
                     path: d.clone(),
                     reason: "mounts remain below the pod directory".into(),
@@ -635,11 +744,19 @@ impl<S: Store> VolumeManager<S> {
             }
             let pods = layout::pods_dir(&state);
             let fd = dirfd::open_dir(&pods)?;
-            dirfd::remove_all_at(std::os::fd::AsFd::as_fd(&fd), std::ffi::OsStr::new(d.file_name().unwrap_or_default()), &pods)
+            dirfd::remove_all_at(
+                std::os::fd::AsFd::as_fd(&fd),
+                std::ffi::OsStr::new(d.file_name().unwrap_or_default()),
+                &pods,
+            )
         })
         .await?;
         self.inner.pods.lock().expect("lock").remove(uid);
-        self.inner.tokens.lock().expect("lock").retain(|(p, _), _| p != uid);
+        self.inner
+            .tokens
+            .lock()
+            .expect("lock")
+            .retain(|(p, _), _| p != uid);
         self.inner.pod_locks.lock().expect("lock").remove(uid);
         tracing::info!("volumes torn down");
         Ok(())
@@ -684,7 +801,14 @@ impl<S: Store> VolumeManager<S> {
             }
         }
         // Pods known in memory but gone from the store (no directory was left).
-        let known: Vec<String> = self.inner.pods.lock().expect("lock").keys().cloned().collect();
+        let known: Vec<String> = self
+            .inner
+            .pods
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect();
         for uid in known {
             if !desired.contains_key(&uid) {
                 self.inner.pods.lock().expect("lock").remove(&uid);
@@ -720,12 +844,17 @@ impl<S: Store> VolumeManager<S> {
             .filter(|(_, p)| p.metadata.namespace.as_deref() == Some(ns))
             .filter(|(e, _)| !e.immutable.contains(&(kind, name.to_owned())))
             .filter(|(_, p)| {
-                p.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten().any(|v| {
-                    projection::references(v).is_ok_and(|r| match kind {
-                        ObjectKind::Secret => r.secrets.contains(name),
-                        ObjectKind::ConfigMap => r.config_maps.contains(name),
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.volumes.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|v| {
+                        projection::references(v).is_ok_and(|r| match kind {
+                            ObjectKind::Secret => r.secrets.contains(name),
+                            ObjectKind::ConfigMap => r.config_maps.contains(name),
+                        })
                     })
-                })
             })
             .map(|(_, p)| p.clone())
             .collect()
@@ -740,7 +869,13 @@ impl<S: Store> VolumeManager<S> {
         if !self.inner.pods.lock().expect("lock").contains_key(&uid) {
             return Ok(());
         }
-        for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+        for v in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
             let Some(vk) = Kind::of(v) else { continue };
             let reads = projection::references(v).is_ok_and(|r| match kind {
                 ObjectKind::Secret => r.secrets.contains(name),
@@ -797,14 +932,22 @@ impl<S: Store> VolumeManager<S> {
             .collect();
         let pods: Vec<Pod> = {
             let map = self.inner.pods.lock().expect("lock");
-            due.iter().filter_map(|u| map.get(u).and_then(|e| e.pod.clone())).collect()
+            due.iter()
+                .filter_map(|u| map.get(u).and_then(|e| e.pod.clone()))
+                .collect()
         };
         for pod in pods {
             if let Err(e) = self.sync_pod(&pod).await {
                 tracing::warn!(error = %e, "token refresh sync failed");
             }
         }
-        self.inner.tokens.lock().expect("lock").values().map(token::refresh_at).min()
+        self.inner
+            .tokens
+            .lock()
+            .expect("lock")
+            .values()
+            .map(token::refresh_at)
+            .min()
     }
 
     /// The mounts and devices to hand the runtime for one container of a synced pod.
@@ -815,7 +958,10 @@ impl<S: Store> VolumeManager<S> {
                 field: "pod",
                 reason: format!("pod {pod_uid} has not been synced"),
             })?;
-            (e.pod.clone().expect("synced pods keep their spec"), e.prepared.clone())
+            (
+                e.pod.clone().expect("synced pods keep their spec"),
+                e.prepared.clone(),
+            )
         };
         handoff::container_volumes(&self.inner.cfg.state_dir, &pod, container, &prepared)
     }
@@ -836,7 +982,10 @@ impl<S: Store> VolumeManager<S> {
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let store = self.inner.store.clone();
         let secrets = store.list::<Secret>(None, None).await.map_err(store_err)?;
-        let cms = store.list::<ConfigMap>(None, None).await.map_err(store_err)?;
+        let cms = store
+            .list::<ConfigMap>(None, None)
+            .await
+            .map_err(store_err)?;
         for s in secrets.items {
             self.cache_object(ObjectKind::Secret, CachedObject::Secret(s));
         }
@@ -844,17 +993,41 @@ impl<S: Store> VolumeManager<S> {
             self.cache_object(ObjectKind::ConfigMap, CachedObject::ConfigMap(c));
         }
         let pods = store.list::<Pod>(None, None).await.map_err(store_err)?;
-        let pvcs_rv = store.list::<PersistentVolumeClaim>(None, None).await.map_err(store_err)?.resource_version;
+        let pvcs_rv = store
+            .list::<PersistentVolumeClaim>(None, None)
+            .await
+            .map_err(store_err)?
+            .resource_version;
         if let Err(e) = self.reconcile(&pods.items).await {
             tracing::warn!(error = %e, "initial reconcile had errors; retrying them");
         }
 
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(watch_loop::<S, Secret>(store.clone(), secrets.resource_version, tx.clone(), Msg::Secret));
-        tasks.spawn(watch_loop::<S, ConfigMap>(store.clone(), cms.resource_version, tx.clone(), Msg::ConfigMap));
-        tasks.spawn(watch_loop::<S, Pod>(store.clone(), pods.resource_version, tx.clone(), Msg::Pod));
-        tasks.spawn(watch_loop::<S, PersistentVolumeClaim>(store.clone(), pvcs_rv, tx.clone(), Msg::Claim));
+        tasks.spawn(watch_loop::<S, Secret>(
+            store.clone(),
+            secrets.resource_version,
+            tx.clone(),
+            Msg::Secret,
+        ));
+        tasks.spawn(watch_loop::<S, ConfigMap>(
+            store.clone(),
+            cms.resource_version,
+            tx.clone(),
+            Msg::ConfigMap,
+        ));
+        tasks.spawn(watch_loop::<S, Pod>(
+            store.clone(),
+            pods.resource_version,
+            tx.clone(),
+            |e| Msg::Pod(Box::new(e)),
+        ));
+        tasks.spawn(watch_loop::<S, PersistentVolumeClaim>(
+            store.clone(),
+            pvcs_rv,
+            tx.clone(),
+            Msg::Claim,
+        ));
         drop(tx);
 
         let me = self.clone();
@@ -885,7 +1058,7 @@ impl<S: Store> VolumeManager<S> {
                 }
                 _ = retry.tick() => {
                     ticks += 1;
-                    if ticks % 12 == 0 {
+                    if ticks.is_multiple_of(12) {
                         // A full level-triggered pass now and then, for anything a watch
                         // gap could have hidden.
                         let me = self.clone();
@@ -919,19 +1092,25 @@ impl<S: Store> VolumeManager<S> {
         let node = self.inner.cfg.node_name.clone();
         match msg {
             Msg::Secret(ev) => {
-                let (WatchEvent::Added(s) | WatchEvent::Modified(s)) = ev else { return };
+                let (WatchEvent::Added(s) | WatchEvent::Modified(s)) = ev else {
+                    return;
+                };
                 tokio::spawn(async move {
-                    me.object_changed(ObjectKind::Secret, CachedObject::Secret(s)).await;
+                    me.object_changed(ObjectKind::Secret, CachedObject::Secret(s))
+                        .await;
                 });
             }
             Msg::ConfigMap(ev) => {
-                let (WatchEvent::Added(c) | WatchEvent::Modified(c)) = ev else { return };
+                let (WatchEvent::Added(c) | WatchEvent::Modified(c)) = ev else {
+                    return;
+                };
                 tokio::spawn(async move {
-                    me.object_changed(ObjectKind::ConfigMap, CachedObject::ConfigMap(c)).await;
+                    me.object_changed(ObjectKind::ConfigMap, CachedObject::ConfigMap(c))
+                        .await;
                 });
             }
             Msg::Pod(ev) => {
-                let (pod, gone) = match ev {
+                let (pod, gone) = match *ev {
                     WatchEvent::Added(p) | WatchEvent::Modified(p) => (p, false),
                     WatchEvent::Deleted(p) => (p, true),
                 };
@@ -951,18 +1130,37 @@ impl<S: Store> VolumeManager<S> {
                 }
             }
             Msg::Claim(ev) => {
-                let WatchEvent::Modified(pvc) = ev else { return };
+                let WatchEvent::Modified(pvc) = ev else {
+                    return;
+                };
                 let ns = pvc.metadata.namespace.clone().unwrap_or_default();
                 let name = pvc.metadata.name.clone().unwrap_or_default();
-                let users: Vec<Pod> = self.inner.pods.lock().expect("lock").values()
+                let users: Vec<Pod> = self
+                    .inner
+                    .pods
+                    .lock()
+                    .expect("lock")
+                    .values()
                     .filter_map(|e| e.pod.clone())
                     .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-                    .filter(|p| p.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten()
-                        .any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == name)))
+                    .filter(|p| {
+                        p.spec
+                            .as_ref()
+                            .and_then(|s| s.volumes.as_ref())
+                            .into_iter()
+                            .flatten()
+                            .any(|v| {
+                                v.persistent_volume_claim
+                                    .as_ref()
+                                    .is_some_and(|c| c.claim_name == name)
+                            })
+                    })
                     .collect();
                 for pod in users {
                     let me = me.clone();
-                    tokio::spawn(async move { let _ = me.sync_pod(&pod).await; });
+                    tokio::spawn(async move {
+                        let _ = me.sync_pod(&pod).await;
+                    });
                 }
             }
         }
@@ -976,16 +1174,23 @@ pub enum CachedObject {
     ConfigMap(ConfigMap),
 }
 
+// Messages live for one channel hop; boxing each would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Secret(WatchEvent<Secret>),
     ConfigMap(WatchEvent<ConfigMap>),
-    Pod(WatchEvent<Pod>),
+    Pod(Box<WatchEvent<Pod>>),
     Claim(WatchEvent<PersistentVolumeClaim>),
 }
 
 /// Follows one kind's watch forever; on a compacted history (Gone) or a broken stream it
 /// lists again and replays the list as Modified events, so nothing stays missed.
-async fn watch_loop<S: Store, K: Object>(store: S, mut rv: u64, tx: mpsc::UnboundedSender<Msg>, wrap: fn(WatchEvent<K>) -> Msg) {
+async fn watch_loop<S: Store, K: Object>(
+    store: S,
+    mut rv: u64,
+    tx: mpsc::UnboundedSender<Msg>,
+    wrap: fn(WatchEvent<K>) -> Msg,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match store.watch::<K>(None, rv).await {

@@ -22,7 +22,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -54,7 +57,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
 /// The current mount table of this process's mount namespace.
 pub fn mountinfo() -> Result<Vec<MountInfo>> {
     let path = "/proc/self/mountinfo";
-    Ok(parse_mountinfo(&std::fs::read_to_string(path).at("read", path)?))
+    Ok(parse_mountinfo(
+        &std::fs::read_to_string(path).at("read", path)?,
+    ))
 }
 
 /// True when something is mounted exactly at `path`.
@@ -84,7 +89,8 @@ pub fn unmount(path: &Path) -> Result<()> {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(nix::errno::Errno::EBUSY) => {
             // Still in use by a container: detach so it goes away with its last user.
-            nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH).at("unmount", path)
+            nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH)
+                .at("unmount", path)
         }
         Err(e) => Err(e).at("unmount", path),
     }
@@ -117,8 +123,14 @@ pub fn unmount_below(dir: &Path) -> Result<()> {
 pub fn bind_fd(fd: std::os::fd::BorrowedFd<'_>, target: &Path, read_only: bool) -> Result<()> {
     use std::os::fd::AsRawFd;
     let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    nix::mount::mount(Some(&src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .at("bind mount onto", target)?;
+    nix::mount::mount(
+        Some(&src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .at("bind mount onto", target)?;
     if read_only {
         nix::mount::mount(
             None::<&str>,

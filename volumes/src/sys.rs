@@ -15,8 +15,6 @@ pub fn in_child(f: impl FnOnce() -> i32) -> nix::sys::wait::WaitStatus {
             // SAFETY: _exit ends the process without running anything of the parent's.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => {
-            nix::sys::wait::waitpid(child, None).expect("waitpid")
-        }
+        ForkResult::Parent { child } => nix::sys::wait::waitpid(child, None).expect("waitpid"),
     }
 }

@@ -106,7 +106,9 @@ pub struct TokenIssuer {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
@@ -288,10 +290,17 @@ fn hex(b: &[u8]) -> String {
 
 /// Checks a token against a published JWKS: signature, `nbf`/`exp` at `now`, and, when
 /// given, that `audience` is among `aud`.
-pub fn verify(jwks: &serde_json::Value, token: &str, audience: Option<&str>, now: SystemTime) -> Result<Claims> {
+pub fn verify(
+    jwks: &serde_json::Value,
+    token: &str,
+    audience: Option<&str>,
+    now: SystemTime,
+) -> Result<Claims> {
     let bad = |why: &str| Error::Token(why.to_owned());
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(bad("is not a compact JWS"));
     };
     let header: Header = B64
@@ -316,7 +325,8 @@ pub fn verify(jwks: &serde_json::Value, token: &str, audience: Option<&str>, now
     let mut sec1 = vec![4u8];
     sec1.extend(coord("x")?);
     sec1.extend(coord("y")?);
-    let key = VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| bad("key set holds a malformed key"))?;
+    let key =
+        VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| bad("key set holds a malformed key"))?;
     let sig = B64
         .decode(s)
         .ok()
@@ -358,7 +368,9 @@ pub fn requires_refresh(tok: &IssuedToken, now: SystemTime, jitter_secs: u64) ->
 
 /// Seconds from `0..10` for the refresh jitter.
 pub fn jitter_secs() -> u64 {
-    random_bytes::<1>().map(|b| u64::from(b[0] % 10)).unwrap_or(0)
+    random_bytes::<1>()
+        .map(|b| u64::from(b[0] % 10))
+        .unwrap_or(0)
 }
 
 /// The first instant at which [`requires_refresh`] turns true for zero jitter.
@@ -393,16 +405,25 @@ mod tests {
     fn key_is_created_0600_and_reused() {
         let tmp = tempfile::tempdir().unwrap();
         let a = TokenIssuer::open(tmp.path(), DEFAULT_ISSUER).unwrap();
-        let mode = std::fs::metadata(tmp.path().join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(tmp.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let jwks_mode = std::fs::metadata(tmp.path().join(JWKS_FILE)).unwrap().permissions().mode();
+        let jwks_mode = std::fs::metadata(tmp.path().join(JWKS_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(jwks_mode & 0o777, 0o644);
         let b = TokenIssuer::open(tmp.path(), DEFAULT_ISSUER).unwrap();
         assert_eq!(a.jwks(), b.jwks(), "the second start reuses the key");
         let published: serde_json::Value =
             serde_json::from_slice(&std::fs::read(tmp.path().join(JWKS_FILE)).unwrap()).unwrap();
         assert_eq!(published, a.jwks());
-        assert!(!published.to_string().contains("\"d\""), "no private part published");
+        assert!(
+            !published.to_string().contains("\"d\""),
+            "no private part published"
+        );
     }
 
     #[test]
@@ -428,9 +449,18 @@ mod tests {
         assert_eq!(raw["kubernetes.io"]["serviceaccount"]["name"], "builder");
         assert_eq!(raw["kubernetes.io"]["namespace"], "prod");
 
-        assert!(verify(&jwks, &tok.token, Some("other"), now).is_err(), "audience");
-        assert!(verify(&jwks, &tok.token, None, now + Duration::from_secs(3600)).is_err(), "expired");
-        assert!(verify(&jwks, &tok.token, None, now - Duration::from_secs(10)).is_err(), "not yet valid");
+        assert!(
+            verify(&jwks, &tok.token, Some("other"), now).is_err(),
+            "audience"
+        );
+        assert!(
+            verify(&jwks, &tok.token, None, now + Duration::from_secs(3600)).is_err(),
+            "expired"
+        );
+        assert!(
+            verify(&jwks, &tok.token, None, now - Duration::from_secs(10)).is_err(),
+            "not yet valid"
+        );
         // Any change to the signed part breaks the signature.
         let mut forged: Vec<char> = tok.token.chars().collect();
         let i = tok.token.find('.').unwrap() + 5;
@@ -454,7 +484,13 @@ mod tests {
         r.audiences.clear();
         let now = SystemTime::now();
         let tok = issuer.issue(&r, now).unwrap();
-        let claims = verify(&issuer.jwks(), &tok.token, Some("https://issuer.example"), now).unwrap();
+        let claims = verify(
+            &issuer.jwks(),
+            &tok.token,
+            Some("https://issuer.example"),
+            now,
+        )
+        .unwrap();
         assert_eq!(claims.aud, vec!["https://issuer.example"]);
         for bad in [599, 1 + (1 << 32), -1] {
             r.expiration_seconds = bad;
@@ -478,8 +514,14 @@ mod tests {
         assert!(!requires_refresh(&hour, at(0), 0));
         assert!(!requires_refresh(&hour, at(2880), 0), "exactly 80 %");
         assert!(requires_refresh(&hour, at(2881), 0));
-        assert!(requires_refresh(&hour, at(2875), 9), "jitter brings it forward");
-        assert!(requires_refresh(&hour, t0 - Duration::from_secs(1), 0), "clock went back");
+        assert!(
+            requires_refresh(&hour, at(2875), 9),
+            "jitter brings it forward"
+        );
+        assert!(
+            requires_refresh(&hour, t0 - Duration::from_secs(1), 0),
+            "clock went back"
+        );
         // A week-long token is refreshed after 24 h, not at 80 %.
         let week = tok(7 * 24 * 3600);
         assert!(!requires_refresh(&week, at(24 * 3600), 0));

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::ops::Not;
 use std::path::PathBuf;
 
 use common::*;
@@ -27,17 +28,22 @@ fn csi_bin(test: &str) -> Option<PathBuf> {
         "{test}: strata-csi is not built at {} (cargo build -p strata-csi)",
         bin.display()
     );
-    eprintln!("SKIPPED {test}: strata-csi is not built at {}", bin.display());
+    eprintln!(
+        "SKIPPED {test}: strata-csi is not built at {}",
+        bin.display()
+    );
     None
 }
 
 async fn create_volume(driver: &DriverProcess, name: &str, bytes: i64, fs: &str) -> String {
     let cap = VolumeCapability {
-        access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
-            fs_type: fs.into(),
-            mount_flags: vec![],
-            volume_mount_group: String::new(),
-        })),
+        access_type: Some(volume_capability::AccessType::Mount(
+            volume_capability::MountVolume {
+                fs_type: fs.into(),
+                mount_flags: vec![],
+                volume_mount_group: String::new(),
+            },
+        )),
         access_mode: Some(volume_capability::AccessMode {
             mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
         }),
@@ -52,9 +58,12 @@ async fn create_volume(driver: &DriverProcess, name: &str, bytes: i64, fs: &str)
                 limit_bytes: 0,
             }),
             volume_capabilities: vec![cap],
-            parameters: [("pool".to_string(), "p1".to_string()), ("fsType".to_string(), fs.to_string())]
-                .into_iter()
-                .collect(),
+            parameters: [
+                ("pool".to_string(), "p1".to_string()),
+                ("fsType".to_string(), fs.to_string()),
+            ]
+            .into_iter()
+            .collect(),
             ..Default::default()
         })
         .await
@@ -73,24 +82,33 @@ async fn bind(store: &EmbeddedStore, name: &str, handle: &str, size: &str, fs: &
         "csi": {"driver": DRIVER, "volumeHandle": handle, "fsType": fs},
         "claimRef": {"namespace": "default", "name": name}}}));
     store.create(&pv).await.unwrap();
-    let pvc: PersistentVolumeClaim = obj(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
+    let pvc: PersistentVolumeClaim = obj(
+        json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}},
-        "volumeName": format!("pv-{name}"), "storageClassName": ""}}));
+        "volumeName": format!("pv-{name}"), "storageClassName": ""}}),
+    );
     let mut pvc = store.create(&pvc).await.unwrap();
-    pvc.status = Some(obj(json!({"phase": "Bound", "capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"]})));
+    pvc.status = Some(obj(
+        json!({"phase": "Bound", "capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"]}),
+    ));
     store.update_status(&pvc).await.unwrap();
 }
 
 fn pvc_pod(name: &str, claim: &str) -> Pod {
-    obj(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
+    obj(
+        json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
         "nodeName": NODE,
         "containers": [{"name": "c", "image": "busybox",
             "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "data", "mountPath": "/sub", "subPath": "logs"}]}],
-        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}))
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}),
+    )
 }
 
 fn is_mounted(p: &std::path::Path) -> bool {
-    strata_volumes::mount::mountinfo().unwrap().iter().any(|m| m.mount_point == p)
+    strata_volumes::mount::mountinfo()
+        .unwrap()
+        .iter()
+        .any(|m| m.mount_point == p)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +130,10 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
     bind(&store, "data", &handle, "320Mi", "xfs").await;
     let p1 = store.create(&pvc_pod("p1", "data")).await.unwrap();
     let p2 = store.create(&pvc_pod("p2", "data")).await.unwrap();
-    let (u1, u2) = (p1.metadata.uid.clone().unwrap(), p2.metadata.uid.clone().unwrap());
+    let (u1, u2) = (
+        p1.metadata.uid.clone().unwrap(),
+        p2.metadata.uid.clone().unwrap(),
+    );
     let node_dir = state.path().join("node");
     let mgr = manager(&store, state.path(), Some(driver.endpoint()));
 
@@ -122,7 +143,11 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
     assert_eq!(v1["data"].path, t1);
     assert!(is_mounted(&staging), "staged at the global path");
     assert!(is_mounted(&t1), "published for p1");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(staging.parent().unwrap()).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(staging.parent().unwrap())
+            .unwrap()
+            .permissions(),
+    );
     assert_eq!(mode & 0o777, 0o750);
     assert!(t1.parent().unwrap().join("vol_data.json").exists());
     std::fs::write(t1.join("hello"), "from p1").unwrap();
@@ -135,33 +160,59 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
 
     let v2 = mgr.sync_pod(&p2).await.unwrap();
     let t2 = &v2["data"].path;
-    assert_eq!(std::fs::read_to_string(t2.join("hello")).unwrap(), "from p1", "same volume, second publish");
-    let staged_count = strata_volumes::mount::mountinfo().unwrap().iter().filter(|m| m.mount_point == staging).count();
+    assert_eq!(
+        std::fs::read_to_string(t2.join("hello")).unwrap(),
+        "from p1",
+        "same volume, second publish"
+    );
+    let staged_count = strata_volumes::mount::mountinfo()
+        .unwrap()
+        .iter()
+        .filter(|m| m.mount_point == staging)
+        .count();
     assert_eq!(staged_count, 1, "staged once per node");
 
     // Node expansion when the claim says so.
     let mut ctl = driver.controller().await;
     ctl.controller_expand_volume(csi_proto::ControllerExpandVolumeRequest {
         volume_id: handle.clone(),
-        capacity_range: Some(CapacityRange { required_bytes: 512 << 20, limit_bytes: 0 }),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 512 << 20,
+            limit_bytes: 0,
+        }),
         ..Default::default()
     })
     .await
     .unwrap();
     let mut pv: PersistentVolume = store.get("", "pv-data").await.unwrap();
-    pv.spec.as_mut().unwrap().capacity.as_mut().unwrap().insert("storage".into(), strata_store::k8s_openapi::apimachinery::pkg::api::resource::Quantity("512Mi".into()));
+    pv.spec.as_mut().unwrap().capacity.as_mut().unwrap().insert(
+        "storage".into(),
+        strata_store::k8s_openapi::apimachinery::pkg::api::resource::Quantity("512Mi".into()),
+    );
     store.update(&pv).await.unwrap();
     let mut pvc: PersistentVolumeClaim = store.get("default", "data").await.unwrap();
-    pvc.status.as_mut().unwrap().allocated_resource_statuses =
-        Some([("storage".to_string(), "NodeResizePending".to_string())].into_iter().collect());
+    pvc.status.as_mut().unwrap().allocated_resource_statuses = Some(
+        [("storage".to_string(), "NodeResizePending".to_string())]
+            .into_iter()
+            .collect(),
+    );
     store.update_status(&pvc).await.unwrap();
     mgr.sync_pod(&p1).await.unwrap();
     let pvc: PersistentVolumeClaim = store.get("default", "data").await.unwrap();
     let status = pvc.status.unwrap();
     assert_eq!(status.capacity.unwrap()["storage"].0, "512Mi");
-    assert!(status.allocated_resource_statuses.unwrap_or_default().get("storage").is_none());
+    assert!(
+        status
+            .allocated_resource_statuses
+            .unwrap_or_default()
+            .contains_key("storage")
+            .not()
+    );
     let st = nix::sys::statvfs::statvfs(&t1).unwrap();
-    assert!(st.blocks() as u64 * st.fragment_size() as u64 > 400 << 20, "filesystem grew");
+    assert!(
+        st.blocks() * st.fragment_size() > 400 << 20,
+        "filesystem grew"
+    );
 
     // The first user goes: unpublished only. The last: unstaged, staging dir removed.
     mgr.tear_down_pod(&u1).await.unwrap();
@@ -179,6 +230,10 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
     drop(mgr);
     let fresh = manager(&store, state.path(), Some(driver.endpoint()));
     fresh.reconcile(&[]).await.unwrap();
-    assert!(mounts_below(&node_dir).is_empty(), "{:?}", mounts_below(&node_dir));
+    assert!(
+        mounts_below(&node_dir).is_empty(),
+        "{:?}",
+        mounts_below(&node_dir)
+    );
     assert!(!staging.parent().unwrap().exists());
 }

@@ -38,7 +38,9 @@ async fn api_volumes_live_updates_and_tear_down() {
     let s = read_snapshot(&sec).unwrap();
     assert_eq!(s.files["user"], b"admin");
     assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(sec.join("user")).unwrap().permissions()) & 0o777,
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(sec.join("user")).unwrap().permissions()
+        ) & 0o777,
         0o400
     );
     assert_eq!(read_snapshot(&cfg).unwrap().files["b"], b"two");
@@ -51,26 +53,47 @@ async fn api_volumes_live_updates_and_tear_down() {
     assert!(!is_tmpfs(&cfg) && !is_tmpfs(&disk));
     // sizeLimit is the tmpfs size, so the kernel enforces it.
     let st = nix::sys::statvfs::statvfs(&mem).unwrap();
-    assert_eq!(st.blocks() as u64 * st.fragment_size() as u64, 8 << 20);
+    assert_eq!(st.blocks() * st.fragment_size(), 8 << 20);
     let big = vec![0u8; 9 << 20];
-    assert!(std::fs::write(mem.join("big"), &big).is_err(), "writing past sizeLimit must fail");
+    assert!(
+        std::fs::write(mem.join("big"), &big).is_err(),
+        "writing past sizeLimit must fail"
+    );
     let _ = std::fs::remove_file(mem.join("big"));
 
     // The token verifies with the published key and is bound to this pod.
-    let jwks: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.path().join("node").join(strata_volumes::token::JWKS_FILE)).unwrap())
-            .unwrap();
+    let jwks: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            state
+                .path()
+                .join("node")
+                .join(strata_volumes::token::JWKS_FILE),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let token = String::from_utf8(p.files["token"].clone()).unwrap();
-    let claims = strata_volumes::token::verify(&jwks, &token, Some("vault"), SystemTime::now()).unwrap();
+    let claims =
+        strata_volumes::token::verify(&jwks, &token, Some("vault"), SystemTime::now()).unwrap();
     assert_eq!(claims.sub, "system:serviceaccount:default:default");
     assert_eq!(claims.kubernetes.pod.unwrap().uid, uid);
 
     // Hand-off: API-data volumes read-only whatever the mount says; emptyDir writable.
     let cv = mgr.container_volumes(&uid, "app").unwrap();
-    let ro: Vec<(&str, bool)> = cv.mounts.iter().map(|m| (m.destination.as_str(), m.read_only)).collect();
+    let ro: Vec<(&str, bool)> = cv
+        .mounts
+        .iter()
+        .map(|m| (m.destination.as_str(), m.read_only))
+        .collect();
     assert_eq!(
         ro,
-        vec![("/etc/sec", true), ("/etc/cfg", true), ("/var/run/secrets/x", true), ("/mem", false), ("/disk", false)]
+        vec![
+            ("/etc/sec", true),
+            ("/etc/cfg", true),
+            ("/var/run/secrets/x", true),
+            ("/mem", false),
+            ("/disk", false)
+        ]
     );
     assert_eq!(cv.mounts[4].propagation, Propagation::HostToContainer);
     assert_eq!(cv.mounts[0].source, sec);
@@ -103,9 +126,14 @@ async fn api_volumes_live_updates_and_tear_down() {
     });
 
     // Deleting the pod tears its volumes down: tmpfs unmounted, directory gone.
-    store.delete::<Pod>("default", "web-0", Preconditions::default()).await.unwrap();
+    store
+        .delete::<Pod>("default", "web-0", Preconditions::default())
+        .await
+        .unwrap();
     let pod_dir = strata_volumes::layout::pod_dir(&state.path().join("node"), &uid);
-    testkit::wait_for("pod directory removed", DEADLINE, || (!pod_dir.exists()).then_some(()));
+    testkit::wait_for("pod directory removed", DEADLINE, || {
+        (!pod_dir.exists()).then_some(())
+    });
     assert!(mounts_below(&pod_dir).is_empty());
     stop_tx.send(()).unwrap();
     runner.await.unwrap().unwrap();
@@ -119,29 +147,46 @@ async fn immutable_objects_are_not_reprojected() {
     let state = StateDir::new("strata-vm-imm");
     let store = store(state.path()).await;
     seed(&store).await;
-    let s: Secret = obj(json!({"metadata": {"name": "frozen", "namespace": "default"},
-        "immutable": true, "data": {"k": "djE="}}));
+    let s: Secret = obj(
+        json!({"metadata": {"name": "frozen", "namespace": "default"},
+        "immutable": true, "data": {"k": "djE="}}),
+    );
     store.create(&s).await.unwrap();
-    let pod: Pod = obj(json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {
+    let pod: Pod = obj(
+        json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {
         "nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}],
-        "volumes": [{"name": "f", "secret": {"secretName": "frozen"}}, {"name": "c", "configMap": {"name": "cfg"}}]}}));
+        "volumes": [{"name": "f", "secret": {"secretName": "frozen"}}, {"name": "c", "configMap": {"name": "cfg"}}]}}),
+    );
     let pod = store.create(&pod).await.unwrap();
     let uid = pod.metadata.uid.clone().unwrap();
     let mgr = manager(&store, state.path(), None);
     mgr.sync_pod(&pod).await.unwrap();
     // Recreated under the same name with new data: running pods keep what they had (§2.9).
-    store.delete::<Secret>("default", "frozen", Preconditions::default()).await.unwrap();
-    let s2: Secret = obj(json!({"metadata": {"name": "frozen", "namespace": "default"},
-        "immutable": true, "data": {"k": "djI="}}));
+    store
+        .delete::<Secret>("default", "frozen", Preconditions::default())
+        .await
+        .unwrap();
+    let s2: Secret = obj(
+        json!({"metadata": {"name": "frozen", "namespace": "default"},
+        "immutable": true, "data": {"k": "djI="}}),
+    );
     let s2 = store.create(&s2).await.unwrap();
-    assert_eq!(mgr.object_changed(ObjectKind::Secret, CachedObject::Secret(s2)).await, 0);
+    assert_eq!(
+        mgr.object_changed(ObjectKind::Secret, CachedObject::Secret(s2))
+            .await,
+        0
+    );
     let f = vol(state.path(), &uid, "kubernetes.io~secret", "f");
     assert_eq!(read_snapshot(&f).unwrap().files["k"], b"v1");
     // A mutable object in the same pod still is.
     let mut cm: ConfigMap = store.get("default", "cfg").await.unwrap();
     cm.data.as_mut().unwrap().insert("b".into(), "three".into());
     let cm = store.update(&cm).await.unwrap();
-    assert_eq!(mgr.object_changed(ObjectKind::ConfigMap, CachedObject::ConfigMap(cm)).await, 1);
+    assert_eq!(
+        mgr.object_changed(ObjectKind::ConfigMap, CachedObject::ConfigMap(cm))
+            .await,
+        1
+    );
     let c = vol(state.path(), &uid, "kubernetes.io~configmap", "c");
     assert_eq!(read_snapshot(&c).unwrap().files["b"], b"three");
     mgr.tear_down_pod(&uid).await.unwrap();
@@ -155,31 +200,42 @@ async fn failures_keep_content_and_are_reported() {
     let state = StateDir::new("strata-vm-fail");
     let store = store(state.path()).await;
     seed(&store).await;
-    let pod: Pod = obj(json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {
+    let pod: Pod = obj(
+        json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {
         "nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}],
         "volumes": [
             {"name": "s", "secret": {"secretName": "creds", "items": [{"key": "user", "path": "u"}]}},
             {"name": "missing", "secret": {"secretName": "nope"}},
             {"name": "host", "hostPath": {"path": "/etc"}}
-        ]}}));
+        ]}}),
+    );
     let pod = store.create(&pod).await.unwrap();
     let uid = pod.metadata.uid.clone().unwrap();
     let mgr = manager(&store, state.path(), None);
     let err = mgr.sync_pod(&pod).await.unwrap_err();
     let errors = mgr.volume_errors(&uid);
-    assert_eq!(errors.keys().collect::<Vec<_>>(), vec!["host", "missing"], "{err}");
+    assert_eq!(
+        errors.keys().collect::<Vec<_>>(),
+        vec!["host", "missing"],
+        "{err}"
+    );
     let s = vol(state.path(), &uid, "kubernetes.io~secret", "s");
     assert_eq!(read_snapshot(&s).unwrap().files["u"], b"admin");
     // The key goes away: the volume keeps its last good content (no teardown, k8s#139474).
     let mut sec: Secret = store.get("default", "creds").await.unwrap();
     sec.data.as_mut().unwrap().remove("user");
     let sec = store.update(&sec).await.unwrap();
-    mgr.object_changed(ObjectKind::Secret, CachedObject::Secret(sec)).await;
+    mgr.object_changed(ObjectKind::Secret, CachedObject::Secret(sec))
+        .await;
     assert_eq!(read_snapshot(&s).unwrap().files["u"], b"admin");
     assert!(mgr.volume_errors(&uid)["s"].contains("references non-existent secret key"));
     // The failure is recorded on the pod as a FailedMount event.
     let events = store.events_for("Pod", "default", "p").await.unwrap();
-    assert!(events.iter().any(|e| e.reason.as_deref() == Some("FailedMount")));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FailedMount"))
+    );
     mgr.tear_down_pod(&uid).await.unwrap();
 }
 
@@ -193,7 +249,10 @@ async fn restart_keeps_what_is_right_and_cleans_what_is_stale() {
     seed(&store).await;
     let p1 = store.create(&api_pod("keep")).await.unwrap();
     let p2 = store.create(&api_pod("stale")).await.unwrap();
-    let (u1, u2) = (p1.metadata.uid.clone().unwrap(), p2.metadata.uid.clone().unwrap());
+    let (u1, u2) = (
+        p1.metadata.uid.clone().unwrap(),
+        p2.metadata.uid.clone().unwrap(),
+    );
     let node_dir = state.path().join("node");
     {
         let a = manager(&store, state.path(), None);
@@ -203,17 +262,35 @@ async fn restart_keeps_what_is_right_and_cleans_what_is_stale() {
     let sec1 = vol(state.path(), &u1, "kubernetes.io~secret", "sec");
     let version = read_snapshot(&sec1).unwrap().version;
     let keep_mounts = mounts_below(&strata_volumes::layout::pod_dir(&node_dir, &u1));
-    assert_eq!(keep_mounts.len(), 3, "secret, projected and Memory emptyDir tmpfs: {keep_mounts:?}");
+    assert_eq!(
+        keep_mounts.len(),
+        3,
+        "secret, projected and Memory emptyDir tmpfs: {keep_mounts:?}"
+    );
     // A crash mid-write left a stale ..data_tmp behind.
     std::os::unix::fs::symlink("..gone", sec1.join("..data_tmp")).unwrap();
 
-    store.delete::<Pod>("default", "stale", Preconditions::default()).await.unwrap();
+    store
+        .delete::<Pod>("default", "stale", Preconditions::default())
+        .await
+        .unwrap();
     let pods = store.list::<Pod>(None, None).await.unwrap().items;
     let b = manager(&store, state.path(), None);
     b.reconcile(&pods).await.unwrap();
-    assert_eq!(mounts_below(&strata_volumes::layout::pod_dir(&node_dir, &u1)), keep_mounts, "no double mounts");
-    assert_eq!(read_snapshot(&sec1).unwrap().version, version, "unchanged content is not rewritten");
-    assert!(std::fs::symlink_metadata(sec1.join("..data_tmp")).is_err(), "stale ..data_tmp healed");
+    assert_eq!(
+        mounts_below(&strata_volumes::layout::pod_dir(&node_dir, &u1)),
+        keep_mounts,
+        "no double mounts"
+    );
+    assert_eq!(
+        read_snapshot(&sec1).unwrap().version,
+        version,
+        "unchanged content is not rewritten"
+    );
+    assert!(
+        std::fs::symlink_metadata(sec1.join("..data_tmp")).is_err(),
+        "stale ..data_tmp healed"
+    );
     let stale_dir = strata_volumes::layout::pod_dir(&node_dir, &u2);
     assert!(!stale_dir.exists());
     assert!(mounts_below(&stale_dir).is_empty());

@@ -22,6 +22,13 @@ mod tests {
     fn percentile_positions() {
         let mut s: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
         let (p50, p99, max) = percentiles(&mut s);
-        assert_eq!((p50, p99, max), (Duration::from_millis(51), Duration::from_millis(99), Duration::from_millis(100)));
+        assert_eq!(
+            (p50, p99, max),
+            (
+                Duration::from_millis(51),
+                Duration::from_millis(99),
+                Duration::from_millis(100)
+            )
+        );
     }
 }

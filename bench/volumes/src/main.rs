@@ -34,7 +34,8 @@ fn writer_bench(dir: &Path, keys: usize, rounds: usize) {
             })
             .collect()
     };
-    w.write(&payload(0), WriteOptions::default()).expect("first write");
+    w.write(&payload(0), WriteOptions::default())
+        .expect("first write");
     let mut samples = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         let p = payload(round);
@@ -53,20 +54,29 @@ fn writer_bench(dir: &Path, keys: usize, rounds: usize) {
 
 async fn propagation_bench(state: &Path, rounds: usize) {
     let store = EmbeddedStore::open(&state.join("store")).expect("open store");
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "cfg", "namespace": "default"},
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "cfg", "namespace": "default"},
         "data": {"version": "0", "other": "x"}}))
-    .expect("configmap");
+        .expect("configmap");
     store.create(&cm).await.expect("create configmap");
     let mut files = Vec::new();
     for i in 0..PODS {
-        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": format!("pod-{i}"), "namespace": "default"},
+        let pod: Pod = serde_json::from_value(
+            json!({"metadata": {"name": format!("pod-{i}"), "namespace": "default"},
             "spec": {"nodeName": "bench", "containers": [{"name": "c", "image": "busybox"}],
-                "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]}}))
+                "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]}}),
+        )
         .expect("pod");
         let pod = store.create(&pod).await.expect("create pod");
         let uid = pod.metadata.uid.expect("uid");
         files.push(
-            strata_volumes::layout::volume_dir(&state.join("node"), &uid, "kubernetes.io~configmap", "cfg").join("version"),
+            strata_volumes::layout::volume_dir(
+                &state.join("node"),
+                &uid,
+                "kubernetes.io~configmap",
+                "cfg",
+            )
+            .join("version"),
         );
     }
     let mgr = VolumeManager::new(
@@ -101,7 +111,11 @@ async fn propagation_bench(state: &Path, rounds: usize) {
                     true
                 }
             });
-            assert!(Instant::now() < deadline, "{} pods never saw {want}", pending.len());
+            assert!(
+                Instant::now() < deadline,
+                "{} pods never saw {want}",
+                pending.len()
+            );
             std::thread::yield_now();
         }
     };
@@ -109,13 +123,19 @@ async fn propagation_bench(state: &Path, rounds: usize) {
     let start = Instant::now();
     let mut initial = Vec::new();
     tokio::task::block_in_place(|| wait_all("0".into(), start, &mut initial));
-    println!("initial setup of {PODS} pods: all visible after {}", ms(start.elapsed()));
+    println!(
+        "initial setup of {PODS} pods: all visible after {}",
+        ms(start.elapsed())
+    );
 
     let mut samples = Vec::with_capacity(rounds * PODS);
     let mut last_pod = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         let mut cm: ConfigMap = store.get("default", "cfg").await.expect("get");
-        cm.data.as_mut().expect("data").insert("version".into(), round.to_string());
+        cm.data
+            .as_mut()
+            .expect("data")
+            .insert("version".into(), round.to_string());
         let start = Instant::now();
         store.update(&cm).await.expect("update");
         let before = samples.len();
@@ -130,7 +150,12 @@ async fn propagation_bench(state: &Path, rounds: usize) {
         ms(max)
     );
     let (p50, p99, max) = percentiles(&mut last_pod);
-    println!("configMap change -> visible in all {PODS} pods: p50 {} p99 {} max {}", ms(p50), ms(p99), ms(max));
+    println!(
+        "configMap change -> visible in all {PODS} pods: p50 {} p99 {} max {}",
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
     stop_tx.send(()).expect("stop");
     runner.await.expect("join").expect("run");
 }
@@ -146,7 +171,15 @@ fn main() {
     for keys in [1, 100, 1000] {
         let dir = tmp.path().join(format!("w{keys}"));
         std::fs::create_dir(&dir).expect("mkdir");
-        writer_bench(&dir, keys, if keys == 1000 { rounds.min(50) } else { rounds * 4 });
+        writer_bench(
+            &dir,
+            keys,
+            if keys == 1000 {
+                rounds.min(50)
+            } else {
+                rounds * 4
+            },
+        );
     }
     // Secret and projected volumes live on tmpfs: measure there too when we may mount.
     let mem = tmp.path().join("tmpfs");
@@ -157,7 +190,15 @@ fn main() {
             for keys in [1, 100, 1000] {
                 let dir = mem.join(format!("w{keys}"));
                 std::fs::create_dir(&dir).expect("mkdir");
-                writer_bench(&dir, keys, if keys == 1000 { rounds.min(50) } else { rounds * 4 });
+                writer_bench(
+                    &dir,
+                    keys,
+                    if keys == 1000 {
+                        rounds.min(50)
+                    } else {
+                        rounds * 4
+                    },
+                );
             }
             strata_volumes::mount::unmount(&mem).expect("unmount tmpfs");
         }

@@ -56,7 +56,11 @@ fn assert_settled(dir: &Path, p: &Payload) {
         assert_eq!(text, Path::new(DATA_LINK).join(name));
     }
     for (key, f) in p {
-        assert_eq!(std::fs::read(dir.join(key)).unwrap(), f.data, "{key} via its link");
+        assert_eq!(
+            std::fs::read(dir.join(key)).unwrap(),
+            f.data,
+            "{key} via its link"
+        );
     }
 }
 
@@ -77,18 +81,50 @@ fn layout_matches_the_kubelet() {
     let rest = version.strip_prefix("..").unwrap();
     let (stamp, rand) = rest.split_once('.').unwrap();
     assert_eq!(stamp.len(), 19);
-    assert!(stamp.split('_').all(|p| p.chars().all(|c| c.is_ascii_digit())));
+    assert!(
+        stamp
+            .split('_')
+            .all(|p| p.chars().all(|c| c.is_ascii_digit()))
+    );
     assert!(!rand.is_empty() && rand.len() <= 10 && rand.chars().all(|c| c.is_ascii_digit()));
 
-    assert_eq!(std::fs::read_link(tmp.path().join("..data")).unwrap(), Path::new(&version));
-    assert_eq!(std::fs::read_link(tmp.path().join("tls")).unwrap(), Path::new("..data/tls"));
-    let mut expected = vec!["..data".to_string(), version.clone(), "tls".into(), "username".into()];
+    assert_eq!(
+        std::fs::read_link(tmp.path().join("..data")).unwrap(),
+        Path::new(&version)
+    );
+    assert_eq!(
+        std::fs::read_link(tmp.path().join("tls")).unwrap(),
+        Path::new("..data/tls")
+    );
+    let mut expected = vec![
+        "..data".to_string(),
+        version.clone(),
+        "tls".into(),
+        "username".into(),
+    ];
     expected.sort();
     assert_eq!(top_level(tmp.path()), expected);
     let vdir = tmp.path().join(&version);
-    assert_eq!(std::fs::metadata(&vdir).unwrap().permissions().mode() & 0o7777, 0o755);
-    assert_eq!(std::fs::metadata(vdir.join("tls")).unwrap().permissions().mode() & 0o7777, 0o755);
-    assert_eq!(std::fs::metadata(vdir.join("username")).unwrap().permissions().mode() & 0o7777, 0o644);
+    assert_eq!(
+        std::fs::metadata(&vdir).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::metadata(vdir.join("tls"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        std::fs::metadata(vdir.join("username"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o644
+    );
     assert_settled(tmp.path(), &p);
 }
 
@@ -102,7 +138,11 @@ fn modes_are_set_regardless_of_umask() {
     p.insert("c".into(), file("z", 0));
     w.write(&p, WriteOptions::default()).unwrap();
     for (k, mode) in [("a", 0o777), ("b", 0o400), ("c", 0)] {
-        let m = std::fs::metadata(tmp.path().join(k)).unwrap().permissions().mode() & 0o7777;
+        let m = std::fs::metadata(tmp.path().join(k))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
         assert_eq!(m, mode, "{k}");
     }
 }
@@ -119,7 +159,10 @@ fn updates_add_change_and_prune() {
     assert_settled(tmp.path(), &p2);
     // Removing only a nested key also needs a new version.
     let p3 = payload(&[("a", "2"), ("new", "n")]);
-    assert!(matches!(w.write(&p3, WriteOptions::default()).unwrap(), WriteOutcome::Written { .. }));
+    assert!(matches!(
+        w.write(&p3, WriteOptions::default()).unwrap(),
+        WriteOutcome::Written { .. }
+    ));
     assert_settled(tmp.path(), &p3);
     // An empty payload leaves just ..data and an empty version.
     w.write(&Payload::new(), WriteOptions::default()).unwrap();
@@ -137,10 +180,16 @@ fn unchanged_bytes_skip_the_write_but_restore_links() {
     // A mode change alone is not a change (upstream compares bytes only).
     let mut same = p.clone();
     same.get_mut("a").unwrap().mode = 0o600;
-    assert_eq!(w.write(&same, WriteOptions::default()).unwrap(), WriteOutcome::Unchanged);
+    assert_eq!(
+        w.write(&same, WriteOptions::default()).unwrap(),
+        WriteOutcome::Unchanged
+    );
     // A crash after the swap can leave links missing (k8s#121472): a no-op write restores them.
     std::fs::remove_file(tmp.path().join("d")).unwrap();
-    assert_eq!(w.write(&p, WriteOptions::default()).unwrap(), WriteOutcome::Unchanged);
+    assert_eq!(
+        w.write(&p, WriteOptions::default()).unwrap(),
+        WriteOutcome::Unchanged
+    );
     assert_settled(tmp.path(), &p);
     assert_eq!(read_snapshot(tmp.path()).unwrap().version, version);
 }
@@ -158,7 +207,10 @@ fn leftovers_of_a_crash_are_cleaned() {
     std::os::unix::fs::symlink("..2020_01_01_00_00_00.1", tmp.path().join("..data_tmp")).unwrap();
     std::os::unix::fs::symlink("..data/old", tmp.path().join("old")).unwrap();
     // Unchanged content: no new version is needed, yet the leftovers go.
-    assert_eq!(w.write(&p, WriteOptions::default()).unwrap(), WriteOutcome::Unchanged);
+    assert_eq!(
+        w.write(&p, WriteOptions::default()).unwrap(),
+        WriteOutcome::Unchanged
+    );
     assert_settled(tmp.path(), &p);
     // And a stale ..data_tmp does not block the next real update (upstream: EEXIST forever).
     std::os::unix::fs::symlink("nowhere", tmp.path().join("..data_tmp")).unwrap();
@@ -171,15 +223,22 @@ fn leftovers_of_a_crash_are_cleaned() {
 fn things_the_writer_does_not_own_are_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let w = AtomicWriter::new(tmp.path());
-    w.write(&payload(&[("a", "1"), ("b", "2")]), WriteOptions::default()).unwrap();
+    w.write(&payload(&[("a", "1"), ("b", "2")]), WriteOptions::default())
+        .unwrap();
     // A nested mount point (real dir) and a link that does not point into ..data.
     std::fs::create_dir(tmp.path().join("nested")).unwrap();
     std::os::unix::fs::symlink("/etc", tmp.path().join("foreign")).unwrap();
     let p = payload(&[("a", "1")]);
     w.write(&p, WriteOptions::default()).unwrap();
     assert!(tmp.path().join("nested").is_dir());
-    assert_eq!(std::fs::read_link(tmp.path().join("foreign")).unwrap(), Path::new("/etc"));
-    assert!(std::fs::symlink_metadata(tmp.path().join("b")).is_err(), "b pruned");
+    assert_eq!(
+        std::fs::read_link(tmp.path().join("foreign")).unwrap(),
+        Path::new("/etc")
+    );
+    assert!(
+        std::fs::symlink_metadata(tmp.path().join("b")).is_err(),
+        "b pruned"
+    );
     // A payload key whose name exists as something else: the entry is left as it is.
     let p = payload(&[("a", "1"), ("nested", "file")]);
     w.write(&p, WriteOptions::default()).unwrap();
@@ -193,15 +252,22 @@ fn removal_never_follows_symlinks() {
     std::fs::write(outside.path().join("precious"), "keep").unwrap();
     let vol = tmp.path();
     let w = AtomicWriter::new(vol);
-    let WriteOutcome::Written { version } = w.write(&payload(&[("a", "1")]), WriteOptions::default()).unwrap() else {
+    let WriteOutcome::Written { version } = w
+        .write(&payload(&[("a", "1")]), WriteOptions::default())
+        .unwrap()
+    else {
         panic!()
     };
     // Links planted inside the live version and as a stale `..` entry, both aiming outside.
     std::os::unix::fs::symlink(outside.path(), vol.join(&version).join("evil")).unwrap();
     std::os::unix::fs::symlink(outside.path(), vol.join("..stale")).unwrap();
     // The update removes the old version recursively and the stale entry.
-    w.write(&payload(&[("a", "2")]), WriteOptions::default()).unwrap();
-    assert_eq!(std::fs::read(outside.path().join("precious")).unwrap(), b"keep");
+    w.write(&payload(&[("a", "2")]), WriteOptions::default())
+        .unwrap();
+    assert_eq!(
+        std::fs::read(outside.path().join("precious")).unwrap(),
+        b"keep"
+    );
     assert!(std::fs::symlink_metadata(vol.join("..stale")).is_err());
     assert!(std::fs::symlink_metadata(vol.join(&version)).is_err());
 }
@@ -212,7 +278,10 @@ fn compare_does_not_follow_links_in_the_live_version() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("a"), "2").unwrap();
     let w = AtomicWriter::new(tmp.path());
-    let WriteOutcome::Written { version } = w.write(&payload(&[("a", "1")]), WriteOptions::default()).unwrap() else {
+    let WriteOutcome::Written { version } = w
+        .write(&payload(&[("a", "1")]), WriteOptions::default())
+        .unwrap()
+    else {
         panic!()
     };
     // Replace the file with a link to an outside file that holds the new bytes: the
@@ -221,7 +290,10 @@ fn compare_does_not_follow_links_in_the_live_version() {
     std::fs::remove_file(vdir.join("a")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("a"), vdir.join("a")).unwrap();
     let p = payload(&[("a", "2")]);
-    assert!(matches!(w.write(&p, WriteOptions::default()).unwrap(), WriteOutcome::Written { .. }));
+    assert!(matches!(
+        w.write(&p, WriteOptions::default()).unwrap(),
+        WriteOutcome::Written { .. }
+    ));
     assert_settled(tmp.path(), &p);
 }
 
@@ -259,7 +331,10 @@ fn bad_payloads_change_nothing() {
     }
     let mut bad_mode = good.clone();
     bad_mode.get_mut("a").unwrap().mode = 0o1777;
-    assert!(matches!(w.write(&bad_mode, WriteOptions::default()), Err(Error::InvalidMode { .. })));
+    assert!(matches!(
+        w.write(&bad_mode, WriteOptions::default()),
+        Err(Error::InvalidMode { .. })
+    ));
     assert_settled(tmp.path(), &good);
 }
 
@@ -282,7 +357,10 @@ fn corrupt_data_link_is_an_error() {
         .write(&payload(&[("a", "1")]), WriteOptions::default())
         .unwrap_err();
     assert!(matches!(err, Error::CorruptVolume { .. }), "{err}");
-    assert_eq!(std::fs::read_link(tmp.path().join("..data")).unwrap(), Path::new("/etc"));
+    assert_eq!(
+        std::fs::read_link(tmp.path().join("..data")).unwrap(),
+        Path::new("/etc")
+    );
 }
 
 #[test]
@@ -462,9 +540,16 @@ fn concurrent_reader_process_sees_whole_versions() {
     let gen_payload = |g: u64| -> Payload {
         (0..KEYS)
             .map(|i| {
-                let key = if i % 2 == 0 { format!("k{i}") } else { format!("sub/k{i}") };
+                let key = if i % 2 == 0 {
+                    format!("k{i}")
+                } else {
+                    format!("sub/k{i}")
+                };
                 // Sizes vary with the generation so torn reads would show.
-                (key, file(&format!("gen-{g}-").repeat(1 + (g as usize % 7)), 0o644))
+                (
+                    key,
+                    file(&format!("gen-{g}-").repeat(1 + (g as usize % 7)), 0o644),
+                )
             })
             .collect()
     };
@@ -498,7 +583,11 @@ fn concurrent_reader_process_sees_whole_versions() {
                     .values()
                     .map(|v| {
                         let s = std::str::from_utf8(v).unwrap_or("");
-                        let g = s.split('-').nth(1).and_then(|g| g.parse().ok()).unwrap_or(u64::MAX);
+                        let g = s
+                            .split('-')
+                            .nth(1)
+                            .and_then(|g| g.parse().ok())
+                            .unwrap_or(u64::MAX);
                         if gen_check(s, g) { g } else { u64::MAX }
                     })
                     .collect();
@@ -526,11 +615,17 @@ fn concurrent_reader_process_sees_whole_versions() {
     }
     std::fs::write(&done, "").unwrap();
     let status = reader.join().unwrap();
-    assert!(matches!(status, WaitStatus::Exited(_, 0)), "reader failed: {status:?}");
+    assert!(
+        matches!(status, WaitStatus::Exited(_, 0)),
+        "reader failed: {status:?}"
+    );
     let report = std::fs::read_to_string(&report).unwrap();
     let (seen, reads) = report.split_once(' ').unwrap();
     let (seen, reads): (u64, u64) = (seen.parse().unwrap(), reads.parse().unwrap());
-    assert!(seen >= 2 && reads >= 2, "reader saw {seen} versions in {reads} reads");
+    assert!(
+        seen >= 2 && reads >= 2,
+        "reader saw {seen} versions in {reads} reads"
+    );
     assert_settled(&vol, &gen_payload(UPDATES));
 }
 

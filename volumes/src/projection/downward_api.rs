@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, ObjectFieldSelector, Pod, ResourceFieldSelector};
+use k8s_openapi::api::core::v1::{
+    Container, DownwardAPIVolumeFile, ObjectFieldSelector, Pod, ResourceFieldSelector,
+};
 
 use super::quantity::{self, Ratio};
 use super::quote::go_quote;
@@ -111,7 +113,8 @@ fn resource_field_ref(
         .as_deref()
         .filter(|n| !n.is_empty())
         .ok_or("resourceFieldRef.containerName is required in volumes")?;
-    let container = find_container(pod, name).ok_or_else(|| format!("container {name:?} not found"))?;
+    let container =
+        find_container(pod, name).ok_or_else(|| format!("container {name:?} not found"))?;
     let divisor = match &sel.divisor {
         None => Ratio::ONE,
         Some(q) => {

@@ -153,7 +153,8 @@ pub fn fs_user(pod: &Pod) -> Option<u32> {
 pub fn references(volume: &Volume) -> Result<References> {
     let mut refs = References::default();
     if let Some(s) = &volume.secret {
-        refs.secrets.insert(s.secret_name.clone().unwrap_or_default());
+        refs.secrets
+            .insert(s.secret_name.clone().unwrap_or_default());
     }
     if let Some(c) = &volume.config_map {
         refs.config_maps.insert(c.name.clone());
@@ -312,7 +313,13 @@ fn projected_source(
             errors,
         );
     } else if let Some(d) = &src.downward_api {
-        downward_api::files(d.items.as_deref().unwrap_or_default(), mode, inputs, payload, errors);
+        downward_api::files(
+            d.items.as_deref().unwrap_or_default(),
+            mode,
+            inputs,
+            payload,
+            errors,
+        );
     } else if let Some(t) = &src.service_account_token {
         let key = match TokenKey::for_projection(t) {
             Ok(k) => k,
@@ -326,7 +333,11 @@ fn projected_source(
         };
         // §2.5: 0600 when a FsUser exists or the pod has an fsGroup (0640 after the pass).
         let user = fs_user(inputs.pod);
-        let mode = if user.is_some() || fs_group.is_some() { 0o600 } else { mode };
+        let mode = if user.is_some() || fs_group.is_some() {
+            0o600
+        } else {
+            mode
+        };
         payload.insert(
             t.path.clone(),
             FileProjection {

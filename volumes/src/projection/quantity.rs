@@ -27,7 +27,11 @@ pub fn parse(s: &str) -> Option<Ratio> {
         return None;
     }
     let digits = format!("{int}{frac}");
-    let mut num: i128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+    let mut num: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
     let mut den: i128 = 10i128.checked_pow(frac.len() as u32)?;
     let scale = |p: u32| 10i128.checked_pow(p);
     match suffix {
@@ -156,7 +160,9 @@ mod tests {
         for bad in ["2", "10m", "1k", "0.5"] {
             assert!(!valid_cpu_divisor(q(bad)), "{bad}");
         }
-        for ok in ["1", "1k", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei"] {
+        for ok in [
+            "1", "1k", "1M", "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei",
+        ] {
             assert!(valid_bytes_divisor(q(ok)), "{ok}");
         }
         for bad in ["2", "1m", "10Mi", "1.5"] {

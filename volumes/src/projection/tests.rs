@@ -88,7 +88,12 @@ impl World {
 
 fn files(p: &Payload) -> BTreeMap<&str, (&str, u32)> {
     p.iter()
-        .map(|(k, f)| (k.as_str(), (std::str::from_utf8(&f.data).unwrap_or("<bin>"), f.mode)))
+        .map(|(k, f)| {
+            (
+                k.as_str(),
+                (std::str::from_utf8(&f.data).unwrap_or("<bin>"), f.mode),
+            )
+        })
         .collect()
 }
 
@@ -102,14 +107,25 @@ fn errors(r: Result<Payload>) -> Vec<String> {
 #[test]
 fn secret_all_keys_and_items() {
     let w = World::new(pod(json!({})));
-    let p = w.build(json!({"name": "v", "secret": {"secretName": "creds"}})).unwrap();
-    assert_eq!(files(&p), BTreeMap::from([("pass", ("s3cr3t", 0o644)), ("user", ("admin", 0o644))]));
+    let p = w
+        .build(json!({"name": "v", "secret": {"secretName": "creds"}}))
+        .unwrap();
+    assert_eq!(
+        files(&p),
+        BTreeMap::from([("pass", ("s3cr3t", 0o644)), ("user", ("admin", 0o644))])
+    );
 
     let p = w
         .build(json!({"name": "v", "secret": {"secretName": "creds", "defaultMode": 0o400,
             "items": [{"key": "user", "path": "conf/username"}, {"key": "pass", "path": "p", "mode": 0o600}]}}))
         .unwrap();
-    assert_eq!(files(&p), BTreeMap::from([("conf/username", ("admin", 0o400)), ("p", ("s3cr3t", 0o600))]));
+    assert_eq!(
+        files(&p),
+        BTreeMap::from([
+            ("conf/username", ("admin", 0o400)),
+            ("p", ("s3cr3t", 0o600))
+        ])
+    );
 }
 
 #[test]
@@ -117,14 +133,23 @@ fn secret_missing_object_and_keys() {
     let w = World::new(pod(json!({})));
     let errs = errors(w.build(json!({"name": "v", "secret": {"secretName": "nope"}})));
     assert_eq!(errs, vec![r#"secret "nope" not found"#]);
-    let p = w.build(json!({"name": "v", "secret": {"secretName": "nope", "optional": true}})).unwrap();
-    assert!(p.is_empty());
-    let errs = errors(w.build(json!({"name": "v", "secret": {"secretName": "creds",
-        "items": [{"key": "missing", "path": "m"}, {"key": "user", "path": "u"}]}})));
-    assert_eq!(errs, vec![r#"secret "creds": references non-existent secret key: missing"#]);
     let p = w
-        .build(json!({"name": "v", "secret": {"secretName": "creds", "optional": true,
-            "items": [{"key": "missing", "path": "m"}, {"key": "user", "path": "u"}]}}))
+        .build(json!({"name": "v", "secret": {"secretName": "nope", "optional": true}}))
+        .unwrap();
+    assert!(p.is_empty());
+    let errs = errors(
+        w.build(json!({"name": "v", "secret": {"secretName": "creds",
+        "items": [{"key": "missing", "path": "m"}, {"key": "user", "path": "u"}]}})),
+    );
+    assert_eq!(
+        errs,
+        vec![r#"secret "creds": references non-existent secret key: missing"#]
+    );
+    let p = w
+        .build(
+            json!({"name": "v", "secret": {"secretName": "creds", "optional": true,
+            "items": [{"key": "missing", "path": "m"}, {"key": "user", "path": "u"}]}}),
+        )
         .unwrap();
     assert_eq!(files(&p), BTreeMap::from([("u", ("admin", 0o644))]));
 }
@@ -132,8 +157,14 @@ fn secret_missing_object_and_keys() {
 #[test]
 fn bad_modes_are_errors() {
     let w = World::new(pod(json!({})));
-    assert!(w.build(json!({"name": "v", "secret": {"secretName": "creds", "defaultMode": 0o1000}})).is_err());
-    assert!(w.build(json!({"name": "v", "configMap": {"name": "cfg", "defaultMode": -1}})).is_err());
+    assert!(
+        w.build(json!({"name": "v", "secret": {"secretName": "creds", "defaultMode": 0o1000}}))
+            .is_err()
+    );
+    assert!(
+        w.build(json!({"name": "v", "configMap": {"name": "cfg", "defaultMode": -1}}))
+            .is_err()
+    );
     assert!(
         w.build(json!({"name": "v", "configMap": {"name": "cfg", "items": [{"key": "blob", "path": "b", "mode": 0o1777}]}}))
             .is_err()
@@ -143,12 +174,19 @@ fn bad_modes_are_errors() {
 #[test]
 fn config_map_data_and_binary_data() {
     let w = World::new(pod(json!({})));
-    let p = w.build(json!({"name": "v", "configMap": {"name": "cfg"}})).unwrap();
+    let p = w
+        .build(json!({"name": "v", "configMap": {"name": "cfg"}}))
+        .unwrap();
     assert_eq!(p["app.conf"].data, b"x=1");
     assert_eq!(p["blob"].data, [0u8, 1, 2]);
     assert_eq!(p.len(), 3);
-    let errs = errors(w.build(json!({"name": "v", "configMap": {"name": "cfg", "items": [{"key": "zzz", "path": "z"}]}})));
-    assert_eq!(errs, vec![r#"configmap "cfg": configmap references non-existent config key: zzz"#]);
+    let errs = errors(w.build(
+        json!({"name": "v", "configMap": {"name": "cfg", "items": [{"key": "zzz", "path": "z"}]}}),
+    ));
+    assert_eq!(
+        errs,
+        vec![r#"configmap "cfg": configmap references non-existent config key: zzz"#]
+    );
     let p = w
         .build(json!({"name": "v", "configMap": {"name": "cfg", "items": [{"key": "blob", "path": "bin/b"}]}}))
         .unwrap();
@@ -177,10 +215,16 @@ fn downward_api_fields() {
     assert_eq!(f["uid"].0, "1111-2222");
     // Sorted, Go-quoted, joined by \n, no trailing newline.
     assert_eq!(f["labels"].0, "app=\"web\"\ntier=\"front\\\"end\"");
-    assert_eq!(f["annotations"].0, "empty=\"\"\nnote=\"line1\\nline2\\ttab\\\\\"");
+    assert_eq!(
+        f["annotations"].0,
+        "empty=\"\"\nnote=\"line1\\nline2\\ttab\\\\\""
+    );
     assert_eq!(f["app"].0, "web");
     assert_eq!(f["missing"].0, "");
-    assert_eq!(f["note"].0, "line1\nline2\ttab\\", "subscripted values are raw");
+    assert_eq!(
+        f["note"].0, "line1\nline2\ttab\\",
+        "subscripted values are raw"
+    );
 }
 
 #[test]
@@ -210,7 +254,10 @@ fn downward_api_resources() {
     assert_eq!(f["cpu-limit-m"].0, "250");
     assert_eq!(f["cpu-req-m"].0, "100");
     assert_eq!(f["mem-req-mi"].0, "96", "ceil(100e6 / 2^20)");
-    assert_eq!(f["mem-limit"].0, "8", "unset limit falls back to node allocatable");
+    assert_eq!(
+        f["mem-limit"].0, "8",
+        "unset limit falls back to node allocatable"
+    );
     assert_eq!(f["mem-limit-zero-div"].0, (8u64 << 30).to_string());
     assert_eq!(f["eph-req"].0, "0", "an unset request is 0");
     assert_eq!(f["init-mem"].0, "1024");
@@ -247,7 +294,11 @@ fn projected_merges_in_order_and_collects_errors() {
     let f = files(&p);
     assert_eq!(f["same"], ("x=1", 0o440), "a later source overwrites");
     assert_eq!(f["name"], ("web-0", 0o440));
-    assert_eq!(f["token"], ("header.claims.sig", 0o440), "no FsUser, no fsGroup: defaultMode");
+    assert_eq!(
+        f["token"],
+        ("header.claims.sig", 0o440),
+        "no FsUser, no fsGroup: defaultMode"
+    );
     assert_eq!(p["token"].fs_user, None);
 
     let errs = errors(w.build(json!({"name": "v", "projected": {"sources": [
@@ -279,7 +330,9 @@ fn token_mode_and_owner_follow_fs_user_and_fs_group() {
     let p = w.build(vol.clone()).unwrap();
     assert_eq!((p["token"].mode, p["token"].fs_user), (0o600, None));
     // An init container without a user breaks the common user.
-    let w = World::new(pod(json!({"containers": [{"name": "app", "securityContext": {"runAsUser": 5}}]})));
+    let w = World::new(pod(
+        json!({"containers": [{"name": "app", "securityContext": {"runAsUser": 5}}]}),
+    ));
     assert_eq!(fs_user(&w.pod), None);
 }
 

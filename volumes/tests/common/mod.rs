@@ -43,7 +43,11 @@ pub async fn store(state: &Path) -> EmbeddedStore {
     EmbeddedStore::open(&state.join("store")).unwrap()
 }
 
-pub fn manager(store: &EmbeddedStore, state: &Path, csi: Option<String>) -> VolumeManager<EmbeddedStore> {
+pub fn manager(
+    store: &EmbeddedStore,
+    state: &Path,
+    csi: Option<String>,
+) -> VolumeManager<EmbeddedStore> {
     VolumeManager::new(
         store.clone(),
         Config {
@@ -61,8 +65,10 @@ pub async fn seed(store: &EmbeddedStore) {
     if let Err(e) = store.create(&sa).await {
         assert!(e.is_already_exists(), "{e}");
     }
-    let s: Secret = obj(json!({"metadata": {"name": "creds", "namespace": "default"},
-        "data": {"user": "YWRtaW4=", "pass": "czNjcjN0"}}));
+    let s: Secret = obj(
+        json!({"metadata": {"name": "creds", "namespace": "default"},
+        "data": {"user": "YWRtaW4=", "pass": "czNjcjN0"}}),
+    );
     store.create(&s).await.unwrap();
     let c: ConfigMap = obj(json!({"metadata": {"name": "cfg", "namespace": "default"},
         "data": {"a": "1", "b": "two"}}));
