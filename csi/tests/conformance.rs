@@ -2643,7 +2643,8 @@ async fn node_stage_unstage() {
     c.check(
         "bad stages mounted nothing and attached no extra loop device",
         "bad input changes nothing",
-        mount_at(&st2).is_none() && env.pool.loop_devices().len() == 1,
+        mount_at(&st2).is_none()
+            && tokio::task::block_in_place(|| settle(|| env.pool.loop_devices().len() == 1)),
         (
             env.pool.loop_devices(),
             testkit::mounts_under(env.driver.dir()),
@@ -2682,7 +2683,8 @@ async fn node_stage_unstage() {
     c.check(
         "unstage unmounts and detaches",
         "issue 2 §5: NodeUnstageVolume undoes the stage",
-        mount_at(&staging).is_none() && env.pool.loop_devices().is_empty(),
+        mount_at(&staging).is_none()
+            && tokio::task::block_in_place(|| settle(|| env.pool.loop_devices().is_empty())),
         (mount_at(&staging), env.pool.loop_devices()),
     );
     c.ok(
@@ -3470,6 +3472,7 @@ async fn foreign_loop_devices_are_never_detached() {
             .await;
         assert!(r.is_err(), "a stage with a bogus mount option must fail");
     }
+    tokio::task::block_in_place(|| settle(|| env.pool.loop_devices().is_empty()));
     let left = env.pool.loop_devices();
     assert!(left.is_empty(), "failed stages left loop devices: {left:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

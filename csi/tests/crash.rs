@@ -168,16 +168,23 @@ async fn scenario(fp: &'static str) {
         "{fp}: after restart, before the retry: pool files vs ListVolumes+ListSnapshots \
          (issue 2 §8: start-up reconciles records against pool files): {files:?}"
     );
-    let mounts = testkit::mounts_under(env.driver.dir());
-    for l in env.pool.loop_devices() {
-        assert!(
-            mounts.iter().any(|m| Path::new(&m.source) == l.device),
-            "{fp}: after restart, before the retry: loop device {} ({}) backs no mount \
-             (issue 2 §8: start-up reconciles loop devices)",
-            l.device.display(),
-            l.backing_file.display()
-        );
-    }
+    // An unmounted autoclear device is released by the kernel a moment after the umount:
+    // give it that moment (bounded) before calling it a leak.
+    let orphans = || {
+        let mounts = testkit::mounts_under(env.driver.dir());
+        env.pool
+            .loop_devices()
+            .into_iter()
+            .filter(|l| !mounts.iter().any(|m| Path::new(&m.source) == l.device))
+            .collect::<Vec<_>>()
+    };
+    let settled = tokio::task::block_in_place(|| settle(|| orphans().is_empty()));
+    assert!(
+        settled,
+        "{fp}: after restart, before the retry: loop devices that back no mount \
+         (issue 2 §8: start-up reconciles loop devices): {:?}",
+        orphans()
+    );
 
     // Retry the same RPC.
     let retry = call(&mut env, rpc, &prep).await;
@@ -265,7 +272,7 @@ async fn scenario(fp: &'static str) {
         env.pool.files()
     );
     assert!(
-        env.pool.loop_devices().is_empty(),
+        tokio::task::block_in_place(|| settle(|| env.pool.loop_devices().is_empty())),
         "{fp}: loop devices left: {:?}",
         env.pool.loop_devices()
     );
@@ -574,6 +581,9 @@ fn assert_not_frozen(dir: &Path) {
 /// Loop devices and mounts are exactly those that `expect` accounts for, and the pool holds
 /// one file per volume and snapshot.
 fn check_accounted(env: &Env, expect: &Expect, fp: &str) {
+    tokio::task::block_in_place(|| {
+        settle(|| env.pool.loop_devices().len() == expect.staged.len());
+    });
     let loops = env.pool.loop_devices();
     assert_eq!(
         loops.len(),

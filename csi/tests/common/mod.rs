@@ -567,3 +567,20 @@ pub fn has_capability(cap: u32) -> bool {
 
 /// CAP_SYS_RESOURCE: ext4 online resize (EXT4_IOC_RESIZE_FS) needs it; some sandboxes drop it.
 pub const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Polls `cond` for up to ten seconds; true once it holds. For kernel work that finishes
+/// asynchronously (loop device rundown after the last close).
+pub fn settle(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
