@@ -3626,3 +3626,125 @@ async fn secrets_are_never_logged() {
     );
     c.finish();
 }
+
+// ---------------------------------------------------------------- Identical requests at once
+
+/// A CO that times out and retries can have the same request in flight several times. Each
+/// copy ends OK (the same result) or ABORTED ("already in progress"), and exactly one volume,
+/// one mount and one loop device come out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_requests_converge() {
+    if !testkit::require_root("concurrent_identical_requests_converge") {
+        return;
+    }
+    let mut env = Env::new(PoolFs::Ext4(512 << 20)).await;
+    let mut c = Checks::new("concurrent_identical_requests_converge");
+    let rule = "CSI idempotency: concurrent identical requests → OK (same result) or ABORTED";
+    const N: usize = 12;
+
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..N {
+        let mut ctl = env.ctl.clone();
+        set.spawn(async move { ctl.create_volume(create_req("racy", 64 * MIB)).await });
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            Ok(v) => {
+                ids.insert(v.into_inner().volume.map(|v| v.volume_id));
+            }
+            Err(s) => {
+                c.check(
+                    "CreateVolume copy",
+                    rule,
+                    s.code() == Code::Aborted,
+                    show(&s),
+                );
+            }
+        }
+    }
+    c.check("CreateVolume copies agree", rule, ids.len() == 1, &ids);
+    let files = env.pool.files();
+    c.check(
+        "one image for the racing creates",
+        "concurrent identical creates make one volume",
+        files.len() == 1,
+        &files,
+    );
+    let vol = env.create("racy", 64 * MIB).await;
+
+    let staging = env.driver.mkdir("racy-staging");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..N {
+        let mut node = env.node.clone();
+        let req = stage_req(&vol, &staging, snw());
+        set.spawn(async move { node.node_stage_volume(req).await });
+    }
+    while let Some(r) = set.join_next().await {
+        if let Err(s) = r.unwrap() {
+            c.check(
+                "NodeStageVolume copy",
+                rule,
+                s.code() == Code::Aborted,
+                show(&s),
+            );
+        }
+    }
+    env.node
+        .node_stage_volume(stage_req(&vol, &staging, snw()))
+        .await
+        .unwrap_or_else(|s| panic!("stage after the race: {}", show(&s)));
+    let stacked = testkit::mountinfo()
+        .into_iter()
+        .filter(|m| m.mount_point == staging)
+        .count();
+    c.check(
+        "one mount at the staging path",
+        "concurrent identical stages mount once",
+        stacked == 1,
+        stacked,
+    );
+    c.check(
+        "one loop device",
+        "concurrent identical stages attach once",
+        env.pool.loop_devices().len() == 1,
+        env.pool.loop_devices(),
+    );
+
+    let target = env.target_path("racy-pod");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..N {
+        let mut node = env.node.clone();
+        let req = publish_req(&vol, &staging, &target, snw(), false);
+        set.spawn(async move { node.node_publish_volume(req).await });
+    }
+    while let Some(r) = set.join_next().await {
+        if let Err(s) = r.unwrap() {
+            c.check(
+                "NodePublishVolume copy",
+                rule,
+                s.code() == Code::Aborted,
+                show(&s),
+            );
+        }
+    }
+    let stacked = testkit::mountinfo()
+        .into_iter()
+        .filter(|m| m.mount_point == target)
+        .count();
+    c.check(
+        "one mount at the target path",
+        "concurrent identical publishes mount once",
+        stacked == 1,
+        stacked,
+    );
+    env.unpublish(&vol.volume_id, &target).await;
+    c.check(
+        "one unpublish removes the target",
+        "CSI NodeUnpublishVolume",
+        mount_at(&target).is_none() && !target.exists(),
+        mount_at(&target),
+    );
+    env.unstage(&vol.volume_id, &staging).await;
+    c.finish();
+}
