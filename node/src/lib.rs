@@ -92,6 +92,7 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
             node_name: args.node_id.clone(),
             csi_endpoint: args.csi_endpoint.clone(),
             issuer: args.issuer.clone(),
+            clock: std::time::SystemTime::now,
         },
     )
     .map_err(Error::Volumes)?;

@@ -43,6 +43,8 @@ pub struct Config {
     pub csi_endpoint: Option<String>,
     /// `iss` of service account tokens.
     pub issuer: String,
+    /// The wall clock for token issue and refresh decisions (tests move it forward).
+    pub clock: fn() -> SystemTime,
 }
 
 /// Which API-data object a watch event is about.
@@ -275,7 +277,7 @@ impl<S: Store> VolumeManager<S> {
     /// A token for the pod, from the cache while it needs no refresh (§2.5).
     async fn token_for(&self, pod: &Pod, key: &TokenKey) -> Result<String> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let now = SystemTime::now();
+        let now = (self.inner.cfg.clock)();
         let cached = self
             .inner
             .tokens
@@ -920,7 +922,7 @@ impl<S: Store> VolumeManager<S> {
     /// Re-syncs the pods holding a token that needs a refresh; returns when the next
     /// refresh is due.
     pub async fn refresh_tokens(&self) -> Option<SystemTime> {
-        let now = SystemTime::now();
+        let now = (self.inner.cfg.clock)();
         let due: BTreeSet<String> = self
             .inner
             .tokens
@@ -1035,7 +1037,7 @@ impl<S: Store> VolumeManager<S> {
             loop {
                 let next = me.refresh_tokens().await;
                 let wait = next
-                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                    .and_then(|t| t.duration_since((me.inner.cfg.clock)()).ok())
                     .unwrap_or(Duration::from_secs(3600))
                     .max(Duration::from_secs(1));
                 tokio::select! {

@@ -299,3 +299,60 @@ async fn restart_keeps_what_is_right_and_cleans_what_is_stale() {
     assert!(b.pods_on_disk().unwrap().is_empty());
     assert!(mounts_below(&node_dir.join("pods")).is_empty());
 }
+
+static SKEW_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn skewed_clock() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(SKEW_SECS.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refreshed_after_80_percent_of_their_lifetime() {
+    if !testkit::require_root("tokens_are_refreshed_after_80_percent_of_their_lifetime") {
+        return;
+    }
+    let state = StateDir::new("strata-vm-token");
+    let store = store(state.path()).await;
+    seed(&store).await;
+    let pod: Pod = obj(json!({"metadata": {"name": "t", "namespace": "default"}, "spec": {
+        "nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}],
+        "volumes": [{"name": "tok", "projected": {"sources": [
+            {"serviceAccountToken": {"audience": "a", "expirationSeconds": 600, "path": "token"}}]}}]}}));
+    let pod = store.create(&pod).await.unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    let mgr = strata_volumes::manager::VolumeManager::new(
+        store.clone(),
+        strata_volumes::manager::Config {
+            state_dir: state.path().join("node"),
+            node_name: NODE.into(),
+            csi_endpoint: None,
+            issuer: strata_volumes::token::DEFAULT_ISSUER.into(),
+            clock: skewed_clock,
+        },
+    )
+    .unwrap();
+    mgr.sync_pod(&pod).await.unwrap();
+    let dir = vol(state.path(), &uid, "kubernetes.io~projected", "tok");
+    let read = || String::from_utf8(read_snapshot(&dir).unwrap().files["token"].clone()).unwrap();
+    let jwks = mgr.token_issuer().jwks();
+    let first = read();
+    let c1 = strata_volumes::token::verify(&jwks, &first, Some("a"), skewed_clock()).unwrap();
+    assert_eq!(c1.exp - c1.iat, 600);
+
+    // 100 s in: not due; the file stays as it is.
+    SKEW_SECS.store(100, std::sync::atomic::Ordering::SeqCst);
+    let next = mgr.refresh_tokens().await.unwrap();
+    assert_eq!(read(), first);
+    let due = next.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(due, c1.iat + 481, "due just after 80 % of 600 s");
+
+    // 490 s in (past 80 %, whatever the jitter): a new token is written.
+    SKEW_SECS.store(490, std::sync::atomic::Ordering::SeqCst);
+    mgr.refresh_tokens().await.unwrap();
+    let second = read();
+    assert_ne!(second, first);
+    let c2 = strata_volumes::token::verify(&jwks, &second, Some("a"), skewed_clock()).unwrap();
+    assert!(c2.iat >= c1.iat + 490);
+    assert_eq!(c2.kubernetes.pod.unwrap().uid, uid);
+    mgr.tear_down_pod(&uid).await.unwrap();
+}

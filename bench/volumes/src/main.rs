@@ -86,6 +86,7 @@ async fn propagation_bench(state: &Path, rounds: usize) {
             node_name: "bench".into(),
             csi_endpoint: None,
             issuer: strata_volumes::token::DEFAULT_ISSUER.into(),
+            clock: std::time::SystemTime::now,
         },
     )
     .expect("manager");

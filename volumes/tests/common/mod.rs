@@ -55,6 +55,7 @@ pub fn manager(
             node_name: NODE.into(),
             csi_endpoint: csi,
             issuer: strata_volumes::token::DEFAULT_ISSUER.into(),
+            clock: std::time::SystemTime::now,
         },
     )
     .unwrap()
