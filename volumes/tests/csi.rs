@@ -237,3 +237,96 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
     );
     assert!(!staging.parent().unwrap().exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_volume_through_csi() {
+    let test = "block_volume_through_csi";
+    if !testkit::require_root(test) {
+        return;
+    }
+    let Some(bin) = csi_bin(test) else { return };
+    let pool = LoopPool::dir();
+    let driver = DriverProcess::start(DriverConfig::new(bin, NODE).pool("p1", pool.path())).await;
+    let state = StateDir::new("strata-vm-block");
+    let store = store(state.path()).await;
+    seed(&store).await;
+    let cap = VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Block(
+            volume_capability::BlockVolume {},
+        )),
+        access_mode: Some(volume_capability::AccessMode {
+            mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    };
+    let handle = driver
+        .controller()
+        .await
+        .create_volume(CreateVolumeRequest {
+            name: "pvc-raw".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 16 << 20,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![cap],
+            parameters: [("pool".to_string(), "p1".to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+    let pv: PersistentVolume = obj(json!({"metadata": {"name": "pv-raw"}, "spec": {
+        "capacity": {"storage": "16Mi"}, "accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
+        "csi": {"driver": DRIVER, "volumeHandle": handle},
+        "claimRef": {"namespace": "default", "name": "raw"}}}));
+    store.create(&pv).await.unwrap();
+    let pvc: PersistentVolumeClaim = obj(
+        json!({"metadata": {"name": "raw", "namespace": "default"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "volumeMode": "Block", "resources": {"requests": {"storage": "16Mi"}},
+        "volumeName": "pv-raw", "storageClassName": ""}}),
+    );
+    let mut pvc = store.create(&pvc).await.unwrap();
+    pvc.status = Some(obj(json!({"phase": "Bound"})));
+    store.update_status(&pvc).await.unwrap();
+    let pod: Pod = obj(
+        json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {
+        "nodeName": NODE,
+        "containers": [{"name": "c", "image": "busybox", "volumeDevices": [{"name": "raw", "devicePath": "/dev/xvda"}]}],
+        "volumes": [{"name": "raw", "persistentVolumeClaim": {"claimName": "raw"}}]}}),
+    );
+    let pod = store.create(&pod).await.unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    let mgr = manager(&store, state.path(), Some(driver.endpoint()));
+    let prepared = mgr.sync_pod(&pod).await.unwrap();
+    assert!(prepared["raw"].block);
+    let target = &prepared["raw"].path;
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata(target)
+            .unwrap()
+            .file_type()
+            .is_block_device(),
+        "the target is the device"
+    );
+    let cv = mgr.container_volumes(&uid, "c").unwrap();
+    assert_eq!(cv.devices.len(), 1);
+    assert_eq!(cv.devices[0].device_path, "/dev/xvda");
+    assert!(cv.mounts.is_empty());
+    mgr.tear_down_pod(&uid).await.unwrap();
+    let node_dir = state.path().join("node");
+    assert!(
+        mounts_below(&node_dir).is_empty(),
+        "{:?}",
+        mounts_below(&node_dir)
+    );
+    assert!(
+        !strata_volumes::layout::csi_staging(&node_dir, DRIVER, &handle)
+            .parent()
+            .unwrap()
+            .exists()
+    );
+}

@@ -314,10 +314,12 @@ async fn tokens_are_refreshed_after_80_percent_of_their_lifetime() {
     let state = StateDir::new("strata-vm-token");
     let store = store(state.path()).await;
     seed(&store).await;
-    let pod: Pod = obj(json!({"metadata": {"name": "t", "namespace": "default"}, "spec": {
+    let pod: Pod = obj(
+        json!({"metadata": {"name": "t", "namespace": "default"}, "spec": {
         "nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}],
         "volumes": [{"name": "tok", "projected": {"sources": [
-            {"serviceAccountToken": {"audience": "a", "expirationSeconds": 600, "path": "token"}}]}}]}}));
+            {"serviceAccountToken": {"audience": "a", "expirationSeconds": 600, "path": "token"}}]}}]}}),
+    );
     let pod = store.create(&pod).await.unwrap();
     let uid = pod.metadata.uid.clone().unwrap();
     let mgr = strata_volumes::manager::VolumeManager::new(
@@ -343,7 +345,10 @@ async fn tokens_are_refreshed_after_80_percent_of_their_lifetime() {
     SKEW_SECS.store(100, std::sync::atomic::Ordering::SeqCst);
     let next = mgr.refresh_tokens().await.unwrap();
     assert_eq!(read(), first);
-    let due = next.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let due = next
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert_eq!(due, c1.iat + 481, "due just after 80 % of 600 s");
 
     // 490 s in (past 80 %, whatever the jitter): a new token is written.
