@@ -4,7 +4,6 @@
 //! It never attaches or mounts anything by itself.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use crate::backend::{ImageKind, ImageRef};
 use crate::driver::Driver;
@@ -295,7 +294,111 @@ pub fn run(d: &Driver) -> Result<Report> {
     Ok(r)
 }
 
-/// Removes `path` if it is an empty directory (for ephemeral staging dirs).
-pub fn remove_empty_dir(path: &Path) {
-    let _ = std::fs::remove_dir(path);
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::image::ImagePool;
+    use crate::backend::{Backend, Pools};
+    use crate::ids::{Kind, ObjectId};
+    use crate::locks::Locks;
+    use crate::state::{Store, VolumeRecord};
+
+    fn driver(pool_dir: &Path, state_dir: &Path) -> Driver {
+        let pool: Arc<dyn Backend> = Arc::new(ImagePool::open("p", pool_dir).unwrap());
+        Driver {
+            node_id: "n1".into(),
+            driver_name: "local.csi.strata.io".into(),
+            max_volumes_per_node: 0,
+            pools: Pools::new(vec![pool]),
+            store: Store::open(state_dir).unwrap(),
+            locks: Locks::default(),
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    fn record(name: &str, phase: Phase, capacity: u64) -> VolumeRecord {
+        let id = ObjectId::for_name("n1", "p", Kind::Volume, name);
+        VolumeRecord {
+            id: id.to_string(),
+            name: name.into(),
+            pool: "p".into(),
+            file: id.file_name(),
+            capacity,
+            fs_type: "ext4".into(),
+            parameters: BTreeMap::new(),
+            mutable_parameters: BTreeMap::new(),
+            direct_io: false,
+            source: None,
+            created_unix: 0,
+            phase,
+            ephemeral: None,
+        }
+    }
+
+    #[test]
+    fn half_done_operations_are_finished_or_rolled_back() {
+        let pool_dir = tempfile::tempdir().unwrap();
+        let state_dir = tempfile::tempdir().unwrap();
+        let d = driver(pool_dir.path(), state_dir.path());
+        let pool = d.pools.default_pool().clone();
+        let creating = record("creating", Phase::Creating, 1 << 20);
+        let deleting = record("deleting", Phase::Deleting, 1 << 20);
+        let grown = record("grown", Phase::Ready, 1 << 20);
+        let lost = record("lost", Phase::Ready, 1 << 20);
+        for v in [&creating, &deleting, &grown] {
+            pool.create(ImageRef::volume(&v.file), 1 << 20, None)
+                .unwrap();
+        }
+        pool.grow(ImageRef::volume(&grown.file), 2 << 20).unwrap();
+        pool.create(ImageRef::volume("vorphan.img"), 1 << 20, None)
+            .unwrap();
+        d.store
+            .write(vec![
+                Op::PutVolume(creating.clone()),
+                Op::PutVolume(deleting.clone()),
+                Op::PutVolume(grown.clone()),
+                Op::PutVolume(lost.clone()),
+            ])
+            .unwrap();
+
+        let r = run(&d).unwrap();
+        assert!(d.store.volume(&creating.id).unwrap().is_none());
+        assert_eq!(pool.size(ImageRef::volume(&creating.file)).unwrap(), None);
+        assert!(d.store.volume(&deleting.id).unwrap().is_none());
+        assert_eq!(pool.size(ImageRef::volume(&deleting.file)).unwrap(), None);
+        assert_eq!(
+            d.store.volume(&grown.id).unwrap().unwrap().capacity,
+            2 << 20
+        );
+        assert!(
+            d.store.volume(&lost.id).unwrap().is_some(),
+            "a lost image is reported, not forgotten"
+        );
+        assert!(
+            r.differences.iter().any(|m| m.contains("has no image")),
+            "{r:?}"
+        );
+        assert!(
+            r.differences.iter().any(|m| m.contains("vorphan.img")),
+            "{r:?}"
+        );
+        assert!(
+            pool.size(ImageRef::volume("vorphan.img"))
+                .unwrap()
+                .is_some(),
+            "orphans are left alone"
+        );
+        assert_eq!(r.rolled_back.len(), 1, "{r:?}");
+
+        // A second run finds nothing more to repair.
+        let again = run(&d).unwrap();
+        assert!(
+            again.rolled_back.is_empty() && again.finished.is_empty(),
+            "{again:?}"
+        );
+    }
 }

@@ -176,10 +176,6 @@ fn open_conn(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-fn to_json<T: Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| Error::StateCorrupt(format!("encoding record: {e}")))
-}
-
 fn from_json<T: DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| Error::StateCorrupt(format!("decoding record: {e}")))
 }
@@ -539,11 +535,6 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// Encodes a record for tests and tools that want the stored form.
-pub fn encode<T: Serialize>(v: &T) -> Result<String> {
-    to_json(v)
 }
 
 #[cfg(test)]

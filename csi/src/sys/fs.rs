@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
@@ -177,9 +177,4 @@ pub fn probe(file: &mut File) -> io::Result<Probe> {
     } else {
         Ok(Probe::Unknown)
     }
-}
-
-/// The raw fd number, for error messages and ioctls elsewhere in sys.
-pub fn raw(file: &File) -> i32 {
-    file.as_raw_fd()
 }
