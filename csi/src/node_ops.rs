@@ -137,7 +137,7 @@ impl Driver {
         for n in sys::loopdev::find_by_backing(&image)
             .map_err(io_at("listing loop devices", Path::new("/sys/block")))?
         {
-            sys::loopdev::detach(n)
+            sys::loopdev::detach_if_backed_by(n, &image)
                 .map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
         }
         failpoint::hit("node_unstage:after_detach");
@@ -291,9 +291,9 @@ impl Driver {
             if !a.cap.block {
                 let _ = sys::mount::umount_all(&a.staging);
             }
-            let n = attached.number;
+            // Through our own handle: after a drop the number may already be someone else's.
+            let _ = sys::loopdev::detach_handle(&attached.handle);
             drop(attached);
-            let _ = sys::loopdev::detach(n);
             let _ = self.store.write(vec![Op::DelStage(v.id.clone())]);
             return Err(e);
         }
@@ -408,7 +408,7 @@ impl Driver {
                 return Ok(());
             }
             if let Some(dev) = p.device.as_deref().and_then(sys::loopdev::number_of) {
-                let _ = sys::loopdev::detach(dev);
+                let _ = sys::loopdev::detach_if_backed_by(dev, &self.image_path(&v)?);
             }
             tracing::warn!(volume_id = %v.id, target = %a.target.display(), "published mount is gone; publishing again");
         } else {
@@ -456,7 +456,7 @@ impl Driver {
         let ro_path = ro_device.as_ref().map(|d| d.path.clone());
         let drop_ro = |ro: &Option<sys::loopdev::Attached>| {
             if let Some(d) = ro {
-                let _ = sys::loopdev::detach(d.number);
+                let _ = sys::loopdev::detach_handle(&d.handle);
             }
         };
         if !adopt {
@@ -492,6 +492,28 @@ impl Driver {
                 }
             }
             failpoint::hit("node_publish:after_mkdir");
+            // mount(2) follows a symlink at the target: refuse anything but the directory
+            // (or, for block, the file) that publish itself would have made.
+            use std::os::unix::fs::FileTypeExt;
+            let shape_ok = match std::fs::symlink_metadata(&a.target) {
+                Ok(m) if a.cap.block => m.file_type().is_file() || m.file_type().is_block_device(),
+                Ok(m) => m.is_dir(),
+                Err(_) => false,
+            };
+            if !shape_ok {
+                if created {
+                    remove_target(&a.target);
+                }
+                drop_ro(&ro_device);
+                return Err(Error::invalid(
+                    "target_path",
+                    if a.cap.block {
+                        "exists and is not a regular file (symlinks are never followed)"
+                    } else {
+                        "exists and is not a directory (symlinks are never followed)"
+                    },
+                ));
+            }
             let source: &Path = match (&ro_path, a.cap.block) {
                 (Some(ro), _) => ro,
                 (None, true) => &device,
@@ -597,7 +619,7 @@ impl Driver {
                     .and_then(|p| p.device.as_deref())
                     .and_then(sys::loopdev::number_of)
                 {
-                    sys::loopdev::detach(n)
+                    sys::loopdev::detach_if_backed_by(n, &self.image_path(&v)?)
                         .map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
                 }
                 failpoint::hit("node_unpublish:after_remove");

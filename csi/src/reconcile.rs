@@ -182,7 +182,7 @@ pub fn run(d: &Driver) -> Result<Report> {
                 .map_err(crate::error::Error::io("unmounting", &st.staging_path))?;
         }
         for n in &devs {
-            sys::loopdev::detach(*n).map_err(crate::error::Error::io(
+            sys::loopdev::detach_if_backed_by(*n, &image).map_err(crate::error::Error::io(
                 "detaching",
                 sys::loopdev::device_path(*n),
             ))?;

@@ -219,6 +219,37 @@ pub fn detach(n: u32) -> io::Result<()> {
     }
 }
 
+/// Detaches the device behind `handle`, an fd we hold open: while it is open the kernel
+/// cannot autoclear the device and hand its number to someone else, so this never
+/// detaches another process's device.
+pub fn detach_handle(handle: &File) -> io::Result<()> {
+    match clear_fd(handle) {
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(()),
+        other => other,
+    }
+}
+
+/// Detaches loop device `n` only if it is still backed by `backing`: the device is opened
+/// first and the backing file checked through that open handle's lifetime, so a number
+/// that was freed and reused by another process in the meantime is left alone. Returns
+/// whether it detached.
+pub fn detach_if_backed_by(n: u32, backing: &Path) -> io::Result<bool> {
+    let dev = match open_rw(&device_path(n)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    let current = std::fs::read_to_string(format!("/sys/block/loop{n}/loop/backing_file"))
+        .unwrap_or_default();
+    if Path::new(current.trim_end_matches('\n')) != backing {
+        return Ok(false);
+    }
+    detach_handle(&dev)?;
+    Ok(true)
+}
+
 /// Makes the kernel re-read the backing file's size after it grew.
 pub fn refresh_capacity(n: u32) -> io::Result<()> {
     let dev = open_rw(&device_path(n))?;
