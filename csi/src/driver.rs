@@ -329,6 +329,22 @@ pub fn same_mount(path: &Path, reference: &Path) -> bool {
     }
 }
 
+/// A driver on one image pool `p` of node `n1`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_driver(pool_dir: &Path, state_dir: &Path) -> Driver {
+    let pool: std::sync::Arc<dyn Backend> =
+        std::sync::Arc::new(crate::backend::image::ImagePool::open("p", pool_dir).unwrap());
+    Driver {
+        node_id: "n1".into(),
+        driver_name: "local.csi.strata.io".into(),
+        max_volumes_per_node: 0,
+        pools: Pools::new(vec![pool]),
+        store: Store::open(state_dir).unwrap(),
+        locks: Locks::default(),
+        state_dir: state_dir.to_path_buf(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -297,28 +297,10 @@ pub fn run(d: &Driver) -> Result<Report> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::path::Path;
-    use std::sync::Arc;
 
     use super::*;
-    use crate::backend::image::ImagePool;
-    use crate::backend::{Backend, Pools};
     use crate::ids::{Kind, ObjectId};
-    use crate::locks::Locks;
-    use crate::state::{Store, VolumeRecord};
-
-    fn driver(pool_dir: &Path, state_dir: &Path) -> Driver {
-        let pool: Arc<dyn Backend> = Arc::new(ImagePool::open("p", pool_dir).unwrap());
-        Driver {
-            node_id: "n1".into(),
-            driver_name: "local.csi.strata.io".into(),
-            max_volumes_per_node: 0,
-            pools: Pools::new(vec![pool]),
-            store: Store::open(state_dir).unwrap(),
-            locks: Locks::default(),
-            state_dir: state_dir.to_path_buf(),
-        }
-    }
+    use crate::state::VolumeRecord;
 
     fn record(name: &str, phase: Phase, capacity: u64) -> VolumeRecord {
         let id = ObjectId::for_name("n1", "p", Kind::Volume, name);
@@ -343,7 +325,7 @@ mod tests {
     fn half_done_operations_are_finished_or_rolled_back() {
         let pool_dir = tempfile::tempdir().unwrap();
         let state_dir = tempfile::tempdir().unwrap();
-        let d = driver(pool_dir.path(), state_dir.path());
+        let d = crate::driver::test_driver(pool_dir.path(), state_dir.path());
         let pool = d.pools.default_pool().clone();
         let creating = record("creating", Phase::Creating, 1 << 20);
         let deleting = record("deleting", Phase::Deleting, 1 << 20);

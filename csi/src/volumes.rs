@@ -18,6 +18,7 @@ pub const PARAM_FS_TYPE: &str = "fsType";
 pub const PARAM_DIRECT_IO: &str = "directIO";
 /// Keys the CO reserves for itself; external-provisioner strips them, others may not.
 const CO_PREFIX: &str = "csi.storage.k8s.io/";
+const CO_FS_TYPE: &str = "csi.storage.k8s.io/fstype";
 
 #[derive(Debug, Clone, Default)]
 pub struct CreateArgs {
@@ -95,6 +96,17 @@ impl Driver {
                     }
                 },
                 PARAM_DIRECT_IO => direct_io = parse_bool("parameters", v)?,
+                // external-provisioner turns this into the capability's fs_type and strips
+                // it; a CO that passes it through means the same thing.
+                CO_FS_TYPE if !a.parameters.contains_key(PARAM_FS_TYPE) => match v.as_str() {
+                    "ext4" | "xfs" => fs_param = Some(v.clone()),
+                    other => {
+                        return Err(Error::invalid(
+                            "parameters",
+                            format!("{CO_FS_TYPE} {other:?}: only ext4 and xfs"),
+                        ));
+                    }
+                },
                 k if k.starts_with(CO_PREFIX) => {}
                 other => {
                     return Err(Error::invalid(
@@ -473,5 +485,194 @@ impl Driver {
         let free = pool.space()?.free_bytes;
         let free = free / driver::SIZE_UNIT * driver::SIZE_UNIT;
         Ok((free, free, driver::min_size(&s.fs_type)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::test_driver;
+
+    fn mount_cap(fs: &str) -> Cap {
+        Cap {
+            block: false,
+            fs_type: fs.into(),
+            mount_flags: vec![],
+            mount_group: String::new(),
+            mode: crate::driver::mode::SINGLE_NODE_WRITER,
+        }
+    }
+
+    fn args(name: &str, size: u64) -> CreateArgs {
+        CreateArgs {
+            name: name.into(),
+            required: size,
+            caps: vec![mount_cap("")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn create_is_idempotent_and_refuses_incompatible_repeats() {
+        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d = test_driver(p.path(), s.path());
+        let v = d.create_volume(args("pvc-1", 20 << 20)).unwrap();
+        assert_eq!(v.capacity, 20 << 20);
+        assert_eq!(v.fs_type, "ext4");
+        assert_eq!(d.create_volume(args("pvc-1", 20 << 20)).unwrap(), v);
+        assert!(matches!(
+            d.create_volume(args("pvc-1", 40 << 20)),
+            Err(Error::Incompatible { .. })
+        ));
+        let mut xfs = args("pvc-1", 20 << 20);
+        xfs.parameters.insert(PARAM_FS_TYPE.into(), "xfs".into());
+        assert!(matches!(
+            d.create_volume(xfs),
+            Err(Error::Incompatible { .. })
+        ));
+        d.delete_volume(&v.id).unwrap();
+        d.delete_volume(&v.id).unwrap();
+        assert!(d.store.volume(&v.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn parameters_are_checked_before_anything_happens() {
+        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d = test_driver(p.path(), s.path());
+        let with = |k: &str, v: &str| {
+            let mut a = args("x", 20 << 20);
+            a.parameters.insert(k.into(), v.into());
+            a
+        };
+        for bad in [
+            with("pool", "nope"),
+            with("fsType", "ntfs"),
+            with("directIO", "yes"),
+            with("color", "red"),
+        ] {
+            assert!(matches!(
+                d.create_volume(bad),
+                Err(Error::InvalidArgument { .. })
+            ));
+        }
+        let mut conflict = with(PARAM_FS_TYPE, "xfs");
+        conflict.caps = vec![mount_cap("ext4")];
+        assert!(matches!(
+            d.create_volume(conflict),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(d.store.all_volumes().unwrap().is_empty());
+        assert!(
+            d.pools
+                .default_pool()
+                .list(crate::backend::ImageKind::Volume)
+                .unwrap()
+                .is_empty()
+        );
+
+        // The CO's fstype key stands in for fsType, and the capability's fs_type for both.
+        let v = d.create_volume(with(CO_FS_TYPE, "xfs")).unwrap();
+        assert_eq!(v.fs_type, "xfs");
+        assert_eq!(v.capacity, crate::sys::mkfs::XFS_MIN_BYTES, "xfs minimum");
+        let mut by_cap = args("y", 20 << 20);
+        by_cap.caps = vec![mount_cap("xfs")];
+        assert_eq!(d.create_volume(by_cap).unwrap().fs_type, "xfs");
+    }
+
+    #[test]
+    fn topology_and_foreign_sources() {
+        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d = test_driver(p.path(), s.path());
+        let mut a = args("t", 20 << 20);
+        a.requisite = vec![HashMap::from([(
+            crate::driver::TOPOLOGY_KEY.to_string(),
+            "n2".to_string(),
+        )])];
+        assert!(matches!(d.create_volume(a), Err(Error::Topology(_))));
+        let foreign = ObjectId::for_name("n2", "p", Kind::Snapshot, "s").to_string();
+        let mut a = args("from-foreign", 20 << 20);
+        a.source = Some(Source::Snapshot(foreign));
+        assert!(matches!(d.create_volume(a), Err(Error::OtherNode { .. })));
+        let missing = ObjectId::for_name("n1", "p", Kind::Snapshot, "s").to_string();
+        let mut a = args("from-missing", 20 << 20);
+        a.source = Some(Source::Snapshot(missing));
+        assert!(matches!(
+            d.create_volume(a),
+            Err(Error::SnapshotNotFound(_))
+        ));
+        let mut huge = args("huge", 1 << 50);
+        huge.limit = 0;
+        assert!(matches!(d.create_volume(huge), Err(Error::PoolFull { .. })));
+    }
+
+    #[test]
+    fn clone_and_restore_copy_contents_and_honour_sizes() {
+        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d = test_driver(p.path(), s.path());
+        let src = d.create_volume(args("src", 20 << 20)).unwrap();
+        let path = d
+            .pools
+            .default_pool()
+            .path(crate::backend::ImageRef::volume(&src.file));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, b"payload", 4096))
+            .unwrap();
+        let snap = d.create_snapshot("snap", &src.id).unwrap();
+        assert_eq!(d.create_snapshot("snap", &src.id).unwrap(), snap);
+        let mut small = args("restore-small", 10 << 20);
+        small.source = Some(Source::Snapshot(snap.id.clone()));
+        assert!(matches!(
+            d.create_volume(small),
+            Err(Error::OutOfRange { .. })
+        ));
+        let mut big = args("restore", 40 << 20);
+        big.source = Some(Source::Snapshot(snap.id.clone()));
+        let r = d.create_volume(big).unwrap();
+        assert_eq!(r.capacity, 40 << 20);
+        let rp = d
+            .pools
+            .default_pool()
+            .path(crate::backend::ImageRef::volume(&r.file));
+        let data = std::fs::read(&rp).unwrap();
+        assert_eq!(data.len(), 40 << 20);
+        assert_eq!(&data[4096..4103], b"payload");
+        // Snapshots are independent copies: the source may go first.
+        d.delete_volume(&src.id).unwrap();
+        assert!(d.store.snapshot(&snap.id).unwrap().is_some());
+        d.delete_snapshot(&snap.id).unwrap();
+        d.delete_snapshot(&snap.id).unwrap();
+    }
+
+    #[test]
+    fn modify_checks_every_key_first() {
+        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d = test_driver(p.path(), s.path());
+        let v = d.create_volume(args("m", 20 << 20)).unwrap();
+        let m = HashMap::from([
+            ("directIO".to_string(), "true".to_string()),
+            ("iops".to_string(), "5".to_string()),
+        ]);
+        assert!(matches!(
+            d.modify_volume(&v.id, &m),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(
+            !d.store.volume(&v.id).unwrap().unwrap().direct_io,
+            "nothing applied"
+        );
+        d.modify_volume(
+            &v.id,
+            &HashMap::from([("directIO".to_string(), "true".to_string())]),
+        )
+        .unwrap();
+        assert!(d.store.volume(&v.id).unwrap().unwrap().direct_io);
+        let (cap, node) = d.expand_volume(&v.id, 30 << 20, 0, None).unwrap();
+        assert_eq!((cap, node), (30 << 20, true));
+        assert!(matches!(
+            d.expand_volume(&v.id, 0, 10 << 20, None),
+            Err(Error::OutOfRange { .. })
+        ));
     }
 }
