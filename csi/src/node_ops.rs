@@ -810,6 +810,20 @@ impl Driver {
         if st.block || block_cap.unwrap_or(false) {
             return Ok(v.capacity);
         }
+        // "Already ≥ target → OK": a filesystem that fills its device needs no tool.
+        let dev_size = sys::loopdev::size_bytes(n).map_err(io_at("reading size of", &dev))?;
+        let mut probe_fd = std::fs::File::open(&dev).map_err(io_at("opening", &dev))?;
+        let fs_size =
+            match sys::fs::probe(&mut probe_fd).map_err(io_at("reading superblock of", &dev))? {
+                sys::fs::Probe::Ext4 { size_bytes } | sys::fs::Probe::Xfs { size_bytes } => {
+                    Some(size_bytes)
+                }
+                sys::fs::Probe::Empty | sys::fs::Probe::Unknown => None,
+            };
+        drop(probe_fd);
+        if fs_size.is_some_and(|s| s + driver::SIZE_UNIT > dev_size) {
+            return Ok(v.capacity);
+        }
         if st.fs_type != "ext4" || sys::mkfs::can_grow_ext4_online() {
             sys::mkfs::grow(&st.fs_type, &dev, &st.staging_path)
                 .map_err(io_at("growing filesystem on", &dev))?;
