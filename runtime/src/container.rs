@@ -149,7 +149,10 @@ impl Runtime {
         }
         let bundle = fs::canonicalize(bundle).map_err(Error::io("resolving bundle", bundle))?;
         let config = bundle.join("config.json");
-        let mut spec = Spec::load(&config)?;
+        let mut spec = Spec::load(&config).map_err(|source| Error::LoadSpec {
+            path: config.clone(),
+            source,
+        })?;
         let rootfs = spec
             .root()
             .as_ref()
@@ -199,6 +202,7 @@ impl Runtime {
                 linux.set_rootfs_propagation(Some("shared".into()));
             }
             spec.save(dir.join("config.json"))?;
+            tracing::debug!(id, volumes = ours.len(), "spec written, handing over to libcontainer");
 
             let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
                 .with_root_path(&self.root)
@@ -222,6 +226,7 @@ impl Runtime {
             // caller's bundle, as runtime-spec "state" asks.
             container.state.bundle = bundle.clone();
             container.save().map_err(lc("saving state"))?;
+            tracing::debug!(id, pid = ?container.pid(), "created");
             Ok(to_state(&container))
         })();
         if result.is_err() {
@@ -246,8 +251,9 @@ impl Runtime {
         Ok(to_state(&self.load(id)?))
     }
 
-    /// `kill`: sends `signal` (a name such as TERM, SIGKILL or a number) to init.
-    pub fn kill(&self, id: &str, signal: &str) -> Result<()> {
+    /// `kill`: sends `signal` (a name such as TERM, SIGKILL or a number) to init,
+    /// or with `all` to every process of the container's cgroup.
+    pub fn kill(&self, id: &str, signal: &str, all: bool) -> Result<()> {
         let sig = libcontainer::signal::Signal::try_from(signal)
             .map_err(|_| Error::invalid("signal", format!("{signal:?} is not a signal")))?;
         let _lock = self.lock(id, false)?;
@@ -255,7 +261,7 @@ impl Runtime {
         if !c.can_kill() {
             return Err(bad_state(&c, "kill"));
         }
-        c.kill(sig, false).map_err(lc("killing"))
+        c.kill(sig, all).map_err(lc("killing"))
     }
 
     /// `delete`: removes a stopped (or created) container and everything created
@@ -313,14 +319,17 @@ impl Runtime {
     pub fn run(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<i32> {
         let state = self.create(id, bundle, opts)?;
         let started = self.start(id);
+        tracing::debug!(id, "started");
         let code = match started {
-            Ok(()) => wait_exit(state.pid),
+            Ok(()) => wait_forwarding(state.pid),
             Err(e) => {
                 let _ = self.delete(id, true);
                 return Err(e);
             }
         };
+        tracing::debug!(id, code = ?code.as_ref().ok(), "exited");
         self.delete(id, true)?;
+        tracing::debug!(id, "deleted");
         code
     }
 
@@ -387,6 +396,50 @@ fn remove_empty_cgroup_parents(cgroup: &Path) {
                 break;
             }
             p = dir.parent();
+        }
+    }
+}
+
+/// [`wait_exit`] for `run`, which also forwards the signals a shell or supervisor
+/// sends us (TERM, INT, HUP, QUIT, USR1, USR2) to the container, as runc does.
+/// The signals are blocked and read from a signalfd only after `start`, so the
+/// container's processes never inherit the blocked mask.
+fn wait_forwarding(pid: i32) -> Result<i32> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let sys_err = |e: nix::errno::Errno| Error::io("forwarding signals", format!("pid {pid}"))(e.into());
+    let forward = [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ];
+    let mut set = SigSet::empty();
+    for s in forward.iter().chain([&Signal::SIGCHLD]) {
+        set.add(*s);
+    }
+    set.thread_block().map_err(sys_err)?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(sys_err)?;
+    let child = nix::unistd::Pid::from_raw(pid);
+    loop {
+        // SIGCHLD is blocked before this check, so an exit right after it still
+        // wakes the read below.
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(sys_err(e)),
+        }
+        let Some(info) = sfd.read_signal().map_err(sys_err)? else {
+            continue;
+        };
+        if let Ok(sig) = Signal::try_from(info.ssi_signo as i32)
+            && forward.contains(&sig)
+        {
+            let _ = nix::sys::signal::kill(child, sig);
         }
     }
 }

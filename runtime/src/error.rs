@@ -57,6 +57,12 @@ pub enum Error {
     },
     #[error("runtime spec")]
     Spec(#[source] oci_spec::OciSpecError),
+    #[error("loading {path:?}")]
+    LoadSpec {
+        path: PathBuf,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
     #[error("libcontainer: {action}")]
     Container {
         action: &'static str,

@@ -63,9 +63,16 @@ impl Helper {
         })
     }
 
-    /// Sends `signal` (TERM, KILL, ...) to the container's init process.
-    pub fn kill(&self, id: &str, signal: &str) -> Result<()> {
-        self.run(&["kill".as_ref(), id.as_ref(), signal.as_ref()]).map(drop)
+    /// Sends `signal` (TERM, KILL, ...) to the container's init process, or with
+    /// `all` to all its processes.
+    pub fn kill(&self, id: &str, signal: &str, all: bool) -> Result<()> {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["kill".as_ref()];
+        if all {
+            args.push("--all".as_ref());
+        }
+        args.push(id.as_ref());
+        args.push(signal.as_ref());
+        self.run(&args).map(drop)
     }
 
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {

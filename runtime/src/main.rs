@@ -63,7 +63,7 @@ enum Command {
         id: String,
         #[arg(default_value = "TERM")]
         signal: String,
-        /// Accepted for runc compatibility; only init is signalled.
+        /// Signal every process in the container, not only init.
         #[arg(short, long)]
         all: bool,
     },
@@ -98,10 +98,20 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
-    let level = if cli.debug { "debug" } else { "error" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_RUNTIME_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A plain level unless STRATA_RUNTIME_LOG asks for directives: building an
+    // EnvFilter costs more than the rest of a `start`.
+    let level = if cli.debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::ERROR
+    };
+    let builder = tracing_subscriber::fmt().with_max_level(level);
+    if let Ok(directives) = std::env::var("STRATA_RUNTIME_LOG") {
+        let filter = tracing_subscriber::EnvFilter::new(directives);
+        let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        b.init();
+        return;
+    }
     let file = cli
         .log
         .as_ref()
@@ -150,8 +160,8 @@ fn run(cli: Cli) -> Result<u8> {
             let s = rt.state(&id).with_context(|| format!("state of container {id}"))?;
             println!("{}", serde_json::to_string_pretty(&s)?);
         }
-        Command::Kill { id, signal, all: _ } => rt
-            .kill(&id, &signal)
+        Command::Kill { id, signal, all } => rt
+            .kill(&id, &signal, all)
             .with_context(|| format!("killing container {id}"))?,
         Command::Delete { force, id } => rt
             .delete(&id, force)

@@ -128,17 +128,45 @@ fn volumes_mount_with_requested_mode() {
     nix::mount::mount(None::<&str>, &vol, None::<&str>, nix::mount::MsFlags::MS_SHARED, None::<&str>).unwrap();
     std::fs::write(vol.join("from-host"), "hello\n").unwrap();
     let mut cfg = sh("cat /deep/data/from-host && echo written > /deep/data/from-container && \
-                      grep ' /deep/data ' /proc/self/mountinfo");
-    cfg.volumes = vec![BindMount {
-        source: vol.clone(),
-        destination: "/deep/data".into(),
-        read_only: false,
-        propagation: Propagation::HostToContainer,
-    }];
+                      grep ' /deep/data ' /proc/self/mountinfo; grep ' /both ' /proc/self/mountinfo; \
+                      grep ' /private ' /proc/self/mountinfo");
+    let shared = env.path("vol-shared");
+    std::fs::create_dir(&shared).unwrap();
+    let private = env.path("vol-private");
+    std::fs::create_dir(&private).unwrap();
+    cfg.volumes = vec![
+        BindMount {
+            source: vol.clone(),
+            destination: "/deep/data".into(),
+            read_only: false,
+            propagation: Propagation::HostToContainer,
+        },
+        BindMount {
+            source: shared.clone(),
+            destination: "/both".into(),
+            read_only: false,
+            propagation: Propagation::Bidirectional,
+        },
+        BindMount {
+            source: private.clone(),
+            destination: "/private".into(),
+            read_only: false,
+            propagation: Propagation::None,
+        },
+    ];
     let ran = run(&env, &testkit::unique_id("vol"), &img, &cfg);
     assert_eq!(ran.code, 0, "{}{}", ran.stderr, ran.output);
     assert!(ran.output.contains("hello"));
-    assert!(ran.output.contains("master:"), "volume is not a slave of the host: {}", ran.output);
+    let line = |dest: &str| ran.output.lines().find(|l| l.contains(&format!(" {dest} "))).unwrap_or_default().to_string();
+    assert!(line("/deep/data").contains("master:"), "HostToContainer is not a slave: {}", ran.output);
+    assert!(line("/both").contains("shared:"), "Bidirectional is not shared: {}", ran.output);
+    // With a Bidirectional volume the container's tree is rshared (as CRI runtimes
+    // do), so the None volume sits in a peer group of its own: never a slave of,
+    // nor a peer with, the host's.
+    let group = |l: &str| l.split(' ').find_map(|f| f.strip_prefix("shared:")).map(str::to_string);
+    let p = line("/private");
+    assert!(!p.is_empty() && !p.contains("master:"), "None receives host mounts: {}", ran.output);
+    assert_ne!(group(&p), group(&line("/both")), "None shares the host's peer group: {}", ran.output);
     assert_eq!(std::fs::read_to_string(vol.join("from-container")).unwrap(), "written\n");
 }
 

@@ -338,6 +338,14 @@ fn gc_removes_only_unreferenced_layers() {
     assert!(!env.store.layer_path(&img_a.diff_ids[0]).exists());
     assert!(env.store.layer_path(&img_b.diff_ids[0]).exists(), "layer of a live container collected");
     drop(rootfs);
+    // An unpack interrupted by a crash leaves only staging, which gc clears once
+    // its writer is gone; a live writer's staging stays.
+    let dead = env.store.root().join("tmp/layer-999999999-0");
+    write(&dead.join("half/written"), "x");
+    let live = env.store.root().join(format!("tmp/layer-{}-77", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
     let report = env.store.gc().unwrap();
     assert_eq!(report.layers_removed, vec![img_b.diff_ids[0].clone()]);
+    assert_eq!(report.staging_removed, vec![dead.clone()]);
+    assert!(!dead.exists() && live.exists());
 }

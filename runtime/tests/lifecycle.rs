@@ -163,3 +163,111 @@ fn hooks_run_at_the_points_the_spec_names() {
     ok(&cli(&b, &["delete", &id]));
     assert!(marks.path().join("poststop").exists());
 }
+
+#[test]
+fn failed_create_leaves_nothing_behind() {
+    if !testkit::require_root("failed_create_leaves_nothing_behind") {
+        return;
+    }
+    let vol = tempfile::tempdir().unwrap();
+    let vol_s = vol.path().to_string_lossy().into_owned();
+    // The first volume mounts, the second's source is missing: all must be undone.
+    let b = runc_bundle(&["true"], |c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(serde_json::json!({"destination": "/v1", "type": "bind", "source": vol_s, "options": ["rbind"]}));
+        mounts.push(serde_json::json!({"destination": "/v2", "type": "bind", "source": "/no/such/dir", "options": ["rbind"]}));
+    });
+    let id = testkit::unique_id("fail");
+    let e = err(&cli(&b, &["create", "--bundle", &b.dir.to_string_lossy(), &id]));
+    assert!(e.contains("/no/such/dir"), "{e}");
+    assert!(!is_mountpoint(&b.dir.join("rootfs/v1")), "first volume left mounted");
+    assert!(err(&cli(&b, &["state", &id])).contains("not found"));
+    assert!(ok(&cli(&b, &["list", "-q"])).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(b.env.state.join(".strata")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(!testkit::cgroup_exists(&format!("strata/{id}")));
+    // A bundle without config.json: a clear error, nothing created.
+    let empty = tempfile::tempdir().unwrap();
+    let e = err(&cli(&b, &["create", "--bundle", &empty.path().to_string_lossy(), &id]));
+    assert!(e.contains("config.json"), "{e}");
+    assert!(ok(&cli(&b, &["list", "-q"])).is_empty());
+}
+
+#[test]
+fn delete_undoes_what_an_interrupted_create_left() {
+    if !testkit::require_root("delete_undoes_what_an_interrupted_create_left") {
+        return;
+    }
+    let env = Env::new();
+    std::fs::create_dir_all(env.state.join(".strata")).unwrap();
+    let rootfs = env.path("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let vol = env.path("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let bind = |dest: &str| strata_runtime::BindMount {
+        source: vol.clone(),
+        destination: dest.into(),
+        read_only: false,
+        propagation: strata_runtime::Propagation::None,
+    };
+    // Step 1 interrupted after its record and its mount; step 2 after its record only.
+    let landed = strata_runtime::volumes::mount_bind(&rootfs, &bind("/v1")).unwrap();
+    let _g = testkit::MountGuard(landed.clone());
+    let never = rootfs.join("v2");
+    let id = testkit::unique_id("crash");
+    let ours = env.state.join(".strata").join(&id);
+    std::fs::create_dir(&ours).unwrap();
+    std::fs::write(ours.join("premounts.json"), serde_json::to_vec(&[&landed, &never]).unwrap()).unwrap();
+    std::fs::write(env.state.join(".strata").join(format!("{id}.lock")), "").unwrap();
+    assert!(is_mountpoint(&landed));
+
+    let o = env.cli().args(["delete", &id]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!is_mountpoint(&landed), "volume of the interrupted create still mounted");
+    assert!(!ours.exists());
+    let o = env.cli().args(["delete", &id]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+}
+
+#[test]
+fn run_forwards_signals_to_the_container() {
+    if !testkit::require_root("run_forwards_signals_to_the_container") {
+        return;
+    }
+    let b = runc_bundle(&["sh", "-c", "trap 'exit 9' TERM; echo ready; while :; do sleep 0.1; done"], |_| {});
+    let id = testkit::unique_id("fwd");
+    let _g = testkit::ContainerGuard {
+        binary: BIN.into(),
+        root: b.env.state.clone(),
+        id: id.clone(),
+    };
+    let log = b.env.path("fwd.log");
+    let mut child = b
+        .env
+        .cli()
+        .args(["run", "--bundle"])
+        .arg(&b.dir)
+        .arg("--output")
+        .arg(&log)
+        .arg(&id)
+        .spawn()
+        .unwrap();
+    testkit::wait_for("container to be ready", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("ready").then_some(())
+    });
+    // `run` takes over TERM once the container has started: wait for its mask.
+    let status_path = format!("/proc/{}/status", child.id());
+    testkit::wait_for("run to block TERM", Duration::from_secs(10), || {
+        let s = std::fs::read_to_string(&status_path).ok()?;
+        let blk = s.lines().find_map(|l| l.strip_prefix("SigBlk:"))?.trim().to_string();
+        let mask = u64::from_str_radix(&blk, 16).ok()?;
+        (mask & (1 << (libc_sigterm() - 1)) != 0).then_some(())
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(9), "TERM was not forwarded to the container");
+}
+
+fn libc_sigterm() -> u32 {
+    nix::sys::signal::Signal::SIGTERM as u32
+}

@@ -51,6 +51,8 @@ pub struct ImageDefaults {
 pub struct GcReport {
     pub layers_removed: Vec<Digest>,
     pub blobs_removed: Vec<Digest>,
+    /// Staging entries of processes that died mid-import or mid-commit.
+    pub staging_removed: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -480,6 +482,19 @@ impl ImageStore {
         }
         keep_layers.extend(crate::rootfs::layers_in_use(self)?);
         let mut report = GcReport::default();
+        // Staging names carry their writer's pid (`tmp_path`): a dead writer's
+        // leftovers are garbage, a live one's are work in progress.
+        let tmp = self.root.join("tmp");
+        for e in fs::read_dir(&tmp).map_err(Error::io("listing", &tmp))? {
+            let p = e.map_err(Error::io("listing", &tmp))?.path();
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let pid = name.split('-').nth(1).and_then(|s| s.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let r = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                r.map_err(Error::io("removing", &p))?;
+                report.staging_removed.push(p);
+            }
+        }
         for (sub, keep, out) in [
             ("layers", &keep_layers, &mut report.layers_removed),
             ("blobs/sha256", &keep_blobs, &mut report.blobs_removed),
