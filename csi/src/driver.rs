@@ -261,6 +261,22 @@ impl Driver {
         }
     }
 
+    /// The loop device the stage record names, if it is still backed by the volume's
+    /// image: a number alone may have been freed and reused by another process.
+    pub fn live_device(
+        &self,
+        v: &VolumeRecord,
+        st: &crate::state::StageRecord,
+    ) -> Result<Option<u32>> {
+        let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of) else {
+            return Ok(None);
+        };
+        let image = self.pool(&v.pool)?.path(ImageRef::volume(&v.file));
+        let devs = sys::loopdev::find_by_backing(&image)
+            .map_err(Error::io("listing loop devices", "/sys/block"))?;
+        Ok(devs.contains(&n).then_some(n))
+    }
+
     /// Whether the volume's image file is present (for volume_condition).
     pub fn image_present(&self, v: &VolumeRecord) -> Result<bool> {
         let pool = self.pool(&v.pool)?;

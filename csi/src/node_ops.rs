@@ -134,11 +134,29 @@ impl Driver {
         }
         failpoint::hit("node_unstage:after_umount");
         let image = self.image_path(v)?;
-        for n in sys::loopdev::find_by_backing(&image)
-            .map_err(io_at("listing loop devices", Path::new("/sys/block")))?
-        {
-            sys::loopdev::detach_if_backed_by(n, &image)
-                .map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
+        let list = || {
+            sys::loopdev::find_by_backing(&image)
+                .map_err(io_at("listing loop devices", Path::new("/sys/block")))
+        };
+        // Block volumes hold a plain device: detach it. Mount volumes hold an autoclear
+        // device, which the kernel tears down (asynchronously) once unmounted; clearing it
+        // ourselves could race with that teardown and hit the number's next owner.
+        if st.block {
+            for n in list()? {
+                sys::loopdev::detach_if_backed_by(n, &image)
+                    .map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
+            }
+        }
+        // Give the kernel's rundown a moment so that unstage returns with the device gone.
+        // One still held open by somebody else (a prober) goes when they close it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut pause = std::time::Duration::from_millis(1);
+        while !list()?.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+        if let Some(n) = list()?.first() {
+            tracing::warn!(volume_id = %v.id, device = n, "loop device still attached after unstage; the kernel detaches it when its last user closes it");
         }
         failpoint::hit("node_unstage:after_detach");
         self.store.write(vec![Op::DelStage(v.id.clone())])?;
@@ -271,8 +289,24 @@ impl Driver {
             if needs_grow && fs_type == "ext4" {
                 sys::mkfs::grow_ext4_offline(&dev).map_err(io_at("growing filesystem on", &dev))?;
             }
-            sys::mount::mount_fs(&dev, &a.staging, &fs_type, &opts)
-                .map_err(io_at("mounting", &a.staging))?;
+            sys::mount::mount_fs(&dev, &a.staging, &fs_type, &opts).map_err(|e| {
+                // A filesystem we just checked refusing its options means the options.
+                if e.raw_os_error() == Some(libc::EINVAL) && !a.cap.mount_flags.is_empty() {
+                    Error::invalid(
+                        "volume_capability.mount.mount_flags",
+                        format!(
+                            "{fs_type} refused the mount options {:?}",
+                            a.cap.mount_flags
+                        ),
+                    )
+                } else {
+                    Error::Io {
+                        op: "mounting",
+                        path: a.staging.clone(),
+                        source: e,
+                    }
+                }
+            })?;
             failpoint::hit("node_stage:after_mount");
             if needs_grow && fs_type == "xfs" {
                 sys::mkfs::grow(&fs_type, &dev, &a.staging)
@@ -804,8 +838,13 @@ impl Driver {
             .device
             .clone()
             .ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
-        let n = sys::loopdev::number_of(&dev)
-            .ok_or_else(|| Error::StateCorrupt(format!("bad device {}", dev.display())))?;
+        let n = self.live_device(&v, &st)?.ok_or_else(|| {
+            Error::Precondition(format!(
+                "loop device {} of volume {} is gone; stage the volume again",
+                dev.display(),
+                v.id
+            ))
+        })?;
         sys::loopdev::refresh_capacity(n).map_err(io_at("refreshing capacity of", &dev))?;
         if st.block || block_cap.unwrap_or(false) {
             return Ok(v.capacity);

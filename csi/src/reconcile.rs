@@ -181,7 +181,9 @@ pub fn run(d: &Driver) -> Result<Report> {
             sys::mount::umount_all(&st.staging_path)
                 .map_err(crate::error::Error::io("unmounting", &st.staging_path))?;
         }
-        for n in &devs {
+        // Only block stages hold plain devices; autoclear ones left by a mount stage went
+        // with the crashed process or go with the umount above.
+        for n in devs.iter().filter(|_| st.block) {
             sys::loopdev::detach_if_backed_by(*n, &image).map_err(crate::error::Error::io(
                 "detaching",
                 sys::loopdev::device_path(*n),

@@ -423,7 +423,7 @@ impl Driver {
         // Online: an attached loop device learns the new size at once.
         if let Some(st) = &stage
             && st.phase == StagePhase::Staged
-            && let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of)
+            && let Some(n) = self.live_device(&v, st)?
         {
             sys::loopdev::refresh_capacity(n).map_err(Error::io(
                 "refreshing loop capacity",
@@ -445,7 +445,7 @@ impl Driver {
         };
         if let Some(st) = self.store.stage(&v.id)?
             && st.phase == StagePhase::Staged
-            && let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of)
+            && let Some(n) = self.live_device(&v, &st)?
         {
             sys::loopdev::set_direct_io(n, direct_io).map_err(Error::io(
                 "switching direct I/O of",

@@ -229,10 +229,12 @@ pub fn detach_handle(handle: &File) -> io::Result<()> {
     }
 }
 
-/// Detaches loop device `n` only if it is still backed by `backing`: the device is opened
-/// first and the backing file checked through that open handle's lifetime, so a number
-/// that was freed and reused by another process in the meantime is left alone. Returns
-/// whether it detached.
+/// Detaches loop device `n` only if it is still backed by `backing` and is not an
+/// autoclear device. An autoclear device detaches by itself when its last user closes it,
+/// and that teardown runs asynchronously (the kernel's rundown work): clearing it
+/// ourselves could land after the number was handed to another process. For the others
+/// the device is opened first and its backing file checked while we hold it, so a number
+/// freed and reused in the meantime is left alone. Returns whether it detached.
 pub fn detach_if_backed_by(n: u32, backing: &Path) -> io::Result<bool> {
     let dev = match open_rw(&device_path(n)) {
         Ok(f) => f,
@@ -241,6 +243,12 @@ pub fn detach_if_backed_by(n: u32, backing: &Path) -> io::Result<bool> {
         }
         Err(e) => return Err(e),
     };
+    // Autoclear first, backing second: an autoclear device may be torn down and rebound
+    // by someone else between two reads; a plain one cannot while we hold it open, and
+    // nobody but us binds our image.
+    if autoclear(n) {
+        return Ok(false);
+    }
     let current = std::fs::read_to_string(format!("/sys/block/loop{n}/loop/backing_file"))
         .unwrap_or_default();
     if Path::new(current.trim_end_matches('\n')) != backing {
@@ -279,6 +287,12 @@ fn set_direct_io_fd(dev: &File, on: bool) -> io::Result<()> {
 /// Switches direct I/O on or off on an attached device.
 pub fn set_direct_io(n: u32, on: bool) -> io::Result<()> {
     set_direct_io_fd(&open_rw(&device_path(n))?, on)
+}
+
+/// Whether device `n` detaches by itself on last close (sysfs `loop/autoclear`).
+pub fn autoclear(n: u32) -> bool {
+    std::fs::read_to_string(format!("/sys/block/loop{n}/loop/autoclear"))
+        .is_ok_and(|s| s.trim() == "1")
 }
 
 /// Whether device `n` currently does direct I/O (sysfs `loop/dio`).
