@@ -437,6 +437,11 @@ spec:
             "{}",
             err_text(&e)
         );
+        let e = parse_manifests("- a\n- b\n", "default").unwrap_err();
+        assert_eq!(
+            err_text(&e),
+            "document 1 (unparsed): a document must be a mapping"
+        );
         let e = parse_manifests("a: [1, 2\n", "default").unwrap_err();
         assert!(
             err_text(&e).starts_with("document 1 (unparsed): parsing YAML"),

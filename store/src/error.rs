@@ -13,6 +13,14 @@ fn key(namespace: &str, name: &str) -> String {
     }
 }
 
+fn field_reason(field: &str, reason: &str) -> String {
+    if field.is_empty() {
+        reason.to_string()
+    } else {
+        format!("{field}: {reason}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{kind} {} not found", key(namespace, name))]
@@ -37,7 +45,7 @@ pub enum Error {
     },
     /// The object (or request) breaks a validation rule; `field` is a JSON path like
     /// `spec.resources.requests.storage`.
-    #[error("{field}: {reason}")]
+    #[error("{}", field_reason(field, reason))]
     Invalid { field: String, reason: String },
     /// Watch history before this version was compacted: list again and watch from there.
     #[error("resource version {resource_version} is too old: history was compacted")]
