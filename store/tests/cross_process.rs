@@ -107,3 +107,21 @@ async fn second_handle_on_the_same_file_wakes_watcher() {
     let got: ConfigMap = watcher.get("default", "second-handle").await.unwrap();
     assert_eq!(got.metadata.uid, ev.into_object().metadata.uid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_handles_than_inotify_instances() {
+    // The per-user inotify instance limit is 128 by default: handles of one process on one
+    // store share a listener, so opening more than that still works.
+    let dir = tempfile::tempdir().unwrap();
+    let handles: Vec<EmbeddedStore> = (0..140)
+        .map(|_| EmbeddedStore::open_with(dir.path(), never_recheck()).unwrap())
+        .collect();
+    let mut watch = handles[0].watch::<ConfigMap>(None, 0).await.unwrap();
+    handles[139].create(&cm("many")).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(60), watch.next())
+        .await
+        .expect("woken")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.object().metadata.name.as_deref(), Some("many"));
+}

@@ -67,7 +67,9 @@ pub struct EmbeddedStore {
 pub(crate) struct Inner {
     db: Db,
     notifier: Notifier,
-    channels: Arc<Channels>,
+    /// Shared with the other handles of this process on the same store; None only while
+    /// dropping.
+    channels: Option<Arc<Channels>>,
     options: StoreOptions,
     host: String,
     state_dir: PathBuf,
@@ -76,7 +78,9 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Drop the only strong sender, then wake the listener thread so it sees that and ends.
-        self.channels = Arc::new(Channels::default());
+        // Let go of the channels, then wake the listener so that, if this was the last
+        // handle, it sees that and ends.
+        self.channels = None;
         self.notifier.touch_close();
     }
 }
@@ -90,12 +94,18 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl Inner {
+    fn channels(&self) -> &Channels {
+        self.channels
+            .as_deref()
+            .expect("channels are only taken in drop")
+    }
+
     /// A write transaction; on commit every watcher in every process is woken.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         let (out, revision, kinds) = self.db.write(f)?;
         for kind in &kinds {
             self.notifier.touch(kind, revision);
-            self.channels.wake(Some(kind));
+            self.channels().wake(Some(kind));
         }
         Ok(out)
     }
@@ -135,8 +145,7 @@ impl EmbeddedStore {
         })?;
         let db = Db::open(&state_dir.join("store.db"), options.watch_history)?;
         let notifier = Notifier::open(&state_dir.join("store.notify.d"))?;
-        let channels = Arc::new(Channels::default());
-        notify::spawn_listener(notifier.dir(), Arc::downgrade(&channels))?;
+        let channels = notify::channels_for(notifier.dir())?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
@@ -144,7 +153,7 @@ impl EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
                 notifier,
-                channels,
+                channels: Some(channels),
                 options,
                 host,
                 state_dir: state_dir.to_path_buf(),
@@ -332,7 +341,7 @@ impl EmbeddedStore {
             None
         };
         // Subscribe before the first read, so a commit after it cannot go unnoticed.
-        let rx = self.inner.channels.subscribe(kind.kind);
+        let rx = self.inner.channels().subscribe(kind.kind);
         let mut state = WatchState {
             store: self.clone(),
             kind,

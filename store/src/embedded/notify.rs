@@ -119,10 +119,35 @@ impl Notifier {
     }
 }
 
+/// The wake-up channels for `dir`, shared by every handle of this process on it: one
+/// inotify instance and one thread per store per process, however many handles tests or
+/// daemons open (inotify instances are limited per user, 128 by default).
+pub(crate) fn channels_for(dir: &Path) -> Result<Arc<Channels>> {
+    static LISTENERS: Mutex<Vec<(PathBuf, Weak<Channels>)>> = Mutex::new(Vec::new());
+    let key = std::fs::canonicalize(dir).map_err(|source| Error::Io {
+        context: "resolving the notify dir",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut listeners = LISTENERS.lock().unwrap_or_else(|p| p.into_inner());
+    listeners.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(ch) = listeners
+        .iter()
+        .find(|(d, _)| *d == key)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return Ok(ch);
+    }
+    let channels = Arc::new(Channels::default());
+    spawn_listener(&key, Arc::downgrade(&channels))?;
+    listeners.push((key, Arc::downgrade(&channels)));
+    Ok(channels)
+}
+
 /// Starts the thread that turns inotify events in `dir` into wake-ups of `channels`. It
-/// ends once the handle (the only strong owner of the channels) is gone and the directory
-/// sees another event, which the handle's Drop provides.
-pub(crate) fn spawn_listener(dir: &Path, channels: Weak<Channels>) -> Result<()> {
+/// ends once the last handle (the strong owners of the channels) is gone and the
+/// directory sees another event, which a handle's Drop provides.
+fn spawn_listener(dir: &Path, channels: Weak<Channels>) -> Result<()> {
     let io = |source: Errno| Error::Io {
         context: "watching the notify dir",
         path: dir.to_path_buf(),
