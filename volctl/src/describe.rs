@@ -67,10 +67,6 @@ fn list(v: &Value, path: &[&str]) -> String {
         .unwrap_or_else(|| "<none>".into())
 }
 
-fn or_none(x: &str) -> &str {
-    if x.is_empty() { "<none>" } else { x }
-}
-
 fn modes(v: &Value, path: &[&str]) -> String {
     path.iter()
         .try_fold(v, |v, k| v.get(k))
@@ -297,6 +293,5 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
     let obj = store.get_value(kind.kind_ref, ns, &args.name).await?;
     let events = store.events_for(kind.kind(), ns, &args.name).await?;
     print!("{}{}", render_object(kind, &obj), render_events(&events));
-    let _ = or_none("");
     Ok(())
 }
