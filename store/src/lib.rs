@@ -4,6 +4,24 @@
 //! against [`Store`]. [`EmbeddedStore`] keeps every object in one SQLite file under the state
 //! dir, shared by several processes, with a Kubernetes-like resourceVersion, watch history,
 //! defaulting and admission. This crate knows nothing of CSI, mounts or pods actually running.
+//!
+//! # Storage layout
+//!
+//! `<state-dir>/store.db` (SQLite, WAL, mode 0600) holds:
+//! - `objects (kind, namespace, name, uid, resource_version, object)`: the current JSON of
+//!   every object, canonical (decoded into its k8s-openapi struct and back);
+//! - `watch_log (resource_version PK, kind, namespace, name, type, object)`: one row per
+//!   write (ADDED/MODIFIED/DELETED), read by watches, compacted beyond
+//!   [`StoreOptions::watch_history`] rows;
+//! - `compacted (kind PK, resource_version)`: per kind, the newest log row dropped, so a
+//!   watch is `Gone` only when it really missed something;
+//! - `meta (key PK, value)`: `revision` (the one global resourceVersion counter, as etcd's
+//!   revision), `compacted`, `schema`, `events_pruned`.
+//!
+//! Every write is one IMMEDIATE transaction. After the commit the writer rewrites
+//! `<state-dir>/store.notify.d/<Kind>`; each process has one thread in inotify on that
+//! directory, so watches of that kind wake at once in every process, with a slow safety
+//! re-check ([`StoreOptions::watch_recheck`]) as the only timer.
 
 #![forbid(unsafe_code)]
 
