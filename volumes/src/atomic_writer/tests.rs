@@ -469,7 +469,8 @@ fn assert_old_or_new(dir: &Path, old: &Payload, new: &Payload, ctx: &str) {
     }
 }
 
-/// Crash at every step: a forked child runs the write and aborts at step N. The parent
+/// Crash at every step: a forked child runs the write and is SIGKILLed at step N (no
+/// unwinding, no destructors, no core file). The parent
 /// checks what is left, then the next write must heal to the exact settled layout.
 #[test]
 fn crash_at_every_step_then_heal() {
@@ -489,7 +490,7 @@ fn crash_at_every_step_then_heal() {
                 let calls = AtomicUsize::new(0);
                 let hook = |_step: Step| {
                     if calls.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                        std::process::abort();
+                        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
                     }
                     Ok(())
                 };
@@ -507,7 +508,7 @@ fn crash_at_every_step_then_heal() {
                     assert_settled(tmp.path(), &new);
                     break;
                 }
-                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGABRT, _) => crashed += 1,
+                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _) => crashed += 1,
                 other => panic!("{label}: child at step {n}: {other:?}"),
             }
             let ctx = format!("{label}: crash at hook call {n}");
