@@ -337,11 +337,20 @@ impl LoopPool {
         // with a fresh device if the mount fails because it was taken away.
         let mut last = None;
         for _ in 0..5 {
-            let device = run_output(
+            // losetup itself races with other processes taking or removing devices between
+            // its LOOP_CTL_GET_FREE and the setup (ENXIO, EBUSY): that is worth a retry too.
+            let device = match run_output(
                 Command::new("losetup")
                     .args(["--find", "--show"])
                     .arg(&backing),
-            )?;
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("testkit: making pool {}: {e}; retrying", pool.display());
+                    last = Some(e);
+                    continue;
+                }
+            };
             let device = PathBuf::from(device.trim());
             let ours = || {
                 device
