@@ -158,9 +158,14 @@ impl Runtime {
             .as_ref()
             .map(|r| r.path().clone())
             .ok_or_else(|| Error::invalid("config.json", "has no root"))?;
-        let rootfs = if rootfs.is_absolute() { rootfs } else { bundle.join(rootfs) };
+        let rootfs = if rootfs.is_absolute() {
+            rootfs
+        } else {
+            bundle.join(rootfs)
+        };
         let rootfs = fs::canonicalize(&rootfs).map_err(Error::io("resolving rootfs", &rootfs))?;
 
+        tracing::debug!(id, "spec loaded");
         let (ours, theirs) = split_mounts(spec.mounts().clone().unwrap_or_default());
         let ours: Vec<BindMount> = ours.iter().filter_map(BindMount::from_oci).collect();
         let dir = self.our_dir(id);
@@ -187,13 +192,16 @@ impl Runtime {
                 && linux.cgroups_path().is_none()
             {
                 // libcontainer's default is a systemd-style ":youki:<id>", which in
-                // cgroupfs mode becomes a literal directory name; use ours.
-                linux.set_cgroups_path(Some(PathBuf::from(format!("/strata/{id}"))));
+                // cgroupfs mode becomes a literal directory name; use ours (flat, as
+                // runc's `/<id>`, so no parent is made and removed per container).
+                linux.set_cgroups_path(Some(PathBuf::from(format!("/strata-{id}"))));
             }
             let mut root = spec.root().clone().expect("checked above");
             root.set_path(rootfs.clone());
             spec.set_root(Some(root));
-            if ours.iter().any(|b| b.propagation == Propagation::Bidirectional)
+            if ours
+                .iter()
+                .any(|b| b.propagation == Propagation::Bidirectional)
                 && let Some(linux) = spec.linux_mut()
                 && linux.rootfs_propagation().is_none()
             {
@@ -202,7 +210,11 @@ impl Runtime {
                 linux.set_rootfs_propagation(Some("shared".into()));
             }
             spec.save(dir.join("config.json"))?;
-            tracing::debug!(id, volumes = ours.len(), "spec written, handing over to libcontainer");
+            tracing::debug!(
+                id,
+                volumes = ours.len(),
+                "spec written, handing over to libcontainer"
+            );
 
             let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
                 .with_root_path(&self.root)
@@ -211,7 +223,9 @@ impl Runtime {
                 .map_err(lc("setting pid file"))?;
             if let Some(log) = &opts.log_file {
                 let out = open_log(log)?;
-                let err = out.try_clone().map_err(Error::io("duplicating log fd", log))?;
+                let err = out
+                    .try_clone()
+                    .map_err(Error::io("duplicating log fd", log))?;
                 builder = builder.with_stdout(out).with_stderr(err);
             }
             let mut container = builder
@@ -270,7 +284,12 @@ impl Runtime {
         let _lock = self.lock(id, false)?;
         match self.load(id) {
             Ok(mut c) => {
-                if !force && !matches!(c.status(), ContainerStatus::Stopped | ContainerStatus::Created) {
+                if !force
+                    && !matches!(
+                        c.status(),
+                        ContainerStatus::Stopped | ContainerStatus::Created
+                    )
+                {
                     return Err(bad_state(&c, "delete"));
                 }
                 let cgroup = Spec::load(self.our_dir(id).join("config.json"))
@@ -285,7 +304,9 @@ impl Runtime {
             Err(Error::ContainerNotFound(_)) if self.our_dir(id).exists() => {}
             Err(e) => return Err(e),
         }
+        tracing::debug!(id, "libcontainer state deleted");
         self.undo_premounts(id)?;
+        tracing::debug!(id, "volumes unmounted");
         let dir = self.our_dir(id);
         let _ = fs::remove_file(self.root.join(OUR_DIR).join(format!("{id}.lock")));
         match fs::remove_dir_all(&dir) {
@@ -307,7 +328,9 @@ impl Runtime {
             }
             match self.state(&name) {
                 Ok(s) => out.push(s),
-                Err(e) => tracing::warn!(id = %name, error = %crate::error::chain(&e), "skipping unreadable container"),
+                Err(e) => {
+                    tracing::warn!(id = %name, error = %crate::error::chain(&e), "skipping unreadable container")
+                }
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -372,21 +395,28 @@ pub fn wait_exit(pid: i32) -> Result<i32> {
             Ok(_) => continue,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
-                return Err(Error::io("waiting for container init", format!("pid {pid}"))(e.into()));
+                return Err(Error::io(
+                    "waiting for container init",
+                    format!("pid {pid}"),
+                )(e.into()));
             }
         }
     }
 }
 
 /// libcontainer removes the container's own cgroup; the parents it created on the
-/// way (`/strata` for `/strata/<id>`) go too once no other container uses them.
+/// way (`/pod-1` for `/pod-1/<id>`) go too once no other container uses them.
 /// rmdir(2) of a cgroup that still has children fails with EBUSY, which is the
 /// "still in use" answer we want, so errors are ignored.
 fn remove_empty_cgroup_parents(cgroup: &Path) {
     let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
         return;
     };
-    let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut roots: Vec<PathBuf> = hierarchies
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     roots.push(PathBuf::from("/sys/fs/cgroup")); // pure v2
     let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
     for root in roots {
@@ -408,7 +438,8 @@ fn wait_forwarding(pid: i32) -> Result<i32> {
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    let sys_err = |e: nix::errno::Errno| Error::io("forwarding signals", format!("pid {pid}"))(e.into());
+    let sys_err =
+        |e: nix::errno::Errno| Error::io("forwarding signals", format!("pid {pid}"))(e.into());
     let forward = [
         Signal::SIGTERM,
         Signal::SIGINT,
@@ -457,8 +488,7 @@ fn split_mounts(
         .map(|m| m.destination().clone())
         .collect();
     mounts.into_iter().partition(|m| {
-        BindMount::from_oci(m).is_some()
-            && !non_bind.iter().any(|d| m.destination().starts_with(d))
+        BindMount::from_oci(m).is_some() && !non_bind.iter().any(|d| m.destination().starts_with(d))
     })
 }
 

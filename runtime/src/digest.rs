@@ -44,7 +44,9 @@ impl FromStr for Digest {
                 format!("{s:?} does not hold 64 lower-case hex digits"),
             ));
         }
-        Ok(Digest { hex: hex.to_owned() })
+        Ok(Digest {
+            hex: hex.to_owned(),
+        })
     }
 }
 

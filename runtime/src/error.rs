@@ -75,7 +75,10 @@ pub enum Error {
 
 impl Error {
     /// An `Io` error for `action` on `path`; `io::Error` alone does not carry the path.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io {
             action,

@@ -34,7 +34,14 @@ impl Helper {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let shown = format!("{} {}", self.binary.display(), args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
+        let shown = format!(
+            "{} {}",
+            self.binary.display(),
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         let out = cmd.output().map_err(Error::io("running", &self.binary))?;
         if !out.status.success() {
             return Err(Error::Helper {
@@ -47,7 +54,14 @@ impl Helper {
 
     /// Creates container `id` from `bundle`; its stdout and stderr append to `log`.
     pub fn create(&self, id: &str, bundle: &Path, log: &Path) -> Result<State> {
-        self.run(&["create".as_ref(), "--bundle".as_ref(), bundle.as_os_str(), "--output".as_ref(), log.as_os_str(), id.as_ref()])?;
+        self.run(&[
+            "create".as_ref(),
+            "--bundle".as_ref(),
+            bundle.as_os_str(),
+            "--output".as_ref(),
+            log.as_os_str(),
+            id.as_ref(),
+        ])?;
         self.state(id)
     }
 

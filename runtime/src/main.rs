@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use strata_runtime::{CreateOptions, Runtime};
 
 #[derive(Parser)]
-#[command(name = "strata-runtime", version, about = "OCI container runtime (runc-compatible subset)")]
+#[command(
+    name = "strata-runtime",
+    version,
+    about = "OCI container runtime (runc-compatible subset)"
+)]
 struct Cli {
     /// Directory holding container state.
     #[arg(long, global = true, default_value = "/run/strata-runtime")]
@@ -108,18 +112,26 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt().with_max_level(level);
     if let Ok(directives) = std::env::var("STRATA_RUNTIME_LOG") {
         let filter = tracing_subscriber::EnvFilter::new(directives);
-        let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let b = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
         b.init();
         return;
     }
-    let file = cli
-        .log
-        .as_ref()
-        .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+    let file = cli.log.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
     // Only the text format is implemented; `--log-format json` is accepted so that
     // callers written for runc work, and logs stay text.
     match file {
-        Some(f) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init(),
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
         None => builder.with_writer(std::io::stderr).init(),
     }
 }
@@ -140,7 +152,9 @@ fn run(cli: Cli) -> Result<u8> {
             rt.create(&id, &bundle, &opts)
                 .with_context(|| format!("creating container {id}"))?;
         }
-        Command::Start { id } => rt.start(&id).with_context(|| format!("starting container {id}"))?,
+        Command::Start { id } => rt
+            .start(&id)
+            .with_context(|| format!("starting container {id}"))?,
         Command::Run {
             bundle,
             pid_file,
@@ -157,7 +171,9 @@ fn run(cli: Cli) -> Result<u8> {
             return Ok(u8::try_from(code).unwrap_or(255));
         }
         Command::State { id } => {
-            let s = rt.state(&id).with_context(|| format!("state of container {id}"))?;
+            let s = rt
+                .state(&id)
+                .with_context(|| format!("state of container {id}"))?;
             println!("{}", serde_json::to_string_pretty(&s)?);
         }
         Command::Kill { id, signal, all } => rt
@@ -175,7 +191,10 @@ fn run(cli: Cli) -> Result<u8> {
             } else if format == "json" {
                 println!("{}", serde_json::to_string(&all)?);
             } else {
-                println!("{:<24} {:<8} {:<10} {:<40} CREATED", "ID", "PID", "STATUS", "BUNDLE");
+                println!(
+                    "{:<24} {:<8} {:<10} {:<40} CREATED",
+                    "ID", "PID", "STATUS", "BUNDLE"
+                );
                 for s in &all {
                     println!(
                         "{:<24} {:<8} {:<10} {:<40} {}",

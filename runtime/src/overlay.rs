@@ -16,7 +16,11 @@ use crate::sys;
 
 /// Options every container rootfs gets: no inode index, no redirects, no metacopy,
 /// so the upper dir holds whole files and plain whiteouts, which commit relies on.
-const FIXED: [(&str, &str); 3] = [("index", "off"), ("redirect_dir", "off"), ("metacopy", "off")];
+const FIXED: [(&str, &str); 3] = [
+    ("index", "off"),
+    ("redirect_dir", "off"),
+    ("metacopy", "off"),
+];
 const PAGE: usize = 4096;
 
 pub struct Overlay<'a> {
@@ -49,22 +53,32 @@ fn mount_new_api(o: &Overlay<'_>, target: &Path) -> Result<(), NewApi> {
         let p = p.to_path_buf();
         move |e: rustix::io::Errno| NewApi::Failed(Error::io(what, p)(e.into()))
     };
-    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(NewApi::Unsupported)?;
+    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(NewApi::Unsupported)?;
     for (i, l) in o.lowers.iter().enumerate() {
         match rustix::mount::fsconfig_set_string(fs.as_fd(), "lowerdir+", l) {
             Ok(()) => {}
-            Err(e) if i == 0 && e == rustix::io::Errno::INVAL => return Err(NewApi::Unsupported(e)),
+            Err(e) if i == 0 && e == rustix::io::Errno::INVAL => {
+                return Err(NewApi::Unsupported(e));
+            }
             Err(e) => return Err(fail("adding overlay lower", l)(e)),
         }
     }
-    rustix::mount::fsconfig_set_string(fs.as_fd(), "upperdir", o.upper).map_err(fail("setting overlay upper", o.upper))?;
-    rustix::mount::fsconfig_set_string(fs.as_fd(), "workdir", o.work).map_err(fail("setting overlay workdir", o.work))?;
+    rustix::mount::fsconfig_set_string(fs.as_fd(), "upperdir", o.upper)
+        .map_err(fail("setting overlay upper", o.upper))?;
+    rustix::mount::fsconfig_set_string(fs.as_fd(), "workdir", o.work)
+        .map_err(fail("setting overlay workdir", o.work))?;
     for (k, v) in FIXED {
-        rustix::mount::fsconfig_set_string(fs.as_fd(), k, v).map_err(fail("setting overlay option", target))?;
+        rustix::mount::fsconfig_set_string(fs.as_fd(), k, v)
+            .map_err(fail("setting overlay option", target))?;
     }
     rustix::mount::fsconfig_create(fs.as_fd()).map_err(fail("creating overlay", target))?;
-    let mnt = rustix::mount::fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
-        .map_err(fail("creating overlay mount", target))?;
+    let mnt = rustix::mount::fsmount(
+        fs.as_fd(),
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::empty(),
+    )
+    .map_err(fail("creating overlay mount", target))?;
     rustix::mount::move_mount(
         mnt.as_fd(),
         "",
@@ -92,17 +106,30 @@ fn mount_legacy(o: &Overlay<'_>, target: &Path) -> Result<()> {
     if data.len() >= PAGE {
         return Err(Error::invalid(
             "overlay layers",
-            format!("{} bytes of options exceed a page and this kernel lacks lowerdir+", data.len()),
+            format!(
+                "{} bytes of options exceed a page and this kernel lacks lowerdir+",
+                data.len()
+            ),
         ));
     }
-    let data = std::ffi::CString::new(data).map_err(|_| Error::invalid("overlay layers", "a path holds a NUL byte"))?;
-    rustix::mount::mount("overlay", target, "overlay", rustix::mount::MountFlags::empty(), Some(data.as_c_str()))
-        .map_err(|e| Error::io("mounting overlay", target)(e.into()))?;
+    let data = std::ffi::CString::new(data)
+        .map_err(|_| Error::invalid("overlay layers", "a path holds a NUL byte"))?;
+    rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| Error::io("mounting overlay", target)(e.into()))?;
     rustix::mount::mount_change(target, rustix::mount::MountPropagationFlags::PRIVATE)
         .map_err(|e| Error::io("making overlay private", target)(e.into()))
 }
 
 /// Overlay option values separate with `,` and lowers with `:`; escape both.
 fn escape(p: &Path) -> String {
-    p.to_string_lossy().replace('\\', "\\\\").replace(':', "\\:").replace(',', "\\,")
+    p.to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace(':', "\\:")
+        .replace(',', "\\,")
 }

@@ -88,11 +88,11 @@ pub fn mkdir_all_in_root(root: impl AsFd, rel: &Path, mode: Mode) -> io::Result<
 /// Splits `rel` into its parent directory (created if missing, resolved in the root)
 /// and its final name, which callers then act on with *at(2) calls that do not
 /// follow it.
-pub fn parent_in_root<'a>(
+pub fn parent_in_root(
     root: impl AsFd,
-    rel: &'a Path,
+    rel: &Path,
     mode: Mode,
-) -> io::Result<(OwnedFd, &'a std::ffi::OsStr)> {
+) -> io::Result<(OwnedFd, &std::ffi::OsStr)> {
     let name = rel
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no final name"))?;
@@ -121,8 +121,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("evil")).unwrap();
         std::os::unix::fs::symlink("../../../..", root.path().join("up")).unwrap();
-        let rootfd = rustix::fs::open(root.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-            .unwrap();
+        let rootfd =
+            rustix::fs::open(root.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
         // `evil` points at a host path that does not exist inside the root: refused.
         assert!(mkdir_all_in_root(&rootfd, Path::new("evil/x"), Mode::from(0o755)).is_err());
         // `up` climbs out, which resolves to the root itself.

@@ -43,7 +43,9 @@ impl InitLayer {
     pub fn for_hostname(hostname: &str) -> InitLayer {
         InitLayer {
             hostname: hostname.to_string(),
-            hosts: format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+            hosts: format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+            ),
             resolv_conf: fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         }
     }
@@ -73,7 +75,9 @@ impl Rootfs {
         let dir = store.root().join("containers").join(id);
         match fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::ContainerExists(id.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::ContainerExists(id.into()));
+            }
             Err(e) => return Err(Error::io("creating container dir", &dir)(e)),
         }
         let rootfs = Rootfs {
@@ -83,8 +87,14 @@ impl Rootfs {
         let r = (|| {
             // The record first: from here on gc keeps the layers.
             let rec = rootfs.dir.join("rootfs.json");
-            fs::write(&rec, serde_json::to_vec(&Record { image: image.clone() }).expect("serializable"))
-                .map_err(Error::io("writing", &rec))?;
+            fs::write(
+                &rec,
+                serde_json::to_vec(&Record {
+                    image: image.clone(),
+                })
+                .expect("serializable"),
+            )
+            .map_err(Error::io("writing", &rec))?;
             for sub in ["upper", "work", "merged", "init/etc"] {
                 let p = rootfs.dir.join(sub);
                 fs::create_dir_all(&p).map_err(Error::io("creating", &p))?;
@@ -94,9 +104,17 @@ impl Rootfs {
                 fs::create_dir(&p).map_err(Error::io("creating", &p))?;
             }
             let init_dir = rootfs.dir.join("init");
-            for (rel, content) in INIT_FILES.iter().zip([&init.hosts, &init.hostname, &init.resolv_conf]) {
+            for (rel, content) in
+                INIT_FILES
+                    .iter()
+                    .zip([&init.hosts, &init.hostname, &init.resolv_conf])
+            {
                 let p = init_dir.join(rel);
-                let body = if *rel == "etc/hostname" { format!("{content}\n") } else { content.clone() };
+                let body = if *rel == "etc/hostname" {
+                    format!("{content}\n")
+                } else {
+                    content.clone()
+                };
                 fs::write(&p, body).map_err(Error::io("writing init file", &p))?;
             }
             rootfs.mount(store)
@@ -117,8 +135,14 @@ impl Rootfs {
             std::io::ErrorKind::NotFound => Error::ContainerNotFound(id.into()),
             _ => Error::io("reading", &rec_path)(e),
         })?;
-        let rec: Record = serde_json::from_slice(&bytes).map_err(|source| Error::Json { path: rec_path, source })?;
-        Ok(Rootfs { dir, image: rec.image })
+        let rec: Record = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            path: rec_path,
+            source,
+        })?;
+        Ok(Rootfs {
+            dir,
+            image: rec.image,
+        })
     }
 
     /// The mounted root filesystem, for `root.path` in config.json.
@@ -140,7 +164,13 @@ impl Rootfs {
             return Ok(());
         }
         let mut lowers = vec![self.dir.join("init")];
-        lowers.extend(self.image.diff_ids.iter().rev().map(|d| store.layer_path(d)));
+        lowers.extend(
+            self.image
+                .diff_ids
+                .iter()
+                .rev()
+                .map(|d| store.layer_path(d)),
+        );
         let o = Overlay {
             lowers: &lowers,
             upper: &self.upper(),
@@ -167,7 +197,11 @@ impl Rootfs {
     /// Turns the upper layer, minus init-layer paths, into a new verified layer on
     /// top of the container's image, recorded as image `name`.
     pub fn commit(&self, store: &ImageStore, name: &str) -> Result<Image> {
-        let exclude: HashSet<PathBuf> = INIT_FILES.iter().chain(INIT_DIRS.iter()).map(PathBuf::from).collect();
+        let exclude: HashSet<PathBuf> = INIT_FILES
+            .iter()
+            .chain(INIT_DIRS.iter())
+            .map(PathBuf::from)
+            .collect();
         let upper = self.upper();
         let spec = PackSpec {
             dir: &upper,
@@ -189,7 +223,8 @@ pub(crate) fn layers_in_use(store: &ImageStore) -> Result<Vec<Digest>> {
         let rec = e.path().join("rootfs.json");
         match fs::read(&rec) {
             Ok(b) => {
-                let r: Record = serde_json::from_slice(&b).map_err(|source| Error::Json { path: rec, source })?;
+                let r: Record = serde_json::from_slice(&b)
+                    .map_err(|source| Error::Json { path: rec, source })?;
                 out.extend(r.image.diff_ids);
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -202,12 +237,18 @@ pub(crate) fn layers_in_use(store: &ImageStore) -> Result<Vec<Digest>> {
 /// True when `p` is the root of a mount (its device differs from its parent's, or
 /// it is listed in mountinfo for same-device binds).
 fn is_mountpoint(p: &Path) -> Result<bool> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(Error::io("reading", "/proc/self/mountinfo"))?;
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(Error::io("reading", "/proc/self/mountinfo"))?;
     let want = p.to_string_lossy();
-    Ok(info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| unescape(m) == want)))
+    Ok(info
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| unescape(m) == want)))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }

@@ -78,7 +78,9 @@ pub struct ContainerConfig {
     /// Existing namespaces to join, by path (`/proc/<infra pid>/ns/net`, ...).
     pub join_namespaces: Vec<(NamespaceKind, PathBuf)>,
     pub volumes: Vec<BindMount>,
-    /// cgroup path (relative to each controller's root); default `/strata/<id>`.
+    /// cgroup path (relative to each controller's root); default `/strata-<id>`, flat so
+    /// that no parent cgroup is created and removed around every container (a pod
+    /// runner may nest containers under a pod cgroup instead).
     pub cgroups_path: Option<PathBuf>,
 }
 
@@ -110,7 +112,10 @@ impl ContainerConfig {
             return Err(Error::invalid("args", "no command to run"));
         }
         if !self.cwd.is_absolute() {
-            return Err(Error::invalid("cwd", format!("{:?} is not absolute", self.cwd)));
+            return Err(Error::invalid(
+                "cwd",
+                format!("{:?} is not absolute", self.cwd),
+            ));
         }
         let mut spec = Spec::default();
         spec.set_version("1.0.2".into());
@@ -131,10 +136,14 @@ impl ContainerConfig {
         spec.set_process(Some(process));
 
         let mut root = spec.root().clone().unwrap_or_default();
-        root.set_path(rootfs.to_path_buf()).set_readonly(Some(self.readonly_rootfs));
+        root.set_path(rootfs.to_path_buf())
+            .set_readonly(Some(self.readonly_rootfs));
         spec.set_root(Some(root));
 
-        let joins_uts = self.join_namespaces.iter().any(|(k, _)| *k == NamespaceKind::Uts);
+        let joins_uts = self
+            .join_namespaces
+            .iter()
+            .any(|(k, _)| *k == NamespaceKind::Uts);
         spec.set_hostname(if joins_uts {
             None
         } else {
@@ -149,10 +158,18 @@ impl ContainerConfig {
         let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
         for (kind, path) in &self.join_namespaces {
             if !path.is_absolute() {
-                return Err(Error::invalid("namespace path", format!("{path:?} is not absolute")));
+                return Err(Error::invalid(
+                    "namespace path",
+                    format!("{path:?} is not absolute"),
+                ));
             }
             namespaces.retain(|n| n.typ() != kind.oci());
-            namespaces.push(LinuxNamespaceBuilder::default().typ(kind.oci()).path(path.clone()).build()?);
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(kind.oci())
+                    .path(path.clone())
+                    .build()?,
+            );
         }
         linux.set_namespaces(Some(namespaces));
         if let Some(m) = &self.masked_paths {
@@ -162,13 +179,20 @@ impl ContainerConfig {
             linux.set_readonly_paths(Some(r.clone()));
         }
         linux.set_cgroups_path(Some(
-            self.cgroups_path.clone().unwrap_or_else(|| PathBuf::from(format!("/strata/{id}"))),
+            self.cgroups_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("/strata-{id}"))),
         ));
         let r = &self.resources;
         let mut res = LinuxResourcesBuilder::default();
         if let Some(limit) = r.memory_limit {
             // memsw equal to the limit: no swap beyond it, so the OOM killer acts at the limit.
-            res = res.memory(LinuxMemoryBuilder::default().limit(limit).swap(limit).build()?);
+            res = res.memory(
+                LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    .swap(limit)
+                    .build()?,
+            );
         }
         if r.cpu_shares.is_some() || r.cpu_quota.is_some() {
             let mut cpu = LinuxCpuBuilder::default();

@@ -81,8 +81,8 @@ impl BindMount {
     /// A bind entry from a spec (`type: bind` or a `bind`/`rbind` option), else None.
     pub fn from_oci(m: &oci_spec::runtime::Mount) -> Option<BindMount> {
         let opts = m.options().clone().unwrap_or_default();
-        let is_bind = m.typ().as_deref() == Some("bind")
-            || opts.iter().any(|o| o == "bind" || o == "rbind");
+        let is_bind =
+            m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
         if !is_bind {
             return None;
         }
@@ -120,14 +120,16 @@ pub fn mount_bind(rootfs: &Path, bind: &BindMount) -> Result<PathBuf> {
     if rel.as_os_str().is_empty() {
         return Err(target_err("cannot mount over the container's root".into()));
     }
-    let src_meta =
-        std::fs::metadata(&bind.source).map_err(Error::io("inspecting volume source", &bind.source))?;
+    let src_meta = std::fs::metadata(&bind.source)
+        .map_err(Error::io("inspecting volume source", &bind.source))?;
 
     // Clone the source tree first: a missing source fails before the rootfs is touched.
     let tree = rustix::mount::open_tree(
         rustix::fs::CWD,
         &bind.source,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE,
     )
     .map_err(|e| Error::io("cloning volume source", &bind.source)(e.into()))?;
     // Read-only before the tree is attached, so it is never visible writable.
@@ -137,8 +139,12 @@ pub fn mount_bind(rootfs: &Path, bind: &BindMount) -> Result<PathBuf> {
     }
 
     let rootfs = &std::fs::canonicalize(rootfs).map_err(Error::io("resolving rootfs", rootfs))?;
-    let root = rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io("opening rootfs", rootfs)(e.into()))?;
+    let root = rustix::fs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("opening rootfs", rootfs)(e.into()))?;
     let (parent, name) = resolve::parent_in_root(&root, &rel, Mode::from(0o755))
         .map_err(|e| target_err(format!("resolving parent: {e}")))?;
     // Create the mount point in its resolved parent without following a final symlink.
@@ -165,13 +171,24 @@ pub fn mount_bind(rootfs: &Path, bind: &BindMount) -> Result<PathBuf> {
         .map_err(|e| target_err(format!("resolving in rootfs: {e}")))?;
     // Where the fd really is, for unmounting later; readlink of our own fd is only
     // informational, the mount itself goes through the fd.
-    let landed = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target)))
-        .map_err(Error::io("reading mount point", "/proc/self/fd"))?;
+    let landed = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&target)
+    ))
+    .map_err(Error::io("reading mount point", "/proc/self/fd"))?;
     if !landed.starts_with(rootfs) {
-        return Err(target_err(format!("resolved outside the rootfs to {landed:?}")));
+        return Err(target_err(format!(
+            "resolved outside the rootfs to {landed:?}"
+        )));
     }
-    if src_meta.is_dir() != rustix::fs::fstat(&target).map(|s| rustix::fs::FileType::from_raw_mode(s.st_mode).is_dir()).unwrap_or(false) {
-        return Err(target_err("exists with a different file type than the source".into()));
+    if src_meta.is_dir()
+        != rustix::fs::fstat(&target)
+            .map(|s| rustix::fs::FileType::from_raw_mode(s.st_mode).is_dir())
+            .unwrap_or(false)
+    {
+        return Err(target_err(
+            "exists with a different file type than the source".into(),
+        ));
     }
 
     rustix::mount::move_mount(
@@ -194,7 +211,10 @@ pub fn mount_bind(rootfs: &Path, bind: &BindMount) -> Result<PathBuf> {
 /// Lazily unmounts everything mounted at `path` (a volume or a rootfs).
 pub fn unmount(path: &Path) -> Result<()> {
     loop {
-        match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW) {
+        match rustix::mount::unmount(
+            path,
+            rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
+        ) {
             Ok(()) => continue, // stacked mounts: peel until none is left
             Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => return Ok(()),
             Err(e) => return Err(Error::io("unmounting", path)(e.into())),

@@ -14,19 +14,46 @@ fn namespaces_seen_from_inside() {
     let env = Env::new();
     let img = env.busybox("bb");
     let id = testkit::unique_id("ns");
-    let mut cfg = sh("echo pid=$$; echo host=$(hostname); echo mounts=$(wc -l < /proc/self/mountinfo); \
-                      grep ' / / ' /proc/self/mountinfo | grep -c overlay; cat /etc/hostname");
+    let mut cfg = sh(
+        "echo pid=$$; echo host=$(hostname); echo mounts=$(wc -l < /proc/self/mountinfo); \
+                      grep ' / / ' /proc/self/mountinfo | grep -c overlay; cat /etc/hostname",
+    );
     cfg.hostname = Some("inside-host".into());
     let ran = run(&env, &id, &img, &cfg);
-    assert_eq!(ran.code, 0, "{ran:?}", ran = (ran.stderr.clone(), ran.output.clone()));
+    assert_eq!(
+        ran.code,
+        0,
+        "{ran:?}",
+        ran = (ran.stderr.clone(), ran.output.clone())
+    );
     assert!(ran.output.contains("pid=1\n"), "{}", ran.output);
     assert!(ran.output.contains("host=inside-host\n"), "{}", ran.output);
     // The root is our overlay and the table is the container's own, far shorter than the host's.
-    let mounts: usize = ran.output.lines().find_map(|l| l.strip_prefix("mounts=")).unwrap().parse().unwrap();
-    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
-    assert!(mounts < 30 && mounts != host_mounts, "container sees {mounts} mounts, host {host_mounts}");
-    assert!(ran.output.lines().any(|l| l == "1"), "root is not the overlay: {}", ran.output);
-    assert!(ran.output.lines().any(|l| l == id), "init layer /etc/hostname: {}", ran.output);
+    let mounts: usize = ran
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("mounts="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    assert!(
+        mounts < 30 && mounts != host_mounts,
+        "container sees {mounts} mounts, host {host_mounts}"
+    );
+    assert!(
+        ran.output.lines().any(|l| l == "1"),
+        "root is not the overlay: {}",
+        ran.output
+    );
+    assert!(
+        ran.output.lines().any(|l| l == id),
+        "init layer /etc/hostname: {}",
+        ran.output
+    );
 }
 
 #[test]
@@ -45,10 +72,20 @@ fn memory_limit_kills_allocation_past_it() {
         cfg
     };
     // dd touches its whole block buffer: 8 MiB fits, 128 MiB does not.
-    let small = run(&env, &testkit::unique_id("mem"), &img, &limited("dd if=/dev/zero of=/dev/null bs=8M count=2 && echo fits"));
+    let small = run(
+        &env,
+        &testkit::unique_id("mem"),
+        &img,
+        &limited("dd if=/dev/zero of=/dev/null bs=8M count=2 && echo fits"),
+    );
     assert_eq!(small.code, 0, "{}{}", small.stderr, small.output);
     assert!(small.output.contains("fits"));
-    let big = run(&env, &testkit::unique_id("mem"), &img, &limited("dd if=/dev/zero of=/dev/null bs=128M count=1; echo dd=$?"));
+    let big = run(
+        &env,
+        &testkit::unique_id("mem"),
+        &img,
+        &limited("dd if=/dev/zero of=/dev/null bs=128M count=1; echo dd=$?"),
+    );
     assert!(
         big.output.contains("dd=137") || big.code == 137,
         "allocation past the limit survived: code {} output {}",
@@ -71,12 +108,21 @@ fn pids_limit_refuses_fork_past_it() {
         ..Default::default()
     };
     let ran = run(&env, &testkit::unique_id("pids"), &img, &cfg);
-    assert!(ran.output.contains("can't fork"), "no fork was refused: {}{}", ran.stderr, ran.output);
+    assert!(
+        ran.output.contains("can't fork"),
+        "no fork was refused: {}{}",
+        ran.stderr,
+        ran.output
+    );
     // The same script without the limit forks all 16.
     let mut free = cfg.clone();
     free.resources = Resources::default();
     let ran = run(&env, &testkit::unique_id("pids"), &img, &free);
-    assert!(!ran.output.contains("can't fork") && ran.output.contains("loop-done"), "{}", ran.output);
+    assert!(
+        !ran.output.contains("can't fork") && ran.output.contains("loop-done"),
+        "{}",
+        ran.output
+    );
 }
 
 #[test]
@@ -107,7 +153,10 @@ fn readonly_rootfs_and_masked_paths_hold() {
     assert!(o.contains("root=1"), "rootfs writable: {o}");
     assert!(o.contains("Read-only file system"), "{o}");
     assert!(o.contains("vol=1"), "read-only volume writable: {o}");
-    assert!(o.contains("timer_list=0"), "/proc/timer_list not masked: {o}");
+    assert!(
+        o.contains("timer_list=0"),
+        "/proc/timer_list not masked: {o}"
+    );
     assert!(o.contains("firmware=0"), "/sys/firmware not masked: {o}");
     assert!(o.contains("sysctl=1"), "/proc/sys writable: {o}");
     assert_eq!(std::fs::read_dir(&vol).unwrap().count(), 0);
@@ -123,13 +172,29 @@ fn volumes_mount_with_requested_mode() {
     // A shared source, so that HostToContainer has a peer group to be a slave of.
     let vol = env.path("vol-rw");
     std::fs::create_dir(&vol).unwrap();
-    nix::mount::mount(Some("tmpfs"), &vol, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &vol,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
     let _vol_mount = testkit::MountGuard(vol.clone());
-    nix::mount::mount(None::<&str>, &vol, None::<&str>, nix::mount::MsFlags::MS_SHARED, None::<&str>).unwrap();
+    nix::mount::mount(
+        None::<&str>,
+        &vol,
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
     std::fs::write(vol.join("from-host"), "hello\n").unwrap();
-    let mut cfg = sh("cat /deep/data/from-host && echo written > /deep/data/from-container && \
+    let mut cfg = sh(
+        "cat /deep/data/from-host && echo written > /deep/data/from-container && \
                       grep ' /deep/data ' /proc/self/mountinfo; grep ' /both ' /proc/self/mountinfo; \
-                      grep ' /private ' /proc/self/mountinfo");
+                      grep ' /private ' /proc/self/mountinfo",
+    );
     let shared = env.path("vol-shared");
     std::fs::create_dir(&shared).unwrap();
     let private = env.path("vol-private");
@@ -157,17 +222,47 @@ fn volumes_mount_with_requested_mode() {
     let ran = run(&env, &testkit::unique_id("vol"), &img, &cfg);
     assert_eq!(ran.code, 0, "{}{}", ran.stderr, ran.output);
     assert!(ran.output.contains("hello"));
-    let line = |dest: &str| ran.output.lines().find(|l| l.contains(&format!(" {dest} "))).unwrap_or_default().to_string();
-    assert!(line("/deep/data").contains("master:"), "HostToContainer is not a slave: {}", ran.output);
-    assert!(line("/both").contains("shared:"), "Bidirectional is not shared: {}", ran.output);
+    let line = |dest: &str| {
+        ran.output
+            .lines()
+            .find(|l| l.contains(&format!(" {dest} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("/deep/data").contains("master:"),
+        "HostToContainer is not a slave: {}",
+        ran.output
+    );
+    assert!(
+        line("/both").contains("shared:"),
+        "Bidirectional is not shared: {}",
+        ran.output
+    );
     // With a Bidirectional volume the container's tree is rshared (as CRI runtimes
     // do), so the None volume sits in a peer group of its own: never a slave of,
     // nor a peer with, the host's.
-    let group = |l: &str| l.split(' ').find_map(|f| f.strip_prefix("shared:")).map(str::to_string);
+    let group = |l: &str| {
+        l.split(' ')
+            .find_map(|f| f.strip_prefix("shared:"))
+            .map(str::to_string)
+    };
     let p = line("/private");
-    assert!(!p.is_empty() && !p.contains("master:"), "None receives host mounts: {}", ran.output);
-    assert_ne!(group(&p), group(&line("/both")), "None shares the host's peer group: {}", ran.output);
-    assert_eq!(std::fs::read_to_string(vol.join("from-container")).unwrap(), "written\n");
+    assert!(
+        !p.is_empty() && !p.contains("master:"),
+        "None receives host mounts: {}",
+        ran.output
+    );
+    assert_ne!(
+        group(&p),
+        group(&line("/both")),
+        "None shares the host's peer group: {}",
+        ran.output
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("from-container")).unwrap(),
+        "written\n"
+    );
 }
 
 #[test]
@@ -180,7 +275,13 @@ fn joins_existing_namespaces_by_path() {
     // An "infra" container holds the pod's namespaces.
     let infra = testkit::unique_id("infra");
     let rootfs = RootfsGuard(
-        strata_runtime::Rootfs::create(&env.store, &infra, &img, &strata_runtime::InitLayer::for_hostname("pod-host")).unwrap(),
+        strata_runtime::Rootfs::create(
+            &env.store,
+            &infra,
+            &img,
+            &strata_runtime::InitLayer::for_hostname("pod-host"),
+        )
+        .unwrap(),
     );
     let mut cfg = sh("sleep 60");
     cfg.hostname = Some("pod-host".into());
@@ -191,11 +292,27 @@ fn joins_existing_namespaces_by_path() {
         root: env.state.clone(),
         id: infra.clone(),
     };
-    let out = env.cli().args(["create", "--bundle"]).arg(&bundle).args(["--output", "/dev/null", &infra]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .cli()
+        .args(["create", "--bundle"])
+        .arg(&bundle)
+        .args(["--output", "/dev/null", &infra])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = env.cli().args(["start", &infra]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let state: strata_runtime::State = serde_json::from_slice(&env.cli().args(["state", &infra]).output().unwrap().stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: strata_runtime::State =
+        serde_json::from_slice(&env.cli().args(["state", &infra]).output().unwrap().stdout)
+            .unwrap();
     let ns = |k: &str| std::path::PathBuf::from(format!("/proc/{}/ns/{k}", state.pid));
 
     let mut member = sh("hostname; for n in uts ipc net; do readlink /proc/self/ns/$n; done");
@@ -209,7 +326,11 @@ fn joins_existing_namespaces_by_path() {
     assert!(ran.output.starts_with("pod-host\n"), "{}", ran.output);
     for k in ["uts", "ipc", "net"] {
         let want = std::fs::read_link(ns(k)).unwrap();
-        assert!(ran.output.contains(&*want.to_string_lossy()), "{k} not shared: {}", ran.output);
+        assert!(
+            ran.output.contains(&*want.to_string_lossy()),
+            "{k} not shared: {}",
+            ran.output
+        );
     }
 }
 
@@ -227,6 +348,10 @@ fn exit_status_and_log_file() {
     cfg.env.push("HOME=/tmp".into());
     let ran = run(&env, &testkit::unique_id("exit"), &img, &cfg);
     assert_eq!(ran.code, 7, "{}{}", ran.stderr, ran.output);
-    assert!(ran.output.contains("to-stdout") && ran.output.contains("to-stderr"), "{}", ran.output);
+    assert!(
+        ran.output.contains("to-stdout") && ran.output.contains("to-stderr"),
+        "{}",
+        ran.output
+    );
     assert!(ran.output.contains("1234"), "{}", ran.output);
 }

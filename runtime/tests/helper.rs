@@ -16,7 +16,9 @@ fn pod_runner_flow_through_the_helper() {
     let env = Env::new();
     let img = env.busybox("bb");
     let id = testkit::unique_id("helper");
-    let rootfs = RootfsGuard(Rootfs::create(&env.store, &id, &img, &InitLayer::for_hostname("web-0")).unwrap());
+    let rootfs = RootfsGuard(
+        Rootfs::create(&env.store, &id, &img, &InitLayer::for_hostname("web-0")).unwrap(),
+    );
     let cfg = sh("cat /etc/hostname; echo oops >&2; exit 5");
     let bundle = env.path("bundle");
     strata_runtime::write_bundle(&bundle, &cfg.to_spec(&id, &rootfs.0.path()).unwrap()).unwrap();
@@ -29,7 +31,15 @@ fn pod_runner_flow_through_the_helper() {
     let log = env.path("c.log");
     let state = helper.create(&id, &bundle, &log).unwrap();
     assert_eq!(state.status, "created");
-    assert_eq!(helper.list().unwrap().iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec![id.as_str()]);
+    assert_eq!(
+        helper
+            .list()
+            .unwrap()
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
+        vec![id.as_str()]
+    );
     helper.start(&id).unwrap();
     // The `create` process has exited, so init was re-parented to us.
     assert_eq!(strata_runtime::wait_exit(state.pid).unwrap(), 5);

@@ -30,7 +30,10 @@ fn whiteouts_hide_lower_files_and_opaque_dirs_hide_lower_dirs() {
     write(&upper.join("a/.wh.gone"), "");
     write(&upper.join("d/.wh..wh..opq"), "");
     write(&upper.join("d/new"), "upper");
-    let img = env.store.build_image("wh", &[&lower, &upper], &ImageDefaults::default()).unwrap();
+    let img = env
+        .store
+        .build_image("wh", &[&lower, &upper], &ImageDefaults::default())
+        .unwrap();
 
     // Unpacked as overlay whiteouts, not as files.
     let top = env.store.layer_path(&img.diff_ids[1]);
@@ -38,11 +41,25 @@ fn whiteouts_hide_lower_files_and_opaque_dirs_hide_lower_dirs() {
     assert!(meta.file_type().is_char_device());
     assert!(!top.join("a/.wh.gone").exists() && !top.join("d/.wh..wh..opq").exists());
 
-    let rootfs = RootfsGuard(Rootfs::create(&env.store, &testkit::unique_id("wh"), &img, &InitLayer::for_hostname("h")).unwrap());
+    let rootfs = RootfsGuard(
+        Rootfs::create(
+            &env.store,
+            &testkit::unique_id("wh"),
+            &img,
+            &InitLayer::for_hostname("h"),
+        )
+        .unwrap(),
+    );
     let m = rootfs.0.path();
-    assert!(!m.join("a/gone").exists(), "whiteout did not hide the lower file");
+    assert!(
+        !m.join("a/gone").exists(),
+        "whiteout did not hide the lower file"
+    );
     assert!(m.join("a/kept").exists());
-    assert!(!m.join("d/old").exists(), "opaque dir did not hide the lower dir's content");
+    assert!(
+        !m.join("d/old").exists(),
+        "opaque dir did not hide the lower dir's content"
+    );
     assert_eq!(std::fs::read_to_string(m.join("d/new")).unwrap(), "upper");
     assert!(m.join("bin").exists() || !lower.join("bin").exists());
 }
@@ -58,12 +75,21 @@ fn commit_leaves_out_init_layer_and_keeps_whiteouts() {
     write(&base.join("etc/motd"), "hi\n");
     write(&base.join("srv/old/file"), "x");
     write(&base.join("doomed"), "x");
-    let img = env.store.build_image("base", &[&base], &ImageDefaults::default()).unwrap();
+    let img = env
+        .store
+        .build_image("base", &[&base], &ImageDefaults::default())
+        .unwrap();
     let id = testkit::unique_id("commit");
-    let rootfs = RootfsGuard(Rootfs::create(&env.store, &id, &img, &InitLayer::for_hostname("pod-a")).unwrap());
+    let rootfs = RootfsGuard(
+        Rootfs::create(&env.store, &id, &img, &InitLayer::for_hostname("pod-a")).unwrap(),
+    );
     let m = rootfs.0.path();
     // The init layer wins over the image's /etc/hosts.
-    assert!(std::fs::read_to_string(m.join("etc/hosts")).unwrap().contains("pod-a"));
+    assert!(
+        std::fs::read_to_string(m.join("etc/hosts"))
+            .unwrap()
+            .contains("pod-a")
+    );
     // What a container might do: new files, edits to init files, deletions, replacing a dir.
     write(&m.join("added/file"), "new");
     write(&m.join("etc/hosts"), "edited by the container\n");
@@ -79,24 +105,65 @@ fn commit_leaves_out_init_layer_and_keeps_whiteouts() {
     // The new layer's tar, read back entry by entry.
     let blob = env.store.blob_path(committed.layer_blobs.last().unwrap());
     let mut names = HashSet::new();
-    for e in tar::Archive::new(std::fs::File::open(&blob).unwrap()).entries().unwrap() {
-        names.insert(e.unwrap().path().unwrap().to_string_lossy().trim_end_matches('/').to_string());
+    for e in tar::Archive::new(std::fs::File::open(&blob).unwrap())
+        .entries()
+        .unwrap()
+    {
+        names.insert(
+            e.unwrap()
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_string(),
+        );
     }
-    for init in ["etc/hosts", "etc/hostname", "etc/resolv.conf", "dev", "proc", "sys"] {
-        assert!(!names.contains(init), "init-layer path {init} committed: {names:?}");
+    for init in [
+        "etc/hosts",
+        "etc/hostname",
+        "etc/resolv.conf",
+        "dev",
+        "proc",
+        "sys",
+    ] {
+        assert!(
+            !names.contains(init),
+            "init-layer path {init} committed: {names:?}"
+        );
     }
     assert!(names.contains("added/file"), "{names:?}");
-    assert!(names.contains(".wh.doomed"), "deletion not recorded as whiteout: {names:?}");
-    assert!(names.contains("srv/old/.wh..wh..opq"), "replaced dir not opaque: {names:?}");
+    assert!(
+        names.contains(".wh.doomed"),
+        "deletion not recorded as whiteout: {names:?}"
+    );
+    assert!(
+        names.contains("srv/old/.wh..wh..opq"),
+        "replaced dir not opaque: {names:?}"
+    );
 
     // A container from the committed image sees the change set, and the image's own hosts.
     let id2 = testkit::unique_id("commit");
-    let again = RootfsGuard(Rootfs::create(&env.store, &id2, &committed, &InitLayer::for_hostname("pod-b")).unwrap());
+    let again = RootfsGuard(
+        Rootfs::create(
+            &env.store,
+            &id2,
+            &committed,
+            &InitLayer::for_hostname("pod-b"),
+        )
+        .unwrap(),
+    );
     let m2 = again.0.path();
-    assert_eq!(std::fs::read_to_string(m2.join("added/file")).unwrap(), "new");
+    assert_eq!(
+        std::fs::read_to_string(m2.join("added/file")).unwrap(),
+        "new"
+    );
     assert!(!m2.join("doomed").exists());
     assert!(!m2.join("srv/old/file").exists() && m2.join("srv/old/fresh").exists());
-    assert!(std::fs::read_to_string(m2.join("etc/hosts")).unwrap().contains("pod-b"));
+    assert!(
+        std::fs::read_to_string(m2.join("etc/hosts"))
+            .unwrap()
+            .contains("pod-b")
+    );
     drop(again);
     // Under the init layer, the committed image still has the original file.
     assert_eq!(
@@ -108,11 +175,23 @@ fn commit_leaves_out_init_layer_and_keeps_whiteouts() {
 /// Replaces the single layer of an exported layout by its gzip, fixing the manifest
 /// and index, as a registry-pulled image would look.
 fn gzip_layout(layout: &Path) {
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let mdig = index["manifests"][0]["digest"].as_str().unwrap().to_string();
-    let blob = |d: &str| layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
-    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&mdig)).unwrap()).unwrap();
-    let ldig = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mdig = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&mdig)).unwrap()).unwrap();
+    let ldig = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&std::fs::read(blob(&ldig)).unwrap()).unwrap();
     let gz = gz.finish().unwrap();
@@ -127,7 +206,11 @@ fn gzip_layout(layout: &Path) {
     let mut index = index;
     index["manifests"][0]["digest"] = new_mdig.into();
     index["manifests"][0]["size"] = mbytes.len().into();
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -136,7 +219,10 @@ fn import_verifies_blobs_and_refuses_a_corrupted_one() {
     let env = Env::new();
     let src = env.path("src");
     write(&src.join("hello"), "world\n");
-    let img = env.store.build_image("app:1", &[&src], &ImageDefaults::default()).unwrap();
+    let img = env
+        .store
+        .build_image("app:1", &[&src], &ImageDefaults::default())
+        .unwrap();
 
     // A gzip layout imports into a fresh store, layer keyed by its diff_id.
     let layout = env.path("layout");
@@ -147,16 +233,27 @@ fn import_verifies_blobs_and_refuses_a_corrupted_one() {
     assert_eq!(imported.len(), 1);
     assert_eq!(imported[0].name, "app:1");
     assert_eq!(imported[0].diff_ids, img.diff_ids);
-    assert_ne!(imported[0].layer_blobs, img.layer_blobs, "the gzip blob differs from the tar");
-    assert_eq!(std::fs::read_to_string(other.layer_path(&img.diff_ids[0]).join("hello")).unwrap(), "world\n");
+    assert_ne!(
+        imported[0].layer_blobs, img.layer_blobs,
+        "the gzip blob differs from the tar"
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.layer_path(&img.diff_ids[0]).join("hello")).unwrap(),
+        "world\n"
+    );
 
     // One flipped byte in the layer blob: refused, naming the digest, nothing unpacked.
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(layout.join("blobs/sha256").join(imported[0].manifest.hex())).unwrap(),
     )
     .unwrap();
-    let ldig = manifest["layers"][0]["digest"].as_str().unwrap().to_string();
-    let lpath = layout.join("blobs/sha256").join(ldig.trim_start_matches("sha256:"));
+    let ldig = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lpath = layout
+        .join("blobs/sha256")
+        .join(ldig.trim_start_matches("sha256:"));
     let mut bytes = std::fs::read(&lpath).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -164,14 +261,23 @@ fn import_verifies_blobs_and_refuses_a_corrupted_one() {
     let third = strata_runtime::ImageStore::open(env.path("third")).unwrap();
     let err = third.import_layout(&layout).unwrap_err();
     assert!(matches!(err, Error::BlobCorrupt { .. }), "{err:?}");
-    assert!(err.to_string().contains(&ldig), "error does not name {ldig}: {err}");
+    assert!(
+        err.to_string().contains(&ldig),
+        "error does not name {ldig}: {err}"
+    );
     assert!(!third.layer_path(&img.diff_ids[0]).exists());
     assert!(!third.blob_path(&ldig.parse().unwrap()).exists());
     assert!(third.images().unwrap().is_empty());
 }
 
 /// A tar entry with a raw name, bypassing the tar crate's own path checks.
-fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) {
+fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    link: Option<&str>,
+    data: &[u8],
+) {
     let mut h = tar::Header::new_old();
     h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
     if let Some(l) = link {
@@ -200,17 +306,35 @@ fn layer_entries_cannot_write_outside_the_layer() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("dotdot", {
             let mut b = tar::Builder::new(Vec::new());
-            raw_entry(&mut b, "../../outside/pwned", tar::EntryType::Regular, None, b"x");
+            raw_entry(
+                &mut b,
+                "../../outside/pwned",
+                tar::EntryType::Regular,
+                None,
+                b"x",
+            );
             b.into_inner().unwrap()
         }),
         ("absolute", {
             let mut b = tar::Builder::new(Vec::new());
-            raw_entry(&mut b, &format!("{outside_s}/pwned"), tar::EntryType::Regular, None, b"x");
+            raw_entry(
+                &mut b,
+                &format!("{outside_s}/pwned"),
+                tar::EntryType::Regular,
+                None,
+                b"x",
+            );
             b.into_inner().unwrap()
         }),
         ("hardlink-out", {
             let mut b = tar::Builder::new(Vec::new());
-            raw_entry(&mut b, "link", tar::EntryType::Link, Some("../../../etc/passwd"), b"");
+            raw_entry(
+                &mut b,
+                "link",
+                tar::EntryType::Link,
+                Some("../../../etc/passwd"),
+                b"",
+            );
             b.into_inner().unwrap()
         }),
     ];
@@ -218,31 +342,71 @@ fn layer_entries_cannot_write_outside_the_layer() {
         let dest = env.path(&format!("layer-{what}"));
         std::fs::create_dir(&dest).unwrap();
         let err = unpack::unpack(&bytes[..], &dest).unwrap_err();
-        assert!(matches!(err, Error::UnsafeLayerEntry { .. }), "{what}: {err:?}");
+        assert!(
+            matches!(err, Error::UnsafeLayerEntry { .. }),
+            "{what}: {err:?}"
+        );
     }
     // Symlinks that point out, followed by writes through them: the write is
     // either refused or lands inside the layer, never outside.
     let mut b = tar::Builder::new(Vec::new());
-    raw_entry(&mut b, "abs", tar::EntryType::Symlink, Some(&outside_s), b"");
+    raw_entry(
+        &mut b,
+        "abs",
+        tar::EntryType::Symlink,
+        Some(&outside_s),
+        b"",
+    );
     raw_entry(&mut b, "abs/pwned", tar::EntryType::Regular, None, b"x");
     let dest = env.path("layer-abs");
     std::fs::create_dir(&dest).unwrap();
     let r = unpack::unpack(&b.into_inner().unwrap()[..], &dest);
-    assert!(r.is_err(), "write through a symlink dangling inside the layer must be refused");
-    assert_eq!(std::fs::read_link(dest.join("abs")).unwrap(), outside, "symlinks are stored as is");
+    assert!(
+        r.is_err(),
+        "write through a symlink dangling inside the layer must be refused"
+    );
+    assert_eq!(
+        std::fs::read_link(dest.join("abs")).unwrap(),
+        outside,
+        "symlinks are stored as is"
+    );
 
     let mut b = tar::Builder::new(Vec::new());
-    raw_entry(&mut b, "up", tar::EntryType::Symlink, Some("../../../../../../.."), b"");
-    raw_entry(&mut b, &format!("up{outside_s}/pwned2"), tar::EntryType::Regular, None, b"x");
+    raw_entry(
+        &mut b,
+        "up",
+        tar::EntryType::Symlink,
+        Some("../../../../../../.."),
+        b"",
+    );
+    raw_entry(
+        &mut b,
+        &format!("up{outside_s}/pwned2"),
+        tar::EntryType::Regular,
+        None,
+        b"x",
+    );
     raw_entry(&mut b, "dir/", tar::EntryType::Directory, None, b"");
     raw_entry(&mut b, "dir/.wh.x", tar::EntryType::Regular, None, b"");
     let dest = env.path("layer-up");
     std::fs::create_dir(&dest).unwrap();
     unpack::unpack(&b.into_inner().unwrap()[..], &dest).unwrap();
     let inner = dest.join(outside.strip_prefix("/").unwrap());
-    assert!(inner.join("pwned2").exists(), "the climbing symlink resolves to the layer root");
-    assert!(std::fs::symlink_metadata(dest.join("dir/x")).unwrap().file_type().is_char_device());
-    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "a layer wrote outside");
+    assert!(
+        inner.join("pwned2").exists(),
+        "the climbing symlink resolves to the layer root"
+    );
+    assert!(
+        std::fs::symlink_metadata(dest.join("dir/x"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "a layer wrote outside"
+    );
 }
 
 #[test]
@@ -278,7 +442,10 @@ fn volume_target_symlink_cannot_escape_the_rootfs() {
         }
         Err(e) => assert!(matches!(e, Error::VolumeTarget { .. }), "{e:?}"),
     }
-    assert!(!is_mountpoint(&host), "the volume was mounted on the host path");
+    assert!(
+        !is_mountpoint(&host),
+        "the volume was mounted on the host path"
+    );
     assert_eq!(std::fs::read_dir(&host).unwrap().count(), 0);
 
     // A symlink that stays inside is followed inside.
@@ -307,15 +474,33 @@ fn more_layers_than_one_mount_option_page_still_mount() {
         dirs.push(d);
     }
     let refs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    let img = store.build_image("tall", &refs, &ImageDefaults::default()).unwrap();
-    let total: usize = img.diff_ids.iter().map(|d| store.layer_path(d).as_os_str().len() + 1).sum();
+    let img = store
+        .build_image("tall", &refs, &ImageDefaults::default())
+        .unwrap();
+    let total: usize = img
+        .diff_ids
+        .iter()
+        .map(|d| store.layer_path(d).as_os_str().len() + 1)
+        .sum();
     assert!(total > 4096, "only {total} bytes of lowerdir");
-    let rootfs = RootfsGuard(Rootfs::create(&store, &testkit::unique_id("tall"), &img, &InitLayer::for_hostname("h")).unwrap());
+    let rootfs = RootfsGuard(
+        Rootfs::create(
+            &store,
+            &testkit::unique_id("tall"),
+            &img,
+            &InitLayer::for_hostname("h"),
+        )
+        .unwrap(),
+    );
     let m = rootfs.0.path();
     for i in 0..40 {
         assert!(m.join(format!("f{i}")).exists(), "layer {i} missing");
     }
-    assert_eq!(std::fs::read_to_string(m.join("top")).unwrap(), "39", "top layer must win");
+    assert_eq!(
+        std::fs::read_to_string(m.join("top")).unwrap(),
+        "39",
+        "top layer must win"
+    );
 }
 
 #[test]
@@ -328,21 +513,41 @@ fn gc_removes_only_unreferenced_layers() {
     write(&a.join("a"), "a");
     let b = env.path("b");
     write(&b.join("b"), "b");
-    let img_a = env.store.build_image("a", &[&a], &ImageDefaults::default()).unwrap();
-    let img_b = env.store.build_image("b", &[&b], &ImageDefaults::default()).unwrap();
-    let rootfs = RootfsGuard(Rootfs::create(&env.store, &testkit::unique_id("gc"), &img_b, &InitLayer::for_hostname("h")).unwrap());
+    let img_a = env
+        .store
+        .build_image("a", &[&a], &ImageDefaults::default())
+        .unwrap();
+    let img_b = env
+        .store
+        .build_image("b", &[&b], &ImageDefaults::default())
+        .unwrap();
+    let rootfs = RootfsGuard(
+        Rootfs::create(
+            &env.store,
+            &testkit::unique_id("gc"),
+            &img_b,
+            &InitLayer::for_hostname("h"),
+        )
+        .unwrap(),
+    );
     env.store.remove_image("a").unwrap();
     env.store.remove_image("b").unwrap();
     let report = env.store.gc().unwrap();
     assert_eq!(report.layers_removed, vec![img_a.diff_ids[0].clone()]);
     assert!(!env.store.layer_path(&img_a.diff_ids[0]).exists());
-    assert!(env.store.layer_path(&img_b.diff_ids[0]).exists(), "layer of a live container collected");
+    assert!(
+        env.store.layer_path(&img_b.diff_ids[0]).exists(),
+        "layer of a live container collected"
+    );
     drop(rootfs);
     // An unpack interrupted by a crash leaves only staging, which gc clears once
     // its writer is gone; a live writer's staging stays.
     let dead = env.store.root().join("tmp/layer-999999999-0");
     write(&dead.join("half/written"), "x");
-    let live = env.store.root().join(format!("tmp/layer-{}-77", std::process::id()));
+    let live = env
+        .store
+        .root()
+        .join(format!("tmp/layer-{}-77", std::process::id()));
     std::fs::create_dir(&live).unwrap();
     let report = env.store.gc().unwrap();
     assert_eq!(report.layers_removed, vec![img_b.diff_ids[0].clone()]);

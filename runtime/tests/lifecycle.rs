@@ -21,28 +21,53 @@ fn runc_bundle(args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> Bund
     let dir = env.path("bundle");
     std::fs::create_dir(&dir).unwrap();
     testkit::busybox_tree(&dir.join("rootfs"));
-    let out = std::process::Command::new("runc").arg("spec").current_dir(&dir).output().expect("runc (scripts/deps)");
-    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("runc")
+        .arg("spec")
+        .current_dir(&dir)
+        .output()
+        .expect("runc (scripts/deps)");
+    assert!(
+        out.status.success(),
+        "runc spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = dir.join("config.json");
     let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     c["process"]["terminal"] = false.into();
-    c["process"]["args"] = args.iter().map(|a| serde_json::Value::from(*a)).collect::<Vec<_>>().into();
+    c["process"]["args"] = args
+        .iter()
+        .map(|a| serde_json::Value::from(*a))
+        .collect::<Vec<_>>()
+        .into();
     edit(&mut c);
     std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
     Bundle { env, dir }
 }
 
 fn cli(b: &Bundle, args: &[&str]) -> Output {
-    b.env.cli().args(args).stdin(std::process::Stdio::null()).output().unwrap()
+    b.env
+        .cli()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn err(o: &Output) -> String {
-    assert!(!o.status.success(), "unexpectedly succeeded: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -70,7 +95,14 @@ fn lifecycle_on_a_runc_spec_bundle() {
     if !testkit::require_root("lifecycle_on_a_runc_spec_bundle") {
         return;
     }
-    let b = runc_bundle(&["sh", "-c", "trap 'exit 3' TERM; echo started; while true; do sleep 0.1; done"], |_| {});
+    let b = runc_bundle(
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 3' TERM; echo started; while true; do sleep 0.1; done",
+        ],
+        |_| {},
+    );
     let id = testkit::unique_id("life");
     let pid_file = b.env.path("pid");
     let _guard = create(&b, &id, &["--pid-file", &pid_file.to_string_lossy()]);
@@ -80,16 +112,32 @@ fn lifecycle_on_a_runc_spec_bundle() {
     assert_eq!(state["id"], id.as_str());
     assert_eq!(state["bundle"], b.dir.to_string_lossy().as_ref());
     let pid = state["pid"].as_i64().unwrap();
-    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), pid.to_string());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
     assert!(ok(&cli(&b, &["list", "-q"])).lines().any(|l| l == id));
     // The process waits for start: nothing has run yet.
-    assert!(!std::fs::read_to_string(b.env.path("out.log")).unwrap().contains("started"));
-    assert!(err(&cli(&b, &["create", "--bundle", &b.dir.to_string_lossy(), &id])).contains("already exists"));
+    assert!(
+        !std::fs::read_to_string(b.env.path("out.log"))
+            .unwrap()
+            .contains("started")
+    );
+    assert!(
+        err(&cli(
+            &b,
+            &["create", "--bundle", &b.dir.to_string_lossy(), &id]
+        ))
+        .contains("already exists")
+    );
 
     ok(&cli(&b, &["start", &id]));
     assert_eq!(status(&b, &id), "running");
     testkit::wait_for("container output", Duration::from_secs(10), || {
-        std::fs::read_to_string(b.env.path("out.log")).unwrap().contains("started").then_some(())
+        std::fs::read_to_string(b.env.path("out.log"))
+            .unwrap()
+            .contains("started")
+            .then_some(())
     });
     assert!(err(&cli(&b, &["start", &id])).contains("is running: cannot start"));
     assert!(err(&cli(&b, &["delete", &id])).contains("is running: cannot delete"));
@@ -97,14 +145,19 @@ fn lifecycle_on_a_runc_spec_bundle() {
 
     // Default signal TERM, which the trap turns into exit 3.
     ok(&cli(&b, &["kill", &id]));
-    testkit::wait_for("container to stop", Duration::from_secs(10), || (status(&b, &id) == "stopped").then_some(()));
+    testkit::wait_for("container to stop", Duration::from_secs(10), || {
+        (status(&b, &id) == "stopped").then_some(())
+    });
     assert!(err(&cli(&b, &["kill", &id, "KILL"])).contains("is stopped: cannot kill"));
     assert!(err(&cli(&b, &["start", &id])).contains("is stopped: cannot start"));
 
     ok(&cli(&b, &["delete", &id]));
     assert!(err(&cli(&b, &["state", &id])).contains("not found"));
     assert!(!ok(&cli(&b, &["list", "-q"])).lines().any(|l| l == id));
-    assert!(!testkit::cgroup_exists(&format!("strata/{id}")), "cgroup left behind");
+    assert!(
+        !testkit::cgroup_exists(&format!("strata-{id}")),
+        "cgroup left behind"
+    );
     assert!(err(&cli(&b, &["delete", &id])).contains("not found"));
     assert!(err(&cli(&b, &["start", "no-such"])).contains("not found"));
     assert!(err(&cli(&b, &["state", "../etc"])).contains("invalid container id"));
@@ -118,18 +171,30 @@ fn run_returns_exit_status_and_force_delete_kills() {
     let b = runc_bundle(&["sh", "-c", "exit 42"], |_| {});
     let id = testkit::unique_id("run");
     let o = cli(&b, &["run", "--bundle", &b.dir.to_string_lossy(), &id]);
-    assert_eq!(o.status.code(), Some(42), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(err(&cli(&b, &["state", &id])).contains("not found"), "run must delete");
+    assert_eq!(
+        o.status.code(),
+        Some(42),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        err(&cli(&b, &["state", &id])).contains("not found"),
+        "run must delete"
+    );
 
     let b = runc_bundle(&["sleep", "600"], |_| {});
     let id = testkit::unique_id("force");
     let _g = create(&b, &id, &[]);
     ok(&cli(&b, &["start", &id]));
-    let pid = serde_json::from_str::<serde_json::Value>(&ok(&cli(&b, &["state", &id]))).unwrap()["pid"].as_i64().unwrap();
+    let pid =
+        serde_json::from_str::<serde_json::Value>(&ok(&cli(&b, &["state", &id]))).unwrap()["pid"]
+            .as_i64()
+            .unwrap();
     ok(&cli(&b, &["delete", "--force", &id]));
     testkit::wait_for("init to die", Duration::from_secs(10), || {
         (!Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")))
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")))
         .then_some(())
     });
 }
@@ -141,9 +206,7 @@ fn hooks_run_at_the_points_the_spec_names() {
     }
     let marks = tempfile::tempdir().unwrap();
     let m = marks.path().to_string_lossy().into_owned();
-    let hook = |name: &str| {
-        serde_json::json!([{ "path": "/bin/sh", "args": ["sh", "-c", format!("cat > {m}/{name}")] }])
-    };
+    let hook = |name: &str| serde_json::json!([{ "path": "/bin/sh", "args": ["sh", "-c", format!("cat > {m}/{name}")] }]);
     let b = runc_bundle(&["true"], |c| {
         c["hooks"] = serde_json::json!({
             "createRuntime": hook("createRuntime"),
@@ -153,13 +216,21 @@ fn hooks_run_at_the_points_the_spec_names() {
     });
     let id = testkit::unique_id("hooks");
     let _g = create(&b, &id, &[]);
-    let created: serde_json::Value = serde_json::from_slice(&std::fs::read(marks.path().join("createRuntime")).unwrap()).unwrap();
-    assert_eq!(created["id"], id.as_str(), "hooks receive the state on stdin");
+    let created: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(marks.path().join("createRuntime")).unwrap())
+            .unwrap();
+    assert_eq!(
+        created["id"],
+        id.as_str(),
+        "hooks receive the state on stdin"
+    );
     assert!(!marks.path().join("poststart").exists());
     ok(&cli(&b, &["start", &id]));
     assert!(marks.path().join("poststart").exists());
     assert!(!marks.path().join("poststop").exists());
-    testkit::wait_for("container to stop", Duration::from_secs(10), || (status(&b, &id) == "stopped").then_some(()));
+    testkit::wait_for("container to stop", Duration::from_secs(10), || {
+        (status(&b, &id) == "stopped").then_some(())
+    });
     ok(&cli(&b, &["delete", &id]));
     assert!(marks.path().join("poststop").exists());
 }
@@ -178,17 +249,30 @@ fn failed_create_leaves_nothing_behind() {
         mounts.push(serde_json::json!({"destination": "/v2", "type": "bind", "source": "/no/such/dir", "options": ["rbind"]}));
     });
     let id = testkit::unique_id("fail");
-    let e = err(&cli(&b, &["create", "--bundle", &b.dir.to_string_lossy(), &id]));
+    let e = err(&cli(
+        &b,
+        &["create", "--bundle", &b.dir.to_string_lossy(), &id],
+    ));
     assert!(e.contains("/no/such/dir"), "{e}");
-    assert!(!is_mountpoint(&b.dir.join("rootfs/v1")), "first volume left mounted");
+    assert!(
+        !is_mountpoint(&b.dir.join("rootfs/v1")),
+        "first volume left mounted"
+    );
     assert!(err(&cli(&b, &["state", &id])).contains("not found"));
     assert!(ok(&cli(&b, &["list", "-q"])).is_empty());
-    let leftovers: Vec<_> = std::fs::read_dir(b.env.state.join(".strata")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(b.env.state.join(".strata"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert!(!testkit::cgroup_exists(&format!("strata/{id}")));
+    assert!(!testkit::cgroup_exists(&format!("strata-{id}")));
     // A bundle without config.json: a clear error, nothing created.
     let empty = tempfile::tempdir().unwrap();
-    let e = err(&cli(&b, &["create", "--bundle", &empty.path().to_string_lossy(), &id]));
+    let e = err(&cli(
+        &b,
+        &["create", "--bundle", &empty.path().to_string_lossy(), &id],
+    ));
     assert!(e.contains("config.json"), "{e}");
     assert!(ok(&cli(&b, &["list", "-q"])).is_empty());
 }
@@ -217,13 +301,20 @@ fn delete_undoes_what_an_interrupted_create_left() {
     let id = testkit::unique_id("crash");
     let ours = env.state.join(".strata").join(&id);
     std::fs::create_dir(&ours).unwrap();
-    std::fs::write(ours.join("premounts.json"), serde_json::to_vec(&[&landed, &never]).unwrap()).unwrap();
+    std::fs::write(
+        ours.join("premounts.json"),
+        serde_json::to_vec(&[&landed, &never]).unwrap(),
+    )
+    .unwrap();
     std::fs::write(env.state.join(".strata").join(format!("{id}.lock")), "").unwrap();
     assert!(is_mountpoint(&landed));
 
     let o = env.cli().args(["delete", &id]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(!is_mountpoint(&landed), "volume of the interrupted create still mounted");
+    assert!(
+        !is_mountpoint(&landed),
+        "volume of the interrupted create still mounted"
+    );
     assert!(!ours.exists());
     let o = env.cli().args(["delete", &id]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
@@ -234,7 +325,14 @@ fn run_forwards_signals_to_the_container() {
     if !testkit::require_root("run_forwards_signals_to_the_container") {
         return;
     }
-    let b = runc_bundle(&["sh", "-c", "trap 'exit 9' TERM; echo ready; while :; do sleep 0.1; done"], |_| {});
+    let b = runc_bundle(
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 9' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
+        |_| {},
+    );
     let id = testkit::unique_id("fwd");
     let _g = testkit::ContainerGuard {
         binary: BIN.into(),
@@ -253,19 +351,34 @@ fn run_forwards_signals_to_the_container() {
         .spawn()
         .unwrap();
     testkit::wait_for("container to be ready", Duration::from_secs(10), || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("ready").then_some(())
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready")
+            .then_some(())
     });
     // `run` takes over TERM once the container has started: wait for its mask.
     let status_path = format!("/proc/{}/status", child.id());
     testkit::wait_for("run to block TERM", Duration::from_secs(10), || {
         let s = std::fs::read_to_string(&status_path).ok()?;
-        let blk = s.lines().find_map(|l| l.strip_prefix("SigBlk:"))?.trim().to_string();
+        let blk = s
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))?
+            .trim()
+            .to_string();
         let mask = u64::from_str_radix(&blk, 16).ok()?;
         (mask & (1 << (libc_sigterm() - 1)) != 0).then_some(())
     });
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(9), "TERM was not forwarded to the container");
+    assert_eq!(
+        status.code(),
+        Some(9),
+        "TERM was not forwarded to the container"
+    );
 }
 
 fn libc_sigterm() -> u32 {

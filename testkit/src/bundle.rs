@@ -15,8 +15,12 @@ pub fn busybox_tree(dir: &Path) {
     for d in ["etc", "tmp", "root", "var", "usr"] {
         std::fs::create_dir_all(dir.join(d)).expect("creating dir");
     }
-    std::fs::copy(BUSYBOX, bin.join("busybox")).expect("copying busybox (apt-get install busybox-static)");
-    let out = Command::new(BUSYBOX).arg("--list").output().expect("busybox --list");
+    std::fs::copy(BUSYBOX, bin.join("busybox"))
+        .expect("copying busybox (apt-get install busybox-static)");
+    let out = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     for applet in String::from_utf8_lossy(&out.stdout).lines() {
         // `--list` names busybox itself on some builds: linking it would replace the binary.
         if applet.is_empty() || applet == "busybox" || applet.contains('/') {
@@ -30,7 +34,11 @@ pub fn busybox_tree(dir: &Path) {
 pub fn unique_id(name: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Lazily unmounts `path` (and anything stacked on it) when dropped.

@@ -47,11 +47,29 @@ fn main() -> Result<()> {
     // lives on it, which would make every runtime's state writes disk metadata).
     let state = t.join("state");
     std::fs::create_dir(&state)?;
-    nix::mount::mount(Some("tmpfs"), &state, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &state,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )?;
     let runtimes = [
-        Runtime { name: "strata-runtime", bin: strata.clone(), root: state.join("strata") },
-        Runtime { name: "runc", bin: "runc".into(), root: state.join("runc") },
-        Runtime { name: "crun", bin: "crun".into(), root: state.join("crun") },
+        Runtime {
+            name: "strata-runtime",
+            bin: strata.clone(),
+            root: state.join("strata"),
+        },
+        Runtime {
+            name: "runc",
+            bin: "runc".into(),
+            root: state.join("runc"),
+        },
+        Runtime {
+            name: "crun",
+            bin: "crun".into(),
+            root: state.join("crun"),
+        },
     ];
 
     // Plain rootfs.
@@ -82,7 +100,11 @@ fn main() -> Result<()> {
     let binds = t.join("binds");
     write_config(&binds, &rootfs.path(), &vols)?;
 
-    let scenarios = [("plain rootfs", &plain), ("3-layer overlay", &overlay), ("overlay + 5 binds", &binds)];
+    let scenarios = [
+        ("plain rootfs", &plain),
+        ("3-layer overlay", &overlay),
+        ("overlay + 5 binds", &binds),
+    ];
     println!("| bundle | runtime | median ms | p10 ms | p90 ms | runs |");
     println!("|---|---|---|---|---|---|");
     let mut summary = Vec::new();
@@ -101,7 +123,14 @@ fn main() -> Result<()> {
             ts.sort();
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             let pick = |q: f64| ts[((ts.len() - 1) as f64 * q).round() as usize];
-            println!("| {label} | {} | {:.1} | {:.1} | {:.1} | {} |", rt.name, ms(pick(0.5)), ms(pick(0.1)), ms(pick(0.9)), ts.len());
+            println!(
+                "| {label} | {} | {:.1} | {:.1} | {:.1} | {} |",
+                rt.name,
+                ms(pick(0.5)),
+                ms(pick(0.1)),
+                ms(pick(0.9)),
+                ts.len()
+            );
             medians.push(ms(pick(0.5)));
         }
         summary.push((label, medians[0] / medians[2], medians[0] / medians[1]));
@@ -117,7 +146,10 @@ fn main() -> Result<()> {
 /// `runc spec` defaults with `/bin/true`, the given rootfs and bind mounts.
 fn write_config(bundle: &Path, rootfs: &Path, binds: &[(PathBuf, String)]) -> Result<()> {
     std::fs::create_dir_all(bundle)?;
-    let out = Command::new("runc").arg("spec").current_dir(bundle).output()?;
+    let out = Command::new("runc")
+        .arg("spec")
+        .current_dir(bundle)
+        .output()?;
     if !out.status.success() {
         bail!("runc spec: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -127,9 +159,12 @@ fn write_config(bundle: &Path, rootfs: &Path, binds: &[(PathBuf, String)]) -> Re
     c["process"]["args"] = serde_json::json!(["/bin/true"]);
     c["root"]["path"] = rootfs.to_string_lossy().into_owned().into();
     for (src, dest) in binds {
-        c["mounts"].as_array_mut().context("mounts")?.push(serde_json::json!({
-            "destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]
-        }));
+        c["mounts"]
+            .as_array_mut()
+            .context("mounts")?
+            .push(serde_json::json!({
+                "destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate"]
+            }));
     }
     std::fs::write(&path, serde_json::to_vec_pretty(&c)?)?;
     Ok(())
@@ -160,12 +195,25 @@ fn run_once(rt: &Runtime, bundle: &Path, id: &str) -> Result<Duration> {
 fn enter_private_mount_ns() -> Result<()> {
     use nix::mount::{MsFlags, mount};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
     let controllers = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
     if controllers.exists() {
-        let empty = std::env::temp_dir().join(format!("bench-runtime-empty-{}", std::process::id()));
+        let empty =
+            std::env::temp_dir().join(format!("bench-runtime-empty-{}", std::process::id()));
         std::fs::write(&empty, "")?;
-        mount(Some(&empty), controllers, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+        mount(
+            Some(&empty),
+            controllers,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
         std::fs::remove_file(&empty)?;
     }
     Ok(())

@@ -71,7 +71,8 @@ fn walk<W: Write>(
                 .map_err(io("writing whiteout"))?;
         } else if ft.is_dir() {
             h.set_size(0);
-            b.append_data(&mut h, &rel, std::io::empty()).map_err(io("writing dir"))?;
+            b.append_data(&mut h, &rel, std::io::empty())
+                .map_err(io("writing dir"))?;
             if spec.overlay_upper && is_opaque(&abs) {
                 let mut wh = tar::Header::new_gnu();
                 wh.set_entry_type(tar::EntryType::Regular);
@@ -84,7 +85,8 @@ fn walk<W: Write>(
         } else if ft.is_symlink() {
             let target = fs::read_link(&abs).map_err(io("reading symlink"))?;
             h.set_size(0);
-            b.append_link(&mut h, &rel, &target).map_err(io("writing symlink"))?;
+            b.append_link(&mut h, &rel, &target)
+                .map_err(io("writing symlink"))?;
         } else if ft.is_file() {
             if meta.nlink() > 1 {
                 if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
@@ -92,7 +94,8 @@ fn walk<W: Write>(
                     lh.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
                     lh.set_entry_type(tar::EntryType::Link);
                     lh.set_size(0);
-                    b.append_link(&mut lh, &rel, first).map_err(io("writing hard link"))?;
+                    b.append_link(&mut lh, &rel, first)
+                        .map_err(io("writing hard link"))?;
                     continue;
                 }
                 links.insert((meta.dev(), meta.ino()), rel.clone());
@@ -106,7 +109,8 @@ fn walk<W: Write>(
                 continue;
             }
             h.set_size(0);
-            b.append_data(&mut h, &rel, std::io::empty()).map_err(io("writing node"))?;
+            b.append_data(&mut h, &rel, std::io::empty())
+                .map_err(io("writing node"))?;
         }
     }
     Ok(())

@@ -96,7 +96,9 @@ impl ImageStore {
     }
 
     fn image_path(&self, name: &str) -> PathBuf {
-        self.root.join("images").join(format!("{}.json", hex::encode(name)))
+        self.root
+            .join("images")
+            .join(format!("{}.json", hex::encode(name)))
     }
 
     pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
@@ -119,7 +121,8 @@ impl ImageStore {
             let input = fs::File::open(src).map_err(Error::io("opening blob", src))?;
             let out = fs::File::create(&tmp).map_err(Error::io("creating", &tmp))?;
             let mut w = HashingWriter::new(out);
-            std::io::copy(&mut BufReader::new(input), &mut w).map_err(Error::io("copying blob", src))?;
+            std::io::copy(&mut BufReader::new(input), &mut w)
+                .map_err(Error::io("copying blob", src))?;
             let (f, got, n) = w.finish();
             f.sync_all().map_err(Error::io("syncing", &tmp))?;
             check(want, &got, size, n)?;
@@ -168,7 +171,12 @@ impl ImageStore {
 
     /// Unpacks verified layer blob `blob` (of `media_type`) as `diff_id`, unless that
     /// layer is already unpacked. The uncompressed stream must hash to `diff_id`.
-    pub fn unpack_layer(&self, blob: &Digest, media_type: &MediaType, diff_id: &Digest) -> Result<()> {
+    pub fn unpack_layer(
+        &self,
+        blob: &Digest,
+        media_type: &MediaType,
+        diff_id: &Digest,
+    ) -> Result<()> {
         let dest = self.layer_path(diff_id);
         if dest.exists() {
             return Ok(());
@@ -232,7 +240,13 @@ impl ImageStore {
         Ok(out)
     }
 
-    fn import_descriptor(&self, layout: &Path, desc: &Descriptor, name: Option<String>, out: &mut Vec<Image>) -> Result<()> {
+    fn import_descriptor(
+        &self,
+        layout: &Path,
+        desc: &Descriptor,
+        name: Option<String>,
+        out: &mut Vec<Image>,
+    ) -> Result<()> {
         let digest = parse_digest(desc.digest())?;
         let name = desc
             .annotations()
@@ -243,17 +257,19 @@ impl ImageStore {
         self.put_blob(&src(&digest), &digest, Some(desc.size()))?;
         let bytes = self.read_verified(&digest)?;
         if *desc.media_type() == MediaType::ImageIndex {
-            let nested: ImageIndex = serde_json::from_slice(&bytes).map_err(json_err(&src(&digest)))?;
+            let nested: ImageIndex =
+                serde_json::from_slice(&bytes).map_err(json_err(&src(&digest)))?;
             for d in nested.manifests() {
                 self.import_descriptor(layout, d, name.clone(), out)?;
             }
             return Ok(());
         }
-        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(json_err(&src(&digest)))?;
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(json_err(&src(&digest)))?;
         let config_d = parse_digest(manifest.config().digest())?;
         self.put_blob(&src(&config_d), &config_d, Some(manifest.config().size()))?;
-        let config: ImageConfiguration =
-            serde_json::from_slice(&self.read_verified(&config_d)?).map_err(json_err(&src(&config_d)))?;
+        let config: ImageConfiguration = serde_json::from_slice(&self.read_verified(&config_d)?)
+            .map_err(json_err(&src(&config_d)))?;
         let diff_ids = config
             .rootfs()
             .diff_ids()
@@ -263,7 +279,11 @@ impl ImageStore {
         if diff_ids.len() != manifest.layers().len() {
             return Err(Error::invalid(
                 "image config",
-                format!("{} layers but {} diff_ids", manifest.layers().len(), diff_ids.len()),
+                format!(
+                    "{} layers but {} diff_ids",
+                    manifest.layers().len(),
+                    diff_ids.len()
+                ),
             ));
         }
         let mut layer_blobs = Vec::new();
@@ -288,7 +308,11 @@ impl ImageStore {
     fn save_image(&self, image: &Image) -> Result<()> {
         let p = self.image_path(&image.name);
         let tmp = self.tmp_path("image");
-        fs::write(&tmp, serde_json::to_vec_pretty(image).expect("serializable")).map_err(Error::io("writing", &tmp))?;
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(image).expect("serializable"),
+        )
+        .map_err(Error::io("writing", &tmp))?;
         fs::rename(&tmp, &p).map_err(Error::io("storing image", &p))
     }
 
@@ -326,8 +350,9 @@ impl ImageStore {
 
     /// The process defaults of an image's config.
     pub fn defaults(&self, image: &Image) -> Result<ImageDefaults> {
-        let config: ImageConfiguration = serde_json::from_slice(&self.read_verified(&image.config)?)
-            .map_err(json_err(&self.blob_path(&image.config)))?;
+        let config: ImageConfiguration =
+            serde_json::from_slice(&self.read_verified(&image.config)?)
+                .map_err(json_err(&self.blob_path(&image.config)))?;
         let c = config.config().clone().unwrap_or_default();
         Ok(ImageDefaults {
             env: c.env().clone().unwrap_or_default(),
@@ -341,7 +366,12 @@ impl ImageStore {
     /// Builds image `name` with one layer per host directory (bottom first), for
     /// tests and examples. Each directory is packed as is: a regular file named
     /// `.wh.X` in it becomes a whiteout of X when the layer is unpacked.
-    pub fn build_image(&self, name: &str, layer_dirs: &[&Path], defaults: &ImageDefaults) -> Result<Image> {
+    pub fn build_image(
+        &self,
+        name: &str,
+        layer_dirs: &[&Path],
+        defaults: &ImageDefaults,
+    ) -> Result<Image> {
         let empty = HashSet::new();
         let mut layers = Vec::new();
         for dir in layer_dirs {
@@ -364,7 +394,9 @@ impl ImageStore {
             let mut w = HashingWriter::new(std::io::BufWriter::new(f));
             pack::pack(spec, &mut w)?;
             let (bw, d, n) = w.finish();
-            let f = bw.into_inner().map_err(|e| Error::io("flushing", &tmp)(e.into_error()))?;
+            let f = bw
+                .into_inner()
+                .map_err(|e| Error::io("flushing", &tmp)(e.into_error()))?;
             f.sync_all().map_err(Error::io("syncing", &tmp))?;
             self.put_blob(&tmp, &d, Some(n))?;
             self.unpack_layer(&d, &MediaType::ImageLayer, &d)?;
@@ -376,7 +408,13 @@ impl ImageStore {
 
     /// Writes config and manifest for `layers` (uncompressed, blob = diff_id) on top
     /// of `base`'s layers and records the image as `name`.
-    pub(crate) fn assemble(&self, name: &str, base: Option<&Image>, layers: Vec<Digest>, defaults: &ImageDefaults) -> Result<Image> {
+    pub(crate) fn assemble(
+        &self,
+        name: &str,
+        base: Option<&Image>,
+        layers: Vec<Digest>,
+        defaults: &ImageDefaults,
+    ) -> Result<Image> {
         if name.is_empty() || name.len() > 255 {
             return Err(Error::invalid("image name", "must be 1-255 bytes"));
         }
@@ -389,7 +427,9 @@ impl ImageStore {
             layer_descs.extend(m.layers().iter().cloned());
         }
         for d in layers {
-            let size = fs::metadata(self.blob_path(&d)).map_err(Error::io("inspecting blob", self.blob_path(&d)))?.len();
+            let size = fs::metadata(self.blob_path(&d))
+                .map_err(Error::io("inspecting blob", self.blob_path(&d)))?
+                .len();
             layer_descs.push(descriptor(MediaType::ImageLayer, &d, size)?);
             diff_ids.push(d.clone());
             layer_blobs.push(d);
@@ -423,7 +463,11 @@ impl ImageStore {
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
-            .config(descriptor(MediaType::ImageConfig, &config_d, config_bytes.len() as u64)?)
+            .config(descriptor(
+                MediaType::ImageConfig,
+                &config_d,
+                config_bytes.len() as u64,
+            )?)
             .layers(layer_descs)
             .build()?;
         let manifest_bytes = serde_json::to_vec(&manifest).expect("serializable");
@@ -444,17 +488,27 @@ impl ImageStore {
     pub fn export_layout(&self, image: &Image, dir: &Path) -> Result<()> {
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(Error::io("creating", &blobs))?;
-        for d in [&image.manifest, &image.config].into_iter().chain(&image.layer_blobs) {
+        for d in [&image.manifest, &image.config]
+            .into_iter()
+            .chain(&image.layer_blobs)
+        {
             self.verify_blob(d, None)?;
             let to = blobs.join(d.hex());
             fs::copy(self.blob_path(d), &to).map_err(Error::io("copying blob", &to))?;
         }
         let size = fs::metadata(self.blob_path(&image.manifest))
-            .map_err(Error::io("inspecting blob", self.blob_path(&image.manifest)))?
+            .map_err(Error::io(
+                "inspecting blob",
+                self.blob_path(&image.manifest),
+            ))?
             .len();
         let mut desc = descriptor(MediaType::ImageManifest, &image.manifest, size)?;
         desc.set_annotations(Some(
-            [("org.opencontainers.image.ref.name".to_string(), image.name.clone())].into(),
+            [(
+                "org.opencontainers.image.ref.name".to_string(),
+                image.name.clone(),
+            )]
+            .into(),
         ));
         let index = oci_spec::image::ImageIndexBuilder::default()
             .schema_version(2u32)
@@ -466,7 +520,10 @@ impl ImageStore {
             fs::write(&p, bytes).map_err(Error::io("writing", &p))
         };
         write("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec())?;
-        write("index.json", serde_json::to_vec(&index).expect("serializable"))
+        write(
+            "index.json",
+            serde_json::to_vec(&index).expect("serializable"),
+        )
     }
 
     /// Removes layers and blobs that no image and no container rootfs refers to.
@@ -487,10 +544,18 @@ impl ImageStore {
         let tmp = self.root.join("tmp");
         for e in fs::read_dir(&tmp).map_err(Error::io("listing", &tmp))? {
             let p = e.map_err(Error::io("listing", &tmp))?.path();
-            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let pid = name.split('-').nth(1).and_then(|s| s.parse::<u32>().ok());
             if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-                let r = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                let r = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
                 r.map_err(Error::io("removing", &p))?;
                 report.staging_removed.push(p);
             }
@@ -502,14 +567,19 @@ impl ImageStore {
             let dir = self.root.join(sub);
             for e in fs::read_dir(&dir).map_err(Error::io("listing", &dir))? {
                 let e = e.map_err(Error::io("listing", &dir))?;
-                let Ok(d) = format!("sha256:{}", e.file_name().to_string_lossy()).parse::<Digest>() else {
+                let Ok(d) = format!("sha256:{}", e.file_name().to_string_lossy()).parse::<Digest>()
+                else {
                     continue;
                 };
                 if keep.contains(&d) {
                     continue;
                 }
                 let p = e.path();
-                let r = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                let r = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
                 r.map_err(Error::io("removing", &p))?;
                 out.push(d);
             }
@@ -520,7 +590,11 @@ impl ImageStore {
 
 fn descriptor(mt: MediaType, d: &Digest, size: u64) -> Result<Descriptor> {
     let od: oci_spec::image::Digest = d.to_string().parse()?;
-    Ok(DescriptorBuilder::default().media_type(mt).digest(od).size(size).build()?)
+    Ok(DescriptorBuilder::default()
+        .media_type(mt)
+        .digest(od)
+        .size(size)
+        .build()?)
 }
 
 fn check(want: &Digest, got: &Digest, size: Option<u64>, n: u64) -> Result<()> {

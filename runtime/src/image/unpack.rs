@@ -27,13 +27,22 @@ pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Unpacks the tar stream `tar` into the existing, empty directory `dest`.
 pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
-    let root = rustix::fs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io("opening layer dir", dest)(e.into()))?;
+    let root = rustix::fs::open(
+        dest,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("opening layer dir", dest)(e.into()))?;
     let mut archive = tar::Archive::new(tar);
-    let entries = archive.entries().map_err(Error::io("reading layer tar", dest))?;
+    let entries = archive
+        .entries()
+        .map_err(Error::io("reading layer tar", dest))?;
     for entry in entries {
         let mut entry = entry.map_err(Error::io("reading layer tar", dest))?;
-        let raw = entry.path().map_err(Error::io("reading entry path", dest))?.into_owned();
+        let raw = entry
+            .path()
+            .map_err(Error::io("reading entry path", dest))?
+            .into_owned();
         let shown = raw.display().to_string();
         let unsafe_entry = |reason: &'static str| Error::UnsafeLayerEntry {
             path: shown.clone(),
@@ -51,8 +60,13 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
         let name_bytes = name.as_bytes();
 
         if name_bytes == OPAQUE_MARKER.as_bytes() {
-            let dir = rustix::fs::openat(&parent, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| Error::io("opening opaque dir", dest.join(&rel))(e.into()))?;
+            let dir = rustix::fs::openat(
+                &parent,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::io("opening opaque dir", dest.join(&rel))(e.into()))?;
             rustix::fs::fsetxattr(&dir, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())
                 .map_err(|e| Error::io("marking dir opaque", dest.join(&rel))(e.into()))?;
             continue;
@@ -63,13 +77,21 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                 return Err(unsafe_entry("whiteout of an invalid name"));
             }
             remove_existing(&parent, hidden, dest)?;
-            rustix::fs::mknodat(&parent, hidden, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))
-                .map_err(|e| Error::io("creating whiteout", dest.join(&rel))(e.into()))?;
+            rustix::fs::mknodat(
+                &parent,
+                hidden,
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )
+            .map_err(|e| Error::io("creating whiteout", dest.join(&rel))(e.into()))?;
             continue;
         }
 
         let header = entry.header().clone();
-        let mode = Mode::from_bits_truncate(header.mode().map_err(Error::io("reading mode", dest))? & 0o7777);
+        let mode = Mode::from_bits_truncate(
+            header.mode().map_err(Error::io("reading mode", dest))? & 0o7777,
+        );
         let kind = header.entry_type();
         let path_err = |action: &'static str| Error::io(action, dest.join(&rel));
         use tar::EntryType as T;
@@ -78,7 +100,8 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                 Ok(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {}
                 _ => {
                     remove_existing(&parent, name, dest)?;
-                    rustix::fs::mkdirat(&parent, name, mode).map_err(|e| path_err("creating dir")(e.into()))?;
+                    rustix::fs::mkdirat(&parent, name, mode)
+                        .map_err(|e| path_err("creating dir")(e.into()))?;
                 }
             },
             T::Regular | T::Continuous => {
@@ -86,7 +109,11 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                 let fd = rustix::fs::openat(
                     &parent,
                     name,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     mode,
                 )
                 .map_err(|e| path_err("creating file")(e.into()))?;
@@ -102,7 +129,8 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                 remove_existing(&parent, name, dest)?;
                 // The target is stored as is: it is only ever followed inside the
                 // container's root, or by us with RESOLVE_IN_ROOT.
-                rustix::fs::symlinkat(&target, &parent, name).map_err(|e| path_err("creating symlink")(e.into()))?;
+                rustix::fs::symlinkat(&target, &parent, name)
+                    .map_err(|e| path_err("creating symlink")(e.into()))?;
             }
             T::Link => {
                 let target = entry
@@ -113,10 +141,17 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                 if target.is_absolute() {
                     return Err(unsafe_entry("hard link target is absolute"));
                 }
-                let trel = resolve::clean_relative(&target).map_err(|_| unsafe_entry("hard link target leaves the layer"))?;
-                let tname = trel.file_name().ok_or_else(|| unsafe_entry("hard link to the layer root"))?;
-                let tparent = resolve::open_in_root(&root, trel.parent().unwrap_or(Path::new("")), OFlags::PATH | OFlags::DIRECTORY)
-                    .map_err(path_err("resolving hard link target"))?;
+                let trel = resolve::clean_relative(&target)
+                    .map_err(|_| unsafe_entry("hard link target leaves the layer"))?;
+                let tname = trel
+                    .file_name()
+                    .ok_or_else(|| unsafe_entry("hard link to the layer root"))?;
+                let tparent = resolve::open_in_root(
+                    &root,
+                    trel.parent().unwrap_or(Path::new("")),
+                    OFlags::PATH | OFlags::DIRECTORY,
+                )
+                .map_err(path_err("resolving hard link target"))?;
                 remove_existing(&parent, name, dest)?;
                 rustix::fs::linkat(&tparent, tname, &parent, name, AtFlags::empty())
                     .map_err(|e| path_err("creating hard link")(e.into()))?;
@@ -154,7 +189,10 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
             rustix::fs::chmodat(&parent, name, mode, AtFlags::empty())
                 .map_err(|e| path_err("setting mode")(e.into()))?;
         }
-        if let Some(exts) = entry.pax_extensions().map_err(path_err("reading pax headers"))? {
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(path_err("reading pax headers"))?
+        {
             for ext in exts {
                 let ext = ext.map_err(path_err("reading pax headers"))?;
                 let Some(xname) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
@@ -165,8 +203,13 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                     continue;
                 }
                 let p = fd_path(&parent, name);
-                rustix::fs::lsetxattr(&p, OsStr::from_bytes(xname), ext.value_bytes(), rustix::fs::XattrFlags::empty())
-                    .map_err(|e| path_err("setting xattr")(e.into()))?;
+                rustix::fs::lsetxattr(
+                    &p,
+                    OsStr::from_bytes(xname),
+                    ext.value_bytes(),
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .map_err(|e| path_err("setting xattr")(e.into()))?;
             }
         }
         let mtime = header.mtime().unwrap_or(0) as i64;

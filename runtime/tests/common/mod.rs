@@ -67,7 +67,8 @@ pub struct Ran {
 /// Mounts a rootfs for `image`, writes a bundle from `cfg` and runs it to
 /// completion with `strata-runtime run`; everything is removed afterwards.
 pub fn run(env: &Env, id: &str, image: &Image, cfg: &ContainerConfig) -> Ran {
-    let rootfs = RootfsGuard(Rootfs::create(&env.store, id, image, &InitLayer::for_hostname(id)).unwrap());
+    let rootfs =
+        RootfsGuard(Rootfs::create(&env.store, id, image, &InitLayer::for_hostname(id)).unwrap());
     let bundle = env.path(&format!("bundle-{id}"));
     let spec = cfg.to_spec(id, &rootfs.0.path()).unwrap();
     strata_runtime::write_bundle(&bundle, &spec).unwrap();
@@ -86,13 +87,16 @@ pub fn run(env: &Env, id: &str, image: &Image, cfg: &ContainerConfig) -> Ran {
         .arg(id)
         .output()
         .unwrap();
-    let cgroup = format!("strata/{id}");
+    let cgroup = format!("strata-{id}");
     let ran = Ran {
         code: out.status.code().unwrap_or(-1),
         output: std::fs::read_to_string(&log).unwrap_or_default(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    assert!(!testkit::cgroup_exists(&cgroup), "cgroup {cgroup} left behind");
+    assert!(
+        !testkit::cgroup_exists(&cgroup),
+        "cgroup {cgroup} left behind"
+    );
     ran
 }
 
