@@ -744,3 +744,104 @@ async fn direct_io_modify_reaches_the_loop_device() {
     );
     env.unstage(&v2.volume_id, &st2).await;
 }
+
+/// Mounting one ext4 image through two loop devices at once corrupts it. A second stage of
+/// a staged volume at another path must fail or reuse the same device, never attach again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_is_never_attached_twice() {
+    if !testkit::require_root("a_volume_is_never_attached_twice") {
+        return;
+    }
+    let mut env = Env::new(PoolFs::Dir).await;
+    let v = env.create("twice", 32 * MIB).await;
+    let s1 = env.stage(&v, "twice-1", snw()).await;
+    let s2 = env.driver.mkdir("twice-2");
+    let r = env.node.node_stage_volume(stage_req(&v, &s2, snw())).await;
+    let images: Vec<_> = env
+        .pool
+        .loop_devices()
+        .into_iter()
+        .map(|l| l.backing_file)
+        .collect();
+    let mut unique = images.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        images.len(),
+        unique.len(),
+        "two loop devices on one image ({images:?}); second stage answered {:?}",
+        r.as_ref().map(|_| ()).map_err(show)
+    );
+    if r.is_ok() {
+        let (a, b) = (mount_at(&s1).unwrap(), mount_at(&s2).unwrap());
+        assert_eq!(a.source, b.source, "both stages must be the same device");
+        env.unstage(&v.volume_id, &s2).await;
+    }
+    env.unstage(&v.volume_id, &s1).await;
+}
+
+/// Restarting the driver (an upgrade, a crash loop) must never take a pod's volume away:
+/// mounts survive the restart, and the new process takes them over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_stay_mounted_across_driver_restarts() {
+    if !testkit::require_root("volumes_stay_mounted_across_driver_restarts") {
+        return;
+    }
+    let mut env = Env::new(PoolFs::Dir).await;
+    let v = env.create("survivor", 32 * MIB).await;
+    let st = env.stage(&v, "survivor-staging", snw()).await;
+    let t = env.publish(&v, &st, "survivor", snw(), false).await;
+    let (_, err) = write_pattern(&t.join("before"), 1 << 20, 31);
+    assert!(err.is_none(), "{err:?}");
+    // A graceful stop (SIGTERM) first, then a kill: neither may unmount anything.
+    env.driver.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = tokio::task::block_in_place(|| env.driver.wait_exit(WAIT));
+    assert_eq!(status.code(), Some(0), "SIGTERM → exit 0");
+    assert!(
+        mount_at(&t).is_some() && mount_at(&st).is_some(),
+        "a driver stop must leave staged and published volumes mounted"
+    );
+    let (_, err) = write_pattern(&t.join("while-down"), 1 << 20, 32);
+    assert!(
+        err.is_none(),
+        "the volume stays writable while the driver is down: {err:?}"
+    );
+    env.restart(&[]).await;
+    env.driver.kill();
+    assert!(
+        mount_at(&t).is_some(),
+        "a driver kill leaves the publish mounted"
+    );
+    env.restart(&[]).await;
+    assert!(
+        mount_at(&t).is_some(),
+        "start-up must not unmount a live publish"
+    );
+    // The new process knows the volume: idempotent repeats, stats, then the teardown.
+    env.node
+        .node_stage_volume(stage_req(&v, &st, snw()))
+        .await
+        .unwrap_or_else(|s| panic!("stage repeat after restart: {}", show(&s)));
+    env.node
+        .node_publish_volume(publish_req(&v, &st, &t, snw(), false))
+        .await
+        .unwrap_or_else(|s| panic!("publish repeat after restart: {}", show(&s)));
+    let stacked = testkit::mountinfo()
+        .into_iter()
+        .filter(|m| m.mount_point == t)
+        .count();
+    assert_eq!(stacked, 1, "repeats after restart must not stack mounts");
+    env.node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: v.volume_id.clone(),
+            volume_path: path_str(&t),
+            staging_target_path: path_str(&st),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("stats after restart: {}", show(&s)));
+    assert!(has_pattern(&t.join("before"), 1 << 20, 31));
+    assert!(has_pattern(&t.join("while-down"), 1 << 20, 32));
+    env.unpublish(&v.volume_id, &t).await;
+    env.unstage(&v.volume_id, &st).await;
+    assert!(mount_at(&st).is_none() && !t.exists());
+}
