@@ -3748,3 +3748,104 @@ async fn concurrent_identical_requests_converge() {
     env.unstage(&vol.volume_id, &staging).await;
     c.finish();
 }
+
+// ---------------------------------------------------------------- One driver per socket and state
+
+/// Runs `strata-csi` with `args` and waits up to 5 s for it to exit; kills it and returns
+/// None when it is still running at the deadline.
+fn run_briefly(args: &[&std::ffi::OsStr]) -> Option<std::process::ExitStatus> {
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn strata-csi");
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A second driver must not steal a live driver's socket, share its state dir, or delete a
+/// file that is not a socket at the endpoint path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_is_refused() {
+    if !testkit::require_root("a_second_instance_is_refused") {
+        return;
+    }
+    let mut env = Env::new(PoolFs::Dir).await;
+    let mut c = Checks::new("a_second_instance_is_refused");
+    let pool_arg = format!("{POOL}=image:{}", env.pool.path().display());
+    let other_state = env.driver.mkdir("other-state");
+    let other_sock = env.driver.path("other.sock");
+    let endpoint = |p: &Path| format!("unix://{}", p.display());
+    let args = |sock: &Path, state: &Path| -> Vec<std::ffi::OsString> {
+        vec![
+            "--endpoint".into(),
+            endpoint(sock).into(),
+            "--node-id".into(),
+            NODE.into(),
+            "--state-dir".into(),
+            state.into(),
+            "--pool".into(),
+            pool_arg.clone().into(),
+        ]
+    };
+    let os = |v: &Vec<std::ffi::OsString>| -> Vec<std::ffi::OsString> { v.clone() };
+
+    // Same socket, other state dir: the live socket must not be replaced.
+    let a = os(&args(env.driver.socket(), &other_state));
+    let st = tokio::task::block_in_place(|| {
+        run_briefly(&a.iter().map(|s| s.as_os_str()).collect::<Vec<_>>())
+    });
+    c.check(
+        "second driver on a live socket exits with an error",
+        "a live endpoint is not stale: only a crashed driver's socket is replaced",
+        st.is_some_and(|s| !s.success()),
+        st,
+    );
+    let mut ident = env.driver.identity().await;
+    c.ok(
+        "the first driver still serves its socket",
+        "a second instance must not take the socket away",
+        ident.probe(ProbeRequest {}).await,
+    );
+
+    // Same state dir, other socket: two writers on one state would corrupt it.
+    let a = os(&args(&other_sock, env.driver.state_dir()));
+    let st = tokio::task::block_in_place(|| {
+        run_briefly(&a.iter().map(|s| s.as_os_str()).collect::<Vec<_>>())
+    });
+    c.check(
+        "second driver on a state dir in use exits with an error",
+        "issue 2 §8: one process owns the state store",
+        st.is_some_and(|s| !s.success()),
+        st,
+    );
+
+    // A regular file where the socket should go is somebody's data, not a stale socket.
+    let not_sock = env.driver.path("precious.sock");
+    std::fs::create_dir_all(not_sock.parent().unwrap()).unwrap();
+    std::fs::write(&not_sock, b"not a socket").unwrap();
+    let fresh_state = env.driver.mkdir("fresh-state");
+    let a = os(&args(&not_sock, &fresh_state));
+    let st = tokio::task::block_in_place(|| {
+        run_briefly(&a.iter().map(|s| s.as_os_str()).collect::<Vec<_>>())
+    });
+    c.check(
+        "driver refuses an endpoint path holding a regular file",
+        "issue 2 §2: only a stale socket is replaced",
+        st.is_some_and(|s| !s.success())
+            && std::fs::read(&not_sock).is_ok_and(|b| b == b"not a socket"),
+        (st, std::fs::read(&not_sock).ok().map(|b| b.len())),
+    );
+    c.finish();
+}
