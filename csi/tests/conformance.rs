@@ -3781,7 +3781,7 @@ async fn a_second_instance_is_refused() {
     if !testkit::require_root("a_second_instance_is_refused") {
         return;
     }
-    let mut env = Env::new(PoolFs::Dir).await;
+    let env = Env::new(PoolFs::Dir).await;
     let mut c = Checks::new("a_second_instance_is_refused");
     let pool_arg = format!("{POOL}=image:{}", env.pool.path().display());
     let other_state = env.driver.mkdir("other-state");
