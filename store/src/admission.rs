@@ -309,6 +309,34 @@ pub fn admit_create(
     Ok(())
 }
 
+/// The API accepts a bare number where a quantity goes (`cpu: 1`, `storage: 10`); the typed
+/// structs want strings, so numbers in quantity positions become their decimal text.
+pub fn quantities_to_strings(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if QUANTITY_MAPS.contains(&k.as_str())
+                    && let Value::Object(q) = child
+                {
+                    for val in q.values_mut() {
+                        if let Value::Number(n) = val {
+                            *val = Value::String(n.to_string());
+                        }
+                    }
+                } else if k == "sizeLimit"
+                    && let Value::Number(n) = child
+                {
+                    *child = Value::String(n.to_string());
+                } else {
+                    quantities_to_strings(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(quantities_to_strings),
+        _ => {}
+    }
+}
+
 const QUANTITY_MAPS: &[&str] = &[
     "capacity",
     "requests",

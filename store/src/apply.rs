@@ -384,6 +384,11 @@ spec:
 
     #[test]
     fn parses_every_document() {
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {limits: {cpu: 1, memory: 1.5e9}}\n";
+        let docs = parse_manifests(pod, "default").unwrap();
+        let limits = &docs[0].object["spec"]["containers"][0]["resources"]["limits"];
+        assert_eq!(limits["cpu"], "1", "bare numbers are quantities too");
+        assert_eq!(limits["memory"], "1500000000.0");
         let docs = parse_manifests(GOOD, "apps").unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].namespace, "");

@@ -67,6 +67,7 @@ impl KindInfo {
             o.insert("apiVersion".into(), Value::from(self.api_version()));
             o.insert("kind".into(), Value::from(self.kind()));
         }
+        crate::admission::quantities_to_strings(&mut value);
         let canonical = (self.roundtrip)(value.clone()).map_err(|e| {
             Error::invalid(
                 if e.path == "." { String::new() } else { e.path },
