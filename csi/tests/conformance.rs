@@ -3426,6 +3426,7 @@ async fn foreign_loop_devices_are_never_detached() {
     let attacher = std::thread::spawn({
         let stop = stop.clone();
         let file = file.clone();
+        let root = foreign.root().to_owned();
         move || {
             let mut stolen = Vec::new();
             let mut rounds = 0;
@@ -3448,7 +3449,7 @@ async fn foreign_loop_devices_are_never_detached() {
                         break;
                     }
                 }
-                let _ = testkit::detach_loop(std::path::Path::new(&dev));
+                let _ = testkit::detach_loop_if_backed_under(std::path::Path::new(&dev), &root);
             }
             (rounds, stolen)
         }

@@ -637,7 +637,7 @@ async fn restart_after_reboot_like_damage() {
     for m in [&t, &st] {
         nix::mount::umount2(m.as_path(), nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
-    let _ = testkit::detach_loop(&dev.device);
+    let _ = testkit::detach_loop_if_backed_under(&dev.device, env.pool.path());
     tokio::task::block_in_place(|| {
         testkit::wait_for("a's loop device to go", WAIT, || {
             env.pool.loop_devices().is_empty().then_some(())

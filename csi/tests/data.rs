@@ -556,7 +556,9 @@ async fn volume_stats_and_abnormal_conditions() {
             // Detaching a mounted loop device only marks it autoclear; drop the mount too
             // so that the device really goes.
             "loop" => {
-                testkit::detach_loop(&dev.device).unwrap();
+                assert!(
+                    testkit::detach_loop_if_backed_under(&dev.device, env.pool.path()).unwrap()
+                );
                 nix::mount::umount2(&st, nix::mount::MntFlags::MNT_DETACH).unwrap();
                 let name = dev.name.clone();
                 tokio::task::block_in_place(|| {

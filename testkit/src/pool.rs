@@ -184,6 +184,33 @@ pub fn detach_loop(device: &Path) -> io::Result<()> {
     run(Command::new("losetup").arg("-d").arg(device))
 }
 
+/// Detaches `device` only if its backing file lies beneath `root`, without racing other
+/// users of loop devices: our open descriptor pins the device's binding (the kernel cannot
+/// unbind it, so nobody can rebind it, before our last close), so the backing file checked
+/// is the one detached. Checking first and detaching by number later could detach a device
+/// that was freed meanwhile and taken by another process. Returns whether it was ours.
+pub fn detach_loop_if_backed_under(device: &Path, root: &Path) -> io::Result<bool> {
+    let pin = match fs::File::open(device) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let ours = device
+        .to_str()
+        .and_then(LoopDevice::by_name)
+        .is_some_and(|l| {
+            let s = l.backing_file.to_string_lossy();
+            Path::new(s.strip_suffix(" (deleted)").unwrap_or(&s)).starts_with(root)
+        });
+    if ours {
+        // With our descriptor open the kernel marks the device autoclear; it unbinds when
+        // the pin below is closed.
+        detach_loop(device)?;
+    }
+    drop(pin);
+    Ok(ours)
+}
+
 /// Unmounts everything beneath `root` and detaches every loop device backed beneath it,
 /// repeating while that makes progress (a pool fs cannot be unmounted while loop devices hold
 /// its files open). Returns what is still left.
@@ -205,7 +232,7 @@ pub fn cleanup_under(root: &Path) -> (Vec<MountEntry>, Vec<LoopDevice>) {
             let _ = nix::mount::umount2(&m.mount_point, flags);
         }
         for l in &loops {
-            let _ = detach_loop(&l.device);
+            let _ = detach_loop_if_backed_under(&l.device, root);
         }
         // Detaching a still-mounted loop device only marks it autoclear, and the kernel
         // releases it a moment later: wait, bounded, for progress before the next round.
@@ -375,9 +402,7 @@ impl LoopPool {
             };
             // Detaching a mounted loop device marks it autoclear: it then vanishes with the
             // unmount, even if this process dies before `Drop` runs. Only while it is ours.
-            if ours() {
-                let _ = detach_loop(&device);
-            }
+            let _ = detach_loop_if_backed_under(&device, &this.root);
             match mounted {
                 Ok(()) => return Ok(this),
                 Err(e) => {
