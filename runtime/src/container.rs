@@ -142,6 +142,7 @@ impl Runtime {
 
     /// `create`: sets up namespaces, cgroups and the rootfs, and leaves the init
     /// process waiting for `start` (runtime-spec "create").
+    #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<State> {
         let _lock = self.lock(id, true)?;
         if self.lc_dir(id).exists() || self.our_dir(id).exists() {
@@ -250,6 +251,7 @@ impl Runtime {
     }
 
     /// `start`: runs the user process of a created container.
+    #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn start(&self, id: &str) -> Result<()> {
         let _lock = self.lock(id, false)?;
         let mut c = self.load(id)?;
@@ -260,6 +262,7 @@ impl Runtime {
     }
 
     /// `state` of one container.
+    #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn state(&self, id: &str) -> Result<State> {
         let _lock = self.lock(id, false)?;
         Ok(to_state(&self.load(id)?))
@@ -267,6 +270,7 @@ impl Runtime {
 
     /// `kill`: sends `signal` (a name such as TERM, SIGKILL or a number) to init,
     /// or with `all` to every process of the container's cgroup.
+    #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn kill(&self, id: &str, signal: &str, all: bool) -> Result<()> {
         let sig = libcontainer::signal::Signal::try_from(signal)
             .map_err(|_| Error::invalid("signal", format!("{signal:?} is not a signal")))?;
@@ -280,6 +284,7 @@ impl Runtime {
 
     /// `delete`: removes a stopped (or created) container and everything created
     /// for it; `force` kills a running one first.
+    #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let _lock = self.lock(id, false)?;
         match self.load(id) {
@@ -339,6 +344,7 @@ impl Runtime {
 
     /// `run`: create, start, wait for init to exit, delete. Returns the exit code
     /// (128 + signal for a killed process, as shells report it).
+    #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn run(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<i32> {
         let state = self.create(id, bundle, opts)?;
         let started = self.start(id);

@@ -65,6 +65,7 @@ pub struct Rootfs {
 
 impl Rootfs {
     /// Prepares and mounts the rootfs of container `id` from `image`.
+    #[tracing::instrument(skip_all, fields(id = %id, image = %image.name))]
     pub fn create(store: &ImageStore, id: &str, image: &Image, init: &InitLayer) -> Result<Rootfs> {
         validate_id(id)?;
         for l in &image.diff_ids {
@@ -196,6 +197,7 @@ impl Rootfs {
 
     /// Turns the upper layer, minus init-layer paths, into a new verified layer on
     /// top of the container's image, recorded as image `name`.
+    #[tracing::instrument(skip_all, fields(image = %name))]
     pub fn commit(&self, store: &ImageStore, name: &str) -> Result<Image> {
         let exclude: HashSet<PathBuf> = INIT_FILES
             .iter()

@@ -241,6 +241,18 @@ fn import_verifies_blobs_and_refuses_a_corrupted_one() {
         std::fs::read_to_string(other.layer_path(&img.diff_ids[0]).join("hello")).unwrap(),
         "world\n"
     );
+    // Unpacked once: a second import re-verifies blobs but leaves the layer alone.
+    use std::os::unix::fs::MetadataExt;
+    let before = std::fs::metadata(other.layer_path(&img.diff_ids[0]))
+        .unwrap()
+        .ino();
+    other.import_layout(&layout).unwrap();
+    assert_eq!(
+        std::fs::metadata(other.layer_path(&img.diff_ids[0]))
+            .unwrap()
+            .ino(),
+        before
+    );
 
     // One flipped byte in the layer blob: refused, naming the digest, nothing unpacked.
     let manifest: serde_json::Value = serde_json::from_slice(

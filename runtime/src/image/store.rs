@@ -230,6 +230,7 @@ impl ImageStore {
     /// Imports every image of an OCI image layout directory (index.json, blobs/),
     /// verifying each blob before use. Images are named by their
     /// `org.opencontainers.image.ref.name` annotation, else by manifest digest.
+    #[tracing::instrument(skip_all, fields(layout = %layout.display()))]
     pub fn import_layout(&self, layout: &Path) -> Result<Vec<Image>> {
         let index_path = layout.join("index.json");
         let index = ImageIndex::from_file(&index_path)?;
@@ -528,6 +529,7 @@ impl ImageStore {
 
     /// Removes layers and blobs that no image and no container rootfs refers to.
     /// Callers serialise it with container creation (the pod runner's store lock).
+    #[tracing::instrument(skip_all)]
     pub fn gc(&self) -> Result<GcReport> {
         let mut keep_layers = HashSet::new();
         let mut keep_blobs = HashSet::new();
