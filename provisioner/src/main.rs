@@ -59,10 +59,17 @@ async fn main() -> anyhow::Result<()> {
     config.retry_max = Duration::from_secs(args.retry_interval_max.max(1));
 
     let state_dir = args.state_dir.clone();
-    let store = tokio::task::spawn_blocking(move || strata_store::EmbeddedStore::open(&state_dir))
-        .await
-        .context("opening the store")?
-        .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
+    // Events this process records name it as their source, as kubectl describe shows.
+    let options = strata_store::StoreOptions {
+        component: "strata-provisioner".into(),
+        ..Default::default()
+    };
+    let store = tokio::task::spawn_blocking(move || {
+        strata_store::EmbeddedStore::open_with(&state_dir, options)
+    })
+    .await
+    .context("opening the store")?
+    .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
     let csi = CsiClient::new(&args.csi_endpoint, config.csi_timeout).map_err(anyhow::Error::msg)?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

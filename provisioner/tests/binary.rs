@@ -228,10 +228,10 @@ async fn binary_survives_sigterm_and_restart_and_collects_a_deleted_set() {
         .delete::<StatefulSet>("default", "db", Preconditions::default())
         .await
         .unwrap();
-    for o in 0..2 {
+    for (o, pv) in pvs.iter().enumerate() {
         gone::<Pod>(&store, "default", &format!("db-{o}")).await;
         gone::<PersistentVolumeClaim>(&store, "default", &format!("data-db-{o}")).await;
-        gone::<PersistentVolume>(&store, "", &pvs[o]).await;
+        gone::<PersistentVolume>(&store, "", pv).await;
     }
     eventually("two backing volumes deleted", || async {
         (pool.files().len() == 1).then_some(())

@@ -282,8 +282,8 @@ impl<S: Store> Controller<S> {
     #[tracing::instrument(skip_all, fields(pod = %k))]
     pub(crate) async fn place(&self, k: &str) -> Result<Requeue> {
         enum Step {
-            BindVolume(crate::k8s_openapi::api::core::v1::PersistentVolume),
-            SelectNode(PersistentVolumeClaim),
+            BindVolume(Box<crate::k8s_openapi::api::core::v1::PersistentVolume>),
+            SelectNode(Box<PersistentVolumeClaim>),
         }
         let steps = {
             let c = self.cache();
@@ -339,7 +339,7 @@ impl<S: Store> Controller<S> {
                             names::ANN_BOUND_BY_CONTROLLER,
                             names::YES,
                         );
-                        steps.push(Step::BindVolume(pv));
+                        steps.push(Step::BindVolume(Box::new(pv)));
                     }
                     // Pre-bound to this claim: the binder binds it even in WFFC mode.
                     Ok(Some(_)) => {}
@@ -351,7 +351,7 @@ impl<S: Store> Controller<S> {
                         if can_provision {
                             let mut updated = pvc.clone();
                             set_annotation(&mut updated.metadata, names::ANN_SELECTED_NODE, &node);
-                            steps.push(Step::SelectNode(updated));
+                            steps.push(Step::SelectNode(Box::new(updated)));
                         }
                     }
                     Err(e) => debug!(claim = %src.claim_name, error = %e, "cannot place claim"),

@@ -94,18 +94,16 @@ pub fn build_create_request(
         )),
         (None, None) => None,
     };
-    if let Some((kind, api_group, name)) = source {
-        if (kind == "VolumeSnapshot" && api_group == "snapshot.storage.k8s.io")
-            || (kind == "PersistentVolumeClaim" && api_group.is_empty())
-        {
-            // Snapshots and clones need the snapshot controller and the driver's
-            // CLONE_VOLUME; neither exists in Strata yet, so say so instead of
-            // silently creating an empty volume.
-            return Err(format!(
-                "data source {kind} {name:?} is not supported by strata-provisioner"
-            ));
-        }
-        // Any other kind is left to an external populator, as upstream does.
+    // Snapshots and clones need the snapshot controller and the driver's CLONE_VOLUME;
+    // neither exists in Strata yet, so say so instead of silently creating an empty volume.
+    // Any other kind is left to an external populator, as upstream does.
+    if let Some((kind, api_group, name)) = source
+        && ((kind == "VolumeSnapshot" && api_group == "snapshot.storage.k8s.io")
+            || (kind == "PersistentVolumeClaim" && api_group.is_empty()))
+    {
+        return Err(format!(
+            "data source {kind} {name:?} is not supported by strata-provisioner"
+        ));
     }
     let request = meta::claim_request_bytes(pvc)?;
     let required_bytes =

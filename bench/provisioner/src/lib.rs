@@ -1,1 +1,0 @@
-//! Binder and provisioner benchmarks.

@@ -1,0 +1,286 @@
+//! Binder and provisioner benchmarks (`docs/benchmarks.md`, "Binder and provisioner").
+//!
+//! 1. `match`: the volume index alone, 1,000 claims against 10,000 static PVs, each match
+//!    followed by the index update the binder makes (so later claims see the PV as taken).
+//! 2. `static`: the full binder with the embedded store: 10,000 static PVs, then 1,000 claims
+//!    created; time until every claim is Bound.
+//! 3. `dynamic`: 1,000 claims of an Immediate class, end to end through a real strata-csi
+//!    (CreateVolume over its unix socket, PV created, claim bound).
+//!
+//! `cargo build --release -p strata-csi -p bench-provisioner` then
+//! `target/release/bench-provisioner [--claims N] [--pvs N] [match|static|dynamic]...`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde_json::json;
+use strata_provisioner::binder::{self, ClaimContext, VolumeIndex, Write};
+use strata_provisioner::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use strata_provisioner::k8s_openapi::api::storage::v1::StorageClass;
+use strata_provisioner::{Config, CsiClient};
+use strata_store::{EmbeddedStore, Store};
+use testkit::{DriverConfig, DriverProcess, LoopPool};
+
+#[derive(Parser)]
+struct Args {
+    /// Claims to bind.
+    #[arg(long, default_value_t = 1000)]
+    claims: usize,
+    /// Static PVs for `match` and `static`.
+    #[arg(long, default_value_t = 10_000)]
+    pvs: usize,
+    /// strata-csi binary (default: next to this binary).
+    #[arg(long)]
+    csi: Option<PathBuf>,
+    /// Which benchmarks (default: all).
+    which: Vec<String>,
+}
+
+const MODES: [&[&str]; 3] = [
+    &["ReadWriteOnce"],
+    &["ReadWriteOnce", "ReadOnlyMany"],
+    &["ReadWriteMany"],
+];
+const CLASSES: [&str; 4] = ["", "fast", "slow", "archive"];
+
+fn static_pv(i: usize) -> PersistentVolume {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": format!("pv-{i:05}"), "labels": {"rack": format!("r{}", i % 7)}},
+        "spec": {
+            "capacity": {"storage": format!("{}Gi", 1 + (i * 7919) % 200)},
+            "accessModes": MODES[i % 3],
+            "storageClassName": CLASSES[i % 4],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": format!("/srv/pv-{i}")}
+        },
+        "status": {"phase": "Available"}
+    }))
+    .expect("pv json")
+}
+
+fn claim(i: usize, class: Option<&str>, size: &str) -> PersistentVolumeClaim {
+    let mut spec =
+        json!({"accessModes": MODES[i % 3], "resources": {"requests": {"storage": size}}});
+    if let Some(c) = class {
+        spec["storageClassName"] = json!(c);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": format!("claim-{i:05}"), "namespace": "default", "uid": format!("uid-{i}")},
+        "spec": spec
+    }))
+    .expect("claim json")
+}
+
+fn bench_match(claims: usize, pvs: usize) {
+    let mut index = VolumeIndex::new();
+    let t = Instant::now();
+    for i in 0..pvs {
+        index.upsert(static_pv(i));
+    }
+    let build = t.elapsed();
+    let classes = BTreeMap::<String, StorageClass>::new();
+    let claims: Vec<_> = (0..claims)
+        .map(|i| {
+            claim(
+                i,
+                Some(CLASSES[i % 4]),
+                &format!("{}Gi", 1 + (i * 31) % 150),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let mut bound = 0;
+    for c in &claims {
+        let plan = binder::sync_claim(
+            c,
+            &ClaimContext {
+                volumes: &index,
+                classes: &classes,
+                unscheduled_pods: &[],
+            },
+        );
+        // What the binder's cache does after a successful PV write.
+        for w in plan.writes {
+            if let Write::Volume(pv) | Write::VolumeStatus(pv) = w {
+                index.upsert(pv);
+                bound += 1;
+            }
+        }
+    }
+    let elapsed = t.elapsed();
+    println!(
+        "match: {} claims against {pvs} static PVs: {:.1} ms ({:.1} us/claim), {} PV writes planned; index build {:.1} ms",
+        claims.len(),
+        elapsed.as_secs_f64() * 1e3,
+        elapsed.as_secs_f64() * 1e6 / claims.len() as f64,
+        bound,
+        build.as_secs_f64() * 1e3
+    );
+}
+
+async fn wait_bound(store: &EmbeddedStore, want: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let list = store
+            .list::<PersistentVolumeClaim>(Some("default"), None)
+            .await?;
+        let bound = list
+            .items
+            .iter()
+            .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+            .count();
+        if bound >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {bound}/{want} claims bound after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Env {
+    store: EmbeddedStore,
+    _state: tempfile_dir::Dir,
+    driver: DriverProcess,
+    _pool: LoopPool,
+}
+
+mod tempfile_dir {
+    /// A temp dir removed on drop (no extra dependency for one directory).
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn env(csi: &PathBuf) -> anyhow::Result<Env> {
+    let pool = LoopPool::dir();
+    let driver =
+        DriverProcess::start(DriverConfig::new(csi, "bench-node").pool("main", pool.path())).await;
+    let state = tempfile_dir::Dir(testkit::unique_temp_dir("bench-provisioner"));
+    let store = EmbeddedStore::open(&state.0).context("store")?;
+    Ok(Env {
+        store,
+        _state: state,
+        driver,
+        _pool: pool,
+    })
+}
+
+async fn start_loops(e: &Env) -> anyhow::Result<strata_provisioner::Running> {
+    let config = Config::new("bench-node");
+    let csi =
+        CsiClient::new(&e.driver.endpoint(), config.csi_timeout).map_err(anyhow::Error::msg)?;
+    Ok(strata_provisioner::start(e.store.clone(), csi, config).await?)
+}
+
+async fn bench_static(csi: &PathBuf, claims: usize, pvs: usize) -> anyhow::Result<()> {
+    let e = env(csi).await?;
+    for i in 0..pvs {
+        e.store.create(&static_pv(i)).await?;
+    }
+    let t = Instant::now();
+    let running = start_loops(&e).await?;
+    // The store creates PVs Pending; the binder's first sync makes each Available.
+    loop {
+        let list = e.store.list::<PersistentVolume>(None, None).await?;
+        if list
+            .items
+            .iter()
+            .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let initial = t.elapsed();
+    let t = Instant::now();
+    for i in 0..claims {
+        let mut c = claim(
+            i,
+            Some(CLASSES[i % 4]),
+            &format!("{}Gi", 1 + (i * 31) % 150),
+        );
+        c.metadata.uid = None;
+        e.store.create(&c).await?;
+    }
+    let created = t.elapsed();
+    wait_bound(&e.store, claims).await?;
+    let total = t.elapsed();
+    running.shutdown().await;
+    println!(
+        "static: {claims} claims against {pvs} static PVs, full binder + embedded store: {:.2} s to all Bound (creating the claims {:.2} s of it); initial sync of the PVs {:.2} s",
+        total.as_secs_f64(),
+        created.as_secs_f64(),
+        initial.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn bench_dynamic(csi: &PathBuf, claims: usize) -> anyhow::Result<()> {
+    let e = env(csi).await?;
+    let sc: StorageClass = serde_json::from_value(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "fast"}, "provisioner": "local.csi.strata.io", "volumeBindingMode": "Immediate"
+    }))?;
+    e.store.create(&sc).await?;
+    let running = start_loops(&e).await?;
+    let t = Instant::now();
+    for i in 0..claims {
+        let mut c = claim(i, Some("fast"), "16Mi");
+        c.metadata.uid = None;
+        c.spec.as_mut().expect("spec").access_modes = Some(vec!["ReadWriteOnce".into()]);
+        e.store.create(&c).await?;
+    }
+    let created = t.elapsed();
+    wait_bound(&e.store, claims).await?;
+    let total = t.elapsed();
+    running.shutdown().await;
+    let pvs = e
+        .store
+        .list::<PersistentVolume>(None, None)
+        .await?
+        .items
+        .len();
+    println!(
+        "dynamic: {claims} claims, Immediate class, real strata-csi: {:.2} s to all Bound ({:.0} claims/s; creating the claims {:.2} s of it); {pvs} PVs",
+        total.as_secs_f64(),
+        claims as f64 / total.as_secs_f64(),
+        created.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let which = if args.which.is_empty() {
+        vec!["match".into(), "static".into(), "dynamic".into()]
+    } else {
+        args.which.clone()
+    };
+    let csi = match args.csi.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("strata-csi"),
+    };
+    for w in &which {
+        match w.as_str() {
+            "match" => bench_match(args.claims, args.pvs),
+            "static" => bench_static(&csi, args.claims, args.pvs).await?,
+            "dynamic" => bench_dynamic(&csi, args.claims).await?,
+            other => bail!("unknown benchmark {other:?} (match, static, dynamic)"),
+        }
+    }
+    Ok(())
+}
