@@ -58,10 +58,16 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Self::start_with_failpoints(&[]).await
+    }
+
+    pub async fn start_with_failpoints(failpoints: &[&str]) -> Harness {
         let pool = LoopPool::ext4(512 << 20);
-        let driver =
-            DriverProcess::start(DriverConfig::new(csi_binary(), NODE).pool("main", pool.path()))
-                .await;
+        let driver = DriverProcess::start_with_failpoints(
+            DriverConfig::new(csi_binary(), NODE).pool("main", pool.path()),
+            failpoints,
+        )
+        .await;
         let state = tempfile::tempdir().expect("state dir");
         let store = EmbeddedStore::open(state.path()).expect("open store");
         let mut config = Config::new(NODE);
@@ -435,6 +441,108 @@ async fn wait_for_first_consumer_places_on_the_pod_node() {
     assert_eq!(
         c.metadata.annotations.unwrap()["volume.kubernetes.io/selected-node"],
         NODE
+    );
+    h.stop().await;
+}
+
+async fn has_event(store: &EmbeddedStore, claim: &str, reason: &str, needle: &str) -> bool {
+    store
+        .events_for("PersistentVolumeClaim", "default", claim)
+        .await
+        .map(|evs| {
+            evs.iter().any(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.message.as_deref().unwrap_or_default().contains(needle)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_crash_during_create_volume_is_retried_with_the_same_name() {
+    if !testkit::require_root("driver_crash_during_create_volume_is_retried_with_the_same_name") {
+        return;
+    }
+    // The driver aborts inside CreateVolume after writing the image file: the provisioner
+    // sees UNAVAILABLE, keeps retrying the same call, and once the driver is back the
+    // retry (same name, pvc-<uid>) adopts that volume instead of making a second one.
+    let mut h = Harness::start_with_failpoints(&["create_volume:after_file"]).await;
+    h.apply::<StorageClass>(class("fast", "Immediate", false))
+        .await;
+    h.apply::<PersistentVolumeClaim>(claim("crash", Some("fast"), "32Mi"))
+        .await;
+    eventually("ProvisioningFailed after the crash", || async {
+        has_event(&h.store, "crash", "ProvisioningFailed", "CreateVolume")
+            .await
+            .then_some(())
+    })
+    .await;
+    assert!(
+        h.driver.try_wait().is_some(),
+        "the failpoint stopped the driver"
+    );
+    h.driver.restart(&[]).await;
+    let c = bound_claim(&h.store, "crash").await;
+    let pv: PersistentVolume = h
+        .store
+        .get("", c.spec.as_ref().unwrap().volume_name.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert!(pv.spec.unwrap().csi.is_some());
+    assert_eq!(
+        images(&h.pool),
+        1,
+        "one volume: the retry reused the crashed call's name"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprovisionable_claims_get_provisioning_failed_and_nothing_is_created() {
+    if !testkit::require_root(
+        "unprovisionable_claims_get_provisioning_failed_and_nothing_is_created",
+    ) {
+        return;
+    }
+    let mut h = Harness::start().await;
+    h.apply::<StorageClass>(class("fast", "Immediate", false))
+        .await;
+    let mut selector = claim("picky", Some("fast"), "32Mi");
+    selector["spec"]["selector"] = json!({"matchLabels": {"tier": "gold"}});
+    h.apply::<PersistentVolumeClaim>(selector).await;
+    let mut both = claim("both", Some("fast"), "32Mi");
+    both["spec"]["accessModes"] = json!(["ReadWriteOnce", "ReadOnlyMany"]);
+    h.apply::<PersistentVolumeClaim>(both).await;
+    eventually("selector refused", || async {
+        has_event(
+            &h.store,
+            "picky",
+            "ProvisioningFailed",
+            "claim Selector is not supported",
+        )
+        .await
+        .then_some(())
+    })
+    .await;
+    eventually("RWO+ROX refused", || async {
+        has_event(
+            &h.store,
+            "both",
+            "ProvisioningFailed",
+            "ReadOnlyMany and ReadWriteOnce",
+        )
+        .await
+        .then_some(())
+    })
+    .await;
+    assert_eq!(images(&h.pool), 0, "nothing was created for refused claims");
+    assert!(
+        h.store
+            .list::<PersistentVolume>(None, None)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
     );
     h.stop().await;
 }
