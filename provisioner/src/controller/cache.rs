@@ -201,3 +201,54 @@ impl Cache {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binder::testutil::{claim, ts_at, volume};
+
+    fn at(mut c: PersistentVolumeClaim, rv: u64) -> PersistentVolumeClaim {
+        c.metadata.resource_version = Some(rv.to_string());
+        c
+    }
+
+    #[test]
+    fn older_versions_and_deleted_objects_do_not_come_back() {
+        let mut cache = Cache::default();
+        cache.put_claim(at(claim("c", "1Gi", &[]), 5));
+        cache.put_claim(at(claim("c", "2Gi", &[]), 3));
+        let held = &cache.claims["default/c"];
+        assert_eq!(
+            meta::resource_version(&held.metadata),
+            5,
+            "a late event is ignored"
+        );
+        cache.drop_claim("default/c", 7);
+        // Our own write's result (version 6) arriving after the Deleted event (7).
+        cache.put_claim(at(claim("c", "1Gi", &[]), 6));
+        assert!(
+            cache.claims.is_empty(),
+            "no resurrection from an older version"
+        );
+        // Recreated under the same name later: a newer version is welcome.
+        cache.put_claim(at(claim("c", "1Gi", &[]), 9));
+        assert!(cache.claims.contains_key("default/c"));
+    }
+
+    #[test]
+    fn an_update_that_removed_the_last_finalizer_removes_the_object() {
+        let mut cache = Cache::default();
+        cache.put_claim(at(claim("c", "1Gi", &[]), 5));
+        let mut last = at(claim("c", "1Gi", &[]), 8);
+        last.metadata.deletion_timestamp = Some(ts_at(1));
+        cache.put_claim(last);
+        assert!(cache.claims.is_empty());
+        let mut pv = volume("v", "1Gi", &[]);
+        pv.metadata.resource_version = Some("4".into());
+        cache.put_volume(pv.clone());
+        cache.drop_volume("v", 6);
+        pv.metadata.resource_version = Some("5".into());
+        cache.put_volume(pv);
+        assert!(cache.volumes.get("v").is_none());
+    }
+}
