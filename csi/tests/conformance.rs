@@ -3850,3 +3850,129 @@ async fn a_second_instance_is_refused() {
     );
     c.finish();
 }
+
+/// The command line is a contract other tooling drives (issue 2 §2): `--help` documents
+/// every flag, and bad flags fail fast with a message instead of serving something else.
+#[test]
+fn binary_contract_flags() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("run strata-csi --help");
+    assert!(out.status.success(), "--help exits 0");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--endpoint",
+        "--node-id",
+        "--state-dir",
+        "--pool",
+        "--driver-name",
+    ] {
+        assert!(help.contains(flag), "--help documents {flag}:\n{help}");
+    }
+    if !testkit::require_root("binary_contract_flags") {
+        return;
+    }
+    let pool = LoopPool::dir();
+    let dir = LoopPool::dir();
+    let sock = format!("unix://{}", dir.path().join("csi.sock").display());
+    let state = dir.path().join("state");
+    let good_pool = format!("{POOL}=image:{}", pool.path().display());
+    let cases: &[(&str, Vec<String>)] = &[
+        (
+            "a tcp endpoint",
+            vec!["--endpoint".into(), "tcp://127.0.0.1:9999".into()],
+        ),
+        (
+            "an unknown pool kind",
+            vec![
+                "--pool".into(),
+                format!("{POOL}=floppy:{}", pool.path().display()),
+            ],
+        ),
+        (
+            "a pool spec without a path",
+            vec!["--pool".into(), format!("{POOL}=image:")],
+        ),
+        (
+            "a pool dir that does not exist",
+            vec![
+                "--pool".into(),
+                format!("{POOL}=image:{}/missing", pool.path().display()),
+            ],
+        ),
+        (
+            "a node id with a slash",
+            vec!["--node-id".into(), "node/a".into()],
+        ),
+        (
+            "the same pool name twice",
+            vec![
+                "--pool".into(),
+                good_pool.clone(),
+                "--pool".into(),
+                good_pool.clone(),
+            ],
+        ),
+    ];
+    for (what, over) in cases {
+        // Start from a good command line and replace (or add) the flags of the case.
+        let mut args: Vec<(String, String)> = vec![
+            ("--endpoint".into(), sock.clone()),
+            ("--node-id".into(), NODE.into()),
+            ("--state-dir".into(), state.display().to_string()),
+        ];
+        let mut pools = vec![good_pool.clone()];
+        let mut i = 0;
+        let mut case_pools = Vec::new();
+        while i + 1 < over.len() {
+            if over[i] == "--pool" {
+                case_pools.push(over[i + 1].clone());
+            } else if let Some(a) = args.iter_mut().find(|(k, _)| *k == over[i]) {
+                a.1 = over[i + 1].clone();
+            }
+            i += 2;
+        }
+        if !case_pools.is_empty() {
+            pools = case_pools;
+        }
+        let mut cmd = std::process::Command::new(BIN);
+        for (k, v) in &args {
+            cmd.arg(k).arg(v);
+        }
+        for p in &pools {
+            cmd.arg("--pool").arg(p);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded wait; a driver that starts serving anyway is killed, then reported.
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            status.is_some_and(|s| !s.success()) && !err.trim().is_empty(),
+            "issue 2 §2: strata-csi with {what} must exit non-zero with a message, got {status:?} \
+             (None: still serving after 10 s): {err}"
+        );
+    }
+}
