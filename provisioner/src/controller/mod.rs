@@ -101,6 +101,8 @@ pub(crate) struct Controller<S: Store> {
     pub cache: Mutex<Cache>,
     pub queues: Queues,
     backoff: Mutex<HashMap<(&'static str, String), Backoff>>,
+    /// Claims not to provision before the given instant (after a failure).
+    pub provision_holds: Mutex<HashMap<String, std::time::Instant>>,
     /// `storage.kubernetes.io/csiProvisionerIdentity`: start time, pid and driver name.
     pub identity: String,
 }
@@ -125,7 +127,7 @@ impl<S: Store> Controller<S> {
         }
     }
 
-    fn next_backoff(&self, queue: &'static str, key: &str) -> Duration {
+    pub(crate) fn next_backoff(&self, queue: &'static str, key: &str) -> Duration {
         let mut map = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((queue, key.to_string()))
             .or_insert_with(|| Backoff::new(self.config.retry_start, self.config.retry_max))
@@ -219,6 +221,7 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
             placement: WorkQueue::new("placement"),
         },
         backoff: Mutex::default(),
+        provision_holds: Mutex::default(),
         identity,
     });
     let (stop, stop_rx) = watch::channel(false);

@@ -23,8 +23,43 @@ use crate::provision::{self, csi::CsiError};
 use crate::{expand, quantity};
 
 impl<S: Store> Controller<S> {
-    #[tracing::instrument(skip_all, fields(pvc = %k))]
+    /// Provisions one claim, rate-limited per claim: after a failure the claim is not tried
+    /// again before its backoff delay, however often its events re-queue it (a placement
+    /// that sets selected-node again right after a reschedule must not make a hot loop).
     pub(crate) async fn provision(&self, k: &str) -> Result<Requeue> {
+        let now = std::time::Instant::now();
+        if let Some(until) = self.holds().get(k).copied()
+            && until > now
+        {
+            return Ok(Requeue::After(until - now));
+        }
+        let delay = match self.provision_once(k).await {
+            Ok(Requeue::Done) => {
+                self.holds().remove(k);
+                return Ok(Requeue::Done);
+            }
+            Ok(Requeue::After(d)) => d,
+            Ok(Requeue::Backoff) => self.next_backoff("provision", k),
+            Err(e) if e.is_conflict() => return Err(e),
+            Err(e) => {
+                warn!(pvc = k, error = %chain(&e), "provisioning failed");
+                self.next_backoff("provision", k)
+            }
+        };
+        self.holds().insert(k.to_string(), now + delay);
+        Ok(Requeue::After(delay))
+    }
+
+    fn holds(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.provision_holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[tracing::instrument(skip_all, fields(pvc = %k))]
+    async fn provision_once(&self, k: &str) -> Result<Requeue> {
         let (pvc, class) = {
             let c = self.cache();
             let Some(pvc) = c.claims.get(k).cloned() else {
@@ -176,7 +211,7 @@ impl<S: Store> Controller<S> {
                 let mut updated = pvc.clone();
                 meta::remove_annotation(&mut updated.metadata, names::ANN_SELECTED_NODE);
                 self.write_pvc(&updated, false).await?;
-                Ok(Requeue::Done)
+                Ok(Requeue::Backoff)
             }
         }
     }
