@@ -546,3 +546,64 @@ async fn unprovisionable_claims_get_provisioning_failed_and_nothing_is_created()
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pvc_protection_holds_a_claim_while_a_scheduled_pod_uses_it() {
+    if !testkit::require_root("pvc_protection_holds_a_claim_while_a_scheduled_pod_uses_it") {
+        return;
+    }
+    let mut h = Harness::start().await;
+    h.apply::<StorageClass>(class("fast", "Immediate", false))
+        .await;
+    h.apply::<PersistentVolumeClaim>(claim("held", Some("fast"), "32Mi"))
+        .await;
+    let c = bound_claim(&h.store, "held").await;
+    let pv_name = c.spec.unwrap().volume_name.unwrap();
+    h.apply::<Pod>(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "user", "namespace": "default"},
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{"name": "c", "image": "busybox"}],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "held"}}]
+        },
+        "status": {"phase": "Succeeded"}
+    }))
+    .await;
+    h.store
+        .delete::<PersistentVolumeClaim>("default", "held", Preconditions::default())
+        .await
+        .unwrap();
+    // The claim's sync on its deletion must keep the finalizer: a scheduled pod object (even a
+    // finished one) still references it. The binder has one FIFO worker, so once a claim
+    // created after the deletion is Bound, the deletion has been synced.
+    h.apply::<PersistentVolumeClaim>(claim("marker", Some("fast"), "32Mi"))
+        .await;
+    bound_claim(&h.store, "marker").await;
+    let held: PersistentVolumeClaim = h.store.get("default", "held").await.expect("still there");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(
+        held.metadata
+            .finalizers
+            .unwrap()
+            .iter()
+            .any(|f| f == "kubernetes.io/pvc-protection")
+    );
+    let pv: PersistentVolume = h.store.get("", &pv_name).await.unwrap();
+    assert_eq!(
+        pv.status.unwrap().phase.as_deref(),
+        Some("Bound"),
+        "the volume stays bound meanwhile"
+    );
+    h.store
+        .delete::<Pod>("default", "user", Preconditions::default())
+        .await
+        .unwrap();
+    gone::<PersistentVolumeClaim>(&h.store, "default", "held").await;
+    gone::<PersistentVolume>(&h.store, "", &pv_name).await;
+    eventually("backing volume deleted", || async {
+        (images(&h.pool) == 1).then_some(())
+    })
+    .await;
+    h.stop().await;
+}
