@@ -283,6 +283,16 @@ async fn static_pv_prebound_by_claim_ref_binds_and_retain_keeps_it() {
         }
         h.apply::<PersistentVolume>(json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name}, "spec": spec})).await;
     }
+    // Both PVs must be in the loops' cache before the claim arrives: PVs and claims come
+    // through separate watches (as separate informers upstream), so a claim seen first
+    // could take the decoy, in Kubernetes too. Available means the volume sync has run.
+    for pv in ["decoy", "reserved"] {
+        eventually(&format!("{pv} Available"), || async {
+            let v: PersistentVolume = h.store.get("", pv).await.ok()?;
+            (v.status?.phase.as_deref() == Some("Available")).then_some(())
+        })
+        .await;
+    }
     h.apply::<PersistentVolumeClaim>(claim("mine", Some(""), "1Gi"))
         .await;
     let c = bound_claim(&h.store, "mine").await;
@@ -477,10 +487,10 @@ async fn driver_crash_during_create_volume_is_retried_with_the_same_name() {
             .then_some(())
     })
     .await;
-    assert!(
-        h.driver.try_wait().is_some(),
-        "the failpoint stopped the driver"
-    );
+    // The failpoint aborted the driver; its exit may trail the dropped connection a little.
+    testkit::wait_for("the driver to exit at the failpoint", DEADLINE, || {
+        h.driver.try_wait()
+    });
     h.driver.restart(&[]).await;
     let c = bound_claim(&h.store, "crash").await;
     let pv: PersistentVolume = h
