@@ -381,7 +381,7 @@ impl AtomicWriter {
             }
             if let Some(gid) = fs_group {
                 fail(Step::SetPerms)?;
-                apply_fs_group(vdir.as_fd(), gid, &vpath)?;
+                apply_fs_group(vdir.as_fd(), gid, 0o440, &vpath)?;
             }
             fail(Step::LinkDataTmp)?;
             nix::unistd::symlinkat(name.as_str(), root, DATA_TMP_LINK)
@@ -595,9 +595,15 @@ fn walk(dir: BorrowedFd<'_>, prefix: &str, shown: &Path, out: &mut Vec<String>) 
     Ok(())
 }
 
-/// The permission pass of §1.5 over one version directory: chgrp everything to `gid`,
-/// files |= 0440, directories |= 02550; symlinks are chgrp'd only.
-fn apply_fs_group(dir: BorrowedFd<'_>, gid: u32, shown: &Path) -> Result<()> {
+/// The permission pass of §1.5: chgrp everything to `gid`, files |= `file_mask` (0440 for
+/// these read-only volumes, 0660 for writable ones), directories |= `file_mask` | 02110;
+/// symlinks are chgrp'd only and never followed.
+pub(crate) fn apply_fs_group(
+    dir: BorrowedFd<'_>,
+    gid: u32,
+    file_mask: u32,
+    shown: &Path,
+) -> Result<()> {
     let g = Some(Gid::from_raw(gid));
     nix::unistd::fchown(dir, None, g).at("chown", shown)?;
     let st = nix::sys::stat::fstat(dir).at("stat", shown)?;
@@ -616,13 +622,13 @@ fn apply_fs_group(dir: BorrowedFd<'_>, gid: u32, shown: &Path) -> Result<()> {
                 .at("chown", &path)?;
         } else if dirfd::is_dir(&st) {
             let sub: OwnedFd = dirfd::open_dir_at(dir, &name, shown)?;
-            apply_fs_group(sub.as_fd(), gid, &path)?;
+            apply_fs_group(sub.as_fd(), gid, file_mask, &path)?;
         } else {
             nix::unistd::fchownat(dir, name.as_os_str(), None, g, AtFlags::AT_SYMLINK_NOFOLLOW)
                 .at("chown", &path)?;
             // This directory is not live yet and no container can reach it, so the name
             // cannot have been swapped for a link since the lstat above.
-            let mode = (st.st_mode & 0o7777) | 0o440;
+            let mode = (st.st_mode & 0o7777) | file_mask;
             nix::sys::stat::fchmodat(
                 dir,
                 name.as_os_str(),

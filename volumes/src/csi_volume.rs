@@ -47,6 +47,11 @@ pub struct CsiVolume {
     /// Secret data for NodeStage / NodePublish, already resolved; never logged.
     pub stage_secrets: BTreeMap<String, String>,
     pub publish_secrets: BTreeMap<String, String>,
+    /// The pod's fsGroup when it applies to this volume (fsGroupPolicy
+    /// ReadWriteOnceWithFSType: a filesystem volume with an fsType and a single-node
+    /// writable access mode). Delegated to the driver as `volume_mount_group` when it
+    /// advertises VOLUME_MOUNT_GROUP; otherwise applied by us after the publish.
+    pub fs_group: Option<u32>,
 }
 
 /// A connection to the node service of one CSI driver.
@@ -57,6 +62,7 @@ pub struct CsiNode {
     stage_unstage: bool,
     expand: bool,
     single_node_multi_writer: bool,
+    volume_mount_group: bool,
 }
 
 impl std::fmt::Debug for CsiNode {
@@ -152,6 +158,7 @@ impl CsiNode {
             stage_unstage: rpcs.contains(&(Type::StageUnstageVolume as i32)),
             expand: rpcs.contains(&(Type::ExpandVolume as i32)),
             single_node_multi_writer: rpcs.contains(&(Type::SingleNodeMultiWriter as i32)),
+            volume_mount_group: rpcs.contains(&(Type::VolumeMountGroup as i32)),
         })
     }
 
@@ -164,14 +171,17 @@ impl CsiNode {
         self.single_node_multi_writer
     }
 
-    fn capability(v: &CsiVolume) -> csi_proto::VolumeCapability {
+    fn capability(&self, v: &CsiVolume) -> csi_proto::VolumeCapability {
         let access_type = if v.block {
             volume_capability::AccessType::Block(volume_capability::BlockVolume {})
         } else {
             volume_capability::AccessType::Mount(volume_capability::MountVolume {
                 fs_type: v.fs_type.clone(),
                 mount_flags: v.mount_flags.clone(),
-                volume_mount_group: String::new(),
+                volume_mount_group: match v.fs_group {
+                    Some(g) if self.volume_mount_group => g.to_string(),
+                    _ => String::new(),
+                },
             })
         };
         csi_proto::VolumeCapability {
@@ -193,23 +203,34 @@ impl CsiNode {
             volume_lifecycle_mode: "Persistent".into(),
         };
         let staging = layout::csi_staging(state, &self.driver, &v.volume_handle);
-        let cap = Self::capability(v);
+        let cap = self.capability(v);
         if self.stage_unstage {
             let (s, d) = (staging.clone(), data.clone());
             // The CO creates the staging dir (0750) and records what it is for (§5.11).
-            blocking(move || make_dir_with_data(&s, &d, true)).await?;
-            self.client
-                .clone()
-                .node_stage_volume(csi_proto::NodeStageVolumeRequest {
-                    volume_id: v.volume_handle.clone(),
-                    publish_context: Default::default(),
-                    staging_target_path: staging.to_string_lossy().into_owned(),
-                    volume_capability: Some(cap.clone()),
-                    secrets: v.stage_secrets.clone().into_iter().collect(),
-                    volume_context: v.volume_context.clone().into_iter().collect(),
-                })
-                .await
-                .map_err(|s| rpc_err("NodeStageVolume", &v.volume_handle, s))?;
+            // Like the kubelet's MountDevice, stage only what is not staged yet: pods
+            // with different fsGroups share one staging (only the publish differs).
+            let staged = blocking(move || {
+                make_dir_with_data(&s, &d, true)?;
+                Ok(crate::mount::is_mount_point(
+                    &crate::mount::mountinfo()?,
+                    &s,
+                ))
+            })
+            .await?;
+            if !staged || v.block {
+                self.client
+                    .clone()
+                    .node_stage_volume(csi_proto::NodeStageVolumeRequest {
+                        volume_id: v.volume_handle.clone(),
+                        publish_context: Default::default(),
+                        staging_target_path: staging.to_string_lossy().into_owned(),
+                        volume_capability: Some(cap.clone()),
+                        secrets: v.stage_secrets.clone().into_iter().collect(),
+                        volume_context: v.volume_context.clone().into_iter().collect(),
+                    })
+                    .await
+                    .map_err(|s| rpc_err("NodeStageVolume", &v.volume_handle, s))?;
+            }
         }
         let target = layout::csi_publish(state, pod_uid, &v.pv_name);
         let (t, d) = (target.clone(), data);
@@ -233,6 +254,20 @@ impl CsiNode {
             })
             .await
             .map_err(|s| rpc_err("NodePublishVolume", &v.volume_handle, s))?;
+        if let Some(gid) = v.fs_group
+            && !self.volume_mount_group
+            && !v.block
+            && !v.read_only
+        {
+            // The driver cannot do it: the kubelet's recursive pass for writable volumes
+            // (files |= 0660, dirs |= 02770), never following links.
+            let t = target.clone();
+            blocking(move || {
+                let fd = crate::dirfd::open_dir(&t)?;
+                crate::atomic_writer::apply_fs_group(std::os::fd::AsFd::as_fd(&fd), gid, 0o660, &t)
+            })
+            .await?;
+        }
         Ok(target)
     }
 
@@ -269,7 +304,7 @@ impl CsiNode {
                 } else {
                     String::new()
                 },
-                volume_capability: Some(Self::capability(v)),
+                volume_capability: Some(self.capability(v)),
                 secrets: Default::default(),
             })
             .await

@@ -518,7 +518,17 @@ impl<S: Store> VolumeManager<S> {
             volume_context: csi_src.volume_attributes.clone().unwrap_or_default(),
             stage_secrets: secret_data(&csi_src.node_stage_secret_ref).await?,
             publish_secrets: secret_data(&csi_src.node_publish_secret_ref).await?,
+            fs_group: None,
         };
+        // fsGroupPolicy ReadWriteOnceWithFSType (the default without a CSIDriver object):
+        // only filesystem volumes with an fsType and one single-node writable mode.
+        let modes = spec.access_modes.as_deref().unwrap_or_default();
+        let single_writer =
+            modes.len() == 1 && matches!(modes[0].as_str(), "ReadWriteOnce" | "ReadWriteOncePod");
+        let mut v = v;
+        if !v.block && !v.fs_type.is_empty() && single_writer {
+            v.fs_group = projection::fs_group(pod);
+        }
         let target = csi.set_up(&self.inner.cfg.state_dir, &uid, &v).await?;
         self.expand_if_pending(&csi, &uid, &pvc, &pv, &v).await?;
         Ok(PreparedVolume {

@@ -94,10 +94,14 @@ async fn bind(store: &EmbeddedStore, name: &str, handle: &str, size: &str, fs: &
     store.update_status(&pvc).await.unwrap();
 }
 
-fn pvc_pod(name: &str, claim: &str) -> Pod {
+fn pvc_pod(name: &str, claim: &str, fs_group: Option<i64>) -> Pod {
+    let sc = match fs_group {
+        Some(g) => json!({"fsGroup": g}),
+        None => json!({}),
+    };
     obj(
         json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
-        "nodeName": NODE,
+        "nodeName": NODE, "securityContext": sc,
         "containers": [{"name": "c", "image": "busybox",
             "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "data", "mountPath": "/sub", "subPath": "logs"}]}],
         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}),
@@ -128,8 +132,11 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
     // xfs grows online; the driver needs ≥ 300 MiB for it.
     let handle = create_volume(&driver, "pvc-1", 320 << 20, "xfs").await;
     bind(&store, "data", &handle, "320Mi", "xfs").await;
-    let p1 = store.create(&pvc_pod("p1", "data")).await.unwrap();
-    let p2 = store.create(&pvc_pod("p2", "data")).await.unwrap();
+    let p1 = store
+        .create(&pvc_pod("p1", "data", Some(4242)))
+        .await
+        .unwrap();
+    let p2 = store.create(&pvc_pod("p2", "data", None)).await.unwrap();
     let (u1, u2) = (
         p1.metadata.uid.clone().unwrap(),
         p2.metadata.uid.clone().unwrap(),
@@ -151,6 +158,11 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
     assert_eq!(mode & 0o777, 0o750);
     assert!(t1.parent().unwrap().join("vol_data.json").exists());
     std::fs::write(t1.join("hello"), "from p1").unwrap();
+    // fsGroup, delegated to the driver as volume_mount_group (it advertises
+    // VOLUME_MOUNT_GROUP): the filesystem root joins the group, setgid and group-writable.
+    let root = std::fs::metadata(&t1).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&root), 4242);
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&root) & 0o2070, 0o2070);
 
     // subPath: created inside the volume and bound, never escaping it.
     let cv = mgr.container_volumes(&u1, "c").unwrap();
@@ -225,7 +237,7 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
 
     // After a restart, a manager that finds a published volume for a pod that no longer
     // exists unpublishes and unstages it from what is on disk.
-    let p3 = store.create(&pvc_pod("p3", "data")).await.unwrap();
+    let p3 = store.create(&pvc_pod("p3", "data", None)).await.unwrap();
     mgr.sync_pod(&p3).await.unwrap();
     drop(mgr);
     let fresh = manager(&store, state.path(), Some(driver.endpoint()));
