@@ -149,6 +149,38 @@ pub fn container_volumes(
     Ok(out)
 }
 
+/// Mount points of other volumes below a mount of `volume` in any container, relative to
+/// that mount (the kubelet's `MakeNestedMountpoints`).
+pub fn nested_mount_points(pod: &Pod, volume: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(spec) = pod.spec.as_ref() else {
+        return out;
+    };
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+        for parent in mounts.iter().filter(|m| m.name == volume) {
+            let base = parent.mount_path.trim_end_matches('/');
+            for m in mounts {
+                if let Some(rel) = m
+                    .mount_path
+                    .strip_prefix(base)
+                    .and_then(|r| r.strip_prefix('/'))
+                {
+                    let rel = rel.trim_end_matches('/');
+                    if !rel.is_empty() && !out.iter().any(|o| o == rel) {
+                        out.push(rel.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn beneath(flags: OFlag) -> OpenHow {
     OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
@@ -332,6 +364,21 @@ mod tests {
         missing.remove("cfg");
         assert!(container_volumes(Path::new("/s"), &pod(), "app", &missing).is_err());
         assert!(Propagation::parse(Some("Sideways")).is_err());
+    }
+
+    #[test]
+    fn nested_mount_points_below_a_volume() {
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "a", "volumeMounts": [
+                {"name": "cfg", "mountPath": "/etc/app/"},
+                {"name": "sec", "mountPath": "/etc/app/tls"},
+                {"name": "x", "mountPath": "/etc/application"},
+                {"name": "y", "mountPath": "/etc/app/deep/er/"}]},
+            {"name": "b", "volumeMounts": [{"name": "sec", "mountPath": "/etc/app/tls"}]}]}}))
+            .unwrap();
+        assert_eq!(nested_mount_points(&pod, "cfg"), vec!["tls", "deep/er"]);
+        assert!(nested_mount_points(&pod, "sec").is_empty());
     }
 
     /// Holds a bind mount made by a test; unmounts in Drop so a failing test cleans up.

@@ -418,7 +418,9 @@ impl<S: Store> VolumeManager<S> {
         );
         let fs_group = projection::fs_group(pod);
         let d = dir.clone();
-        let outcome = blocking(move || api_volume::set_up(&d, kind, &payload, fs_group)).await?;
+        let nested = handoff::nested_mount_points(pod, &volume.name);
+        let outcome =
+            blocking(move || api_volume::set_up(&d, kind, &payload, fs_group, &nested)).await?;
         if let WriteOutcome::Written { version } = &outcome {
             tracing::debug!(volume = %volume.name, %version, "projected");
         }

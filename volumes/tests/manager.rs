@@ -154,7 +154,8 @@ async fn immutable_objects_are_not_reprojected() {
     store.create(&s).await.unwrap();
     let pod: Pod = obj(
         json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {
-        "nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}],
+        "nodeName": NODE, "containers": [{"name": "c", "image": "busybox", "volumeMounts": [
+            {"name": "c", "mountPath": "/etc/c"}, {"name": "f", "mountPath": "/etc/c/frozen/"}]}],
         "volumes": [{"name": "f", "secret": {"secretName": "frozen"}}, {"name": "c", "configMap": {"name": "cfg"}}]}}),
     );
     let pod = store.create(&pod).await.unwrap();
@@ -189,6 +190,12 @@ async fn immutable_objects_are_not_reprojected() {
     );
     let c = vol(state.path(), &uid, "kubernetes.io~configmap", "c");
     assert_eq!(read_snapshot(&c).unwrap().files["b"], b"three");
+    // The nested mount point of "f" is a real directory in "c", kept across re-projection.
+    assert!(
+        std::fs::symlink_metadata(c.join("frozen"))
+            .unwrap()
+            .is_dir()
+    );
     mgr.tear_down_pod(&uid).await.unwrap();
 }
 
