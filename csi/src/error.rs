@@ -65,6 +65,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("state dir {0} is in use by another strata-csi process")]
+    StateInUse(PathBuf),
     #[error("state store")]
     State(#[source] rusqlite::Error),
     #[error("state store: {0}")]
@@ -137,6 +139,7 @@ impl From<Error> for Status {
             Error::State(_) => Status::internal(msg),
             Error::StateCorrupt(_) => Status::internal(msg),
             Error::StateClosed => Status::unavailable(msg),
+            Error::StateInUse(_) => Status::failed_precondition(msg),
             Error::BlockingTask(_) => Status::internal(msg),
         }
     }

@@ -150,6 +150,9 @@ struct Job {
 
 pub struct Store {
     path: PathBuf,
+    /// Held for the life of the store: one process owns a state dir, since two writers
+    /// reconciling the same pools would undo each other's work.
+    _owner: nix::fcntl::Flock<std::fs::File>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     reader: Mutex<Connection>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -358,6 +361,7 @@ impl Store {
     /// Opens (or creates) `dir/state.db` and starts the writer thread.
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(Error::io("creating state dir", dir))?;
+        let owner = lock_state_dir(dir)?;
         let path = dir.join("state.db");
         let writer = open_conn(&path)?;
         writer.execute_batch(SCHEMA)?;
@@ -370,6 +374,7 @@ impl Store {
             .map_err(Error::io("spawning state writer", &path))?;
         Ok(Store {
             path,
+            _owner: owner,
             jobs: Mutex::new(Some(tx)),
             reader: Mutex::new(reader),
             writer: Mutex::new(Some(handle)),
@@ -663,4 +668,30 @@ mod tests {
         assert!(s.publish(Path::new("/t")).unwrap().is_none());
         assert!(s.all_stages().unwrap().is_empty());
     }
+}
+
+/// Takes `<dir>/lock` with a non-blocking exclusive flock; the kernel drops it when the
+/// process dies, so a crash never leaves the state dir locked.
+fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(Error::io("opening state lock", &path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => Error::StateInUse(dir.to_path_buf()),
+            other => Error::Io {
+                op: "locking state dir",
+                path: path.clone(),
+                source: other.into(),
+            },
+        },
+    )
 }
