@@ -542,6 +542,32 @@ impl Drop for Store {
     }
 }
 
+/// Takes `<dir>/lock` with a non-blocking exclusive flock; the kernel drops it when the
+/// process dies, so a crash never leaves the state dir locked.
+fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(Error::io("opening state lock", &path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => Error::StateInUse(dir.to_path_buf()),
+            other => Error::Io {
+                op: "locking state dir",
+                path: path.clone(),
+                source: other.into(),
+            },
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,30 +694,4 @@ mod tests {
         assert!(s.publish(Path::new("/t")).unwrap().is_none());
         assert!(s.all_stages().unwrap().is_empty());
     }
-}
-
-/// Takes `<dir>/lock` with a non-blocking exclusive flock; the kernel drops it when the
-/// process dies, so a crash never leaves the state dir locked.
-fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(Error::io("opening state lock", &path))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, errno)| match errno {
-            nix::errno::Errno::EWOULDBLOCK => Error::StateInUse(dir.to_path_buf()),
-            other => Error::Io {
-                op: "locking state dir",
-                path: path.clone(),
-                source: other.into(),
-            },
-        },
-    )
 }
