@@ -41,6 +41,9 @@ pub enum Error {
     },
     #[error("store: {0}")]
     Store(String),
+    /// The pod was deleted, finished or torn down: its volumes are not set up again.
+    #[error("pod {uid} is gone; its volumes are not set up")]
+    PodGone { uid: String },
     #[error("a blocking task panicked")]
     BlockingTask(#[source] tokio::task::JoinError),
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use strata_store::k8s_openapi::api::core::v1::{
@@ -75,9 +75,35 @@ struct Inner<S> {
     secrets: RwLock<HashMap<ObjKey, Secret>>,
     config_maps: RwLock<HashMap<ObjKey, ConfigMap>>,
     pods: Mutex<BTreeMap<String, PodEntry>>,
+    desired: Mutex<Desired>,
     tokens: Mutex<HashMap<(String, TokenKey), IssuedToken>>,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     token_wake: Notify,
+    periods: Mutex<Periods>,
+}
+
+/// Which pods should have volumes, as the Pod watch (and `run`'s lists) last said, and
+/// which were deleted or torn down. Every sync checks this under the pod's lock right
+/// before it sets anything up, so a queued retry or a sync racing a deletion can never
+/// re-create volumes of a pod that is gone.
+#[derive(Debug, Default)]
+struct Desired {
+    /// By UID: pods placed here that are not finished.
+    pods: HashMap<String, Pod>,
+    /// By UID: pods deleted, finished or torn down, and since when. UIDs are never reused
+    /// and a finished pod never runs again, so a UID here is never set up again.
+    gone: HashMap<String, Instant>,
+}
+
+/// How long a tombstone outlives the pod: far longer than any sync that could still
+/// carry the pod's object (syncs are bounded by store and driver timeouts).
+const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+
+/// How often `run` retries failed volumes and does a full reconcile.
+#[derive(Debug, Clone, Copy)]
+struct Periods {
+    retry: Duration,
+    resync: Duration,
 }
 
 /// The volume manager; cheap to clone.
@@ -173,11 +199,23 @@ impl<S: Store> VolumeManager<S> {
                 secrets: RwLock::default(),
                 config_maps: RwLock::default(),
                 pods: Mutex::default(),
+                desired: Mutex::default(),
                 tokens: Mutex::default(),
                 pod_locks: Mutex::default(),
                 token_wake: Notify::new(),
+                periods: Mutex::new(Periods {
+                    retry: Duration::from_secs(5),
+                    resync: Duration::from_secs(60),
+                }),
             }),
         })
+    }
+
+    /// Sets how often `run` retries pods whose volumes failed (default 5 s) and lists all
+    /// pods for a full reconcile (default 60 s). Takes effect when `run` starts. Tests set
+    /// long periods to show that a change arrives through a watch, not a retry.
+    pub fn set_periods(&self, retry: Duration, resync: Duration) {
+        *self.inner.periods.lock().expect("lock") = Periods { retry, resync };
     }
 
     pub fn config(&self) -> &Config {
@@ -215,6 +253,105 @@ impl<S: Store> VolumeManager<S> {
             .entry(uid.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// Drops the pod's lock from the map unless another task still holds or waits on it.
+    fn release_pod_lock(&self, uid: &str, lock: &Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.inner.pod_locks.lock().expect("lock");
+        // Ours and the map's: nobody else queued behind it.
+        if locks.get(uid).is_some_and(|l| Arc::ptr_eq(l, lock)) && Arc::strong_count(lock) <= 2 {
+            locks.remove(uid);
+        }
+    }
+
+    /// Marks a pod as gone for good: no sync sets it up again.
+    fn mark_gone(&self, uid: &str) {
+        let mut d = self.inner.desired.lock().expect("lock");
+        d.pods.remove(uid);
+        d.gone.insert(uid.to_owned(), Instant::now());
+    }
+
+    /// The version of `pod` to set up now, or None when it must not be set up: deleted,
+    /// finished or torn down since the caller got it. The watch's copy wins when newer.
+    fn current_pod(&self, pod: &Pod) -> Option<Pod> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let d = self.inner.desired.lock().expect("lock");
+        if d.gone.contains_key(uid) {
+            return None;
+        }
+        let pod = match d.pods.get(uid) {
+            Some(cached) if rv_of(cached) > rv_of(pod) => cached.clone(),
+            _ => pod.clone(),
+        };
+        wants_volumes(&pod, &self.inner.cfg.node_name).then_some(pod)
+    }
+
+    /// Takes a Pod watch event (or a listed pod) into the desired set. Returns whether the
+    /// pod should have volumes.
+    fn observe_pod(&self, pod: &Pod, deleted: bool) -> bool {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let node = &self.inner.cfg.node_name;
+        let mut d = self.inner.desired.lock().expect("lock");
+        if !deleted && wants_volumes(pod, node) {
+            if d.gone.contains_key(&uid) {
+                return false;
+            }
+            if d.pods.get(&uid).is_none_or(|old| rv_of(old) <= rv_of(pod)) {
+                d.pods.insert(uid, pod.clone());
+            }
+            return true;
+        }
+        d.pods.remove(&uid);
+        let on_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+        // Placed here and deleted or finished: never again. (A pod not placed yet may
+        // still be, so it gets no tombstone.)
+        if on_node || deleted {
+            d.gone.insert(uid, Instant::now());
+        }
+        false
+    }
+
+    /// Pods that should have volumes and use claim `ns/name`, from the watch's desired set
+    /// and from the pods synced so far.
+    fn claim_users(&self, ns: &str, name: &str) -> Vec<Pod> {
+        let uses = |p: &Pod| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && p.spec
+                    .as_ref()
+                    .and_then(|s| s.volumes.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == name)
+                    })
+        };
+        let mut out: BTreeMap<String, Pod> = BTreeMap::new();
+        for p in self.inner.desired.lock().expect("lock").pods.values() {
+            if uses(p) {
+                out.insert(p.metadata.uid.clone().unwrap_or_default(), p.clone());
+            }
+        }
+        for e in self.inner.pods.lock().expect("lock").values() {
+            if let Some(p) = &e.pod
+                && uses(p)
+            {
+                out.entry(p.metadata.uid.clone().unwrap_or_default())
+                    .or_insert_with(|| p.clone());
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// Re-syncs every pod using claim `ns/name`, each in its own task, at once.
+    fn resync_claim_users(&self, ns: &str, name: &str) {
+        for pod in self.claim_users(ns, name) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = me.sync_pod(&pod).await;
+            });
+        }
     }
 
     /// Puts an object into the cache unless the cache already holds a newer version.
@@ -617,7 +754,17 @@ impl<S: Store> VolumeManager<S> {
             });
         }
         let lock = self.pod_lock(&uid);
-        let _guard = lock.lock().await;
+        let guard = lock.lock().await;
+        // Checked under the pod's lock, right before setting up: a tear-down that ran
+        // while this sync was queued (or a deletion seen meanwhile) wins.
+        let Some(pod) = self.current_pod(pod) else {
+            drop(guard);
+            self.release_pod_lock(&uid, &lock);
+            tracing::debug!("pod is gone or finished; nothing set up");
+            return Err(Error::PodGone { uid });
+        };
+        let pod = &pod;
+        let _guard = guard;
         let mut prepared = BTreeMap::new();
         let mut errors = BTreeMap::new();
         let mut immutable = BTreeSet::new();
@@ -729,8 +876,11 @@ impl<S: Store> VolumeManager<S> {
                 reason: format!("{uid:?} cannot name a directory"),
             });
         }
+        // Tombstoned before taking the lock: syncs queued behind us find it and set
+        // nothing up; a sync holding the lock now finishes first and is undone here.
+        self.mark_gone(uid);
         let lock = self.pod_lock(uid);
-        let _guard = lock.lock().await;
+        let guard = lock.lock().await;
         let state = self.inner.cfg.state_dir.clone();
         let pod_dir = layout::pod_dir(&state, uid);
         // subPath binds first: they pin what they show of the volumes below.
@@ -771,7 +921,8 @@ impl<S: Store> VolumeManager<S> {
             .lock()
             .expect("lock")
             .retain(|(p, _), _| p != uid);
-        self.inner.pod_locks.lock().expect("lock").remove(uid);
+        drop(guard);
+        self.release_pod_lock(uid, &lock);
         tracing::info!("volumes torn down");
         Ok(())
     }
@@ -798,13 +949,31 @@ impl<S: Store> VolumeManager<S> {
 
     /// One level-triggered pass: sets up every desired pod, tears down every pod directory
     /// that no desired pod owns, and unstages CSI volumes nobody publishes.
+    ///
+    /// Desired are the pods of `pods` placed here and not finished, and the pods the Pod
+    /// watch has delivered since (a list can be older than the watch), less every pod seen
+    /// deleted, finished or torn down (a list can also be older than a deletion).
     pub async fn reconcile(&self, pods: &[Pod]) -> Result<()> {
         let node = self.inner.cfg.node_name.clone();
-        let desired: BTreeMap<String, &Pod> = pods
-            .iter()
-            .filter(|p| wants_volumes(p, &node))
-            .map(|p| (p.metadata.uid.clone().unwrap_or_default(), p))
-            .collect();
+        let desired: BTreeMap<String, Pod> = {
+            let mut d = self.inner.desired.lock().expect("lock");
+            d.gone.retain(|_, since| since.elapsed() < TOMBSTONE_TTL);
+            let mut out: BTreeMap<String, Pod> = d
+                .pods
+                .iter()
+                .map(|(uid, p)| (uid.clone(), p.clone()))
+                .collect();
+            for p in pods.iter().filter(|p| wants_volumes(p, &node)) {
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                if d.gone.contains_key(&uid) {
+                    continue;
+                }
+                if out.get(&uid).is_none_or(|old| rv_of(old) <= rv_of(p)) {
+                    out.insert(uid, p.clone());
+                }
+            }
+            out
+        };
         let mut first_err = None;
         for uid in self.pods_on_disk()? {
             if !desired.contains_key(&uid)
@@ -830,8 +999,12 @@ impl<S: Store> VolumeManager<S> {
         }
         let syncs = desired.values().map(|p| self.sync_pod(p));
         for r in futures::future::join_all(syncs).await {
-            if let Err(e) = r {
-                first_err.get_or_insert(e);
+            match r {
+                // Deleted while this pass ran; its tear-down is the Pod watch's.
+                Ok(_) | Err(Error::PodGone { .. }) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
         if self.inner.cfg.csi_endpoint.is_some() {
@@ -847,6 +1020,26 @@ impl<S: Store> VolumeManager<S> {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Drops from the desired set the pods a full list no longer has although it is newer
+    /// than what the watch delivered of them: deleted during a watch gap.
+    fn forget_unlisted(&self, listed: &[Pod], list_rv: u64) {
+        let have: BTreeSet<&str> = listed
+            .iter()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        let mut d = self.inner.desired.lock().expect("lock");
+        let missing: Vec<String> = d
+            .pods
+            .iter()
+            .filter(|(uid, p)| !have.contains(uid.as_str()) && rv_of(*p) <= list_rv)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in missing {
+            d.pods.remove(&uid);
+            d.gone.insert(uid, Instant::now());
+        }
     }
 
     /// Pods (uid) whose volumes read `name` of `kind` in `ns`, skipping those that used an
@@ -880,7 +1073,9 @@ impl<S: Store> VolumeManager<S> {
         let lock = self.pod_lock(&uid);
         let _guard = lock.lock().await;
         // The pod may have been torn down while we waited for the lock.
-        if !self.inner.pods.lock().expect("lock").contains_key(&uid) {
+        if !self.inner.pods.lock().expect("lock").contains_key(&uid)
+            || self.current_pod(pod).is_none()
+        {
             return Ok(());
         }
         for v in pod
@@ -1007,8 +1202,16 @@ impl<S: Store> VolumeManager<S> {
             self.cache_object(ObjectKind::ConfigMap, CachedObject::ConfigMap(c));
         }
         let pods = store.list::<Pod>(None, None).await.map_err(store_err)?;
+        for p in &pods.items {
+            self.observe_pod(p, false);
+        }
         let pvcs_rv = store
             .list::<PersistentVolumeClaim>(None, None)
+            .await
+            .map_err(store_err)?
+            .resource_version;
+        let pvs_rv = store
+            .list::<PersistentVolume>(None, None)
             .await
             .map_err(store_err)?
             .resource_version;
@@ -1042,6 +1245,12 @@ impl<S: Store> VolumeManager<S> {
             tx.clone(),
             Msg::Claim,
         ));
+        tasks.spawn(watch_loop::<S, PersistentVolume>(
+            store.clone(),
+            pvs_rv,
+            tx.clone(),
+            Msg::Volume,
+        ));
         drop(tx);
 
         let me = self.clone();
@@ -1059,10 +1268,14 @@ impl<S: Store> VolumeManager<S> {
             }
         });
 
-        let mut retry = tokio::time::interval(Duration::from_secs(5));
+        let periods = *self.inner.periods.lock().expect("lock");
+        let mut retry =
+            tokio::time::interval_at(tokio::time::Instant::now() + periods.retry, periods.retry);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resync =
+            tokio::time::interval_at(tokio::time::Instant::now() + periods.resync, periods.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
-        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -1070,22 +1283,25 @@ impl<S: Store> VolumeManager<S> {
                     let Some(msg) = msg else { break };
                     self.handle(msg);
                 }
-                _ = retry.tick() => {
-                    ticks += 1;
-                    if ticks.is_multiple_of(12) {
-                        // A full level-triggered pass now and then, for anything a watch
-                        // gap could have hidden.
-                        let me = self.clone();
-                        tokio::spawn(async move {
-                            match me.inner.store.list::<Pod>(None, None).await {
-                                Ok(list) => { let _ = me.reconcile(&list.items).await; }
-                                Err(e) => tracing::warn!(error = %e, "listing pods"),
+                _ = resync.tick() => {
+                    // A full level-triggered pass now and then, for anything a watch
+                    // gap could have hidden (a re-listed watch replays no deletions).
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        match me.inner.store.list::<Pod>(None, None).await {
+                            Ok(list) => {
+                                me.forget_unlisted(&list.items, list.resource_version);
+                                let _ = me.reconcile(&list.items).await;
                             }
-                        });
-                        continue;
-                    }
+                            Err(e) => tracing::warn!(error = %e, "listing pods"),
+                        }
+                    });
+                }
+                _ = retry.tick() => {
                     // Level-triggered retry of pods whose volumes failed (claim not bound
                     // yet, secret missing, driver down).
+                    // A torn-down pod is no longer here; one torn down after this
+                    // snapshot is caught by sync_pod's check under the pod's lock.
                     let failed: Vec<Pod> = self.inner.pods.lock().expect("lock").values()
                         .filter(|e| !e.errors.is_empty())
                         .filter_map(|e| e.pod.clone())
@@ -1103,7 +1319,6 @@ impl<S: Store> VolumeManager<S> {
 
     fn handle(&self, msg: Msg) {
         let me = self.clone();
-        let node = self.inner.cfg.node_name.clone();
         match msg {
             Msg::Secret(ev) => {
                 let (WatchEvent::Added(s) | WatchEvent::Modified(s)) = ev else {
@@ -1130,7 +1345,9 @@ impl<S: Store> VolumeManager<S> {
                 };
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 let known = self.inner.pods.lock().expect("lock").contains_key(&uid);
-                let want = !gone && wants_volumes(&pod, &node);
+                // Recorded here, in watch order, before any task runs: a sync queued
+                // earlier finds the pod gone.
+                let want = self.observe_pod(&pod, gone);
                 if want {
                     tokio::spawn(async move {
                         let _ = me.sync_pod(&pod).await;
@@ -1143,39 +1360,27 @@ impl<S: Store> VolumeManager<S> {
                     });
                 }
             }
+            // A claim created, bound, resized (NodeResizePending) or a volume appearing:
+            // every pod here that uses the claim is re-synced now, not at the next retry.
             Msg::Claim(ev) => {
-                let WatchEvent::Modified(pvc) = ev else {
+                let (WatchEvent::Added(pvc) | WatchEvent::Modified(pvc)) = ev else {
                     return;
                 };
                 let ns = pvc.metadata.namespace.clone().unwrap_or_default();
                 let name = pvc.metadata.name.clone().unwrap_or_default();
-                let users: Vec<Pod> = self
-                    .inner
-                    .pods
-                    .lock()
-                    .expect("lock")
-                    .values()
-                    .filter_map(|e| e.pod.clone())
-                    .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-                    .filter(|p| {
-                        p.spec
-                            .as_ref()
-                            .and_then(|s| s.volumes.as_ref())
-                            .into_iter()
-                            .flatten()
-                            .any(|v| {
-                                v.persistent_volume_claim
-                                    .as_ref()
-                                    .is_some_and(|c| c.claim_name == name)
-                            })
-                    })
-                    .collect();
-                for pod in users {
-                    let me = me.clone();
-                    tokio::spawn(async move {
-                        let _ = me.sync_pod(&pod).await;
-                    });
-                }
+                self.resync_claim_users(&ns, &name);
+            }
+            Msg::Volume(ev) => {
+                let (WatchEvent::Added(pv) | WatchEvent::Modified(pv)) = ev else {
+                    return;
+                };
+                let Some(claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+                    return;
+                };
+                self.resync_claim_users(
+                    claim.namespace.as_deref().unwrap_or_default(),
+                    claim.name.as_deref().unwrap_or_default(),
+                );
             }
         }
     }
@@ -1195,6 +1400,7 @@ enum Msg {
     ConfigMap(WatchEvent<ConfigMap>),
     Pod(Box<WatchEvent<Pod>>),
     Claim(WatchEvent<PersistentVolumeClaim>),
+    Volume(WatchEvent<PersistentVolume>),
 }
 
 /// Follows one kind's watch forever; on a compacted history (Gone) or a broken stream it

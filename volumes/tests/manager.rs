@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use serde_json::json;
-use strata_store::k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use strata_store::k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+};
 use strata_store::{Preconditions, Store};
 use strata_volumes::atomic_writer::read_snapshot;
 use strata_volumes::handoff::Propagation;
@@ -367,4 +369,179 @@ async fn tokens_are_refreshed_after_80_percent_of_their_lifetime() {
     assert!(c2.iat >= c1.iat + 490);
     assert_eq!(c2.kubernetes.pod.unwrap().uid, uid);
     mgr.tear_down_pod(&uid).await.unwrap();
+}
+
+/// A pod with a projected ConfigMap+Secret volume and a claim, as a StatefulSet makes them.
+fn claim_pod(name: &str, claim: &str) -> Pod {
+    obj(
+        json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
+        "nodeName": NODE, "containers": [{"name": "c", "image": "busybox", "volumeMounts": [
+            {"name": "data", "mountPath": "/data"}, {"name": "config", "mountPath": "/etc/web"}]}],
+        "volumes": [
+            {"name": "config", "projected": {"sources": [
+                {"configMap": {"name": "cfg"}}, {"secret": {"name": "creds"}}]}},
+            {"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}),
+    )
+}
+
+fn unbound_claim(name: &str) -> PersistentVolumeClaim {
+    obj(
+        json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}},
+        "storageClassName": ""}}),
+    )
+}
+
+/// Waits until the pod's volume `name` reports an error containing `want`.
+fn wait_error(mgr: &Manager, uid: &str, name: &str, want: &str) {
+    testkit::wait_for(&format!("volume {name} error {want:?}"), DEADLINE, || {
+        mgr.volume_errors(uid)
+            .get(name)
+            .is_some_and(|e| e.contains(want))
+            .then_some(())
+    });
+}
+
+type Manager = strata_volumes::manager::VolumeManager<strata_store::EmbeddedStore>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_and_volume_changes_resync_pods_through_the_watches() {
+    if !testkit::require_root("claim_and_volume_changes_resync_pods_through_the_watches") {
+        return;
+    }
+    let state = StateDir::new("strata-vm-claimwatch");
+    let store = store(state.path()).await;
+    seed(&store).await;
+    // No CSI driver: a bound claim then fails at "no driver configured", which shows the
+    // manager got past the claim and the volume. Retries and resyncs are an hour apart,
+    // so every step below can only arrive through a watch.
+    let mgr = manager(&store, state.path(), None);
+    let hour = Duration::from_secs(3600);
+    mgr.set_periods(hour, hour);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let mgr = mgr.clone();
+        tokio::spawn(async move {
+            mgr.run(async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    };
+    store.create(&unbound_claim("data-w")).await.unwrap();
+    let pod = store.create(&claim_pod("w", "data-w")).await.unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+
+    // (a) The unbound claim does not hold back the projected volume.
+    wait_error(&mgr, &uid, "data", "is not bound yet");
+    let config = vol(state.path(), &uid, "kubernetes.io~projected", "config");
+    testkit::wait_for("projected config volume", DEADLINE, || {
+        let s = read_snapshot(&config).ok()?;
+        (s.files.get("a")? == b"1" && s.files.get("user")? == b"admin").then_some(())
+    });
+    assert!(is_tmpfs(&config));
+
+    // (b) The claim is bound to a volume that does not exist yet: the claim watch re-syncs.
+    let mut pvc: PersistentVolumeClaim = store.get("default", "data-w").await.unwrap();
+    pvc.spec.as_mut().unwrap().volume_name = Some("pv-w".into());
+    let mut pvc = store.update(&pvc).await.unwrap();
+    pvc.status = Some(obj(
+        json!({"phase": "Bound", "capacity": {"storage": "64Mi"}, "accessModes": ["ReadWriteOnce"]}),
+    ));
+    store.update_status(&pvc).await.unwrap();
+    wait_error(&mgr, &uid, "data", "pv-w");
+    // The volume appears: the volume watch re-syncs the pod of its claim.
+    let pv: PersistentVolume = obj(json!({"metadata": {"name": "pv-w"}, "spec": {
+        "capacity": {"storage": "64Mi"}, "accessModes": ["ReadWriteOnce"],
+        "persistentVolumeReclaimPolicy": "Retain",
+        "csi": {"driver": "local.csi.strata.io", "volumeHandle": "h-w", "fsType": "ext4"},
+        "claimRef": {"namespace": "default", "name": "data-w"}}}));
+    store.create(&pv).await.unwrap();
+    wait_error(&mgr, &uid, "data", "none is configured");
+
+    // A claim created after its pod: the claim watch's Added event re-syncs the pod.
+    let late = store.create(&claim_pod("late", "data-late")).await.unwrap();
+    let late_uid = late.metadata.uid.clone().unwrap();
+    wait_error(&mgr, &late_uid, "data", "not found");
+    store.create(&unbound_claim("data-late")).await.unwrap();
+    wait_error(&mgr, &late_uid, "data", "is not bound yet");
+
+    for name in ["w", "late"] {
+        store
+            .delete::<Pod>("default", name, Preconditions::default())
+            .await
+            .unwrap();
+    }
+    let pods = state.path().join("node").join("pods");
+    testkit::wait_for("pods torn down", DEADLINE, || {
+        (mounts_below(&pods).is_empty() && std::fs::read_dir(&pods).ok()?.next().is_none())
+            .then_some(())
+    });
+    stop_tx.send(()).unwrap();
+    runner.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_after_or_racing_a_tear_down_sets_nothing_up() {
+    if !testkit::require_root("a_sync_after_or_racing_a_tear_down_sets_nothing_up") {
+        return;
+    }
+    let state = StateDir::new("strata-vm-race");
+    let store = store(state.path()).await;
+    seed(&store).await;
+    let node_dir = state.path().join("node");
+    let mgr = manager(&store, state.path(), None);
+
+    // A queued retry that runs after the tear-down (the demo's leak).
+    let pod = store.create(&api_pod("gone")).await.unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    mgr.sync_pod(&pod).await.unwrap();
+    mgr.tear_down_pod(&uid).await.unwrap();
+    let pod_dir = strata_volumes::layout::pod_dir(&node_dir, &uid);
+    assert!(
+        mgr.sync_pod(&pod).await.is_err(),
+        "a torn-down pod is not synced"
+    );
+    assert!(!pod_dir.exists(), "nothing re-created for a torn-down pod");
+    assert!(mounts_below(&pod_dir).is_empty());
+    assert!(mgr.volume_errors(&uid).is_empty());
+
+    // Syncs in flight while the tear-down runs: whatever the order, nothing remains.
+    for i in 0..5 {
+        let pod = store.create(&api_pod(&format!("race-{i}"))).await.unwrap();
+        let uid = pod.metadata.uid.clone().unwrap();
+        mgr.sync_pod(&pod).await.unwrap();
+        let syncs: Vec<_> = (0..4)
+            .map(|_| {
+                let (mgr, pod) = (mgr.clone(), pod.clone());
+                tokio::spawn(async move { mgr.sync_pod(&pod).await })
+            })
+            .collect();
+        let tear = {
+            let (mgr, uid) = (mgr.clone(), uid.clone());
+            tokio::spawn(async move { mgr.tear_down_pod(&uid).await })
+        };
+        tear.await.unwrap().unwrap();
+        for s in syncs {
+            let _ = s.await.unwrap();
+        }
+        let pod_dir = strata_volumes::layout::pod_dir(&node_dir, &uid);
+        assert!(!pod_dir.exists(), "race-{i}: pod directory re-created");
+        assert!(mounts_below(&pod_dir).is_empty(), "race-{i}: mounts leaked");
+    }
+
+    // A pod deleted from the store while the manager was not looking: the next reconcile
+    // unmounts and removes what it had.
+    let pod = store.create(&api_pod("stale")).await.unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    mgr.sync_pod(&pod).await.unwrap();
+    store
+        .delete::<Pod>("default", "stale", Preconditions::default())
+        .await
+        .unwrap();
+    let pods = store.list::<Pod>(None, None).await.unwrap().items;
+    mgr.reconcile(&pods).await.unwrap();
+    let pod_dir = strata_volumes::layout::pod_dir(&node_dir, &uid);
+    assert!(!pod_dir.exists());
+    assert!(mounts_below(&node_dir.join("pods")).is_empty());
 }
