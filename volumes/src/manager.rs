@@ -6,7 +6,14 @@
 //! Live updates: one watch each on Pods, Secrets, ConfigMaps and PVCs feeds a local object
 //! cache; a Secret or ConfigMap change re-projects every volume that reads it at once (no
 //! sync period, unlike the kubelet's 60-90 s, §2.8). Objects seen as `immutable` are not
-//! re-projected (§2.9). Tokens are refreshed on their own timer (§2.5).
+//! re-projected (§2.9). Tokens are refreshed on their own timer (§2.5). A claim that is
+//! created, bound or marked NodeResizePending, or a volume that appears, re-syncs every
+//! pod here that uses the claim at once, through the PVC and PV watches.
+//!
+//! Each volume of a pod is set up on its own: one failing (an unbound claim) leaves the
+//! others in place, and the pod is retried every 5 s until all are. Syncs and tear-downs
+//! of one pod UID are serialised, and a sync checks under that lock that the pod is still
+//! desired: a deleted, finished or torn-down UID is never set up again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -785,15 +792,20 @@ impl<S: Store> VolumeManager<S> {
                 }
             }
         }
-        {
+        let first_ready = {
             let mut pods = self.inner.pods.lock().expect("lock");
             let entry = pods.entry(uid).or_default();
+            let was_ready = entry.pod.is_some() && entry.errors.is_empty();
             entry.pod = Some(pod.clone());
             entry.prepared.extend(prepared.clone());
             entry.immutable = immutable;
             entry.errors = errors.clone();
-        }
+            !was_ready && errors.is_empty()
+        };
         if errors.is_empty() {
+            if first_ready {
+                tracing::info!(volumes = prepared.len(), "all volumes set up");
+            }
             return Ok(prepared);
         }
         let message = errors
@@ -1344,7 +1356,16 @@ impl<S: Store> VolumeManager<S> {
                     WatchEvent::Deleted(p) => (p, true),
                 };
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let known = self.inner.pods.lock().expect("lock").contains_key(&uid);
+                // A sync of a desired pod may be running (its first, not known yet, no
+                // directory yet): the tear-down queues behind it and undoes it.
+                let known = self.inner.pods.lock().expect("lock").contains_key(&uid)
+                    || self
+                        .inner
+                        .desired
+                        .lock()
+                        .expect("lock")
+                        .pods
+                        .contains_key(&uid);
                 // Recorded here, in watch order, before any task runs: a sync queued
                 // earlier finds the pod gone.
                 let want = self.observe_pod(&pod, gone);
