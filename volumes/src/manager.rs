@@ -750,7 +750,9 @@ impl<S: Store> VolumeManager<S> {
     }
 
     /// Sets up every volume of `pod` (idempotent). Volumes that fail are reported together
-    /// and retried by the next sync; the others are set up regardless.
+    /// and retried by the next sync; the others are set up regardless. A pod deleted,
+    /// finished or torn down (checked under the pod's lock, after any tear-down in flight)
+    /// gets nothing and `Error::PodGone`; the newest copy the Pod watch delivered is used.
     #[tracing::instrument(skip_all, fields(pod = %pod.metadata.name.as_deref().unwrap_or_default()))]
     pub async fn sync_pod(&self, pod: &Pod) -> Result<BTreeMap<String, PreparedVolume>> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
