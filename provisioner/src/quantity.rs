@@ -1,77 +1,29 @@
-//! Kubernetes resource quantities (`10Gi`, `500M`, `1.5e9`) to and from bytes.
+//! Storage sizes: `Quantity` strings to bytes and back.
 //!
-//! Only what storage sizes need: non-negative values, rounded up to whole bytes as
-//! `Quantity.Value()` does upstream.
+//! Parsing is the store's (`strata_store::quantity`, the API server's exact grammar); this
+//! module only turns its result into whole bytes and formats byte counts for PVs and PVCs.
+
+use strata_store::quantity;
 
 use crate::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-/// Parses a quantity into whole bytes, rounding a fraction up.
+/// Parses a quantity into whole bytes, a fraction rounded up as upstream `Quantity.Value()`
+/// rounds (`1.5` is 2 bytes, `1500m` too).
+///
+/// Surrounding whitespace is trimmed first: upstream decodes a quantity from JSON with
+/// `ParseQuantity(strings.TrimSpace(..))`, so a client reading `" 1Gi"` gets 1Gi, while
+/// `strata_store::quantity::parse` (like `ParseQuantity`) takes the bare string only.
+/// A negative size is an error: no storage size is negative.
 pub fn parse_bytes(q: &str) -> Result<u128, String> {
-    let s = q.trim();
-    if s.is_empty() {
-        return Err("empty quantity".into());
+    let parsed = quantity::parse(q.trim()).map_err(|e| e.to_string())?;
+    if parsed.is_negative() {
+        return Err(format!("invalid quantity {q:?}: negative"));
     }
-    let digits_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(digits_end);
-    let num = num.strip_prefix('+').unwrap_or(num);
-    if num.is_empty() || num.matches('.').count() > 1 || num == "." {
-        return Err(format!("invalid quantity {q:?}"));
-    }
-    let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
-    // mantissa = int_part.frac_part as an integer, scaled down by 10^frac_len.
-    let mut mantissa: u128 = 0;
-    for c in int_part.chars().chain(frac_part.chars()) {
-        mantissa = mantissa
-            .checked_mul(10)
-            .and_then(|m| m.checked_add(u128::from(c as u8 - b'0')))
-            .ok_or_else(|| format!("quantity {q:?} is too large"))?;
-    }
-    let mut den_pow10 = frac_part.len() as u32;
-    let (mul, extra_den_pow10): (u128, u32) = match suffix {
-        "" => (1, 0),
-        "Ki" => (1 << 10, 0),
-        "Mi" => (1 << 20, 0),
-        "Gi" => (1 << 30, 0),
-        "Ti" => (1 << 40, 0),
-        "Pi" => (1 << 50, 0),
-        "Ei" => (1 << 60, 0),
-        "n" => (1, 9),
-        "u" => (1, 6),
-        "m" => (1, 3),
-        "k" => (1_000, 0),
-        "M" => (1_000_000, 0),
-        "G" => (1_000_000_000, 0),
-        "T" => (1_000_000_000_000, 0),
-        "P" => (1_000_000_000_000_000, 0),
-        "E" => (1_000_000_000_000_000_000, 0),
-        other => {
-            let exp = other
-                .strip_prefix(['e', 'E'])
-                .ok_or_else(|| format!("invalid quantity suffix in {q:?}"))?;
-            let exp: i32 = exp
-                .parse()
-                .map_err(|_| format!("invalid quantity exponent in {q:?}"))?;
-            if exp.unsigned_abs() > 30 {
-                return Err(format!("quantity exponent out of range in {q:?}"));
-            }
-            if exp >= 0 {
-                (10u128.pow(exp as u32), 0)
-            } else {
-                (1, exp.unsigned_abs())
-            }
-        }
-    };
-    den_pow10 += extra_den_pow10;
-    let num = mantissa
-        .checked_mul(mul)
-        .ok_or_else(|| format!("quantity {q:?} is too large"))?;
-    if den_pow10 > 38 {
-        return Ok(u128::from(num > 0));
-    }
-    let den = 10u128.pow(den_pow10);
-    Ok(num.div_ceil(den))
+    // The store caps a quantity at i64::MAX whole units, so a non-negative one fits u64.
+    parsed
+        .to_bytes()
+        .map(u128::from)
+        .ok_or_else(|| format!("invalid quantity {q:?}: too large"))
 }
 
 /// Bytes of a `Quantity`, or an error naming the bad value.
@@ -119,6 +71,13 @@ mod tests {
         for bad in ["", "Gi", "1.2.3", "-1Gi", "1Xi", "1e", "1e99", "abc", "."] {
             assert!(parse_bytes(bad).is_err(), "{bad} must be rejected");
         }
+    }
+
+    #[test]
+    fn trims_like_upstream_json_decoding() {
+        assert_eq!(parse_bytes(" 1Gi\n").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("-0").unwrap(), 0, "upstream parses -0 as zero");
+        assert!(parse_bytes("1 Gi").is_err());
     }
 
     #[test]

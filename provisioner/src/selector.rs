@@ -1,56 +1,9 @@
-//! Label selectors and node selectors, evaluated as the apimachinery helpers do.
+//! Node selectors (PV node affinity) evaluated as `corev1 nodeaffinity` does, and the labels
+//! of a standalone node. Label selectors are the store's: `strata_store::selector`.
 
 use std::collections::BTreeMap;
 
 use crate::k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement};
-use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-/// Whether `selector` selects an object with `labels`. An empty selector selects everything
-/// (`metav1.LabelSelectorAsSelector`); a malformed one is an error, not a silent "no".
-pub fn label_selector_matches(
-    selector: &LabelSelector,
-    labels: Option<&BTreeMap<String, String>>,
-) -> Result<bool, String> {
-    let empty = BTreeMap::new();
-    let labels = labels.unwrap_or(&empty);
-    for (k, v) in selector.match_labels.iter().flatten() {
-        if labels.get(k) != Some(v) {
-            return Ok(false);
-        }
-    }
-    for req in selector.match_expressions.iter().flatten() {
-        let values = req.values.as_deref().unwrap_or_default();
-        let have = labels.get(&req.key);
-        let ok = match req.operator.as_str() {
-            "In" | "NotIn" if values.is_empty() => {
-                return Err(format!(
-                    "{}: values must be non-empty for {}",
-                    req.key, req.operator
-                ));
-            }
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" | "DoesNotExist" if !values.is_empty() => {
-                return Err(format!(
-                    "{}: values must be empty for {}",
-                    req.key, req.operator
-                ));
-            }
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            other => {
-                return Err(format!(
-                    "{}: {other:?} is not a valid label selector operator",
-                    req.key
-                ));
-            }
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
 
 /// Whether a node with `node_name` and `labels` satisfies `selector`: the terms are ORed, the
 /// requirements inside a term ANDed, and an empty term matches nothing (`corev1 nodeaffinity`).
@@ -111,53 +64,12 @@ pub fn standalone_node_labels(node: &str) -> BTreeMap<String, String> {
 mod tests {
     use super::*;
     use crate::k8s_openapi::api::core::v1::NodeSelectorTerm;
-    use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
-    }
-
-    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
-        LabelSelectorRequirement {
-            key: key.into(),
-            operator: op.into(),
-            values: (!values.is_empty()).then(|| values.iter().map(|s| s.to_string()).collect()),
-        }
-    }
-
-    #[test]
-    fn label_selector_operators() {
-        let l = labels(&[("tier", "db"), ("zone", "a")]);
-        let sel = |exprs: Vec<LabelSelectorRequirement>| LabelSelector {
-            match_expressions: Some(exprs),
-            match_labels: None,
-        };
-        assert!(label_selector_matches(&LabelSelector::default(), Some(&l)).unwrap());
-        assert!(
-            label_selector_matches(&sel(vec![expr("tier", "In", &["db", "x"])]), Some(&l)).unwrap()
-        );
-        assert!(
-            !label_selector_matches(&sel(vec![expr("tier", "NotIn", &["db"])]), Some(&l)).unwrap()
-        );
-        assert!(
-            label_selector_matches(&sel(vec![expr("gone", "NotIn", &["db"])]), Some(&l)).unwrap()
-        );
-        assert!(label_selector_matches(&sel(vec![expr("zone", "Exists", &[])]), Some(&l)).unwrap());
-        assert!(
-            !label_selector_matches(&sel(vec![expr("zone", "DoesNotExist", &[])]), Some(&l))
-                .unwrap()
-        );
-        assert!(label_selector_matches(&sel(vec![expr("zone", "Bogus", &[])]), Some(&l)).is_err());
-        assert!(label_selector_matches(&sel(vec![expr("zone", "In", &[])]), Some(&l)).is_err());
-        let by_label = LabelSelector {
-            match_labels: Some(labels(&[("tier", "web")])),
-            match_expressions: None,
-        };
-        assert!(!label_selector_matches(&by_label, Some(&l)).unwrap());
-        assert!(!label_selector_matches(&by_label, None).unwrap());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim}
 
 use crate::binder::class::{claim_class, volume_class};
 use crate::meta::{self, claim_access_modes, volume_access_modes};
-use crate::selector::{label_selector_matches, node_selector_matches};
+use crate::selector::node_selector_matches;
 
 /// A set of access modes as bits: RWO, ROX, RWX, RWOP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -182,7 +182,14 @@ impl VolumeIndex {
             meta::name(&claim.metadata).to_string(),
         );
         let class = claim_class(claim);
+        // A nil selector does not filter (unlike `LabelSelectorAsSelector(nil)`, which selects
+        // nothing); an empty one selects everything. A malformed one is an error before any
+        // volume is looked at, pre-bound ones included, as `FindMatchingVolume` converts it first.
         let selector = claim.spec.as_ref().and_then(|s| s.selector.as_ref());
+        if let Some(sel) = selector {
+            strata_store::selector::validate(sel)
+                .map_err(|e| format!("invalid label selector: {e}"))?;
+        }
 
         // Candidate groups: every set containing all requested modes, smallest set first.
         let mut groups: Vec<(&ModeSet, &Group)> = self
@@ -220,7 +227,7 @@ impl VolumeIndex {
                     continue;
                 }
                 if let Some(sel) = selector
-                    && !label_selector_matches(sel, pv.metadata.labels.as_ref())?
+                    && !strata_store::selector::matches(sel, pv.metadata.labels.as_ref())
                 {
                     continue;
                 }
@@ -575,5 +582,26 @@ mod tests {
             ]),
         });
         assert!(i.find_best_match(&c, false, None).is_err());
+    }
+
+    #[test]
+    fn bad_selector_is_an_error_before_any_volume_is_matched() {
+        // FindMatchingVolume converts the selector first: a pre-bound volume or a matchLabels
+        // miss does not hide a malformed expression.
+        let mut c = claim("c", "1Gi", &["ReadWriteOnce"]);
+        c.spec.as_mut().unwrap().selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("tier".into(), "gold".into())])),
+            match_expressions: Some(vec![
+                crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                    key: "k".into(),
+                    operator: "In".into(),
+                    values: None,
+                },
+            ]),
+        });
+        let pre = prebound(volume("pre", "1Gi", &["ReadWriteOnce"]), &c, false);
+        let i = index(vec![pre, volume("free", "1Gi", &["ReadWriteOnce"])]);
+        let err = i.find_best_match(&c, false, None).unwrap_err();
+        assert!(err.contains("matchExpressions[0].values"), "{err}");
     }
 }
