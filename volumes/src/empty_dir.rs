@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 
 use crate::error::{Context, Error, Result};
 use crate::mount;
-use crate::projection::quantity;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Medium {
@@ -27,14 +26,15 @@ impl Medium {
                 let size = match &src.size_limit {
                     None => None,
                     Some(q) => {
-                        let v = quantity::parse(&q.0)
-                            .map(|r| r.value())
-                            .filter(|v| *v > 0 && *v <= i128::from(u64::MAX))
+                        let v = strata_store::quantity::parse(&q.0)
+                            .ok()
+                            .and_then(|q| q.to_bytes())
+                            .filter(|v| *v > 0)
                             .ok_or_else(|| Error::InvalidArgument {
                                 field: "emptyDir.sizeLimit",
                                 reason: format!("{:?} is not a positive size", q.0),
                             })?;
-                        Some(v as u64)
+                        Some(v)
                     }
                 };
                 Ok(Medium::Memory { size })

@@ -713,9 +713,9 @@ impl<S: Store> VolumeManager<S> {
                 field: "persistentVolume.spec.capacity",
                 reason: "no storage capacity".into(),
             })?;
-        let bytes = projection::quantity::parse(&want.0)
-            .map(|r| r.value())
-            .and_then(|v| i64::try_from(v).ok())
+        let bytes = strata_store::quantity::parse(&want.0)
+            .ok()
+            .and_then(|q| i64::try_from(q.ceil_units()).ok())
             .ok_or_else(|| Error::InvalidArgument {
                 field: "persistentVolume.spec.capacity",
                 reason: format!("{:?} is not a size", want.0),

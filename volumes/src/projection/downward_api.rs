@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Container, DownwardAPIVolumeFile, ObjectFieldSelector, Pod, ResourceFieldSelector,
 };
+use strata_store::quantity::{Quantity, parse as parse_quantity};
 
-use super::quantity::{self, Ratio};
+use super::quantity;
 use super::quote::go_quote;
 use super::{Inputs, mode_of};
 use crate::atomic_writer::{FileProjection, Payload};
@@ -116,10 +117,14 @@ fn resource_field_ref(
     let container =
         find_container(pod, name).ok_or_else(|| format!("container {name:?} not found"))?;
     let divisor = match &sel.divisor {
-        None => Ratio::ONE,
+        None => Quantity::from_units(1),
         Some(q) => {
-            let d = quantity::parse(&q.0).ok_or_else(|| format!("invalid divisor {:?}", q.0))?;
-            if d.is_zero() { Ratio::ONE } else { d }
+            let d = parse_quantity(&q.0).map_err(|e| format!("invalid divisor: {e}"))?;
+            if d.is_zero() {
+                Quantity::from_units(1)
+            } else {
+                d
+            }
         }
     };
     let (side, resource) = sel
@@ -133,11 +138,11 @@ fn resource_field_ref(
         _ => return Err(format!("unsupported resource {:?}", sel.resource)),
     };
     let parse = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
-        quantity::parse(&q.0).ok_or_else(|| format!("invalid quantity {:?}", q.0))
+        parse_quantity(&q.0).map_err(|e| e.to_string())
     };
     let mut value = match map.and_then(|m| m.get(resource)) {
         Some(q) => parse(q)?,
-        None => Ratio::ZERO,
+        None => Quantity::from_units(0),
     };
     let merges_allocatable = matches!(resource, "cpu" | "memory" | "ephemeral-storage");
     if side == "limits" && merges_allocatable && value.is_zero() {

@@ -3,7 +3,7 @@
 //! objects and writing the payload are the manager's job.
 
 mod downward_api;
-pub mod quantity;
+mod quantity;
 pub mod quote;
 
 use std::collections::{BTreeMap, BTreeSet};
