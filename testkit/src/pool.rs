@@ -23,93 +23,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::mount::{MntFlags, MsFlags};
 
-/// One line of /proc/self/mountinfo, the fields the tests look at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub mount_point: PathBuf,
-    /// Path of the mounted subtree within its filesystem (`/` unless a bind of a subdir).
-    pub root: PathBuf,
-    pub fs_type: String,
-    /// The mount source, e.g. `/dev/loop7`.
-    pub source: String,
-    /// Per-mount options (`rw`/`ro`, `nosuid`, ...).
-    pub mount_options: String,
-    /// Per-superblock options (`rw`, `gid=...`, ...).
-    pub super_options: String,
-}
-
-impl MountEntry {
-    pub fn read_only(&self) -> bool {
-        self.mount_options.split(',').any(|o| o == "ro")
-    }
-}
+/// One line of /proc/self/mountinfo (the workspace's one mountinfo parser).
+pub type MountEntry = strata_mountinfo::Mount;
 
 /// Parses /proc/self/mountinfo.
 pub fn mountinfo() -> Vec<MountEntry> {
-    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
-    text.lines().filter_map(parse_mountinfo_line).collect()
-}
-
-fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
-    // id parent major:minor root mount_point options [optional...] - fstype source super_options
-    let (left, right) = line.split_once(" - ")?;
-    let mut l = left.split(' ');
-    let root = unescape_octal(l.nth(3)?);
-    let mount_point = unescape_octal(l.next()?);
-    let mount_options = l.next()?.to_owned();
-    let mut r = right.split(' ');
-    let fs_type = r.next()?.to_owned();
-    let source = unescape_octal(r.next()?).to_string_lossy().into_owned();
-    let super_options = r.next().unwrap_or("").to_owned();
-    Some(MountEntry {
-        mount_point,
-        root,
-        fs_type,
-        source,
-        mount_options,
-        super_options,
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
+    strata_mountinfo::read().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Mounts whose mount point is `root` or lies beneath it, deepest first.
 pub fn mounts_under(root: &Path) -> Vec<MountEntry> {
-    let mut v: Vec<_> = mountinfo()
+    // Among equal depth, the later (stacked on top) first.
+    strata_mountinfo::under(&mountinfo(), root)
         .into_iter()
-        .filter(|m| m.mount_point.starts_with(root))
-        .collect();
-    // Deepest first; among equal depth, the later (stacked on top) first.
-    v.reverse();
-    v.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
-    v
+        .cloned()
+        .collect()
 }
 
 /// The mount at exactly `path` (the topmost one if several are stacked there).
 pub fn mount_at(path: &Path) -> Option<MountEntry> {
-    mountinfo()
-        .into_iter()
-        .rev()
-        .find(|m| m.mount_point == path)
+    strata_mountinfo::mounted_at(&mountinfo(), path).cloned()
 }
 
 /// A bound loop device as the kernel reports it in sysfs.
@@ -850,7 +783,7 @@ mod tests {
     #[test]
     fn parses_mountinfo_with_escapes_and_optional_fields() {
         let l = "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 shared:2 - ext3 /dev/root rw,errors=continue";
-        let m = parse_mountinfo_line(l).unwrap();
+        let m = strata_mountinfo::parse_line(l).unwrap();
         assert_eq!(m.mount_point, Path::new("/mnt/a b"));
         assert_eq!(m.root, Path::new("/mnt1"));
         assert_eq!(m.fs_type, "ext3");

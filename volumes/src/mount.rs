@@ -6,65 +6,17 @@ use nix::mount::{MntFlags, MsFlags};
 
 use crate::error::{Context, Result};
 
-/// One line of mountinfo (proc(5)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfo {
-    pub mount_point: PathBuf,
-    pub root: PathBuf,
-    pub fs_type: String,
-    pub source: String,
-    pub options: String,
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
-    text.lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let pre: Vec<&str> = pre.split(' ').collect();
-            let post: Vec<&str> = post.split(' ').collect();
-            Some(MountInfo {
-                root: PathBuf::from(unescape(pre.get(3)?)),
-                mount_point: PathBuf::from(unescape(pre.get(4)?)),
-                options: pre.get(5)?.to_string(),
-                fs_type: post.first()?.to_string(),
-                source: unescape(post.get(1)?),
-            })
-        })
-        .collect()
-}
+/// One line of mountinfo (proc(5)); parsed by the workspace's one mountinfo parser.
+pub use strata_mountinfo::Mount as MountInfo;
 
 /// The current mount table of this process's mount namespace.
 pub fn mountinfo() -> Result<Vec<MountInfo>> {
-    let path = "/proc/self/mountinfo";
-    Ok(parse_mountinfo(
-        &std::fs::read_to_string(path).at("read", path)?,
-    ))
+    strata_mountinfo::read().at("read", strata_mountinfo::SELF_MOUNTINFO)
 }
 
 /// True when something is mounted exactly at `path`.
 pub fn is_mount_point(table: &[MountInfo], path: &Path) -> bool {
-    table.iter().any(|m| m.mount_point == path)
+    strata_mountinfo::mounted_at(table, path).is_some()
 }
 
 /// Mounts a tmpfs at `dir` (mode 0777 like an emptyDir; `size` in bytes when given).
@@ -99,12 +51,10 @@ pub fn unmount(path: &Path) -> Result<()> {
 /// Unmounts everything mounted at or below `dir`, deepest first.
 pub fn unmount_below(dir: &Path) -> Result<()> {
     let table = mountinfo()?;
-    let mut points: Vec<&PathBuf> = table
-        .iter()
+    let mut points: Vec<&PathBuf> = strata_mountinfo::under(&table, dir)
+        .into_iter()
         .map(|m| &m.mount_point)
-        .filter(|p| p.starts_with(dir))
         .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     points.dedup();
     for p in points {
         // A path may be mounted over several times: unmount until it is gone.
@@ -152,7 +102,7 @@ mod tests {
     fn parses_escapes_and_optional_fields() {
         let text = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
                     40 1 0:5 / /tmp rw - tmpfs tmpfs rw\n";
-        let t = parse_mountinfo(text);
+        let t = strata_mountinfo::parse(text);
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].mount_point, Path::new("/mnt/with space"));
         assert_eq!(t[0].root, Path::new("/mnt1"));

@@ -457,8 +457,8 @@ mod tests {
         clean.mounts.push(mnt.clone());
         assert!(crate::sys::mount::stat(&mnt).unwrap().mount_root);
         let info = crate::sys::mountinfo::read().unwrap();
-        let m = crate::sys::mountinfo::at(&info, &mnt);
-        assert_eq!(m.last().unwrap().source, dev.path.to_string_lossy());
+        let m = crate::sys::mountinfo::mounted_at(&info, &mnt);
+        assert_eq!(m.unwrap().source, dev.path.to_string_lossy());
 
         crate::sys::fsfreeze::freeze(&mnt).unwrap();
         crate::sys::fsfreeze::thaw(&mnt).unwrap();

@@ -8,5 +8,6 @@ pub mod fsfreeze;
 pub mod loopdev;
 pub mod mkfs;
 pub mod mount;
-pub mod mountinfo;
+/// The mount table: the workspace's one mountinfo parser, shared with the volume manager.
+pub use strata_mountinfo as mountinfo;
 pub mod reflink;
