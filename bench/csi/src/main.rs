@@ -194,18 +194,25 @@ async fn create_delete(proc: &DriverProcess, args: &Args, inflight: usize) -> Re
     Ok(())
 }
 
+/// Creates the one volume a node-side measurement works on.
+async fn one_volume(
+    ctl: &mut controller_client::ControllerClient<csi_proto::tonic::transport::Channel>,
+    name: &str,
+) -> Result<Volume> {
+    ctl.create_volume(create_req(name.into()))
+        .await
+        .map_err(|s| anyhow::anyhow!("CreateVolume: {s}"))?
+        .into_inner()
+        .volume
+        .context("no volume")
+}
+
 /// Stage, publish, unpublish, unstage one volume `iterations` times; the first (cold: mkfs)
 /// round is reported apart.
 async fn node_latencies(proc: &DriverProcess, args: &Args) -> Result<()> {
     let mut ctl = proc.controller().await;
     let mut node = proc.node().await;
-    let vol = ctl
-        .create_volume(create_req("bench-node-rpcs".into()))
-        .await
-        .map_err(|s| anyhow::anyhow!("CreateVolume: {s}"))?
-        .into_inner()
-        .volume
-        .context("no volume")?;
+    let vol = one_volume(&mut ctl, "bench-node-rpcs").await?;
     let staging = proc.mkdir("bench-staging");
     let target_parent = proc.mkdir("bench-pod");
     let target = target_parent.join("mount");
@@ -300,13 +307,7 @@ fn publish_req(
 async fn publish_pairs(proc: &DriverProcess, args: &Args) -> Result<()> {
     let mut ctl = proc.controller().await;
     let mut node = proc.node().await;
-    let vol = ctl
-        .create_volume(create_req("bench-pairs".into()))
-        .await
-        .map_err(|s| anyhow::anyhow!("CreateVolume: {s}"))?
-        .into_inner()
-        .volume
-        .context("no volume")?;
+    let vol = one_volume(&mut ctl, "bench-pairs").await?;
     let staging = proc.mkdir("pairs-staging");
     let target = proc.mkdir("pairs-pod").join("mount");
     node.node_stage_volume(NodeStageVolumeRequest {
