@@ -10,6 +10,10 @@
 //! enters a private mount namespace and binds an empty file there; all three
 //! runtimes run in that same namespace.
 //!
+//! A fourth runner, `libcontainer-run` (built next to this harness), drives
+//! libcontainer directly with nothing of ours around it: the floor for any
+//! runtime on that library, which separates the library's cost from ours.
+//!
 //! Usage: bench-runtime [--runs N] [--strata PATH]   (as root)
 
 use std::path::{Path, PathBuf};
@@ -23,6 +27,8 @@ struct Runtime {
     name: &'static str,
     bin: PathBuf,
     root: PathBuf,
+    /// `libcontainer-run ROOT BUNDLE ID` rather than runc's command line.
+    bare: bool,
 }
 
 fn main() -> Result<()> {
@@ -59,16 +65,25 @@ fn main() -> Result<()> {
             name: "strata-runtime",
             bin: strata.clone(),
             root: state.join("strata"),
+            bare: false,
         },
         Runtime {
             name: "runc",
             bin: "runc".into(),
             root: state.join("runc"),
+            bare: false,
         },
         Runtime {
             name: "crun",
             bin: "crun".into(),
             root: state.join("crun"),
+            bare: false,
+        },
+        Runtime {
+            name: "libcontainer (bare)",
+            bin: std::env::current_exe()?.with_file_name("libcontainer-run"),
+            root: state.join("bare"),
+            bare: true,
         },
     ];
 
@@ -133,11 +148,19 @@ fn main() -> Result<()> {
             );
             medians.push(ms(pick(0.5)));
         }
-        summary.push((label, medians[0] / medians[2], medians[0] / medians[1]));
+        summary.push((
+            label,
+            medians[0] / medians[2],
+            medians[0] / medians[1],
+            medians[3] / medians[2],
+        ));
     }
     println!();
-    for (label, vs_crun, vs_runc) in summary {
-        println!("{label}: strata/crun {vs_crun:.2}x, strata/runc {vs_runc:.2}x");
+    for (label, vs_crun, vs_runc, bare_vs_crun) in summary {
+        println!(
+            "{label}: strata/crun {vs_crun:.2}x, strata/runc {vs_runc:.2}x, \
+             bare libcontainer/crun {bare_vs_crun:.2}x"
+        );
     }
     rootfs.remove()?;
     Ok(())
@@ -171,13 +194,19 @@ fn write_config(bundle: &Path, rootfs: &Path, binds: &[(PathBuf, String)]) -> Re
 }
 
 fn run_once(rt: &Runtime, bundle: &Path, id: &str) -> Result<Duration> {
+    let mut cmd = Command::new(&rt.bin);
+    if rt.bare {
+        std::fs::create_dir_all(&rt.root)?;
+        cmd.arg(&rt.root).arg(bundle).arg(id);
+    } else {
+        cmd.arg("--root")
+            .arg(&rt.root)
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(id);
+    }
     let start = Instant::now();
-    let status = Command::new(&rt.bin)
-        .arg("--root")
-        .arg(&rt.root)
-        .args(["run", "--bundle"])
-        .arg(bundle)
-        .arg(id)
+    let status = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
