@@ -13,6 +13,7 @@ use oci_spec::runtime::{
 };
 
 use crate::error::{Error, Result};
+use crate::user::resolve_image_user;
 use crate::volumes::BindMount;
 
 /// A namespace a container can share with another process (a pod's infra process).
@@ -106,6 +107,18 @@ impl Default for ContainerConfig {
 }
 
 impl ContainerConfig {
+    /// Sets `uid`, `gid` and `additional_gids` from an image config's `User` (empty
+    /// for root), looked up in the account files of the mounted `rootfs` (see
+    /// [`crate::user`]). The additional gids are replaced, so pod-level supplemental
+    /// groups go on afterwards. On error the config is unchanged.
+    pub fn apply_image_user(&mut self, rootfs: &Path, user: &str) -> Result<()> {
+        let resolved = resolve_image_user(rootfs, user)?;
+        self.uid = resolved.uid;
+        self.gid = resolved.gid;
+        self.additional_gids = resolved.additional_gids;
+        Ok(())
+    }
+
     /// The runtime spec for container `id` whose mounted rootfs is `rootfs`.
     pub fn to_spec(&self, id: &str, rootfs: &Path) -> Result<Spec> {
         if self.args.is_empty() {
