@@ -299,7 +299,7 @@ fn resolve(
         .map(|e| {
             groups
                 .iter()
-                .filter(|g| g.gid != gid && g.members.iter().any(|m| *m == e.name))
+                .filter(|g| g.gid != gid && g.members.contains(&e.name))
                 .map(|g| g.gid)
                 .collect()
         })
