@@ -234,8 +234,8 @@ fn read_sized(
     read: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
 ) -> io::Result<Vec<u8>> {
     let too_big = |len: Option<usize>| {
-        let len = len.map_or_else(|| "more than 64 KiB".to_owned(), |n| format!("{n} bytes"));
-        invalid_data(format!("{what} is {len}, over Linux's 64 KiB limit"))
+        let len = len.map(|n| format!(" {n} bytes,")).unwrap_or_default();
+        invalid_data(format!("{what} is{len} over Linux's 64 KiB limit"))
     };
     let mut len = query()?;
     loop {
@@ -285,7 +285,7 @@ mod tests {
         std::os::unix::fs::symlink("x".repeat(150), p("b/longlink")).unwrap();
         rustix::fs::mknodat(
             CWD,
-            &p("fifo"),
+            p("fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from(0o600),
             0,
@@ -293,7 +293,7 @@ mod tests {
         .unwrap();
         rustix::fs::mknodat(
             CWD,
-            &p("b/wh"),
+            p("b/wh"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::empty(),
             rustix::fs::makedev(0, 0),
@@ -557,7 +557,10 @@ mod tests {
         let err =
             read_sized("the value of xattr user.big", || Ok(XATTR_MAX + 1), fill).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains("user.big"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the value of xattr user.big is 65537 bytes, over Linux's 64 KiB limit"
+        );
         let err = read_sized("v", || Ok(8), |_| Err(Errno::TOOBIG)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         // A value that keeps growing ends at the limit instead of looping.
