@@ -900,3 +900,65 @@ fn commit_refuses_an_xattr_the_layer_cannot_carry() {
         0
     );
 }
+
+#[test]
+fn unpack_does_not_let_a_default_acl_leak_into_children() {
+    // Setting a default ACL on a dir the test does not own, and chown in unpack,
+    // need root.
+    if !testkit::require_root("unpack_does_not_let_a_default_acl_leak_into_children") {
+        return;
+    }
+    let env = Env::new();
+    let acl = acl_blob();
+    // A dir with a default ACL, then a file and a subdir beneath it that carry no
+    // ACL of their own, and one file that carries its own access ACL.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    dir.set_uid(0);
+    dir.set_gid(0);
+    dir.set_mtime(0);
+    b.append_pax_extensions([("SCHILY.xattr.system.posix_acl_default", acl.as_slice())])
+        .unwrap();
+    b.append_data(&mut dir.clone(), "shared/", std::io::empty())
+        .unwrap();
+    b.append_data(&mut dir, "shared/sub/", std::io::empty())
+        .unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_mode(0o640);
+    file.set_size(1);
+    file.set_uid(0);
+    file.set_gid(0);
+    file.set_mtime(0);
+    b.append_data(&mut file.clone(), "shared/plain", &b"p"[..])
+        .unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.system.posix_acl_access", acl.as_slice())])
+        .unwrap();
+    b.append_data(&mut file, "shared/own", &b"o"[..]).unwrap();
+    let tar_bytes = b.into_inner().unwrap();
+
+    let dest = env.path("layer");
+    std::fs::create_dir(&dest).unwrap();
+    unpack::unpack(&tar_bytes[..], &dest).unwrap();
+
+    let default = "system.posix_acl_default";
+    let access = "system.posix_acl_access";
+    assert_eq!(get_xattr(&dest.join("shared"), default), Some(acl.clone()));
+    assert_eq!(get_xattr(&dest.join("shared/plain"), access), None);
+    assert_eq!(get_xattr(&dest.join("shared/sub"), access), None);
+    assert_eq!(get_xattr(&dest.join("shared/sub"), default), None);
+    assert_eq!(get_xattr(&dest.join("shared/own"), access), Some(acl));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(dest.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("shared/plain"), 0o640);
+    assert_eq!(mode("shared/sub"), 0o755);
+}

@@ -24,6 +24,8 @@ use crate::resolve;
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
 /// Unpacks the tar stream `tar` into the existing, empty directory `dest`.
 pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
@@ -33,6 +35,9 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
         Mode::empty(),
     )
     .map_err(|e| Error::io("opening layer dir", dest)(e.into()))?;
+    // Once a directory in this layer has a default ACL, entries created beneath it
+    // inherit ACLs the tar never gave them; those are stripped again below.
+    let mut layer_has_default_acl = false;
     let mut archive = tar::Archive::new(tar);
     let entries = archive
         .entries()
@@ -189,6 +194,7 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
             rustix::fs::chmodat(&parent, name, mode, AtFlags::empty())
                 .map_err(|e| path_err("setting mode")(e.into()))?;
         }
+        let mut carried_acls = (false, false); // (access, default)
         if let Some(exts) = entry
             .pax_extensions()
             .map_err(path_err("reading pax headers"))?
@@ -202,6 +208,14 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                     tracing::debug!(path = %shown, "dropping overlay xattr from layer");
                     continue;
                 }
+                match xname {
+                    ACL_ACCESS => carried_acls.0 = true,
+                    ACL_DEFAULT => {
+                        carried_acls.1 = true;
+                        layer_has_default_acl = true;
+                    }
+                    _ => {}
+                }
                 let p = fd_path(&parent, name);
                 rustix::fs::lsetxattr(
                     &p,
@@ -210,6 +224,20 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                     rustix::fs::XattrFlags::empty(),
                 )
                 .map_err(|e| path_err("setting xattr")(e.into()))?;
+            }
+        }
+        if layer_has_default_acl && kind != T::Symlink {
+            let p = fd_path(&parent, name);
+            for (carried, acl) in [(carried_acls.0, ACL_ACCESS), (carried_acls.1, ACL_DEFAULT)] {
+                if carried {
+                    continue;
+                }
+                match rustix::fs::lremovexattr(&p, OsStr::from_bytes(acl)) {
+                    // Nothing inherited (ENODATA; a file never has a default
+                    // ACL), or a filesystem without ACLs (ENOTSUP).
+                    Ok(()) | Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOTSUP) => {}
+                    Err(e) => return Err(path_err("removing inherited ACL")(e.into())),
+                }
             }
         }
         let mtime = header.mtime().unwrap_or(0) as i64;
