@@ -1,12 +1,7 @@
-//! Crash failpoints: named steps where the driver can be made to die on purpose.
-//!
-//! The crash tests start `strata-csi` with `STRATA_CSI_FAILPOINTS=name[,name...]`; when a
-//! listed step is reached the process aborts at once (no destructors, no cleanup), which is
-//! what a `kill -9` at that instant would leave behind. The list is read once at start-up;
-//! when the variable is unset `hit` is one relaxed atomic load.
+//! The driver's crash failpoints (see `strata-failpoint`): the crash tests start
+//! `strata-csi` with `STRATA_CSI_FAILPOINTS=name[,name...]` and it aborts at those steps.
 
-use std::collections::HashSet;
-use std::sync::OnceLock;
+use strata_failpoint::Failpoints;
 
 /// Every failpoint, named `<rpc>:<step>`, in the order the steps run.
 pub const ALL: &[&str] = &[
@@ -39,55 +34,27 @@ pub const ALL: &[&str] = &[
 /// Name of the environment variable read at start-up.
 pub const ENV: &str = "STRATA_CSI_FAILPOINTS";
 
-static ACTIVE: OnceLock<HashSet<&'static str>> = OnceLock::new();
+static POINTS: Failpoints = Failpoints::new(ENV, ALL);
 
-/// Reads `STRATA_CSI_FAILPOINTS`. Unknown names are an error so that a typo in a crash
-/// test cannot silently turn it into a test of nothing.
+/// Reads `STRATA_CSI_FAILPOINTS`; an unknown name is an error.
 pub fn init_from_env() -> Result<(), String> {
-    let Some(raw) = std::env::var_os(ENV) else {
-        return Ok(());
-    };
-    let raw = raw.to_string_lossy().into_owned();
-    let mut set = HashSet::new();
-    for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        match ALL.iter().find(|known| **known == name) {
-            Some(known) => {
-                set.insert(*known);
-            }
-            None => return Err(format!("unknown failpoint {name:?} in {ENV}")),
-        }
+    let armed = POINTS.init_from_env()?;
+    if !armed.is_empty() {
+        tracing::warn!(failpoints = ?armed, "failpoints armed: the driver will abort at them");
     }
-    if !set.is_empty() {
-        tracing::warn!(failpoints = %raw, "failpoints armed: the driver will abort at them");
-    }
-    let _ = ACTIVE.set(set);
     Ok(())
 }
 
 /// Aborts the process if failpoint `name` is armed.
 #[inline]
 pub fn hit(name: &'static str) {
-    debug_assert!(ALL.contains(&name), "failpoint {name} missing from ALL");
-    if let Some(set) = ACTIVE.get()
-        && !set.is_empty()
-        && set.contains(name)
-    {
-        eprintln!("strata-csi: failpoint {name} reached, aborting");
-        std::process::abort();
-    }
+    POINTS.hit(name);
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn names_are_unique_and_well_formed() {
-        let mut seen = HashSet::new();
-        for name in ALL {
-            assert!(seen.insert(name), "duplicate failpoint {name}");
-            let (rpc, step) = name.split_once(':').expect("rpc:step");
-            assert!(!rpc.is_empty() && !step.is_empty(), "{name}");
-        }
+        super::POINTS.check_names().unwrap();
     }
 }
