@@ -21,6 +21,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::Spec;
 
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::volumes::{self, BindMount, Propagation};
 
 /// Options of `create` beyond the bundle.
@@ -106,12 +107,23 @@ impl Runtime {
         self.root.join(OUR_DIR).join(id)
     }
 
+    fn lock_path(&self, id: &str) -> PathBuf {
+        self.root.join(OUR_DIR).join(format!("{id}.lock"))
+    }
+
     /// Serialises commands on one container: libcontainer rewrites state.json in
     /// place, so a concurrent reader could see it half written.
-    /// Only `create` makes the lock file; its absence means no such container.
-    fn lock(&self, id: &str, create: bool) -> Result<nix::fcntl::Flock<fs::File>> {
+    /// Only `create` (and `delete`, to finish a crashed one) makes the lock file;
+    /// its absence means no such container.
+    ///
+    /// A POSIX record lock, not flock(2): the container's init is forked from the
+    /// locking process and keeps its descriptors until it execs, and an flock held
+    /// through an inherited descriptor would outlive a `create` that died, blocking
+    /// every later command on the container. Record locks belong to the process
+    /// and end with it.
+    fn lock(&self, id: &str, create: bool) -> Result<LockGuard> {
         validate_id(id)?;
-        let path = self.root.join(OUR_DIR).join(format!("{id}.lock"));
+        let path = self.lock_path(id);
         let f = match fs::OpenOptions::new()
             .create(create)
             .truncate(false)
@@ -124,8 +136,20 @@ impl Runtime {
             }
             Err(e) => return Err(Error::io("opening lock", &path)(e)),
         };
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::io("locking", &path)(e.into()))
+        let whole_file = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        loop {
+            match nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETLKW(&whole_file)) {
+                Ok(_) => return Ok(LockGuard { _file: f }),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Error::io("locking", &path)(e.into())),
+            }
+        }
     }
 
     fn load(&self, id: &str) -> Result<Container> {
@@ -145,6 +169,7 @@ impl Runtime {
     #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn create(&self, id: &str, bundle: &Path, opts: &CreateOptions) -> Result<State> {
         let _lock = self.lock(id, true)?;
+        failpoint::hit("create:after_lock");
         if self.lc_dir(id).exists() || self.our_dir(id).exists() {
             return Err(Error::ContainerExists(id.into()));
         }
@@ -174,7 +199,7 @@ impl Runtime {
         let undo = |rt: &Runtime| {
             let _ = rt.undo_premounts(id);
             let _ = fs::remove_dir_all(rt.our_dir(id));
-            let _ = fs::remove_file(rt.root.join(OUR_DIR).join(format!("{id}.lock")));
+            let _ = fs::remove_file(rt.lock_path(id));
         };
         let result = (|| {
             let mut landed = Vec::new();
@@ -184,7 +209,9 @@ impl Runtime {
                 let target = rootfs.join(resolve_display(&b.destination));
                 landed.push(target);
                 write_json(&dir.join("premounts.json"), &landed)?;
+                failpoint::hit("create:after_premount_record");
                 let real = volumes::mount_bind(&rootfs, b)?;
+                failpoint::hit("create:after_premount");
                 *landed.last_mut().expect("pushed above") = real;
                 write_json(&dir.join("premounts.json"), &landed)?;
             }
@@ -211,6 +238,7 @@ impl Runtime {
                 linux.set_rootfs_propagation(Some("shared".into()));
             }
             spec.save(dir.join("config.json"))?;
+            failpoint::hit("create:after_spec");
             tracing::debug!(
                 id,
                 volumes = ours.len(),
@@ -237,6 +265,7 @@ impl Runtime {
                 .with_detach(true)
                 .build()
                 .map_err(lc("creating container"))?;
+            failpoint::hit("create:after_build");
             // libcontainer recorded our private spec dir; the state reports the
             // caller's bundle, as runtime-spec "state" asks.
             container.state.bundle = bundle.clone();
@@ -283,10 +312,18 @@ impl Runtime {
     }
 
     /// `delete`: removes a stopped (or created) container and everything created
-    /// for it; `force` kills a running one first.
+    /// for it; `force` kills a running one first. Also finishes what a `create` or
+    /// `delete` that died part-way left behind.
     #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let _lock = self.lock(id, false)?;
+        validate_id(id)?;
+        let lock_path = self.lock_path(id);
+        // A create or delete that died leaves some of these; any one of them means
+        // there is still something to remove.
+        if !lock_path.exists() && !self.our_dir(id).exists() && !self.lc_dir(id).exists() {
+            return Err(Error::ContainerNotFound(id.into()));
+        }
+        let _lock = self.lock(id, true)?;
         match self.load(id) {
             Ok(mut c) => {
                 if !force
@@ -305,19 +342,35 @@ impl Runtime {
                     remove_empty_cgroup_parents(&cg);
                 }
             }
-            // Our half may outlive libcontainer's after a crash mid-create.
-            Err(Error::ContainerNotFound(_)) if self.our_dir(id).exists() => {}
+            // No state.json: libcontainer writes it before it makes any cgroup or
+            // process, so its directory (if any) is all that is left of it.
+            Err(Error::ContainerNotFound(_)) => {
+                let dir = self.lc_dir(id);
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("removing container dir", dir)(e)),
+                }
+            }
             Err(e) => return Err(e),
         }
+        failpoint::hit("delete:after_container");
         tracing::debug!(id, "libcontainer state deleted");
         self.undo_premounts(id)?;
+        failpoint::hit("delete:after_unmount");
         tracing::debug!(id, "volumes unmounted");
         let dir = self.our_dir(id);
-        let _ = fs::remove_file(self.root.join(OUR_DIR).join(format!("{id}.lock")));
         match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing container dir", dir)(e)),
+        }
+        failpoint::hit("delete:after_dir");
+        // Last: while the lock file exists a retried delete still finds the rest.
+        match fs::remove_file(&lock_path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("removing container dir", dir)(e)),
+            Err(e) => Err(Error::io("removing lock", lock_path)(e)),
         }
     }
 
@@ -377,6 +430,12 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// Holds a container's lock; closing the file (the only descriptor this process
+/// has on it) releases the record lock.
+struct LockGuard {
+    _file: fs::File,
 }
 
 /// Makes this process the reaper of orphaned descendants: a container's init,

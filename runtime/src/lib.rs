@@ -13,6 +13,7 @@
 pub mod container;
 pub mod digest;
 pub mod error;
+pub mod failpoint;
 pub mod helper;
 pub mod image;
 mod overlay;

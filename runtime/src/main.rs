@@ -92,6 +92,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    if let Err(e) = strata_runtime::failpoint::init_from_env() {
+        eprintln!("strata-runtime: {e}");
+        return ExitCode::from(1);
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
