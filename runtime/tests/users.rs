@@ -55,28 +55,7 @@ fn run_as_image_user(env: &Env, image: &Image, script: &str) -> Result<Ran, Stri
     let mut cfg = sh(script);
     cfg.apply_image_user(&rootfs.0.path(), &user)
         .map_err(|e| strata_runtime::error::chain(&e))?;
-    let bundle = env.path(&format!("bundle-{id}"));
-    strata_runtime::write_bundle(&bundle, &cfg.to_spec(&id, &rootfs.0.path()).unwrap()).unwrap();
-    let log = env.path(&format!("{id}.log"));
-    let _guard = testkit::ContainerGuard {
-        binary: BIN.into(),
-        root: env.state.clone(),
-        id: id.clone(),
-    };
-    let out = env
-        .cli()
-        .args(["run", "--bundle"])
-        .arg(&bundle)
-        .arg("--output")
-        .arg(&log)
-        .arg(&id)
-        .output()
-        .unwrap();
-    Ok(Ran {
-        code: out.status.code().unwrap_or(-1),
-        output: std::fs::read_to_string(&log).unwrap_or_default(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    Ok(run_on(env, &id, &rootfs.0.path(), &cfg))
 }
 
 /// `id` output of a container run as `image`'s user.

@@ -69,8 +69,13 @@ pub struct Ran {
 pub fn run(env: &Env, id: &str, image: &Image, cfg: &ContainerConfig) -> Ran {
     let rootfs =
         RootfsGuard(Rootfs::create(&env.store, id, image, &InitLayer::for_hostname(id)).unwrap());
+    run_on(env, id, &rootfs.0.path(), cfg)
+}
+
+/// [`run`] on a rootfs the caller mounted.
+pub fn run_on(env: &Env, id: &str, rootfs: &Path, cfg: &ContainerConfig) -> Ran {
     let bundle = env.path(&format!("bundle-{id}"));
-    let spec = cfg.to_spec(id, &rootfs.0.path()).unwrap();
+    let spec = cfg.to_spec(id, rootfs).unwrap();
     strata_runtime::write_bundle(&bundle, &spec).unwrap();
     let log = env.path(&format!("{id}.log"));
     let _guard = testkit::ContainerGuard {
