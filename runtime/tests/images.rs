@@ -175,6 +175,20 @@ fn commit_leaves_out_init_layer_and_keeps_whiteouts() {
 /// Replaces the single layer of an exported layout by its gzip, fixing the manifest
 /// and index, as a registry-pulled image would look.
 fn gzip_layout(layout: &Path) {
+    recompress_layout(
+        layout,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        |tar| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(tar).unwrap();
+            gz.finish().unwrap()
+        },
+    );
+}
+
+/// Replaces the single layer of an exported layout by `compress(layer tar)` with
+/// media type `media_type`, fixing the manifest and index.
+fn recompress_layout(layout: &Path, media_type: &str, compress: impl FnOnce(&[u8]) -> Vec<u8>) {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let mdig = index["manifests"][0]["digest"]
@@ -192,14 +206,12 @@ fn gzip_layout(layout: &Path) {
         .as_str()
         .unwrap()
         .to_string();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&std::fs::read(blob(&ldig)).unwrap()).unwrap();
-    let gz = gz.finish().unwrap();
-    let gdig = strata_runtime::Digest::of(&gz).to_string();
-    std::fs::write(blob(&gdig), &gz).unwrap();
-    manifest["layers"][0]["digest"] = gdig.into();
-    manifest["layers"][0]["size"] = gz.len().into();
-    manifest["layers"][0]["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into();
+    let packed = compress(&std::fs::read(blob(&ldig)).unwrap());
+    let pdig = strata_runtime::Digest::of(&packed).to_string();
+    std::fs::write(blob(&pdig), &packed).unwrap();
+    manifest["layers"][0]["digest"] = pdig.into();
+    manifest["layers"][0]["size"] = packed.len().into();
+    manifest["layers"][0]["mediaType"] = media_type.into();
     let mbytes = serde_json::to_vec(&manifest).unwrap();
     let new_mdig = strata_runtime::Digest::of(&mbytes).to_string();
     std::fs::write(blob(&new_mdig), &mbytes).unwrap();
@@ -211,6 +223,74 @@ fn gzip_layout(layout: &Path) {
         serde_json::to_vec(&index).unwrap(),
     )
     .unwrap();
+}
+
+/// The layer as zstd:chunked-style tools write it: several frames, then a skippable
+/// frame of metadata.
+fn zstd_frames(tar: &[u8]) -> Vec<u8> {
+    let (a, b) = tar.split_at(tar.len() / 2);
+    let mut out = zstd::stream::encode_all(a, 3).unwrap();
+    out.extend(zstd::stream::encode_all(b, 3).unwrap());
+    let meta = b"not layer data";
+    out.extend(0x184D_2A50u32.to_le_bytes());
+    out.extend((meta.len() as u32).to_le_bytes());
+    out.extend(meta);
+    out
+}
+
+#[test]
+fn import_reads_zstd_layers_by_media_type_and_by_content() {
+    // Needs no root: blobs and unpacking of plain files only.
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("hello"), "zstd world\n");
+    write(&src.join("dir/big"), &"0123456789abcdef".repeat(8192));
+    let img = env
+        .store
+        .build_image("z:1", &[&src], &ImageDefaults::default())
+        .unwrap();
+    for (case, media_type) in [
+        ("labelled", "application/vnd.oci.image.layer.v1.tar+zstd"),
+        // Mislabelled as plain tar: the zstd magic decides.
+        ("sniffed", "application/vnd.oci.image.layer.v1.tar"),
+    ] {
+        let layout = env.path(&format!("layout-{case}"));
+        env.store.export_layout(&img, &layout).unwrap();
+        recompress_layout(&layout, media_type, zstd_frames);
+        let store = strata_runtime::ImageStore::open(env.path(&format!("store-{case}"))).unwrap();
+        let imported = store.import_layout(&layout).unwrap();
+        assert_eq!(imported[0].diff_ids, img.diff_ids, "{case}");
+        let layer = store.layer_path(&img.diff_ids[0]);
+        assert_eq!(
+            std::fs::read_to_string(layer.join("hello")).unwrap(),
+            "zstd world\n",
+            "{case}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(layer.join("dir/big"))
+                .unwrap()
+                .len(),
+            16 * 8192,
+            "{case}"
+        );
+    }
+
+    // A truncated zstd layer is refused and leaves no layer behind.
+    let layout = env.path("layout-cut");
+    env.store.export_layout(&img, &layout).unwrap();
+    recompress_layout(
+        &layout,
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        |tar| {
+            let mut z = zstd::stream::encode_all(tar, 3).unwrap();
+            z.truncate(z.len() - 20);
+            z
+        },
+    );
+    let store = strata_runtime::ImageStore::open(env.path("store-cut")).unwrap();
+    assert!(store.import_layout(&layout).is_err());
+    assert!(!store.layer_path(&img.diff_ids[0]).exists());
+    assert!(store.images().unwrap().is_empty());
 }
 
 #[test]

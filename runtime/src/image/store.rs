@@ -7,6 +7,9 @@
 //! <root>/containers/<id>/        container rootfs dirs (see rootfs.rs)
 //! <root>/tmp/                    staging, same filesystem so renames are atomic
 //! ```
+//!
+//! Layers may be plain tar, gzip or zstd (OCI and Docker media types); the blob's
+//! magic bytes win over a label that says plain tar.
 
 use std::collections::HashSet;
 use std::fs;
@@ -183,21 +186,25 @@ impl ImageStore {
         }
         let p = self.blob_path(blob);
         let mut f = fs::File::open(&p).map_err(Error::io("opening layer blob", &p))?;
-        let gz = match media_type {
-            MediaType::ImageLayer => false,
-            MediaType::ImageLayerGzip => true,
-            MediaType::Other(s) if s == "application/vnd.docker.image.rootfs.diff.tar.gzip" => true,
-            MediaType::Other(s) if s == "application/vnd.docker.image.rootfs.diff.tar" => false,
-            other => return Err(Error::UnsupportedMediaType(other.to_string())),
-        };
-        // Sniff as well: some tools label gzip layers as plain tar.
-        let mut magic = [0u8; 2];
-        let gz = gz || (f.read(&mut magic).unwrap_or(0) == 2 && magic == [0x1f, 0x8b]);
+        let labelled = layer_compression(media_type)?;
+        // Sniff as well: some tools label compressed layers as plain tar.
+        let mut magic = [0u8; 4];
+        let n = read_up_to(&mut f, &mut magic).map_err(Error::io("reading layer blob", &p))?;
         f.rewind().map_err(Error::io("rewinding", &p))?;
-        let reader: Box<dyn Read> = if gz {
-            Box::new(GzDecoder::new(BufReader::new(f)))
-        } else {
-            Box::new(BufReader::new(f))
+        let compression = match &magic[..n] {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
+            _ => labelled,
+        };
+        let reader: Box<dyn Read> = match compression {
+            Compression::None => Box::new(BufReader::new(f)),
+            Compression::Gzip => Box::new(GzDecoder::new(BufReader::new(f))),
+            // libzstd's streaming decoder reads concatenated frames and skips
+            // skippable ones, as zstd:chunked layers have.
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(f)
+                    .map_err(Error::io("starting zstd decoder", &p))?,
+            ),
         };
         let staging = self.tmp_path("layer");
         fs::create_dir(&staging).map_err(Error::io("creating", &staging))?;
@@ -588,6 +595,43 @@ impl ImageStore {
         }
         Ok(report)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The compression a layer's media type declares (OCI and Docker names).
+fn layer_compression(media_type: &MediaType) -> Result<Compression> {
+    Ok(match media_type {
+        MediaType::ImageLayer => Compression::None,
+        MediaType::ImageLayerGzip => Compression::Gzip,
+        MediaType::ImageLayerZstd => Compression::Zstd,
+        MediaType::Other(s) if s == "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            Compression::Gzip
+        }
+        MediaType::Other(s) if s == "application/vnd.docker.image.rootfs.diff.tar" => {
+            Compression::None
+        }
+        other => return Err(Error::UnsupportedMediaType(other.to_string())),
+    })
+}
+
+/// Fills `buf` as far as the file allows (a short read is not the end of a file).
+fn read_up_to(f: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn descriptor(mt: MediaType, d: &Digest, size: u64) -> Result<Descriptor> {
