@@ -920,9 +920,17 @@ fn packing_never_follows_a_symlink_for_its_xattrs() {
     );
 }
 
+/// `acl_blob` with its named user entry naming uid 10, whose id holds a 0x0A byte.
+fn acl_blob_uid_10() -> Vec<u8> {
+    let mut v = acl_blob();
+    // Header (4 bytes), then 8-byte entries; the second is the named user.
+    v[4 + 8 + 4..4 + 8 + 8].copy_from_slice(&10u32.to_le_bytes());
+    v
+}
+
 #[test]
-fn commit_refuses_an_xattr_the_layer_cannot_carry() {
-    if !testkit::require_root("commit_refuses_an_xattr_the_layer_cannot_carry") {
+fn commit_carries_xattr_values_holding_newlines() {
+    if !testkit::require_root("commit_carries_xattr_values_holding_newlines") {
         return;
     }
     let env = Env::new();
@@ -942,20 +950,75 @@ fn commit_refuses_an_xattr_the_layer_cannot_carry() {
         .unwrap(),
     );
     let m = rootfs.0.path();
+    write(&m.join("data/bin"), "b");
+    // Newlines, '=', NUL and a record-like tail inside values: PAX frames records
+    // by length, so none of these may end or split a record.
+    let value = b"\x01\n\x02=\0\n9 path=/etc/passwd\n".to_vec();
+    set_xattr(&m.join("data/bin"), "user.strata.bin", &value);
+    let acl = acl_blob_uid_10();
+    assert!(acl.contains(&b'\n'));
+    write(&m.join("data/acl"), "a");
+    set_xattr(&m.join("data/acl"), "system.posix_acl_access", &acl);
+
+    let committed = rootfs.0.commit(&env.store, "nl-committed").unwrap();
+    let again = RootfsGuard(
+        Rootfs::create(
+            &env.store,
+            &testkit::unique_id("xattr-nl2"),
+            &committed,
+            &InitLayer::for_hostname("h2"),
+        )
+        .unwrap(),
+    );
+    let m2 = again.0.path();
+    assert_eq!(std::fs::read_to_string(m2.join("data/bin")).unwrap(), "b");
+    assert_eq!(
+        get_xattr(&m2.join("data/bin"), "user.strata.bin"),
+        Some(value)
+    );
+    assert_eq!(
+        get_xattr(&m2.join("data/acl"), "system.posix_acl_access"),
+        Some(acl)
+    );
+    assert_eq!(std::fs::read_to_string(m2.join("kept")).unwrap(), "x");
+    assert!(!m2.join("path").exists() && !m2.join("etc/passwd").exists());
+}
+
+#[test]
+fn commit_refuses_an_xattr_the_layer_cannot_carry() {
+    if !testkit::require_root("commit_refuses_an_xattr_the_layer_cannot_carry") {
+        return;
+    }
+    let env = Env::new();
+    let base = env.path("base");
+    write(&base.join("kept"), "x");
+    let img = env
+        .store
+        .build_image("eq-base", &[&base], &ImageDefaults::default())
+        .unwrap();
+    let rootfs = RootfsGuard(
+        Rootfs::create(
+            &env.store,
+            &testkit::unique_id("xattr-eq"),
+            &img,
+            &InitLayer::for_hostname("h"),
+        )
+        .unwrap(),
+    );
+    let m = rootfs.0.path();
     write(&m.join("data/bad"), "b");
-    // Valid for Linux and for PAX, but the tar reader unpack uses cannot read a
-    // newline inside a record's value back.
-    set_xattr(&m.join("data/bad"), "user.strata.bin", b"\x01\n\x02");
+    // Valid for Linux, but a PAX key ends at its first '='.
+    set_xattr(&m.join("data/bad"), "user.a=b", b"v");
     let blobs_before = std::fs::read_dir(env.store.root().join("blobs/sha256"))
         .unwrap()
         .count();
 
-    let err = rootfs.0.commit(&env.store, "nl-committed").unwrap_err();
+    let err = rootfs.0.commit(&env.store, "eq-committed").unwrap_err();
     match &err {
         Error::Io { path, source, .. } => {
             assert_eq!(path, &rootfs.0.upper().join("data/bad"), "{err:?}");
             assert_eq!(source.kind(), std::io::ErrorKind::InvalidData, "{err:?}");
-            assert!(source.to_string().contains("user.strata.bin"), "{source}");
+            assert!(source.to_string().contains("user.a=b"), "{source}");
         }
         _ => panic!("{err:?}"),
     }
@@ -965,7 +1028,7 @@ fn commit_refuses_an_xattr_the_layer_cannot_carry() {
             .images()
             .unwrap()
             .iter()
-            .all(|i| i.name != "nl-committed")
+            .all(|i| i.name != "eq-committed")
     );
     assert_eq!(
         std::fs::read_dir(env.store.root().join("blobs/sha256"))

@@ -2,6 +2,7 @@
 
 pub mod pack;
 mod store;
+pub mod tar_reader;
 pub mod unpack;
 
 pub use store::{GcReport, Image, ImageDefaults, ImageStore};

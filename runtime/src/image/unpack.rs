@@ -8,6 +8,9 @@
 //! device 0/0 NAME, `.wh..wh..opq` → xattr trusted.overlay.opaque=y on the dir) and
 //! `trusted.overlay.*` xattrs carried by the tar are dropped, so a layer cannot forge
 //! overlay metadata.
+//!
+//! The tar is read with our own [`TarReader`], which frames PAX records by their
+//! length, so xattr values holding newlines come through intact.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -19,6 +22,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
 use crate::error::{Error, Result};
+use crate::image::tar_reader::{Kind, TarReader};
 use crate::resolve;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -38,16 +42,14 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
     // Once a directory in this layer has a default ACL, entries created beneath it
     // inherit ACLs the tar never gave them; those are stripped again below.
     let mut layer_has_default_acl = false;
-    let mut archive = tar::Archive::new(tar);
-    let entries = archive
-        .entries()
-        .map_err(Error::io("reading layer tar", dest))?;
-    for entry in entries {
-        let mut entry = entry.map_err(Error::io("reading layer tar", dest))?;
-        let raw = entry
-            .path()
-            .map_err(Error::io("reading entry path", dest))?
-            .into_owned();
+    let mut tar = TarReader::new(tar);
+    // At the end marker the reader has consumed the stream to EOF.
+    while let Some(entry) = tar
+        .next_entry()
+        .map_err(Error::io("reading layer tar", dest))?
+    {
+        // Raw bytes, not UTF-8; a trailing '/' is dropped by clean_relative.
+        let raw = Path::new(OsStr::from_bytes(&entry.path));
         let shown = raw.display().to_string();
         let unsafe_entry = |reason: &'static str| Error::UnsafeLayerEntry {
             path: shown.clone(),
@@ -56,7 +58,7 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
         if raw.is_absolute() {
             return Err(unsafe_entry("absolute path"));
         }
-        let rel = resolve::clean_relative(&raw).map_err(unsafe_entry)?;
+        let rel = resolve::clean_relative(raw).map_err(unsafe_entry)?;
         if rel.as_os_str().is_empty() {
             continue; // "./": the layer root itself
         }
@@ -93,15 +95,11 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
             continue;
         }
 
-        let header = entry.header().clone();
-        let mode = Mode::from_bits_truncate(
-            header.mode().map_err(Error::io("reading mode", dest))? & 0o7777,
-        );
-        let kind = header.entry_type();
+        let mode = Mode::from_bits_truncate(entry.mode & 0o7777);
+        let kind = entry.kind;
         let path_err = |action: &'static str| Error::io(action, dest.join(&rel));
-        use tar::EntryType as T;
         match kind {
-            T::Directory => match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Kind::Directory => match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {}
                 _ => {
                     remove_existing(&parent, name, dest)?;
@@ -109,7 +107,7 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                         .map_err(|e| path_err("creating dir")(e.into()))?;
                 }
             },
-            T::Regular | T::Continuous => {
+            Kind::Regular => {
                 remove_existing(&parent, name, dest)?;
                 let fd = rustix::fs::openat(
                     &parent,
@@ -123,30 +121,28 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                 )
                 .map_err(|e| path_err("creating file")(e.into()))?;
                 let mut f = File::from(fd);
-                io::copy(&mut entry, &mut f).map_err(path_err("writing file"))?;
+                io::copy(&mut tar, &mut f).map_err(path_err("writing file"))?;
             }
-            T::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(path_err("reading link"))?
-                    .ok_or_else(|| unsafe_entry("symlink without a target"))?
-                    .into_owned();
+            Kind::Symlink => {
+                if entry.link.is_empty() {
+                    return Err(unsafe_entry("symlink without a target"));
+                }
+                let target = OsStr::from_bytes(&entry.link);
                 remove_existing(&parent, name, dest)?;
                 // The target is stored as is: it is only ever followed inside the
                 // container's root, or by us with RESOLVE_IN_ROOT.
-                rustix::fs::symlinkat(&target, &parent, name)
+                rustix::fs::symlinkat(target, &parent, name)
                     .map_err(|e| path_err("creating symlink")(e.into()))?;
             }
-            T::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(path_err("reading link"))?
-                    .ok_or_else(|| unsafe_entry("hard link without a target"))?
-                    .into_owned();
+            Kind::HardLink => {
+                if entry.link.is_empty() {
+                    return Err(unsafe_entry("hard link without a target"));
+                }
+                let target = Path::new(OsStr::from_bytes(&entry.link));
                 if target.is_absolute() {
                     return Err(unsafe_entry("hard link target is absolute"));
                 }
-                let trel = resolve::clean_relative(&target)
+                let trel = resolve::clean_relative(target)
                     .map_err(|_| unsafe_entry("hard link target leaves the layer"))?;
                 let tname = trel
                     .file_name()
@@ -162,71 +158,61 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                     .map_err(|e| path_err("creating hard link")(e.into()))?;
                 continue; // shares the target's inode: metadata is the target's
             }
-            T::Char | T::Block | T::Fifo => {
+            Kind::CharDevice | Kind::BlockDevice | Kind::Fifo => {
                 let ft = match kind {
-                    T::Char => FileType::CharacterDevice,
-                    T::Block => FileType::BlockDevice,
+                    Kind::CharDevice => FileType::CharacterDevice,
+                    Kind::BlockDevice => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let (major, minor) = (entry.dev_major, entry.dev_minor);
                 remove_existing(&parent, name, dest)?;
                 rustix::fs::mknodat(&parent, name, ft, mode, rustix::fs::makedev(major, minor))
                     .map_err(|e| path_err("creating device node")(e.into()))?;
             }
-            // PAX and GNU metadata records are consumed by the tar reader itself.
-            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
-            _ => return Err(unsafe_entry("unsupported entry type")),
+            // PAX and GNU metadata entries never get here: the reader applies them.
+            Kind::Other(_) => return Err(unsafe_entry("unsupported entry type")),
         }
 
-        let uid = header.uid().map_err(path_err("reading uid"))?;
-        let gid = header.gid().map_err(path_err("reading gid"))?;
+        let id = |v: u64| u32::try_from(v).map_err(|_| unsafe_entry("owner id over 32 bits"));
+        let (uid, gid) = (id(entry.uid)?, id(entry.gid)?);
         rustix::fs::chownat(
             &parent,
             name,
-            Some(rustix::process::Uid::from_raw(uid as u32)),
-            Some(rustix::process::Gid::from_raw(gid as u32)),
+            Some(rustix::process::Uid::from_raw(uid)),
+            Some(rustix::process::Gid::from_raw(gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(|e| path_err("setting owner")(e.into()))?;
-        if kind != T::Symlink {
+        if kind != Kind::Symlink {
             // After chown, which clears set-id bits.
             rustix::fs::chmodat(&parent, name, mode, AtFlags::empty())
                 .map_err(|e| path_err("setting mode")(e.into()))?;
         }
         let mut carried_acls = (false, false); // (access, default)
-        if let Some(exts) = entry
-            .pax_extensions()
-            .map_err(path_err("reading pax headers"))?
-        {
-            for ext in exts {
-                let ext = ext.map_err(path_err("reading pax headers"))?;
-                let Some(xname) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
-                    continue;
-                };
-                if xname.starts_with(b"trusted.overlay.") {
-                    tracing::debug!(path = %shown, "dropping overlay xattr from layer");
-                    continue;
-                }
-                match xname {
-                    ACL_ACCESS => carried_acls.0 = true,
-                    ACL_DEFAULT => {
-                        carried_acls.1 = true;
-                        layer_has_default_acl = true;
-                    }
-                    _ => {}
-                }
-                let p = fd_path(&parent, name);
-                rustix::fs::lsetxattr(
-                    &p,
-                    OsStr::from_bytes(xname),
-                    ext.value_bytes(),
-                    rustix::fs::XattrFlags::empty(),
-                )
-                .map_err(|e| path_err("setting xattr")(e.into()))?;
+        for (xname, value) in &entry.xattrs {
+            let xname = xname.as_slice();
+            if xname.starts_with(b"trusted.overlay.") {
+                tracing::debug!(path = %shown, "dropping overlay xattr from layer");
+                continue;
             }
+            match xname {
+                ACL_ACCESS => carried_acls.0 = true,
+                ACL_DEFAULT => {
+                    carried_acls.1 = true;
+                    layer_has_default_acl = true;
+                }
+                _ => {}
+            }
+            let p = fd_path(&parent, name);
+            rustix::fs::lsetxattr(
+                &p,
+                OsStr::from_bytes(xname),
+                value,
+                rustix::fs::XattrFlags::empty(),
+            )
+            .map_err(|e| path_err("setting xattr")(e.into()))?;
         }
-        if layer_has_default_acl && kind != T::Symlink {
+        if layer_has_default_acl && kind != Kind::Symlink {
             let p = fd_path(&parent, name);
             for (carried, acl) in [(carried_acls.0, ACL_ACCESS), (carried_acls.1, ACL_DEFAULT)] {
                 if carried {
@@ -240,9 +226,8 @@ pub fn unpack(tar: impl Read, dest: &Path) -> Result<()> {
                 }
             }
         }
-        let mtime = header.mtime().unwrap_or(0) as i64;
         let ts = Timespec {
-            tv_sec: mtime,
+            tv_sec: entry.mtime,
             tv_nsec: 0,
         };
         let _ = rustix::fs::utimensat(
