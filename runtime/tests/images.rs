@@ -1105,3 +1105,72 @@ fn unpack_does_not_let_a_default_acl_leak_into_children() {
     assert_eq!(mode("shared/plain"), 0o640);
     assert_eq!(mode("shared/sub"), 0o755);
 }
+
+#[test]
+fn unpack_reads_byte_paths_and_pax_records_by_length() {
+    // chown in unpack and trusted/user xattrs need root.
+    if !testkit::require_root("unpack_reads_byte_paths_and_pax_records_by_length") {
+        return;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    b.append_data(&mut dir, "d/", std::io::empty()).unwrap();
+    // A name that is not UTF-8.
+    let mut raw = tar::Header::new_gnu();
+    raw.set_entry_type(tar::EntryType::Regular);
+    raw.set_mode(0o644);
+    raw.set_size(3);
+    raw.as_gnu_mut().unwrap().name[..6].copy_from_slice(b"d/caf\xe9");
+    raw.set_cksum();
+    b.append(&raw, &b"raw"[..]).unwrap();
+    // Go style: the size only in PAX, 0 in the header; a path and an xattr value
+    // holding newlines.
+    b.append_pax_extensions([
+        ("path", &b"d/pax\nname"[..]),
+        ("size", b"5"),
+        ("SCHILY.xattr.user.nl", b"a\nb=c\n"),
+    ])
+    .unwrap();
+    let mut go = tar::Header::new_ustar();
+    go.set_entry_type(tar::EntryType::Regular);
+    go.set_mode(0o600);
+    go.set_size(0);
+    go.set_path("placeholder").unwrap();
+    go.set_cksum();
+    let out = b.get_mut();
+    out.extend_from_slice(go.as_bytes());
+    out.extend_from_slice(b"hello");
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    let mut after = tar::Header::new_gnu();
+    after.set_entry_type(tar::EntryType::Regular);
+    after.set_mode(0o644);
+    after.set_size(2);
+    b.append_data(&mut after, "d/after", &b"ok"[..]).unwrap();
+    let tar_bytes = b.into_inner().unwrap();
+
+    let dest = env.path("layer");
+    std::fs::create_dir(&dest).unwrap();
+    unpack::unpack(&tar_bytes[..], &dest).unwrap();
+    let d = dest.join("d");
+    let caf = d.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    assert_eq!(std::fs::read(caf).unwrap(), b"raw");
+    let pax = d.join("pax\nname");
+    assert_eq!(std::fs::read(&pax).unwrap(), b"hello");
+    assert_eq!(
+        get_xattr(&pax, "user.nl").as_deref(),
+        Some(&b"a\nb=c\n"[..])
+    );
+    assert_eq!(std::fs::read(d.join("after")).unwrap(), b"ok");
+    assert!(!d.join("placeholder").exists() && !dest.join("placeholder").exists());
+    let mut names: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+}

@@ -95,6 +95,9 @@ struct Pending {
     pax: Vec<(Vec<u8>, Vec<u8>)>,
     /// Offset of the first metadata entry, for errors.
     first: Option<u64>,
+    /// Data bytes of those entries: together capped at META_MAX too, so a run of
+    /// headers before one entry cannot grow without bound.
+    bytes: u64,
 }
 
 impl<R: Read> TarReader<R> {
@@ -148,6 +151,14 @@ impl<R: Read> TarReader<R> {
                 b'L' | b'K' | b'x' | b'g' => {
                     if h.flag != b'g' {
                         pending.first.get_or_insert(offset);
+                        pending.bytes += h.size;
+                        if pending.bytes > META_MAX {
+                            return Err(invalid(format!(
+                                "the extended headers before offset {} are over the \
+                                 {META_MAX} byte limit together",
+                                offset + BLOCK
+                            )));
+                        }
                     }
                     let data = self.read_meta(&h)?;
                     match h.flag {
@@ -160,6 +171,14 @@ impl<R: Read> TarReader<R> {
                         _ => {
                             let recs = parse_pax(&data, offset)?;
                             merge(&mut self.global, recs, true);
+                            let held: usize =
+                                self.global.iter().map(|(k, v)| k.len() + v.len()).sum();
+                            if held as u64 > META_MAX {
+                                return Err(invalid(format!(
+                                    "the global extended headers up to offset {offset} are \
+                                     over the {META_MAX} byte limit together"
+                                )));
+                            }
                         }
                     }
                 }
@@ -919,6 +938,14 @@ mod tests {
         // Exactly the limit is read (and here fails as PAX, not as too big).
         let err = read_all(&pax_entry(&big[1..])).unwrap_err();
         assert!(!err.to_string().contains("limit"), "{err}");
+        // Many headers before one entry, each under the limit, are not.
+        let half = record("SCHILY.xattr.user.a", &vec![b'v'; META_MAX as usize / 2]);
+        let other = record("SCHILY.xattr.user.b", &vec![b'v'; META_MAX as usize / 2]);
+        let mut tar = pax_entry(&half);
+        tar.extend(pax_entry(&other));
+        tar.resize(tar.len() + 1024, 0);
+        let err = read_all(&tar).unwrap_err();
+        assert!(err.to_string().contains("together"), "{err}");
     }
 
     #[test]
