@@ -715,6 +715,28 @@ fn cap_net_raw_blob() -> Vec<u8> {
     v
 }
 
+/// A container rootfs mounted over a one-layer image `name` holding `files`
+/// (path, content).
+fn base_and_rootfs(env: &Env, name: &str, files: &[(&str, &str)]) -> RootfsGuard {
+    let base = env.path(&format!("base-{name}"));
+    for (path, body) in files {
+        write(&base.join(path), body);
+    }
+    let img = env
+        .store
+        .build_image(name, &[&base], &ImageDefaults::default())
+        .unwrap();
+    RootfsGuard(
+        Rootfs::create(
+            &env.store,
+            &testkit::unique_id(name),
+            &img,
+            &InitLayer::for_hostname("h"),
+        )
+        .unwrap(),
+    )
+}
+
 /// A POSIX ACL xattr (posix_acl_xattr_header, then {tag, perm, id} entries in tag
 /// order): owner rw, user 1000 r, group r, mask r, others nothing.
 fn acl_blob() -> Vec<u8> {
@@ -742,21 +764,10 @@ fn commit_keeps_xattrs_but_not_overlay_or_selinux_ones() {
         return;
     }
     let env = Env::new();
-    let base = env.path("base");
-    write(&base.join("bin/ping"), "old ping");
-    write(&base.join("srv/old/file"), "x");
-    let img = env
-        .store
-        .build_image("xattr-base", &[&base], &ImageDefaults::default())
-        .unwrap();
-    let rootfs = RootfsGuard(
-        Rootfs::create(
-            &env.store,
-            &testkit::unique_id("xattr"),
-            &img,
-            &InitLayer::for_hostname("h"),
-        )
-        .unwrap(),
+    let rootfs = base_and_rootfs(
+        &env,
+        "xattr-base",
+        &[("bin/ping", "old ping"), ("srv/old/file", "x")],
     );
     let m = rootfs.0.path();
     // What a container might do, through the overlay: caps on a copied-up binary,
@@ -934,21 +945,7 @@ fn commit_carries_xattr_values_holding_newlines() {
         return;
     }
     let env = Env::new();
-    let base = env.path("base");
-    write(&base.join("kept"), "x");
-    let img = env
-        .store
-        .build_image("nl-base", &[&base], &ImageDefaults::default())
-        .unwrap();
-    let rootfs = RootfsGuard(
-        Rootfs::create(
-            &env.store,
-            &testkit::unique_id("xattr-nl"),
-            &img,
-            &InitLayer::for_hostname("h"),
-        )
-        .unwrap(),
-    );
+    let rootfs = base_and_rootfs(&env, "nl-base", &[("kept", "x")]);
     let m = rootfs.0.path();
     write(&m.join("data/bin"), "b");
     // Newlines, '=', NUL and a record-like tail inside values: PAX frames records
@@ -990,21 +987,7 @@ fn commit_refuses_an_xattr_the_layer_cannot_carry() {
         return;
     }
     let env = Env::new();
-    let base = env.path("base");
-    write(&base.join("kept"), "x");
-    let img = env
-        .store
-        .build_image("eq-base", &[&base], &ImageDefaults::default())
-        .unwrap();
-    let rootfs = RootfsGuard(
-        Rootfs::create(
-            &env.store,
-            &testkit::unique_id("xattr-eq"),
-            &img,
-            &InitLayer::for_hostname("h"),
-        )
-        .unwrap(),
-    );
+    let rootfs = base_and_rootfs(&env, "eq-base", &[("kept", "x")]);
     let m = rootfs.0.path();
     write(&m.join("data/bad"), "b");
     // Valid for Linux, but a PAX key ends at its first '='.
