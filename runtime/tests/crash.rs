@@ -23,31 +23,18 @@ struct Bundle {
 /// run) and whatever `edit` adds.
 fn bundle(args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> Bundle {
     let env = Env::new();
-    let dir = env.path("bundle");
-    std::fs::create_dir(&dir).unwrap();
-    let rootfs = dir.join("rootfs");
-    testkit::busybox_tree(&rootfs);
     let vol = env.path("vol");
     std::fs::create_dir(&vol).unwrap();
-    let out = std::process::Command::new("runc")
-        .arg("spec")
-        .current_dir(&dir)
-        .output()
-        .expect("runc (scripts/deps)");
-    assert!(out.status.success(), "runc spec failed");
-    let path = dir.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    c["process"]["terminal"] = false.into();
-    c["process"]["args"] = serde_json::json!(args);
-    c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
-        "destination": "/mnt/vol", "type": "bind", "source": vol,
-        "options": ["rbind", "rprivate"]
-    }));
-    edit(&mut c);
-    std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let dir = runc_spec_bundle(&env, args, |c| {
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/mnt/vol", "type": "bind", "source": vol,
+            "options": ["rbind", "rprivate"]
+        }));
+        edit(c);
+    });
     Bundle {
         env,
-        volume_target: rootfs.join("mnt/vol"),
+        volume_target: dir.join("rootfs/mnt/vol"),
         dir,
     }
 }

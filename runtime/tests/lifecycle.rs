@@ -18,29 +18,7 @@ struct Bundle {
 /// where a test needs them).
 fn runc_bundle(args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> Bundle {
     let env = Env::new();
-    let dir = env.path("bundle");
-    std::fs::create_dir(&dir).unwrap();
-    testkit::busybox_tree(&dir.join("rootfs"));
-    let out = std::process::Command::new("runc")
-        .arg("spec")
-        .current_dir(&dir)
-        .output()
-        .expect("runc (scripts/deps)");
-    assert!(
-        out.status.success(),
-        "runc spec: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = dir.join("config.json");
-    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    c["process"]["terminal"] = false.into();
-    c["process"]["args"] = args
-        .iter()
-        .map(|a| serde_json::Value::from(*a))
-        .collect::<Vec<_>>()
-        .into();
-    edit(&mut c);
-    std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    let dir = runc_spec_bundle(&env, args, edit);
     Bundle { env, dir }
 }
 

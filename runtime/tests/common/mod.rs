@@ -120,3 +120,33 @@ pub fn is_mountpoint(p: &Path) -> bool {
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
+
+/// A bundle in `env` as `runc spec` writes it, over a busybox rootfs, with
+/// `terminal` off, `args` as the command and whatever `edit` changes. Returns the
+/// bundle dir.
+pub fn runc_spec_bundle(
+    env: &Env,
+    args: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let dir = env.path("bundle");
+    std::fs::create_dir(&dir).unwrap();
+    testkit::busybox_tree(&dir.join("rootfs"));
+    let out = Command::new("runc")
+        .arg("spec")
+        .current_dir(&dir)
+        .output()
+        .expect("runc (scripts/deps)");
+    assert!(
+        out.status.success(),
+        "runc spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    c["process"]["terminal"] = false.into();
+    c["process"]["args"] = serde_json::json!(args);
+    edit(&mut c);
+    std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    dir
+}
