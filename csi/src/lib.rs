@@ -26,6 +26,7 @@ pub mod service;
 pub mod snapshot_metadata;
 pub mod snapshots;
 pub mod state;
+#[allow(unsafe_code)] // the one module that makes raw syscalls
 pub mod sys;
 pub mod validate;
 pub mod volumes;

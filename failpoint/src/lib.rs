@@ -94,6 +94,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // set_var: the only way to put a value in the environment in-process
     fn unknown_names_are_refused_and_unarmed_hits_return() {
         // SAFETY: no other thread reads or writes this variable.
         unsafe { std::env::set_var("STRATA_FAILPOINT_SELFTEST_BAD", "a:one,a:typo") };

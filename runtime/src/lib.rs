@@ -20,6 +20,7 @@ mod overlay;
 pub mod resolve;
 pub mod rootfs;
 pub mod spec;
+#[allow(unsafe_code)] // the one module that makes raw syscalls
 mod sys;
 pub mod user;
 pub mod volumes;
