@@ -39,6 +39,13 @@ pub struct Config {
     /// decide.
     #[arg(long, default_value_t = 0)]
     pub max_volumes_per_node: i64,
+
+    /// Also advertise and serve the capabilities the CSI spec marks alpha (today
+    /// GET_SNAPSHOT, CSI 1.12). Off by default, as the Kubernetes CSI sidecars gate their
+    /// alpha features: a CO or conformance suite that does not know an alpha capability
+    /// may refuse a driver that advertises it.
+    #[arg(long)]
+    pub enable_alpha_capabilities: bool,
 }
 
 /// One `--pool NAME=KIND:PATH`.

@@ -27,8 +27,20 @@ pub const CAPABILITIES: &[rpc::Type] = &[
     rpc::Type::GetVolume,
     rpc::Type::SingleNodeMultiWriter,
     rpc::Type::ModifyVolume,
-    rpc::Type::GetSnapshot,
 ];
+
+/// Alpha capabilities of the spec, advertised and served only with
+/// `--enable-alpha-capabilities`.
+pub const ALPHA_CAPABILITIES: &[rpc::Type] = &[rpc::Type::GetSnapshot];
+
+/// The capabilities this driver advertises.
+pub fn capabilities(alpha: bool) -> Vec<rpc::Type> {
+    let mut caps = CAPABILITIES.to_vec();
+    if alpha {
+        caps.extend_from_slice(ALPHA_CAPABILITIES);
+    }
+    caps
+}
 
 fn bad(e: Error) -> Status {
     status(e)
@@ -254,7 +266,7 @@ impl pb::controller_server::Controller for Service {
         _req: Request<pb::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
         Ok(Response::new(pb::ControllerGetCapabilitiesResponse {
-            capabilities: CAPABILITIES
+            capabilities: capabilities(self.d.alpha_capabilities)
                 .iter()
                 .map(|t| pb::ControllerServiceCapability {
                     r#type: Some(Type::Rpc(Rpc { r#type: *t as i32 })),
@@ -374,6 +386,11 @@ impl pb::controller_server::Controller for Service {
         &self,
         req: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
+        if !self.d.alpha_capabilities {
+            return Err(bad(Error::Unimplemented(
+                "GetSnapshot (GET_SNAPSHOT is alpha; start with --enable-alpha-capabilities)",
+            )));
+        }
         let r = req.into_inner();
         validate::map("secrets", &r.secrets).map_err(bad)?;
         let id = r.snapshot_id;

@@ -200,6 +200,8 @@ pub struct Driver {
     pub node_id: String,
     pub driver_name: String,
     pub max_volumes_per_node: i64,
+    /// `--enable-alpha-capabilities`: advertise and serve the spec's alpha RPCs.
+    pub alpha_capabilities: bool,
     pub pools: Pools,
     pub store: Store,
     pub locks: Locks,
@@ -354,6 +356,7 @@ pub(crate) fn test_driver(pool_dir: &Path, state_dir: &Path) -> Driver {
         node_id: "n1".into(),
         driver_name: "local.csi.strata.io".into(),
         max_volumes_per_node: 0,
+        alpha_capabilities: false,
         pools: Pools::new(vec![pool]),
         store: Store::open(state_dir).unwrap(),
         locks: Locks::default(),

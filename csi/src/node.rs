@@ -132,7 +132,7 @@ impl pb::node_server::Node for Service {
         use pb::volume_usage::Unit;
         let r = req.into_inner();
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
-        let path = validate::co_path("volume_path", &r.volume_path).map_err(bad)?;
+        let path = validate::volume_path(&r.volume_id, &r.volume_path).map_err(bad)?;
         if !r.staging_target_path.is_empty() {
             validate::co_path("staging_target_path", &r.staging_target_path).map_err(bad)?;
         }
@@ -168,7 +168,7 @@ impl pb::node_server::Node for Service {
         let r = req.into_inner();
         validate::map("secrets", &r.secrets).map_err(bad)?;
         validate::id("volume_id", &r.volume_id).map_err(bad)?;
-        let path = validate::co_path("volume_path", &r.volume_path).map_err(bad)?;
+        let path = validate::volume_path(&r.volume_id, &r.volume_path).map_err(bad)?;
         if !r.staging_target_path.is_empty() {
             validate::co_path("staging_target_path", &r.staging_target_path).map_err(bad)?;
         }

@@ -35,6 +35,7 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
         node_id: config.node_id.clone(),
         driver_name: config.driver_name.clone(),
         max_volumes_per_node: config.max_volumes_per_node,
+        alpha_capabilities: config.enable_alpha_capabilities,
         pools: Pools::new(pools),
         store,
         locks: Locks::default(),

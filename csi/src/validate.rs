@@ -116,6 +116,22 @@ pub fn co_path(field: &'static str, value: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(trimmed))
 }
 
+/// A `volume_path` that names where a volume should be (NodeGetVolumeStats,
+/// NodeExpandVolume). Missing or malformed → INVALID_ARGUMENT; a relative or non-normalised
+/// path is well-formed but no volume can be there (we only ever mount at normalised
+/// absolute paths), so the spec's table answers NOT_FOUND, as csi-sanity expects.
+pub fn volume_path(volume_id: &str, value: &str) -> Result<PathBuf> {
+    const FIELD: &str = "volume_path";
+    if value.is_empty() || value.len() > PATH_MAX || value.bytes().any(|b| b == 0 || b == b'\n') {
+        return co_path(FIELD, value);
+    }
+    co_path(FIELD, value).map_err(|_| {
+        Error::VolumeNotFound(format!(
+            "{volume_id} at {value:?} (not an absolute normalised path, so no volume is there)"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +148,23 @@ mod tests {
         }
         let long = format!("/{}", "a".repeat(PATH_MAX));
         assert!(co_path("target_path", &long).is_err());
+    }
+
+    #[test]
+    fn volume_paths_elsewhere_are_not_found() {
+        assert!(volume_path("v", "/a/b").is_ok());
+        for missing in ["some/path", "/a/../b", "/"] {
+            assert!(
+                matches!(volume_path("v", missing), Err(Error::VolumeNotFound(_))),
+                "{missing}"
+            );
+        }
+        for bad in ["", "/a\0b"] {
+            assert!(
+                matches!(volume_path("v", bad), Err(Error::InvalidArgument { .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

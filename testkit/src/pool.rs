@@ -463,6 +463,8 @@ mod driver {
         pub driver_name: Option<String>,
         /// Extra environment for the process (e.g. `RUST_LOG`).
         pub env: Vec<(String, String)>,
+        /// Extra command-line arguments, after the ones above.
+        pub args: Vec<String>,
     }
 
     impl DriverConfig {
@@ -473,6 +475,7 @@ mod driver {
                 pools: Vec::new(),
                 driver_name: None,
                 env: Vec::new(),
+                args: Vec::new(),
             }
         }
 
@@ -489,6 +492,12 @@ mod driver {
 
         pub fn env(mut self, key: &str, value: &str) -> DriverConfig {
             self.env.push((key.to_owned(), value.to_owned()));
+            self
+        }
+
+        /// Adds one extra command-line argument.
+        pub fn arg(mut self, arg: &str) -> DriverConfig {
+            self.args.push(arg.to_owned());
             self
         }
     }
@@ -571,6 +580,7 @@ mod driver {
             if let Some(n) = &self.config.driver_name {
                 cmd.arg("--driver-name").arg(n);
             }
+            cmd.args(&self.config.args);
             cmd.env_remove(FAILPOINTS_ENV);
             if !failpoints.is_empty() {
                 cmd.env(FAILPOINTS_ENV, failpoints.join(","));

@@ -44,6 +44,17 @@ impl Env {
         Env::on_node(fs, NODE).await
     }
 
+    /// A driver with one pool named [`POOL`] on node [`NODE`], started with extra flags.
+    pub async fn with_args(fs: PoolFs, args: &[&str]) -> Env {
+        let pool = LoopPool::new(fs).expect("make pool");
+        let config = args.iter().fold(
+            DriverConfig::new(BIN, NODE).pool(POOL, pool.path()),
+            |c, a| c.arg(a),
+        );
+        let driver = DriverProcess::start(config).await;
+        Env::connect(driver, pool).await
+    }
+
     pub async fn on_node(fs: PoolFs, node: &str) -> Env {
         let pool = LoopPool::new(fs).expect("make pool");
         let config = DriverConfig::new(BIN, node).pool(POOL, pool.path());
