@@ -133,8 +133,11 @@ pub fn attach(backing: &File, opts: AttachOptions, tag: &str) -> io::Result<Atta
         let path = device_path(n);
         let dev = match open_rw(&path) {
             Ok(f) => f,
-            // udev may not have created the node yet: try another number.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // udev may not have created the node yet, or another process removed the
+            // device (LOOP_CTL_REMOVE) after GET_FREE handed it out (ENXIO): try another.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) =>
+            {
                 last = e;
                 continue;
             }
@@ -158,7 +161,8 @@ pub fn attach(backing: &File, opts: AttachOptions, tag: &str) -> io::Result<Atta
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
-            Some(libc::EBUSY) => {
+            // Taken, or removed, by another process since GET_FREE.
+            Some(libc::EBUSY) | Some(libc::ENXIO) => {
                 last = err;
                 continue;
             }
