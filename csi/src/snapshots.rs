@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use crate::backend::ImageRef;
+use crate::backend::{ImageRef, Source};
 use crate::driver::{self, Driver, Lookup};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -72,9 +72,7 @@ impl Driver {
     fn check_space(&self, sources: &[VolumeRecord]) -> Result<()> {
         for v in sources {
             let pool = self.pool(&v.pool)?;
-            let f = pool.open(ImageRef::volume(&v.file))?;
-            let used = sys::fs::allocated(&f)
-                .map_err(Error::io("stat", pool.path(ImageRef::volume(&v.file))))?;
+            let used = pool.copy_cost(ImageRef::volume(&v.file))?;
             let free = pool.space()?.free_bytes;
             if used > free {
                 return Err(Error::PoolFull {
@@ -144,11 +142,14 @@ impl Driver {
                 failpoint::hit("group_snapshot:after_freeze");
             }
             for (v, s) in pairs {
-                let src = self.pool(&v.pool)?.open(ImageRef::volume(&v.file))?;
+                let src = Source {
+                    pool: self.pool(&v.pool)?.as_ref(),
+                    obj: ImageRef::volume(&v.file),
+                };
                 let dst_pool = self.pool(&s.pool)?;
                 let img = ImageRef::snapshot(&s.file);
                 dst_pool.remove(img)?;
-                dst_pool.create(img, 0, Some(&src))?;
+                dst_pool.create(img, 0, Some(src))?;
                 made.push(s);
             }
             drop(q);

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::backend::ImageRef;
+use crate::backend::{Backend, ImageKind, ImageRef, Source as ObjSource};
 use crate::driver::{self, Cap, Driver, Lookup};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -59,6 +59,13 @@ pub fn parse_mutable(m: &HashMap<String, String>) -> Result<Option<bool>> {
         }
     }
     Ok(direct_io)
+}
+
+/// Where a content source lives.
+struct SourceObj {
+    pool: std::sync::Arc<dyn Backend>,
+    kind: ImageKind,
+    file: String,
 }
 
 /// Resolved creation settings.
@@ -161,15 +168,19 @@ impl Driver {
         })
     }
 
-    /// Opens the content source, checks it is ready and on this node; returns the open
-    /// image and the smallest size a volume made from it may have.
-    fn open_source(&self, src: &Source) -> Result<(std::fs::File, u64)> {
+    /// Finds the content source, checks it is ready and on this node; returns where it
+    /// lives and the smallest size a volume made from it may have.
+    fn find_source(&self, src: &Source) -> Result<(SourceObj, u64)> {
         match src {
             Source::Snapshot(id) => match self.lookup_snapshot(id)? {
-                Lookup::Found(s) if s.phase == Phase::Ready => {
-                    let f = self.pool(&s.pool)?.open(ImageRef::snapshot(&s.file))?;
-                    Ok((f, s.size))
-                }
+                Lookup::Found(s) if s.phase == Phase::Ready => Ok((
+                    SourceObj {
+                        pool: self.pool(&s.pool)?.clone(),
+                        kind: ImageKind::Snapshot,
+                        file: s.file,
+                    },
+                    s.size,
+                )),
                 Lookup::Found(_) | Lookup::Unknown => Err(Error::SnapshotNotFound(id.clone())),
                 Lookup::OtherNode(oid) => Err(Error::OtherNode {
                     what: "snapshot",
@@ -179,10 +190,14 @@ impl Driver {
                 }),
             },
             Source::Volume(id) => match self.lookup_volume(id)? {
-                Lookup::Found(v) if v.phase == Phase::Ready && v.ephemeral.is_none() => {
-                    let f = self.pool(&v.pool)?.open(ImageRef::volume(&v.file))?;
-                    Ok((f, v.capacity))
-                }
+                Lookup::Found(v) if v.phase == Phase::Ready && v.ephemeral.is_none() => Ok((
+                    SourceObj {
+                        pool: self.pool(&v.pool)?.clone(),
+                        kind: ImageKind::Volume,
+                        file: v.file,
+                    },
+                    v.capacity,
+                )),
                 Lookup::Found(_) | Lookup::Unknown => Err(Error::VolumeNotFound(id.clone())),
                 Lookup::OtherNode(oid) => Err(Error::OtherNode {
                     what: "volume",
@@ -222,10 +237,13 @@ impl Driver {
             }
         }
 
-        let (source_file, floor) = match &a.source {
+        let pool = self.pool(&s.pool)?;
+        let (source, floor) = match &a.source {
             Some(src) => {
-                let (f, floor) = self.open_source(src)?;
-                (Some(f), floor)
+                let (obj, floor) = self.find_source(src)?;
+                pool.accepts_source(obj.pool.as_ref())
+                    .map_err(|r| Error::invalid("volume_content_source", r))?;
+                (Some(obj), floor)
             }
             None => (None, 0),
         };
@@ -239,7 +257,6 @@ impl Driver {
             });
         }
         let size = driver::pick_size(a.required, a.limit, floor, &s.fs_type)?;
-        let pool = self.pool(&s.pool)?;
         let space = pool.space()?;
         // A sparse image uses nothing yet, but a volume that can never be filled is a lie:
         // refuse sizes beyond the pool's free space.
@@ -281,7 +298,14 @@ impl Driver {
                 },
                 _ => None,
             };
-            pool.create(img, size, source_file.as_ref())
+            let from = source.as_ref().map(|o| ObjSource {
+                pool: o.pool.as_ref(),
+                obj: ImageRef {
+                    kind: o.kind,
+                    file: &o.file,
+                },
+            });
+            pool.create(img, size, from)
         })();
         if let Err(e) = made {
             let _ = self.store.write(vec![Op::DelVolume(rec.id.clone())]);

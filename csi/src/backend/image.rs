@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
-use super::{Backend, CopyKind, ImageKind, ImageRef};
+use super::{Backend, CopyKind, ImageKind, ImageRef, Source};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::Space;
@@ -109,12 +109,26 @@ impl Backend for ImagePool {
         sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))
     }
 
+    fn copy_cost(&self, img: ImageRef<'_>) -> Result<u64> {
+        let f = self.open(img)?;
+        sys::fs::allocated(&f).map_err(Error::io("stat", self.path(img)))
+    }
+
     fn create(
         &self,
         img: ImageRef<'_>,
         size: u64,
-        from: Option<&File>,
+        from: Option<Source<'_>>,
     ) -> Result<Option<CopyKind>> {
+        let from = match from {
+            Some(src) => {
+                self.accepts_source(src.pool)
+                    .map_err(|r| Error::invalid("volume_content_source", r))?;
+                Some(src.pool.open(src.obj)?)
+            }
+            None => None,
+        };
+        let from = from.as_ref();
         let dst = self.open_flags(img, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR)?;
         let result = (|| {
             let kind = match from {
@@ -198,8 +212,11 @@ mod tests {
         assert!(pool.create(v, 1 << 20, None).is_err(), "O_EXCL");
         assert_eq!(pool.size(v).unwrap(), Some(1 << 20));
         let s = ImageRef::snapshot("sabc.img");
-        let src = pool.open(v).unwrap();
-        assert!(pool.create(s, 1 << 20, Some(&src)).unwrap().is_some());
+        let src = Source {
+            pool: &pool,
+            obj: v,
+        };
+        assert!(pool.create(s, 1 << 20, Some(src)).unwrap().is_some());
         pool.grow(v, 4 << 20).unwrap();
         pool.grow(v, 2 << 20).unwrap();
         assert_eq!(pool.size(v).unwrap(), Some(4 << 20));

@@ -1,9 +1,11 @@
 //! Pools and the backends that hold volume and snapshot images.
 //!
 //! A backend owns one directory (the pool) and knows how to create, copy, grow and remove
-//! images in it. Only `image` (a sparse file per volume, attached through a loop device)
-//! exists now; `dir` and `btrfs` are to follow, which is why the driver reaches pools only
-//! through this trait.
+//! the objects that hold volumes and snapshots in it. Objects come in two layouts: a file
+//! the node attaches as a loop device and formats (`image`), or a directory tree the node
+//! bind-mounts as it is (`dir`: a directory with a project quota; `btrfs`: a subvolume with
+//! a qgroup limit). The driver reaches pools only through this trait and branches on
+//! `Backend::layout` where the node side differs.
 
 pub mod image;
 
@@ -21,7 +23,8 @@ pub enum ImageKind {
     Snapshot,
 }
 
-/// An image in a pool: its kind and its file name (always `[a-z0-9.]`, see `ids`).
+/// An object (image file, directory or subvolume) in a pool: its kind and its name beneath
+/// the kind's directory (always `[a-z0-9.]`, see `ids`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageRef<'a> {
     pub kind: ImageKind,
@@ -46,31 +49,96 @@ impl<'a> ImageRef<'a> {
 /// How an image was filled from its source.
 pub use crate::sys::reflink::CopyKind;
 
+/// What a volume object is on disk, which decides how the node stages it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A file holding a block device's bytes: loop device, mkfs, mount.
+    Image,
+    /// A directory tree on the pool's own filesystem: bind mount; no Block access.
+    Tree,
+}
+
+/// A content source: an object of some pool (possibly another one than the target's).
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub pool: &'a dyn Backend,
+    pub obj: ImageRef<'a>,
+}
+
+/// A tree object's usage and limits, for NodeGetVolumeStats (0 = unknown or unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes_used: u64,
+    pub bytes_limit: u64,
+    pub inodes_used: u64,
+    pub inodes_limit: u64,
+}
+
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The pool's name (`--pool NAME=...`).
     fn pool(&self) -> &str;
-    /// `image`, `dir`, ...
+    /// `image`, `dir`, `btrfs`.
     fn kind(&self) -> &'static str;
+    fn layout(&self) -> Layout {
+        Layout::Image
+    }
+    /// The filesystem a Tree volume presents (`btrfs`, `xfs`, `ext4`); None for images,
+    /// whose filesystem is chosen per volume.
+    fn fs_type(&self) -> Option<&str> {
+        None
+    }
+    /// Why every volume of this pool is abnormal (e.g. a size limit not enforced); None
+    /// when healthy.
+    fn pool_condition(&self) -> Option<String> {
+        None
+    }
+    /// Whether `src` can fill a new object of this pool; Err(reason) otherwise.
+    fn accepts_source(&self, src: &dyn Backend) -> std::result::Result<(), String> {
+        match src.layout() {
+            Layout::Image => Ok(()),
+            Layout::Tree => Err(format!(
+                "pool {} ({}) holds directory trees, pool {} ({}) holds images",
+                src.pool(),
+                src.kind(),
+                self.pool(),
+                self.kind()
+            )),
+        }
+    }
+    /// Bytes a copy of `obj` needs in its pool (snapshot space check).
+    fn copy_cost(&self, obj: ImageRef<'_>) -> Result<u64>;
     fn root(&self) -> &Path;
     /// Proves the pool directory is still there and usable (Probe, GetCapacity).
     fn check(&self) -> Result<()>;
     fn space(&self) -> Result<Space>;
-    /// Creates `img` with `size` bytes, empty or as a copy of the open image `from` (which
-    /// may live in another pool; then grown to `size`). Fails if `img` exists.
-    fn create(&self, img: ImageRef<'_>, size: u64, from: Option<&File>)
-    -> Result<Option<CopyKind>>;
+    /// Creates `img` with `size` bytes, empty or as a copy of `from` (which may live in
+    /// another pool when `accepts_source` allows it; then grown to `size`). A snapshot
+    /// (`img.kind == Snapshot`) is a read-only point-in-time copy where the backend can
+    /// make one. Fails if `img` exists.
+    fn create(
+        &self,
+        img: ImageRef<'_>,
+        size: u64,
+        from: Option<Source<'_>>,
+    ) -> Result<Option<CopyKind>>;
     /// Removes `img`; false when it was already gone.
     fn remove(&self, img: ImageRef<'_>) -> Result<bool>;
-    /// Size in bytes, None when missing.
+    /// Size in bytes (an image's length, a tree's enforced limit, 0 for a tree without
+    /// one), None when missing.
     fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>>;
-    /// Grows `img` to `size` bytes (never shrinks).
+    /// Grows `img` to `size` bytes (never shrinks); online for trees (a raised limit).
     fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()>;
-    /// Opens `img` read-write for attaching.
+    /// Opens `img`: read-write for an image (to attach it), the directory for a tree.
     fn open(&self, img: ImageRef<'_>) -> Result<File>;
-    /// The absolute path of `img`, as sysfs shows it for an attached loop device.
+    /// The absolute path of `img`: as sysfs shows it for an attached loop device, or the
+    /// directory a tree volume's staging bind-mounts.
     fn path(&self, img: ImageRef<'_>) -> PathBuf;
-    /// Every image file present, for reconciliation.
+    /// Every object present, for reconciliation.
     fn list(&self, kind: ImageKind) -> Result<Vec<String>>;
+    /// Usage of a tree object from the pool's accounting (quota, qgroup); None for images.
+    fn usage(&self, _img: ImageRef<'_>) -> Result<Option<Usage>> {
+        Ok(None)
+    }
 }
 
 /// The configured pools, in command-line order (the first is the default).
