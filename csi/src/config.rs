@@ -12,7 +12,10 @@ use crate::ids;
 pub struct Config {
     /// CSI endpoint to listen on, `unix:///path/to/csi.sock` (also read from CSI_ENDPOINT).
     /// The socket is created 0600; a stale socket left by a crash is replaced, a live one
-    /// is not.
+    /// is not. Clients of the gRPC C-core family (Python grpcio, C++, Ruby) and grpc-java
+    /// send the socket path as :authority, which the HTTP/2 server refuses (hyperium/h2#487):
+    /// set their default authority to "localhost" (grpcio: the channel option
+    /// `grpc.default_authority`). Go clients (kubelet, the sidecars) need nothing.
     #[arg(long, env = "CSI_ENDPOINT")]
     pub endpoint: String,
 
