@@ -39,6 +39,10 @@ struct Args {
     /// Longest retry delay in seconds.
     #[arg(long, default_value_t = 300)]
     retry_interval_max: u64,
+    /// Seconds between periodic resyncs of every object (the safety net behind the
+    /// watches; the controller-manager's PV binder uses 15). 0 turns it off.
+    #[arg(long, default_value_t = 15)]
+    resync_period: u64,
 }
 
 #[tokio::main]
@@ -57,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     config.csi_timeout = Duration::from_secs(args.timeout.max(1));
     config.retry_start = Duration::from_millis(args.retry_interval_start.max(1));
     config.retry_max = Duration::from_secs(args.retry_interval_max.max(1));
+    config.resync = Duration::from_secs(args.resync_period);
 
     let state_dir = args.state_dir.clone();
     // Events this process records name it as their source, as kubectl describe shows.

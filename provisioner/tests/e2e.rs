@@ -1,167 +1,17 @@
 //! End to end: the control loops in-process against an embedded store, talking to a real
 //! `strata-csi` on a loop-backed ext4 pool. Root only (the pool is a loop device).
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use serde_json::json;
 use strata_provisioner::k8s_openapi::api::apps::v1::StatefulSet;
 use strata_provisioner::k8s_openapi::api::core::v1::{
     PersistentVolume, PersistentVolumeClaim, Pod,
 };
 use strata_provisioner::k8s_openapi::api::storage::v1::StorageClass;
-use strata_provisioner::{Config, CsiClient, Running};
-use strata_store::{EmbeddedStore, Object, Preconditions, Store};
-use testkit::{DriverConfig, DriverProcess, LoopPool};
+use strata_store::{Preconditions, Store};
 
-const NODE: &str = "node-e2e";
-const DRIVER: &str = "local.csi.strata.io";
-const DEADLINE: Duration = Duration::from_secs(60);
+mod common;
 
-/// The strata-csi binary next to this test's target dir, built once if missing (CI builds
-/// the workspace first; a lone `cargo test -p strata-provisioner` does not).
-pub fn csi_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target/<profile>")
-            .to_path_buf();
-        let bin = profile_dir.join("strata-csi");
-        if !bin.exists() {
-            let target = profile_dir.parent().expect("target dir").to_path_buf();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args(["build", "-p", "strata-csi"])
-                .env("CARGO_TARGET_DIR", &target)
-                .status()
-                .expect("run cargo build -p strata-csi");
-            assert!(status.success(), "building strata-csi failed");
-        }
-        bin
-    })
-    .clone()
-}
-
-/// Pool, driver, store and loops. Field order is drop order: loops are stopped explicitly,
-/// then the driver is killed, then the pool's mounts and loop devices go.
-pub struct Harness {
-    pub store: EmbeddedStore,
-    pub running: Option<Running>,
-    pub driver: DriverProcess,
-    pub pool: LoopPool,
-    _state: tempfile::TempDir,
-}
-
-impl Harness {
-    pub async fn start() -> Harness {
-        Self::start_with_failpoints(&[]).await
-    }
-
-    pub async fn start_with_failpoints(failpoints: &[&str]) -> Harness {
-        let pool = LoopPool::ext4(512 << 20);
-        let driver = DriverProcess::start_with_failpoints(
-            DriverConfig::new(csi_binary(), NODE).pool("main", pool.path()),
-            failpoints,
-        )
-        .await;
-        let state = tempfile::tempdir().expect("state dir");
-        let store = EmbeddedStore::open(state.path()).expect("open store");
-        let mut config = Config::new(NODE);
-        config.retry_start = Duration::from_millis(100);
-        config.retry_max = Duration::from_secs(2);
-        config.provision_workers = 4;
-        let csi = CsiClient::new(&driver.endpoint(), config.csi_timeout).expect("client");
-        let running = strata_provisioner::start(store.clone(), csi, config)
-            .await
-            .expect("start loops");
-        assert_eq!(running.driver.name, DRIVER);
-        Harness {
-            store,
-            running: Some(running),
-            driver,
-            pool,
-            _state: state,
-        }
-    }
-
-    pub async fn stop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
-        }
-    }
-
-    pub async fn apply<K: Object>(&self, v: serde_json::Value) -> K {
-        let obj: K = serde_json::from_value(v).expect("object json");
-        self.store.create(&obj).await.expect("create")
-    }
-}
-
-/// Waits for an async condition with a deadline (the async form of `testkit::wait_for`).
-pub async fn eventually<T, F, Fut>(what: &str, mut cond: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = std::time::Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if let Some(v) = cond().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
-fn class(name: &str, mode: &str, expand: bool) -> serde_json::Value {
-    json!({
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": name},
-        "provisioner": DRIVER,
-        "volumeBindingMode": mode,
-        "allowVolumeExpansion": expand,
-        "parameters": {"csi.storage.k8s.io/fstype": "ext4"}
-    })
-}
-
-fn claim(name: &str, class: Option<&str>, size: &str) -> serde_json::Value {
-    let mut spec =
-        json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}});
-    if let Some(c) = class {
-        spec["storageClassName"] = json!(c);
-    }
-    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": "default"}, "spec": spec})
-}
-
-async fn bound_claim(store: &EmbeddedStore, name: &str) -> PersistentVolumeClaim {
-    eventually(&format!("claim {name} Bound"), || async {
-        let c: PersistentVolumeClaim = store.get("default", name).await.ok()?;
-        (c.status.as_ref()?.phase.as_deref() == Some("Bound")).then_some(c)
-    })
-    .await
-}
-
-async fn gone<K: Object>(store: &EmbeddedStore, ns: &str, name: &str) {
-    eventually(&format!("{} {ns}/{name} gone", K::KIND), || async {
-        match store.get::<K>(ns, name).await {
-            Err(e) if e.is_not_found() => Some(()),
-            _ => None,
-        }
-    })
-    .await
-}
-
-fn images(pool: &LoopPool) -> usize {
-    pool.files().len()
-}
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_claims_bind_and_scale_down_deletes_them() {
@@ -453,19 +303,6 @@ async fn wait_for_first_consumer_places_on_the_pod_node() {
         NODE
     );
     h.stop().await;
-}
-
-async fn has_event(store: &EmbeddedStore, claim: &str, reason: &str, needle: &str) -> bool {
-    store
-        .events_for("PersistentVolumeClaim", "default", claim)
-        .await
-        .map(|evs| {
-            evs.iter().any(|e| {
-                e.reason.as_deref() == Some(reason)
-                    && e.message.as_deref().unwrap_or_default().contains(needle)
-            })
-        })
-        .unwrap_or(false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

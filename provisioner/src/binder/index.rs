@@ -107,6 +107,17 @@ impl VolumeIndex {
         self.volumes.values().map(|(pv, _)| pv)
     }
 
+    /// Volumes whose claimRef names the claim `namespace/name` (pre-bound or bound).
+    pub fn reserved_for(&self, namespace: &str, name: &str) -> Vec<String> {
+        let key = (namespace.to_string(), name.to_string());
+        self.groups
+            .values()
+            .filter_map(|g| g.reserved.get(&key))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     /// Inserts or replaces a volume. An update carrying an older resourceVersion than the one
     /// held is ignored, so a late watch event cannot undo a write the binder just made.
     pub fn upsert(&mut self, pv: PersistentVolume) {

@@ -4,7 +4,7 @@
 //! sees the PV as bound before the watch event arrives; an event older than what the cache
 //! holds is ignored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::binder::VolumeIndex;
 use crate::k8s_openapi::api::apps::v1::StatefulSet;
@@ -25,6 +25,9 @@ pub struct Cache {
     pub classes: BTreeMap<String, StorageClass>,
     pub sets: BTreeMap<String, StatefulSet>,
     pub pods: BTreeMap<String, Pod>,
+    /// `spec.volumeName` -> the claims naming it, so a PV appearing (or going) wakes the
+    /// claims that wait for it by name.
+    claims_by_volume: HashMap<String, BTreeSet<String>>,
 }
 
 pub fn key(m: &ObjectMeta) -> String {
@@ -83,20 +86,69 @@ fn drop_key<K>(
 
 impl Cache {
     pub fn put_claim(&mut self, o: PersistentVolumeClaim) {
+        let k = key(&o.metadata);
+        let before = self.claim_volume(&k);
         put(
             &mut self.claims,
             &mut self.tombstones,
             "pvc",
-            key(&o.metadata),
+            k.clone(),
             o,
             |x| &x.metadata,
         );
+        self.reindex_claim(&k, before);
     }
 
     pub fn drop_claim(&mut self, k: &str, rv: u64) {
+        let before = self.claim_volume(k);
         drop_key(&mut self.claims, &mut self.tombstones, "pvc", k, rv, |x| {
             &x.metadata
         });
+        self.reindex_claim(k, before);
+    }
+
+    fn claim_volume(&self, k: &str) -> Option<String> {
+        self.claims
+            .get(k)
+            .map(|c| meta::claim_volume_name(c).to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn reindex_claim(&mut self, k: &str, before: Option<String>) {
+        let after = self.claim_volume(k);
+        if before == after {
+            return;
+        }
+        if let Some(v) = before
+            && let Some(set) = self.claims_by_volume.get_mut(&v)
+        {
+            set.remove(k);
+            if set.is_empty() {
+                self.claims_by_volume.remove(&v);
+            }
+        }
+        if let Some(v) = after {
+            self.claims_by_volume
+                .entry(v)
+                .or_default()
+                .insert(k.to_string());
+        }
+    }
+
+    /// Claims whose `spec.volumeName` is `volume`.
+    pub fn claims_naming(&self, volume: &str) -> impl Iterator<Item = &String> + '_ {
+        self.claims_by_volume.get(volume).into_iter().flatten()
+    }
+
+    /// Claims whose StorageClass is `class`, and claims with no volume yet (a default
+    /// class appearing may give them one).
+    pub fn claims_waiting_on_class<'a>(
+        &'a self,
+        class: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a PersistentVolumeClaim)> + 'a {
+        self.claims.iter().filter(move |(_, c)| {
+            meta::claim_volume_name(c).is_empty() || crate::binder::class::claim_class(c) == class
+        })
     }
 
     pub fn put_pod(&mut self, o: Pod) {

@@ -1,6 +1,9 @@
 //! List + watch per kind. The first list fills the cache before any worker starts, so no
-//! loop decides on a partial view; afterwards every change arrives through the watch at once
-//! (no polling period). A watch that falls behind the store's history (`Gone`) re-lists.
+//! loop decides on a partial view; afterwards every change arrives through the watch at once.
+//! Each handler also queues the objects that wait on the one that changed (claim -> named
+//! PV, PV -> claimRef, claim -> class, pod -> claim, StatefulSet -> pods), and a periodic
+//! resync (`Config::resync`) re-queues everything as the safety net. A watch that falls
+//! behind the store's history (`Gone`) re-lists.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -116,6 +119,7 @@ impl Informed for StorageClass {
 
     fn handle<S: Store>(ctl: &Controller<S>, ev: WatchEvent<Self>, initial: bool) {
         let mut c = ctl.cache();
+        let ev_class = ev.object().clone();
         match ev {
             WatchEvent::Deleted(sc) => c.drop_class(
                 meta::name(&sc.metadata),
@@ -126,13 +130,35 @@ impl Informed for StorageClass {
             }
         }
         if !initial {
-            // A class appearing or changing may unblock pending claims.
-            for (k, pvc) in &c.claims {
-                if meta::claim_volume_name(pvc).is_empty() {
-                    ctl.queues.claims.add(k.clone());
-                    ctl.queues.provision.add(k.clone());
-                }
+            // A class appearing, changing or going may unblock (or stall, with an event)
+            // the claims of that class, pending claims and the pods placing them.
+            let class = meta::name(&ev_class.metadata).to_string();
+            for (k, _) in c.claims_waiting_on_class(&class) {
+                ctl.queues.claims.add(k.clone());
+                ctl.queues.provision.add(k.clone());
+                ctl.queues.expand.add(k.clone());
             }
+            enqueue_pods_with_pending_claims(ctl, &c);
+        }
+    }
+}
+
+/// Placement of a pod waits on its unbound claims, which wait on classes and free volumes.
+fn enqueue_pods_with_pending_claims<S: Store>(ctl: &Controller<S>, c: &super::cache::Cache) {
+    for (pk, pod) in &c.pods {
+        let ns = meta::namespace(&pod.metadata);
+        let waits = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .filter_map(|v| v.persistent_volume_claim.as_ref())
+            .any(|src| {
+                c.claims
+                    .get(&format!("{ns}/{}", src.claim_name))
+                    .is_some_and(|pvc| meta::claim_volume_name(pvc).is_empty())
+            });
+        if waits {
+            ctl.queues.placement.add(pk.clone());
         }
     }
 }
@@ -160,19 +186,25 @@ impl Informed for PersistentVolume {
             WatchEvent::Added(pv) | WatchEvent::Modified(pv) => c.put_volume(pv),
         }
         ctl.queues.volumes.add(name.clone());
-        ctl.queues.delete.add(name);
+        ctl.queues.delete.add(name.clone());
+        // Claims naming this volume in spec.volumeName wait for it to appear (and go Lost
+        // when it goes).
+        for k in c.claims_naming(&name) {
+            ctl.queues.claims.add(k.clone());
+        }
         if let Some(k) = claim_key {
             ctl.queues.claims.add(k.clone());
             ctl.queues.expand.add(k);
         }
         if unbound && !initial {
             // A free volume may satisfy a pending claim now (upstream waits for its 15 s
-            // resync here; we do not poll).
+            // resync here).
             for (k, pvc) in &c.claims {
                 if meta::claim_volume_name(pvc).is_empty() {
                     ctl.queues.claims.add(k.clone());
                 }
             }
+            enqueue_pods_with_pending_claims(ctl, &c);
         }
     }
 }
@@ -205,11 +237,16 @@ impl Informed for PersistentVolumeClaim {
         if !volume.is_empty() {
             ctl.queues.volumes.add(volume);
         }
-        // Sets wait for a claim being deleted to go; pods wait for their claims to appear.
+        // Volumes pre-bound to this claim by claimRef wait for it to appear (and are
+        // released when it goes).
         let claim_name = k
             .split_once('/')
             .map(|(_, n)| n.to_string())
             .unwrap_or_default();
+        for pv in c.volumes.reserved_for(&ns, &claim_name) {
+            ctl.queues.volumes.add(pv);
+        }
+        // Sets wait for a claim being deleted to go; pods wait for their claims to appear.
         for pod in c.pods_using_claim(&ns, &claim_name) {
             ctl.queues.placement.add(key(&pod.metadata));
         }

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::binder::{Event, EventType};
 use crate::error::{Error, Result, chain};
+use crate::meta;
 use crate::provision::csi::CsiClient;
 use crate::provision::request::DriverInfo;
 use crate::provision::retry::Backoff;
@@ -42,6 +43,10 @@ pub struct Config {
     pub csi_timeout: Duration,
     /// How long workers get to finish the item they hold on shutdown.
     pub shutdown_grace: Duration,
+    /// Every object is synced again this often (`--resync-period`), as the
+    /// controller-manager's PV binder resyncs every 15 s: the safety net for a wake-up
+    /// between objects that no watch event carries. Zero turns it off.
+    pub resync: Duration,
 }
 
 impl Config {
@@ -54,6 +59,7 @@ impl Config {
             retry_max: Duration::from_secs(300),
             csi_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            resync: Duration::from_secs(15),
         }
     }
 }
@@ -108,6 +114,29 @@ pub(crate) struct Controller<S: Store> {
 }
 
 impl<S: Store> Controller<S> {
+    fn new(store: S, csi: CsiClient, driver: DriverInfo, config: Config, identity: String) -> Self {
+        Controller {
+            store,
+            csi,
+            driver,
+            config,
+            cache: Mutex::new(Cache::default()),
+            queues: Queues {
+                claims: WorkQueue::new("claims"),
+                volumes: WorkQueue::new("volumes"),
+                provision: WorkQueue::new("provision"),
+                delete: WorkQueue::new("delete"),
+                expand: WorkQueue::new("expand"),
+                sets: WorkQueue::new("statefulsets"),
+                gc: WorkQueue::new("gc"),
+                placement: WorkQueue::new("placement"),
+            },
+            backoff: Mutex::default(),
+            provision_holds: Mutex::default(),
+            identity,
+        }
+    }
+
     pub fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -204,28 +233,18 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
         std::process::id(),
         driver.name
     );
-    let ctl = Arc::new(Controller {
+    let ctl = Arc::new(Controller::new(
         store,
         csi,
-        driver: driver.clone(),
-        config: config.clone(),
-        cache: Mutex::new(Cache::default()),
-        queues: Queues {
-            claims: WorkQueue::new("claims"),
-            volumes: WorkQueue::new("volumes"),
-            provision: WorkQueue::new("provision"),
-            delete: WorkQueue::new("delete"),
-            expand: WorkQueue::new("expand"),
-            sets: WorkQueue::new("statefulsets"),
-            gc: WorkQueue::new("gc"),
-            placement: WorkQueue::new("placement"),
-        },
-        backoff: Mutex::default(),
-        provision_holds: Mutex::default(),
+        driver.clone(),
+        config.clone(),
         identity,
-    });
+    ));
     let (stop, stop_rx) = watch::channel(false);
-    let informers = informer::start_all(&ctl, stop_rx).await?;
+    let mut informers = informer::start_all(&ctl, stop_rx.clone()).await?;
+    if !config.resync.is_zero() {
+        informers.push(spawn_resync(&ctl, config.resync, stop_rx));
+    }
 
     let mut workers = Vec::new();
     let q = &ctl.queues;
@@ -267,6 +286,51 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
     })
 }
 
+impl<S: Store> Controller<S> {
+    /// Queues every cached object for the loops that act on it. Level-triggered syncs make
+    /// this cheap when nothing changed: each decides from the cache and writes nothing.
+    pub(crate) fn resync_all(&self) {
+        let c = self.cache();
+        let q = &self.queues;
+        for k in c.claims.keys() {
+            q.claims.add(k.clone());
+            q.provision.add(k.clone());
+            q.expand.add(k.clone());
+        }
+        for pv in c.volumes.iter() {
+            let name = meta::name(&pv.metadata);
+            q.volumes.add(name.to_string());
+            q.delete.add(name.to_string());
+        }
+        for k in c.sets.keys() {
+            q.sets.add(k.clone());
+        }
+        for k in c.pods.keys() {
+            q.placement.add(k.clone());
+        }
+    }
+}
+
+fn spawn_resync<S: Store>(
+    ctl: &Arc<Controller<S>>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let ctl = Arc::clone(ctl);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            debug!("periodic resync");
+            ctl.resync_all();
+        }
+    })
+}
+
 type SyncFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Requeue>> + Send>>;
 
 fn spawn_worker<S: Store>(
@@ -301,4 +365,45 @@ fn spawn_worker<S: Store>(
             queue.done(&key);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binder::testutil::{claim, volume};
+    use crate::k8s_openapi::api::core::v1::Pod;
+
+    #[tokio::test]
+    async fn resync_queues_every_cached_object_for_its_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = strata_store::EmbeddedStore::open(dir.path()).unwrap();
+        let csi = CsiClient::new("unix:///nonexistent.sock", Duration::from_secs(1)).unwrap();
+        let driver = DriverInfo {
+            name: "d".into(),
+            accessibility_constraints: false,
+            single_node_multi_writer: false,
+            expand_volume: true,
+        };
+        let ctl = Controller::new(store, csi, driver, Config::new("n"), "id".into());
+        {
+            let mut c = ctl.cache();
+            c.put_claim(claim("a", "1Gi", &["ReadWriteOnce"]));
+            c.put_claim(claim("b", "1Gi", &["ReadWriteOnce"]));
+            c.put_volume(volume("v", "1Gi", &["ReadWriteOnce"]));
+            let mut pod = Pod::default();
+            pod.metadata.name = Some("p".into());
+            pod.metadata.namespace = Some("default".into());
+            c.put_pod(pod);
+        }
+        assert!(ctl.queues.all().iter().all(|q| q.is_empty()));
+        ctl.resync_all();
+        let q = &ctl.queues;
+        assert_eq!(
+            (q.claims.len(), q.provision.len(), q.expand.len()),
+            (2, 2, 2)
+        );
+        assert_eq!((q.volumes.len(), q.delete.len()), (1, 1));
+        assert_eq!(q.placement.len(), 1);
+        assert!(q.sets.is_empty() && q.gc.is_empty());
+    }
 }
