@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -18,35 +17,11 @@ use strata_provisioner::k8s_openapi::api::storage::v1::StorageClass;
 use strata_store::{EmbeddedStore, Object, Preconditions, Store};
 use testkit::{DriverConfig, DriverProcess, LoopPool};
 
-const NODE: &str = "node-bin";
-const DEADLINE: Duration = Duration::from_secs(60);
+mod common;
 
-fn csi_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target/<profile>")
-            .to_path_buf();
-        let bin = profile_dir.join("strata-csi");
-        if !bin.exists() {
-            let target = profile_dir.parent().expect("target dir").to_path_buf();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let ok = Command::new(cargo)
-                .args(["build", "-p", "strata-csi"])
-                .env("CARGO_TARGET_DIR", &target)
-                .status();
-            assert!(
-                ok.expect("cargo build").success(),
-                "building strata-csi failed"
-            );
-        }
-        bin
-    })
-    .clone()
-}
+use common::{DEADLINE, csi_binary, eventually};
+
+const NODE: &str = "node-bin";
 
 /// The provisioner process; `Drop` kills it if a test failed half-way.
 struct Provisioner {
@@ -114,26 +89,6 @@ impl Drop for Provisioner {
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
         }
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut cond: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if let Some(v) = cond().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
