@@ -22,7 +22,7 @@ use oci_spec::runtime::Spec;
 
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::volumes::{self, BindMount, Propagation};
+use crate::volumes::{self, BindMount, Propagation, SpecBind};
 
 /// Options of `create` beyond the bundle.
 #[derive(Debug, Default, Clone)]
@@ -175,10 +175,7 @@ impl Runtime {
         }
         let bundle = fs::canonicalize(bundle).map_err(Error::io("resolving bundle", bundle))?;
         let config = bundle.join("config.json");
-        let mut spec = Spec::load(&config).map_err(|source| Error::LoadSpec {
-            path: config.clone(),
-            source,
-        })?;
+        let mut spec = crate::spec::load_config(&config)?;
         let rootfs = spec
             .root()
             .as_ref()
@@ -193,7 +190,7 @@ impl Runtime {
 
         tracing::debug!(id, "spec loaded");
         let (ours, theirs) = split_mounts(spec.mounts().clone().unwrap_or_default());
-        let ours: Vec<BindMount> = ours.iter().filter_map(BindMount::from_oci).collect();
+        let ours: Vec<SpecBind> = ours.iter().filter_map(SpecBind::from_oci).collect();
         let dir = self.our_dir(id);
         fs::create_dir_all(&dir).map_err(Error::io("creating container dir", &dir))?;
         let undo = |rt: &Runtime| {
@@ -206,11 +203,11 @@ impl Runtime {
             for b in &ours {
                 // Record before mounting: a crash between the two leaves an entry
                 // that unmount treats as already gone.
-                let target = rootfs.join(resolve_display(&b.destination));
+                let target = rootfs.join(resolve_display(&b.bind.destination));
                 landed.push(target);
                 write_json(&dir.join("premounts.json"), &landed)?;
                 failpoint::hit("create:after_premount_record");
-                let real = volumes::mount_bind(&rootfs, b)?;
+                let real = volumes::mount_bind_tree(&rootfs, &b.bind, b.recursive)?;
                 failpoint::hit("create:after_premount");
                 *landed.last_mut().expect("pushed above") = real;
                 write_json(&dir.join("premounts.json"), &landed)?;
@@ -229,7 +226,7 @@ impl Runtime {
             spec.set_root(Some(root));
             if ours
                 .iter()
-                .any(|b| b.propagation == Propagation::Bidirectional)
+                .any(|b| b.bind.propagation == Propagation::Bidirectional)
                 && let Some(linux) = spec.linux_mut()
                 && linux.rootfs_propagation().is_none()
             {
@@ -266,6 +263,18 @@ impl Runtime {
                 .build()
                 .map_err(lc("creating container"))?;
             failpoint::hit("create:after_build");
+            let wants: Vec<_> = ours
+                .iter()
+                .filter_map(|b| {
+                    b.propagation
+                        .map(|(mode, rec)| (b.bind.destination.clone(), mode, rec))
+                })
+                .collect();
+            let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+            if let Err(e) = volumes::set_propagation_in(pid, &wants) {
+                let _ = container.delete(true);
+                return Err(e);
+            }
             // libcontainer recorded our private spec dir; the state reports the
             // caller's bundle, as runtime-spec "state" asks.
             container.state.bundle = bundle.clone();

@@ -106,14 +106,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::prelude::*;
     // A plain level unless STRATA_RUNTIME_LOG asks for directives: building an
     // EnvFilter costs more than the rest of a `start`.
-    let level = if cli.debug {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::ERROR
-    };
-    let builder = tracing_subscriber::fmt().with_max_level(level);
     if let Ok(directives) = std::env::var("STRATA_RUNTIME_LOG") {
         let filter = tracing_subscriber::EnvFilter::new(directives);
         let b = tracing_subscriber::fmt()
@@ -122,6 +118,16 @@ fn init_logging(cli: &Cli) {
         b.init();
         return;
     }
+    // Our own warnings show (the runtime spec asks for a logged warning when a
+    // capability cannot be granted); libcontainer's do not unless --debug: its
+    // container init logs through the same subscriber into the container's stderr.
+    let filter = if cli.debug {
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::DEBUG)
+    } else {
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::ERROR)
+            .with_target("strata_runtime", tracing::Level::WARN)
+    };
     let file = cli.log.as_ref().and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -131,13 +137,18 @@ fn init_logging(cli: &Cli) {
     });
     // Only the text format is implemented; `--log-format json` is accepted so that
     // callers written for runc work, and logs stay text.
-    match file {
-        Some(f) => builder
+    let layer = match file {
+        Some(f) => tracing_subscriber::fmt::layer()
             .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(f))
-            .init(),
-        None => builder.with_writer(std::io::stderr).init(),
-    }
+            .with_writer(BoxMakeWriter::new(std::sync::Mutex::new(f))),
+        None => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(BoxMakeWriter::new(std::io::stderr)),
+    };
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(filter)
+        .init();
 }
 
 fn run(cli: Cli) -> Result<u8> {

@@ -232,3 +232,89 @@ pub fn write_bundle(dir: &Path, spec: &Spec) -> Result<()> {
     spec.save(dir.join("config.json"))?;
     Ok(())
 }
+
+/// The capability sets of a runtime-spec `process`.
+const CAPABILITY_SETS: [&str; 5] = [
+    "bounding",
+    "effective",
+    "inheritable",
+    "permitted",
+    "ambient",
+];
+
+/// Drops capability names this runtime cannot map to a kernel capability from a
+/// `process` object, logging a warning for each: the runtime spec says such a
+/// capability is logged and SHOULD NOT fail the container (runc does the same).
+/// Returns the names dropped.
+pub fn drop_unknown_capabilities(process: &mut serde_json::Value) -> Vec<String> {
+    let mut dropped = Vec::new();
+    let Some(caps) = process
+        .get_mut("capabilities")
+        .and_then(|c| c.as_object_mut())
+    else {
+        return dropped;
+    };
+    for set in CAPABILITY_SETS {
+        let Some(list) = caps.get_mut(set).and_then(|l| l.as_array_mut()) else {
+            continue;
+        };
+        list.retain(|name| {
+            let known =
+                serde_json::from_value::<oci_spec::runtime::Capability>(name.clone()).is_ok();
+            if !known {
+                let shown = name
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| name.to_string());
+                tracing::warn!(capability = %shown, set, "unknown capability, not granted");
+                if !dropped.contains(&shown) {
+                    dropped.push(shown);
+                }
+            }
+            known
+        });
+    }
+    dropped
+}
+
+/// Loads a bundle's `config.json`, dropping unknown capabilities first
+/// ([`drop_unknown_capabilities`]); anything else invalid is an error.
+pub fn load_config(path: &Path) -> Result<Spec> {
+    let bytes = std::fs::read(path).map_err(Error::io("reading", path))?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if let Some(process) = value.get_mut("process") {
+        drop_unknown_capabilities(process);
+    }
+    serde_json::from_value(value).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+
+    #[test]
+    fn unknown_capabilities_are_dropped_and_named() {
+        let mut p = serde_json::json!({"capabilities": {
+            "bounding": ["CAP_KILL", "CAP_TEST"],
+            "effective": ["CAP_TEST", "CAP_CHOWN", 7],
+        }});
+        let dropped = drop_unknown_capabilities(&mut p);
+        assert_eq!(dropped, vec!["CAP_TEST".to_string(), "7".to_string()]);
+        assert_eq!(
+            p["capabilities"]["bounding"],
+            serde_json::json!(["CAP_KILL"])
+        );
+        assert_eq!(
+            p["capabilities"]["effective"],
+            serde_json::json!(["CAP_CHOWN"])
+        );
+        assert!(drop_unknown_capabilities(&mut serde_json::json!({})).is_empty());
+    }
+}

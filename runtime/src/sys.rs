@@ -27,6 +27,7 @@ pub enum Propagation {
     Private,
     Slave,
     Shared,
+    Unbindable,
 }
 
 impl Propagation {
@@ -35,16 +36,28 @@ impl Propagation {
             Propagation::Private => libc::MS_PRIVATE,
             Propagation::Slave => libc::MS_SLAVE,
             Propagation::Shared => libc::MS_SHARED,
+            Propagation::Unbindable => libc::MS_UNBINDABLE,
         }
     }
 }
 
 /// Sets `attr_set` flags and a propagation type on the mount tree that `mount_fd`
-/// (from open_tree or fsmount) refers to, recursively.
+/// (from open_tree or fsmount, or an O_PATH fd of a mount's root) refers to,
+/// recursively.
 pub fn set_mount_attrs(
     mount_fd: impl AsFd,
     attr_set: u64,
     propagation: Option<Propagation>,
+) -> Result<(), Errno> {
+    set_mount_attrs_on(mount_fd, attr_set, propagation, true)
+}
+
+/// [`set_mount_attrs`] on that mount alone unless `recursive`.
+pub fn set_mount_attrs_on(
+    mount_fd: impl AsFd,
+    attr_set: u64,
+    propagation: Option<Propagation>,
+    recursive: bool,
 ) -> Result<(), Errno> {
     let attr = MountAttr {
         attr_set,
@@ -61,7 +74,7 @@ pub fn set_mount_attrs(
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             c"".as_ptr(),
-            AT_EMPTY_PATH | AT_RECURSIVE,
+            AT_EMPTY_PATH | if recursive { AT_RECURSIVE } else { 0 },
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )

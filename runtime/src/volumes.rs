@@ -98,7 +98,11 @@ impl BindMount {
                 "rw" => b.read_only = false,
                 "slave" | "rslave" => b.propagation = Propagation::HostToContainer,
                 "shared" | "rshared" => b.propagation = Propagation::Bidirectional,
-                "private" | "rprivate" => b.propagation = Propagation::None,
+                // Unbindable is set inside the container (SpecBind); on the host
+                // side it is private.
+                "private" | "rprivate" | "unbindable" | "runbindable" => {
+                    b.propagation = Propagation::None
+                }
                 _ => {}
             }
         }
@@ -106,9 +110,121 @@ impl BindMount {
     }
 }
 
+/// A propagation type as a runtime-spec mount option names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PropagationOption {
+    Private,
+    Slave,
+    Shared,
+    Unbindable,
+}
+
+/// A bind entry of a `config.json` with what [`BindMount`] does not carry: whether
+/// the bind is recursive, and the exact propagation option it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SpecBind {
+    pub bind: BindMount,
+    /// `rbind` (or `type: bind` with neither option, as the pod runner writes
+    /// none); a plain `bind` clones the source mount alone.
+    pub recursive: bool,
+    /// The last propagation option and whether it is an `r` form.
+    pub propagation: Option<(PropagationOption, bool)>,
+}
+
+impl SpecBind {
+    pub fn from_oci(m: &oci_spec::runtime::Mount) -> Option<SpecBind> {
+        let bind = BindMount::from_oci(m)?;
+        let opts = m.options().clone().unwrap_or_default();
+        let has = |o: &str| opts.iter().any(|x| x == o);
+        let recursive = has("rbind") || !has("bind");
+        let propagation = opts.iter().rev().find_map(|o| {
+            let (recursive, name) = match o.strip_prefix('r') {
+                Some(rest) if rest != "o" && rest != "w" && rest != "bind" => (true, rest),
+                _ => (false, o.as_str()),
+            };
+            let mode = match name {
+                "private" => PropagationOption::Private,
+                "slave" => PropagationOption::Slave,
+                "shared" => PropagationOption::Shared,
+                "unbindable" => PropagationOption::Unbindable,
+                _ => return None,
+            };
+            Some((mode, recursive))
+        });
+        Some(SpecBind {
+            bind,
+            recursive,
+            propagation,
+        })
+    }
+}
+
+/// Sets each `(destination, propagation, recursive)` on the mount at that
+/// destination in the mount namespace of `pid` (a created container's init, after
+/// its pivot_root), the way runc applies a mount's propagation option last.
+///
+/// Done here rather than on the host-side bind: libcontainer turns the whole tree
+/// rslave (or what `rootfsPropagation` says) in the container's namespace and then
+/// binds the rootfs onto itself, which would undo shared and drop unbindable mounts.
+/// Joins the namespace with setns(2) and returns to our own, so the calling
+/// process must be single-threaded (the `strata-runtime` binary is).
+pub(crate) fn set_propagation_in(
+    pid: i32,
+    wants: &[(PathBuf, PropagationOption, bool)],
+) -> Result<()> {
+    use nix::sched::{CloneFlags, setns};
+    if wants.is_empty() {
+        return Ok(());
+    }
+    let open = |p: &str| std::fs::File::open(p).map_err(Error::io("opening mount namespace", p));
+    let ours = open("/proc/self/ns/mnt")?;
+    let cwd = std::fs::File::open(".").map_err(Error::io("opening", "."))?;
+    let theirs = open(&format!("/proc/{pid}/ns/mnt"))?;
+    setns(&theirs, CloneFlags::CLONE_NEWNS).map_err(|e| {
+        Error::io("joining mount namespace", format!("/proc/{pid}/ns/mnt"))(e.into())
+    })?;
+    let result = (|| {
+        let root = rustix::fs::open(
+            "/",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("opening container root", "/")(e.into()))?;
+        for (dest, mode, recursive) in wants {
+            let target_err = |reason: String| Error::VolumeTarget {
+                target: dest.clone(),
+                reason,
+            };
+            let rel = resolve::clean_relative(dest).map_err(|r| target_err(r.into()))?;
+            let fd = resolve::open_in_root(&root, &rel, OFlags::PATH)
+                .map_err(|e| target_err(format!("resolving in the container: {e}")))?;
+            let prop = match mode {
+                PropagationOption::Private => sys::Propagation::Private,
+                PropagationOption::Slave => sys::Propagation::Slave,
+                PropagationOption::Shared => sys::Propagation::Shared,
+                PropagationOption::Unbindable => sys::Propagation::Unbindable,
+            };
+            sys::set_mount_attrs_on(&fd, 0, Some(prop), *recursive)
+                .map_err(|e| target_err(format!("setting propagation {mode:?}: {e}")))?;
+        }
+        Ok(())
+    })();
+    // Back to our own namespace (and directory) before anything else runs; a
+    // failure here would leave this process resolving paths in the container.
+    setns(&ours, CloneFlags::CLONE_NEWNS)
+        .map_err(|e| Error::io("returning to mount namespace", "/proc/self/ns/mnt")(e.into()))?;
+    nix::unistd::fchdir(&cwd).map_err(|e| Error::io("returning to", ".")(e.into()))?;
+    result
+}
+
 /// Mounts `bind` inside `rootfs`; returns the host path the mount landed on (for
 /// unmounting), which is always beneath `rootfs`.
 pub fn mount_bind(rootfs: &Path, bind: &BindMount) -> Result<PathBuf> {
+    mount_bind_tree(rootfs, bind, true)
+}
+
+/// [`mount_bind`], cloning only the source's own mount unless `recursive`.
+pub(crate) fn mount_bind_tree(rootfs: &Path, bind: &BindMount, recursive: bool) -> Result<PathBuf> {
     let target_err = |reason: String| Error::VolumeTarget {
         target: bind.destination.clone(),
         reason,
@@ -124,14 +240,12 @@ pub fn mount_bind(rootfs: &Path, bind: &BindMount) -> Result<PathBuf> {
         .map_err(Error::io("inspecting volume source", &bind.source))?;
 
     // Clone the source tree first: a missing source fails before the rootfs is touched.
-    let tree = rustix::mount::open_tree(
-        rustix::fs::CWD,
-        &bind.source,
-        OpenTreeFlags::OPEN_TREE_CLONE
-            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | OpenTreeFlags::AT_RECURSIVE,
-    )
-    .map_err(|e| Error::io("cloning volume source", &bind.source)(e.into()))?;
+    let mut clone = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if recursive {
+        clone |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    let tree = rustix::mount::open_tree(rustix::fs::CWD, &bind.source, clone)
+        .map_err(|e| Error::io("cloning volume source", &bind.source)(e.into()))?;
     // Read-only before the tree is attached, so it is never visible writable.
     if bind.read_only {
         sys::set_mount_attrs(&tree, sys::MOUNT_ATTR_RDONLY, None)
@@ -219,5 +333,42 @@ pub fn unmount(path: &Path) -> Result<()> {
             Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => return Ok(()),
             Err(e) => return Err(Error::io("unmounting", path)(e.into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(options: &[&str]) -> oci_spec::runtime::Mount {
+        let mut m = oci_spec::runtime::Mount::default();
+        m.set_destination("/v".into())
+            .set_source(Some("/src".into()))
+            .set_options(Some(options.iter().map(|s| s.to_string()).collect()));
+        m
+    }
+
+    #[test]
+    fn spec_binds_keep_recursion_and_the_last_propagation_option() {
+        let b =
+            SpecBind::from_oci(&entry(&["rw", "bind", "rshared", "ro", "runbindable"])).unwrap();
+        assert!(!b.recursive);
+        assert!(b.bind.read_only);
+        assert_eq!(b.propagation, Some((PropagationOption::Unbindable, true)));
+        assert_eq!(
+            b.bind.propagation,
+            Propagation::None,
+            "unbindable is private on the host"
+        );
+        let b = SpecBind::from_oci(&entry(&["rbind", "relatime", "slave"])).unwrap();
+        assert!(b.recursive);
+        assert_eq!(b.propagation, Some((PropagationOption::Slave, false)));
+        assert_eq!(b.bind.propagation, Propagation::HostToContainer);
+        let b = SpecBind::from_oci(&entry(&["rbind", "ro"])).unwrap();
+        assert_eq!(b.propagation, None);
+        assert!(
+            SpecBind::from_oci(&entry(&["nosuid"])).is_none(),
+            "not a bind"
+        );
     }
 }
