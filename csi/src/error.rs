@@ -71,6 +71,15 @@ pub enum Error {
     State(#[source] rusqlite::Error),
     #[error("state store: {0}")]
     StateCorrupt(String),
+    #[error(
+        "state database {path} has format version {found}; this strata-csi reads versions up to {supported} \
+         (run a newer strata-csi, or restore the state dir it wrote)"
+    )]
+    StateFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("state store writer is gone")]
     StateClosed,
     #[error("blocking task failed")]
@@ -139,6 +148,7 @@ impl From<Error> for Status {
             Error::State(_) => Status::internal(msg),
             Error::StateCorrupt(_) => Status::internal(msg),
             Error::StateClosed => Status::unavailable(msg),
+            Error::StateFormat { .. } => Status::failed_precondition(msg),
             Error::StateInUse(_) => Status::failed_precondition(msg),
             Error::BlockingTask(_) => Status::internal(msg),
         }

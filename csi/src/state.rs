@@ -169,6 +169,63 @@ CREATE INDEX IF NOT EXISTS publishes_by_volume ON publishes(volume_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
+/// The format this code writes, kept in `meta` under `format`. Versions:
+/// 1. everything before the format was recorded (no `format` row);
+/// 2. the `format` row itself; records may carry fields that version 1 lacks, each with
+///    a serde default, so version 1 rows decode unchanged.
+///
+/// Bump it with a new entry in `MIGRATIONS` whenever an older driver could misread what
+/// this one writes.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// SQL that takes a database from version `n - 1` to `n`, for each `n` after 1. Run in
+/// the same transaction as the version update, so a crash leaves the old version whole.
+const MIGRATIONS: &[(u32, &str)] = &[(2, "")];
+
+/// Checks the format version and migrates an older database in one transaction. A newer
+/// database is refused untouched: this code would not know what its rows mean.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<u32> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let existed: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'volumes')",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute_batch(SCHEMA)?;
+    let found = match tx
+        .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+    {
+        None if existed => 1,
+        None => FORMAT_VERSION,
+        Some(v) => v.parse::<u32>().map_err(|_| {
+            Error::StateCorrupt(format!(
+                "{}: format version {v:?} is not a number",
+                path.display()
+            ))
+        })?,
+    };
+    if found > FORMAT_VERSION {
+        return Err(Error::StateFormat {
+            path: path.to_path_buf(),
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > found) {
+        tx.execute_batch(sql)?;
+        tracing::info!(path = %path.display(), from = to - 1, to, "migrated the state database");
+    }
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('format', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [FORMAT_VERSION.to_string()],
+    )?;
+    tx.commit()?;
+    Ok(found)
+}
+
 fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -363,8 +420,8 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(Error::io("creating state dir", dir))?;
         let owner = lock_state_dir(dir)?;
         let path = dir.join("state.db");
-        let writer = open_conn(&path)?;
-        writer.execute_batch(SCHEMA)?;
+        let mut writer = open_conn(&path)?;
+        migrate(&mut writer, &path)?;
         let reader = open_conn(&path)?;
         let (tx, rx) = mpsc::channel();
         let wal = dir.join("state.db-wal");
@@ -659,6 +716,38 @@ mod tests {
             after = page.last().unwrap().id.clone();
         }
         assert_eq!(seen, 160);
+    }
+
+    #[test]
+    fn format_version_is_written_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let db = dir.path().join("state.db");
+        let version = |c: &Connection| -> String {
+            c.query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        let conn = Connection::open(&db).unwrap();
+        assert_eq!(version(&conn), FORMAT_VERSION.to_string());
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'format'", [])
+            .unwrap();
+        drop(conn);
+        let err = Store::open(dir.path())
+            .err()
+            .expect("a newer format must be refused");
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::StateFormat { found: 99, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("99") && text.contains(&FORMAT_VERSION.to_string()),
+            "{text}"
+        );
+        let conn = Connection::open(&db).unwrap();
+        assert_eq!(version(&conn), "99", "a refused database is left as it was");
     }
 
     #[test]
