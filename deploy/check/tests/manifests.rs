@@ -1,0 +1,729 @@
+//! deploy/kustomize and deploy/helm/strata: every object is a valid Kubernetes object of
+//! its kind, the node plugin is wired the way the driver and the sidecars expect, RBAC
+//! grants what the sidecars need and nothing else, and the chart's default render is the
+//! kustomize install.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use clap::Parser as _;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Container, Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
+use serde_json::{Value, json};
+use strata_deploy_check::{chart_values, deploy_dir, helm, key, kustomize, rbac};
+
+const NAMESPACE: &str = "strata-system";
+
+fn kustomize_objects() -> Vec<Value> {
+    kustomize(&deploy_dir().join("kustomize")).unwrap()
+}
+
+fn chart() -> std::path::PathBuf {
+    deploy_dir().join("helm/strata")
+}
+
+/// Deserializes `o` as `T` and back: a field that `T` does not know (a typo, a wrong
+/// level of nesting) is dropped on the way and shows up as a difference.
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(o: &Value) -> T {
+    let t: T = serde_json::from_value(o.clone()).unwrap_or_else(|e| panic!("{}: {e}", key(o)));
+    let back = serde_json::to_value(&t).unwrap();
+    assert_eq!(
+        &back,
+        o,
+        "{} changes when read as its k8s-openapi type",
+        key(o)
+    );
+    t
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<_> = objects.iter().filter(|o| o["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "exactly one {kind}");
+    found[0]
+}
+
+fn daemonset(objects: &[Value]) -> DaemonSet {
+    serde_json::from_value(one(objects, "DaemonSet").clone()).unwrap()
+}
+
+fn containers(ds: &DaemonSet) -> BTreeMap<String, Container> {
+    let spec = ds.spec.template.spec.as_ref().unwrap();
+    spec.containers
+        .iter()
+        .map(|c| (c.name.clone(), c.clone()))
+        .collect()
+}
+
+fn args(c: &Container) -> Vec<String> {
+    c.args.clone().unwrap_or_default()
+}
+
+/// The value of `--flag=value` in `c`'s args.
+fn flag(c: &Container, name: &str) -> Option<String> {
+    let prefix = format!("--{name}=");
+    args(c)
+        .iter()
+        .find_map(|a| a.strip_prefix(&prefix).map(str::to_string))
+}
+
+fn has_flag(c: &Container, name: &str) -> bool {
+    args(c)
+        .iter()
+        .any(|a| a == &format!("--{name}") || a.starts_with(&format!("--{name}=")))
+}
+
+fn env_field(c: &Container, name: &str) -> Option<String> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| {
+            e.value_from
+                .as_ref()?
+                .field_ref
+                .as_ref()
+                .map(|f| f.field_path.clone())
+        })
+}
+
+fn mount<'a>(c: &'a Container, volume: &str) -> &'a k8s_openapi::api::core::v1::VolumeMount {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == volume)
+        .unwrap_or_else(|| panic!("{} does not mount {volume}", c.name))
+}
+
+fn host_path(ds: &DaemonSet, volume: &str) -> String {
+    let spec = ds.spec.template.spec.as_ref().unwrap();
+    let v = spec.volumes.iter().flatten().find(|v| v.name == volume);
+    let v = v.unwrap_or_else(|| panic!("no volume {volume}"));
+    v.host_path
+        .as_ref()
+        .unwrap_or_else(|| panic!("{volume} is not a hostPath"))
+        .path
+        .clone()
+}
+
+#[test]
+fn every_object_is_its_kubernetes_type() {
+    let objects = kustomize_objects();
+    let mut kinds = BTreeSet::new();
+    for o in &objects {
+        let kind = o["kind"].as_str().unwrap();
+        kinds.insert(kind.to_string());
+        match kind {
+            "Namespace" => drop(round_trip::<Namespace>(o)),
+            "ServiceAccount" => drop(round_trip::<ServiceAccount>(o)),
+            "CSIDriver" => drop(round_trip::<CSIDriver>(o)),
+            "StorageClass" => drop(round_trip::<StorageClass>(o)),
+            "DaemonSet" => drop(round_trip::<DaemonSet>(o)),
+            "ClusterRole" => drop(round_trip::<ClusterRole>(o)),
+            "ClusterRoleBinding" => drop(round_trip::<ClusterRoleBinding>(o)),
+            "Role" => drop(round_trip::<Role>(o)),
+            "RoleBinding" => drop(round_trip::<RoleBinding>(o)),
+            // A CRD kind that k8s-openapi does not have: checked field by field against
+            // snapshot.storage.k8s.io/v1 (external-snapshotter client/apis).
+            "VolumeSnapshotClass" => {
+                assert_eq!(o["apiVersion"], "snapshot.storage.k8s.io/v1");
+                let fields: BTreeSet<&str> =
+                    o.as_object().unwrap().keys().map(String::as_str).collect();
+                let known = BTreeSet::from([
+                    "apiVersion",
+                    "kind",
+                    "metadata",
+                    "driver",
+                    "deletionPolicy",
+                    "parameters",
+                ]);
+                assert!(fields.is_subset(&known), "unknown fields in {fields:?}");
+                assert!(o["metadata"]["name"].is_string());
+                let csidriver = one(&objects, "CSIDriver");
+                assert_eq!(o["driver"], csidriver["metadata"]["name"]);
+                assert!(matches!(
+                    o["deletionPolicy"].as_str(),
+                    Some("Delete" | "Retain")
+                ));
+            }
+            other => panic!("{other}: no check for this kind"),
+        }
+    }
+    for want in [
+        "CSIDriver",
+        "StorageClass",
+        "VolumeSnapshotClass",
+        "DaemonSet",
+        "ServiceAccount",
+    ] {
+        assert!(kinds.contains(want), "no {want}");
+    }
+}
+
+#[test]
+fn csidriver_matches_the_driver() {
+    let objects = kustomize_objects();
+    let d: CSIDriver = serde_json::from_value(one(&objects, "CSIDriver").clone()).unwrap();
+    let s = d.spec;
+    assert_eq!(s.attach_required, Some(false));
+    assert_eq!(s.pod_info_on_mount, Some(true));
+    assert_eq!(s.fs_group_policy.as_deref(), Some("File"));
+    assert_eq!(
+        s.volume_lifecycle_modes,
+        Some(vec!["Persistent".into(), "Ephemeral".into()])
+    );
+    assert_eq!(s.storage_capacity, Some(true));
+    assert_eq!(s.requires_republish, Some(false));
+}
+
+#[test]
+fn one_class_per_backend_with_late_binding_and_expansion() {
+    let objects = kustomize_objects();
+    let driver = one(&objects, "CSIDriver")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut backends = BTreeSet::new();
+    for o in objects.iter().filter(|o| o["kind"] == "StorageClass") {
+        let sc: StorageClass = serde_json::from_value(o.clone()).unwrap();
+        assert_eq!(sc.provisioner, driver);
+        assert_eq!(
+            sc.volume_binding_mode.as_deref(),
+            Some("WaitForFirstConsumer")
+        );
+        assert_eq!(sc.allow_volume_expansion, Some(true));
+        let params = sc.parameters.unwrap_or_default();
+        // The driver refuses unknown parameters (csi/src/volumes.rs); these are the ones
+        // it reads, plus the CO's fstype key that external-provisioner consumes.
+        for k in params.keys() {
+            assert!(
+                ["pool", "fsType", "directIO", "csi.storage.k8s.io/fstype"].contains(&k.as_str()),
+                "{k}"
+            );
+        }
+        let pool = params
+            .get("pool")
+            .expect("every class names its pool")
+            .clone();
+        let fs = params
+            .get("csi.storage.k8s.io/fstype")
+            .cloned()
+            .unwrap_or_default();
+        backends.insert(format!(
+            "{pool}{}{fs}",
+            if fs.is_empty() { "" } else { "/" }
+        ));
+    }
+    let want: BTreeSet<String> = ["image/ext4", "image/xfs", "btrfs", "dir"]
+        .map(String::from)
+        .into();
+    assert_eq!(backends, want);
+}
+
+#[test]
+fn node_plugin_is_wired_as_the_driver_and_sidecars_expect() {
+    let objects = kustomize_objects();
+    let ds = daemonset(&objects);
+    let cs = containers(&ds);
+    let driver_name = one(&objects, "CSIDriver")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let driver = &cs["strata-csi"];
+
+    // The driver's own flag parser accepts the args, with the downward-API node name.
+    let mut argv = vec!["strata-csi".to_string()];
+    argv.extend(
+        args(driver)
+            .iter()
+            .map(|a| a.replace("$(NODE_NAME)", "node-1")),
+    );
+    let config =
+        strata_csi::config::Config::try_parse_from(&argv).unwrap_or_else(|e| panic!("{e}"));
+    let socket = config.validate().unwrap();
+    assert_eq!(config.driver_name, driver_name);
+    assert_eq!(config.node_id, "node-1");
+    assert_eq!(
+        env_field(driver, "NODE_NAME").as_deref(),
+        Some("spec.nodeName")
+    );
+    assert_eq!(
+        driver.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true),
+        "loop devices and mounts need a privileged container"
+    );
+
+    // One socket: the driver listens where every sidecar connects, on the host under the
+    // kubelet's plugin dir, which the registrar tells the kubelet.
+    let socket_dir = socket.parent().unwrap().to_str().unwrap().to_string();
+    assert_eq!(mount(driver, "socket-dir").mount_path, socket_dir);
+    let sidecars = [
+        "node-driver-registrar",
+        "csi-provisioner",
+        "csi-resizer",
+        "csi-snapshotter",
+        "liveness-probe",
+    ];
+    assert_eq!(cs.len(), sidecars.len() + 1, "containers: {:?}", cs.keys());
+    for name in sidecars {
+        let c = &cs[name];
+        assert_eq!(mount(c, "socket-dir").mount_path, socket_dir, "{name}");
+        assert_eq!(flag(c, "csi-address").as_deref(), socket.to_str(), "{name}");
+        assert!(
+            c.image
+                .as_deref()
+                .unwrap()
+                .starts_with("registry.k8s.io/sig-storage/"),
+            "{name}"
+        );
+    }
+    let kubelet = host_path(&ds, "kubelet-dir");
+    let host_socket_dir = host_path(&ds, "socket-dir");
+    assert_eq!(host_socket_dir, format!("{kubelet}/plugins/{driver_name}"));
+    let registrar = &cs["node-driver-registrar"];
+    assert_eq!(
+        flag(registrar, "kubelet-registration-path"),
+        Some(format!(
+            "{host_socket_dir}/{}",
+            socket.file_name().unwrap().to_str().unwrap()
+        ))
+    );
+    assert_eq!(
+        mount(registrar, "registration-dir").mount_path,
+        "/registration"
+    );
+    assert_eq!(
+        host_path(&ds, "registration-dir"),
+        format!("{kubelet}/plugins_registry")
+    );
+
+    // Mounts the driver makes under the kubelet dir and in the pools must reach the host.
+    let kmount = mount(driver, "kubelet-dir");
+    assert_eq!(
+        kmount.mount_path, kubelet,
+        "same path inside and out, as the kubelet names targets"
+    );
+    assert_eq!(kmount.mount_propagation.as_deref(), Some("Bidirectional"));
+    assert_eq!(mount(driver, "dev").mount_path, "/dev");
+    assert_eq!(host_path(&ds, "dev"), "/dev");
+    assert_eq!(
+        mount(driver, "state-dir").mount_path,
+        config.state_dir.to_str().unwrap()
+    );
+    assert_eq!(
+        host_path(&ds, "state-dir"),
+        config.state_dir.to_str().unwrap()
+    );
+    for pool in &config.pools {
+        let volume = format!("pool-{}", pool.name);
+        let m = mount(driver, &volume);
+        assert_eq!(m.mount_path, pool.path.to_str().unwrap());
+        assert_eq!(m.mount_propagation.as_deref(), Some("Bidirectional"));
+        assert_eq!(host_path(&ds, &volume), pool.path.to_str().unwrap());
+    }
+
+    // Liveness: the kubelet probes livenessprobe's /healthz through the driver container.
+    let probe = driver
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(probe.path.as_deref(), Some("/healthz"));
+    let port = match &probe.port {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => {
+            driver
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))
+                .unwrap()
+                .container_port
+        }
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => *n,
+    };
+    assert_eq!(
+        flag(&cs["liveness-probe"], "http-endpoint"),
+        Some(format!(":{port}"))
+    );
+
+    // Per-node provisioning with capacity tracking, owned by the DaemonSet.
+    let p = &cs["csi-provisioner"];
+    for f in ["node-deployment", "enable-capacity", "strict-topology"] {
+        assert!(has_flag(p, f), "provisioner --{f}");
+    }
+    assert_eq!(
+        flag(p, "capacity-ownerref-level").as_deref(),
+        Some("1"),
+        "pod -> DaemonSet"
+    );
+    assert!(
+        !has_flag(p, "leader-election"),
+        "per-node provisioners do not elect a leader"
+    );
+    assert_eq!(env_field(p, "NODE_NAME").as_deref(), Some("spec.nodeName"));
+    assert_eq!(
+        env_field(p, "NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
+    assert_eq!(env_field(p, "POD_NAME").as_deref(), Some("metadata.name"));
+    let s = &cs["csi-snapshotter"];
+    assert!(has_flag(s, "node-deployment") && !has_flag(s, "leader-election"));
+    assert_eq!(env_field(s, "NODE_NAME").as_deref(), Some("spec.nodeName"));
+    let r = &cs["csi-resizer"];
+    assert!(has_flag(r, "leader-election"), "one resizer acts at a time");
+    assert_eq!(
+        env_field(r, "NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
+}
+
+/// One rule a sidecar needs: `verbs` on `group/resource`, cluster-wide or (namespaced)
+/// in the sidecar's own namespace.
+struct Need {
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+    namespaced: bool,
+}
+
+const fn cluster(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+) -> Need {
+    Need {
+        group,
+        resource,
+        verbs,
+        namespaced: false,
+    }
+}
+
+const fn local(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+) -> Need {
+    Need {
+        group,
+        resource,
+        verbs,
+        namespaced: true,
+    }
+}
+
+const EVENTS: &[&str] = &["list", "watch", "create", "update", "patch"];
+const READ: &[&str] = &["get", "list", "watch"];
+const LEASES: Need = local(
+    "coordination.k8s.io",
+    "leases",
+    &["get", "watch", "list", "delete", "update", "create"],
+);
+
+/// kubernetes-csi/external-provisioner deploy/kubernetes/rbac.yaml at
+/// 0688604faa43ae14273cf71fbfde4f3534ec6b8c (after v6.3.0): the ClusterRole, always.
+const PROVISIONER: &[Need] = &[
+    cluster(
+        "",
+        "persistentvolumes",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    cluster(
+        "",
+        "persistentvolumeclaims",
+        &["get", "list", "watch", "update"],
+    ),
+    cluster("storage.k8s.io", "storageclasses", READ),
+    cluster("", "events", EVENTS),
+    cluster(
+        "snapshot.storage.k8s.io",
+        "volumesnapshots",
+        &["get", "list", "watch", "update"],
+    ),
+    cluster(
+        "snapshot.storage.k8s.io",
+        "volumesnapshotcontents",
+        &["get", "list"],
+    ),
+    cluster("storage.k8s.io", "csinodes", READ),
+    cluster("", "nodes", READ),
+    cluster("storage.k8s.io", "volumeattachments", READ),
+];
+/// Same file, Role `external-provisioner-cfg`: with --enable-capacity, and the owner
+/// lookup (pkg/owner/owner.go reads the pod; level 1 takes its controller from the pod).
+const PROVISIONER_CAPACITY: &[Need] = &[
+    local(
+        "storage.k8s.io",
+        "csistoragecapacities",
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+    ),
+    local("", "pods", &["get"]),
+];
+/// Level 2 and up reads the pod's controller too (a ReplicaSet under a Deployment).
+const PROVISIONER_OWNER_LEVEL_2: Need = local("apps", "replicasets", &["get"]);
+
+/// kubernetes-csi/external-resizer deploy/kubernetes/rbac.yaml at
+/// beef24d8e070f5188a7bdc7fc46f902068e4da55 (after v2.2.1).
+const RESIZER: &[Need] = &[
+    cluster("", "persistentvolumes", &["get", "list", "watch", "patch"]),
+    cluster("", "persistentvolumeclaims", READ),
+    cluster("", "pods", READ),
+    cluster("", "persistentvolumeclaims/status", &["patch"]),
+    cluster("", "events", EVENTS),
+    cluster("storage.k8s.io", "volumeattributesclasses", READ),
+];
+
+/// kubernetes-csi/external-snapshotter deploy/kubernetes/csi-snapshotter/
+/// rbac-csi-snapshotter.yaml at afb2f0d85e00e40cda621549d56fda11ccd3558b (after v8.6.0).
+const SNAPSHOTTER: &[Need] = &[
+    cluster("", "events", EVENTS),
+    cluster("snapshot.storage.k8s.io", "volumesnapshotclasses", READ),
+    cluster(
+        "snapshot.storage.k8s.io",
+        "volumesnapshotcontents",
+        &["get", "list", "watch", "update", "patch"],
+    ),
+    cluster(
+        "snapshot.storage.k8s.io",
+        "volumesnapshotcontents/status",
+        &["update", "patch"],
+    ),
+    cluster(
+        "groupsnapshot.storage.k8s.io",
+        "volumegroupsnapshotclasses",
+        READ,
+    ),
+    cluster(
+        "groupsnapshot.storage.k8s.io",
+        "volumegroupsnapshotcontents",
+        &["get", "list", "watch", "update", "patch"],
+    ),
+    cluster(
+        "groupsnapshot.storage.k8s.io",
+        "volumegroupsnapshotcontents/status",
+        &["update", "patch"],
+    ),
+];
+
+/// What the containers of the DaemonSet need, given the flags they run with. The driver,
+/// node-driver-registrar and livenessprobe never call the API server.
+fn needs(ds: &DaemonSet) -> Vec<(String, &'static Need)> {
+    let mut out = Vec::new();
+    for (name, c) in containers(ds) {
+        let mut add = |needs: &'static [Need]| out.extend(needs.iter().map(|n| (name.clone(), n)));
+        match name.as_str() {
+            "strata-csi" | "node-driver-registrar" | "liveness-probe" => {}
+            "csi-provisioner" => {
+                add(PROVISIONER);
+                if has_flag(&c, "enable-capacity") {
+                    add(PROVISIONER_CAPACITY);
+                    let level: i32 =
+                        flag(&c, "capacity-ownerref-level").map_or(1, |l| l.parse().unwrap());
+                    if level >= 2 {
+                        add(std::slice::from_ref(&PROVISIONER_OWNER_LEVEL_2));
+                    }
+                }
+            }
+            "csi-resizer" => add(RESIZER),
+            "csi-snapshotter" => add(SNAPSHOTTER),
+            other => panic!("container {other}: add what it needs to this table"),
+        }
+        if has_flag(&c, "leader-election") {
+            add(std::slice::from_ref(&LEASES));
+        }
+    }
+    out
+}
+
+#[test]
+fn rbac_grants_what_the_sidecars_need_and_nothing_more() {
+    let objects = kustomize_objects();
+    let ds = daemonset(&objects);
+    let spec = ds.spec.template.spec.as_ref().unwrap();
+    let account = spec
+        .service_account_name
+        .clone()
+        .expect("the DaemonSet names its account");
+    assert!(
+        objects.iter().any(|o| o["kind"] == "ServiceAccount"
+            && o["metadata"]["name"] == account.as_str()
+            && o["metadata"]["namespace"] == NAMESPACE),
+        "ServiceAccount {account} is installed"
+    );
+    let granted = rbac::granted(&objects, NAMESPACE, &account).unwrap();
+
+    let mut missing = Vec::new();
+    let mut used = BTreeSet::new();
+    for (container, need) in needs(&ds) {
+        for verb in need.verbs {
+            let ns = need.namespaced.then_some(NAMESPACE);
+            if rbac::allows(&granted, ns, need.group, need.resource, verb) {
+                used.insert((need.group, need.resource, *verb));
+            } else {
+                missing.push(format!(
+                    "{container}: {verb} {}/{} ",
+                    need.group, need.resource
+                ));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not granted: {missing:#?}");
+    let extra: Vec<String> = granted
+        .iter()
+        .filter(|p| !used.contains(&(p.group.as_str(), p.resource.as_str(), p.verb.as_str())))
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "granted but no sidecar needs it: {extra:#?}"
+    );
+    // Least privilege also means namespaced needs stay namespaced, unless another
+    // sidecar needs the same cluster-wide (the resizer reads pods everywhere).
+    let all = needs(&ds);
+    let cluster_wide = |n: &Need, verb: &str| {
+        all.iter().any(|(_, m)| {
+            !m.namespaced
+                && m.group == n.group
+                && m.resource == n.resource
+                && m.verbs.contains(&verb)
+        })
+    };
+    for (_, need) in all.iter().filter(|(_, n)| n.namespaced) {
+        for verb in need.verbs.iter().filter(|v| !cluster_wide(need, v)) {
+            assert!(
+                !rbac::allows(&granted, None, need.group, need.resource, verb),
+                "{verb} {}/{} is granted cluster-wide; a Role in {NAMESPACE} is enough",
+                need.group,
+                need.resource
+            );
+        }
+    }
+}
+
+#[test]
+fn rbac_model_notices_a_missing_rule() {
+    // The coverage test above is only as good as `granted`: drop one rule and it must
+    // be reported missing.
+    let mut objects = kustomize_objects();
+    let role = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "strata-external-resizer")
+        .unwrap();
+    role["rules"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["resources"] != json!(["persistentvolumeclaims/status"]));
+    let granted = rbac::granted(&objects, NAMESPACE, "strata-node").unwrap();
+    assert!(!rbac::allows(
+        &granted,
+        None,
+        "",
+        "persistentvolumeclaims/status",
+        "patch"
+    ));
+    assert!(rbac::allows(
+        &granted,
+        None,
+        "",
+        "persistentvolumes",
+        "patch"
+    ));
+    // A binding to another account grants us nothing.
+    assert!(
+        rbac::granted(&objects, NAMESPACE, "someone-else")
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn helm_defaults_render_the_kustomize_install() {
+    let values = chart_values(&chart()).unwrap();
+    let rendered = helm(&chart(), &values, NAMESPACE).unwrap();
+    // The chart leaves the namespace to `helm install -n ... --create-namespace`.
+    let expected: BTreeMap<String, Value> = kustomize_objects()
+        .into_iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .map(|o| (key(&o), o))
+        .collect();
+    let got: BTreeMap<String, Value> = rendered.into_iter().map(|o| (key(&o), o)).collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (k, want) in &expected {
+        assert_eq!(
+            &got[k], want,
+            "{k} differs between the chart's default render and deploy/kustomize"
+        );
+    }
+}
+
+#[test]
+fn helm_values_reach_the_objects() {
+    let mut values = chart_values(&chart()).unwrap();
+    values["image"]["repository"] = json!("registry.example/strata-csi");
+    values["image"]["tag"] = json!("1.2.3");
+    values["kubeletDir"] = json!("/var/lib/k0s/kubelet");
+    values["pools"] = json!([
+        {"name": "fast", "kind": "image", "path": "/mnt/nvme/strata"},
+        {"name": "bulk", "kind": "image", "path": "/mnt/hdd/strata"},
+    ]);
+    values["nodeSelector"] = json!({"strata.io/storage": "true"});
+    values["tolerations"] = json!([]);
+    values["resources"]["driver"] = json!({"limits": {"memory": "1Gi"}});
+    let objects = helm(&chart(), &values, "storage").unwrap();
+    let ds = daemonset(&objects);
+    let spec = ds.spec.template.spec.as_ref().unwrap();
+    assert_eq!(ds.metadata.namespace.as_deref(), Some("storage"));
+    assert_eq!(
+        spec.node_selector,
+        Some(BTreeMap::from([(
+            "strata.io/storage".into(),
+            "true".into()
+        )]))
+    );
+    assert_eq!(spec.tolerations, Some(vec![]));
+    let cs = containers(&ds);
+    let driver = &cs["strata-csi"];
+    assert_eq!(
+        driver.image.as_deref(),
+        Some("registry.example/strata-csi:1.2.3")
+    );
+    let memory = &driver.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"];
+    assert_eq!(memory.0, "1Gi");
+    let pools: Vec<_> = args(driver)
+        .into_iter()
+        .filter(|a| a.starts_with("--pool="))
+        .collect();
+    assert_eq!(
+        pools,
+        [
+            "--pool=fast=image:/mnt/nvme/strata",
+            "--pool=bulk=image:/mnt/hdd/strata"
+        ]
+    );
+    assert_eq!(host_path(&ds, "pool-bulk"), "/mnt/hdd/strata");
+    assert_eq!(mount(driver, "pool-fast").mount_path, "/mnt/nvme/strata");
+    assert_eq!(
+        mount(driver, "kubelet-dir").mount_path,
+        "/var/lib/k0s/kubelet"
+    );
+    assert_eq!(
+        flag(&cs["node-driver-registrar"], "kubelet-registration-path").as_deref(),
+        Some("/var/lib/k0s/kubelet/plugins/local.csi.strata.io/csi.sock")
+    );
+    // Bindings follow the release namespace, so the account still gets its rules.
+    let granted = rbac::granted(&objects, "storage", "strata-node").unwrap();
+    assert!(rbac::allows(
+        &granted,
+        Some("storage"),
+        "storage.k8s.io",
+        "csistoragecapacities",
+        "create"
+    ));
+}
