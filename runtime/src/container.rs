@@ -34,6 +34,49 @@ pub struct CreateOptions {
     pub log_file: Option<PathBuf>,
 }
 
+/// A process to run in a running container (`strata-runtime exec`, runc's `exec`).
+///
+/// Without `process`, the container's own process settings are the base: its
+/// user, working directory, capabilities and no_new_privs, and its environment
+/// with `env` entries replacing those of the same name (as runc does).
+#[derive(Debug, Default, Clone)]
+pub struct ExecOptions {
+    /// A runtime-spec `process` JSON file describing the whole process; the
+    /// fields below except `detach`, `pid_file` and `timeout` must then be empty.
+    pub process: Option<PathBuf>,
+    /// Command and arguments (`args[0]` is looked up in the container's PATH).
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries added to (or replacing in) the container's environment.
+    pub env: Vec<String>,
+    /// Working directory inside the container (absolute).
+    pub cwd: Option<PathBuf>,
+    /// User id and optionally group id; the container's user when `None`.
+    pub user: Option<(u32, Option<u32>)>,
+    /// Supplementary groups in addition to the container's.
+    pub additional_gids: Vec<u32>,
+    /// A terminal: not supported (no console socket handling); refused.
+    pub tty: bool,
+    /// Return once the process has started, without waiting for it.
+    pub detach: bool,
+    /// Written with the process id once started.
+    pub pid_file: Option<PathBuf>,
+    /// Kill the process (SIGKILL) if it runs longer than this; whole seconds,
+    /// rounded up.
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// How an exec'd process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ExecOutcome {
+    /// Exit code, 128 + signal when killed by one.
+    Exited(i32),
+    /// It outran `timeout` and was killed.
+    TimedOut,
+    /// `detach`: started with this pid and left running.
+    Detached(i32),
+}
+
 /// The OCI state of a container, as `state` prints it (runtime-spec "State").
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -383,6 +426,153 @@ impl Runtime {
         }
     }
 
+    /// `exec`: runs a further process in the running container `id`, in all its
+    /// namespaces and cgroup (libcontainer's tenant builder), and waits for it
+    /// unless `detach`. Signals a supervisor sends us (TERM, INT, HUP, QUIT, USR1,
+    /// USR2) are forwarded to it, as for `run`. The process's stdio is ours.
+    ///
+    /// The container's lock is held only while the process is set up, so `state`,
+    /// `kill` and `delete` work while it runs.
+    #[tracing::instrument(skip_all, fields(id = %id))]
+    pub fn exec(&self, id: &str, opts: &ExecOptions) -> Result<ExecOutcome> {
+        if opts.tty {
+            return Err(Error::invalid(
+                "exec",
+                "--tty is not supported (no console socket handling); run without a terminal",
+            ));
+        }
+        let given = !opts.args.is_empty()
+            || !opts.env.is_empty()
+            || opts.cwd.is_some()
+            || opts.user.is_some()
+            || !opts.additional_gids.is_empty();
+        match (&opts.process, given) {
+            (Some(_), true) => {
+                return Err(Error::invalid(
+                    "exec",
+                    "--process describes the whole process: give no command, env, cwd or user with it",
+                ));
+            }
+            (None, false) => return Err(Error::invalid("exec", "no command given")),
+            _ => {}
+        }
+        if let Some(cwd) = &opts.cwd
+            && !cwd.is_absolute()
+        {
+            return Err(Error::invalid(
+                "exec cwd",
+                format!("{cwd:?} must be absolute"),
+            ));
+        }
+        for e in &opts.env {
+            if !e.contains('=') || e.starts_with('=') {
+                return Err(Error::invalid(
+                    "exec env",
+                    format!("{e:?} is not KEY=VALUE"),
+                ));
+            }
+        }
+        let lock = self.lock(id, false)?;
+        let c = self.load(id)?;
+        if c.status() != ContainerStatus::Running {
+            return Err(bad_state(&c, "exec"));
+        }
+        let ours = self.our_dir(id);
+        let spec = Spec::load(ours.join("config.json"))?;
+        // libcontainer's tenant builder reads `<root>/<id>/state.json` and the
+        // config.json of the bundle recorded there. Ours is the spec it really runs
+        // (cgroup path, no premounted binds); the state names the caller's bundle.
+        // So it gets a scratch root whose state names our dir, and the real state
+        // is never rewritten. Removed below; `delete` removes it after a crash.
+        let scratch = ours.join(format!("exec-{}", std::process::id()));
+        let result = (|| {
+            let scratch_dir = scratch.join(id);
+            fs::create_dir_all(&scratch_dir).map_err(Error::io("creating", &scratch_dir))?;
+            let mut state = c.state.clone();
+            state.bundle = ours.clone();
+            let state_path = scratch_dir.join("state.json");
+            fs::write(
+                &state_path,
+                serde_json::to_vec(&state).expect("state serializes"),
+            )
+            .map_err(Error::io("writing", &state_path))?;
+
+            let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+                .with_root_path(&scratch)
+                .map_err(lc("setting root"))?
+                .with_pid_file(opts.pid_file.as_ref())
+                .map_err(lc("setting pid file"))?
+                .as_tenant()
+                .with_detach(opts.detach);
+            if let Some(path) = &opts.process {
+                let process = self.exec_process_file(path, &scratch)?;
+                builder = builder.with_process(Some(process));
+            } else {
+                let base = spec.process().clone().unwrap_or_default();
+                let (uid, gid) = match opts.user {
+                    Some((uid, gid)) => (uid, gid.unwrap_or(0)),
+                    None => (base.user().uid(), base.user().gid()),
+                };
+                let mut gids = base.user().additional_gids().clone().unwrap_or_default();
+                gids.extend(&opts.additional_gids);
+                let env = opts
+                    .env
+                    .iter()
+                    .filter_map(|e| e.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                builder = builder
+                    .with_container_args(opts.args.clone())
+                    .with_env(env)
+                    .with_cwd(Some(opts.cwd.clone().unwrap_or_else(|| base.cwd().clone())))
+                    .with_user(Some(uid))
+                    .with_group(Some(gid))
+                    .with_additional_gids(gids);
+            }
+            builder.build().map_err(lc("starting exec process"))
+        })();
+        let _ = fs::remove_dir_all(&scratch);
+        drop(lock);
+        let pid = result?.as_raw();
+        tracing::debug!(id, pid, "exec process started");
+        if opts.detach {
+            return Ok(ExecOutcome::Detached(pid));
+        }
+        let deadline = opts.timeout.map(|t| {
+            let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
+            u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+        });
+        wait_forwarding_until(pid, deadline)
+    }
+
+    /// Reads an exec `--process` file, refuses a terminal, drops unknown
+    /// capabilities (as `create` does) and writes the result into `dir` for
+    /// libcontainer; returns that path.
+    fn exec_process_file(&self, path: &Path, dir: &Path) -> Result<PathBuf> {
+        let bytes = fs::read(path).map_err(Error::io("reading", path))?;
+        let json_err = |source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(json_err)?;
+        crate::spec::drop_unknown_capabilities(&mut value);
+        let process: oci_spec::runtime::Process =
+            serde_json::from_value(value).map_err(json_err)?;
+        if process.terminal() == Some(true) {
+            return Err(Error::invalid(
+                "exec process",
+                "terminal: true is not supported (no console socket handling)",
+            ));
+        }
+        let out = dir.join("process.json");
+        fs::write(
+            &out,
+            serde_json::to_vec(&process).expect("process serializes"),
+        )
+        .map_err(Error::io("writing", &out))?;
+        Ok(out)
+    }
+
     /// `list`: every container under the root, sorted by id.
     pub fn list(&self) -> Result<Vec<State>> {
         let mut out = Vec::new();
@@ -509,6 +699,15 @@ fn remove_empty_cgroup_parents(cgroup: &Path) {
 /// The signals are blocked and read from a signalfd only after `start`, so the
 /// container's processes never inherit the blocked mask.
 fn wait_forwarding(pid: i32) -> Result<i32> {
+    match wait_forwarding_until(pid, None)? {
+        ExecOutcome::Exited(code) => Ok(code),
+        other => unreachable!("no deadline, yet {other:?}"),
+    }
+}
+
+/// [`wait_forwarding`] that kills the process (SIGKILL) and reaps it once
+/// `timeout_secs` have passed (an alarm(2) read from the same signalfd).
+fn wait_forwarding_until(pid: i32, timeout_secs: Option<u32>) -> Result<ExecOutcome> {
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -523,28 +722,45 @@ fn wait_forwarding(pid: i32) -> Result<i32> {
         Signal::SIGUSR2,
     ];
     let mut set = SigSet::empty();
-    for s in forward.iter().chain([&Signal::SIGCHLD]) {
+    for s in forward.iter().chain([&Signal::SIGCHLD, &Signal::SIGALRM]) {
         set.add(*s);
     }
     set.thread_block().map_err(sys_err)?;
     let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(sys_err)?;
     let child = nix::unistd::Pid::from_raw(pid);
+    if let Some(secs) = timeout_secs {
+        nix::unistd::alarm::set(secs);
+    }
+    let mut timed_out = false;
     loop {
         // SIGCHLD is blocked before this check, so an exit right after it still
         // wakes the read below.
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        let code = match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Some(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => None,
             Err(e) => return Err(sys_err(e)),
+        };
+        if let Some(code) = code {
+            nix::unistd::alarm::cancel();
+            return Ok(if timed_out {
+                ExecOutcome::TimedOut
+            } else {
+                ExecOutcome::Exited(code)
+            });
         }
         let Some(info) = sfd.read_signal().map_err(sys_err)? else {
             continue;
         };
-        if let Ok(sig) = Signal::try_from(info.ssi_signo as i32)
-            && forward.contains(&sig)
-        {
-            let _ = nix::sys::signal::kill(child, sig);
+        match Signal::try_from(info.ssi_signo as i32) {
+            Ok(Signal::SIGALRM) if timeout_secs.is_some() => {
+                timed_out = true;
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            }
+            Ok(sig) if forward.contains(&sig) => {
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+            _ => {}
         }
     }
 }

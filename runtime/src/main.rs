@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use strata_runtime::{CreateOptions, Runtime};
+use strata_runtime::{CreateOptions, ExecOptions, ExecOutcome, Runtime};
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +59,44 @@ enum Command {
         #[arg(long = "output")]
         output: Option<PathBuf>,
         id: String,
+    },
+    /// Run a further process in a running container; exits with its status.
+    ///
+    /// `exec [OPTIONS] ID CMD [ARGS...]` or `exec --process process.json ID`.
+    Exec {
+        /// A runtime-spec process JSON describing the whole process.
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        /// Set an environment variable (KEY=VALUE); repeatable.
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// UID[:GID] to run as (numeric); the container's user by default.
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Additional group id; repeatable.
+        #[arg(short = 'g', long = "additional-gids")]
+        additional_gids: Vec<u32>,
+        /// Allocate a terminal: not supported, refused.
+        #[arg(short, long)]
+        tty: bool,
+        /// Start the process and return without waiting.
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Kill the process after this many seconds (strata extension).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Write how the process ended as JSON here (strata extension, for `Helper`).
+        #[arg(long = "status-file", hide = true)]
+        status_file: Option<PathBuf>,
+        id: String,
+        /// Command and arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// Print the OCI state of a container as JSON.
     State { id: String },
@@ -185,6 +223,49 @@ fn run(cli: Cli) -> Result<u8> {
                 .with_context(|| format!("running container {id}"))?;
             return Ok(u8::try_from(code).unwrap_or(255));
         }
+        Command::Exec {
+            process,
+            env,
+            cwd,
+            user,
+            additional_gids,
+            tty,
+            detach,
+            pid_file,
+            timeout,
+            status_file,
+            id,
+            command,
+        } => {
+            let user = user.as_deref().map(parse_user).transpose()?;
+            let opts = ExecOptions {
+                process,
+                args: command,
+                env,
+                cwd,
+                user,
+                additional_gids,
+                tty,
+                detach,
+                pid_file,
+                timeout: timeout.map(std::time::Duration::from_secs),
+            };
+            let outcome = rt
+                .exec(&id, &opts)
+                .with_context(|| format!("exec in container {id}"))?;
+            if let Some(path) = status_file {
+                std::fs::write(&path, serde_json::to_vec(&outcome)?)
+                    .with_context(|| format!("writing {path:?}"))?;
+            }
+            return Ok(match outcome {
+                ExecOutcome::Exited(code) => u8::try_from(code).unwrap_or(255),
+                ExecOutcome::Detached(_) => 0,
+                ExecOutcome::TimedOut => {
+                    eprintln!("strata-runtime: exec in container {id} timed out, killed");
+                    137
+                }
+            });
+        }
         Command::State { id } => {
             let s = rt
                 .state(&id)
@@ -224,4 +305,17 @@ fn run(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `UID[:GID]`, numeric as runc takes it.
+fn parse_user(s: &str) -> Result<(u32, Option<u32>)> {
+    let (uid, gid) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .with_context(|| format!("--user {s:?}: {v:?} is not a numeric id"))
+    };
+    Ok((num(uid)?, gid.map(num).transpose()?))
 }
