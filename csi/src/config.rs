@@ -28,9 +28,12 @@ pub struct Config {
     #[arg(long)]
     pub state_dir: PathBuf,
 
-    /// A storage pool, `NAME=KIND:PATH`, e.g. `fast=image:/var/lib/strata/fast`. NAME is
-    /// 1-24 characters of [a-z0-9-]; KIND is `image` (a sparse file per volume); PATH is
-    /// an existing directory. Repeat for several pools; the first one is the default.
+    /// A storage pool, `NAME=KIND:PATH[,OPTION...]`, e.g. `fast=image:/var/lib/strata/fast`.
+    /// NAME is 1-24 characters of [a-z0-9-]; KIND is `image` (a sparse file per volume);
+    /// PATH is an existing directory (without commas). `overcommit=RATIO` (default 1) lets
+    /// the volumes of the pool add up to RATIO times the size of its filesystem, e.g.
+    /// `overcommit=2.5`; a create beyond that is refused with RESOURCE_EXHAUSTED. Repeat
+    /// for several pools; the first one is the default.
     #[arg(long = "pool", required = true, value_parser = parse_pool)]
     pub pools: Vec<PoolSpec>,
 
@@ -51,12 +54,67 @@ pub struct Config {
     pub enable_alpha_capabilities: bool,
 }
 
-/// One `--pool NAME=KIND:PATH`.
+/// One `--pool NAME=KIND:PATH[,OPTION...]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSpec {
     pub name: String,
     pub kind: PoolKind,
     pub path: PathBuf,
+    /// How far the capacities of the pool's volumes may add up beyond its size.
+    pub overcommit: Ratio,
+}
+
+/// A non-negative ratio with three decimals (`1`, `1.5`, `2.125`), kept in thousandths so
+/// that it compares exactly and multiplies sizes without floating-point rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ratio {
+    milli: u64,
+}
+
+impl Ratio {
+    pub const ONE: Ratio = Ratio { milli: 1000 };
+    /// Upper bound: beyond this a ratio is a typo rather than a policy.
+    pub const MAX: Ratio = Ratio { milli: 100_000 };
+
+    /// Parses `N`, `N.D`, `N.DD` or `N.DDD`, greater than 0 and at most 100.
+    pub fn parse(s: &str) -> Result<Ratio, String> {
+        let bad = || format!("{s:?} is not a ratio like 1, 1.5 or 2.25 (at most 3 decimals)");
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+        if int.is_empty() || int.len() > 3 || !digits(int) || frac.len() > 3 || !digits(frac) {
+            return Err(bad());
+        }
+        if s.ends_with('.') {
+            return Err(bad());
+        }
+        let int: u64 = int.parse().map_err(|_| bad())?;
+        let frac_milli: u64 = format!("{frac:0<3}").parse().map_err(|_| bad())?;
+        let r = Ratio {
+            milli: int * 1000 + frac_milli,
+        };
+        if r.milli == 0 || r > Ratio::MAX {
+            return Err(format!("{s:?} must be greater than 0 and at most 100"));
+        }
+        Ok(r)
+    }
+
+    /// `bytes` times the ratio, rounded down.
+    pub fn of(self, bytes: u64) -> u64 {
+        let v = bytes as u128 * self.milli as u128 / 1000;
+        u64::try_from(v).unwrap_or(u64::MAX)
+    }
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (int, frac) = (self.milli / 1000, self.milli % 1000);
+        if frac == 0 {
+            write!(f, "{int}")
+        } else {
+            let frac = format!("{frac:03}");
+            write!(f, "{int}.{}", frac.trim_end_matches('0'))
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +122,25 @@ pub enum PoolKind {
     Image,
 }
 
-/// Parses `NAME=KIND:PATH`.
+/// Parses `NAME=KIND:PATH[,OPTION...]`.
 pub fn parse_pool(s: &str) -> Result<PoolSpec, String> {
     let (name, rest) = s.split_once('=').ok_or("expected NAME=KIND:PATH")?;
-    let (kind, path) = rest.split_once(':').ok_or("expected NAME=KIND:PATH")?;
+    let (kind, rest) = rest.split_once(':').ok_or("expected NAME=KIND:PATH")?;
+    let mut parts = rest.split(',');
+    let path = parts.next().unwrap_or_default();
+    let mut overcommit = Ratio::ONE;
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("overcommit", v)) => {
+                overcommit = Ratio::parse(v).map_err(|e| format!("pool option overcommit: {e}"))?
+            }
+            _ => {
+                return Err(format!(
+                    "unknown pool option {opt:?}; known: overcommit=RATIO"
+                ));
+            }
+        }
+    }
     if !ids::valid_pool(name) {
         return Err(format!(
             "pool name {name:?}: 1-{} characters of [a-z0-9-], alphanumeric at both ends",
@@ -91,6 +164,7 @@ pub fn parse_pool(s: &str) -> Result<PoolSpec, String> {
         name: name.to_string(),
         kind,
         path,
+        overcommit,
     })
 }
 
@@ -152,6 +226,7 @@ impl Config {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::path::Path;
 
     #[test]
     fn parses_the_binary_contract() {
@@ -173,6 +248,47 @@ mod tests {
         assert_eq!(c.pools.len(), 2);
         assert_eq!(c.pools[1].path, PathBuf::from("/srv/slow"));
         assert_eq!(c.validate().unwrap(), PathBuf::from("/run/strata/csi.sock"));
+    }
+
+    #[test]
+    fn pool_overcommit_option() {
+        let p = parse_pool("a=image:/a,overcommit=2.5").unwrap();
+        assert_eq!(
+            (p.path.as_path(), p.overcommit),
+            (Path::new("/a"), Ratio::parse("2.5").unwrap())
+        );
+        assert_eq!(parse_pool("a=image:/a").unwrap().overcommit, Ratio::ONE);
+        assert_eq!(Ratio::parse("1.5").unwrap().of(1000), 1500);
+        assert_eq!(Ratio::parse("0.125").unwrap().of(8000), 1000);
+        assert_eq!(Ratio::ONE.of(u64::MAX), u64::MAX);
+        assert_eq!(
+            Ratio::parse("100").unwrap().of(u64::MAX),
+            u64::MAX,
+            "saturates"
+        );
+        for (text, shown) in [("1", "1"), ("2.50", "2.5"), ("0.125", "0.125")] {
+            assert_eq!(Ratio::parse(text).unwrap().to_string(), shown);
+        }
+        for bad in [
+            "a=image:/a,overcommit=0",
+            "a=image:/a,overcommit=-1",
+            "a=image:/a,overcommit=1.2345",
+            "a=image:/a,overcommit=abc",
+            "a=image:/a,overcommit=",
+            "a=image:/a,overcommit=1.",
+            "a=image:/a,overcommit=.5",
+            "a=image:/a,overcommit=101",
+            "a=image:/a,overcommit=nan",
+            "a=image:/a,overcommit=inf",
+            "a=image:/a,colour=red",
+            "a=image:/a,overcommit",
+        ] {
+            let e = parse_pool(bad).expect_err(bad);
+            assert!(
+                e.contains("overcommit") || e.contains("option"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

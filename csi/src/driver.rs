@@ -203,6 +203,8 @@ pub struct Driver {
     /// `--enable-alpha-capabilities`: advertise and serve the spec's alpha RPCs.
     pub alpha_capabilities: bool,
     pub pools: Pools,
+    /// Overcommit ratio per pool (`--pool ...,overcommit=R`); absent means 1.
+    pub overcommit: HashMap<String, crate::config::Ratio>,
     pub store: Store,
     pub locks: Locks,
     pub state_dir: PathBuf,
@@ -213,6 +215,17 @@ impl Driver {
         self.pools
             .get(name)
             .ok_or_else(|| Error::StateCorrupt(format!("pool {name} is not configured")))
+    }
+
+    /// Most capacity the volumes of `pool` may add up to: its filesystem's size times its
+    /// overcommit ratio.
+    pub fn provision_limit(&self, pool: &str, space: &crate::sys::fs::Space) -> u64 {
+        let ratio = self
+            .overcommit
+            .get(pool)
+            .copied()
+            .unwrap_or(crate::config::Ratio::ONE);
+        ratio.of(space.total_bytes)
     }
 
     /// Volume by id as the CO knows it: our id format, or the CO's id of an ephemeral
@@ -358,6 +371,7 @@ pub(crate) fn test_driver(pool_dir: &Path, state_dir: &Path) -> Driver {
         max_volumes_per_node: 0,
         alpha_capabilities: false,
         pools: Pools::new(vec![pool]),
+        overcommit: HashMap::new(),
         store: Store::open(state_dir).unwrap(),
         locks: Locks::default(),
         state_dir: state_dir.to_path_buf(),

@@ -44,6 +44,15 @@ pub enum Error {
     BadToken(String),
     #[error("pool {pool} has {free} bytes free, {want} requested")]
     PoolFull { pool: String, want: u64, free: u64 },
+    #[error(
+        "pool {pool} has {provisioned} of {limit} bytes provisioned (its size times its overcommit ratio), {want} more requested"
+    )]
+    PoolOvercommitted {
+        pool: String,
+        want: u64,
+        provisioned: u64,
+        limit: u64,
+    },
     #[error("cannot provision within the requested topology: {0}")]
     Topology(String),
     #[error("{field} out of range: {reason}")]
@@ -137,6 +146,8 @@ impl From<Error> for Status {
             Error::Busy(_) => Status::aborted(msg),
             Error::BadToken(_) => Status::aborted(msg),
             Error::PoolFull { .. } => Status::resource_exhausted(msg),
+            // Another node's pool may have room: the CO reschedules.
+            Error::PoolOvercommitted { .. } => Status::resource_exhausted(msg),
             Error::Topology(_) => Status::resource_exhausted(msg),
             Error::OutOfRange { .. } => Status::out_of_range(msg),
             Error::InUse { .. } => Status::failed_precondition(msg),

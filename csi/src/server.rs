@@ -37,6 +37,11 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
         max_volumes_per_node: config.max_volumes_per_node,
         alpha_capabilities: config.enable_alpha_capabilities,
         pools: Pools::new(pools),
+        overcommit: config
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), p.overcommit))
+            .collect(),
         store,
         locks: Locks::default(),
         state_dir: config.state_dir.clone(),

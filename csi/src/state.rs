@@ -148,8 +148,43 @@ struct Job {
     done: oneshot::Sender<Result<()>>,
 }
 
+/// Capacity provisioned per pool: the sum of `capacity` over every volume record of the
+/// pool, whatever its phase (a Creating or Deleting volume may still hold its image), plus
+/// reservations of creates and expansions in flight. Counted from the records at open and
+/// kept up to date by every write, so no code path can forget it; snapshots are not
+/// provisioned capacity (their copies are checked against free space when cut).
+#[derive(Debug, Default)]
+struct Ledger {
+    pools: std::collections::HashMap<String, u64>,
+}
+
+impl Ledger {
+    fn add(&mut self, pool: &str, delta: i128) {
+        let v = self.pools.entry(pool.to_string()).or_default();
+        *v = u64::try_from((*v as i128 + delta).max(0)).unwrap_or(u64::MAX);
+    }
+}
+
+/// Bytes counted against a pool ahead of the write that records them. Dropped unused, it
+/// gives them back; `Store::write_reserved` turns it into the recorded capacity.
+#[must_use]
+pub struct Reservation<'a> {
+    store: &'a Store,
+    pool: String,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.store.ledger().add(&self.pool, -(self.bytes as i128));
+        }
+    }
+}
+
 pub struct Store {
     path: PathBuf,
+    ledger: Mutex<Ledger>,
     /// Held for the life of the store: one process owns a state dir, since two writers
     /// reconciling the same pools would undo each other's work.
     _owner: nix::fcntl::Flock<std::fs::File>,
@@ -429,13 +464,84 @@ impl Store {
             .name("state-writer".into())
             .spawn(move || writer_loop(writer, rx, wal))
             .map_err(Error::io("spawning state writer", &path))?;
-        Ok(Store {
+        let store = Store {
             path,
+            ledger: Mutex::new(Ledger::default()),
             _owner: owner,
             jobs: Mutex::new(Some(tx)),
             reader: Mutex::new(reader),
             writer: Mutex::new(Some(handle)),
+        };
+        let volumes = store.all_volumes()?;
+        {
+            let mut ledger = store.ledger();
+            for v in &volumes {
+                ledger.add(&v.pool, v.capacity as i128);
+            }
+        }
+        Ok(store)
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("ledger lock")
+    }
+
+    /// Capacity provisioned in `pool` (volume records and reservations in flight).
+    pub fn provisioned(&self, pool: &str) -> u64 {
+        self.ledger().pools.get(pool).copied().unwrap_or(0)
+    }
+
+    /// Counts `bytes` against `pool` if the pool's provisioned capacity stays within
+    /// `limit`; check and count are one step, so concurrent creates cannot both squeeze
+    /// into the last free bytes.
+    pub fn reserve(&self, pool: &str, bytes: u64, limit: u64) -> Result<Reservation<'_>> {
+        let mut ledger = self.ledger();
+        let have = ledger.pools.get(pool).copied().unwrap_or(0);
+        if have.saturating_add(bytes) > limit {
+            return Err(Error::PoolOvercommitted {
+                pool: pool.to_string(),
+                want: bytes,
+                provisioned: have,
+                limit,
+            });
+        }
+        ledger.add(pool, bytes as i128);
+        Ok(Reservation {
+            store: self,
+            pool: pool.to_string(),
+            bytes,
         })
+    }
+
+    /// Per-pool change of provisioned capacity that `ops` make, from the records they
+    /// replace. Callers hold the objects' locks, so the records cannot change meanwhile.
+    fn capacity_deltas(&self, ops: &[Op]) -> Result<Vec<(String, i128)>> {
+        let mut latest: std::collections::HashMap<&str, Option<(&str, u64)>> =
+            std::collections::HashMap::new();
+        let mut out: Vec<(String, i128)> = Vec::new();
+        let mut add = |pool: &str, d: i128| match out.iter_mut().find(|(p, _)| p == pool) {
+            Some((_, v)) => *v += d,
+            None => out.push((pool.to_string(), d)),
+        };
+        for op in ops {
+            let (id, new) = match op {
+                Op::PutVolume(v) => (v.id.as_str(), Some((v.pool.as_str(), v.capacity))),
+                Op::DelVolume(id) => (id.as_str(), None),
+                _ => continue,
+            };
+            let old = match latest.get(id) {
+                Some(o) => o.map(|(p, c)| (p.to_string(), c)),
+                None => self.volume(id)?.map(|v| (v.pool, v.capacity)),
+            };
+            if let Some((p, c)) = old {
+                add(&p, -(c as i128));
+            }
+            if let Some((p, c)) = new {
+                add(p, c as i128);
+            }
+            latest.insert(id, new);
+        }
+        Ok(out)
     }
 
     pub fn path(&self) -> &Path {
@@ -455,9 +561,30 @@ impl Store {
     /// Commits `ops` atomically and durably; blocks until the fsync is done. Call from
     /// blocking threads only.
     pub fn write(&self, ops: Vec<Op>) -> Result<()> {
+        self.commit(ops, None)
+    }
+
+    /// Like `write`, with the capacity `ops` add already counted by `res`: on success the
+    /// reservation becomes the records' capacity, on failure it is given back.
+    pub fn write_reserved(&self, ops: Vec<Op>, res: Reservation<'_>) -> Result<()> {
+        self.commit(ops, Some(res))
+    }
+
+    fn commit(&self, ops: Vec<Op>, mut res: Option<Reservation<'_>>) -> Result<()> {
+        let deltas = self.capacity_deltas(&ops)?;
         self.send(ops)?
             .blocking_recv()
-            .map_err(|_| Error::StateClosed)?
+            .map_err(|_| Error::StateClosed)??;
+        let mut ledger = self.ledger();
+        for (pool, d) in deltas {
+            ledger.add(&pool, d);
+        }
+        if let Some(r) = res.as_mut() {
+            // Now counted through the record: the reservation must not give it back.
+            ledger.add(&r.pool, -(r.bytes as i128));
+            r.bytes = 0;
+        }
+        Ok(())
     }
 
     /// Stops the writer after the queued jobs are committed.
@@ -748,6 +875,62 @@ mod tests {
         );
         let conn = Connection::open(&db).unwrap();
         assert_eq!(version(&conn), "99", "a refused database is left as it was");
+    }
+
+    #[test]
+    fn provisioned_capacity_follows_every_write_and_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut a = vol("a", "na");
+        a.capacity = 100;
+        let res = s.reserve("p", 100, 150).unwrap();
+        assert_eq!(s.provisioned("p"), 100, "reserved");
+        assert!(
+            matches!(
+                s.reserve("p", 51, 150),
+                Err(Error::PoolOvercommitted {
+                    provisioned: 100,
+                    ..
+                })
+            ),
+            "a reservation counts against the limit at once"
+        );
+        s.write_reserved(vec![Op::PutVolume(a.clone())], res)
+            .unwrap();
+        assert_eq!(s.provisioned("p"), 100, "reservation became the record");
+        // Growth, a second volume, a failed job (UNIQUE name), a delete.
+        a.capacity = 120;
+        s.write(vec![Op::PutVolume(a.clone())]).unwrap();
+        let mut b = vol("b", "nb");
+        b.capacity = 30;
+        let res = s.reserve("p", 30, 150).unwrap();
+        s.write_reserved(vec![Op::PutVolume(b.clone())], res)
+            .unwrap();
+        assert_eq!(s.provisioned("p"), 150);
+        let mut dup = vol("c", "na");
+        dup.capacity = 7;
+        let res = s.reserve("p", 7, 1000).unwrap();
+        assert!(s.write_reserved(vec![Op::PutVolume(dup)], res).is_err());
+        assert_eq!(
+            s.provisioned("p"),
+            150,
+            "a failed write gives its reservation back"
+        );
+        drop(s.reserve("p", 0, 150).unwrap());
+        s.write(vec![
+            Op::DelVolume("b".into()),
+            Op::DelVolume("nope".into()),
+        ])
+        .unwrap();
+        assert_eq!(s.provisioned("p"), 120);
+        assert_eq!(s.provisioned("other"), 0);
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.provisioned("p"),
+            120,
+            "recounted from the records at open"
+        );
     }
 
     #[test]

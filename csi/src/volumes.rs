@@ -283,7 +283,13 @@ impl Driver {
             phase: Phase::Creating,
             ephemeral: a.ephemeral.clone(),
         };
-        self.store.write(vec![Op::PutVolume(rec.clone())])?;
+        // Counted against the pool before the intent is recorded, in one step with the
+        // check, so two creates cannot both take the pool's last provisionable bytes.
+        let reserved = self
+            .store
+            .reserve(&s.pool, size, self.provision_limit(&s.pool, &space))?;
+        self.store
+            .write_reserved(vec![Op::PutVolume(rec.clone())], reserved)?;
         failpoint::hit("create_volume:after_intent");
 
         let img = ImageRef::volume(&rec.file);
@@ -434,14 +440,18 @@ impl Driver {
             return Ok((v.capacity, false));
         }
         let pool = self.pool(&v.pool)?;
-        let free = pool.space()?.free_bytes;
-        if target - v.capacity > free {
+        let space = pool.space()?;
+        let growth = target - v.capacity;
+        if growth > space.free_bytes {
             return Err(Error::PoolFull {
                 pool: v.pool.clone(),
-                want: target - v.capacity,
-                free,
+                want: growth,
+                free: space.free_bytes,
             });
         }
+        let reserved =
+            self.store
+                .reserve(&v.pool, growth, self.provision_limit(&v.pool, &space))?;
         pool.grow(ImageRef::volume(&v.file), target)?;
         failpoint::hit("controller_expand:after_truncate");
         // Online: an attached loop device learns the new size at once.
@@ -455,7 +465,8 @@ impl Driver {
             ))?;
         }
         v.capacity = target;
-        self.store.write(vec![Op::PutVolume(v.clone())])?;
+        self.store
+            .write_reserved(vec![Op::PutVolume(v.clone())], reserved)?;
         Ok((target, !block))
     }
 
@@ -483,7 +494,9 @@ impl Driver {
         Ok(())
     }
 
-    /// GetCapacity: (available, maximum volume size, minimum volume size).
+    /// GetCapacity: (available, maximum volume size, minimum volume size). Available is
+    /// what a CreateVolume can still get: the pool's provisioning limit less what is
+    /// provisioned, and never more than the free space (a single volume must fit there).
     pub fn capacity(
         &self,
         parameters: &HashMap<String, String>,
@@ -506,9 +519,12 @@ impl Driver {
         }
         let pool = self.pool(&s.pool)?;
         pool.check()?;
-        let free = pool.space()?.free_bytes;
-        let free = free / driver::SIZE_UNIT * driver::SIZE_UNIT;
-        Ok((free, free, driver::min_size(&s.fs_type)))
+        let space = pool.space()?;
+        let room = self
+            .provision_limit(&s.pool, &space)
+            .saturating_sub(self.store.provisioned(&s.pool));
+        let avail = room.min(space.free_bytes) / driver::SIZE_UNIT * driver::SIZE_UNIT;
+        Ok((avail, avail, driver::min_size(&s.fs_type)))
     }
 }
 

@@ -311,7 +311,7 @@ async fn capabilities_cover_the_issue() {
             .await,
         Code::Unimplemented,
     );
-    let mut alpha = Env::with_args(PoolFs::Dir, &["--enable-alpha-capabilities"]).await;
+    let mut alpha = Env::with_config(PoolFs::Dir, "", &["--enable-alpha-capabilities"]).await;
     let alpha_caps = alpha.controller_caps().await;
     c.check(
         "controller capability GetSnapshot with --enable-alpha-capabilities",
@@ -422,7 +422,12 @@ async fn every_advertised_capability_works() {
     }
     use controller_service_capability::rpc::Type as C;
     use node_service_capability::rpc::Type as N;
-    let mut env = Env::with_args(PoolFs::Ext4(512 << 20), &["--enable-alpha-capabilities"]).await;
+    let mut env = Env::with_config(
+        PoolFs::Ext4(512 << 20),
+        "",
+        &["--enable-alpha-capabilities"],
+    )
+    .await;
     let mut c = Checks::new("every_advertised_capability_works");
     let rule = "capability advertised ⇒ its RPC works";
     let vol = env.create("cap-src", 64 * MIB).await;
@@ -1212,6 +1217,137 @@ async fn create_volume_capacity_topology_and_pool_full() {
 }
 
 /// A source that lives on another node is a scheduling problem, not a missing object.
+/// Pool accounting: the capacities of a pool's volumes add up to at most its size times
+/// its overcommit ratio (1 by default), even while the sparse images use nothing; what is
+/// left is what GetCapacity reports, and it is recounted from the records after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_accounting_and_overcommit() {
+    if !testkit::require_root("pool_accounting_and_overcommit") {
+        return;
+    }
+    const RULE: &str = "issue 9 §3: provisioned bytes per pool, overcommit ratio, GetCapacity = what can still be provisioned";
+    let mut c = Checks::new("pool_accounting_and_overcommit");
+    async fn available(env: &mut Env) -> i64 {
+        env.ctl
+            .get_capacity(GetCapacityRequest {
+                volume_capabilities: vec![snw()],
+                parameters: params(&[("pool", POOL)]),
+                accessible_topology: None,
+            })
+            .await
+            .expect("GetCapacity")
+            .into_inner()
+            .available_capacity
+    }
+    fn total_bytes(path: &Path) -> i64 {
+        let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+        (st.blocks() as u64 * st.fragment_size() as u64) as i64
+    }
+    let round = |b: i64| b / MIB * MIB;
+
+    // Ratio 1: two volumes of 60% of the pool do not both fit, although both images
+    // would be sparse and the filesystem stays nearly empty.
+    let mut env = Env::new(PoolFs::Xfs(320 << 20)).await;
+    let total = total_bytes(env.pool.path());
+    let size = round(total * 6 / 10);
+    let before = available(&mut env).await;
+    c.check(
+        "GetCapacity before",
+        RULE,
+        before <= round(total),
+        (before, total),
+    );
+    let v1 = env.create("acct-1", size).await;
+    let after = available(&mut env).await;
+    c.check(
+        "GetCapacity after a create",
+        RULE,
+        after <= round(total - size) && after > 0,
+        (after, total - size),
+    );
+    let r = env.ctl.create_volume(create_req("acct-2", size)).await;
+    let why = r
+        .as_ref()
+        .err()
+        .map(|s| s.message().to_string())
+        .unwrap_or_default();
+    c.code(
+        "a create beyond the pool's size",
+        RULE,
+        r,
+        Code::ResourceExhausted,
+    );
+    c.check(
+        "the refusal says why",
+        RULE,
+        why.contains("provisioned"),
+        &why,
+    );
+    let grow = env
+        .ctl
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: v1.volume_id.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: round(total) + MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await;
+    c.code(
+        "an expansion beyond the pool's size",
+        RULE,
+        grow,
+        Code::ResourceExhausted,
+    );
+    env.restart(&[]).await;
+    let again = available(&mut env).await;
+    c.check(
+        "recounted after a restart",
+        RULE,
+        again == after,
+        (again, after),
+    );
+    env.delete(&v1.volume_id).await;
+    let freed = available(&mut env).await;
+    c.check(
+        "a delete gives the capacity back",
+        RULE,
+        freed >= before - MIB,
+        (freed, before),
+    );
+    let r = env.ctl.create_volume(create_req("acct-2", size)).await;
+    c.ok("the same create after the delete", RULE, r);
+    drop(env);
+
+    // Ratio 2.5: four such volumes fit (240% of the pool), a fifth (300%) does not.
+    let mut env = Env::with_config(PoolFs::Xfs(320 << 20), ",overcommit=2.5", &[]).await;
+    let total = total_bytes(env.pool.path());
+    let size = round(total * 6 / 10);
+    for i in 0..4 {
+        let r = env
+            .ctl
+            .create_volume(create_req(&format!("oc-{i}"), size))
+            .await;
+        c.ok(&format!("overcommitted create {i} (ratio 2.5)"), RULE, r);
+    }
+    let r = env.ctl.create_volume(create_req("oc-4", size)).await;
+    c.code(
+        "a create beyond 2.5 times the pool",
+        RULE,
+        r,
+        Code::ResourceExhausted,
+    );
+    let left = available(&mut env).await;
+    c.check(
+        "GetCapacity with overcommit",
+        RULE,
+        left <= round(total * 5 / 2 - 4 * size) + MIB,
+        (left, total * 5 / 2 - 4 * size),
+    );
+    c.finish();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_source_from_another_node_is_resource_exhausted() {
     if !testkit::require_root("content_source_from_another_node_is_resource_exhausted") {
@@ -1682,7 +1818,8 @@ async fn snapshots_restore_and_clone() {
     if !testkit::require_root("snapshots_restore_and_clone") {
         return;
     }
-    let mut env = Env::with_args(PoolFs::Xfs(512 << 20), &["--enable-alpha-capabilities"]).await;
+    let mut env =
+        Env::with_config(PoolFs::Xfs(512 << 20), "", &["--enable-alpha-capabilities"]).await;
     let mut c = Checks::new("snapshots_restore_and_clone");
     let v = env.create("pvc-snap-src", 32 * MIB).await;
     let w = env.create("pvc-other", 32 * MIB).await;
@@ -3953,6 +4090,27 @@ fn binary_contract_flags() {
             vec![
                 "--pool".into(),
                 format!("{POOL}=image:{}/missing", pool.path().display()),
+            ],
+        ),
+        (
+            "a pool with overcommit 0",
+            vec![
+                "--pool".into(),
+                format!("{POOL}=image:{},overcommit=0", pool.path().display()),
+            ],
+        ),
+        (
+            "a pool with a malformed overcommit ratio",
+            vec![
+                "--pool".into(),
+                format!("{POOL}=image:{},overcommit=lots", pool.path().display()),
+            ],
+        ),
+        (
+            "a pool with an unknown option",
+            vec![
+                "--pool".into(),
+                format!("{POOL}=image:{},colour=red", pool.path().display()),
             ],
         ),
         (

@@ -44,13 +44,16 @@ impl Env {
         Env::on_node(fs, NODE).await
     }
 
-    /// A driver with one pool named [`POOL`] on node [`NODE`], started with extra flags.
-    pub async fn with_args(fs: PoolFs, args: &[&str]) -> Env {
+    /// A driver with one pool named [`POOL`] on node [`NODE`], whose pool spec ends with
+    /// `pool_options` (e.g. `,overcommit=2`), started with the extra flags `args`.
+    pub async fn with_config(fs: PoolFs, pool_options: &str, args: &[&str]) -> Env {
         let pool = LoopPool::new(fs).expect("make pool");
-        let config = args.iter().fold(
-            DriverConfig::new(BIN, NODE).pool(POOL, pool.path()),
-            |c, a| c.arg(a),
-        );
+        let mut config = DriverConfig::new(BIN, NODE);
+        config.pools.push(format!(
+            "{POOL}=image:{}{pool_options}",
+            pool.path().display()
+        ));
+        let config = args.iter().fold(config, |c, a| c.arg(a));
         let driver = DriverProcess::start(config).await;
         Env::connect(driver, pool).await
     }
