@@ -19,7 +19,7 @@ use strata_volumes::manager::{Config, VolumeManager};
 pub struct Args {
     /// State directory: the embedded store (store.db), the node's token key and the pod
     /// volume directories.
-    #[arg(long, default_value = "/var/lib/strata")]
+    #[arg(long, env = "STRATA_STATE_DIR", default_value = "/var/lib/strata")]
     pub state_dir: PathBuf,
 
     /// This node's name: pods with this spec.nodeName are served.
@@ -33,6 +33,12 @@ pub struct Args {
     /// `iss` of the service account tokens this node signs.
     #[arg(long, default_value = strata_volumes::token::DEFAULT_ISSUER)]
     pub issuer: String,
+
+    /// On SIGTERM, tear down every pod's volumes (unpublish, unstage, unmount) before
+    /// exiting, retrying for up to this many seconds; the pods stay in the store and are set
+    /// up again at the next start. `volctl down` uses it so nothing stays mounted.
+    #[arg(long, value_name = "SECONDS")]
+    pub release_on_exit: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,12 @@ pub enum Error {
     Store(#[source] strata_store::Error),
     #[error("volume manager")]
     Volumes(#[source] strata_volumes::Error),
+    #[error("releasing pod volumes on exit (still failing after {secs}s)")]
+    Release {
+        secs: u64,
+        #[source]
+        source: strata_volumes::Error,
+    },
 }
 
 impl Args {
@@ -97,5 +109,32 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
     )
     .map_err(Error::Volumes)?;
     tracing::info!(node = %args.node_id, state_dir = %args.state_dir.display(), "volume manager starting");
-    manager.run(shutdown).await.map_err(Error::Volumes)
+    manager.run(shutdown).await.map_err(Error::Volumes)?;
+    if let Some(secs) = args.release_on_exit {
+        release(&manager, secs).await?;
+    }
+    Ok(())
+}
+
+/// Retries `release_all` until it succeeds or `secs` pass: a CSI call can meet an
+/// operation still in flight from the run loop ("already in flight"), which settles.
+async fn release(manager: &VolumeManager<EmbeddedStore>, secs: u64) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match manager.release_all().await {
+            Ok(()) => {
+                tracing::info!("released every pod's volumes");
+                return Ok(());
+            }
+            Err(source) if tokio::time::Instant::now() >= deadline => {
+                return Err(Error::Release { secs, source });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing pod volumes; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use strata_store::EmbeddedStore;
+use strata_store::apply::Manifest;
 
 use crate::resource;
 
@@ -20,17 +21,27 @@ pub struct Args {
 
 pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
     let manifests = resource::read_manifests(&args.files, &args.namespace)?;
+    for line in apply(store, manifests).await? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Writes `manifests` in one transaction; one `kind/name outcome` line per object.
+pub async fn apply(store: &EmbeddedStore, manifests: Vec<Manifest>) -> anyhow::Result<Vec<String>> {
     if manifests.is_empty() {
         anyhow::bail!("no objects passed to apply");
     }
     let applied = store.apply(manifests).await?;
-    for a in applied {
-        println!(
-            "{}/{} {}",
-            resource::singular(a.kind),
-            a.name,
-            a.outcome.as_str()
-        );
-    }
-    Ok(())
+    Ok(applied
+        .into_iter()
+        .map(|a| {
+            format!(
+                "{}/{} {}",
+                resource::singular(a.kind),
+                a.name,
+                a.outcome.as_str()
+            )
+        })
+        .collect())
 }

@@ -29,13 +29,13 @@ pub enum Output {
 pub struct Args {
     /// Kind: name, plural or short name (pv, pvc, sc, sts, cm, po, secret, sa, ev).
     kind: String,
-    /// Object name; all objects when omitted.
-    name: Option<String>,
+    /// Object names; all objects when omitted.
+    names: Vec<String>,
     /// Namespace of namespaced kinds.
     #[arg(short, long, default_value = "default")]
     namespace: String,
     /// List across all namespaces.
-    #[arg(short = 'A', long, conflicts_with = "name")]
+    #[arg(short = 'A', long, conflicts_with = "names")]
     all_namespaces: bool,
     /// Label selector, e.g. `app=web,tier!=cache,env in (a,b),!legacy`.
     #[arg(short = 'l', long)]
@@ -195,7 +195,7 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
     let selector = args.selector.as_deref().map(parse_selector).transpose()?;
     if args.kind.contains(',') {
         // `get pv,pvc`: one table per kind, separated by a blank line, as kubectl prints.
-        if args.name.is_some() || args.watch {
+        if !args.names.is_empty() || args.watch {
             bail!("a name or --watch needs a single kind, not {:?}", args.kind);
         }
         let kinds = args
@@ -243,36 +243,47 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
     } else {
         Some(args.namespace.as_str())
     };
-    let (items, from) = match &args.name {
-        Some(name) => {
-            // The revision first: a change racing the read is then replayed, never missed.
-            let rv = store.revision().await?;
-            let obj = store
-                .get_value(kind.kind_ref, ns.unwrap_or(""), name)
-                .await?;
-            (vec![obj], rv)
+    let mut missing = Vec::new();
+    let (items, from) = if args.names.is_empty() {
+        let list = store
+            .list_values(kind.kind_ref, ns, selector.as_ref())
+            .await?;
+        (list.items, list.resource_version)
+    } else {
+        // The revision first: a change racing the reads is then replayed, never missed.
+        let rv = store.revision().await?;
+        let mut found = Vec::new();
+        for name in &args.names {
+            match store.get_value(kind.kind_ref, ns.unwrap_or(""), name).await {
+                Ok(obj) => found.push(obj),
+                // Like kubectl: show what exists, name what does not, fail at the end.
+                Err(e) if e.is_not_found() && args.names.len() > 1 => missing.push(e),
+                Err(e) => return Err(e.into()),
+            }
         }
-        None => {
-            let list = store
-                .list_values(kind.kind_ref, ns, selector.as_ref())
-                .await?;
-            (list.items, list.resource_version)
-        }
+        (found, rv)
     };
-    if items.is_empty() && args.output.is_none_or(|o| matches!(o, Output::Wide)) {
+    let single = args.names.len() == 1;
+    if items.is_empty()
+        && missing.is_empty()
+        && args.output.is_none_or(|o| matches!(o, Output::Wide))
+    {
         match ns {
             Some(ns) if kind.namespaced() => eprintln!("No resources found in {ns} namespace."),
             _ => eprintln!("No resources found"),
         }
-    } else {
-        print_objects(
-            kind,
-            &items,
-            args.output,
-            args.all_namespaces,
-            args.name.is_some(),
-            true,
-        )?;
+    } else if !items.is_empty() || missing.is_empty() {
+        print_objects(kind, &items, args.output, args.all_namespaces, single, true)?;
+    }
+    if !missing.is_empty() {
+        for e in &missing {
+            eprintln!("error: {e}");
+        }
+        bail!(
+            "{} of {} object(s) not found",
+            missing.len(),
+            args.names.len()
+        );
     }
     if !args.watch {
         return Ok(());
@@ -294,8 +305,11 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
                 .as_str()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(from);
-            if let Some(name) = &args.name
-                && obj["metadata"]["name"].as_str() != Some(name)
+            if !args.names.is_empty()
+                && !args
+                    .names
+                    .iter()
+                    .any(|n| obj["metadata"]["name"].as_str() == Some(n))
             {
                 continue;
             }

@@ -1,6 +1,6 @@
 //! volctl: kubectl-like CLI over the embedded store, plus node inspection.
 //!
-//! One module per verb (`apply`, `get`, `describe`, `delete`); `table` renders kubectl's
+//! One module per verb (`apply`, `get`, `describe`, `delete`, `up`/`down`); `table` renders kubectl's
 //! columns and `resource` resolves names like "pvc". The store does all the deciding:
 //! validation, defaulting and admission happen there, so volctl and the control loops
 //! see the same rules.
@@ -13,6 +13,7 @@ mod describe;
 mod get;
 mod resource;
 mod table;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,11 +44,18 @@ pub enum Command {
     Get(get::Args),
     Describe(describe::Args),
     Delete(delete::Args),
+    Up(up::UpArgs),
+    Down(up::DownArgs),
 }
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         use anyhow::Context as _;
+        match self.command {
+            Command::Up(args) => return up::up(&self.state_dir, args).await,
+            Command::Down(args) => return up::down(&self.state_dir, args).await,
+            _ => {}
+        }
         // Only apply may start a new store: reading from a mistyped --state-dir must say so
         // rather than show an empty cluster.
         let db = self.state_dir.join("store.db");
@@ -65,6 +73,7 @@ impl Cli {
             Command::Get(args) => get::run(&store, args).await,
             Command::Describe(args) => describe::run(&store, args).await,
             Command::Delete(args) => delete::run(&store, args).await,
+            Command::Up(_) | Command::Down(_) => unreachable!("handled above"),
         }
     }
 }

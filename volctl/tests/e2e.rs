@@ -83,11 +83,11 @@ spec:
 #[test]
 fn apply_get_and_reapply() {
     let env = Env::new();
-    let web = examples().join("web.yaml");
+    let web = examples().join("quickstart.yaml");
     let out = env.ok(&["apply", "-f", web.to_str().unwrap()]);
     assert_eq!(
         out,
-        "storageclass/strata-local created\nconfigmap/web-config created\nsecret/web-secret created\nstatefulset/web created\n"
+        "storageclass/strata-local created\nconfigmap/hello-config created\nsecret/hello-secret created\nstatefulset/hello created\n"
     );
     let again = env.ok(&["apply", "-f", web.to_str().unwrap()]);
     assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
@@ -122,16 +122,16 @@ fn apply_get_and_reapply() {
     let sts = other.ok(&[
         "get",
         "sts",
-        "web",
+        "hello",
         "--state-dir",
         env.state().to_str().unwrap(),
         "-o",
         "json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&sts).unwrap();
-    assert_eq!(v["spec"]["replicas"], 3);
+    assert_eq!(v["spec"]["replicas"], 2);
     assert_eq!(
-        v["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"],
+        v["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
         "Delete"
     );
     // ... and before it.
@@ -153,6 +153,34 @@ fn apply_get_and_reapply() {
         "reading never creates a store: {err}"
     );
     assert!(!other.state().exists());
+}
+
+#[test]
+fn get_takes_several_names_like_delete() {
+    let env = Env::new();
+    let f = env.write(
+        "cms.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n",
+    );
+    env.ok(&["apply", "-f", &f]);
+    let out = env.ok(&["get", "cm", "a", "b", "-o", "name"]);
+    assert_eq!(out, "configmap/a\nconfigmap/b\n");
+    // One missing name: the others are shown, the missing one named, the exit non-zero.
+    let res = env.run(&["get", "cm", "a", "nope", "b", "-o", "name"]);
+    assert!(!res.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&res.stdout),
+        "configmap/a\nconfigmap/b\n"
+    );
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("nope") && err.contains("1 of 3"), "{err}");
+    // A single name still prints the object itself, not a List.
+    let one: serde_json::Value =
+        serde_json::from_str(&env.ok(&["get", "cm", "a", "-o", "json"])).unwrap();
+    assert_eq!(one["kind"], "ConfigMap");
+    let two: serde_json::Value =
+        serde_json::from_str(&env.ok(&["get", "cm", "a", "b", "-o", "json"])).unwrap();
+    assert_eq!(two["items"].as_array().unwrap().len(), 2);
 }
 
 #[test]
@@ -230,7 +258,7 @@ fn apply_from_stdin_and_directory() {
         out.contains("persistentvolume/static-data created"),
         "{out}"
     );
-    assert!(out.contains("statefulset/web created"), "{out}");
+    assert!(out.contains("statefulset/hello created"), "{out}");
     let pv = env.ok(&["get", "pv", "-o", "wide"]);
     assert!(
         pv.contains("default/static-claim") && pv.contains("Retain"),

@@ -941,6 +941,29 @@ impl<S: Store> VolumeManager<S> {
         Ok(())
     }
 
+    /// Tears down the volumes of every pod on disk and unstages every CSI volume, leaving
+    /// the pods in the store: for a node that stops and takes its mounts with it (`volctl
+    /// down`). The next start sets them up again from the store. Call after `run` returned.
+    pub async fn release_all(&self) -> Result<()> {
+        let mut first_err = None;
+        for uid in self.pods_on_disk()? {
+            if let Err(e) = self.tear_down_pod(&uid).await {
+                tracing::warn!(pod_uid = %uid, error = %e, "releasing a pod's volumes");
+                first_err.get_or_insert(e);
+            }
+        }
+        if self.inner.cfg.csi_endpoint.is_some() {
+            let unstaged = match self.csi().await {
+                Ok(csi) => csi.unstage_orphans(&self.inner.cfg.state_dir).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = unstaged {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// The pod uids that have a directory on disk.
     pub fn pods_on_disk(&self) -> Result<Vec<String>> {
         let dir = layout::pods_dir(&self.inner.cfg.state_dir);
