@@ -29,11 +29,17 @@ pub struct Config {
     pub state_dir: PathBuf,
 
     /// A storage pool, `NAME=KIND:PATH[,OPTION...]`, e.g. `fast=image:/var/lib/strata/fast`.
-    /// NAME is 1-24 characters of [a-z0-9-]; KIND is `image` (a sparse file per volume);
-    /// PATH is an existing directory (without commas). `overcommit=RATIO` (default 1) lets
-    /// the volumes of the pool add up to RATIO times the size of its filesystem, e.g.
-    /// `overcommit=2.5`; a create beyond that is refused with RESOURCE_EXHAUSTED. Repeat
-    /// for several pools; the first one is the default.
+    /// NAME is 1-24 characters of [a-z0-9-]; PATH is an existing directory (without
+    /// commas). KIND is `image` (a sparse file per volume, attached as a loop device and
+    /// formatted ext4/xfs), `btrfs` (a subvolume per volume with a qgroup limit; PATH on
+    /// btrfs, quotas are turned on if off) or `dir` (a directory per volume with an
+    /// xfs/ext4 project quota; PATH on xfs mounted with prjquota, or ext4 with the project
+    /// feature mounted with prjquota). Options: `overcommit=RATIO` (default 1) lets the
+    /// volumes of the pool add up to RATIO times the size of its filesystem, e.g.
+    /// `overcommit=2.5`; a create beyond that is refused with RESOURCE_EXHAUSTED.
+    /// `enforce=false` (dir pools only) runs without project quotas: sizes are not
+    /// enforced, which is logged and reported as an abnormal volume condition. Repeat for
+    /// several pools; the first one is the default.
     #[arg(long = "pool", required = true, value_parser = parse_pool)]
     pub pools: Vec<PoolSpec>,
 
@@ -62,6 +68,9 @@ pub struct PoolSpec {
     pub path: PathBuf,
     /// How far the capacities of the pool's volumes may add up beyond its size.
     pub overcommit: Ratio,
+    /// `dir` pools: whether sizes must be enforced by project quotas (`enforce=false`
+    /// turns that off). Always true for the other kinds.
+    pub enforce: bool,
 }
 
 /// A non-negative ratio with three decimals (`1`, `1.5`, `2.125`), kept in thousandths so
@@ -120,6 +129,8 @@ impl std::fmt::Display for Ratio {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolKind {
     Image,
+    Btrfs,
+    Dir,
 }
 
 /// Parses `NAME=KIND:PATH[,OPTION...]`.
@@ -128,19 +139,6 @@ pub fn parse_pool(s: &str) -> Result<PoolSpec, String> {
     let (kind, rest) = rest.split_once(':').ok_or("expected NAME=KIND:PATH")?;
     let mut parts = rest.split(',');
     let path = parts.next().unwrap_or_default();
-    let mut overcommit = Ratio::ONE;
-    for opt in parts {
-        match opt.split_once('=') {
-            Some(("overcommit", v)) => {
-                overcommit = Ratio::parse(v).map_err(|e| format!("pool option overcommit: {e}"))?
-            }
-            _ => {
-                return Err(format!(
-                    "unknown pool option {opt:?}; known: overcommit=RATIO"
-                ));
-            }
-        }
-    }
     if !ids::valid_pool(name) {
         return Err(format!(
             "pool name {name:?}: 1-{} characters of [a-z0-9-], alphanumeric at both ends",
@@ -149,13 +147,40 @@ pub fn parse_pool(s: &str) -> Result<PoolSpec, String> {
     }
     let kind = match kind {
         "image" => PoolKind::Image,
-        "dir" | "btrfs" => {
+        "btrfs" => PoolKind::Btrfs,
+        "dir" => PoolKind::Dir,
+        other => {
             return Err(format!(
-                "pool kind {kind:?} is not implemented yet; use image"
+                "unknown pool kind {other:?}; use image, btrfs or dir"
             ));
         }
-        other => return Err(format!("unknown pool kind {other:?}; use image")),
     };
+    let mut overcommit = Ratio::ONE;
+    let mut enforce = true;
+    for opt in parts {
+        match (kind, opt.split_once('=')) {
+            (_, Some(("overcommit", v))) => {
+                overcommit = Ratio::parse(v).map_err(|e| format!("pool option overcommit: {e}"))?
+            }
+            (PoolKind::Dir, Some(("enforce", "false"))) => enforce = false,
+            (PoolKind::Dir, Some(("enforce", "true"))) => enforce = true,
+            (PoolKind::Dir, Some(("enforce", _))) => {
+                return Err(format!(
+                    "pool option {opt:?}: a dir pool knows enforce=true|false"
+                ));
+            }
+            (PoolKind::Dir, _) => {
+                return Err(format!(
+                    "unknown pool option {opt:?}; known: overcommit=RATIO, enforce=true|false"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "unknown pool option {opt:?}; known: overcommit=RATIO (and enforce=false for dir pools)"
+                ));
+            }
+        }
+    }
     let path = PathBuf::from(path);
     if !path.is_absolute() {
         return Err(format!("pool path {path:?} must be absolute"));
@@ -165,6 +190,7 @@ pub fn parse_pool(s: &str) -> Result<PoolSpec, String> {
         kind,
         path,
         overcommit,
+        enforce,
     })
 }
 
@@ -248,6 +274,13 @@ mod tests {
         assert_eq!(c.pools.len(), 2);
         assert_eq!(c.pools[1].path, PathBuf::from("/srv/slow"));
         assert_eq!(c.validate().unwrap(), PathBuf::from("/run/strata/csi.sock"));
+        let d = parse_pool("d=dir:/srv/d,enforce=false").unwrap();
+        assert_eq!(
+            (d.kind, d.path, d.enforce),
+            (PoolKind::Dir, PathBuf::from("/srv/d"), false)
+        );
+        let b = parse_pool("b=btrfs:/srv/b").unwrap();
+        assert_eq!((b.kind, b.enforce), (PoolKind::Btrfs, true));
     }
 
     #[test]
@@ -293,7 +326,16 @@ mod tests {
 
     #[test]
     fn refuses_bad_pools_and_nodes() {
-        for bad in ["x", "Fast=image:/a", "a=zfs:/a", "a=image:rel", "a=dir:/a"] {
+        for bad in [
+            "x",
+            "Fast=image:/a",
+            "a=zfs:/a",
+            "a=image:rel",
+            "a=image:/a,enforce=false",
+            "a=dir:/a,enforce=no",
+            "a=dir:/a,quota=1",
+            "a=btrfs:rel",
+        ] {
             assert!(parse_pool(bad).is_err(), "{bad}");
         }
         let mut c = Config::try_parse_from([

@@ -143,11 +143,24 @@ impl pb::controller_server::Controller for Service {
         validate::map("volume_context", &r.volume_context).map_err(bad)?;
         validate::map("parameters", &r.parameters).map_err(bad)?;
         let id = r.volume_id.clone();
-        let v = self.run(move |d| d.ready_volume(&id)).await?;
+        let (v, tree) = self
+            .run(move |d| {
+                let v = d.ready_volume(&id)?;
+                let tree = d.is_tree(&v)?;
+                Ok((v, tree))
+            })
+            .await?;
         let mut problem = None;
         for c in &caps {
             if let Err(m) = c.supported() {
                 problem = Some(m);
+                break;
+            }
+            if c.block && tree {
+                problem = Some(format!(
+                    "volume is a directory in pool {}; Block access needs an image pool",
+                    v.pool
+                ));
                 break;
             }
             if !c.block && !c.fs_type.is_empty() && c.fs_type != v.fs_type {

@@ -68,8 +68,12 @@ impl Cap {
             && !self.fs_type.is_empty()
             && self.fs_type != "ext4"
             && self.fs_type != "xfs"
+            && self.fs_type != "btrfs"
         {
-            return Err(format!("fs_type {:?}: only ext4 and xfs", self.fs_type));
+            return Err(format!(
+                "fs_type {:?}: only ext4 and xfs (btrfs for btrfs pools)",
+                self.fs_type
+            ));
         }
         if !self.mount_group.is_empty() && self.mount_group.parse::<u32>().is_err() {
             return Err(format!(
@@ -302,6 +306,9 @@ impl Driver {
     /// loop device still backed by the image and its mount still there.
     pub fn condition(&self, v: &VolumeRecord) -> Result<(bool, String)> {
         let pool = self.pool(&v.pool)?;
+        if pool.layout() == crate::backend::Layout::Tree {
+            return self.tree_condition(v, pool.as_ref());
+        }
         if pool.size(ImageRef::volume(&v.file))?.is_none() {
             return Ok((
                 true,
@@ -334,6 +341,38 @@ impl Driver {
             }
         }
         Ok((false, "healthy".to_string()))
+    }
+}
+
+impl Driver {
+    /// A tree volume's health: its directory present, the pool's limits enforced, and if
+    /// staged, the staging path still a bind mount of the directory.
+    fn tree_condition(&self, v: &VolumeRecord, pool: &dyn Backend) -> Result<(bool, String)> {
+        let dir = pool.path(ImageRef::volume(&v.file));
+        if pool.size(ImageRef::volume(&v.file))?.is_none() {
+            return Ok((true, format!("directory {} is missing", dir.display())));
+        }
+        if let Some(st) = self.store.stage(&v.id)?
+            && st.phase == crate::state::StagePhase::Staged
+            && !bind_of(&st.staging_path, &dir)
+        {
+            return Ok((
+                true,
+                format!("staging mount {} is gone", st.staging_path.display()),
+            ));
+        }
+        if let Some(why) = pool.pool_condition() {
+            return Ok((true, why));
+        }
+        Ok((false, "healthy".to_string()))
+    }
+}
+
+/// Whether `path` is the root of a bind mount of directory `dir`.
+pub fn bind_of(path: &Path, dir: &Path) -> bool {
+    match (sys::mount::stat(path), sys::mount::stat(dir)) {
+        (Ok(a), Ok(b)) => a.mount_root && a.dev == b.dev && a.ino == b.ino,
+        _ => false,
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::backend::ImageRef;
+use crate::backend::{ImageRef, Layout};
 use crate::driver::{self, Cap, Driver, Lookup, mode};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -109,6 +109,9 @@ impl Driver {
     /// mount volumes, the staging path mounted.
     fn stage_intact(&self, v: &VolumeRecord, st: &StageRecord) -> Result<bool> {
         let image = self.image_path(v)?;
+        if self.is_tree(v)? {
+            return Ok(driver::bind_of(&st.staging_path, &image));
+        }
         let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of) else {
             return Ok(false);
         };
@@ -133,6 +136,10 @@ impl Driver {
                 .map_err(io_at("unmounting", &st.staging_path))?;
         }
         failpoint::hit("node_unstage:after_umount");
+        if self.is_tree(v)? {
+            self.store.write(vec![Op::DelStage(v.id.clone())])?;
+            return Ok(());
+        }
         let image = self.image_path(v)?;
         let list = || {
             sys::loopdev::find_by_backing(&image)
@@ -188,6 +195,9 @@ impl Driver {
         }
         let mut opts = sys::mount::parse_options(&a.cap.mount_flags)
             .map_err(|r| Error::invalid("mount_flags", r))?;
+        if self.is_tree(&v)? {
+            self.tree_cap_ok(&v, &a.cap, &opts)?;
+        }
         let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
         let args = a.cap.key();
         if let Some(st) = self.store.stage(&v.id)? {
@@ -232,6 +242,9 @@ impl Driver {
         failpoint::hit("node_stage:after_intent");
 
         let pool = self.pool(&v.pool)?;
+        if pool.layout() == Layout::Tree {
+            return self.stage_tree(&v, st, &a, &opts);
+        }
         let file = pool.open(ImageRef::volume(&v.file))?;
         let image = pool.path(ImageRef::volume(&v.file));
         // Mount volumes detach by themselves when unmounted (autoclear); block volumes
@@ -463,10 +476,17 @@ impl Driver {
             }
         }
 
-        let device = st
-            .device
-            .clone()
-            .ok_or_else(|| Error::StateCorrupt(format!("staged {} has no device", v.id)))?;
+        let device = match &st.device {
+            Some(d) => d.clone(),
+            // A tree volume's stage is a bind mount: publish binds from the staging path.
+            None if !st.block && self.is_tree(&v)? => st.staging_path.clone(),
+            None => {
+                return Err(Error::StateCorrupt(format!(
+                    "staged {} has no device",
+                    v.id
+                )));
+            }
+        };
         // A retry after a crash between mount and record finds the mount: adopt it.
         let adopt = self.publish_intact(&st, &a.target, None);
         let mut created = false;
@@ -788,9 +808,13 @@ impl Driver {
             };
             return Ok(s);
         }
-        if abnormal {
+        if abnormal && !self.is_tree(&v)? {
             s.bytes_total = v.capacity;
             return Ok(s);
+        }
+        let pool = self.pool(&v.pool)?;
+        if pool.layout() == Layout::Tree {
+            return self.tree_stats(&v, path, s);
         }
         let dir = sys::fs::open_dir(path).map_err(io_at("opening", path))?;
         let nix = nix::sys::statvfs::fstatvfs(&dir).map_err(|e| Error::Io {
@@ -834,6 +858,10 @@ impl Driver {
             });
         }
         let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
+        if self.is_tree(&v)? {
+            // The limit was raised by ControllerExpandVolume; a bind mount has no size.
+            return Ok(v.capacity);
+        }
         let dev = st
             .device
             .clone()
@@ -896,6 +924,94 @@ impl Driver {
         grown?;
         mounted?;
         Ok(v.capacity)
+    }
+}
+
+/// Tree volumes (`dir`, `btrfs` pools): the volume is a directory on the pool's own
+/// filesystem, staged by a bind mount and sized by the pool's quota.
+impl Driver {
+    pub(crate) fn is_tree(&self, v: &VolumeRecord) -> Result<bool> {
+        Ok(self.pool(&v.pool)?.layout() == Layout::Tree)
+    }
+
+    /// A tree volume offers a mount of its directory: no Block access, and only generic
+    /// mount flags (a bind mount takes no filesystem options).
+    fn tree_cap_ok(&self, v: &VolumeRecord, cap: &Cap, opts: &sys::mount::Options) -> Result<()> {
+        if cap.block {
+            return Err(Error::invalid(
+                "volume_capability",
+                format!(
+                    "volume {} is a directory in pool {} ({}); Block access needs an image pool",
+                    v.id,
+                    v.pool,
+                    self.pool(&v.pool)?.kind()
+                ),
+            ));
+        }
+        if !opts.data.is_empty() {
+            return Err(Error::invalid(
+                "volume_capability.mount.mount_flags",
+                format!(
+                    "{:?} are filesystem options; a {} volume is a bind mount and takes only generic flags (ro, nosuid, noexec, ...)",
+                    opts.data, v.pool
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stages a tree volume: its directory bind-mounted at the staging path. `st` is the
+    /// intent record already written.
+    fn stage_tree(
+        &self,
+        v: &VolumeRecord,
+        mut st: StageRecord,
+        a: &StageArgs,
+        opts: &sys::mount::Options,
+    ) -> Result<()> {
+        let dir = self.image_path(v)?;
+        let read_only = opts.flags.contains(nix::mount::MsFlags::MS_RDONLY);
+        let result = sys::mount::bind(&dir, &a.staging, read_only, opts.flags)
+            .map_err(io_at("bind-mounting onto", &a.staging))
+            .and_then(|()| {
+                failpoint::hit("node_stage:after_mount");
+                if !a.cap.mount_group.is_empty() {
+                    apply_mount_group(&a.staging, &a.cap.mount_group)?;
+                }
+                st.phase = StagePhase::Staged;
+                self.store.write(vec![Op::PutStage(st.clone())])
+            });
+        if let Err(e) = result {
+            let _ = sys::mount::umount_all(&a.staging);
+            let _ = self.store.write(vec![Op::DelStage(v.id.clone())]);
+            return Err(e);
+        }
+        failpoint::hit("node_stage:after_commit");
+        tracing::debug!(volume_id = %v.id, dir = %dir.display(), "staged tree volume");
+        Ok(())
+    }
+
+    /// NodeGetVolumeStats of a tree volume: this volume's bytes from the pool's quota
+    /// accounting; the filesystem's figures only where the quota has no limit.
+    fn tree_stats(&self, v: &VolumeRecord, path: &Path, mut s: Stats) -> Result<Stats> {
+        let pool = self.pool(&v.pool)?;
+        let img = ImageRef::volume(&v.file);
+        let usage = pool.usage(img)?.unwrap_or_default();
+        let fs = sys::fs::space(&pool.open(img)?).map_err(io_at("statvfs", path))?;
+        let limit = if usage.bytes_limit != 0 {
+            usage.bytes_limit
+        } else {
+            v.capacity
+        };
+        s.bytes_total = limit;
+        s.bytes_used = usage.bytes_used;
+        s.bytes_available = limit.saturating_sub(usage.bytes_used).min(fs.free_bytes);
+        s.inodes_used = usage.inodes_used;
+        if usage.inodes_limit != 0 {
+            s.inodes_total = usage.inodes_limit;
+            s.inodes_available = usage.inodes_limit.saturating_sub(usage.inodes_used);
+        }
+        Ok(s)
     }
 }
 

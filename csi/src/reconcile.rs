@@ -147,6 +147,27 @@ pub fn run(d: &Driver) -> Result<Report> {
             continue;
         };
         let image = pool.path(ImageRef::volume(&v.file));
+        if pool.layout() == crate::backend::Layout::Tree {
+            if st.phase == StagePhase::Staged && crate::driver::bind_of(&st.staging_path, &image) {
+                continue;
+            }
+            if !d.store.publishes_of(&v.id)?.is_empty() {
+                r.warn(format!(
+                    "volume {} is published but its stage at {} lost its bind mount",
+                    v.id,
+                    st.staging_path.display()
+                ));
+                continue;
+            }
+            d.teardown_stage(&v, &st)?;
+            r.rolled_back.push(format!(
+                "stage of {} at {} ({:?})",
+                v.id,
+                st.staging_path.display(),
+                st.phase
+            ));
+            continue;
+        }
         let devs: Vec<u32> = loops
             .iter()
             .filter(|b| !b.deleted && b.file == image)

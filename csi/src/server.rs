@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use csi_proto as pb;
 use csi_proto::tonic::transport::Server;
 
-use crate::backend::{Backend, Pools, image::ImagePool};
+use crate::backend::{Backend, Pools, btrfs::BtrfsPool, dir::DirPool, image::ImagePool};
 use crate::config::{Config, PoolKind};
 use crate::driver::Driver;
 use crate::locks::Locks;
@@ -25,6 +25,14 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
         let pool: Arc<dyn Backend> = match spec.kind {
             PoolKind::Image => Arc::new(
                 ImagePool::open(&spec.name, &spec.path)
+                    .with_context(|| format!("opening pool {}", spec.name))?,
+            ),
+            PoolKind::Btrfs => Arc::new(
+                BtrfsPool::open(&spec.name, &spec.path)
+                    .with_context(|| format!("opening pool {}", spec.name))?,
+            ),
+            PoolKind::Dir => Arc::new(
+                DirPool::open(&spec.name, &spec.path, spec.enforce)
                     .with_context(|| format!("opening pool {}", spec.name))?,
             ),
         };

@@ -36,7 +36,10 @@ impl Driver {
             let Some(st) = self.store.stage(&v.id)? else {
                 continue;
             };
-            if st.phase != StagePhase::Staged {
+            // A tree volume shares the pool's filesystem: freezing it would freeze the
+            // pool the copy is written to. btrfs snapshots are atomic anyway; a `dir`
+            // copy is as consistent as a copy of a live directory can be.
+            if st.phase != StagePhase::Staged || self.is_tree(v)? {
                 continue;
             }
             if st.block {

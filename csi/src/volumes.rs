@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::backend::{Backend, ImageKind, ImageRef, Source as ObjSource};
+use crate::backend::{Backend, ImageKind, ImageRef, Layout, Source as ObjSource};
 use crate::driver::{self, Cap, Driver, Lookup};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -71,6 +71,8 @@ struct SourceObj {
 /// Resolved creation settings.
 struct Settings {
     pool: String,
+    /// A `dir` or `btrfs` pool: no filesystem of our own, so no minimum size.
+    tree: bool,
     fs_type: String,
     direct_io: bool,
     parameters: BTreeMap<String, String>,
@@ -141,6 +143,39 @@ impl Driver {
                 _ => cap_fs = Some(&c.fs_type),
             }
         }
+        let pool = pool.unwrap_or_else(|| self.pools.default_pool().pool().to_string());
+        let backend = self.pool(&pool)?;
+        if let Some(native) = backend.fs_type() {
+            // A tree pool's volumes are directories of the pool's filesystem.
+            let kind = backend.kind();
+            for asked in [fs_param.as_deref(), cap_fs].into_iter().flatten() {
+                if asked != native {
+                    return Err(Error::invalid(
+                        "parameters",
+                        format!(
+                            "pool {pool} ({kind}) holds {native} directories; fsType {asked:?} cannot be made there"
+                        ),
+                    ));
+                }
+            }
+            if a.caps.iter().any(|c| c.block) {
+                return Err(Error::invalid(
+                    "volume_capabilities",
+                    format!(
+                        "pool {pool} ({kind}) holds directories; Block access needs an image pool"
+                    ),
+                ));
+            }
+            if direct_io {
+                return Err(Error::invalid(
+                    "parameters",
+                    format!(
+                        "{PARAM_DIRECT_IO} applies to loop devices; pool {pool} ({kind}) has none"
+                    ),
+                ));
+            }
+            fs_param = Some(native.to_string());
+        }
         let fs_type = match (fs_param, cap_fs) {
             (Some(p), Some(c)) if p != c => {
                 return Err(Error::invalid(
@@ -152,7 +187,6 @@ impl Driver {
             (None, Some(c)) => c.to_string(),
             (None, None) => "ext4".to_string(),
         };
-        let pool = pool.unwrap_or_else(|| self.pools.default_pool().pool().to_string());
         let mut parameters = BTreeMap::new();
         parameters.insert(PARAM_POOL.to_string(), pool.clone());
         parameters.insert(PARAM_FS_TYPE.to_string(), fs_type.clone());
@@ -160,6 +194,7 @@ impl Driver {
             parameters.insert(PARAM_DIRECT_IO.to_string(), v.clone());
         }
         Ok(Settings {
+            tree: backend.layout() == Layout::Tree,
             pool,
             fs_type,
             direct_io,
@@ -256,7 +291,8 @@ impl Driver {
                 ),
             });
         }
-        let size = driver::pick_size(a.required, a.limit, floor, &s.fs_type)?;
+        let min_fs = if s.tree { "" } else { s.fs_type.as_str() };
+        let size = driver::pick_size(a.required, a.limit, floor, min_fs)?;
         let space = pool.space()?;
         // A sparse image uses nothing yet, but a volume that can never be filled is a lie:
         // refuse sizes beyond the pool's free space.
@@ -467,7 +503,8 @@ impl Driver {
         v.capacity = target;
         self.store
             .write_reserved(vec![Op::PutVolume(v.clone())], reserved)?;
-        Ok((target, !block))
+        // A raised quota needs nothing on the node.
+        Ok((target, !block && pool.layout() == Layout::Image))
     }
 
     /// ControllerModifyVolume: every key is checked before anything is applied.
@@ -478,6 +515,15 @@ impl Driver {
         let Some(direct_io) = direct_io else {
             return Ok(());
         };
+        if direct_io && self.is_tree(&v)? {
+            return Err(Error::invalid(
+                "mutable_parameters",
+                format!(
+                    "{PARAM_DIRECT_IO} applies to loop devices; pool {} has none",
+                    v.pool
+                ),
+            ));
+        }
         if let Some(st) = self.store.stage(&v.id)?
             && st.phase == StagePhase::Staged
             && let Some(n) = self.live_device(&v, &st)?
@@ -524,7 +570,8 @@ impl Driver {
             .provision_limit(&s.pool, &space)
             .saturating_sub(self.store.provisioned(&s.pool));
         let avail = room.min(space.free_bytes) / driver::SIZE_UNIT * driver::SIZE_UNIT;
-        Ok((avail, avail, driver::min_size(&s.fs_type)))
+        let min = driver::min_size(if s.tree { "" } else { &s.fs_type });
+        Ok((avail, avail, min))
     }
 }
 

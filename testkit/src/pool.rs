@@ -262,6 +262,14 @@ pub enum PoolFs {
     Xfs(u64),
     /// A loop-backed ext4 of the given size in bytes.
     Ext4(u64),
+    /// A loop-backed btrfs of the given size in bytes (at least 128 MiB).
+    Btrfs(u64),
+    /// A loop-backed xfs mounted with `prjquota` (the mount fails on a kernel without xfs
+    /// quota support).
+    XfsPrjquota(u64),
+    /// A loop-backed ext4 made with the `quota,project` features and mounted with
+    /// `prjquota` (the mount fails on a kernel without ext4 quota support).
+    Ext4Prjquota(u64),
 }
 
 /// A pool directory in a temp dir of its own; `Drop` removes every trace of it.
@@ -284,10 +292,28 @@ impl LoopPool {
             fs,
         };
         fs::create_dir(&pool)?;
-        let (size, mkfs, fs_type): (u64, &[&str], &str) = match fs {
+        let (size, mkfs, fs_type, data): (u64, &[&str], &str, Option<&str>) = match fs {
             PoolFs::Dir => return Ok(this),
-            PoolFs::Xfs(size) => (size, &["mkfs.xfs", "-q", "-f", "-m", "reflink=1"], "xfs"),
-            PoolFs::Ext4(size) => (size, &["mkfs.ext4", "-q", "-F"], "ext4"),
+            PoolFs::Xfs(size) => (
+                size,
+                &["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+                "xfs",
+                None,
+            ),
+            PoolFs::Ext4(size) => (size, &["mkfs.ext4", "-q", "-F"], "ext4", None),
+            PoolFs::Btrfs(size) => (size, &["mkfs.btrfs", "-q", "-f"], "btrfs", None),
+            PoolFs::XfsPrjquota(size) => (
+                size,
+                &["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+                "xfs",
+                Some("prjquota"),
+            ),
+            PoolFs::Ext4Prjquota(size) => (
+                size,
+                &["mkfs.ext4", "-q", "-F", "-O", "quota,project"],
+                "ext4",
+                Some("prjquota"),
+            ),
         };
         let backing = this.root.join("backing.img");
         fs::File::create(&backing)?.set_len(size)?;
@@ -319,14 +345,8 @@ impl LoopPool {
                     .is_some_and(|l| l.backing_file == backing)
             };
             let mounted = if ours() {
-                nix::mount::mount(
-                    Some(&device),
-                    &pool,
-                    Some(fs_type),
-                    MsFlags::empty(),
-                    None::<&str>,
-                )
-                .map_err(|e| io::Error::other(format!("mount {}: {e}", device.display())))
+                nix::mount::mount(Some(&device), &pool, Some(fs_type), MsFlags::empty(), data)
+                    .map_err(|e| io::Error::other(format!("mount {}: {e}", device.display())))
             } else {
                 Err(io::Error::other(format!(
                     "{} was detached by someone else before the mount",
@@ -477,6 +497,12 @@ mod driver {
                 env: Vec::new(),
                 args: Vec::new(),
             }
+        }
+
+        /// Adds `--pool NAME=SPEC`, e.g. `btrfs:/path` or `dir:/path,enforce=false`.
+        pub fn pool_spec(mut self, name: &str, spec: &str) -> DriverConfig {
+            self.pools.push(format!("{name}={spec}"));
+            self
         }
 
         /// Adds `--pool NAME=image:PATH`.

@@ -53,25 +53,8 @@ impl ImagePool {
         }
     }
 
-    fn checked(img: ImageRef<'_>) -> Result<&str> {
-        // Ids produce `[a-z0-9.]` names; anything else is a bug or a tampered record.
-        let ok = !img.file.is_empty()
-            && !img.file.starts_with('.')
-            && img
-                .file
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.');
-        if !ok {
-            return Err(Error::StateCorrupt(format!(
-                "bad image file name {:?}",
-                img.file
-            )));
-        }
-        Ok(img.file)
-    }
-
     fn open_flags(&self, img: ImageRef<'_>, flags: OFlag) -> Result<File> {
-        let name = Self::checked(img)?;
+        let name = super::checked_name(img)?;
         let (dir, _) = self.dir(img.kind);
         sys::fs::open_beneath(dir, name, flags, 0o600)
             .map_err(Error::io("opening image", self.path(img)))
@@ -160,13 +143,13 @@ impl Backend for ImagePool {
     }
 
     fn remove(&self, img: ImageRef<'_>) -> Result<bool> {
-        let name = Self::checked(img)?;
+        let name = super::checked_name(img)?;
         let (dir, _) = self.dir(img.kind);
         sys::fs::unlink_beneath(dir, name).map_err(Error::io("removing image", self.path(img)))
     }
 
     fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>> {
-        let name = Self::checked(img)?;
+        let name = super::checked_name(img)?;
         let (dir, _) = self.dir(img.kind);
         sys::fs::file_exists(dir, name).map_err(Error::io("stat", self.path(img)))
     }

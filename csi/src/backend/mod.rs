@@ -7,6 +7,8 @@
 //! a qgroup limit). The driver reaches pools only through this trait and branches on
 //! `Backend::layout` where the node side differs.
 
+pub mod btrfs;
+pub mod dir;
 pub mod image;
 
 use std::fs::File;
@@ -139,6 +141,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn usage(&self, _img: ImageRef<'_>) -> Result<Option<Usage>> {
         Ok(None)
     }
+}
+
+/// The object's name, checked: ids produce `[a-z0-9.]` names; anything else is a bug or a
+/// tampered record.
+pub(crate) fn checked_name(img: ImageRef<'_>) -> Result<&str> {
+    let ok = !img.file.is_empty()
+        && !img.file.starts_with('.')
+        && img
+            .file
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.');
+    if !ok {
+        return Err(crate::error::Error::StateCorrupt(format!(
+            "bad object name {:?}",
+            img.file
+        )));
+    }
+    Ok(img.file)
 }
 
 /// The configured pools, in command-line order (the first is the default).

@@ -73,6 +73,12 @@ pub fn file_exists(dir: &impl AsFd, name: &str) -> io::Result<Option<u64>> {
     }
 }
 
+/// Flushes the whole filesystem `f` lies on (syncfs(2)).
+pub fn syncfs(f: &File) -> io::Result<()> {
+    nix::unistd::syncfs(f)?;
+    Ok(())
+}
+
 /// Names of the entries of `dir`.
 pub fn list_names(dir: &Path) -> io::Result<Vec<String>> {
     let mut out = Vec::new();

@@ -5,6 +5,8 @@
 //! driver's internals.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod tree;
+
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,17 @@ impl Env {
             pool.path().display()
         ));
         let config = args.iter().fold(config, |c, a| c.arg(a));
+        let driver = DriverProcess::start(config).await;
+        Env::connect(driver, pool).await
+    }
+
+    /// A driver with one pool named [`POOL`] of another kind: `spec` is what follows
+    /// `NAME=` with `{}` standing for the pool path, e.g. `btrfs:{}` or
+    /// `dir:{},enforce=false`.
+    pub async fn with_spec(fs: PoolFs, spec: &str) -> Env {
+        let pool = LoopPool::new(fs).expect("make pool");
+        let spec = spec.replace("{}", &pool.path().display().to_string());
+        let config = DriverConfig::new(BIN, NODE).pool_spec(POOL, &spec);
         let driver = DriverProcess::start(config).await;
         Env::connect(driver, pool).await
     }
@@ -307,6 +320,19 @@ pub fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A volume of a `dir` or `btrfs` pool: a mount of no particular fs_type.
+pub fn tree_req(name: &str, bytes: i64) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        volume_capabilities: vec![tree_cap()],
+        ..create_req(name, bytes)
+    }
+}
+
+/// The capability of a tree volume: a mount, single node writer, fs_type left open.
+pub fn tree_cap() -> VolumeCapability {
+    mount_cap("", Mode::SingleNodeWriter)
 }
 
 pub fn create_req(name: &str, bytes: i64) -> CreateVolumeRequest {

@@ -1,0 +1,423 @@
+//! The `dir` backend: `<pool>/volumes/<v…>` is a plain directory in a project of its own
+//! (project id plus the inherit flag), and the project's hard limit is the volume's size:
+//! writes past it fail with EDQUOT. Growing raises the limit, online. Usage comes from
+//! the project's accounting. Snapshots (`<pool>/snapshots/<s…>`), clones and restores
+//! are copies of the tree, file by file with FICLONE where the filesystem shares extents
+//! (xfs with reflink, btrfs), else sparse copies.
+//!
+//! Project quotas exist on xfs mounted with `prjquota` and on ext4 made with the
+//! `project` feature and mounted with `prjquota`. A pool anywhere else refuses to open,
+//! unless configured `enforce=false`: then sizes are only recorded, which the driver
+//! logs loudly and reports as an abnormal condition of every volume.
+//!
+//! Project ids are taken from `PROJECT_BASE` up; the directories themselves say which id
+//! each volume has, so nothing else needs to remember them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use nix::fcntl::OFlag;
+
+use super::{Backend, CopyKind, ImageKind, ImageRef, Layout, Source, Usage};
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::sys::fs::Space;
+use crate::sys::quota::Flavor;
+
+/// First project id this driver hands out (ids below are left to the administrator).
+pub const PROJECT_BASE: u32 = 1_000_000;
+/// A copy reports its progress at info level every this many bytes.
+const PROGRESS_EVERY: u64 = 1 << 30;
+
+const VOLUMES: &str = "volumes";
+const SNAPSHOTS: &str = "snapshots";
+
+#[derive(Debug)]
+pub struct DirPool {
+    name: String,
+    root: PathBuf,
+    /// The pool directory: quotactl_fd's handle on the filesystem.
+    fs: File,
+    volumes: File,
+    snapshots: File,
+    fs_type: &'static str,
+    /// None: sizes are not enforced (`enforce=false`).
+    quota: Option<Flavor>,
+    next_project: Mutex<u32>,
+}
+
+fn fs_name(dir: &File) -> std::io::Result<&'static str> {
+    let t = nix::sys::statfs::fstatfs(dir)?.filesystem_type().0 as i64;
+    Ok(match t {
+        sys::quota::XFS_MAGIC => "xfs",
+        sys::quota::EXT4_MAGIC => "ext4",
+        sys::btrfs::SUPER_MAGIC => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x794c_7630 => "overlay",
+        _ => "dir",
+    })
+}
+
+impl DirPool {
+    /// Opens pool `name` at `root`. With `enforce`, the filesystem must have project
+    /// quotas on, else the pool refuses to open and nothing is changed.
+    pub fn open(name: &str, root: &Path, enforce: bool) -> Result<DirPool> {
+        let root = root
+            .canonicalize()
+            .map_err(Error::io("resolving pool", root))?;
+        let fs = sys::fs::open_dir(&root).map_err(Error::io("opening pool", &root))?;
+        let fs_type = fs_name(&fs).map_err(Error::io("statfs", &root))?;
+        let quota = if enforce {
+            let flavor = sys::quota::flavor(&fs)
+                .map_err(Error::io("statfs", &root))?
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "pool",
+                        format!(
+                            "dir pool {name}: {} is on {fs_type}, which has no project quotas; put it on xfs \
+                             mounted with prjquota or ext4 (-O project) mounted with prjquota, or configure \
+                             the pool with enforce=false to run without size limits",
+                            root.display()
+                        ),
+                    )
+                })?;
+            sys::quota::probe(&fs).map_err(|e| {
+                Error::invalid(
+                    "pool",
+                    format!(
+                        "dir pool {name}: project quotas are not on for {} ({fs_type}): {e}; mount it with \
+                         prjquota (ext4 also needs the project feature, and a kernel with quota support), \
+                         or configure the pool with enforce=false to run without size limits",
+                        root.display()
+                    ),
+                )
+            })?;
+            Some(flavor)
+        } else {
+            tracing::warn!(
+                pool = name,
+                path = %root.display(),
+                "!!! dir pool {name} runs with enforce=false: volume sizes are NOT enforced; \
+                 any volume can fill the whole filesystem. Every volume reports an abnormal condition."
+            );
+            None
+        };
+        let volumes = sys::fs::ensure_subdir(&fs, VOLUMES)
+            .map_err(Error::io("opening", root.join(VOLUMES)))?;
+        let snapshots = sys::fs::ensure_subdir(&fs, SNAPSHOTS)
+            .map_err(Error::io("opening", root.join(SNAPSHOTS)))?;
+        let pool = DirPool {
+            name: name.to_string(),
+            root,
+            fs,
+            volumes,
+            snapshots,
+            fs_type,
+            quota,
+            next_project: Mutex::new(PROJECT_BASE),
+        };
+        if pool.quota.is_some() {
+            let mut max = PROJECT_BASE - 1;
+            for n in pool.list(ImageKind::Volume)? {
+                if let Some(d) = pool.open_dir(ImageRef::volume(&n))? {
+                    let id = sys::quota::project_id(&d).map_err(Error::io(
+                        "reading project id of",
+                        pool.path(ImageRef::volume(&n)),
+                    ))?;
+                    max = max.max(id);
+                }
+            }
+            *pool.next_project.lock().unwrap_or_else(|e| e.into_inner()) = max + 1;
+        }
+        Ok(pool)
+    }
+
+    fn dir(&self, kind: ImageKind) -> (&File, &'static str) {
+        match kind {
+            ImageKind::Volume => (&self.volumes, VOLUMES),
+            ImageKind::Snapshot => (&self.snapshots, SNAPSHOTS),
+        }
+    }
+
+    fn open_dir(&self, img: ImageRef<'_>) -> Result<Option<File>> {
+        let name = super::checked_name(img)?;
+        let (dir, _) = self.dir(img.kind);
+        match sys::fs::open_beneath(dir, name, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io {
+                op: "opening directory",
+                path: self.path(img),
+                source: e,
+            }),
+        }
+    }
+
+    fn must_open(&self, img: ImageRef<'_>) -> Result<File> {
+        self.open_dir(img)?.ok_or_else(|| Error::Io {
+            op: "opening directory",
+            path: self.path(img),
+            source: std::io::ErrorKind::NotFound.into(),
+        })
+    }
+
+    /// The quota of volume `img`, when sizes are enforced.
+    fn quota_of(&self, d: &File, img: ImageRef<'_>) -> Result<Option<(u32, sys::quota::Quota)>> {
+        let Some(flavor) = self.quota else {
+            return Ok(None);
+        };
+        let id = sys::quota::project_id(d)
+            .map_err(Error::io("reading project id of", self.path(img)))?;
+        let q = sys::quota::get(&self.fs, flavor, id)
+            .map_err(Error::io("reading project quota of", self.path(img)))?;
+        Ok(Some((id, q)))
+    }
+
+    fn take_project(&self) -> u32 {
+        let mut next = self.next_project.lock().unwrap_or_else(|e| e.into_inner());
+        let id = *next;
+        *next += 1;
+        id
+    }
+
+    /// Fills the empty directory `dst` from `src`, logging progress of large copies.
+    fn fill(&self, src: &File, dst: &File, img: ImageRef<'_>) -> Result<CopyKind> {
+        let started = Instant::now();
+        let mut next_log = PROGRESS_EVERY;
+        let path = self.path(img);
+        let mut progress = |c: &sys::tree::Copied| {
+            if c.bytes >= next_log {
+                tracing::info!(pool = %self.name, to = %path.display(), bytes = c.bytes, files = c.files,
+                    secs = started.elapsed().as_secs_f64(), "copying directory tree");
+                next_log = c.bytes + PROGRESS_EVERY;
+            }
+        };
+        let c = sys::tree::copy_tree(src, dst, &mut progress)
+            .map_err(Error::io("copying directory tree into", self.path(img)))?;
+        if c.bytes >= PROGRESS_EVERY {
+            tracing::info!(pool = %self.name, to = %self.path(img).display(), bytes = c.bytes, files = c.files,
+                secs = started.elapsed().as_secs_f64(), reflink = c.reflinked, "copied directory tree");
+        }
+        // The copy holds data: make it durable before the record says Ready.
+        sys::fs::syncfs(dst).map_err(Error::io("syncfs", self.path(img)))?;
+        Ok(if c.reflinked {
+            CopyKind::Reflink
+        } else {
+            CopyKind::Sparse
+        })
+    }
+}
+
+impl Backend for DirPool {
+    fn pool(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "dir"
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::Tree
+    }
+
+    fn fs_type(&self) -> Option<&str> {
+        Some(self.fs_type)
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn pool_condition(&self) -> Option<String> {
+        self.quota.is_none().then(|| {
+            format!(
+                "pool {} runs with enforce=false: this volume's size is not enforced",
+                self.name
+            )
+        })
+    }
+
+    fn accepts_source(&self, src: &dyn Backend) -> std::result::Result<(), String> {
+        match src.layout() {
+            Layout::Tree => Ok(()),
+            Layout::Image => Err(format!(
+                "pool {} ({}) holds images, pool {} (dir) holds directory trees",
+                src.pool(),
+                src.kind(),
+                self.pool()
+            )),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let meta = std::fs::symlink_metadata(self.root.join(VOLUMES))
+            .map_err(Error::io("checking pool", self.root.join(VOLUMES)))?;
+        if !meta.is_dir() {
+            return Err(Error::NotReady(format!(
+                "pool {} volumes/ is not a directory",
+                self.name
+            )));
+        }
+        if self.quota.is_some() {
+            sys::quota::probe(&self.fs).map_err(|e| {
+                Error::NotReady(format!(
+                    "pool {}: project quotas are off on {}: {e}",
+                    self.name,
+                    self.root.display()
+                ))
+            })?;
+        }
+        self.space().map(|_| ())
+    }
+
+    fn space(&self) -> Result<Space> {
+        sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))
+    }
+
+    fn copy_cost(&self, img: ImageRef<'_>) -> Result<u64> {
+        let d = self.must_open(img)?;
+        if let Some((_, q)) = self.quota_of(&d, img)? {
+            return Ok(q.bytes_used);
+        }
+        let (bytes, _) = sys::tree::usage(&d).map_err(Error::io("measuring", self.path(img)))?;
+        Ok(bytes)
+    }
+
+    fn create(
+        &self,
+        img: ImageRef<'_>,
+        size: u64,
+        from: Option<Source<'_>>,
+    ) -> Result<Option<CopyKind>> {
+        let name = super::checked_name(img)?;
+        let (parent, _) = self.dir(img.kind);
+        let path = self.path(img);
+        if let Some(src) = &from {
+            self.accepts_source(src.pool)
+                .map_err(|r| Error::invalid("volume_content_source", r))?;
+        }
+        nix::sys::stat::mkdirat(
+            parent,
+            name,
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+        )
+        .map_err(|e| Error::Io {
+            op: "creating directory",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        let mut project = None;
+        let made = (|| {
+            let d = self.must_open(img)?;
+            if let (Some(flavor), ImageKind::Volume) = (self.quota, img.kind) {
+                let id = self.take_project();
+                project = Some(id);
+                sys::quota::set_project(&d, id)
+                    .map_err(Error::io("setting project id of", &path))?;
+                sys::quota::set_limit(&self.fs, flavor, id, size)
+                    .map_err(Error::io("setting project quota of", &path))?;
+            }
+            match from {
+                None => Ok(None),
+                Some(src) => {
+                    let s = src.pool.open(src.obj)?;
+                    self.fill(&s, &d, img).map(Some)
+                }
+            }
+        })();
+        if made.is_err() {
+            let _ = sys::tree::remove_tree(parent, name);
+            if let (Some(flavor), Some(id)) = (self.quota, project) {
+                let _ = sys::quota::set_limit(&self.fs, flavor, id, 0);
+            }
+        }
+        made
+    }
+
+    fn remove(&self, img: ImageRef<'_>) -> Result<bool> {
+        let name = super::checked_name(img)?;
+        let (parent, _) = self.dir(img.kind);
+        let Some(d) = self.open_dir(img)? else {
+            return Ok(false);
+        };
+        let project = match (self.quota, img.kind) {
+            (Some(_), ImageKind::Volume) => Some(
+                sys::quota::project_id(&d)
+                    .map_err(Error::io("reading project id of", self.path(img)))?,
+            ),
+            _ => None,
+        };
+        drop(d);
+        let removed = sys::tree::remove_tree(parent, name)
+            .map_err(Error::io("removing directory tree", self.path(img)))?;
+        if let (Some(flavor), Some(id)) = (self.quota, project)
+            && id >= PROJECT_BASE
+        {
+            sys::quota::set_limit(&self.fs, flavor, id, 0)
+                .map_err(Error::io("clearing project quota of", self.path(img)))?;
+        }
+        Ok(removed)
+    }
+
+    fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>> {
+        let Some(d) = self.open_dir(img)? else {
+            return Ok(None);
+        };
+        if img.kind == ImageKind::Snapshot {
+            return Ok(Some(0));
+        }
+        Ok(Some(
+            self.quota_of(&d, img)?.map_or(0, |(_, q)| q.bytes_limit),
+        ))
+    }
+
+    fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()> {
+        let d = self.must_open(img)?;
+        let (Some(flavor), Some((id, q))) = (self.quota, self.quota_of(&d, img)?) else {
+            return Ok(());
+        };
+        if q.bytes_limit != 0 && size <= q.bytes_limit {
+            return Ok(());
+        }
+        sys::quota::set_limit(&self.fs, flavor, id, size)
+            .map_err(Error::io("raising project quota of", self.path(img)))
+    }
+
+    fn open(&self, img: ImageRef<'_>) -> Result<File> {
+        self.must_open(img)
+    }
+
+    fn path(&self, img: ImageRef<'_>) -> PathBuf {
+        let (_, sub) = self.dir(img.kind);
+        self.root.join(sub).join(img.file)
+    }
+
+    fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
+        let (_, sub) = self.dir(kind);
+        let dir = self.root.join(sub);
+        sys::fs::list_names(&dir).map_err(Error::io("listing", dir))
+    }
+
+    fn usage(&self, img: ImageRef<'_>) -> Result<Option<Usage>> {
+        let d = self.must_open(img)?;
+        if let Some((_, q)) = self.quota_of(&d, img)? {
+            return Ok(Some(Usage {
+                bytes_used: q.bytes_used,
+                bytes_limit: q.bytes_limit,
+                inodes_used: q.inodes_used,
+                inodes_limit: q.inodes_limit,
+            }));
+        }
+        let (bytes, inodes) =
+            sys::tree::usage(&d).map_err(Error::io("measuring", self.path(img)))?;
+        Ok(Some(Usage {
+            bytes_used: bytes,
+            bytes_limit: 0,
+            inodes_used: inodes,
+            inodes_limit: 0,
+        }))
+    }
+}
