@@ -7,8 +7,12 @@
 //! 3. `dynamic`: 1,000 claims of an Immediate class, end to end through a real strata-csi
 //!    (CreateVolume over its unix socket, PV created, claim bound).
 //!
-//! `cargo build --release -p strata-csi -p bench-provisioner` then
-//! `target/release/bench-provisioner [--claims N] [--pvs N] [match|static|dynamic]...`.
+//! 4. `apply`: the `volctl` binary's `apply -f` of 1,000 ConfigMaps (one file), then of 1,000
+//!    claims of an Immediate class with the loops and a real strata-csi running, until every
+//!    claim is Bound: what a user waits for, store durability included.
+//!
+//! `cargo build --release -p strata-csi -p volctl -p bench-provisioner` then
+//! `target/release/bench-provisioner [--claims N] [--pvs N] [match|static|dynamic|apply]...`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +39,9 @@ struct Args {
     /// strata-csi binary (default: next to this binary).
     #[arg(long)]
     csi: Option<PathBuf>,
+    /// volctl binary for `apply` (default: next to this binary).
+    #[arg(long)]
+    volctl: Option<PathBuf>,
     /// Which benchmarks (default: all).
     which: Vec<String>,
 }
@@ -146,7 +153,7 @@ async fn wait_bound(store: &EmbeddedStore, want: usize) -> anyhow::Result<()> {
 
 struct Env {
     store: EmbeddedStore,
-    _state: tempfile_dir::Dir,
+    state: tempfile_dir::Dir,
     driver: DriverProcess,
     _pool: LoopPool,
 }
@@ -169,7 +176,7 @@ async fn env(csi: &PathBuf) -> anyhow::Result<Env> {
     let store = EmbeddedStore::open(&state.0).context("store")?;
     Ok(Env {
         store,
-        _state: state,
+        state,
         driver,
         _pool: pool,
     })
@@ -259,27 +266,110 @@ async fn bench_dynamic(csi: &PathBuf, claims: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `volctl --state-dir DIR apply -f FILE` and returns its wall time.
+fn volctl_apply(
+    volctl: &PathBuf,
+    state: &std::path::Path,
+    file: &std::path::Path,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = std::process::Command::new(volctl)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["apply", "-f"])
+        .arg(file)
+        .output()
+        .with_context(|| format!("running {}", volctl.display()))?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "volctl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(took)
+}
+
+async fn bench_apply(csi: &PathBuf, volctl: &PathBuf, n: usize) -> anyhow::Result<()> {
+    let e = env(csi).await?;
+    let docs = |f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join("---\n");
+    let objects = e.state.0.join("objects.yaml");
+    std::fs::write(
+        &objects,
+        docs(&|i| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i:05}\n  namespace: default\ndata:\n  key: value-{i}\n"
+            )
+        }),
+    )?;
+    let took = volctl_apply(volctl, &e.state.0, &objects)?;
+    println!(
+        "apply: volctl apply -f of {n} ConfigMaps: {:.2} s",
+        took.as_secs_f64()
+    );
+
+    let sc: StorageClass = serde_json::from_value(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "fast"}, "provisioner": "local.csi.strata.io", "volumeBindingMode": "Immediate"
+    }))?;
+    e.store.create(&sc).await?;
+    let running = start_loops(&e).await?;
+    let claims = e.state.0.join("claims.yaml");
+    std::fs::write(
+        &claims,
+        docs(&|i| {
+            format!(
+                "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: claim-{i:05}\n  namespace: default\nspec:\n  storageClassName: fast\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 16Mi\n"
+            )
+        }),
+    )?;
+    let t = Instant::now();
+    let applied = volctl_apply(volctl, &e.state.0, &claims)?;
+    wait_bound(&e.store, n).await?;
+    let total = t.elapsed();
+    running.shutdown().await;
+    println!(
+        "apply: volctl apply -f of {n} claims, Immediate class, real strata-csi: {:.2} s to all Bound (the apply {:.2} s of it)",
+        total.as_secs_f64(),
+        applied.as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let which = if args.which.is_empty() {
-        vec!["match".into(), "static".into(), "dynamic".into()]
+        vec![
+            "match".into(),
+            "static".into(),
+            "dynamic".into(),
+            "apply".into(),
+        ]
     } else {
         args.which.clone()
     };
-    let csi = match args.csi.clone() {
-        Some(p) => p,
-        None => std::env::current_exe()?
+    let beside = |name: &str| -> anyhow::Result<PathBuf> {
+        Ok(std::env::current_exe()?
             .parent()
             .context("exe dir")?
-            .join("strata-csi"),
+            .join(name))
+    };
+    let csi = match args.csi.clone() {
+        Some(p) => p,
+        None => beside("strata-csi")?,
+    };
+    let volctl = match args.volctl.clone() {
+        Some(p) => p,
+        None => beside("volctl")?,
     };
     for w in &which {
         match w.as_str() {
             "match" => bench_match(args.claims, args.pvs),
             "static" => bench_static(&csi, args.claims, args.pvs).await?,
             "dynamic" => bench_dynamic(&csi, args.claims).await?,
-            other => bail!("unknown benchmark {other:?} (match, static, dynamic)"),
+            "apply" => bench_apply(&csi, &volctl, args.claims).await?,
+            other => bail!("unknown benchmark {other:?} (match, static, dynamic, apply)"),
         }
     }
     Ok(())
