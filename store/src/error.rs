@@ -81,6 +81,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("bad STRATA_STORE_FAILPOINT: {0}")]
+    Failpoints(String),
     #[error("a blocking store task failed")]
     Blocking(#[source] tokio::task::JoinError),
 }

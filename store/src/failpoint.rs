@@ -1,12 +1,13 @@
-//! Crash points for the crash-safety tests. With `STRATA_STORE_FAILPOINT=<name>` set, the
-//! process exits on the spot when it reaches that point (code 86), with no destructor,
-//! rollback or flush running: to the database file that is the same as a kill -9.
+//! The store's crash points, through the shared `strata-failpoint` crate. With
+//! `STRATA_STORE_FAILPOINT=<name>[,<name>...]` set when a store is opened, the process
+//! aborts on the spot when it reaches a named point, with no destructor, rollback or flush
+//! running: to the database file that is the same as a kill -9.
 
-use std::sync::OnceLock;
+use strata_failpoint::Failpoints;
+
+use crate::error::{Error, Result};
 
 pub const ENV: &str = "STRATA_STORE_FAILPOINT";
-/// The exit code of a process stopped at a failpoint.
-pub const EXIT_CODE: i32 = 86;
 
 /// Every point, in the order a write passes them.
 pub const POINTS: &[&str] = &[
@@ -17,13 +18,28 @@ pub const POINTS: &[&str] = &[
     "write:compacted",
     "write:before-commit",
     "write:after-commit",
+    "write:before-sync",
 ];
 
-static ARMED: OnceLock<Option<String>> = OnceLock::new();
+pub static FAILPOINTS: Failpoints = Failpoints::new(ENV, POINTS);
 
-pub(crate) fn hit(point: &str) {
-    let armed = ARMED.get_or_init(|| std::env::var(ENV).ok());
-    if armed.as_deref() == Some(point) {
-        std::process::exit(EXIT_CODE);
+/// Reads the variable; an unknown name is an error, so a typo cannot make a crash test
+/// test nothing.
+pub(crate) fn init() -> Result<()> {
+    FAILPOINTS
+        .init_from_env()
+        .map(drop)
+        .map_err(Error::Failpoints)
+}
+
+pub(crate) fn hit(point: &'static str) {
+    FAILPOINTS.hit(point);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_unique_and_well_formed() {
+        super::FAILPOINTS.check_names().unwrap();
     }
 }

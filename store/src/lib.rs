@@ -18,7 +18,8 @@
 //! - `meta (key PK, value)`: `revision` (the one global resourceVersion counter, as etcd's
 //!   revision), `compacted`, `schema`, `events_pruned`.
 //!
-//! Every write is one IMMEDIATE transaction. After the commit the writer rewrites
+//! Every write is one IMMEDIATE transaction, acknowledged only after a group-commit
+//! fdatasync of the WAL (one sync shared by concurrent writers). Then the writer rewrites
 //! `<state-dir>/store.notify.d/<Kind>`; each process has one thread in inotify on that
 //! directory, so watches of that kind wake at once in every process, with a slow safety
 //! re-check ([`StoreOptions::watch_recheck`]) as the only timer.

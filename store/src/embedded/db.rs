@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
@@ -76,6 +76,7 @@ impl Change {
 
 pub(crate) struct Db {
     pub(crate) path: PathBuf,
+    pub(crate) syncer: Syncer,
     writer: Mutex<Connection>,
     /// A few read connections, so a long list does not hold up every get.
     readers: Vec<Mutex<Connection>>,
@@ -110,8 +111,9 @@ fn open_connection(path: &Path) -> Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(Error::db("setting busy_timeout"))?;
     // WAL lets readers in other processes run while one writes. synchronous=NORMAL syncs
-    // the WAL at checkpoints, not per commit: every commit stays atomic and survives a
-    // process crash; only an OS crash may lose the newest commits.
+    // the WAL at checkpoints, not per commit, and never inside the write lock; a write is
+    // acknowledged only after `Syncer::sync` has fdatasync'ed the WAL past its commit
+    // (group commit), so an acknowledged write also survives an OS crash.
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(Error::db("enabling WAL"))?;
     conn.pragma_update(None, "synchronous", "NORMAL")
@@ -134,8 +136,14 @@ impl Db {
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<_>>()?;
+        let syncer = Syncer::new(path);
+        // The database and its WAL exist now: make their directory entries durable too.
+        if let Some(dir) = path.parent() {
+            fsync_path(dir, false)?;
+        }
         Ok(Db {
             path: path.to_path_buf(),
+            syncer,
             writer: Mutex::new(writer),
             readers,
             retain: retain.max(1),
@@ -213,6 +221,106 @@ impl Db {
         tx.finish().map_err(Error::db("ending a read"))?;
         Ok(out)
     }
+}
+
+/// Group commit: makes every commit finished before the call durable with one
+/// fdatasync of the WAL shared by all callers waiting at the same time. A caller that
+/// arrives while a sync runs waits for the next one (its commit may have missed the
+/// running one); one sync then covers every commit that arrived meanwhile.
+pub(crate) struct Syncer {
+    wal: PathBuf,
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Tickets handed out: one per commit waiting to be durable.
+    issued: u64,
+    /// Every ticket up to this one is durable.
+    synced: u64,
+    running: bool,
+    /// Syncs done, for the tests and the benchmark.
+    syncs: u64,
+}
+
+impl Syncer {
+    fn new(db: &Path) -> Syncer {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        Syncer {
+            wal: PathBuf::from(wal),
+            state: Mutex::default(),
+            done: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once a WAL sync that started after this call has finished. Blocking.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let mut s = self.lock();
+        s.issued += 1;
+        let ticket = s.issued;
+        loop {
+            if s.synced >= ticket {
+                return Ok(());
+            }
+            if s.running {
+                s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // Lead a sync for every ticket issued so far: their commits are all done.
+            s.running = true;
+            let upto = s.issued;
+            drop(s);
+            failpoint::hit("write:before-sync");
+            let r = fsync_path(&self.wal, true);
+            s = self.lock();
+            s.running = false;
+            if r.is_ok() {
+                s.synced = s.synced.max(upto);
+                s.syncs += 1;
+            }
+            self.done.notify_all();
+            // On an error the waiters try again themselves; this caller reports it.
+            r?;
+        }
+    }
+
+    /// (tickets made durable, syncs done).
+    pub(crate) fn stats(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.synced, s.syncs)
+    }
+}
+
+/// fdatasync (`data`) or fsync of a file or directory by path. A WAL that does not exist
+/// is fine: SQLite removes it only after checkpointing it into the synced database.
+fn fsync_path(path: &Path, data: bool) -> Result<()> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && data => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                context: "opening to sync",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if data {
+        file.sync_data()
+    } else {
+        file.sync_all()
+    }
+    .map_err(|source| Error::Io {
+        context: "syncing",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn meta(conn: &Connection, key: &str) -> Result<u64> {

@@ -100,9 +100,13 @@ impl Inner {
             .expect("channels are only taken in drop")
     }
 
-    /// A write transaction; on commit every watcher in every process is woken.
+    /// A write transaction, durable when this returns; then every watcher in every
+    /// process is woken.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         let (out, revision, kinds) = self.db.write(f)?;
+        if !kinds.is_empty() {
+            self.db.syncer.sync()?;
+        }
         for kind in &kinds {
             self.notifier.touch(kind, revision);
             self.channels().wake(Some(kind));
@@ -138,6 +142,7 @@ impl EmbeddedStore {
     }
 
     pub fn open_with(state_dir: &Path, options: StoreOptions) -> Result<EmbeddedStore> {
+        crate::failpoint::init()?;
         std::fs::create_dir_all(state_dir).map_err(|source| Error::Io {
             context: "creating the state dir",
             path: state_dir.to_path_buf(),
@@ -167,6 +172,12 @@ impl EmbeddedStore {
 
     pub fn database_path(&self) -> &Path {
         &self.inner.db.path
+    }
+
+    /// Group commit counters of this handle's process: (writes made durable, WAL syncs).
+    /// Fewer syncs than writes means concurrent writes shared them.
+    pub fn durability_stats(&self) -> (u64, u64) {
+        self.inner.db.syncer.stats()
     }
 
     /// Runs blocking SQLite work on the blocking pool, keeping the caller's span.
