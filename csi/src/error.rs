@@ -118,16 +118,7 @@ impl From<rusqlite::Error> for Error {
 }
 
 /// "error: cause: root cause", because a Status carries one string.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = err.to_string();
-    let mut cur = err.source();
-    while let Some(c) = cur {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        cur = c.source();
-    }
-    msg
-}
+pub use strata_report::chain;
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {

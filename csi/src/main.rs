@@ -5,14 +5,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> std::process::ExitCode {
     let config = strata_csi::config::Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    strata_report::init_daemon_logging("info");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -55,6 +55,8 @@ pub enum Error {
         #[source]
         source: strata_volumes::Error,
     },
+    #[error("installing signal handlers")]
+    Signals(#[source] std::io::Error),
 }
 
 impl Args {
@@ -96,7 +98,11 @@ impl Args {
 /// Opens the store and runs the volume manager until `shutdown` resolves.
 pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     args.check()?;
-    let store = EmbeddedStore::open(&args.state_dir).map_err(Error::Store)?;
+    let options = strata_store::StoreOptions {
+        component: "strata-node".into(),
+        ..Default::default()
+    };
+    let store = EmbeddedStore::open_with(&args.state_dir, options).map_err(Error::Store)?;
     let manager = VolumeManager::new(
         store,
         Config {

@@ -5,13 +5,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> std::process::ExitCode {
     let args = strata_node::Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    strata_report::init_daemon_logging("info");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -29,8 +23,9 @@ fn main() -> std::process::ExitCode {
         ) {
             (Ok(t), Ok(i)) => (t, i),
             (Err(e), _) | (_, Err(e)) => {
+                // Without handlers a SIGTERM would kill us mid-teardown: refuse to run.
                 eprintln!("strata-node: installing signal handlers: {e}");
-                return Ok(());
+                return Err(strata_node::Error::Signals(e));
             }
         };
         let shutdown = async move {
@@ -44,13 +39,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("strata-node: {msg}");
+            eprintln!("strata-node: {}", strata_report::Chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -24,15 +24,6 @@ impl Error {
 }
 
 /// "err: cause: root cause", for events and logs that hold one string.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use strata_report::chain;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -47,13 +47,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    strata_report::init_daemon_logging("info");
     let args = Args::parse();
     let mut config = Config::new(&args.node_id);
     config.default_fs_type = args.default_fstype;

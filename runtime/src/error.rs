@@ -104,13 +104,4 @@ impl From<oci_spec::OciSpecError> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// "err: cause: root cause", for places that hold one string.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use strata_report::chain;

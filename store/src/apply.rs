@@ -357,14 +357,7 @@ mod tests {
     use super::*;
 
     fn err_text(e: &Error) -> String {
-        let mut s = e.to_string();
-        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
-        while let Some(c) = cur {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            cur = c.source();
-        }
-        s
+        strata_report::chain(e)
     }
 
     const GOOD: &str = "

@@ -135,12 +135,5 @@ async fn a_write_error_rolls_back_the_whole_apply() {
 }
 
 fn anyhow_like(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    strata_report::chain(e)
 }

@@ -66,7 +66,11 @@ impl Cli {
                 db.display()
             );
         }
-        let store = EmbeddedStore::open(&self.state_dir)
+        let options = strata_store::StoreOptions {
+            component: "volctl".into(),
+            ..Default::default()
+        };
+        let store = EmbeddedStore::open_with(&self.state_dir, options)
             .with_context(|| format!("opening the store in {}", self.state_dir.display()))?;
         match self.command {
             Command::Apply(args) => apply::run(&store, args).await,
