@@ -5,7 +5,6 @@
 mod common;
 
 use std::ops::Not;
-use std::path::PathBuf;
 
 use common::*;
 use csi_proto::{CapacityRange, CreateVolumeRequest, VolumeCapability, volume_capability};
@@ -15,25 +14,6 @@ use strata_store::{EmbeddedStore, Store};
 use testkit::{DriverConfig, DriverProcess, LoopPool};
 
 const DRIVER: &str = "local.csi.strata.io";
-
-/// The driver binary next to this test's deps dir; `cargo test --workspace` builds it.
-fn csi_bin(test: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("strata-csi");
-    if bin.exists() {
-        return Some(bin);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: strata-csi is not built at {} (cargo build -p strata-csi)",
-        bin.display()
-    );
-    eprintln!(
-        "SKIPPED {test}: strata-csi is not built at {}",
-        bin.display()
-    );
-    None
-}
 
 async fn create_volume(driver: &DriverProcess, name: &str, bytes: i64, fs: &str) -> String {
     let cap = VolumeCapability {
@@ -121,7 +101,7 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
     if !testkit::require_root(test) {
         return;
     }
-    let Some(bin) = csi_bin(test) else { return };
+    let bin = testkit::workspace_binary("strata-csi");
     // Dropped last to first: our mounts, then the driver, then the pool's loop devices.
     let pool = LoopPool::dir();
     let driver = DriverProcess::start(DriverConfig::new(bin, NODE).pool("p1", pool.path())).await;
@@ -256,7 +236,7 @@ async fn block_volume_through_csi() {
     if !testkit::require_root(test) {
         return;
     }
-    let Some(bin) = csi_bin(test) else { return };
+    let bin = testkit::workspace_binary("strata-csi");
     let pool = LoopPool::dir();
     let driver = DriverProcess::start(DriverConfig::new(bin, NODE).pool("p1", pool.path())).await;
     let state = StateDir::new("strata-vm-block");

@@ -3,7 +3,6 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,28 +18,7 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// The strata-csi binary next to this test's target dir, built once if missing (CI builds
 /// the workspace first; a lone `cargo test -p strata-provisioner` does not).
 pub fn csi_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target/<profile>")
-            .to_path_buf();
-        let bin = profile_dir.join("strata-csi");
-        if !bin.exists() {
-            let target = profile_dir.parent().expect("target dir").to_path_buf();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args(["build", "-p", "strata-csi"])
-                .env("CARGO_TARGET_DIR", &target)
-                .status()
-                .expect("run cargo build -p strata-csi");
-            assert!(status.success(), "building strata-csi failed");
-        }
-        bin
-    })
-    .clone()
+    testkit::workspace_binary("strata-csi")
 }
 
 /// Pool, driver, store and loops. Field order is drop order: loops are stopped explicitly,
@@ -104,24 +82,12 @@ impl Harness {
 }
 
 /// Waits for an async condition with a deadline (the async form of `testkit::wait_for`).
-pub async fn eventually<T, F, Fut>(what: &str, mut cond: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, cond: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = std::time::Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if let Some(v) = cond().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
+    testkit::eventually(what, DEADLINE, cond).await
 }
 
 pub fn class(name: &str, mode: &str, expand: bool) -> serde_json::Value {
