@@ -84,7 +84,7 @@ impl Cap {
         Ok(())
     }
 
-    /// Whether several publishes of one volume on this node are allowed (§5.6 matrix).
+    /// Whether several publishes of one volume on this node are allowed (k8s-semantics §5.6 matrix).
     pub fn multi_publish(&self) -> bool {
         matches!(
             self.mode,

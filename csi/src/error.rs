@@ -1,6 +1,6 @@
 //! The crate's one `Error` and its one exhaustive mapping to a gRPC status.
 //!
-//! Codes follow the CSI spec's error tables (semantics doc §5.2-§5.6). A variant says what
+//! Codes follow the CSI spec's error tables (k8s-semantics §5.2-§5.6). A variant says what
 //! went wrong; the mapping decides what the CO does next (retry, reschedule, give up).
 
 use std::path::PathBuf;

@@ -384,7 +384,7 @@ impl Driver {
         self.teardown_stage(&v, &st)
     }
 
-    /// NodePublishVolume, with the second-publish matrix of §5.6.
+    /// NodePublishVolume, with the second-publish matrix of k8s-semantics §5.6.
     pub fn publish(&self, a: PublishArgs) -> Result<()> {
         let v = self.ready_volume(&a.volume_id)?;
         a.cap.supported().map_err(Error::CapabilityUnsupported)?;

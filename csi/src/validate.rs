@@ -1,5 +1,5 @@
 //! Checks on what the CO sends, before anything is touched: string and map sizes from the
-//! spec (§5.1), the name and id character sets, and the paths the CO hands us.
+//! spec (k8s-semantics §5.1), the name and id character sets, and the paths the CO hands us.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};

@@ -1,7 +1,7 @@
 //! CSI v1.12 conformance of `strata-csi`, black-box over its unix socket.
 //!
 //! Every RPC: its success path, its idempotent repeat, and each error code the spec mandates
-//! (`container-storage-interface/spec: spec.md`, summarised in the semantics doc §5-§6). Each
+//! (`container-storage-interface/spec: spec.md`, summarised in the k8s-semantics §5-§6). Each
 //! test collects all broken rules in a [`Checks`] and reports them together, naming the rule.
 //! Runs with every capability the driver advertises: advertising is taken as a promise.
 
@@ -17,7 +17,8 @@ use common::*;
 const R_INVALID: &str = "CSI §Error Scheme: missing/invalid field → INVALID_ARGUMENT";
 const R_128: &str = "CSI §Size Limits: strings ≤ 128 bytes; larger → INVALID_ARGUMENT";
 const R_4K: &str = "CSI §Size Limits: maps ≤ 4 KiB; larger → INVALID_ARGUMENT";
-const R_IDS: &str = "issue 2 §9: ids validated (charset, no traversal) → INVALID_ARGUMENT";
+const R_IDS: &str =
+    "ARCHITECTURE.md invariants: ids validated (charset, no traversal) → INVALID_ARGUMENT";
 
 fn long(n: usize) -> String {
     "a".repeat(n)
@@ -111,14 +112,14 @@ async fn identity_rpcs() {
     ] {
         c.check(
             &format!("plugin capability {want:?}"),
-            "issue 2 §3: advertises CONTROLLER_SERVICE, VOLUME_ACCESSIBILITY_CONSTRAINTS, GROUP_CONTROLLER_SERVICE",
+            "driver contract: advertises CONTROLLER_SERVICE, VOLUME_ACCESSIBILITY_CONSTRAINTS, GROUP_CONTROLLER_SERVICE",
             services.contains(&(want as i32)),
             &services,
         );
     }
     c.check(
         "plugin capability VolumeExpansion ONLINE",
-        "issue 2 §3: online expansion",
+        "driver contract: online expansion",
         expansion.contains(&(volume_expansion::Type::Online as i32)),
         &expansion,
     );
@@ -173,7 +174,7 @@ async fn probe_checks_the_pools() {
     std::fs::rename(env.pool.path(), &aside).unwrap();
     c.code(
         "Probe with the pool dir gone",
-        "CSI Probe: unhealthy / missing dependency → FAILED_PRECONDITION; issue 2 §3: Probe really checks pools",
+        "CSI Probe: unhealthy / missing dependency → FAILED_PRECONDITION; driver contract: Probe really checks pools",
         env.ident.probe(ProbeRequest {}).await,
         Code::FailedPrecondition,
     );
@@ -201,7 +202,7 @@ async fn socket_is_0600_stale_socket_replaced_and_sigterm_exits_zero() {
     assert_eq!(
         md.permissions().mode() & 0o777,
         0o600,
-        "issue 2 §2: the socket is created 0600"
+        "driver contract: the socket is created 0600"
     );
 
     // A crash leaves the socket file behind: the next start must replace it.
@@ -226,7 +227,7 @@ async fn socket_is_0600_stale_socket_replaced_and_sigterm_exits_zero() {
     assert_eq!(
         status.code(),
         Some(0),
-        "issue 2 §2: SIGTERM → exit 0, got {status}"
+        "driver contract: SIGTERM → exit 0, got {status}"
     );
 }
 
@@ -253,7 +254,7 @@ async fn sigterm_drains_in_flight_rpcs() {
     let res = rpc.await.unwrap();
     assert!(
         res.is_ok(),
-        "issue 2 §2: SIGTERM drains in-flight RPCs, got {:?}",
+        "driver contract: SIGTERM drains in-flight RPCs, got {:?}",
         res.err().map(|s| show(&s))
     );
     let status = tokio::task::block_in_place(|| env.driver.wait_exit(WAIT));
@@ -287,7 +288,7 @@ async fn capabilities_cover_the_issue() {
     ] {
         c.check(
             &format!("controller capability {want:?}"),
-            "issue 2 §4: the controller RPCs listed there are advertised",
+            "driver contract: the controller RPCs listed there are advertised",
             ctl.contains(&(want as i32)),
             &ctl,
         );
@@ -330,7 +331,7 @@ async fn capabilities_cover_the_issue() {
     ] {
         c.check(
             &format!("node capability {want:?}"),
-            "issue 2 §5: the node RPCs listed there are advertised",
+            "driver contract: the node RPCs listed there are advertised",
             node.contains(&(want as i32)),
             &node,
         );
@@ -350,7 +351,7 @@ async fn capabilities_cover_the_issue() {
     });
     c.check(
         "group capability CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT",
-        "issue 2 §4: GroupController create/get/delete",
+        "driver contract: GroupController create/get/delete",
         has_group,
         &group,
     );
@@ -743,13 +744,13 @@ async fn create_volume_success_and_idempotency() {
     );
     c.check(
         "accessible_topology is this node",
-        "issue 2 §4: returns accessible_topology with topology.strata.io/node",
+        "driver contract: returns accessible_topology with topology.strata.io/node",
         first.accessible_topology == vec![node_topology(NODE)],
         &first.accessible_topology,
     );
     c.check(
         "one image file in the pool",
-        "issue 2 §6: a sparse file per volume in the pool directory",
+        "driver contract: a sparse file per volume in the pool directory",
         env.pool.files().len() == 1,
         env.pool.files(),
     );
@@ -885,7 +886,7 @@ async fn create_volume_success_and_idempotency() {
         .collect();
     c.check(
         "names never create files outside the pool",
-        "issue 2 §9: every path resolved beneath its pool",
+        "ARCHITECTURE.md invariants: every path resolved beneath its pool",
         outside.is_empty(),
         outside,
     );
@@ -951,17 +952,21 @@ async fn create_volume_invalid_arguments_change_nothing() {
     cases.push((
         "unknown parameter key",
         r,
-        "issue 2 §4: parameters are pool, fsType",
+        "driver contract: parameters are pool, fsType",
     ));
     let mut r = base.clone();
     r.parameters.insert("pool".into(), "no-such-pool".into());
     cases.push(("unknown pool", r, R_INVALID));
     let mut r = base.clone();
     r.parameters.insert("fsType".into(), "ntfs".into());
-    cases.push(("fsType ntfs", r, "issue 2 §4: fsType ext4|xfs"));
+    cases.push(("fsType ntfs", r, "driver contract: fsType ext4|xfs"));
     let mut r = base.clone();
     r.volume_capabilities = vec![mount_cap("vfat", Mode::SingleNodeWriter)];
-    cases.push(("capability fs_type vfat", r, "issue 2 §4: fsType ext4|xfs"));
+    cases.push((
+        "capability fs_type vfat",
+        r,
+        "driver contract: fsType ext4|xfs",
+    ));
     let mut r = base.clone();
     r.name = "pvc-\u{1}-ctl".into();
     cases.push((
@@ -1002,14 +1007,14 @@ async fn create_volume_invalid_arguments_change_nothing() {
     cases.push((
         "unknown mutable parameter",
         r,
-        "issue 2 §4: mutable parameter is directIO only",
+        "driver contract: mutable parameter is directIO only",
     ));
     let mut r = base.clone();
     r.mutable_parameters = params(&[("directIO", "maybe")]);
     cases.push((
         "directIO not a bool",
         r,
-        "issue 2 §4: directIO is \"true\"/\"false\"",
+        "driver contract: directIO is \"true\"/\"false\"",
     ));
     let mut r = base.clone();
     if let Some(volume_capability::AccessType::Mount(m)) = &mut r.volume_capabilities[0].access_type
@@ -1100,7 +1105,7 @@ async fn create_volume_capacity_topology_and_pool_full() {
     let free = env.pool.free_bytes() as i64;
     c.check(
         "GetCapacity is the pool's real free space",
-        "issue 2 §4: GetCapacity returns the real free space of the pool",
+        "driver contract: GetCapacity returns the real free space of the pool",
         cap.available_capacity > 0 && cap.available_capacity <= free,
         (cap.available_capacity, free),
     );
@@ -1140,7 +1145,7 @@ async fn create_volume_capacity_topology_and_pool_full() {
         .unwrap_or_default();
     c.check(
         "no capacity on another node",
-        "issue 2 §4: GetCapacity honours topology",
+        "driver contract: GetCapacity honours topology",
         other.available_capacity == 0,
         other.available_capacity,
     );
@@ -1225,7 +1230,7 @@ async fn pool_accounting_and_overcommit() {
     if !testkit::require_root("pool_accounting_and_overcommit") {
         return;
     }
-    const RULE: &str = "issue 9 §3: provisioned bytes per pool, overcommit ratio, GetCapacity = what can still be provisioned";
+    const RULE: &str = "issue 9: provisioned bytes per pool, overcommit ratio, GetCapacity = what can still be provisioned";
     let mut c = Checks::new("pool_accounting_and_overcommit");
     async fn available(env: &mut Env) -> i64 {
         env.ctl
@@ -1358,7 +1363,7 @@ async fn content_source_from_another_node_is_resource_exhausted() {
     let mut c = Checks::new("content_source_from_another_node_is_resource_exhausted");
     let vb = b.create("on-b", 32 * MIB).await;
     let sb = b.snapshot("snap-on-b", &vb.volume_id).await;
-    let rule = "issue 2 §6: a snapshot or source volume on another node → RESOURCE_EXHAUSTED, never NOT_FOUND";
+    let rule = "driver contract: a snapshot or source volume on another node → RESOURCE_EXHAUSTED, never NOT_FOUND";
     let mut r = create_req("from-b-snap", 32 * MIB);
     r.volume_content_source = Some(snapshot_source(&sb.snapshot_id));
     c.code(
@@ -1458,7 +1463,7 @@ async fn delete_volume_and_id_validation() {
         let r = env.ctl.delete_volume(del(id)).await;
         c.check(
             &format!("DeleteVolume id {id:?}"),
-            "issue 2 §9: an id never becomes a path outside the pool",
+            "ARCHITECTURE.md invariants: an id never becomes a path outside the pool",
             r.as_ref()
                 .map(|_| true)
                 .unwrap_or_else(|s| s.code() == Code::InvalidArgument),
@@ -1467,7 +1472,7 @@ async fn delete_volume_and_id_validation() {
     }
     c.check(
         "traversing ids deleted nothing",
-        "issue 2 §9: no traversal",
+        "ARCHITECTURE.md invariants: no traversal",
         victim.exists() && env.pool.files().len() == 1,
         env.pool.files(),
     );
@@ -1547,14 +1552,14 @@ async fn image_symlinked_out_of_the_pool_is_refused() {
         .await;
     c.check(
         "NodeStage through a symlinked image fails",
-        "issue 2 §9: paths resolved beneath the pool without following symlinks out of it",
+        "ARCHITECTURE.md invariants: paths resolved beneath the pool without following symlinks out of it",
         r.is_err(),
         r.map(|r| r.into_inner()),
     );
     let attached: Vec<_> = testkit::loops_backed_under(env.pool.root());
     c.check(
         "no loop device on the outside file",
-        "issue 2 §9: never follow symlinks out of the pool",
+        "ARCHITECTURE.md invariants: never follow symlinks out of the pool",
         attached.is_empty(),
         attached,
     );
@@ -1573,7 +1578,7 @@ async fn image_symlinked_out_of_the_pool_is_refused() {
         .await;
     c.check(
         "DeleteVolume did not delete the symlink's target",
-        "issue 2 §9: never follow symlinks out of the pool",
+        "ARCHITECTURE.md invariants: never follow symlinks out of the pool",
         outside.exists(),
         &outside,
     );
@@ -1753,7 +1758,7 @@ async fn validate_list_and_get_volume() {
         let cond = r.status.and_then(|s| s.volume_condition);
         c.check(
             "healthy volume condition",
-            "issue 2 §4: ControllerGetVolume with volume condition",
+            "driver contract: ControllerGetVolume with volume condition",
             cond.as_ref().is_some_and(|c| !c.abnormal),
             cond,
         );
@@ -2365,7 +2370,7 @@ async fn group_snapshots() {
     );
     c.code(
         "DeleteSnapshot of a group member",
-        "semantics doc §5.4: DeleteSnapshot of a snapshot in a group → INVALID_ARGUMENT",
+        "k8s-semantics §5.4: DeleteSnapshot of a snapshot in a group → INVALID_ARGUMENT",
         env.ctl
             .delete_snapshot(DeleteSnapshotRequest {
                 snapshot_id: ids[0].clone(),
@@ -2547,7 +2552,7 @@ async fn controller_expand_and_modify() {
         .map(|r| r.into_inner());
     c.ok(
         "ControllerModifyVolume directIO=true",
-        "issue 2 §4: mutable parameter directIO",
+        "driver contract: mutable parameter directIO",
         env.ctl
             .controller_modify_volume(modify(&v.volume_id, &[("directIO", "true")]))
             .await,
@@ -2569,12 +2574,12 @@ async fn controller_expand_and_modify() {
         (
             "immutable key fsType",
             &[("fsType", "xfs")],
-            "issue 2 §4: immutable keys → INVALID_ARGUMENT",
+            "driver contract: immutable keys → INVALID_ARGUMENT",
         ),
         (
             "directIO value not a bool",
             &[("directIO", "yes please")],
-            "issue 2 §4: directIO is \"true\"/\"false\"",
+            "driver contract: directIO is \"true\"/\"false\"",
         ),
         (
             "no mutable_parameters",
@@ -2652,7 +2657,7 @@ async fn node_info() {
         );
         c.check(
             "topology is topology.strata.io/node = node id",
-            "issue 2: topology key topology.strata.io/node",
+            "driver contract: topology key topology.strata.io/node",
             r.accessible_topology == Some(node_topology(NODE)),
             &r.accessible_topology,
         );
@@ -2683,7 +2688,7 @@ async fn node_stage_unstage() {
     let m = mount_at(&staging);
     c.check(
         "staged filesystem mounted at staging_target_path with mount_flags",
-        "issue 2 §5: mount at the staging path with mount_flags",
+        "driver contract: mount at the staging path with mount_flags",
         m.as_ref()
             .is_some_and(|m| m.fs_type == "ext4" && m.mount_options.contains("noatime")),
         &m,
@@ -2846,7 +2851,7 @@ async fn node_stage_unstage() {
     );
     c.check(
         "unstage unmounts and detaches",
-        "issue 2 §5: NodeUnstageVolume undoes the stage",
+        "driver contract: NodeUnstageVolume undoes the stage",
         mount_at(&staging).is_none()
             && tokio::task::block_in_place(|| settle(|| env.pool.loop_devices().is_empty())),
         (mount_at(&staging), env.pool.loop_devices()),
@@ -2873,7 +2878,7 @@ async fn node_stage_unstage() {
     let st = env.stage(&v, "staging", snw()).await;
     c.check(
         "a second stage keeps the filesystem",
-        "issue 2 §5: make the filesystem only if the image has none",
+        "driver contract: make the filesystem only if the image has none",
         has_pattern(&st.join("keep"), 1 << 20, 7),
         "data lost across unstage/stage",
     );
@@ -3099,7 +3104,7 @@ async fn node_publish_unpublish() {
     let ft = std::fs::metadata(&bt).map(|m| m.file_type().is_block_device());
     c.check(
         "block target is a block device",
-        "issue 2 §5: Block volumes published as the device node",
+        "driver contract: Block volumes published as the device node",
         matches!(ft, Ok(true)),
         ft,
     );
@@ -3115,7 +3120,7 @@ async fn node_publish_unpublish() {
     c.finish();
 }
 
-/// The semantics doc §5.6 matrix for a second NodePublishVolume of one volume.
+/// The k8s-semantics §5.6 matrix for a second NodePublishVolume of one volume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_publish_matrix() {
     if !testkit::require_root("second_publish_matrix") {
@@ -3166,7 +3171,7 @@ async fn second_publish_matrix() {
             .await
             .unwrap_or_else(|s| panic!("first publish {mode:?}: {}", show(&s)));
         let rule =
-            |cell: &str| format!("semantics doc §5.6 second-publish matrix, {mode:?}, {cell}");
+            |cell: &str| format!("k8s-semantics §5.6 second-publish matrix, {mode:?}, {cell}");
         c.ok(
             &format!("{mode:?}: T1=T2, P1=P2"),
             &rule("T1=T2,P1=P2 → OK"),
@@ -3253,7 +3258,7 @@ async fn node_stats_and_expand() {
                 .find(|u| u.unit == volume_usage::Unit::Inodes as i32);
             c.check(
                 &format!("{what}: bytes and inodes usage"),
-                "issue 2 §5: NodeGetVolumeStats gives this volume's bytes and inodes",
+                "driver contract: NodeGetVolumeStats gives this volume's bytes and inodes",
                 bytes.is_some_and(|u| u.total > 0 && u.total <= 320 * MIB && u.used > 0)
                     && inodes.is_some_and(|u| u.total > 0),
                 &r.usage,
@@ -3496,7 +3501,7 @@ async fn concurrent_operations_on_one_volume_are_aborted() {
         );
         c.code(
             "ControllerExpandVolume while a snapshot of it is being cut",
-            "CSI §Error Scheme / issue 2 §7: a second operation on a busy volume → ABORTED",
+            "CSI §Error Scheme / k8s-semantics §5.2: a second operation on a busy volume → ABORTED",
             expand,
             Code::Aborted,
         );
@@ -3555,12 +3560,12 @@ async fn ephemeral_inline_volume() {
     };
     c.ok(
         "NodePublishVolume ephemeral",
-        "issue 2 §5: ephemeral inline volumes",
+        "driver contract: ephemeral inline volumes",
         env.node.node_publish_volume(req.clone()).await,
     );
     c.check(
         "ephemeral volume mounted and writable",
-        "issue 2 §5: ephemeral inline volumes",
+        "driver contract: ephemeral inline volumes",
         mount_at(&target).is_some() && write_pattern(&target.join("f"), 4096, 1).1.is_none(),
         mount_at(&target),
     );
@@ -3672,7 +3677,7 @@ async fn foreign_loop_devices_are_never_detached() {
     assert!(rounds > 0, "the foreign attacher never got a device");
     assert!(
         stolen.is_empty(),
-        "issue 2 §9 / safety: the driver detached {} loop device(s) it did not attach \
+        "ARCHITECTURE.md invariants / safety: the driver detached {} loop device(s) it did not attach \
          (of {rounds} foreign attachments): {stolen:?}",
         stolen.len()
     );
@@ -3805,7 +3810,7 @@ async fn secrets_are_never_logged() {
     let leaked: Vec<_> = log.lines().filter(|l| l.contains(MARK)).collect();
     c.check(
         "no secret in the log",
-        "csi.proto csi_secret / issue 2 §9: secrets never logged",
+        "csi.proto csi_secret / ARCHITECTURE.md invariants: secrets never logged",
         leaked.is_empty(),
         &leaked,
     );
@@ -4018,7 +4023,7 @@ async fn a_second_instance_is_refused() {
     });
     c.check(
         "second driver on a state dir in use exits with an error",
-        "issue 2 §8: one process owns the state store",
+        "ARCHITECTURE.md driver durability: one process owns the state store",
         st.is_some_and(|s| !s.success()),
         st,
     );
@@ -4034,7 +4039,7 @@ async fn a_second_instance_is_refused() {
     });
     c.check(
         "driver refuses an endpoint path holding a regular file",
-        "issue 2 §2: only a stale socket is replaced",
+        "driver contract: only a stale socket is replaced",
         st.is_some_and(|s| !s.success())
             && std::fs::read(&not_sock).is_ok_and(|b| b == b"not a socket"),
         (st, std::fs::read(&not_sock).ok().map(|b| b.len())),
@@ -4042,7 +4047,7 @@ async fn a_second_instance_is_refused() {
     c.finish();
 }
 
-/// The command line is a contract other tooling drives (issue 2 §2): `--help` documents
+/// The command line is a contract other tooling drives (the driver contract): `--help` documents
 /// every flag, and bad flags fail fast with a message instead of serving something else.
 #[test]
 fn binary_contract_flags() {
@@ -4183,7 +4188,7 @@ fn binary_contract_flags() {
             .unwrap();
         assert!(
             status.is_some_and(|s| !s.success()) && !err.trim().is_empty(),
-            "issue 2 §2: strata-csi with {what} must exit non-zero with a message, got {status:?} \
+            "driver contract: strata-csi with {what} must exit non-zero with a message, got {status:?} \
              (None: still serving after 10 s): {err}"
         );
     }

@@ -166,7 +166,7 @@ async fn scenario(fp: &'static str) {
         files.len(),
         listed,
         "{fp}: after restart, before the retry: pool files vs ListVolumes+ListSnapshots \
-         (issue 2 §8: start-up reconciles records against pool files): {files:?}"
+         (ARCHITECTURE.md driver durability: start-up reconciles records against pool files): {files:?}"
     );
     // An unmounted autoclear device is released by the kernel a moment after the umount:
     // give it that moment (bounded) before calling it a leak.
@@ -182,7 +182,7 @@ async fn scenario(fp: &'static str) {
     assert!(
         settled,
         "{fp}: after restart, before the retry: loop devices that back no mount \
-         (issue 2 §8: start-up reconciles loop devices): {:?}",
+         (ARCHITECTURE.md driver durability: start-up reconciles loop devices): {:?}",
         orphans()
     );
 
@@ -660,7 +660,7 @@ async fn restart_after_reboot_like_damage() {
         .and_then(|s| s.volume_condition.clone());
     assert!(
         cond.as_ref().is_some_and(|c| c.abnormal),
-        "issue 2 §8: a volume whose image vanished is reported abnormal after restart: {g:?}"
+        "ARCHITECTURE.md driver durability: a volume whose image vanished is reported abnormal after restart: {g:?}"
     );
     // The CO stages and publishes a again, as the kubelet does after a reboot.
     env.node

@@ -181,7 +181,7 @@ async fn block_volume_is_a_device_that_takes_writes() {
     let dev = loop_of_block_file(&t).expect("target is a loop device");
     assert!(
         dev.size_bytes as i64 >= new_size,
-        "issue 2 §5: online grow refreshes the loop capacity: device {} < {new_size} (node_expansion_required={})",
+        "driver contract: online grow refreshes the loop capacity: device {} < {new_size} (node_expansion_required={})",
         dev.size_bytes,
         r.node_expansion_required
     );
@@ -575,10 +575,10 @@ async fn volume_stats_and_abnormal_conditions() {
         }
         let r = stats(&mut env, v.volume_id.clone(), &st).await;
         // The driver staged the volume there and knows it: the answer is the abnormal
-        // condition (issue 2 §5), which is what makes a CO report the broken volume.
+        // condition (the driver contract), which is what makes a CO report the broken volume.
         assert!(
             abnormal(&r),
-            "{how} gone: issue 2 §5: NodeGetVolumeStats reports volume_condition abnormal when \
+            "{how} gone: driver contract: NodeGetVolumeStats reports volume_condition abnormal when \
              the backing file, loop device or mount is gone; got {:?}",
             r.map(|r| r.into_inner()).map_err(|s| show(&s))
         );
@@ -611,7 +611,7 @@ async fn readonly_publish_refuses_writes() {
         return;
     }
     let mut env = Env::new(PoolFs::Dir).await;
-    // Two publishes of one volume on one node need a multi-writer mode (§5.6 matrix).
+    // Two publishes of one volume on one node need a multi-writer mode (k8s-semantics §5.6 matrix).
     let cap = mount_cap("ext4", Mode::SingleNodeMultiWriter);
     let mut req = create_req("ro", 32 * MIB);
     req.volume_capabilities = vec![cap.clone()];
@@ -717,7 +717,7 @@ async fn direct_io_modify_reaches_the_loop_device() {
         .unwrap_or_else(|s| panic!("modify directIO=true: {}", show(&s)));
     assert!(
         dio(&st),
-        "issue 2 §4: directIO applied at once to a staged volume (/sys/block/loopN/loop/dio)"
+        "driver contract: directIO applied at once to a staged volume (/sys/block/loopN/loop/dio)"
     );
     // A refused modify (unknown key next to a valid one) changes nothing.
     let mut bad = modify("false");
@@ -730,7 +730,7 @@ async fn direct_io_modify_reaches_the_loop_device() {
     let st = env.stage(&v, "dio-staging", snw()).await;
     assert!(
         dio(&st),
-        "issue 2 §4: directIO applied at every later stage"
+        "driver contract: directIO applied at every later stage"
     );
     env.ctl
         .controller_modify_volume(modify("false"))

@@ -1,4 +1,4 @@
-//! Volume expansion, the external-resizer's controller half (semantics doc §3.12).
+//! Volume expansion, the external-resizer's controller half (k8s-semantics §3.12).
 //!
 //! Pure: which claims need ControllerExpandVolume, and the claim/PV states before and after
 //! it. The node half (NodeExpandVolume, then status.capacity) belongs to the volume manager.

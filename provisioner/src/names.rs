@@ -1,4 +1,4 @@
-//! Exact annotation, finalizer, label and event strings Kubernetes uses (semantics doc §3.2).
+//! Exact annotation, finalizer, label and event strings Kubernetes uses (k8s-semantics §3.2).
 //!
 //! Kept in one place so a typo cannot make us disagree with a real cluster.
 
@@ -30,7 +30,7 @@ pub const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 pub const TOPOLOGY_KEY: &str = "topology.strata.io/node";
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
 
-/// Added to the PV's volumeAttributes by external-provisioner (§3.9 step 5).
+/// Added to the PV's volumeAttributes by external-provisioner (k8s-semantics §3.9 step 5).
 pub const CSI_PROVISIONER_IDENTITY: &str = "storage.kubernetes.io/csiProvisionerIdentity";
 /// StorageClass parameter prefix reserved for the sidecars; never passed to the driver.
 pub const CSI_PARAM_PREFIX: &str = "csi.storage.k8s.io/";

@@ -1,7 +1,7 @@
 //! Driving the `strata-runtime` binary from a multi-threaded (async) process.
 //!
 //! libcontainer forks and changes namespaces, which a tokio worker must never do
-//! (style §4); the daemon instead runs one short-lived, single-threaded
+//! (style k8s-semantics §4); the daemon instead runs one short-lived, single-threaded
 //! `strata-runtime` process per lifecycle step. These calls block: run them with
 //! `spawn_blocking`.
 

@@ -1,4 +1,4 @@
-//! The kubelet's atomic writer (semantics doc §1), with its crash leaks fixed.
+//! The kubelet's atomic writer (k8s-semantics §1), with its crash leaks fixed.
 //!
 //! Layout of a volume directory, identical to the kubelet's:
 //!
@@ -11,7 +11,7 @@
 //! The only switch a reader can see is the `rename(..data_tmp, ..data)`, so every file is
 //! old or new, and a reader that resolves `..data` once sees one whole version.
 //!
-//! Differences from upstream, all deliberate (§1.6, §1.8, k8s#139474):
+//! Differences from upstream, all deliberate (k8s-semantics §1.6, §1.8, k8s#139474):
 //! * a stale `..data_tmp` and leaked version directories left by a crash are removed at the
 //!   start of the next write (only `..`-prefixed names, which belong to the writer);
 //! * any failure before the swap removes what this write created and leaves the previous
@@ -44,7 +44,7 @@ pub const DATA_LINK: &str = "..data";
 /// The symlink that is renamed over [`DATA_LINK`].
 pub const DATA_TMP_LINK: &str = "..data_tmp";
 
-/// Limits from §1.3 (Linux PATH_MAX and NAME_MAX).
+/// Limits from k8s-semantics §1.3 (Linux PATH_MAX and NAME_MAX).
 const MAX_PATH_LEN: usize = 4096;
 const MAX_NAME_LEN: usize = 255;
 
@@ -54,7 +54,7 @@ pub struct FileProjection {
     pub data: Vec<u8>,
     /// Permission bits, `0..=0o777`.
     pub mode: u32,
-    /// Owner to give the file and its top-level link (service account tokens, §2.5).
+    /// Owner to give the file and its top-level link (service account tokens, k8s-semantics §2.5).
     pub fs_user: Option<u32>,
 }
 
@@ -93,7 +93,7 @@ pub type Failpoint<'a> = &'a (dyn Fn(Step) -> Result<()> + Sync);
 
 #[derive(Clone, Copy, Default)]
 pub struct WriteOptions<'a> {
-    /// The pod's fsGroup: the permission pass of §1.5 (chgrp, files |= 0440, dirs |= 02550).
+    /// The pod's fsGroup: the permission pass of k8s-semantics §1.5 (chgrp, files |= 0440, dirs |= 02550).
     pub fs_group: Option<u32>,
     pub failpoint: Option<Failpoint<'a>>,
 }
@@ -119,7 +119,7 @@ pub struct AtomicWriter {
     target: PathBuf,
 }
 
-/// Checks one payload key against §1.3 and returns its cleaned form.
+/// Checks one payload key against k8s-semantics §1.3 and returns its cleaned form.
 ///
 /// Beyond upstream: NUL bytes are refused, a key that cleans to nothing (`.`, `./`) is
 /// refused, and the `..` prefix rule is also applied after cleaning (`./..data` would
@@ -225,7 +225,7 @@ impl AtomicWriter {
         &self.target
     }
 
-    /// Publishes `payload` as the volume's complete content (§1.4, with the fixes above).
+    /// Publishes `payload` as the volume's complete content (k8s-semantics §1.4, with the fixes above).
     ///
     /// On an error before the swap the previous version stays live and whole. An error
     /// after the swap (making links, pruning, removing the old version) leaves the new
@@ -317,7 +317,7 @@ impl AtomicWriter {
     }
 
     /// True when the payload's bytes differ from the live version, or the live version
-    /// holds paths the payload no longer has (§1.4 steps 3-4; modes and owners are not
+    /// holds paths the payload no longer has (k8s-semantics §1.4 steps 3-4; modes and owners are not
     /// compared, as upstream).
     fn differs(
         &self,
@@ -595,7 +595,7 @@ fn walk(dir: BorrowedFd<'_>, prefix: &str, shown: &Path, out: &mut Vec<String>) 
     Ok(())
 }
 
-/// The permission pass of §1.5: chgrp everything to `gid`, files |= `file_mask` (0440 for
+/// The permission pass of k8s-semantics §1.5: chgrp everything to `gid`, files |= `file_mask` (0440 for
 /// these read-only volumes, 0660 for writable ones), directories |= `file_mask` | 02110;
 /// symlinks are chgrp'd only and never followed.
 pub(crate) fn apply_fs_group(
@@ -642,7 +642,7 @@ pub(crate) fn apply_fs_group(
 }
 
 /// Reads one whole version: resolves `..data` once and reads every file below that
-/// directory through fds (§1.6: the way a consistent reader must read). If a write
+/// directory through fds (k8s-semantics §1.6: the way a consistent reader must read). If a write
 /// swapped and removed that version mid-read, files can vanish under the reader, so the
 /// read is retried until `..data` still names the version that was read.
 pub fn read_snapshot(target: &Path) -> Result<Snapshot> {

@@ -1,4 +1,4 @@
-//! PVC volumes through CSI node RPCs, the way the kubelet drives a driver (§5.6, §5.11):
+//! PVC volumes through CSI node RPCs, the way the kubelet drives a driver (k8s-semantics §5.6, §5.11):
 //! NodeStageVolume once per volume per node at the global staging path, NodePublishVolume
 //! per pod, NodeUnpublish/NodeUnstage when the last user goes, NodeExpandVolume when the
 //! claim asks for it.
@@ -206,7 +206,7 @@ impl CsiNode {
         let cap = self.capability(v);
         if self.stage_unstage {
             let (s, d) = (staging.clone(), data.clone());
-            // The CO creates the staging dir (0750) and records what it is for (§5.11).
+            // The CO creates the staging dir (0750) and records what it is for (k8s-semantics §5.11).
             // Like the kubelet's MountDevice, stage only what is not staged yet: pods
             // with different fsGroups share one staging (only the publish differs).
             let staged = blocking(move || {
@@ -234,7 +234,7 @@ impl CsiNode {
         }
         let target = layout::csi_publish(state, pod_uid, &v.pv_name);
         let (t, d) = (target.clone(), data);
-        // Only the parent: the driver creates the target itself (§5.6).
+        // Only the parent: the driver creates the target itself (k8s-semantics §5.6).
         blocking(move || make_dir_with_data(&t, &d, false)).await?;
         self.client
             .clone()

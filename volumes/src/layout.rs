@@ -1,4 +1,4 @@
-//! Where the kubelet keeps things, under our state dir (semantics doc §2.1, §5.11).
+//! Where the kubelet keeps things, under our state dir (k8s-semantics §2.1, §5.11).
 
 use std::path::{Path, PathBuf};
 

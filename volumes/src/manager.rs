@@ -5,8 +5,8 @@
 //!
 //! Live updates: one watch each on Pods, Secrets, ConfigMaps and PVCs feeds a local object
 //! cache; a Secret or ConfigMap change re-projects every volume that reads it at once (no
-//! sync period, unlike the kubelet's 60-90 s, §2.8). Objects seen as `immutable` are not
-//! re-projected (§2.9). Tokens are refreshed on their own timer (§2.5). A claim that is
+//! sync period, unlike the kubelet's 60-90 s, k8s-semantics §2.8). Objects seen as `immutable` are not
+//! re-projected (k8s-semantics §2.9). Tokens are refreshed on their own timer (§2.5). A claim that is
 //! created, bound or marked NodeResizePending, or a volume that appears, re-syncs every
 //! pod here that uses the claim at once, through the PVC and PV watches.
 //!
@@ -146,7 +146,7 @@ fn key_of<K: Object>(obj: &K) -> ObjKey {
     )
 }
 
-/// The node's allocatable amounts for limits a container leaves unset (§2.4).
+/// The node's allocatable amounts for limits a container leaves unset (k8s-semantics §2.4).
 fn host_allocatable(state_dir: &Path) -> BTreeMap<String, Quantity> {
     let mut out = BTreeMap::new();
     let cpus = std::thread::available_parallelism()
@@ -418,7 +418,7 @@ impl<S: Store> VolumeManager<S> {
         Ok(())
     }
 
-    /// A token for the pod, from the cache while it needs no refresh (§2.5).
+    /// A token for the pod, from the cache while it needs no refresh (k8s-semantics §2.5).
     async fn token_for(&self, pod: &Pod, key: &TokenKey) -> Result<String> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let now = (self.inner.cfg.clock)();

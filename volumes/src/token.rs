@@ -1,5 +1,5 @@
 //! Service account tokens: ES256 JWTs signed by a node-local key, with the claims the
-//! Kubernetes TokenRequest API issues (§2.5), and the public key published as a JWKS so
+//! Kubernetes TokenRequest API issues (k8s-semantics §2.5), and the public key published as a JWKS so
 //! clients (`volctl token verify`) can check them.
 //!
 //! Token text is secret: it is never logged and [`IssuedToken`]'s Debug hides it.
@@ -354,7 +354,7 @@ pub fn verify(
     Ok(claims)
 }
 
-/// The token manager's `requiresRefresh` (§2.5): older than 24 h, past 80 % of its
+/// The token manager's `requiresRefresh` (k8s-semantics §2.5): older than 24 h, past 80 % of its
 /// lifetime, or issued in the future (the clock went back). `jitter_secs` is drawn
 /// from `0..10` by the caller.
 pub fn requires_refresh(tok: &IssuedToken, now: SystemTime, jitter_secs: u64) -> bool {

@@ -164,7 +164,7 @@ async fn immutable_objects_are_not_reprojected() {
     let uid = pod.metadata.uid.clone().unwrap();
     let mgr = manager(&store, state.path(), None);
     mgr.sync_pod(&pod).await.unwrap();
-    // Recreated under the same name with new data: running pods keep what they had (§2.9).
+    // Recreated under the same name with new data: running pods keep what they had (k8s-semantics §2.9).
     store
         .delete::<Secret>("default", "frozen", Preconditions::default())
         .await

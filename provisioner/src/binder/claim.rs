@@ -1,4 +1,4 @@
-//! `syncClaim` (semantics doc §3.4) and `bind` (§3.6).
+//! `syncClaim` (k8s-semantics §3.4) and `bind` (§3.6).
 
 use std::collections::BTreeMap;
 
@@ -143,7 +143,7 @@ fn sync_unbound_any(pvc: &PersistentVolumeClaim, ctx: &ClaimContext<'_>) -> Plan
     pending(pvc, vec![e], "no volume and no class")
 }
 
-/// The in-tree controller's half of the provisioning handshake (§3.9 step 1): name the
+/// The in-tree controller's half of the provisioning handshake (k8s-semantics §3.9 step 1): name the
 /// external provisioner on the claim; the provisioner loop does the rest.
 fn provision_claim(
     pvc: &PersistentVolumeClaim,
@@ -239,7 +239,7 @@ fn sync_bound_claim(pvc: &PersistentVolumeClaim, ctx: &ClaimContext<'_>) -> Plan
 }
 
 /// `checkVolumeSatisfyClaim`: used for claims pre-bound by `volumeName`. Selector and node
-/// affinity are deliberately not checked (§6.11).
+/// affinity are deliberately not checked (k8s-semantics §6.11).
 pub fn check_volume_satisfies_claim(
     pv: &PersistentVolume,
     pvc: &PersistentVolumeClaim,
@@ -270,7 +270,7 @@ pub fn check_volume_satisfies_claim(
     Ok(())
 }
 
-/// The four writes of `bind`, each only when it changes something (§3.6).
+/// The four writes of `bind`, each only when it changes something (k8s-semantics §3.6).
 pub fn bind(pv: &PersistentVolume, pvc: &PersistentVolumeClaim, note: &'static str) -> Plan {
     let mut writes = Vec::new();
 

@@ -1,4 +1,4 @@
-//! Storage class resolution: the beta annotation beats the field; nil is not "" (§3.11, §6.10).
+//! Storage class resolution: the beta annotation beats the field; nil is not "" (k8s-semantics §3.11, §6.10).
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! The volume index the binder matches claims against (semantics doc §3.5).
+//! The volume index the binder matches claims against (k8s-semantics §3.5).
 //!
 //! PVs are grouped by their exact access-mode set. Inside a group, unbound PVs sit in a
 //! `BTreeSet` ordered by (class, capacity, name), so the smallest volume of the right class
@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn smaller_group_unbound_beats_prebound_in_larger_group() {
-        // §3.5 step 3 [obs]: groups are tried smallest first.
+        // k8s-semantics §3.5 step 3 [obs]: groups are tried smallest first.
         let c = claim("c", "1Gi", &["ReadWriteOnce"]);
         let pre = prebound(
             volume("pre", "1Gi", &["ReadWriteOnce", "ReadWriteMany"]),

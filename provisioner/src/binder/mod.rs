@@ -1,4 +1,4 @@
-//! The PV/PVC binder as pure decision functions (semantics doc §3.4-§3.8).
+//! The PV/PVC binder as pure decision functions (k8s-semantics §3.4-§3.8).
 //!
 //! Each `sync_*` function reads a snapshot (the claim or volume, the volume index, the classes)
 //! and returns a [`Plan`]: the writes to perform, in order, and the events to record. The

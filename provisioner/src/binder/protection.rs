@@ -1,4 +1,4 @@
-//! The pvc-protection and pv-protection finalizers (semantics doc §3.8).
+//! The pvc-protection and pv-protection finalizers (k8s-semantics §3.8).
 //!
 //! Upstream an admission plugin adds them on create and two small controllers remove them;
 //! standalone there is no admission chain, so the same loops add them when missing.

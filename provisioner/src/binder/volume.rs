@@ -1,4 +1,4 @@
-//! `syncVolume` (semantics doc §3.7) and `reclaimVolume` (§3.8).
+//! `syncVolume` (k8s-semantics §3.7) and `reclaimVolume` (§3.8).
 
 use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 

@@ -1,4 +1,4 @@
-//! What a StorageClass means to the provisioner (§3.11).
+//! What a StorageClass means to the provisioner (k8s-semantics §3.11).
 
 use std::collections::BTreeMap;
 

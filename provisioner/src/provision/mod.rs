@@ -1,4 +1,4 @@
-//! Dynamic provisioning, the external-provisioner side of §3.9.
+//! Dynamic provisioning, the external-provisioner side of k8s-semantics §3.9.
 //!
 //! `class` reads a StorageClass, `request` builds the CreateVolume request as a plain Rust
 //! value, `volume` builds the PV from the driver's answer, `retry` classifies gRPC errors.

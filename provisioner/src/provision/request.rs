@@ -1,4 +1,4 @@
-//! The CreateVolume request external-provisioner would send for a claim (§3.9 step 3),
+//! The CreateVolume request external-provisioner would send for a claim (k8s-semantics §3.9 step 3),
 //! as plain Rust values; `provision::csi` converts them to protobuf.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use super::class::ClassConfig;
 use crate::meta::{self, annotation};
 use crate::names::{self, TOPOLOGY_KEY};
 
-/// CSI `AccessMode.Mode` values Kubernetes sends (§5.5).
+/// CSI `AccessMode.Mode` values Kubernetes sends (k8s-semantics §5.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessMode {
     SingleNodeWriter,
@@ -164,7 +164,7 @@ pub fn build_create_request(
     })
 }
 
-/// §3.9 step 3, `accessibility_requirements`, without `--strict-topology` and with
+/// k8s-semantics §3.9 step 3, `accessibility_requirements`, without `--strict-topology` and with
 /// `--immediate-topology` on (the upstream defaults).
 fn topology_requirement(
     pvc: &PersistentVolumeClaim,

@@ -1,4 +1,4 @@
-//! How a failed CSI call is retried (§3.9 step 4) and the per-item exponential backoff.
+//! How a failed CSI call is retried (k8s-semantics §3.9 step 4) and the per-item exponential backoff.
 
 use std::time::Duration;
 

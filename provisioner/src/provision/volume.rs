@@ -1,4 +1,4 @@
-//! The PV external-provisioner builds from a CreateVolume answer (§3.9 step 5).
+//! The PV external-provisioner builds from a CreateVolume answer (k8s-semantics §3.9 step 5).
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! StatefulSet claims and pods (semantics doc §4): naming, claim and pod construction,
+//! StatefulSet claims and pods (k8s-semantics §4): naming, claim and pod construction,
 //! the retention policy's ownerReferences and one reconcile pass as a list of actions.
 
 pub mod reconcile;

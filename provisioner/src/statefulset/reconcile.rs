@@ -1,4 +1,4 @@
-//! One StatefulSet pass (§4.2): the claims, pods and deletions to make, in order.
+//! One StatefulSet pass (k8s-semantics §4.2): the claims, pods and deletions to make, in order.
 //!
 //! Standalone, nobody runs pods yet in this issue: a pod object that exists is treated as
 //! Running and Ready for OrderedReady's "wait for the previous ordinal". When the pod runner

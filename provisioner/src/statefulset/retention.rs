@@ -1,4 +1,4 @@
-//! `persistentVolumeClaimRetentionPolicy` as ownerReferences on the claims (§4.3).
+//! `persistentVolumeClaimRetentionPolicy` as ownerReferences on the claims (k8s-semantics §4.3).
 //!
 //! The controller only edits references; the garbage collector deletes.
 

@@ -389,7 +389,7 @@ fn fs_group_and_fs_user_ownership() {
     w.write(&p, opts).unwrap();
     let meta = |rel: &str| std::fs::metadata(tmp.path().join(rel)).unwrap();
     let lmeta = |rel: &str| std::fs::symlink_metadata(tmp.path().join(rel)).unwrap();
-    // §1.5: defaultMode 0400 becomes 0440 with fsGroup (k8s#57923), 0600 becomes 0640.
+    // k8s-semantics §1.5: defaultMode 0400 becomes 0440 with fsGroup (k8s#57923), 0600 becomes 0640.
     assert_eq!(meta("secret").mode() & 0o7777, 0o440);
     assert_eq!(meta("d/x").mode() & 0o7777, 0o640);
     assert_eq!(meta("token").mode() & 0o7777, 0o640);

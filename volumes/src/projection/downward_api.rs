@@ -1,4 +1,4 @@
-//! Downward API files (§2.4): fieldRef and resourceFieldRef rendering.
+//! Downward API files (k8s-semantics §2.4): fieldRef and resourceFieldRef rendering.
 
 use std::collections::BTreeMap;
 

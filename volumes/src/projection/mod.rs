@@ -1,5 +1,5 @@
 //! Payload building for API-data volumes: secret, configMap, downwardAPI and projected
-//! (semantics doc §2). Pure: API objects in, a [`Payload`] or an error out. Fetching the
+//! (k8s-semantics §2). Pure: API objects in, a [`Payload`] or an error out. Fetching the
 //! objects and writing the payload are the manager's job.
 
 mod downward_api;
@@ -18,9 +18,9 @@ use crate::error::{Error, Result};
 
 pub use downward_api::render_item as render_downward_api_item;
 
-/// `SecretVolumeSourceDefaultMode` and friends: 0644 for all four plugins (§2.1).
+/// `SecretVolumeSourceDefaultMode` and friends: 0644 for all four plugins (k8s-semantics §2.1).
 pub const DEFAULT_MODE: u32 = 0o644;
-/// `expirationSeconds` default, minimum and maximum (§2.5).
+/// `expirationSeconds` default, minimum and maximum (k8s-semantics §2.5).
 pub const TOKEN_DEFAULT_EXPIRATION: i64 = 3600;
 pub const TOKEN_MIN_EXPIRATION: i64 = 600;
 pub const TOKEN_MAX_EXPIRATION: i64 = 1 << 32;
@@ -59,7 +59,7 @@ pub struct Inputs<'a> {
     /// Issued tokens; token text is never logged.
     pub tokens: &'a BTreeMap<TokenKey, String>,
     /// Node allocatable (`cpu`, `memory`, `ephemeral-storage`) for limits a container
-    /// leaves unset (§2.4).
+    /// leaves unset (k8s-semantics §2.4).
     pub node_allocatable: &'a BTreeMap<String, Quantity>,
 }
 
@@ -71,7 +71,7 @@ pub struct References {
     pub tokens: BTreeSet<TokenKey>,
 }
 
-/// The API-data plugins, with their directory names and media (§2.1).
+/// The API-data plugins, with their directory names and media (k8s-semantics §2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Secret,
@@ -119,7 +119,7 @@ pub fn fs_group(pod: &Pod) -> Option<u32> {
 }
 
 /// `FsUserFrom`: the common effective `runAsUser` of every container (init, regular,
-/// ephemeral), or `None` when one has none or they differ (§2.5).
+/// ephemeral), or `None` when one has none or they differ (k8s-semantics §2.5).
 pub fn fs_user(pod: &Pod) -> Option<u32> {
     let spec = pod.spec.as_ref()?;
     let pod_user = spec.security_context.as_ref().and_then(|s| s.run_as_user);
@@ -265,7 +265,7 @@ pub fn build(volume: &Volume, inputs: &Inputs<'_>) -> Result<Payload> {
 }
 
 #[allow(clippy::too_many_arguments)]
-/// One entry of `projected.sources`; a later source overwrites earlier paths (§2.6).
+/// One entry of `projected.sources`; a later source overwrites earlier paths (k8s-semantics §2.6).
 fn projected_source(
     index: usize,
     src: &VolumeProjection,
@@ -331,7 +331,7 @@ fn projected_source(
                 key.audience
             ));
         };
-        // §2.5: 0600 when a FsUser exists or the pod has an fsGroup (0640 after the pass).
+        // k8s-semantics §2.5: 0600 when a FsUser exists or the pod has an fsGroup (0640 after the pass).
         let user = fs_user(inputs.pod);
         let mode = if user.is_some() || fs_group.is_some() {
             0o600
@@ -458,7 +458,7 @@ fn config_map_files(
     let empty_b = BTreeMap::new();
     let data = cm.and_then(|c| c.data.as_ref()).unwrap_or(&empty_s);
     let binary = cm.and_then(|c| c.binary_data.as_ref()).unwrap_or(&empty_b);
-    // With items, `data` is looked up before `binaryData` (§2.3).
+    // With items, `data` is looked up before `binaryData` (k8s-semantics §2.3).
     let lookup = |k: &str| {
         data.get(k)
             .map(|v| v.as_bytes())

@@ -1,4 +1,4 @@
-//! The downward API's divisions (§2.4) over the store's exactly parsed quantities: the
+//! The downward API's divisions (k8s-semantics §2.4) over the store's exactly parsed quantities: the
 //! store owns the grammar, this module only the ceil divisions and the allowed divisors.
 
 use strata_store::quantity::Quantity;
@@ -51,7 +51,7 @@ mod tests {
 
     #[test]
     fn downward_api_divisions() {
-        // §2.4: 250m with divisor 1 is "1", with 1m is "250".
+        // k8s-semantics §2.4: 250m with divisor 1 is "1", with 1m is "250".
         assert_eq!(cpu_in(q("250m"), q("1")), 1);
         assert_eq!(cpu_in(q("250m"), q("1m")), 250);
         assert_eq!(cpu_in(q("2"), q("1")), 2);

@@ -1,4 +1,4 @@
-//! Go's `strconv.Quote`, as the downward API uses it for label and annotation maps (§2.4).
+//! Go's `strconv.Quote`, as the downward API uses it for label and annotation maps (k8s-semantics §2.4).
 
 use std::fmt::Write;
 

@@ -1,4 +1,4 @@
-//! syncClaim decision table: one test per branch of §3.4 and §3.6, plus the §6 surprises.
+//! syncClaim decision table: one test per branch of k8s-semantics §3.4 and §3.6, plus the §6 surprises.
 
 use std::collections::BTreeMap;
 
@@ -422,7 +422,7 @@ fn volume_name_checks_size_class_mode_and_access_but_not_selector_or_affinity() 
             Some("Pending")
         );
     }
-    // Selector and node affinity are not checked for a volumeName pre-bind (§6.11).
+    // Selector and node affinity are not checked for a volumeName pre-bind (k8s-semantics §6.11).
     let mut pv = volume("pv1", "2Gi", &["ReadWriteOnce", "ReadOnlyMany"]);
     pv.spec.as_mut().unwrap().node_affinity = Some(VolumeNodeAffinity {
         required: Some(NodeSelector {
@@ -609,7 +609,7 @@ fn pre_resize_capacity_is_used_when_binding() {
 
 #[test]
 fn released_retain_volume_is_never_rebound_to_a_new_claim_with_the_same_name() {
-    // §6.13: the stale claimRef keeps the old UID.
+    // k8s-semantics §6.13: the stale claimRef keeps the old UID.
     let old = claim("c", "1Gi", &["ReadWriteOnce"]);
     let pv = phase_pv(
         prebound(volume("pv1", "1Gi", &["ReadWriteOnce"]), &old, true),

@@ -1,4 +1,4 @@
-//! syncVolume decision table (§3.7) and reclaim (§3.8).
+//! syncVolume decision table (k8s-semantics §3.7) and reclaim (§3.8).
 
 use super::*;
 use crate::binder::testutil::*;
