@@ -4,11 +4,19 @@ use std::path::PathBuf;
 
 use crate::ids;
 
+/// `--version`: the crate version and the git commit it was built from (csi/build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("STRATA_GIT_COMMIT"),
+    ")"
+);
+
 /// A CSI driver for local storage: volumes are sparse image files in pool directories,
 /// attached through loop devices with ext4 or xfs inside. One unix socket serves the
 /// Identity, Controller, Node and GroupController services.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "strata-csi", version)]
+#[command(name = "strata-csi", version = VERSION)]
 pub struct Config {
     /// CSI endpoint to listen on, `unix:///path/to/csi.sock` (also read from CSI_ENDPOINT).
     /// The socket is created 0600; a stale socket left by a crash is replaced, a live one
@@ -322,6 +330,20 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn version_names_the_commit() {
+        let e = Config::try_parse_from(["strata-csi", "--version"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        let text = e.to_string();
+        let prefix = format!("strata-csi {} (commit ", env!("CARGO_PKG_VERSION"));
+        let commit = text
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.trim_end().strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{text:?}"));
+        let hex = commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit());
+        assert!(commit == "unknown" || hex, "{commit:?}");
     }
 
     #[test]
