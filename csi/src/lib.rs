@@ -18,6 +18,7 @@ pub mod group;
 pub mod identity;
 pub mod ids;
 pub mod locks;
+pub mod meta;
 pub mod node;
 pub mod node_ops;
 pub mod reconcile;

@@ -39,12 +39,18 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
         pools.push(pool);
     }
     let store = Store::open(&config.state_dir).context("opening the state database")?;
+    let pools = Pools::new(pools);
+    store.set_mirror(
+        crate::meta::Mirror::open(pools.iter()).context("opening the pools' metadata records")?,
+    );
+    crate::meta::adopt(&store, &pools, &config.node_id)
+        .context("re-adopting objects from the pools' metadata records")?;
     let d = Driver {
         node_id: config.node_id.clone(),
         driver_name: config.driver_name.clone(),
         max_volumes_per_node: config.max_volumes_per_node,
         alpha_capabilities: config.enable_alpha_capabilities,
-        pools: Pools::new(pools),
+        pools,
         overcommit: config
             .pools
             .iter()

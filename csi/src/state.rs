@@ -185,6 +185,8 @@ impl Drop for Reservation<'_> {
 pub struct Store {
     path: PathBuf,
     ledger: Mutex<Ledger>,
+    /// The pools' metadata records, written before each job commits (meta.rs).
+    mirror: std::sync::OnceLock<crate::meta::Mirror>,
     /// Held for the life of the store: one process owns a state dir, since two writers
     /// reconciling the same pools would undo each other's work.
     _owner: nix::fcntl::Flock<std::fs::File>,
@@ -467,6 +469,7 @@ impl Store {
         let store = Store {
             path,
             ledger: Mutex::new(Ledger::default()),
+            mirror: std::sync::OnceLock::new(),
             _owner: owner,
             jobs: Mutex::new(Some(tx)),
             reader: Mutex::new(reader),
@@ -480,6 +483,18 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// From now on every job's ops are mirrored into the pools' metadata records before
+    /// the job commits. Set once, at start-up.
+    pub fn set_mirror(&self, mirror: crate::meta::Mirror) {
+        if self.mirror.set(mirror).is_err() {
+            tracing::warn!("state store mirror set twice; keeping the first");
+        }
+    }
+
+    pub fn mirror(&self) -> Option<&crate::meta::Mirror> {
+        self.mirror.get()
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -572,6 +587,9 @@ impl Store {
 
     fn commit(&self, ops: Vec<Op>, mut res: Option<Reservation<'_>>) -> Result<()> {
         let deltas = self.capacity_deltas(&ops)?;
+        if let Some(m) = self.mirror.get() {
+            m.before_commit(self, &ops)?;
+        }
         self.send(ops)?
             .blocking_recv()
             .map_err(|_| Error::StateClosed)??;

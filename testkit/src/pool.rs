@@ -253,6 +253,24 @@ fn cleanup_and_remove(dir: &Path) {
     }
 }
 
+/// Regular files, symlinks and device nodes beneath `dir`, sorted, descending into the
+/// directories `enter` accepts (never the fs's own `lost+found`).
+fn walk_files(dir: &Path, enter: &mut dyn FnMut(&Path) -> bool, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.filter_map(|e| e.ok()) {
+        let p = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            if e.file_name() != OsStr::new("lost+found") && enter(&p) {
+                walk_files(&p, enter, out);
+            }
+        } else if ft.is_file() || ft.is_symlink() || ft.is_block_device() {
+            out.push(p);
+        }
+    }
+    out.sort();
+}
+
 /// What backs a [`LoopPool`]'s directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolFs {
@@ -406,25 +424,25 @@ impl LoopPool {
         format!("image:{}", self.pool.display())
     }
 
-    /// Regular files anywhere beneath the pool dir, excluding the fs's own `lost+found`.
+    /// Data files anywhere beneath the pool dir, excluding the fs's own `lost+found` and
+    /// the driver's metadata records under `meta/` (see [`LoopPool::meta_files`]).
     pub fn files(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            let Ok(rd) = fs::read_dir(dir) else { return };
-            for e in rd.filter_map(|e| e.ok()) {
-                let p = e.path();
-                let Ok(ft) = e.file_type() else { continue };
-                if ft.is_dir() {
-                    if e.file_name() != OsStr::new("lost+found") {
-                        walk(&p, out);
-                    }
-                } else if ft.is_file() || ft.is_symlink() || ft.is_block_device() {
-                    out.push(p);
-                }
-            }
-        }
         let mut out = Vec::new();
-        walk(&self.pool, &mut out);
-        out.sort();
+        walk_files(
+            &self.pool,
+            &mut |p| {
+                !(p.parent() == Some(self.pool.as_path())
+                    && p.file_name() == Some(OsStr::new("meta")))
+            },
+            &mut out,
+        );
+        out
+    }
+
+    /// The driver's metadata records (`meta/` beneath the pool dir).
+    pub fn meta_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk_files(&self.pool.join("meta"), &mut |_| true, &mut out);
         out
     }
 
