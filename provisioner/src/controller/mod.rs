@@ -206,6 +206,7 @@ impl Running {
 pub async fn wait_for_driver(csi: &CsiClient, deadline: Option<Duration>) -> Result<DriverInfo> {
     let start = std::time::Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut reports = WaitReports::new(start, Duration::from_secs(30));
     loop {
         match csi.driver_info().await {
             Ok(info) => return Ok(info),
@@ -213,10 +214,50 @@ pub async fn wait_for_driver(csi: &CsiClient, deadline: Option<Duration>) -> Res
                 if deadline.is_some_and(|d| start.elapsed() >= d) {
                     return Err(Error::Csi(e));
                 }
-                debug!(error = %e, "driver not answering yet");
+                match reports.due(std::time::Instant::now()) {
+                    Some(Report::First) => info!(error = %e, "waiting for the CSI driver"),
+                    Some(Report::Again) => {
+                        warn!(waited_s = start.elapsed().as_secs(), error = %e, "still waiting for the CSI driver")
+                    }
+                    None => debug!(error = %e, "driver not answering yet"),
+                }
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Report {
+    First,
+    Again,
+}
+
+/// When a provisioner waiting for its driver says so: at the first failed attempt, then
+/// every `every`, so one started before the driver (or against a wrong socket) is never
+/// silent while its loops do not run.
+struct WaitReports {
+    next: std::time::Instant,
+    every: Duration,
+    first: bool,
+}
+
+impl WaitReports {
+    fn new(start: std::time::Instant, every: Duration) -> Self {
+        WaitReports {
+            next: start,
+            every,
+            first: true,
+        }
+    }
+
+    fn due(&mut self, now: std::time::Instant) -> Option<Report> {
+        if now < self.next {
+            return None;
+        }
+        self.next = now + self.every;
+        let first = std::mem::replace(&mut self.first, false);
+        Some(if first { Report::First } else { Report::Again })
     }
 }
 
@@ -370,6 +411,28 @@ fn spawn_worker<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_for_the_driver_is_reported_at_once_then_periodically() {
+        let t0 = std::time::Instant::now();
+        let every = Duration::from_secs(30);
+        let mut r = WaitReports::new(t0, every);
+        assert_eq!(r.due(t0), Some(Report::First));
+        assert_eq!(r.due(t0 + Duration::from_secs(1)), None);
+        assert_eq!(r.due(t0 + Duration::from_secs(29)), None);
+        assert_eq!(r.due(t0 + every), Some(Report::Again));
+        assert_eq!(r.due(t0 + every + Duration::from_secs(1)), None);
+        assert_eq!(r.due(t0 + every * 3), Some(Report::Again));
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_missing_driver_ends_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = format!("unix://{}/csi.sock", dir.path().display());
+        let csi = CsiClient::new(&endpoint, Duration::from_secs(1)).unwrap();
+        let r = wait_for_driver(&csi, Some(Duration::from_millis(200))).await;
+        assert!(matches!(r, Err(Error::Csi(_))), "{r:?}");
+    }
     use crate::binder::testutil::{claim, volume};
     use crate::k8s_openapi::api::core::v1::Pod;
 
