@@ -314,6 +314,36 @@ async fn events_aggregate() {
 }
 
 #[tokio::test]
+async fn events_are_listed_in_the_order_they_happened() {
+    let (_dir, store) = open();
+    let pvc = store.create(&claim("ord", "1Gi")).await.unwrap();
+    let involved = ObjectReference {
+        kind: Some("PersistentVolumeClaim".into()),
+        namespace: Some("default".into()),
+        name: Some("ord".into()),
+        uid: pvc.metadata.uid.clone(),
+        ..Default::default()
+    };
+    // Within one second names (hashes) would order these at random.
+    let reasons = ["Zeta", "Alpha", "Mid", "Beta", "Alpha"];
+    for r in reasons {
+        store
+            .record_event(&involved, EventType::Normal, r, "m")
+            .await
+            .unwrap();
+    }
+    let got: Vec<String> = store
+        .events_for("PersistentVolumeClaim", "default", "ord")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.reason.unwrap())
+        .collect();
+    // The repeated Alpha moved to the end (its lastTimestamp is the newest).
+    assert_eq!(got, ["Zeta", "Mid", "Beta", "Alpha"]);
+}
+
+#[tokio::test]
 async fn expired_events_are_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open_with(

@@ -13,7 +13,8 @@ pub struct ClassConfig {
     /// Parameters for the driver: every `csi.storage.k8s.io/` key removed (the deprecated
     /// `fstype` key stays, as upstream leaves it).
     pub parameters: BTreeMap<String, String>,
-    /// From `csi.storage.k8s.io/fstype` or the deprecated `fstype`; None means the default.
+    /// From `csi.storage.k8s.io/fstype` or the deprecated `fstype` (any case); None means
+    /// the default.
     pub fs_type: Option<String>,
     pub reclaim_policy: String,
     pub wait_for_first_consumer: bool,
@@ -26,17 +27,20 @@ pub struct ClassConfig {
 impl ClassConfig {
     pub fn from_class(sc: &StorageClass) -> Result<Self, String> {
         let params = sc.parameters.clone().unwrap_or_default();
-        let fs_type = match (
-            params.get(CSI_PARAM_FSTYPE),
-            params.get(LEGACY_PARAM_FSTYPE),
-        ) {
-            (Some(_), Some(_)) => {
+        // The deprecated key is matched case-insensitively (`fstype`, `fsType`), as the
+        // external-provisioner does; with both keys given they must agree.
+        let legacy = params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(LEGACY_PARAM_FSTYPE))
+            .map(|(_, v)| v);
+        let fs_type = match (params.get(CSI_PARAM_FSTYPE), legacy) {
+            (Some(a), Some(b)) if a != b => {
                 return Err(format!(
-                    "storageClass {:?}: parameters {CSI_PARAM_FSTYPE} and {LEGACY_PARAM_FSTYPE} cannot both be set",
+                    "storageClass {:?}: parameters {CSI_PARAM_FSTYPE} ({a:?}) and its deprecated alias {LEGACY_PARAM_FSTYPE} ({b:?}) differ",
                     sc.metadata.name.as_deref().unwrap_or_default()
                 ));
             }
-            (Some(f), None) | (None, Some(f)) => Some(f.clone()),
+            (Some(f), _) | (None, Some(f)) => Some(f.clone()),
             (None, None) => None,
         };
         let parameters = params
@@ -111,11 +115,30 @@ mod tests {
         sc.parameters
             .as_mut()
             .unwrap()
-            .insert("fstype".into(), "ext4".into());
-        assert!(
-            ClassConfig::from_class(&sc).is_err(),
-            "both fstype keys is an error"
+            .insert("fstype".into(), "xfs".into());
+        assert_eq!(
+            ClassConfig::from_class(&sc).unwrap().fs_type.as_deref(),
+            Some("xfs"),
+            "both keys agreeing is fine"
         );
+        sc.parameters
+            .as_mut()
+            .unwrap()
+            .insert("fstype".into(), "ext4".into());
+        let err = ClassConfig::from_class(&sc).unwrap_err();
+        assert!(err.contains("differ"), "{err}");
+    }
+
+    #[test]
+    fn deprecated_fs_type_alias_in_any_case_sets_the_fs_type() {
+        for key in ["fsType", "fstype", "FSTYPE"] {
+            let mut sc = class("fast", "Immediate");
+            sc.parameters = Some(BTreeMap::from([(key.to_string(), "xfs".to_string())]));
+            let c = ClassConfig::from_class(&sc).unwrap();
+            assert_eq!(c.fs_type.as_deref(), Some("xfs"), "{key}");
+            // Left for the driver, as upstream leaves it; the capability agrees with it.
+            assert!(c.parameters.contains_key(key));
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! One StatefulSet pass (k8s-semantics §4.2): the claims, pods and deletions to make, in order.
 //!
-//! Standalone, nobody runs pods yet in this issue: a pod object that exists is treated as
-//! Running and Ready for OrderedReady's "wait for the previous ordinal". When the pod runner
-//! reports real readiness, `is_ready` is the one place to change.
+//! Standalone, nobody ran pods when this was written: a pod object that exists is treated as
+//! Ready for OrderedReady's "wait for the previous ordinal" (`is_ready`), so a set without
+//! a pod runner still gets all its pods. The status's READY counts only pods whose Ready
+//! condition is True (`pod_is_ready`); OrderedReady moves to that once the pod runner
+//! reports readiness.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +39,16 @@ pub enum Action {
 /// Created pods count as ready until a pod runner reports status (see the module comment).
 fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
+}
+
+/// The pod's Ready condition is True and it is not being deleted.
+fn pod_is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// `pods`: the pods controlled by `set`; `claims`: the namespace's claims by name.
@@ -178,10 +190,24 @@ fn finish(set: &StatefulSet, pods: &[Pod], mut actions: Vec<Action>) -> Vec<Acti
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .count();
     let replicas = i32::try_from(live + created - deleted.min(live + created)).unwrap_or(i32::MAX);
+    // READY counts pods whose Ready condition is True (as a pod runner reports it), not
+    // pod objects; one this pass deletes is not counted.
+    let deleting: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeletePod { uid, .. } => Some(uid.as_str()),
+            _ => None,
+        })
+        .collect();
+    let ready = pods
+        .iter()
+        .filter(|p| pod_is_ready(p) && !deleting.contains(&meta::uid(&p.metadata)))
+        .count();
+    let ready = i32::try_from(ready).unwrap_or(i32::MAX);
     let status = StatefulSetStatus {
         replicas,
-        ready_replicas: Some(replicas),
-        available_replicas: Some(replicas),
+        ready_replicas: Some(ready),
+        available_replicas: Some(ready),
         current_replicas: Some(replicas),
         updated_replicas: Some(replicas),
         observed_generation: set.metadata.generation,
@@ -217,6 +243,40 @@ mod tests {
         let mut p = pod_for(s, ordinal);
         p.metadata.uid = Some(format!("uid-pod-{ordinal}"));
         p
+    }
+
+    #[test]
+    fn ready_counts_only_pods_whose_ready_condition_is_true() {
+        use crate::k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        let s = set("web", 3, "Retain", "Retain");
+        let mut pods: Vec<Pod> = (0..3).map(|o| existing(&s, o)).collect();
+        let status_of = |pods: &[Pod]| {
+            reconcile(&s, pods, &BTreeMap::new())
+                .into_iter()
+                .find_map(|a| match a {
+                    Action::UpdateStatus(u) => u.status,
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let st = status_of(&pods);
+        assert_eq!(
+            (st.replicas, st.ready_replicas),
+            (3, Some(0)),
+            "created, not ready"
+        );
+        for (p, ready) in pods.iter_mut().zip(["True", "False"]) {
+            p.status = Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+        }
+        let st = status_of(&pods);
+        assert_eq!((st.replicas, st.ready_replicas), (3, Some(1)));
     }
 
     #[test]

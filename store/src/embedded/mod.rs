@@ -388,10 +388,17 @@ impl EmbeddedStore {
             e.involved_object.kind.as_deref() == Some(kind)
                 && e.involved_object.name.as_deref() == Some(name)
         });
-        events.sort_by(|a, b| {
-            a.last_timestamp
-                .cmp(&b.last_timestamp)
-                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        // Timestamps have whole seconds; within one second the resourceVersion (the order
+        // the store wrote them, a repeat moving its event to the end) decides.
+        events.sort_by_cached_key(|e| {
+            (
+                e.last_timestamp.clone(),
+                e.metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0),
+            )
         });
         Ok(events)
     }
