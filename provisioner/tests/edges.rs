@@ -180,3 +180,49 @@ async fn statefulset_recreates_a_deleted_pod_with_its_claim() {
     }));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_after_the_class_was_deleted_says_why_nothing_happens() {
+    if !testkit::require_root("resize_after_the_class_was_deleted_says_why_nothing_happens") {
+        return;
+    }
+    let mut h = harness().await;
+    h.apply::<StorageClass>(class("grow", "Immediate", true))
+        .await;
+    h.apply::<PersistentVolumeClaim>(claim("big", Some("grow"), "32Mi"))
+        .await;
+    let mut c = bound_claim(&h.store, "big").await;
+    h.store
+        .delete::<StorageClass>("", "grow", Preconditions::default())
+        .await
+        .unwrap();
+    settle().await;
+    c.spec
+        .as_mut()
+        .unwrap()
+        .resources
+        .as_mut()
+        .unwrap()
+        .requests = Some(
+        [(
+            "storage".to_string(),
+            strata_provisioner::k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                "64Mi".into(),
+            ),
+        )]
+        .into(),
+    );
+    h.store.update(&c).await.unwrap();
+    eventually("VolumeResizeFailed naming the deleted class", || async {
+        has_event(
+            &h.store,
+            "big",
+            "VolumeResizeFailed",
+            "\"grow\" does not exist",
+        )
+        .await
+        .then_some(())
+    })
+    .await;
+    h.stop().await;
+}

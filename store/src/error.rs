@@ -81,6 +81,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The database was written by a newer build; opening it could corrupt it.
+    #[error(
+        "{path}: store database format version {found} is newer than this build supports (version {supported}); run a newer strata or restore a backup"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
     #[error("bad STRATA_STORE_FAILPOINT: {0}")]
     Failpoints(String),
     #[error("a blocking store task failed")]

@@ -16,7 +16,8 @@
 //! - `compacted (kind PK, resource_version)`: per kind, the newest log row dropped, so a
 //!   watch is `Gone` only when it really missed something;
 //! - `meta (key PK, value)`: `revision` (the one global resourceVersion counter, as etcd's
-//!   revision), `compacted`, `schema`, `events_pruned`.
+//!   revision), `compacted`, `schema` (the format version, checked at open: older files
+//!   are migrated, newer ones refused; see `SCHEMA_VERSION`), `events_pruned`.
 //!
 //! Every write is one IMMEDIATE transaction, acknowledged only after a group-commit
 //! fdatasync of the WAL (one sync shared by concurrent writers). Then the writer rewrites
@@ -42,5 +43,5 @@ pub use k8s_openapi;
 pub use api::{
     Deleted, EventType, Object, ObjectList, Preconditions, Store, WatchEvent, WatchStream,
 };
-pub use embedded::{EmbeddedStore, StoreOptions};
+pub use embedded::{EmbeddedStore, SCHEMA_VERSION, StoreOptions};
 pub use error::{Error, Result};

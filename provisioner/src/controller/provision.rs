@@ -284,7 +284,7 @@ impl<S: Store> Controller<S> {
         if !self.driver.expand_volume {
             return Ok(Requeue::Done);
         }
-        let (pvc, pv, size) = {
+        let wanted = {
             let c = self.cache();
             let Some(pvc) = c.claims.get(k).cloned() else {
                 return Ok(Requeue::Done);
@@ -300,14 +300,35 @@ impl<S: Store> Controller<S> {
             {
                 return Ok(Requeue::Done);
             }
-            let allowed = c
-                .classes
-                .get(claim_class(&pvc))
-                .is_some_and(|sc| sc.allow_volume_expansion == Some(true));
-            let Some(size) = expand::wanted_size(&pvc, &pv, allowed) else {
+            let class = c.classes.get(claim_class(&pvc));
+            let allowed = class.is_some_and(|sc| sc.allow_volume_expansion == Some(true));
+            match expand::wanted_size(&pvc, &pv, allowed) {
+                Some(size) => Ok((pvc, pv, size)),
+                // Asked to grow but the class is gone or forbids it: say why nothing happens.
+                None if expand::wanted_size(&pvc, &pv, true).is_some() => {
+                    let why = match class {
+                        None => format!("its StorageClass {:?} does not exist", claim_class(&pvc)),
+                        Some(_) => format!(
+                            "its StorageClass {:?} does not set allowVolumeExpansion",
+                            claim_class(&pvc)
+                        ),
+                    };
+                    Err(Event::on_claim(
+                        &pvc,
+                        EventType::Warning,
+                        reason::VOLUME_RESIZE_FAILED,
+                        format!("cannot expand volume {}: {why}", meta::name(&pv.metadata)),
+                    ))
+                }
+                None => return Ok(Requeue::Done),
+            }
+        };
+        let (pvc, pv, size) = match wanted {
+            Ok(w) => w,
+            Err(event) => {
+                self.record(&event).await;
                 return Ok(Requeue::Done);
-            };
-            (pvc, pv, size)
+            }
         };
         let pv_name = meta::name(&pv.metadata).to_string();
         let mut pvc = pvc;

@@ -16,6 +16,17 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::failpoint;
 
+/// The format of `store.db` this build writes. Opening checks `meta.schema`: an older file
+/// is migrated step by step in the opening transaction, a newer one is refused.
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// Each migration takes the database from version `i + 1` to `i + 2`.
+const MIGRATIONS: &[&str] = &[
+    // 1 -> 2: namespaced watches read the log by (kind, namespace) instead of filtering.
+    "CREATE INDEX IF NOT EXISTS watch_log_by_kind_ns ON watch_log (kind, namespace, resource_version);",
+];
+
+/// Version 1, as first released; newer versions are reached through `MIGRATIONS`.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -130,8 +141,41 @@ impl Db {
         let tx = writer
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(Error::db("creating the schema"))?;
-        tx.execute_batch(SCHEMA)
-            .map_err(Error::db("creating the schema"))?;
+        let has_meta: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(Error::db("reading the schema version"))?;
+        let found = if has_meta {
+            meta(&tx, "schema")?
+        } else {
+            tx.execute_batch(SCHEMA)
+                .map_err(Error::db("creating the schema"))?;
+            1
+        };
+        if found > SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (step, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(found.saturating_sub(1) as usize)
+        {
+            tx.execute_batch(sql)
+                .map_err(Error::db("migrating the schema"))?;
+            tracing::info!(path = %path.display(), from = step + 1, to = step + 2, "store database migrated");
+        }
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+            params![SCHEMA_VERSION as i64],
+        )
+        .map_err(Error::db("recording the schema version"))?;
         tx.commit().map_err(Error::db("creating the schema"))?;
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))

@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 use tokio::sync::watch;
 
+pub use self::db::SCHEMA_VERSION;
 use self::db::{Change, Db, Tx};
 use self::notify::{Channels, Notifier};
 use self::ops::Part;
