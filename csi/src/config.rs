@@ -13,8 +13,10 @@ pub const VERSION: &str = concat!(
 );
 
 /// A CSI driver for local storage: volumes are sparse image files in pool directories,
-/// attached through loop devices with ext4 or xfs inside. One unix socket serves the
-/// Identity, Controller, Node and GroupController services.
+/// attached through loop devices with ext4 or xfs inside (`image` pools), btrfs
+/// subvolumes with qgroup limits (`btrfs` pools) or directories with project quotas
+/// (`dir` pools). One unix socket serves the Identity, Controller, Node and
+/// GroupController services.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "strata-csi", version = VERSION)]
 pub struct Config {

@@ -253,6 +253,21 @@ impl Driver {
         for id in sources {
             volumes.push(self.source_for_snapshot(id)?);
         }
+        if volumes.len() > 1 {
+            for v in &volumes {
+                if self.is_tree(v)? {
+                    // Consistency across members comes from freezing their filesystems
+                    // together, which a tree volume (on the pool's own filesystem) cannot do.
+                    return Err(Error::invalid(
+                        "source_volume_ids",
+                        format!(
+                            "volume {} is a directory in pool {}: group snapshots of several volumes need image pools",
+                            v.id, v.pool
+                        ),
+                    ));
+                }
+            }
+        }
         self.check_space(&volumes)?;
         let gid =
             ObjectId::for_name(&self.node_id, &volumes[0].pool, Kind::Group, name).to_string();

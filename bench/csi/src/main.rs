@@ -22,9 +22,17 @@ struct Args {
     /// The strata-csi binary; defaults to `strata-csi` next to this executable.
     #[arg(long)]
     driver: Option<PathBuf>,
-    /// Filesystem of the loop-backed pool: xfs (reflink), ext4, or dir (a plain directory).
+    /// Filesystem of the loop-backed pool: xfs (reflink), ext4, btrfs, or dir (a plain
+    /// directory).
     #[arg(long, default_value = "xfs")]
     pool_fs: String,
+    /// Pool kind: image (loop devices), btrfs (subvolumes; needs --pool-fs btrfs) or dir
+    /// (project-quota directories).
+    #[arg(long, default_value = "image")]
+    backend: String,
+    /// For --backend dir: run the pool with enforce=false (no project quotas needed).
+    #[arg(long)]
+    unenforced: bool,
     /// Size of the loop-backed pool in MiB.
     #[arg(long, default_value_t = 4096)]
     pool_mib: u64,
@@ -45,11 +53,14 @@ struct Args {
 const MIB: i64 = 1 << 20;
 const POOL: &str = "bench";
 
+/// The capability's fs_type: ext4 on image pools, left open on tree pools.
+static CAP_FS: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
 fn cap() -> VolumeCapability {
     VolumeCapability {
         access_type: Some(volume_capability::AccessType::Mount(
             volume_capability::MountVolume {
-                fs_type: "ext4".into(),
+                fs_type: CAP_FS.get().copied().unwrap_or("ext4").into(),
                 ..Default::default()
             },
         )),
@@ -94,17 +105,28 @@ async fn main() -> Result<()> {
     let fs = match args.pool_fs.as_str() {
         "xfs" => PoolFs::Xfs(args.pool_mib << 20),
         "ext4" => PoolFs::Ext4(args.pool_mib << 20),
+        "btrfs" => PoolFs::Btrfs(args.pool_mib << 20),
         "dir" => PoolFs::Dir,
-        other => bail!("--pool-fs {other}: want xfs, ext4 or dir"),
+        other => bail!("--pool-fs {other}: want xfs, ext4, btrfs or dir"),
     };
     let pool = LoopPool::new(fs).context("making the pool")?;
+    let spec = match (args.backend.as_str(), args.unenforced) {
+        ("image", false) => format!("image:{}", pool.path().display()),
+        ("btrfs", false) => format!("btrfs:{}", pool.path().display()),
+        ("dir", false) => format!("dir:{}", pool.path().display()),
+        ("dir", true) => format!("dir:{},enforce=false", pool.path().display()),
+        (other, u) => bail!("--backend {other} (unenforced {u}): want image, btrfs or dir"),
+    };
+    if args.backend != "image" {
+        let _ = CAP_FS.set("");
+    }
     let proc =
-        DriverProcess::start(DriverConfig::new(&driver, "bench-node").pool(POOL, pool.path()))
-            .await;
+        DriverProcess::start(DriverConfig::new(&driver, "bench-node").pool_spec(POOL, &spec)).await;
     println!(
-        "strata-csi {} on a {} pool ({} MiB), kernel {}",
+        "strata-csi {} on a {} pool ({}, {} MiB), kernel {}",
         driver.display(),
         args.pool_fs,
+        spec,
         args.pool_mib,
         kernel()
     );

@@ -10,34 +10,23 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::OFlag;
-
-use super::{Backend, CopyKind, ImageKind, ImageRef, Layout, Source, Usage};
+use super::{Backend, CopyKind, ImageKind, ImageRef, Layout, PoolDirs, Source, Usage};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::Space;
 
 #[derive(Debug)]
 pub struct BtrfsPool {
-    name: String,
-    root: PathBuf,
-    volumes: File,
-    snapshots: File,
+    dirs: PoolDirs,
     fsid: String,
 }
-
-const VOLUMES: &str = "volumes";
-const SNAPSHOTS: &str = "snapshots";
 
 impl BtrfsPool {
     /// Opens pool `name` at `root`, which must be a directory on btrfs. Turns qgroup
     /// accounting on when it is off (it is what enforces sizes); creates `volumes/` and
     /// `snapshots/`. Nothing is changed when `root` is not on btrfs.
     pub fn open(name: &str, root: &Path) -> Result<BtrfsPool> {
-        let root = root
-            .canonicalize()
-            .map_err(Error::io("resolving pool", root))?;
-        let dir = sys::fs::open_dir(&root).map_err(Error::io("opening pool", &root))?;
+        let (root, dir) = PoolDirs::resolve(root)?;
         if !sys::btrfs::is_btrfs(&dir).map_err(Error::io("statfs", &root))? {
             return Err(Error::invalid(
                 "pool",
@@ -52,46 +41,9 @@ impl BtrfsPool {
             tracing::info!(pool = name, path = %root.display(), "enabling btrfs quotas (qgroups) on the pool filesystem");
             sys::btrfs::enable_quota(&dir).map_err(Error::io("enabling btrfs quotas on", &root))?;
         }
-        let volumes = sys::fs::ensure_subdir(&dir, VOLUMES)
-            .map_err(Error::io("opening", root.join(VOLUMES)))?;
-        let snapshots = sys::fs::ensure_subdir(&dir, SNAPSHOTS)
-            .map_err(Error::io("opening", root.join(SNAPSHOTS)))?;
         Ok(BtrfsPool {
-            name: name.to_string(),
-            root,
-            volumes,
-            snapshots,
+            dirs: PoolDirs::open(name, root, &dir)?,
             fsid,
-        })
-    }
-
-    fn dir(&self, kind: ImageKind) -> (&File, &'static str) {
-        match kind {
-            ImageKind::Volume => (&self.volumes, VOLUMES),
-            ImageKind::Snapshot => (&self.snapshots, SNAPSHOTS),
-        }
-    }
-
-    /// Opens the subvolume `img`; None when missing.
-    fn open_subvol(&self, img: ImageRef<'_>) -> Result<Option<File>> {
-        let name = super::checked_name(img)?;
-        let (dir, _) = self.dir(img.kind);
-        match sys::fs::open_beneath(dir, name, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io {
-                op: "opening subvolume",
-                path: self.path(img),
-                source: e,
-            }),
-        }
-    }
-
-    fn must_open(&self, img: ImageRef<'_>) -> Result<File> {
-        self.open_subvol(img)?.ok_or_else(|| Error::Io {
-            op: "opening subvolume",
-            path: self.path(img),
-            source: std::io::ErrorKind::NotFound.into(),
         })
     }
 
@@ -111,7 +63,7 @@ impl BtrfsPool {
 
 impl Backend for BtrfsPool {
     fn pool(&self) -> &str {
-        &self.name
+        &self.dirs.name
     }
 
     fn kind(&self) -> &'static str {
@@ -127,7 +79,7 @@ impl Backend for BtrfsPool {
     }
 
     fn root(&self) -> &Path {
-        &self.root
+        &self.dirs.root
     }
 
     fn accepts_source(&self, src: &dyn Backend) -> std::result::Result<(), String> {
@@ -143,26 +95,19 @@ impl Backend for BtrfsPool {
     }
 
     fn check(&self) -> Result<()> {
-        let meta = std::fs::symlink_metadata(self.root.join(VOLUMES))
-            .map_err(Error::io("checking pool", self.root.join(VOLUMES)))?;
-        if !meta.is_dir() {
-            return Err(Error::NotReady(format!(
-                "pool {} volumes/ is not a directory",
-                self.name
-            )));
-        }
+        self.dirs.check()?;
         if !sys::btrfs::qgroups_dir(&self.fsid).exists() {
             return Err(Error::NotReady(format!(
                 "pool {}: btrfs quotas were turned off on {}; sizes are not enforced",
-                self.name,
-                self.root.display()
+                self.dirs.name,
+                self.dirs.root.display()
             )));
         }
-        self.space().map(|_| ())
+        Ok(())
     }
 
     fn space(&self) -> Result<Space> {
-        sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))
+        self.dirs.space()
     }
 
     fn copy_cost(&self, _img: ImageRef<'_>) -> Result<u64> {
@@ -177,7 +122,7 @@ impl Backend for BtrfsPool {
         from: Option<Source<'_>>,
     ) -> Result<Option<CopyKind>> {
         let name = super::checked_name(img)?;
-        let (dir, _) = self.dir(img.kind);
+        let (dir, _) = self.dirs.dir(img.kind);
         let path = self.path(img);
         let kind = match from {
             None => {
@@ -188,7 +133,7 @@ impl Backend for BtrfsPool {
             Some(src) => {
                 self.accepts_source(src.pool)
                     .map_err(|r| Error::invalid("volume_content_source", r))?;
-                let source = self.must_open(src.obj)?;
+                let source = self.dirs.must_open_tree(src.obj)?;
                 // Snapshots are read-only; volumes made from anything are writable.
                 let read_only = img.kind == ImageKind::Snapshot;
                 sys::btrfs::snapshot(&source, dir, name, read_only)
@@ -197,7 +142,7 @@ impl Backend for BtrfsPool {
             }
         };
         if img.kind == ImageKind::Volume {
-            let limited = self.must_open(img).and_then(|sub| {
+            let limited = self.dirs.must_open_tree(img).and_then(|sub| {
                 sys::btrfs::set_limit(&sub, size)
                     .map_err(Error::io("setting qgroup limit of", &path))
             });
@@ -211,13 +156,13 @@ impl Backend for BtrfsPool {
 
     fn remove(&self, img: ImageRef<'_>) -> Result<bool> {
         let name = super::checked_name(img)?;
-        let (dir, _) = self.dir(img.kind);
+        let (dir, _) = self.dirs.dir(img.kind);
         sys::btrfs::delete_subvolume(dir, name)
             .map_err(Error::io("deleting subvolume", self.path(img)))
     }
 
     fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>> {
-        let Some(sub) = self.open_subvol(img)? else {
+        let Some(sub) = self.dirs.open_tree(img)? else {
             return Ok(None);
         };
         if img.kind == ImageKind::Snapshot {
@@ -227,7 +172,7 @@ impl Backend for BtrfsPool {
     }
 
     fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()> {
-        let sub = self.must_open(img)?;
+        let sub = self.dirs.must_open_tree(img)?;
         let have = self.qgroup(&sub, img)?.max_referenced;
         if have != 0 && size <= have {
             return Ok(());
@@ -237,22 +182,19 @@ impl Backend for BtrfsPool {
     }
 
     fn open(&self, img: ImageRef<'_>) -> Result<File> {
-        self.must_open(img)
+        self.dirs.must_open_tree(img)
     }
 
     fn path(&self, img: ImageRef<'_>) -> PathBuf {
-        let (_, sub) = self.dir(img.kind);
-        self.root.join(sub).join(img.file)
+        self.dirs.path(img)
     }
 
     fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
-        let (_, sub) = self.dir(kind);
-        let dir = self.root.join(sub);
-        sys::fs::list_names(&dir).map_err(Error::io("listing", dir))
+        self.dirs.list(kind)
     }
 
     fn usage(&self, img: ImageRef<'_>) -> Result<Option<Usage>> {
-        let sub = self.must_open(img)?;
+        let sub = self.dirs.must_open_tree(img)?;
         let q = self.qgroup(&sub, img)?;
         Ok(Some(Usage {
             bytes_used: q.referenced,

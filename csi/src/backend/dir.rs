@@ -18,9 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use nix::fcntl::OFlag;
-
-use super::{Backend, CopyKind, ImageKind, ImageRef, Layout, Source, Usage};
+use super::{Backend, CopyKind, ImageKind, ImageRef, Layout, PoolDirs, Source, Usage};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::Space;
@@ -31,17 +29,11 @@ pub const PROJECT_BASE: u32 = 1_000_000;
 /// A copy reports its progress at info level every this many bytes.
 const PROGRESS_EVERY: u64 = 1 << 30;
 
-const VOLUMES: &str = "volumes";
-const SNAPSHOTS: &str = "snapshots";
-
 #[derive(Debug)]
 pub struct DirPool {
-    name: String,
-    root: PathBuf,
+    dirs: PoolDirs,
     /// The pool directory: quotactl_fd's handle on the filesystem.
     fs: File,
-    volumes: File,
-    snapshots: File,
     fs_type: &'static str,
     /// None: sizes are not enforced (`enforce=false`).
     quota: Option<Flavor>,
@@ -64,10 +56,7 @@ impl DirPool {
     /// Opens pool `name` at `root`. With `enforce`, the filesystem must have project
     /// quotas on, else the pool refuses to open and nothing is changed.
     pub fn open(name: &str, root: &Path, enforce: bool) -> Result<DirPool> {
-        let root = root
-            .canonicalize()
-            .map_err(Error::io("resolving pool", root))?;
-        let fs = sys::fs::open_dir(&root).map_err(Error::io("opening pool", &root))?;
+        let (root, fs) = PoolDirs::resolve(root)?;
         let fs_type = fs_name(&fs).map_err(Error::io("statfs", &root))?;
         let quota = if enforce {
             let flavor = sys::quota::flavor(&fs)
@@ -104,16 +93,9 @@ impl DirPool {
             );
             None
         };
-        let volumes = sys::fs::ensure_subdir(&fs, VOLUMES)
-            .map_err(Error::io("opening", root.join(VOLUMES)))?;
-        let snapshots = sys::fs::ensure_subdir(&fs, SNAPSHOTS)
-            .map_err(Error::io("opening", root.join(SNAPSHOTS)))?;
         let pool = DirPool {
-            name: name.to_string(),
-            root,
+            dirs: PoolDirs::open(name, root, &fs)?,
             fs,
-            volumes,
-            snapshots,
             fs_type,
             quota,
             next_project: Mutex::new(PROJECT_BASE),
@@ -121,7 +103,7 @@ impl DirPool {
         if pool.quota.is_some() {
             let mut max = PROJECT_BASE - 1;
             for n in pool.list(ImageKind::Volume)? {
-                if let Some(d) = pool.open_dir(ImageRef::volume(&n))? {
+                if let Some(d) = pool.dirs.open_tree(ImageRef::volume(&n))? {
                     let id = sys::quota::project_id(&d).map_err(Error::io(
                         "reading project id of",
                         pool.path(ImageRef::volume(&n)),
@@ -132,35 +114,6 @@ impl DirPool {
             *pool.next_project.lock().unwrap_or_else(|e| e.into_inner()) = max + 1;
         }
         Ok(pool)
-    }
-
-    fn dir(&self, kind: ImageKind) -> (&File, &'static str) {
-        match kind {
-            ImageKind::Volume => (&self.volumes, VOLUMES),
-            ImageKind::Snapshot => (&self.snapshots, SNAPSHOTS),
-        }
-    }
-
-    fn open_dir(&self, img: ImageRef<'_>) -> Result<Option<File>> {
-        let name = super::checked_name(img)?;
-        let (dir, _) = self.dir(img.kind);
-        match sys::fs::open_beneath(dir, name, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io {
-                op: "opening directory",
-                path: self.path(img),
-                source: e,
-            }),
-        }
-    }
-
-    fn must_open(&self, img: ImageRef<'_>) -> Result<File> {
-        self.open_dir(img)?.ok_or_else(|| Error::Io {
-            op: "opening directory",
-            path: self.path(img),
-            source: std::io::ErrorKind::NotFound.into(),
-        })
     }
 
     /// The quota of volume `img`, when sizes are enforced.
@@ -189,7 +142,7 @@ impl DirPool {
         let path = self.path(img);
         let mut progress = |c: &sys::tree::Copied| {
             if c.bytes >= next_log {
-                tracing::info!(pool = %self.name, to = %path.display(), bytes = c.bytes, files = c.files,
+                tracing::info!(pool = %self.dirs.name, to = %path.display(), bytes = c.bytes, files = c.files,
                     secs = started.elapsed().as_secs_f64(), "copying directory tree");
                 next_log = c.bytes + PROGRESS_EVERY;
             }
@@ -197,7 +150,7 @@ impl DirPool {
         let c = sys::tree::copy_tree(src, dst, &mut progress)
             .map_err(Error::io("copying directory tree into", self.path(img)))?;
         if c.bytes >= PROGRESS_EVERY {
-            tracing::info!(pool = %self.name, to = %self.path(img).display(), bytes = c.bytes, files = c.files,
+            tracing::info!(pool = %self.dirs.name, to = %self.path(img).display(), bytes = c.bytes, files = c.files,
                 secs = started.elapsed().as_secs_f64(), reflink = c.reflinked, "copied directory tree");
         }
         // The copy holds data: make it durable before the record says Ready.
@@ -212,7 +165,7 @@ impl DirPool {
 
 impl Backend for DirPool {
     fn pool(&self) -> &str {
-        &self.name
+        &self.dirs.name
     }
 
     fn kind(&self) -> &'static str {
@@ -228,14 +181,14 @@ impl Backend for DirPool {
     }
 
     fn root(&self) -> &Path {
-        &self.root
+        &self.dirs.root
     }
 
     fn pool_condition(&self) -> Option<String> {
         self.quota.is_none().then(|| {
             format!(
                 "pool {} runs with enforce=false: this volume's size is not enforced",
-                self.name
+                self.dirs.name
             )
         })
     }
@@ -253,32 +206,25 @@ impl Backend for DirPool {
     }
 
     fn check(&self) -> Result<()> {
-        let meta = std::fs::symlink_metadata(self.root.join(VOLUMES))
-            .map_err(Error::io("checking pool", self.root.join(VOLUMES)))?;
-        if !meta.is_dir() {
-            return Err(Error::NotReady(format!(
-                "pool {} volumes/ is not a directory",
-                self.name
-            )));
-        }
+        self.dirs.check()?;
         if self.quota.is_some() {
             sys::quota::probe(&self.fs).map_err(|e| {
                 Error::NotReady(format!(
                     "pool {}: project quotas are off on {}: {e}",
-                    self.name,
-                    self.root.display()
+                    self.dirs.name,
+                    self.dirs.root.display()
                 ))
             })?;
         }
-        self.space().map(|_| ())
+        Ok(())
     }
 
     fn space(&self) -> Result<Space> {
-        sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))
+        self.dirs.space()
     }
 
     fn copy_cost(&self, img: ImageRef<'_>) -> Result<u64> {
-        let d = self.must_open(img)?;
+        let d = self.dirs.must_open_tree(img)?;
         if let Some((_, q)) = self.quota_of(&d, img)? {
             return Ok(q.bytes_used);
         }
@@ -293,7 +239,7 @@ impl Backend for DirPool {
         from: Option<Source<'_>>,
     ) -> Result<Option<CopyKind>> {
         let name = super::checked_name(img)?;
-        let (parent, _) = self.dir(img.kind);
+        let (parent, _) = self.dirs.dir(img.kind);
         let path = self.path(img);
         if let Some(src) = &from {
             self.accepts_source(src.pool)
@@ -311,7 +257,7 @@ impl Backend for DirPool {
         })?;
         let mut project = None;
         let made = (|| {
-            let d = self.must_open(img)?;
+            let d = self.dirs.must_open_tree(img)?;
             if let (Some(flavor), ImageKind::Volume) = (self.quota, img.kind) {
                 let id = self.take_project();
                 project = Some(id);
@@ -339,8 +285,8 @@ impl Backend for DirPool {
 
     fn remove(&self, img: ImageRef<'_>) -> Result<bool> {
         let name = super::checked_name(img)?;
-        let (parent, _) = self.dir(img.kind);
-        let Some(d) = self.open_dir(img)? else {
+        let (parent, _) = self.dirs.dir(img.kind);
+        let Some(d) = self.dirs.open_tree(img)? else {
             return Ok(false);
         };
         let project = match (self.quota, img.kind) {
@@ -363,7 +309,7 @@ impl Backend for DirPool {
     }
 
     fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>> {
-        let Some(d) = self.open_dir(img)? else {
+        let Some(d) = self.dirs.open_tree(img)? else {
             return Ok(None);
         };
         if img.kind == ImageKind::Snapshot {
@@ -375,7 +321,7 @@ impl Backend for DirPool {
     }
 
     fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()> {
-        let d = self.must_open(img)?;
+        let d = self.dirs.must_open_tree(img)?;
         let (Some(flavor), Some((id, q))) = (self.quota, self.quota_of(&d, img)?) else {
             return Ok(());
         };
@@ -387,22 +333,19 @@ impl Backend for DirPool {
     }
 
     fn open(&self, img: ImageRef<'_>) -> Result<File> {
-        self.must_open(img)
+        self.dirs.must_open_tree(img)
     }
 
     fn path(&self, img: ImageRef<'_>) -> PathBuf {
-        let (_, sub) = self.dir(img.kind);
-        self.root.join(sub).join(img.file)
+        self.dirs.path(img)
     }
 
     fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
-        let (_, sub) = self.dir(kind);
-        let dir = self.root.join(sub);
-        sys::fs::list_names(&dir).map_err(Error::io("listing", dir))
+        self.dirs.list(kind)
     }
 
     fn usage(&self, img: ImageRef<'_>) -> Result<Option<Usage>> {
-        let d = self.must_open(img)?;
+        let d = self.dirs.must_open_tree(img)?;
         if let Some((_, q)) = self.quota_of(&d, img)? {
             return Ok(Some(Usage {
                 bytes_used: q.bytes_used,

@@ -10,52 +10,29 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
-use super::{Backend, CopyKind, ImageKind, ImageRef, Source};
+use super::{Backend, CopyKind, ImageKind, ImageRef, PoolDirs, Source};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::Space;
 
 #[derive(Debug)]
 pub struct ImagePool {
-    name: String,
-    root: PathBuf,
-    volumes: File,
-    snapshots: File,
+    dirs: PoolDirs,
 }
-
-const VOLUMES: &str = "volumes";
-const SNAPSHOTS: &str = "snapshots";
 
 impl ImagePool {
     /// Opens pool `name` at `root` (which must exist and be a directory, not a symlink),
     /// creating its `volumes/` and `snapshots/` directories.
     pub fn open(name: &str, root: &Path) -> Result<ImagePool> {
-        let root = root
-            .canonicalize()
-            .map_err(Error::io("resolving pool", root))?;
-        let dir = sys::fs::open_dir(&root).map_err(Error::io("opening pool", &root))?;
-        let volumes = sys::fs::ensure_subdir(&dir, VOLUMES)
-            .map_err(Error::io("opening", root.join(VOLUMES)))?;
-        let snapshots = sys::fs::ensure_subdir(&dir, SNAPSHOTS)
-            .map_err(Error::io("opening", root.join(SNAPSHOTS)))?;
+        let (root, dir) = PoolDirs::resolve(root)?;
         Ok(ImagePool {
-            name: name.to_string(),
-            root,
-            volumes,
-            snapshots,
+            dirs: PoolDirs::open(name, root, &dir)?,
         })
-    }
-
-    fn dir(&self, kind: ImageKind) -> (&File, &'static str) {
-        match kind {
-            ImageKind::Volume => (&self.volumes, VOLUMES),
-            ImageKind::Snapshot => (&self.snapshots, SNAPSHOTS),
-        }
     }
 
     fn open_flags(&self, img: ImageRef<'_>, flags: OFlag) -> Result<File> {
         let name = super::checked_name(img)?;
-        let (dir, _) = self.dir(img.kind);
+        let (dir, _) = self.dirs.dir(img.kind);
         sys::fs::open_beneath(dir, name, flags, 0o600)
             .map_err(Error::io("opening image", self.path(img)))
     }
@@ -63,7 +40,7 @@ impl ImagePool {
 
 impl Backend for ImagePool {
     fn pool(&self) -> &str {
-        &self.name
+        &self.dirs.name
     }
 
     fn kind(&self) -> &'static str {
@@ -71,25 +48,15 @@ impl Backend for ImagePool {
     }
 
     fn root(&self) -> &Path {
-        &self.root
+        &self.dirs.root
     }
 
     fn check(&self) -> Result<()> {
-        // The directory fds stay valid even if the pool was removed, so stat the path too.
-        let meta = std::fs::symlink_metadata(self.root.join(VOLUMES))
-            .map_err(Error::io("checking pool", self.root.join(VOLUMES)))?;
-        if !meta.is_dir() {
-            return Err(Error::NotReady(format!(
-                "pool {} volumes/ is not a directory",
-                self.name
-            )));
-        }
-        sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))?;
-        Ok(())
+        self.dirs.check()
     }
 
     fn space(&self) -> Result<Space> {
-        sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))
+        self.dirs.space()
     }
 
     fn copy_cost(&self, img: ImageRef<'_>) -> Result<u64> {
@@ -136,7 +103,7 @@ impl Backend for ImagePool {
             Ok(kind)
         })();
         if result.is_err() {
-            let (dir, _) = self.dir(img.kind);
+            let (dir, _) = self.dirs.dir(img.kind);
             let _ = sys::fs::unlink_beneath(dir, img.file);
         }
         result
@@ -144,13 +111,13 @@ impl Backend for ImagePool {
 
     fn remove(&self, img: ImageRef<'_>) -> Result<bool> {
         let name = super::checked_name(img)?;
-        let (dir, _) = self.dir(img.kind);
+        let (dir, _) = self.dirs.dir(img.kind);
         sys::fs::unlink_beneath(dir, name).map_err(Error::io("removing image", self.path(img)))
     }
 
     fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>> {
         let name = super::checked_name(img)?;
-        let (dir, _) = self.dir(img.kind);
+        let (dir, _) = self.dirs.dir(img.kind);
         sys::fs::file_exists(dir, name).map_err(Error::io("stat", self.path(img)))
     }
 
@@ -171,14 +138,11 @@ impl Backend for ImagePool {
     }
 
     fn path(&self, img: ImageRef<'_>) -> PathBuf {
-        let (_, sub) = self.dir(img.kind);
-        self.root.join(sub).join(img.file)
+        self.dirs.path(img)
     }
 
     fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
-        let (_, sub) = self.dir(kind);
-        let dir = self.root.join(sub);
-        sys::fs::list_names(&dir).map_err(Error::io("listing", dir))
+        self.dirs.list(kind)
     }
 }
 

@@ -15,7 +15,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::Result;
+use nix::fcntl::OFlag;
+
+use crate::error::{Error, Result};
+use crate::sys;
 use crate::sys::fs::Space;
 
 /// Which directory of the pool an image lives in.
@@ -143,6 +146,104 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     }
 }
 
+const VOLUMES: &str = "volumes";
+const SNAPSHOTS: &str = "snapshots";
+
+/// What every backend keeps: its name, its resolved root and the open `volumes/` and
+/// `snapshots/` directories that objects are resolved beneath (never through a symlink).
+#[derive(Debug)]
+pub(crate) struct PoolDirs {
+    pub name: String,
+    pub root: PathBuf,
+    pub volumes: File,
+    pub snapshots: File,
+}
+
+impl PoolDirs {
+    /// Resolves `root` and opens it (a directory, not a symlink); changes nothing.
+    pub fn resolve(root: &Path) -> Result<(PathBuf, File)> {
+        let root = root
+            .canonicalize()
+            .map_err(Error::io("resolving pool", root))?;
+        let dir = sys::fs::open_dir(&root).map_err(Error::io("opening pool", &root))?;
+        Ok((root, dir))
+    }
+
+    /// Creates (when missing) and opens `volumes/` and `snapshots/` in the pool `dir`.
+    pub fn open(name: &str, root: PathBuf, dir: &File) -> Result<PoolDirs> {
+        let volumes = sys::fs::ensure_subdir(dir, VOLUMES)
+            .map_err(Error::io("opening", root.join(VOLUMES)))?;
+        let snapshots = sys::fs::ensure_subdir(dir, SNAPSHOTS)
+            .map_err(Error::io("opening", root.join(SNAPSHOTS)))?;
+        Ok(PoolDirs {
+            name: name.to_string(),
+            root,
+            volumes,
+            snapshots,
+        })
+    }
+
+    pub fn dir(&self, kind: ImageKind) -> (&File, &'static str) {
+        match kind {
+            ImageKind::Volume => (&self.volumes, VOLUMES),
+            ImageKind::Snapshot => (&self.snapshots, SNAPSHOTS),
+        }
+    }
+
+    pub fn path(&self, img: ImageRef<'_>) -> PathBuf {
+        let (_, sub) = self.dir(img.kind);
+        self.root.join(sub).join(img.file)
+    }
+
+    pub fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
+        let (_, sub) = self.dir(kind);
+        let dir = self.root.join(sub);
+        sys::fs::list_names(&dir).map_err(Error::io("listing", dir))
+    }
+
+    pub fn space(&self) -> Result<Space> {
+        sys::fs::space(&self.volumes).map_err(Error::io("statvfs", &self.root))
+    }
+
+    /// The pool directory is still there and usable (Probe, GetCapacity).
+    pub fn check(&self) -> Result<()> {
+        // The directory fds stay valid even if the pool was removed, so stat the path too.
+        let meta = std::fs::symlink_metadata(self.root.join(VOLUMES))
+            .map_err(Error::io("checking pool", self.root.join(VOLUMES)))?;
+        if !meta.is_dir() {
+            return Err(Error::NotReady(format!(
+                "pool {} volumes/ is not a directory",
+                self.name
+            )));
+        }
+        self.space().map(|_| ())
+    }
+
+    /// Opens the directory (or subvolume) object `img`; None when missing.
+    pub fn open_tree(&self, img: ImageRef<'_>) -> Result<Option<File>> {
+        let name = checked_name(img)?;
+        let (dir, _) = self.dir(img.kind);
+        match sys::fs::open_beneath(dir, name, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io {
+                op: "opening directory",
+                path: self.path(img),
+                source: e,
+            }),
+        }
+    }
+
+    /// Opens the directory object `img`, which must exist.
+    pub fn must_open_tree(&self, img: ImageRef<'_>) -> Result<File> {
+        self.open_tree(img)?.ok_or_else(|| Error::Io {
+            op: "opening directory",
+            path: self.path(img),
+            source: std::io::ErrorKind::NotFound.into(),
+        })
+    }
+}
+
 /// The object's name, checked: ids produce `[a-z0-9.]` names; anything else is a bug or a
 /// tampered record.
 pub(crate) fn checked_name(img: ImageRef<'_>) -> Result<&str> {
@@ -153,7 +254,7 @@ pub(crate) fn checked_name(img: ImageRef<'_>) -> Result<&str> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.');
     if !ok {
-        return Err(crate::error::Error::StateCorrupt(format!(
+        return Err(Error::StateCorrupt(format!(
             "bad object name {:?}",
             img.file
         )));

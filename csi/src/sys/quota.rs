@@ -155,6 +155,21 @@ pub struct Quota {
     pub inodes_used: u64,
 }
 
+/// A struct if_dqblk with block limits `blocks` (1 KiB) and validity flags `valid`.
+fn dqblk(blocks: u64, valid: u32) -> libc::dqblk {
+    libc::dqblk {
+        dqb_bhardlimit: blocks,
+        dqb_bsoftlimit: blocks,
+        dqb_curspace: 0,
+        dqb_ihardlimit: 0,
+        dqb_isoftlimit: 0,
+        dqb_curinodes: 0,
+        dqb_btime: 0,
+        dqb_itime: 0,
+        dqb_valid: valid,
+    }
+}
+
 /// Sets project `id`'s hard (and soft) byte limit; 0 removes it.
 pub fn set_limit(fs: &File, flavor: Flavor, id: u32, bytes: u64) -> io::Result<()> {
     match flavor {
@@ -171,17 +186,7 @@ pub fn set_limit(fs: &File, flavor: Flavor, id: u32, bytes: u64) -> io::Result<(
             quotactl_fd(fs, Q_XSETQLIM, id, (&raw mut q).cast())
         }
         Flavor::Ext4 => {
-            let mut q = libc::dqblk {
-                dqb_bhardlimit: bytes.div_ceil(QIF_BLOCK),
-                dqb_bsoftlimit: bytes.div_ceil(QIF_BLOCK),
-                dqb_curspace: 0,
-                dqb_ihardlimit: 0,
-                dqb_isoftlimit: 0,
-                dqb_curinodes: 0,
-                dqb_btime: 0,
-                dqb_itime: 0,
-                dqb_valid: libc::QIF_LIMITS,
-            };
+            let mut q = dqblk(bytes.div_ceil(QIF_BLOCK), libc::QIF_LIMITS);
             quotactl_fd(fs, libc::Q_SETQUOTA, id, (&raw mut q).cast())
         }
     }
@@ -201,17 +206,7 @@ pub fn get(fs: &File, flavor: Flavor, id: u32) -> io::Result<Quota> {
             })
         }
         Flavor::Ext4 => {
-            let mut q = libc::dqblk {
-                dqb_bhardlimit: 0,
-                dqb_bsoftlimit: 0,
-                dqb_curspace: 0,
-                dqb_ihardlimit: 0,
-                dqb_isoftlimit: 0,
-                dqb_curinodes: 0,
-                dqb_btime: 0,
-                dqb_itime: 0,
-                dqb_valid: 0,
-            };
+            let mut q = dqblk(0, 0);
             quotactl_fd(fs, libc::Q_GETQUOTA, id, (&raw mut q).cast())?;
             Ok(Quota {
                 bytes_limit: q.dqb_bhardlimit * QIF_BLOCK,
