@@ -1,19 +1,27 @@
-//! The node agent `strata-node`: runs the volume manager for the pods the store places on
-//! this node (`spec.nodeName`). Until the pod runner lands it prepares volumes only.
+//! The node agent `strata-node`: runs the volume manager and the pod runner for the pods
+//! the store places on this node (`spec.nodeName`).
 //!
-//! Knows flags, the store and the volume manager; the work is in `strata-volumes`.
+//! Knows flags, the store, the volume manager (`strata-volumes`) and the pod runner
+//! ([`runner`]), which drives containers through `strata-runtime`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+pub mod layout;
+pub mod runner;
+#[allow(unsafe_code)] // registering a pidfd with tokio
+mod sys;
 
 use std::path::PathBuf;
 
 use strata_store::EmbeddedStore;
 use strata_volumes::manager::{Config, VolumeManager};
 
-/// The kubelet's volume side for one node: prepares every volume of the pods placed on
-/// NODE under STATE-DIR/pods/<uid>/volumes, keeps Secret and ConfigMap volumes current as
-/// the objects change, refreshes service account tokens, and tears volumes down when pods
-/// go away.
+/// The kubelet of one node: prepares every volume of the pods placed on NODE under
+/// STATE-DIR/pods/<uid>/volumes (keeping Secret and ConfigMap volumes current, refreshing
+/// service account tokens), runs their containers from the image store in
+/// STATE-DIR/images with restarts and back-off, writes pod status back, and stops
+/// containers and tears volumes down when pods are deleted. Containers keep running
+/// across a restart of strata-node, which adopts them.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "strata-node", version)]
 pub struct Args {
@@ -34,11 +42,16 @@ pub struct Args {
     #[arg(long, default_value = strata_volumes::token::DEFAULT_ISSUER)]
     pub issuer: String,
 
-    /// On SIGTERM, tear down every pod's volumes (unpublish, unstage, unmount) before
+    /// On SIGTERM, stop every container and tear down every pod's volumes (unpublish, unstage, unmount) before
     /// exiting, retrying for up to this many seconds; the pods stay in the store and are set
     /// up again at the next start. `volctl down` uses it so nothing stays mounted.
     #[arg(long, value_name = "SECONDS")]
     pub release_on_exit: Option<u64>,
+
+    /// The `strata-runtime` binary that runs containers; default: next to this
+    /// executable, else found on PATH.
+    #[arg(long)]
+    pub runtime_binary: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +70,22 @@ pub enum Error {
     },
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("opening the image store and runtime root: {0}")]
+    Engine(String),
+    #[error("pod runner")]
+    Runner(#[source] runner::Error),
+}
+
+/// `--runtime-binary`, else `strata-runtime` beside our own executable, else PATH's.
+fn runtime_binary(arg: Option<&PathBuf>) -> PathBuf {
+    if let Some(p) = arg {
+        return p.clone();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("strata-runtime")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("strata-runtime"))
 }
 
 impl Args {
@@ -95,7 +124,8 @@ impl Args {
     }
 }
 
-/// Opens the store and runs the volume manager until `shutdown` resolves.
+/// Opens the store and runs the volume manager and the pod runner until `shutdown`
+/// resolves; both drain their tasks before this returns.
 pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     args.check()?;
     let options = strata_store::StoreOptions {
@@ -104,7 +134,7 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
     };
     let store = EmbeddedStore::open_with(&args.state_dir, options).map_err(Error::Store)?;
     let manager = VolumeManager::new(
-        store,
+        store.clone(),
         Config {
             state_dir: args.state_dir.clone(),
             node_name: args.node_id.clone(),
@@ -114,9 +144,43 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
         },
     )
     .map_err(Error::Volumes)?;
-    tracing::info!(node = %args.node_id, state_dir = %args.state_dir.display(), "volume manager starting");
-    manager.run(shutdown).await.map_err(Error::Volumes)?;
+    let engine = runner::Engine::new(
+        &args.state_dir,
+        &runtime_binary(args.runtime_binary.as_ref()),
+    )
+    .map_err(Error::Engine)?;
+    let runner = runner::Runner::new(store, manager.clone(), engine, args.node_id.clone());
+    tracing::info!(node = %args.node_id, state_dir = %args.state_dir.display(), "strata-node starting");
+    // One stop for both halves: a signal, or either of them ending (with an error).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let volumes = async {
+        let r = manager.run(stopped(stop_rx.clone())).await;
+        let _ = stop_tx.send(true);
+        r
+    };
+    let pods = async {
+        let r = runner.run(stopped(stop_rx.clone())).await;
+        let _ = stop_tx.send(true);
+        r
+    };
+    let signal = async {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stopped(stop_rx.clone()) => {}
+        }
+        let _ = stop_tx.send(true);
+    };
+    let (v, p, ()) = tokio::join!(volumes, pods, signal);
+    v.map_err(Error::Volumes)?;
+    p.map_err(Error::Runner)?;
     if let Some(secs) = args.release_on_exit {
+        // Containers first: their rootfs holds bind mounts of the volumes.
+        runner
+            .stop_all(std::time::Duration::from_secs(secs.min(30)))
+            .await;
         release(&manager, secs).await?;
     }
     Ok(())

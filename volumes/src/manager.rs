@@ -175,7 +175,8 @@ pub fn wants_volumes(pod: &Pod, node: &str) -> bool {
     on_node && !matches!(phase, Some("Succeeded") | Some("Failed")) && pod.metadata.uid.is_some()
 }
 
-fn pod_ref(pod: &Pod) -> ObjectReference {
+/// The reference an Event about `pod` names.
+pub fn pod_ref(pod: &Pod) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),

@@ -1,0 +1,1018 @@
+//! One pod's worker: volumes, then init containers in order, then containers, restarts
+//! under the pod's restartPolicy with back-off, status written back, and termination
+//! with the grace period when the pod is deleted. One task per pod; it owns the pod's
+//! containers, so no two tasks ever start or remove the same one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_runtime::State;
+use strata_store::k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus,
+};
+use strata_store::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use strata_store::k8s_openapi::jiff::Timestamp;
+use strata_store::{EventType, Store};
+use strata_volumes::manager::{VolumeManager, pod_ref};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::backoff::{self, Backoff};
+use super::container::{Engine, Plan, StartError, Started, open_pidfd};
+use super::{FINALIZER, env, exit};
+use crate::layout;
+use strata_runtime::error::chain;
+
+/// What every pod worker shares.
+pub struct Shared<S: Store> {
+    pub store: S,
+    pub volumes: VolumeManager<S>,
+    pub engine: Engine,
+    pub node: String,
+}
+
+#[derive(Debug, Clone)]
+enum St {
+    /// Not running; start at `at` (None: never, the pod is finished).
+    Waiting {
+        reason: String,
+        message: Option<String>,
+        at: Instant,
+    },
+    Running {
+        id: String,
+        started: Timestamp,
+        since: Instant,
+    },
+    /// Ended and will not run again.
+    Terminated(ContainerStateTerminated),
+}
+
+#[derive(Debug, Clone)]
+struct Ctr {
+    spec: Container,
+    init: bool,
+    restarts: i32,
+    /// Whether any run has started (the next run then counts as a restart).
+    ran: bool,
+    state: St,
+    last: Option<ContainerStateTerminated>,
+    backoff: Backoff,
+    start_failures: u32,
+}
+
+struct Exit {
+    name: String,
+    id: String,
+    code: Option<i32>,
+}
+
+pub struct Worker<S: Store> {
+    shared: Arc<Shared<S>>,
+    pod: Pod,
+    uid: String,
+    removed: bool,
+    volumes_ready: bool,
+    ctrs: Vec<Ctr>,
+    exits: JoinSet<Exit>,
+    start_time: Time,
+    finished: Option<&'static str>,
+    written: Option<serde_json::Value>,
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking pod runner task panicked")
+}
+
+fn policy(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always")
+}
+
+/// Whether a run that ended with `code` (None: unknown) runs again.
+pub fn should_restart(policy: &str, init: bool, code: Option<i32>) -> bool {
+    let failed = code != Some(0);
+    match (init, policy) {
+        (_, "Never") => false,
+        (true, _) => failed,
+        (false, "OnFailure") => failed,
+        (false, _) => true,
+    }
+}
+
+impl Ctr {
+    fn is_running(&self) -> bool {
+        matches!(self.state, St::Running { .. })
+    }
+
+    fn succeeded(&self) -> bool {
+        matches!(&self.state, St::Terminated(t) if t.exit_code == 0)
+    }
+
+    fn status(&self) -> ContainerStatus {
+        let state = match &self.state {
+            St::Waiting {
+                reason, message, ..
+            } => ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.clone()),
+                    message: message.clone(),
+                }),
+                ..Default::default()
+            },
+            St::Running { started, .. } => ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(Time(*started)),
+                }),
+                ..Default::default()
+            },
+            St::Terminated(t) => ContainerState {
+                terminated: Some(t.clone()),
+                ..Default::default()
+            },
+        };
+        let container_id = match &self.state {
+            St::Running { id, .. } => Some(format!("strata://{id}")),
+            St::Terminated(t) => t.container_id.clone(),
+            St::Waiting { .. } => None,
+        };
+        ContainerStatus {
+            name: self.spec.name.clone(),
+            image: self.spec.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            container_id,
+            ready: self.is_running() && !self.init,
+            started: Some(self.is_running()),
+            restart_count: self.restarts,
+            state: Some(state),
+            last_state: self.last.clone().map(|t| ContainerState {
+                terminated: Some(t),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The pod phase from its containers (the kubelet's `getPhase`).
+fn phase(ctrs: &[Ctr], policy: &str) -> &'static str {
+    if ctrs.iter().filter(|c| c.init).any(|c| !c.succeeded()) {
+        return if ctrs
+            .iter()
+            .any(|c| c.init && matches!(&c.state, St::Terminated(t) if t.exit_code != 0))
+        {
+            "Failed"
+        } else {
+            "Pending"
+        };
+    }
+    let app: Vec<&Ctr> = ctrs.iter().filter(|c| !c.init).collect();
+    if app.iter().any(|c| c.is_running()) {
+        return "Running";
+    }
+    if app.iter().all(|c| matches!(c.state, St::Terminated(_))) {
+        let failed = app
+            .iter()
+            .any(|c| matches!(&c.state, St::Terminated(t) if t.exit_code != 0));
+        return if failed && policy != "OnFailure" {
+            "Failed"
+        } else {
+            "Succeeded"
+        };
+    }
+    if app.iter().any(|c| c.ran) {
+        "Running"
+    } else {
+        "Pending"
+    }
+}
+
+fn hostname(pod: &Pod) -> String {
+    let h = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    h.chars().take(63).collect()
+}
+
+impl<S: Store> Worker<S> {
+    pub fn new(shared: Arc<Shared<S>>, pod: Pod) -> Worker<S> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let old = pod.status.clone().unwrap_or_default();
+        let old_status = |init: bool, name: &str| -> Option<ContainerStatus> {
+            let list = if init {
+                &old.init_container_statuses
+            } else {
+                &old.container_statuses
+            };
+            list.iter().flatten().find(|s| s.name == name).cloned()
+        };
+        let soon = Instant::now();
+        let mut ctrs = Vec::new();
+        for (init, c) in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| (true, c))
+            .chain(spec.containers.iter().map(|c| (false, c)))
+        {
+            let prev = old_status(init, &c.name);
+            let mut ctr = Ctr {
+                spec: c.clone(),
+                init,
+                restarts: prev.as_ref().map_or(0, |s| s.restart_count),
+                // A run recorded before (even one stopped with the node since): the
+                // next run counts as a restart.
+                ran: prev.as_ref().is_some_and(|s| {
+                    s.restart_count > 0
+                        || s.last_state.is_some()
+                        || s.state
+                            .as_ref()
+                            .is_some_and(|st| st.running.is_some() || st.terminated.is_some())
+                }),
+                state: St::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: None,
+                    at: soon,
+                },
+                last: prev
+                    .as_ref()
+                    .and_then(|s| s.last_state.as_ref())
+                    .and_then(|s| s.terminated.clone()),
+                backoff: Backoff::default(),
+                start_failures: 0,
+            };
+            // What a previous strata-node recorded as done stays done.
+            if let Some(t) = prev
+                .as_ref()
+                .and_then(|s| s.state.as_ref())
+                .and_then(|s| s.terminated.clone())
+                && (init && t.exit_code == 0
+                    || !should_restart(policy(&pod), init, Some(t.exit_code)))
+            {
+                ctr.ran = true;
+                ctr.state = St::Terminated(t);
+            }
+            ctrs.push(ctr);
+        }
+        let finished = match old.phase.as_deref() {
+            Some("Succeeded") => Some("Succeeded"),
+            Some("Failed") => Some("Failed"),
+            _ => None,
+        };
+        Worker {
+            shared,
+            start_time: old.start_time.clone().unwrap_or_else(now),
+            pod,
+            uid,
+            removed: false,
+            volumes_ready: false,
+            ctrs,
+            exits: JoinSet::new(),
+            finished,
+            written: None,
+        }
+    }
+
+    fn ns(&self) -> &str {
+        self.pod.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    fn name(&self) -> &str {
+        self.pod.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, message: &str) {
+        if let Err(e) = self
+            .shared
+            .store
+            .record_event(&pod_ref(&self.pod), type_, reason, message)
+            .await
+        {
+            tracing::warn!(error = %e, reason, "recording an event");
+        }
+    }
+
+    /// Takes over what the runtime still holds of this pod from an earlier strata-node:
+    /// the newest run of each container keeps running and is watched again; older runs,
+    /// runs that never started and runs that ended meanwhile are removed (an ended run
+    /// counts as an exit of unknown code).
+    pub async fn adopt(&mut self, mut found: Vec<(String, Option<State>)>) {
+        found.sort_by_key(|(id, _)| layout::parse_container_id(id).map_or(-1, |(_, _, n)| n));
+        let mut remove = Vec::new();
+        let mut ended = Vec::new();
+        for (i, (id, state)) in found.iter().enumerate() {
+            let Some((_, name, n)) = layout::parse_container_id(id) else {
+                continue;
+            };
+            let newer = found[i + 1..]
+                .iter()
+                .any(|(o, _)| layout::parse_container_id(o).is_some_and(|(_, on, _)| on == name));
+            let Some(idx) = self.ctrs.iter().position(|c| c.spec.name == name) else {
+                remove.push(id.clone());
+                continue;
+            };
+            if newer || self.finished.is_some() {
+                remove.push(id.clone());
+                continue;
+            }
+            let c = &mut self.ctrs[idx];
+            c.restarts = c.restarts.max(n);
+            let running = state
+                .as_ref()
+                .filter(|s| s.status == "running" && s.pid > 0)
+                .and_then(|s| open_pidfd(s.pid).ok().map(|fd| (s, fd)));
+            match running {
+                Some((s, pidfd)) => {
+                    c.ran = true;
+                    let started = s
+                        .created
+                        .as_deref()
+                        .and_then(|t| t.parse::<Timestamp>().ok())
+                        .unwrap_or_else(Timestamp::now);
+                    c.state = St::Running {
+                        id: id.clone(),
+                        started,
+                        since: Instant::now(),
+                    };
+                    tracing::info!(id, pid = s.pid, "adopted a running container");
+                    self.watch_exit(name.to_string(), id.clone(), pidfd);
+                }
+                None if state.as_ref().is_some_and(|s| s.status == "stopped") => {
+                    c.ran = true;
+                    ended.push((name.to_string(), id.clone()));
+                }
+                // Created but never started, or only a rootfs: that run never began.
+                None => remove.push(id.clone()),
+            }
+        }
+        let engine = self.shared.engine.clone();
+        let uid = self.uid.clone();
+        blocking(move || {
+            for id in remove {
+                if let Err(e) = engine.remove(&uid, &id) {
+                    tracing::warn!(id, error = %e, "removing a leftover container");
+                }
+            }
+        })
+        .await;
+        for (name, id) in ended {
+            self.on_exit(Exit {
+                name,
+                id,
+                code: None,
+            })
+            .await;
+        }
+        // Containers run only after every init container succeeded.
+        if self.ctrs.iter().any(|c| !c.init && c.ran) {
+            for c in self.ctrs.iter_mut().filter(|c| c.init && !c.succeeded()) {
+                c.ran = true;
+                c.state = St::Terminated(ContainerStateTerminated {
+                    exit_code: 0,
+                    reason: Some("Completed".into()),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    fn watch_exit(&mut self, name: String, id: String, pidfd: std::os::fd::OwnedFd) {
+        self.exits.spawn(async move {
+            let code = exit::wait(pidfd).await;
+            Exit { name, id, code }
+        });
+    }
+
+    /// Runs the pod until it is finalized (deleted and cleaned up) or `stop` is set;
+    /// on `stop` its containers keep running for the next strata-node to adopt.
+    pub async fn run(
+        mut self,
+        mut updates: watch::Receiver<Option<Pod>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if self.removed || self.pod.metadata.deletion_timestamp.is_some() {
+                self.terminate(&mut stop).await;
+                return;
+            }
+            let wake = self.step().await;
+            self.write_status().await;
+            tokio::select! {
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    match updates.borrow_and_update().clone() {
+                        Some(p) => self.pod = p,
+                        None => self.removed = true,
+                    }
+                }
+                Some(res) = self.exits.join_next(), if !self.exits.is_empty() => {
+                    if let Ok(exit) = res {
+                        self.on_exit(exit).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// One pass: volumes, then the next container(s) due to start. Returns when to look
+    /// again (a back-off ending), if anything is scheduled.
+    async fn step(&mut self) -> Option<Instant> {
+        if self.finished.is_some() {
+            return None;
+        }
+        if !self.volumes_ready {
+            self.ensure_finalizer().await;
+            match self.shared.volumes.sync_pod(&self.pod).await {
+                Ok(_) => self.volumes_ready = true,
+                Err(e) => {
+                    // The volume manager records the FailedMount event.
+                    let msg = format!("volumes not ready: {}", chain(&e));
+                    for c in self.ctrs.iter_mut() {
+                        if let St::Waiting {
+                            reason, message, ..
+                        } = &mut c.state
+                            && reason == "ContainerCreating"
+                        {
+                            *message = Some(msg.clone());
+                        }
+                    }
+                    return Some(Instant::now() + Duration::from_secs(2));
+                }
+            }
+        }
+        let now = Instant::now();
+        let policy = policy(&self.pod).to_string();
+        // Init containers one at a time, in order.
+        let mut wake: Option<Instant> = None;
+        let first_init = self.ctrs.iter().position(|c| c.init && !c.succeeded());
+        let due: Vec<usize> = match first_init {
+            Some(i) => match &self.ctrs[i].state {
+                St::Waiting { at, .. } if *at <= now => vec![i],
+                St::Waiting { at, .. } => {
+                    wake = Some(*at);
+                    vec![]
+                }
+                _ => vec![],
+            },
+            None => (0..self.ctrs.len())
+                .filter(|&i| !self.ctrs[i].init)
+                .filter(|&i| match &self.ctrs[i].state {
+                    St::Waiting { at, .. } if *at <= now => true,
+                    St::Waiting { at, .. } => {
+                        wake = Some(wake.map_or(*at, |w| w.min(*at)));
+                        false
+                    }
+                    _ => false,
+                })
+                .collect(),
+        };
+        for i in due {
+            self.start(i).await;
+            if let St::Waiting { at, .. } = &self.ctrs[i].state {
+                wake = Some(wake.map_or(*at, |w| w.min(*at)));
+            }
+        }
+        let p = phase(&self.ctrs, &policy);
+        if matches!(p, "Succeeded" | "Failed") && self.ctrs.iter().all(|c| !c.is_running()) {
+            self.finished = Some(p);
+        }
+        wake
+    }
+
+    async fn start(&mut self, i: usize) {
+        let spec = self.ctrs[i].spec.clone();
+        let env = match env::resolve(&self.shared.store, &self.pod, &spec).await {
+            Ok(e) => e,
+            Err(msg) => return self.start_failed(i, StartError::Config(msg)).await,
+        };
+        let volumes = {
+            let vm = self.shared.volumes.clone();
+            let (uid, name) = (self.uid.clone(), spec.name.clone());
+            match blocking(move || vm.container_volumes(&uid, &name)).await {
+                Ok(v) => v,
+                Err(e) => return self.start_failed(i, StartError::Config(chain(&e))).await,
+            }
+        };
+        let c = &self.ctrs[i];
+        let restart = if c.ran { c.restarts + 1 } else { 0 };
+        let plan = Plan {
+            pod: self.pod.clone(),
+            container: spec.clone(),
+            restart,
+            env,
+            volumes,
+            hostname: hostname(&self.pod),
+            join: Vec::new(),
+        };
+        let engine = self.shared.engine.clone();
+        match blocking(move || engine.start(&plan)).await {
+            Ok(Started { id, pid, pidfd }) => {
+                tracing::info!(pod = self.name(), container = %spec.name, id, pid, "started");
+                let c = &mut self.ctrs[i];
+                if c.ran {
+                    c.restarts += 1;
+                }
+                c.ran = true;
+                c.start_failures = 0;
+                c.state = St::Running {
+                    id: id.clone(),
+                    started: Timestamp::now(),
+                    since: Instant::now(),
+                };
+                self.watch_exit(spec.name.clone(), id, pidfd);
+                self.event(
+                    EventType::Normal,
+                    "Started",
+                    &format!("Started container {}", spec.name),
+                )
+                .await;
+            }
+            Err(e) => self.start_failed(i, e).await,
+        }
+    }
+
+    async fn start_failed(&mut self, i: usize, e: StartError) {
+        let c = &mut self.ctrs[i];
+        c.start_failures += 1;
+        let reason = e.reason(c.start_failures > 1).to_string();
+        let delay = backoff::start_failure_delay(c.start_failures);
+        let message = e.to_string();
+        c.state = St::Waiting {
+            reason: reason.clone(),
+            message: Some(message.clone()),
+            at: Instant::now() + delay,
+        };
+        let name = c.spec.name.clone();
+        tracing::warn!(pod = self.name(), container = %name, %reason, %message, "container not started");
+        let (event_reason, text) = match e {
+            StartError::ImageNotFound(_) => ("Failed", format!("Failed to pull image: {message}")),
+            _ => ("Failed", format!("Error: {message}")),
+        };
+        self.event(EventType::Warning, event_reason, &text).await;
+    }
+
+    async fn on_exit(&mut self, exit: Exit) {
+        let Some(i) = self.ctrs.iter().position(|c| c.spec.name == exit.name) else {
+            return;
+        };
+        let (started, since) = match &self.ctrs[i].state {
+            St::Running { id, started, since } if *id == exit.id => (Some(*started), *since),
+            // An adopted run that had already ended.
+            _ => (None, Instant::now()),
+        };
+        let term = ContainerStateTerminated {
+            exit_code: exit.code.unwrap_or(137),
+            reason: Some(
+                match exit.code {
+                    Some(0) => "Completed",
+                    Some(_) => "Error",
+                    None => "ContainerStatusUnknown",
+                }
+                .into(),
+            ),
+            message: exit.code.is_none().then(|| {
+                "the container ended while no strata-node watched it; its exit code is unknown"
+                    .to_string()
+            }),
+            started_at: started.map(Time),
+            finished_at: Some(now()),
+            container_id: Some(format!("strata://{}", exit.id)),
+            ..Default::default()
+        };
+        tracing::info!(pod = self.name(), container = %exit.name, id = %exit.id, code = ?exit.code, "exited");
+        let engine = self.shared.engine.clone();
+        let (uid, id) = (self.uid.clone(), exit.id.clone());
+        if let Err(e) = blocking(move || engine.remove(&uid, &id)).await {
+            tracing::warn!(id = %exit.id, error = %e, "removing an exited container");
+        }
+        let policy = policy(&self.pod).to_string();
+        let c = &mut self.ctrs[i];
+        c.last = Some(term.clone());
+        if should_restart(&policy, c.init, exit.code) {
+            let delay = c.backoff.on_exit(since.elapsed());
+            c.state = St::Waiting {
+                reason: if delay.is_zero() {
+                    "ContainerCreating".into()
+                } else {
+                    "CrashLoopBackOff".into()
+                },
+                message: (!delay.is_zero()).then(|| {
+                    format!(
+                        "back-off {}s restarting failed container={} pod={}",
+                        delay.as_secs(),
+                        c.spec.name,
+                        self.pod.metadata.name.as_deref().unwrap_or_default()
+                    )
+                }),
+                at: Instant::now() + delay,
+            };
+            if !delay.is_zero() {
+                let msg = "Back-off restarting failed container".to_string();
+                self.event(EventType::Warning, "BackOff", &msg).await;
+            }
+        } else {
+            c.last = None;
+            c.state = St::Terminated(term);
+        }
+    }
+
+    fn build_status(&self) -> PodStatus {
+        let old = self.pod.status.clone().unwrap_or_default();
+        let policy = policy(&self.pod);
+        let phase = self.finished.unwrap_or_else(|| phase(&self.ctrs, policy));
+        let initialized = self.ctrs.iter().filter(|c| c.init).all(|c| c.succeeded());
+        let ready = initialized && self.ctrs.iter().filter(|c| !c.init).all(|c| c.is_running());
+        let cond = |type_: &str, ok: bool, reason: Option<&str>| {
+            let status = if ok { "True" } else { "False" };
+            let prev = old
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == type_ && c.status == status);
+            PodCondition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: if ok { None } else { reason.map(String::from) },
+                last_transition_time: Some(
+                    prev.and_then(|p| p.last_transition_time.clone())
+                        .unwrap_or_else(now),
+                ),
+                ..Default::default()
+            }
+        };
+        let not_ready = if phase == "Succeeded" {
+            "PodCompleted"
+        } else {
+            "ContainersNotReady"
+        };
+        PodStatus {
+            phase: Some(phase.into()),
+            conditions: Some(vec![
+                cond("PodScheduled", true, None),
+                cond("Initialized", initialized, Some("ContainersNotInitialized")),
+                cond("ContainersReady", ready, Some(not_ready)),
+                cond("Ready", ready, Some(not_ready)),
+            ]),
+            start_time: Some(self.start_time.clone()),
+            init_container_statuses: self.ctrs.iter().any(|c| c.init).then(|| {
+                self.ctrs
+                    .iter()
+                    .filter(|c| c.init)
+                    .map(Ctr::status)
+                    .collect()
+            }),
+            container_statuses: Some(
+                self.ctrs
+                    .iter()
+                    .filter(|c| !c.init)
+                    .map(Ctr::status)
+                    .collect(),
+            ),
+            host_ip: old.host_ip.clone(),
+            pod_ip: old.pod_ip.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Re-reads the pod after a conflict; false when it is gone (or replaced).
+    async fn reload(&mut self) -> bool {
+        match self.shared.store.get::<Pod>(self.ns(), self.name()).await {
+            Ok(p) if p.metadata.uid == self.pod.metadata.uid => {
+                self.pod = p;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes the status when it changed since the last write.
+    async fn write_status(&mut self) {
+        let status = self.build_status();
+        let value = serde_json::to_value(&status).expect("serializable");
+        if self.written.as_ref() == Some(&value)
+            || self
+                .pod
+                .status
+                .as_ref()
+                .is_some_and(|s| serde_json::to_value(s).ok().as_ref() == Some(&value))
+        {
+            self.written = Some(value);
+            return;
+        }
+        for _ in 0..5 {
+            let mut pod = self.pod.clone();
+            pod.status = Some(status.clone());
+            match self.shared.store.update_status(&pod).await {
+                Ok(p) => {
+                    self.pod = p;
+                    self.written = Some(value);
+                    return;
+                }
+                Err(strata_store::Error::Conflict { .. }) => {
+                    if !self.reload().await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pod = self.name(), error = %e, "writing pod status");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Our finalizer keeps a deleted pod until its containers have stopped and its
+    /// volumes are torn down, as the kubelet's graceful deletion does.
+    async fn ensure_finalizer(&mut self) {
+        for _ in 0..5 {
+            if self
+                .pod
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == FINALIZER)
+                || self.pod.metadata.deletion_timestamp.is_some()
+            {
+                return;
+            }
+            let mut pod = self.pod.clone();
+            pod.metadata
+                .finalizers
+                .get_or_insert_with(Vec::new)
+                .push(FINALIZER.into());
+            match self.shared.store.update(&pod).await {
+                Ok(p) => {
+                    self.pod = p;
+                    return;
+                }
+                Err(strata_store::Error::Conflict { .. }) => {
+                    if !self.reload().await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pod = self.name(), error = %e, "adding the finalizer");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops the containers (TERM, then KILL after the grace period), removes them,
+    /// tears down the volumes and lets the pod object go. Idempotent: a strata-node
+    /// killed half-way does the rest after its restart.
+    async fn terminate(&mut self, stop: &mut watch::Receiver<bool>) {
+        let grace = if self.removed {
+            0
+        } else {
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64
+        };
+        let running: Vec<(String, String)> = self
+            .ctrs
+            .iter()
+            .filter_map(|c| match &c.state {
+                St::Running { id, .. } => Some((c.spec.name.clone(), id.clone())),
+                _ => None,
+            })
+            .collect();
+        for (name, id) in &running {
+            self.event(
+                EventType::Normal,
+                "Killing",
+                &format!("Stopping container {name}"),
+            )
+            .await;
+            let engine = self.shared.engine.clone();
+            let id2 = id.clone();
+            if let Err(e) = blocking(move || engine.signal(&id2, "TERM")).await {
+                tracing::debug!(id, error = %e, "TERM");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(grace);
+        let mut killed = false;
+        while self.ctrs.iter().any(Ctr::is_running) && !self.exits.is_empty() {
+            tokio::select! {
+                Some(res) = self.exits.join_next() => {
+                    if let Ok(exit) = res
+                        && let Some(c) = self.ctrs.iter_mut().find(|c| c.spec.name == exit.name)
+                    {
+                        c.state = St::Terminated(ContainerStateTerminated {
+                            exit_code: exit.code.unwrap_or(137),
+                            ..Default::default()
+                        });
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if !killed => {
+                    killed = true;
+                    for c in self.ctrs.iter().filter(|c| c.is_running()) {
+                        let St::Running { id, .. } = &c.state else { continue };
+                        let engine = self.shared.engine.clone();
+                        let id = id.clone();
+                        let _ = blocking(move || engine.signal(&id, "KILL")).await;
+                    }
+                }
+                // A process that survives SIGKILL (stuck in the kernel) is removed by
+                // force below rather than holding the pod forever.
+                _ = tokio::time::sleep_until(deadline + Duration::from_secs(10)), if killed => break,
+            }
+        }
+        self.exits.abort_all();
+        let engine = self.shared.engine.clone();
+        let uid = self.uid.clone();
+        let ids: Vec<String> = running.into_iter().map(|(_, id)| id).collect();
+        let removed = blocking(move || {
+            let mut errors = Vec::new();
+            for id in &ids {
+                if let Err(e) = engine.remove(&uid, id) {
+                    errors.push(format!("{id}: {e}"));
+                }
+            }
+            // Anything else of this pod the runtime holds (runs from before a crash).
+            if let Ok(all) = engine.inventory() {
+                for (id, _) in all {
+                    if layout::parse_container_id(&id).is_some_and(|(u, _, _)| u == uid)
+                        && let Err(e) = engine.remove(&uid, &id)
+                    {
+                        errors.push(format!("{id}: {e}"));
+                    }
+                }
+            }
+            errors
+        })
+        .await;
+        if !removed.is_empty() {
+            tracing::warn!(pod = self.name(), errors = ?removed, "removing containers");
+        }
+        // Volumes next; retried until they go (a busy unmount, the driver restarting).
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.shared.volumes.tear_down_pod(&self.uid).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(pod = self.name(), error = %e, "tearing down volumes");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let state = self.shared.engine.state_dir.clone();
+        let logs = layout::pod_logs(&state, self.ns(), self.name(), &self.uid);
+        let runner = layout::runner_dir(&state).join(&self.uid);
+        blocking(move || {
+            let _ = std::fs::remove_dir_all(runner);
+            let _ = std::fs::remove_dir_all(logs);
+        })
+        .await;
+        self.remove_finalizer().await;
+        tracing::info!(pod = self.name(), "pod terminated and cleaned up");
+    }
+
+    async fn remove_finalizer(&mut self) {
+        for _ in 0..5 {
+            if !self.reload().await {
+                return;
+            }
+            let mut pod = self.pod.clone();
+            let Some(f) = pod.metadata.finalizers.as_mut() else {
+                return;
+            };
+            if !f.iter().any(|x| x == FINALIZER) {
+                return;
+            }
+            f.retain(|x| x != FINALIZER);
+            match self.shared.store.update(&pod).await {
+                Ok(_) | Err(strata_store::Error::NotFound { .. }) => return,
+                Err(strata_store::Error::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(pod = self.name(), error = %e, "removing the finalizer");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policy_table() {
+        for (policy, init, code, want) in [
+            ("Always", false, Some(0), true),
+            ("Always", false, Some(1), true),
+            ("OnFailure", false, Some(0), false),
+            ("OnFailure", false, Some(2), true),
+            ("OnFailure", false, None, true),
+            ("Never", false, Some(1), false),
+            ("Always", true, Some(0), false),
+            ("Always", true, Some(1), true),
+            ("Never", true, Some(1), false),
+        ] {
+            assert_eq!(
+                should_restart(policy, init, code),
+                want,
+                "{policy} init={init} {code:?}"
+            );
+        }
+    }
+
+    fn ctr(init: bool, state: St, ran: bool) -> Ctr {
+        Ctr {
+            spec: Container {
+                name: "c".into(),
+                ..Default::default()
+            },
+            init,
+            restarts: 0,
+            ran,
+            state,
+            last: None,
+            backoff: Backoff::default(),
+            start_failures: 0,
+        }
+    }
+
+    fn term(code: i32) -> St {
+        St::Terminated(ContainerStateTerminated {
+            exit_code: code,
+            ..Default::default()
+        })
+    }
+
+    fn waiting() -> St {
+        St::Waiting {
+            reason: "ContainerCreating".into(),
+            message: None,
+            at: Instant::now(),
+        }
+    }
+
+    fn running() -> St {
+        St::Running {
+            id: "x".into(),
+            started: Timestamp::now(),
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn phase_follows_the_kubelet() {
+        assert_eq!(phase(&[ctr(false, waiting(), false)], "Always"), "Pending");
+        assert_eq!(phase(&[ctr(false, running(), true)], "Always"), "Running");
+        assert_eq!(phase(&[ctr(false, waiting(), true)], "Always"), "Running");
+        assert_eq!(phase(&[ctr(false, term(0), true)], "Never"), "Succeeded");
+        assert_eq!(phase(&[ctr(false, term(1), true)], "Never"), "Failed");
+        assert_eq!(
+            phase(
+                &[ctr(true, running(), true), ctr(false, waiting(), false)],
+                "Always"
+            ),
+            "Pending"
+        );
+        assert_eq!(
+            phase(
+                &[ctr(true, term(1), true), ctr(false, waiting(), false)],
+                "Never"
+            ),
+            "Failed"
+        );
+        assert_eq!(
+            phase(
+                &[ctr(true, term(0), true), ctr(false, running(), true)],
+                "Never"
+            ),
+            "Running"
+        );
+    }
+}
