@@ -150,7 +150,8 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
     )
     .map_err(Error::Engine)?;
     let runner = runner::Runner::new(store, manager.clone(), engine, args.node_id.clone());
-    tracing::info!(node = %args.node_id, state_dir = %args.state_dir.display(), "strata-node starting");
+    tracing::info!(node = %args.node_id, state_dir = %args.state_dir.display(), "volume manager starting");
+    tracing::info!("pod runner starting");
     // One stop for both halves: a signal, or either of them ending (with an error).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
