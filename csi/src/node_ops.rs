@@ -79,25 +79,14 @@ fn apply_mount_group(root: &Path, gid: &str) -> Result<()> {
     Ok(())
 }
 
-/// Parses a Kubernetes-style quantity: `1073741824`, `512Mi`, `1Gi`, `1G`, `100M`.
+/// A size given as a Kubernetes quantity (`1073741824`, `512Mi`, `1.5Gi`, `1G`), in
+/// whole bytes rounded up; None unless it is a positive quantity in range.
+/// The grammar is `strata-quantity`'s, the API server's.
 pub fn parse_quantity(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit {
-        "" => 1,
-        "k" | "K" => 1000,
-        "Ki" => 1 << 10,
-        "M" => 1000 * 1000,
-        "Mi" => 1 << 20,
-        "G" => 1000 * 1000 * 1000,
-        "Gi" => 1 << 30,
-        "T" => 1000u64.pow(4),
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+    strata_quantity::parse(s.trim())
+        .ok()
+        .and_then(|q| q.to_bytes())
+        .filter(|&b| b > 0)
 }
 
 impl Driver {
@@ -710,7 +699,10 @@ impl Driver {
         let _guard = self.locks.try_lock([format!("eph:{co_id}")])?;
         let size = match a.context.get(CTX_SIZE) {
             Some(s) => parse_quantity(s).ok_or_else(|| {
-                Error::invalid("volume_context", format!("size {s:?} is not a quantity"))
+                Error::invalid(
+                    "volume_context",
+                    format!("size {s:?} is not a positive quantity"),
+                )
             })?,
             None => EPHEMERAL_DEFAULT_SIZE,
         };
@@ -1055,8 +1047,14 @@ mod tests {
         assert_eq!(parse_quantity("100Mi"), Some(100 << 20));
         assert_eq!(parse_quantity("5M"), Some(5_000_000));
         assert_eq!(parse_quantity("4096"), Some(4096));
-        assert_eq!(parse_quantity("1.5Gi"), None);
-        assert_eq!(parse_quantity("Gi"), None);
-        assert_eq!(parse_quantity("99999999999999Ti"), None);
+        assert_eq!(parse_quantity("1.5Gi"), Some(3 << 29));
+        assert_eq!(parse_quantity("1Pi"), Some(1 << 50));
+        assert_eq!(parse_quantity(" 1k "), Some(1000));
+        assert_eq!(parse_quantity("1K"), None);
+        assert_eq!(parse_quantity("Gi"), None, "zero");
+        assert_eq!(parse_quantity("-1Gi"), None);
+        // Binary sizes cap at 2^63-1 as upstream caps them; decimal ones refuse.
+        assert_eq!(parse_quantity("99999999999999Ti"), Some(i64::MAX as u64));
+        assert_eq!(parse_quantity("99999999999999T"), None);
     }
 }

@@ -236,21 +236,10 @@ pub(crate) fn layers_in_use(store: &ImageStore) -> Result<Vec<Digest>> {
     Ok(out)
 }
 
-/// True when `p` is the root of a mount (its device differs from its parent's, or
-/// it is listed in mountinfo for same-device binds).
+/// True when `p` is the root of a mount (listed in mountinfo, which also covers
+/// same-device binds).
 fn is_mountpoint(p: &Path) -> Result<bool> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(Error::io("reading", "/proc/self/mountinfo"))?;
-    let want = p.to_string_lossy();
-    Ok(info
-        .lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| unescape(m) == want)))
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    let table =
+        strata_mountinfo::read().map_err(Error::io("reading", strata_mountinfo::SELF_MOUNTINFO))?;
+    Ok(strata_mountinfo::mounted_at(&table, p).is_some())
 }
