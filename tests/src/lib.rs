@@ -12,6 +12,10 @@ use std::time::Duration;
 const PACKAGES: [&str; 4] = ["volctl", "strata-csi", "strata-provisioner", "strata-node"];
 
 /// The target dir's profile dir (`target/debug`), with every binary of [`PACKAGES`] in it.
+///
+/// A binary that exists is used as it is: a `cargo build` from inside `cargo test` would wait
+/// forever on the build lock the outer cargo holds. `cargo test --workspace` builds them
+/// fresh; after changing a daemon, `cargo build` before `cargo test -p strata-e2e`.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {

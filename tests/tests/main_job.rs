@@ -89,6 +89,8 @@ fn quickstart_up_down_up_and_delete() {
     );
     assert_nothing_left(&s, "a refused up");
 
+    // As scripts/up does: the examples' image, built from the host's busybox-static.
+    s.ok(&["image", "build", "busybox:latest", "--busybox"]);
     let out = s.ok(&["up", "-d", "-f", quickstart]);
     for line in [
         "strata-csi ready",

@@ -11,6 +11,7 @@ mod apply;
 mod delete;
 mod describe;
 mod get;
+mod image;
 mod resource;
 mod table;
 mod up;
@@ -46,6 +47,7 @@ pub enum Command {
     Delete(delete::Args),
     Up(up::UpArgs),
     Down(up::DownArgs),
+    Image(image::Args),
 }
 
 impl Cli {
@@ -54,6 +56,7 @@ impl Cli {
         match self.command {
             Command::Up(args) => return up::up(&self.state_dir, args).await,
             Command::Down(args) => return up::down(&self.state_dir, args).await,
+            Command::Image(args) => return image::run(&self.state_dir, args).await,
             _ => {}
         }
         // Only apply may start a new store: reading from a mistyped --state-dir must say so
@@ -77,7 +80,9 @@ impl Cli {
             Command::Get(args) => get::run(&store, args).await,
             Command::Describe(args) => describe::run(&store, args).await,
             Command::Delete(args) => delete::run(&store, args).await,
-            Command::Up(_) | Command::Down(_) => unreachable!("handled above"),
+            Command::Up(_) | Command::Down(_) | Command::Image(_) => {
+                unreachable!("handled above")
+            }
         }
     }
 }

@@ -55,7 +55,7 @@ pub struct UpArgs {
     node_id: String,
     /// A storage pool `NAME=image:DIR` (repeatable; the first is the default). Without one,
     /// the pool `default` lives in <state>/pools/default.
-    #[arg(long = "pool", value_name = "NAME=image:DIR")]
+    #[arg(long = "pool", value_name = "NAME=image:DIR[,OPTS]")]
     pools: Vec<String>,
     /// Seconds each process may take to become ready.
     #[arg(long, default_value_t = 60)]
@@ -283,6 +283,12 @@ fn take_lock(layout: &Layout) -> anyhow::Result<File> {
     }
 }
 
+/// True while a `volctl up` holds the state dir's lock.
+pub fn is_running(state: &Path) -> bool {
+    File::open(Layout::new(state).lock())
+        .is_ok_and(|f| matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)))
+}
+
 fn read_pid(path: &Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -330,14 +336,19 @@ fn pool_flags(layout: &Layout, pools: &[String]) -> anyhow::Result<Vec<String>> 
         let (name, rest) = p
             .split_once('=')
             .with_context(|| format!("--pool {p:?}: expected NAME=image:DIR"))?;
-        let dir = rest
+        let rest = rest
             .strip_prefix("image:")
             .with_context(|| format!("--pool {p:?}: only image pools exist (NAME=image:DIR)"))?;
+        // strata-csi's options (`,overcommit=R`) follow the directory.
+        let (dir, opts) = rest
+            .split_once(',')
+            .map_or((rest, None), |(d, o)| (d, Some(o)));
         let dir = std::path::absolute(dir).with_context(|| format!("--pool {p:?}"))?;
         if !fs::metadata(&dir).is_ok_and(|m| m.is_dir()) {
             bail!("pool {name}: {} is not a directory", dir.display());
         }
-        out.push(format!("{name}=image:{}", dir.display()));
+        let opts = opts.map(|o| format!(",{o}")).unwrap_or_default();
+        out.push(format!("{name}=image:{}{opts}", dir.display()));
     }
     Ok(out)
 }
