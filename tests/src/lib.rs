@@ -7,36 +7,19 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The binaries `volctl up` runs, all built once if the target dir lacks them (CI builds
-/// the workspace first; a lone `cargo test -p strata-e2e` does not).
-const PACKAGES: [&str; 4] = ["volctl", "strata-csi", "strata-provisioner", "strata-node"];
+/// The binaries `volctl up` runs, found (and built when missing) by testkit's one locator.
+const BINARIES: [&str; 4] = ["volctl", "strata-csi", "strata-provisioner", "strata-node"];
 
-/// The target dir's profile dir (`target/debug`), with every binary of [`PACKAGES`] in it.
-///
-/// A binary that exists is used as it is: a `cargo build` from inside `cargo test` would wait
-/// forever on the build lock the outer cargo holds. `cargo test --workspace` builds them
-/// fresh; after changing a daemon, `cargo build` before `cargo test -p strata-e2e`.
+/// The target dir's profile dir (`target/debug`), with every binary of [`BINARIES`] in it:
+/// volctl finds the daemons next to itself.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test exe");
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target/<profile>/deps")
-            .to_path_buf();
-        if PACKAGES.iter().any(|p| !dir.join(p).exists()) {
-            let target = dir.parent().expect("target dir");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.arg("build").env("CARGO_TARGET_DIR", target);
-            for p in PACKAGES {
-                cmd.args(["-p", p]);
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "building {PACKAGES:?} failed");
-        }
-        dir
+        let bins: Vec<PathBuf> = BINARIES
+            .iter()
+            .map(|b| testkit::workspace_binary(b))
+            .collect();
+        bins[0].parent().expect("target/<profile>").to_path_buf()
     })
 }
 

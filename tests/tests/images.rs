@@ -48,7 +48,8 @@ fn build_import_ls_rm() {
     let defaults = store.defaults(&img).unwrap();
     assert_eq!(defaults.cmd, ["sh"]);
 
-    let work = testkit::unique_temp_dir("e2e-img-files");
+    let work = TempDir(testkit::unique_temp_dir("e2e-img-files"));
+    let work = &work.0;
     let layout = work.join("layout");
     store.export_layout(&img, &layout).unwrap();
 
@@ -118,5 +119,13 @@ fn build_import_ls_rm() {
     let out = a.ok(&["image", "rm", "saved/busybox:1.36"]);
     assert!(out.contains("freed 1 unused layer"), "{out}");
     assert!(names(&a).is_empty());
-    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Removed when the test ends, also when it fails.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
