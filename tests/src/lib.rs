@@ -8,7 +8,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The binaries `volctl up` runs, found (and built when missing) by testkit's one locator.
-const BINARIES: [&str; 4] = ["volctl", "strata-csi", "strata-provisioner", "strata-node"];
+const BINARIES: [&str; 5] = [
+    "volctl",
+    "strata-csi",
+    "strata-provisioner",
+    "strata-node",
+    "strata-runtime",
+];
 
 /// The target dir's profile dir (`target/debug`), with every binary of [`BINARIES`] in it:
 /// volctl finds the daemons next to itself.

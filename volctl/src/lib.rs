@@ -1,6 +1,6 @@
 //! volctl: kubectl-like CLI over the embedded store, plus node inspection.
 //!
-//! One module per verb (`apply`, `get`, `describe`, `delete`, `up`/`down`); `table` renders kubectl's
+//! One module per verb (`apply`, `get`, `describe`, `delete`, `up`/`down`, `logs`, `exec`); `table` renders kubectl's
 //! columns and `resource` resolves names like "pvc". The store does all the deciding:
 //! validation, defaulting and admission happen there, so volctl and the control loops
 //! see the same rules.
@@ -8,10 +8,13 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+mod container_ref;
 mod delete;
 mod describe;
+mod exec;
 mod get;
 mod image;
+mod logs;
 mod resource;
 mod table;
 mod up;
@@ -48,6 +51,8 @@ pub enum Command {
     Up(up::UpArgs),
     Down(up::DownArgs),
     Image(image::Args),
+    Logs(logs::Args),
+    Exec(exec::Args),
 }
 
 impl Cli {
@@ -80,6 +85,8 @@ impl Cli {
             Command::Get(args) => get::run(&store, args).await,
             Command::Describe(args) => describe::run(&store, args).await,
             Command::Delete(args) => delete::run(&store, args).await,
+            Command::Logs(args) => logs::run(&store, &self.state_dir, args).await,
+            Command::Exec(args) => exec::run(&store, &self.state_dir, args).await,
             Command::Up(_) | Command::Down(_) | Command::Image(_) => {
                 unreachable!("handled above")
             }
@@ -111,6 +118,10 @@ pub fn main() -> ExitCode {
             }) =>
         {
             ExitCode::SUCCESS
+        }
+        // `volctl exec`: the command's own status, already explained by its output.
+        Err(err) if err.downcast_ref::<exec::ExitWith>().is_some() => {
+            ExitCode::from(err.downcast_ref::<exec::ExitWith>().map_or(1, |e| e.0))
         }
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -304,7 +304,7 @@ fn open_log(layout: &Layout, name: &str) -> anyhow::Result<File> {
 
 /// Finds a Strata binary: next to this volctl (a cargo target dir, or where
 /// `scripts/up` linked them), then on PATH.
-fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().ok();
     let beside = exe.as_ref().map(|e| e.with_file_name(name));
     let on_path: Vec<PathBuf> = std::env::var_os("PATH")
