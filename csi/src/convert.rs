@@ -7,7 +7,7 @@ use csi_proto as pb;
 use csi_proto::prost_types::Timestamp;
 use pb::volume_capability::AccessType;
 
-use crate::driver::{Cap, TOPOLOGY_KEY};
+use crate::driver::{AccessMode, Cap, TOPOLOGY_KEY};
 use crate::error::{Error, Result};
 use crate::state::{SnapshotRecord, Source, VolumeRecord};
 use crate::validate;
@@ -19,10 +19,11 @@ pub const CTX_NODE: &str = "node";
 
 /// A VolumeCapability → Cap; a missing access_type or access_mode is INVALID_ARGUMENT.
 pub fn cap(field: &'static str, c: &pb::VolumeCapability) -> Result<Cap> {
-    let mode = c.access_mode.as_ref().map(|m| m.mode).unwrap_or(0);
-    if mode == 0 {
-        return Err(Error::invalid(field, "access_mode is missing or UNKNOWN"));
-    }
+    let mode = c
+        .access_mode
+        .as_ref()
+        .and_then(|m| AccessMode::from_wire(m.mode))
+        .ok_or_else(|| Error::invalid(field, "access_mode is missing or UNKNOWN"))?;
     match &c.access_type {
         Some(AccessType::Block(_)) => Ok(Cap {
             block: true,
@@ -148,45 +149,9 @@ pub fn range(r: &Option<pb::CapacityRange>) -> Result<(u64, u64)> {
     Ok((r.required_bytes as u64, r.limit_bytes as u64))
 }
 
-const TOKEN_PREFIX: &str = "t1.";
-
-/// Paging token: the last id of the previous page.
-pub fn token_encode(last_id: &str) -> String {
-    format!("{TOKEN_PREFIX}{last_id}")
-}
-
-/// The id after which to continue; a token we did not issue is ABORTED (spec).
-pub fn token_decode(token: &str) -> Result<String> {
-    if token.is_empty() {
-        return Ok(String::new());
-    }
-    let bad = || Error::BadToken(token.chars().take(64).collect());
-    let rest = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
-    if crate::ids::ObjectId::parse(rest).is_none() {
-        return Err(bad());
-    }
-    Ok(rest.to_string())
-}
-
-pub fn max_entries(n: i32) -> Result<u32> {
-    if n < 0 {
-        return Err(Error::invalid("max_entries", "must not be negative"));
-    }
-    Ok(if n == 0 { 1000 } else { n as u32 })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens() {
-        let id = "n_p_v0123456789abcdef0123456789abcdef";
-        assert_eq!(token_decode(&token_encode(id)).unwrap(), id);
-        assert_eq!(token_decode("").unwrap(), "");
-        assert!(matches!(token_decode("garbage"), Err(Error::BadToken(_))));
-        assert!(matches!(token_decode("t1.x"), Err(Error::BadToken(_))));
-    }
 
     #[test]
     fn caps_need_type_and_mode() {

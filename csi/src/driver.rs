@@ -24,15 +24,65 @@ pub const DEFAULT_SIZE: u64 = 1 << 30;
 /// these can never collide with a CreateVolume or CreateSnapshot name.
 pub const INTERNAL_PREFIX: char = '\u{1}';
 
-/// Access modes. Local storage serves one node, so the MULTI_NODE modes are refused.
-pub mod mode {
-    pub const SINGLE_NODE_WRITER: i32 = 1;
-    pub const SINGLE_NODE_READER_ONLY: i32 = 2;
-    pub const MULTI_NODE_READER_ONLY: i32 = 3;
-    pub const MULTI_NODE_SINGLE_WRITER: i32 = 4;
-    pub const MULTI_NODE_MULTI_WRITER: i32 = 5;
-    pub const SINGLE_NODE_SINGLE_WRITER: i32 = 6;
-    pub const SINGLE_NODE_MULTI_WRITER: i32 = 7;
+/// A capability's access mode (CSI `VolumeCapability.AccessMode.Mode`). Local storage
+/// serves one node, so the MULTI_NODE modes are refused; a number from a newer spec than
+/// ours is kept as `Other` (unsupported, but well-formed: ValidateVolumeCapabilities
+/// answers "not confirmed" rather than INVALID_ARGUMENT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    SingleNodeWriter,
+    SingleNodeReaderOnly,
+    MultiNodeReaderOnly,
+    MultiNodeSingleWriter,
+    MultiNodeMultiWriter,
+    SingleNodeSingleWriter,
+    SingleNodeMultiWriter,
+    Other(i32),
+}
+
+impl AccessMode {
+    /// The mode for a wire number; None for 0 (UNKNOWN, i.e. not set).
+    pub fn from_wire(n: i32) -> Option<AccessMode> {
+        use csi_proto::volume_capability::access_mode::Mode;
+        Some(match Mode::try_from(n) {
+            Ok(Mode::Unknown) => return None,
+            Ok(Mode::SingleNodeWriter) => AccessMode::SingleNodeWriter,
+            Ok(Mode::SingleNodeReaderOnly) => AccessMode::SingleNodeReaderOnly,
+            Ok(Mode::MultiNodeReaderOnly) => AccessMode::MultiNodeReaderOnly,
+            Ok(Mode::MultiNodeSingleWriter) => AccessMode::MultiNodeSingleWriter,
+            Ok(Mode::MultiNodeMultiWriter) => AccessMode::MultiNodeMultiWriter,
+            Ok(Mode::SingleNodeSingleWriter) => AccessMode::SingleNodeSingleWriter,
+            Ok(Mode::SingleNodeMultiWriter) => AccessMode::SingleNodeMultiWriter,
+            Err(_) => AccessMode::Other(n),
+        })
+    }
+
+    /// The wire number (also what records and fingerprints store).
+    pub fn wire(self) -> i32 {
+        use csi_proto::volume_capability::access_mode::Mode;
+        match self {
+            AccessMode::SingleNodeWriter => Mode::SingleNodeWriter as i32,
+            AccessMode::SingleNodeReaderOnly => Mode::SingleNodeReaderOnly as i32,
+            AccessMode::MultiNodeReaderOnly => Mode::MultiNodeReaderOnly as i32,
+            AccessMode::MultiNodeSingleWriter => Mode::MultiNodeSingleWriter as i32,
+            AccessMode::MultiNodeMultiWriter => Mode::MultiNodeMultiWriter as i32,
+            AccessMode::SingleNodeSingleWriter => Mode::SingleNodeSingleWriter as i32,
+            AccessMode::SingleNodeMultiWriter => Mode::SingleNodeMultiWriter as i32,
+            AccessMode::Other(n) => n,
+        }
+    }
+
+    /// Whether several publishes of one volume on this node are allowed (k8s-semantics
+    /// §5.6 matrix).
+    pub fn multi_publish(self) -> bool {
+        matches!(
+            self,
+            AccessMode::SingleNodeMultiWriter
+                | AccessMode::MultiNodeReaderOnly
+                | AccessMode::MultiNodeSingleWriter
+                | AccessMode::MultiNodeMultiWriter
+        )
+    }
 }
 
 /// A volume capability in domain terms.
@@ -43,26 +93,26 @@ pub struct Cap {
     pub fs_type: String,
     pub mount_flags: Vec<String>,
     pub mount_group: String,
-    pub mode: i32,
+    pub mode: AccessMode,
 }
 
 impl Cap {
     /// Whether this driver can serve the capability at all; Err(reason) otherwise.
     pub fn supported(&self) -> std::result::Result<(), String> {
         match self.mode {
-            mode::SINGLE_NODE_WRITER
-            | mode::SINGLE_NODE_READER_ONLY
-            | mode::SINGLE_NODE_SINGLE_WRITER
-            | mode::SINGLE_NODE_MULTI_WRITER => {}
-            mode::MULTI_NODE_READER_ONLY
-            | mode::MULTI_NODE_SINGLE_WRITER
-            | mode::MULTI_NODE_MULTI_WRITER => {
+            AccessMode::SingleNodeWriter
+            | AccessMode::SingleNodeReaderOnly
+            | AccessMode::SingleNodeSingleWriter
+            | AccessMode::SingleNodeMultiWriter => {}
+            AccessMode::MultiNodeReaderOnly
+            | AccessMode::MultiNodeSingleWriter
+            | AccessMode::MultiNodeMultiWriter => {
                 return Err(format!(
                     "access mode {} needs several nodes; local volumes live on one",
-                    self.mode
+                    self.mode.wire()
                 ));
             }
-            other => return Err(format!("access mode {other} is unknown")),
+            AccessMode::Other(n) => return Err(format!("access mode {n} is unknown")),
         }
         if !self.block
             && !self.fs_type.is_empty()
@@ -84,15 +134,9 @@ impl Cap {
         Ok(())
     }
 
-    /// Whether several publishes of one volume on this node are allowed (k8s-semantics §5.6 matrix).
+    /// Whether several publishes of one volume on this node are allowed.
     pub fn multi_publish(&self) -> bool {
-        matches!(
-            self.mode,
-            mode::SINGLE_NODE_MULTI_WRITER
-                | mode::MULTI_NODE_READER_ONLY
-                | mode::MULTI_NODE_SINGLE_WRITER
-                | mode::MULTI_NODE_MULTI_WRITER
-        )
+        self.mode.multi_publish()
     }
 
     /// A stable text form for fingerprints.
@@ -105,7 +149,7 @@ impl Cap {
             self.fs_type,
             flags.join(","),
             self.mount_group,
-            self.mode
+            self.mode.wire()
         )
     }
 }
@@ -468,13 +512,13 @@ mod tests {
             fs_type: "ext4".into(),
             mount_flags: vec![],
             mount_group: String::new(),
-            mode: 1,
+            mode: AccessMode::SingleNodeWriter,
         };
         assert!(c.supported().is_ok());
         assert!(!c.multi_publish());
         assert!(
             Cap {
-                mode: 5,
+                mode: AccessMode::MultiNodeMultiWriter,
                 ..c.clone()
             }
             .supported()
@@ -490,7 +534,7 @@ mod tests {
         );
         assert!(
             Cap {
-                mode: 7,
+                mode: AccessMode::SingleNodeMultiWriter,
                 ..c.clone()
             }
             .multi_publish()

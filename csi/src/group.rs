@@ -5,14 +5,9 @@ use csi_proto::tonic::{self, Request, Response, Status};
 use pb::group_controller_service_capability::{Rpc, Type, rpc};
 
 use crate::convert;
-use crate::error::Error;
-use crate::service::{Service, status};
+use crate::request::{CreateGroup, GroupRef};
+use crate::service::{Service, domain};
 use crate::state::{GroupRecord, SnapshotRecord};
-use crate::validate;
-
-fn bad(e: Error) -> Status {
-    status(e)
-}
 
 fn group(g: &GroupRecord, members: &[SnapshotRecord]) -> pb::VolumeGroupSnapshot {
     pb::VolumeGroupSnapshot {
@@ -21,13 +16,6 @@ fn group(g: &GroupRecord, members: &[SnapshotRecord]) -> pb::VolumeGroupSnapshot
         creation_time: Some(convert::timestamp(g.created_unix)),
         ready_to_use: g.phase == crate::state::Phase::Ready,
     }
-}
-
-fn ids(field: &'static str, list: &[String]) -> Result<(), Status> {
-    for id in list {
-        validate::id(field, id).map_err(bad)?;
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -51,26 +39,7 @@ impl pb::group_controller_server::GroupController for Service {
         &self,
         req: Request<pb::CreateVolumeGroupSnapshotRequest>,
     ) -> Result<Response<pb::CreateVolumeGroupSnapshotResponse>, Status> {
-        let r = req.into_inner();
-        validate::map("secrets", &r.secrets).map_err(bad)?;
-        validate::name("name", &r.name).map_err(bad)?;
-        if r.source_volume_ids.is_empty() {
-            return Err(bad(Error::invalid(
-                "source_volume_ids",
-                "at least one volume is required",
-            )));
-        }
-        ids("source_volume_ids", &r.source_volume_ids)?;
-        let mut sorted = r.source_volume_ids.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.len() != r.source_volume_ids.len() {
-            return Err(bad(Error::invalid(
-                "source_volume_ids",
-                "a volume is listed twice",
-            )));
-        }
-        validate::map("parameters", &r.parameters).map_err(bad)?;
+        let r: CreateGroup = domain(req.into_inner())?;
         let (g, members) = self
             .run(move |d| {
                 let g = d.create_group(&r.name, &r.source_volume_ids, &r.parameters)?;
@@ -88,10 +57,7 @@ impl pb::group_controller_server::GroupController for Service {
         &self,
         req: Request<pb::DeleteVolumeGroupSnapshotRequest>,
     ) -> Result<Response<pb::DeleteVolumeGroupSnapshotResponse>, Status> {
-        let r = req.into_inner();
-        validate::map("secrets", &r.secrets).map_err(bad)?;
-        validate::id("group_snapshot_id", &r.group_snapshot_id).map_err(bad)?;
-        ids("snapshot_ids", &r.snapshot_ids)?;
+        let r: GroupRef = domain(req.into_inner())?;
         self.run(move |d| d.delete_group(&r.group_snapshot_id, &r.snapshot_ids))
             .await?;
         Ok(Response::new(pb::DeleteVolumeGroupSnapshotResponse {}))
@@ -102,10 +68,7 @@ impl pb::group_controller_server::GroupController for Service {
         &self,
         req: Request<pb::GetVolumeGroupSnapshotRequest>,
     ) -> Result<Response<pb::GetVolumeGroupSnapshotResponse>, Status> {
-        let r = req.into_inner();
-        validate::map("secrets", &r.secrets).map_err(bad)?;
-        validate::id("group_snapshot_id", &r.group_snapshot_id).map_err(bad)?;
-        ids("snapshot_ids", &r.snapshot_ids)?;
+        let r: GroupRef = domain(req.into_inner())?;
         let (g, members) = self
             .run(move |d| d.get_group(&r.group_snapshot_id, &r.snapshot_ids))
             .await?;

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 pub const NODE_MAX: usize = 63;
 pub const POOL_MAX: usize = 24;
-const HASH_HEX: usize = 32;
+pub(crate) const HASH_HEX: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

@@ -1,14 +1,13 @@
-//! Node service: stage, publish, stats, expansion, info.
+//! Node service: stage, publish, stats, expansion, info. Handlers convert the request
+//! (`request.rs`), call the driver and convert the answer.
 
 use csi_proto as pb;
 use csi_proto::tonic::{self, Request, Response, Status};
 use pb::node_service_capability::{Rpc, Type, rpc};
 
 use crate::convert;
-use crate::error::Error;
-use crate::node_ops::{CTX_EPHEMERAL, PublishArgs, StageArgs};
-use crate::service::{Service, status};
-use crate::validate;
+use crate::request::{NodeExpand, PublishArgs, StageArgs, Unpublish, Unstage, VolumeAt};
+use crate::service::{Service, domain};
 
 pub const CAPABILITIES: &[rpc::Type] = &[
     rpc::Type::StageUnstageVolume,
@@ -19,10 +18,6 @@ pub const CAPABILITIES: &[rpc::Type] = &[
     rpc::Type::VolumeMountGroup,
 ];
 
-fn bad(e: Error) -> Status {
-    status(e)
-}
-
 #[tonic::async_trait]
 impl pb::node_server::Node for Service {
     #[tracing::instrument(skip_all, fields(volume_id = %req.get_ref().volume_id, staging = %req.get_ref().staging_target_path))]
@@ -30,21 +25,7 @@ impl pb::node_server::Node for Service {
         &self,
         req: Request<pb::NodeStageVolumeRequest>,
     ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
-        let r = req.into_inner();
-        let args = (|| {
-            validate::map("secrets", &r.secrets)?;
-            validate::id("volume_id", &r.volume_id)?;
-            let staging = validate::co_path("staging_target_path", &r.staging_target_path)?;
-            let cap = convert::required_cap("volume_capability", &r.volume_capability)?;
-            validate::map("volume_context", &r.volume_context)?;
-            validate::map("publish_context", &r.publish_context)?;
-            Ok(StageArgs {
-                volume_id: r.volume_id.clone(),
-                staging,
-                cap,
-            })
-        })()
-        .map_err(bad)?;
+        let args: StageArgs = domain(req.into_inner())?;
         self.run(move |d| d.stage(args)).await?;
         Ok(Response::new(pb::NodeStageVolumeResponse {}))
     }
@@ -54,11 +35,9 @@ impl pb::node_server::Node for Service {
         &self,
         req: Request<pb::NodeUnstageVolumeRequest>,
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
-        let r = req.into_inner();
-        validate::id("volume_id", &r.volume_id).map_err(bad)?;
-        let staging =
-            validate::co_path("staging_target_path", &r.staging_target_path).map_err(bad)?;
-        self.run(move |d| d.unstage(&r.volume_id, &staging)).await?;
+        let a: Unstage = domain(req.into_inner())?;
+        self.run(move |d| d.unstage(&a.volume_id, &a.staging))
+            .await?;
         Ok(Response::new(pb::NodeUnstageVolumeResponse {}))
     }
 
@@ -67,47 +46,8 @@ impl pb::node_server::Node for Service {
         &self,
         req: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
-        let r = req.into_inner();
-        let ephemeral = r
-            .volume_context
-            .get(CTX_EPHEMERAL)
-            .is_some_and(|v| v == "true");
-        let args = (|| {
-            validate::map("secrets", &r.secrets)?;
-            validate::id("volume_id", &r.volume_id)?;
-            let target = validate::co_path("target_path", &r.target_path)?;
-            let cap = convert::required_cap("volume_capability", &r.volume_capability)?;
-            validate::map("volume_context", &r.volume_context)?;
-            validate::map("publish_context", &r.publish_context)?;
-            let staging = if ephemeral {
-                std::path::PathBuf::new()
-            } else if r.staging_target_path.is_empty() {
-                // Spec table: STAGE_UNSTAGE_VOLUME is advertised but no staging path set.
-                return Err(Error::Precondition(
-                    "staging_target_path is required: this node stages volumes".into(),
-                ));
-            } else {
-                validate::co_path("staging_target_path", &r.staging_target_path)?
-            };
-            Ok(PublishArgs {
-                volume_id: r.volume_id.clone(),
-                staging,
-                target,
-                cap,
-                readonly: r.readonly,
-                context: r
-                    .volume_context
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            })
-        })()
-        .map_err(bad)?;
-        if ephemeral {
-            self.run(move |d| d.publish_ephemeral(args)).await?;
-        } else {
-            self.run(move |d| d.publish(args)).await?;
-        }
+        let args: PublishArgs = domain(req.into_inner())?;
+        self.run(move |d| d.node_publish(args)).await?;
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }
 
@@ -116,10 +56,8 @@ impl pb::node_server::Node for Service {
         &self,
         req: Request<pb::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
-        let r = req.into_inner();
-        validate::id("volume_id", &r.volume_id).map_err(bad)?;
-        let target = validate::co_path("target_path", &r.target_path).map_err(bad)?;
-        self.run(move |d| d.unpublish(&r.volume_id, &target))
+        let a: Unpublish = domain(req.into_inner())?;
+        self.run(move |d| d.unpublish(&a.volume_id, &a.target))
             .await?;
         Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
     }
@@ -130,13 +68,8 @@ impl pb::node_server::Node for Service {
         req: Request<pb::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         use pb::volume_usage::Unit;
-        let r = req.into_inner();
-        validate::id("volume_id", &r.volume_id).map_err(bad)?;
-        let path = validate::volume_path(&r.volume_id, &r.volume_path).map_err(bad)?;
-        if !r.staging_target_path.is_empty() {
-            validate::co_path("staging_target_path", &r.staging_target_path).map_err(bad)?;
-        }
-        let s = self.run(move |d| d.stats(&r.volume_id, &path)).await?;
+        let a: VolumeAt = domain(req.into_inner())?;
+        let s = self.run(move |d| d.stats(&a.volume_id, &a.path)).await?;
         let mut usage = vec![pb::VolumeUsage {
             total: s.bytes_total as i64,
             available: s.bytes_available as i64,
@@ -165,20 +98,9 @@ impl pb::node_server::Node for Service {
         &self,
         req: Request<pb::NodeExpandVolumeRequest>,
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
-        let r = req.into_inner();
-        validate::map("secrets", &r.secrets).map_err(bad)?;
-        validate::id("volume_id", &r.volume_id).map_err(bad)?;
-        let path = validate::volume_path(&r.volume_id, &r.volume_path).map_err(bad)?;
-        if !r.staging_target_path.is_empty() {
-            validate::co_path("staging_target_path", &r.staging_target_path).map_err(bad)?;
-        }
-        let (required, _limit) = convert::range(&r.capacity_range).map_err(bad)?;
-        let block = match &r.volume_capability {
-            Some(c) => Some(convert::cap("volume_capability", c).map_err(bad)?.block),
-            None => None,
-        };
+        let a: NodeExpand = domain(req.into_inner())?;
         let cap = self
-            .run(move |d| d.node_expand(&r.volume_id, &path, required, block))
+            .run(move |d| d.node_expand(&a.volume_id, &a.path, a.required, a.block))
             .await?;
         Ok(Response::new(pb::NodeExpandVolumeResponse {
             capacity_bytes: cap as i64,

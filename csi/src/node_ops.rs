@@ -5,41 +5,22 @@
 //! mount left by a crash, and reconciliation reports strays), so the hot path costs one
 //! state commit per publish and one per unpublish.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::backend::{ImageRef, Layout};
-use crate::driver::{self, Cap, Driver, Lookup, mode};
+use crate::driver::{self, AccessMode, Cap, Driver, Lookup};
 use crate::error::{Error, Result};
 use crate::failpoint;
+pub use crate::request::{PublishArgs, StageArgs};
 use crate::state::{Op, PublishRecord, StagePhase, StageRecord, VolumeRecord};
 use crate::sys;
 use crate::volumes::{CreateArgs, PARAM_FS_TYPE, PARAM_POOL};
 
-/// volume_context key that marks an ephemeral inline volume (set by the kubelet).
-pub const CTX_EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
 /// volume_context keys of an ephemeral inline volume.
 pub const CTX_SIZE: &str = "size";
 /// Size of an ephemeral volume without a `size` attribute.
 pub const EPHEMERAL_DEFAULT_SIZE: u64 = 100 << 20;
-
-#[derive(Debug, Clone)]
-pub struct StageArgs {
-    pub volume_id: String,
-    pub staging: PathBuf,
-    pub cap: Cap,
-}
-
-#[derive(Debug, Clone)]
-pub struct PublishArgs {
-    pub volume_id: String,
-    pub staging: PathBuf,
-    pub target: PathBuf,
-    pub cap: Cap,
-    pub readonly: bool,
-    pub context: BTreeMap<String, String>,
-}
 
 /// Node stats of one volume path.
 #[derive(Debug, Clone, Default)]
@@ -373,6 +354,15 @@ impl Driver {
         self.teardown_stage(&v, &st)
     }
 
+    /// NodePublishVolume: an ephemeral inline volume is created and staged first.
+    pub fn node_publish(&self, a: PublishArgs) -> Result<()> {
+        if a.ephemeral {
+            self.publish_ephemeral(a)
+        } else {
+            self.publish(a)
+        }
+    }
+
     /// NodePublishVolume, with the second-publish matrix of k8s-semantics §5.6.
     pub fn publish(&self, a: PublishArgs) -> Result<()> {
         let v = self.ready_volume(&a.volume_id)?;
@@ -419,7 +409,7 @@ impl Driver {
                 v.id, st.fs_type, a.cap.fs_type
             )));
         }
-        let read_only = a.readonly || a.cap.mode == mode::SINGLE_NODE_READER_ONLY;
+        let read_only = a.readonly || a.cap.mode == AccessMode::SingleNodeReaderOnly;
         let args = format!(
             "{}|{}|{}|{:?}",
             a.staging.display(),
@@ -450,11 +440,8 @@ impl Driver {
         } else {
             for other in self.store.publishes_of(&v.id)? {
                 let both_multi = a.cap.multi_publish()
-                    && Cap {
-                        mode: other.access_mode,
-                        ..a.cap.clone()
-                    }
-                    .multi_publish();
+                    && AccessMode::from_wire(other.access_mode)
+                        .is_some_and(AccessMode::multi_publish);
                 if !both_multi {
                     return Err(Error::Precondition(format!(
                         "volume {} is already published at {} and its access mode allows one publish",
@@ -585,7 +572,7 @@ impl Driver {
                 staging_path: a.staging.clone(),
                 readonly: read_only,
                 block: a.cap.block,
-                access_mode: a.cap.mode,
+                access_mode: a.cap.mode.wire(),
                 args,
                 device: ro_path.clone(),
             })])

@@ -41,3 +41,11 @@ pub(crate) fn status(e: Error) -> Status {
     }
     s
 }
+
+/// A request converted into its domain value (`request.rs`), or the status refusing it.
+pub(crate) fn domain<T, R>(r: R) -> Result<T, Status>
+where
+    T: TryFrom<R, Error = Error>,
+{
+    T::try_from(r).map_err(status)
+}

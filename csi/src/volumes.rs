@@ -586,7 +586,7 @@ mod tests {
             fs_type: fs.into(),
             mount_flags: vec![],
             mount_group: String::new(),
-            mode: crate::driver::mode::SINGLE_NODE_WRITER,
+            mode: crate::driver::AccessMode::SingleNodeWriter,
         }
     }
 
