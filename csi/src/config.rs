@@ -68,6 +68,11 @@ pub struct Config {
     /// may refuse a driver that advertises it.
     #[arg(long)]
     pub enable_alpha_capabilities: bool,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz
+    /// (e.g. `0.0.0.0:9808`; port 0 picks a free one, logged). Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// One `--pool NAME=KIND:PATH[,OPTION...]`.

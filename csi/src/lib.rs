@@ -19,6 +19,7 @@ pub mod identity;
 pub mod ids;
 pub mod locks;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod node_ops;
 pub mod queries;

@@ -99,6 +99,7 @@ pub async fn serve(
         .await
         .context("start-up task")??;
     let driver = Arc::new(driver);
+    let metrics = crate::metrics::Metrics::start(config.metrics_address, &driver).await?;
 
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -116,7 +117,9 @@ pub async fn serve(
 
     let svc = Service::new(driver.clone());
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    metrics.set_serving(true);
     let result = Server::builder()
+        .layer(metrics.layer.clone())
         .add_service(pb::identity_server::IdentityServer::new(svc.clone()))
         .add_service(pb::controller_server::ControllerServer::new(svc.clone()))
         .add_service(pb::node_server::NodeServer::new(svc.clone()))
@@ -128,6 +131,7 @@ pub async fn serve(
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    metrics.set_serving(false);
     let _ = std::fs::remove_file(&socket);
     // In-flight handlers have returned; blocking work they started holds its own Arc and
     // its commits are flushed by close().

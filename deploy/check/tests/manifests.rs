@@ -253,6 +253,36 @@ fn node_plugin_is_wired_as_the_driver_and_sidecars_expect() {
         "loop devices and mounts need a privileged container"
     );
 
+    // Metrics: the port the driver binds is the container's `metrics` port, and the one
+    // the pod's scrape annotation names.
+    let metrics = config.metrics_address.expect("--metrics-address");
+    let port = |name: &str| {
+        driver
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+    };
+    assert_eq!(port("metrics"), Some(i32::from(metrics.port())));
+    assert_ne!(
+        port("healthz"),
+        port("metrics"),
+        "livenessprobe owns healthz"
+    );
+    let annotations = ds
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref();
+    assert_eq!(
+        annotations.and_then(|a| a.get("prometheus.io/port")),
+        Some(&metrics.port().to_string())
+    );
+
     // One socket: the driver listens where every sidecar connects, on the host under the
     // kubelet's plugin dir, which the registrar tells the kubelet.
     let socket_dir = socket.parent().unwrap().to_str().unwrap().to_string();
@@ -676,6 +706,7 @@ fn helm_values_reach_the_objects() {
     values["nodeSelector"] = json!({"strata.io/storage": "true"});
     values["tolerations"] = json!([]);
     values["resources"]["driver"] = json!({"limits": {"memory": "1Gi"}});
+    values["metricsPort"] = json!(9999);
     let objects = helm(&chart(), &values, "storage").unwrap();
     let ds = daemonset(&objects);
     let spec = ds.spec.template.spec.as_ref().unwrap();
@@ -693,6 +724,10 @@ fn helm_values_reach_the_objects() {
     assert_eq!(
         driver.image.as_deref(),
         Some("registry.example/strata-csi:1.2.3")
+    );
+    assert_eq!(
+        flag(driver, "metrics-address").as_deref(),
+        Some("0.0.0.0:9999")
     );
     let memory = &driver.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"];
     assert_eq!(memory.0, "1Gi");
