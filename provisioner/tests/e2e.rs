@@ -28,6 +28,8 @@ async fn statefulset_claims_bind_and_scale_down_deletes_them() {
             "spec": {
                 "replicas": 3,
                 "serviceName": "web",
+                // No pod runner here to make pods Ready: do not wait for it.
+                "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": {"app": "web"}},
                 "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Delete"},
                 "template": {

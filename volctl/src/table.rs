@@ -268,18 +268,10 @@ pub fn row(kind: &KindInfo, v: &Value, width: Width) -> Vec<String> {
                     .map(|c| c["restartCount"].as_i64().unwrap_or(0))
                     .sum()
             });
-            let phase = if v["metadata"]
-                .get("deletionTimestamp")
-                .is_some_and(|t| !t.is_null())
-            {
-                "Terminating"
-            } else {
-                s(v, &["status", "phase"])
-            };
             vec![
                 name,
                 format!("{ready}/{}", count(v, &["spec", "containers"])),
-                phase.into(),
+                pod_status(v),
                 restarts.to_string(),
                 created,
             ]
@@ -323,6 +315,75 @@ pub fn row(kind: &KindInfo, v: &Value, width: Width) -> Vec<String> {
 }
 
 /// Renders rows with kubectl's spacing: columns padded to the widest cell plus three spaces.
+/// The STATUS column of a pod as kubectl prints it: the phase, replaced by an init
+/// container's progress or failure (`Init:1/2`, `Init:Error`), else by a container's
+/// waiting or terminated reason (`CrashLoopBackOff`, `ImagePullBackOff`,
+/// `ContainerCreating`, `Error`, `Completed`), and `Terminating` while being deleted.
+pub fn pod_status(v: &Value) -> String {
+    let status = &v["status"];
+    let mut reason = status["reason"]
+        .as_str()
+        .or(status["phase"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let code_reason = |t: &Value| match t["reason"].as_str() {
+        Some(r) if !r.is_empty() => r.to_string(),
+        _ => match t["signal"].as_i64() {
+            Some(sig) if sig != 0 => format!("Signal:{sig}"),
+            _ => format!("ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0)),
+        },
+    };
+    let inits = status["initContainerStatuses"].as_array();
+    let init_total = count(v, &["spec", "initContainers"]);
+    let mut initializing = false;
+    for (i, c) in inits.into_iter().flatten().enumerate() {
+        let st = &c["state"];
+        if !st["terminated"].is_null() && st["terminated"]["exitCode"].as_i64() == Some(0) {
+            continue;
+        }
+        initializing = true;
+        reason = if !st["terminated"].is_null() {
+            format!("Init:{}", code_reason(&st["terminated"]))
+        } else {
+            match st["waiting"]["reason"].as_str() {
+                Some(r) if !r.is_empty() && r != "PodInitializing" => format!("Init:{r}"),
+                _ => format!("Init:{i}/{init_total}"),
+            }
+        };
+        break;
+    }
+    if !initializing {
+        let mut has_running = false;
+        // The first container's reason wins, as kubectl walks them backwards.
+        let ctrs: Vec<&Value> = status["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect();
+        for c in ctrs.iter().rev() {
+            let st = &c["state"];
+            match st["waiting"]["reason"].as_str() {
+                Some(r) if !r.is_empty() => reason = r.to_string(),
+                _ if !st["terminated"].is_null() => reason = code_reason(&st["terminated"]),
+                _ if !st["running"].is_null() && c["ready"].as_bool() == Some(true) => {
+                    has_running = true
+                }
+                _ => {}
+            }
+        }
+        if reason == "Completed" && has_running {
+            reason = "Running".into();
+        }
+    }
+    if v["metadata"]
+        .get("deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
+        reason = "Terminating".into();
+    }
+    reason
+}
+
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     let cols = headers.len();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -375,5 +436,64 @@ mod tests {
             &[vec!["a-long-name".into(), "Bound".into()]],
         );
         assert_eq!(out, "NAME          STATUS\na-long-name   Bound\n");
+    }
+
+    #[test]
+    fn pod_status_as_kubectl() {
+        let pod = |status: Value| {
+            serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {"initContainers": [{"name": "i1"}, {"name": "i2"}], "containers": [{"name": "a"}, {"name": "b"}]},
+                "status": status,
+            })
+        };
+        let waiting = |r: &str| serde_json::json!({"state": {"waiting": {"reason": r}}});
+        let running = |ready: bool| serde_json::json!({"state": {"running": {}}, "ready": ready});
+        let done = |code: i64, r: &str| serde_json::json!({"state": {"terminated": {"exitCode": code, "reason": r}}});
+        for (status, want) in [
+            (serde_json::json!({"phase": "Pending"}), "Pending"),
+            (
+                serde_json::json!({"phase": "Pending", "initContainerStatuses": [done(0, "Completed"), waiting("PodInitializing")]}),
+                "Init:1/2",
+            ),
+            (
+                serde_json::json!({"phase": "Pending", "initContainerStatuses": [waiting("ImagePullBackOff"), waiting("PodInitializing")]}),
+                "Init:ImagePullBackOff",
+            ),
+            (
+                serde_json::json!({"phase": "Failed", "initContainerStatuses": [done(2, ""), waiting("PodInitializing")]}),
+                "Init:ExitCode:2",
+            ),
+            (
+                serde_json::json!({"phase": "Running", "initContainerStatuses": [done(0, "Completed"), done(0, "Completed")],
+                "containerStatuses": [running(true), waiting("CrashLoopBackOff")]}),
+                "CrashLoopBackOff",
+            ),
+            (
+                serde_json::json!({"phase": "Pending", "containerStatuses": [waiting("ContainerCreating"), running(true)]}),
+                "ContainerCreating",
+            ),
+            (
+                serde_json::json!({"phase": "Running", "containerStatuses": [running(true), running(false)]}),
+                "Running",
+            ),
+            (
+                serde_json::json!({"phase": "Running", "containerStatuses": [running(true), done(0, "Completed")]}),
+                "Running",
+            ),
+            (
+                serde_json::json!({"phase": "Failed", "containerStatuses": [done(1, "Error"), done(0, "Completed")]}),
+                "Error",
+            ),
+            (
+                serde_json::json!({"phase": "Succeeded", "containerStatuses": [done(0, "Completed"), done(0, "Completed")]}),
+                "Completed",
+            ),
+        ] {
+            assert_eq!(pod_status(&pod(status.clone())), want, "{status}");
+        }
+        let mut p = pod(serde_json::json!({"phase": "Running"}));
+        p["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z".into();
+        assert_eq!(pod_status(&p), "Terminating");
     }
 }

@@ -12,6 +12,7 @@ pub mod container;
 mod env;
 mod exit;
 mod pod;
+mod probe;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

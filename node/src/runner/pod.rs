@@ -3,6 +3,7 @@
 //! with the grace period when the pod is deleted. One task per pod; it owns the pod's
 //! containers, so no two tasks ever start or remove the same one.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 
 use super::backoff::{self, Backoff};
 use super::container::{Engine, Plan, StartError, Started, open_pidfd};
-use super::{FINALIZER, env, exit};
+use super::{FINALIZER, env, exit, probe};
 use crate::layout;
 use strata_runtime::error::chain;
 
@@ -43,6 +44,7 @@ enum St {
     },
     Running {
         id: String,
+        pid: i32,
         started: Timestamp,
         since: Instant,
     },
@@ -61,6 +63,10 @@ struct Ctr {
     last: Option<ContainerStateTerminated>,
     backoff: Backoff,
     start_failures: u32,
+    /// What the readiness probe last reported for the running run (true without one).
+    probe_ready: bool,
+    /// The probe tasks of the running run, aborted when it ends.
+    probes: Vec<tokio::task::AbortHandle>,
 }
 
 struct Exit {
@@ -77,6 +83,10 @@ pub struct Worker<S: Store> {
     volumes_ready: bool,
     ctrs: Vec<Ctr>,
     exits: JoinSet<Exit>,
+    /// Probe tasks and liveness kills; dropped (aborted) with the worker.
+    probe_tasks: JoinSet<()>,
+    probe_tx: tokio::sync::mpsc::UnboundedSender<probe::Msg>,
+    probe_rx: tokio::sync::mpsc::UnboundedReceiver<probe::Msg>,
     start_time: Time,
     finished: Option<&'static str>,
     written: Option<serde_json::Value>,
@@ -115,6 +125,18 @@ impl Ctr {
         matches!(self.state, St::Running { .. })
     }
 
+    /// Running, and its readiness probe (if any) says so.
+    fn ready(&self) -> bool {
+        self.is_running() && !self.init && self.probe_ready
+    }
+
+    fn stop_probes(&mut self) {
+        for h in self.probes.drain(..) {
+            h.abort();
+        }
+        self.probe_ready = false;
+    }
+
     fn succeeded(&self) -> bool {
         matches!(&self.state, St::Terminated(t) if t.exit_code == 0)
     }
@@ -151,7 +173,7 @@ impl Ctr {
             image: self.spec.image.clone().unwrap_or_default(),
             image_id: String::new(),
             container_id,
-            ready: self.is_running() && !self.init,
+            ready: self.ready(),
             started: Some(self.is_running()),
             restart_count: self.restarts,
             state: Some(state),
@@ -254,6 +276,8 @@ impl<S: Store> Worker<S> {
                     .and_then(|s| s.terminated.clone()),
                 backoff: Backoff::default(),
                 start_failures: 0,
+                probe_ready: false,
+                probes: Vec::new(),
             };
             // What a previous strata-node recorded as done stays done.
             if let Some(t) = prev
@@ -273,8 +297,12 @@ impl<S: Store> Worker<S> {
             Some("Failed") => Some("Failed"),
             _ => None,
         };
+        let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();
         Worker {
             shared,
+            probe_tasks: JoinSet::new(),
+            probe_tx,
+            probe_rx,
             start_time: old.start_time.clone().unwrap_or_else(now),
             pod,
             uid,
@@ -345,11 +373,13 @@ impl<S: Store> Worker<S> {
                         .unwrap_or_else(Timestamp::now);
                     c.state = St::Running {
                         id: id.clone(),
+                        pid: s.pid,
                         started,
                         since: Instant::now(),
                     };
                     tracing::info!(id, pid = s.pid, "adopted a running container");
                     self.watch_exit(name.to_string(), id.clone(), pidfd);
+                    self.start_probes(idx);
                 }
                 None if state.as_ref().is_some_and(|s| s.status == "stopped") => {
                     c.ran = true;
@@ -385,6 +415,101 @@ impl<S: Store> Worker<S> {
                     exit_code: 0,
                     reason: Some("Completed".into()),
                     ..Default::default()
+                });
+            }
+        }
+    }
+
+    /// Starts the liveness and readiness probes of container `i`'s running run; a
+    /// container without a readiness probe is ready while it runs.
+    fn start_probes(&mut self, i: usize) {
+        let c = &mut self.ctrs[i];
+        c.stop_probes();
+        let St::Running { id, pid, .. } = &c.state else {
+            return;
+        };
+        c.probe_ready = c.spec.readiness_probe.is_none();
+        if c.init {
+            return;
+        }
+        let target = probe::Target {
+            engine: self.shared.engine.clone(),
+            container: c.spec.clone(),
+            id: id.clone(),
+            netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
+        };
+        for (kind, p) in [
+            (probe::Kind::Liveness, &c.spec.liveness_probe),
+            (probe::Kind::Readiness, &c.spec.readiness_probe),
+        ] {
+            if let Some(p) = p {
+                let task = probe::run(p.clone(), kind, target.clone(), self.probe_tx.clone());
+                c.probes.push(self.probe_tasks.spawn(task));
+            }
+        }
+    }
+
+    /// A probe's report: an `Unhealthy` event per failed attempt, readiness into the
+    /// status, and a liveness failure kills the run (TERM, KILL after the grace period)
+    /// so that the restart policy and its back-off take over.
+    async fn on_probe(&mut self, msg: probe::Msg) {
+        let (name, id) = match &msg {
+            probe::Msg::Failed { container, id, .. }
+            | probe::Msg::Changed { container, id, .. } => (container.clone(), id.clone()),
+        };
+        let Some(i) = self.ctrs.iter().position(|c| {
+            c.spec.name == name && matches!(&c.state, St::Running { id: r, .. } if *r == id)
+        }) else {
+            return; // a report about a run that has ended
+        };
+        match msg {
+            probe::Msg::Failed { kind, output, .. } => {
+                let text = format!("{} probe failed: {output}", kind.word());
+                tracing::debug!(pod = self.name(), container = %name, %text);
+                self.event(EventType::Warning, "Unhealthy", &text).await;
+            }
+            probe::Msg::Changed {
+                kind: probe::Kind::Readiness,
+                ok,
+                ..
+            } => self.ctrs[i].probe_ready = ok,
+            probe::Msg::Changed {
+                kind: probe::Kind::Liveness,
+                ok: true,
+                ..
+            } => {}
+            probe::Msg::Changed {
+                kind: probe::Kind::Liveness,
+                ok: false,
+                ..
+            } => {
+                let grace = self.ctrs[i]
+                    .spec
+                    .liveness_probe
+                    .as_ref()
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .or(self
+                        .pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds))
+                    .unwrap_or(30)
+                    .max(0) as u64;
+                self.event(
+                    EventType::Normal,
+                    "Killing",
+                    &format!("Container {name} failed liveness probe, will be restarted"),
+                )
+                .await;
+                let engine = self.shared.engine.clone();
+                self.probe_tasks.spawn(async move {
+                    let (e, i) = (engine.clone(), id.clone());
+                    if let Err(err) = blocking(move || e.signal(&i, "TERM")).await {
+                        tracing::debug!(id, error = %err, "TERM after a failed liveness probe");
+                    }
+                    tokio::time::sleep(Duration::from_secs(grace)).await;
+                    // Gone by now in the usual case: the error is expected then.
+                    let _ = blocking(move || engine.signal(&id, "KILL")).await;
                 });
             }
         }
@@ -429,6 +554,8 @@ impl<S: Store> Worker<S> {
                         self.on_exit(exit).await;
                     }
                 }
+                Some(msg) = self.probe_rx.recv() => self.on_probe(msg).await,
+                Some(_) = self.probe_tasks.join_next(), if !self.probe_tasks.is_empty() => {}
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
                 _ = stop.changed() => {}
             }
@@ -537,10 +664,12 @@ impl<S: Store> Worker<S> {
                 c.start_failures = 0;
                 c.state = St::Running {
                     id: id.clone(),
+                    pid,
                     started: Timestamp::now(),
                     since: Instant::now(),
                 };
                 self.watch_exit(spec.name.clone(), id, pidfd);
+                self.start_probes(i);
                 self.event(
                     EventType::Normal,
                     "Started",
@@ -576,8 +705,11 @@ impl<S: Store> Worker<S> {
         let Some(i) = self.ctrs.iter().position(|c| c.spec.name == exit.name) else {
             return;
         };
+        self.ctrs[i].stop_probes();
         let (started, since) = match &self.ctrs[i].state {
-            St::Running { id, started, since } if *id == exit.id => (Some(*started), *since),
+            St::Running {
+                id, started, since, ..
+            } if *id == exit.id => (Some(*started), *since),
             // An adopted run that had already ended.
             _ => (None, Instant::now()),
         };
@@ -642,7 +774,7 @@ impl<S: Store> Worker<S> {
         let policy = policy(&self.pod);
         let phase = self.finished.unwrap_or_else(|| phase(&self.ctrs, policy));
         let initialized = self.ctrs.iter().filter(|c| c.init).all(|c| c.succeeded());
-        let ready = initialized && self.ctrs.iter().filter(|c| !c.init).all(|c| c.is_running());
+        let ready = initialized && self.ctrs.iter().filter(|c| !c.init).all(Ctr::ready);
         let cond = |type_: &str, ok: bool, reason: Option<&str>| {
             let status = if ok { "True" } else { "False" };
             let prev = old
@@ -784,6 +916,8 @@ impl<S: Store> Worker<S> {
     /// tears down the volumes and lets the pod object go. Idempotent: a strata-node
     /// killed half-way does the rest after its restart.
     async fn terminate(&mut self, stop: &mut watch::Receiver<bool>) {
+        // No probe may kill or judge a container that is being stopped anyway.
+        self.probe_tasks.abort_all();
         let grace = if self.removed {
             0
         } else {
@@ -960,6 +1094,8 @@ mod tests {
             last: None,
             backoff: Backoff::default(),
             start_failures: 0,
+            probe_ready: false,
+            probes: Vec::new(),
         }
     }
 
@@ -981,6 +1117,7 @@ mod tests {
     fn running() -> St {
         St::Running {
             id: "x".into(),
+            pid: 1,
             started: Timestamp::now(),
             since: Instant::now(),
         }

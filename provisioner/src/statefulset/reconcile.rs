@@ -1,10 +1,9 @@
 //! One StatefulSet pass (k8s-semantics §4.2): the claims, pods and deletions to make, in order.
 //!
-//! Standalone, nobody ran pods when this was written: a pod object that exists is treated as
-//! Ready for OrderedReady's "wait for the previous ordinal" (`is_ready`), so a set without
-//! a pod runner still gets all its pods. The status's READY counts only pods whose Ready
-//! condition is True (`pod_is_ready`); OrderedReady moves to that once the pod runner
-//! reports readiness.
+//! OrderedReady creates one pod at a time and goes on to the next ordinal only once the
+//! previous pod's Ready condition is True (`pod_is_ready`, which strata-node's pod runner
+//! writes from its readiness probes); Parallel does not wait. The status's READY counts
+//! the same pods.
 
 use std::collections::BTreeMap;
 
@@ -34,11 +33,6 @@ pub enum Action {
         message: String,
     },
     UpdateStatus(StatefulSet),
-}
-
-/// Created pods count as ready until a pod runner reports status (see the module comment).
-fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
 }
 
 /// The pod's Ready condition is True and it is not being deleted.
@@ -92,7 +86,7 @@ pub fn reconcile(
                         ),
                     }
                 }
-                if !is_ready(pod) && !parallel {
+                if !pod_is_ready(pod) && !parallel {
                     return finish(set, pods, actions);
                 }
             }
@@ -144,6 +138,10 @@ pub fn reconcile(
                     reason::SUCCESSFUL_CREATE,
                     format!("create Pod {name} in StatefulSet {set_name} successful"),
                 );
+                // The next ordinal waits for this pod to be Ready.
+                if !parallel {
+                    return finish(set, pods, actions);
+                }
             }
         }
     }
@@ -245,6 +243,53 @@ mod tests {
         p
     }
 
+    fn with_ready(mut p: Pod, ready: &str) -> Pod {
+        use crate::k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+        p.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn ready_pod(s: &StatefulSet, ordinal: i32) -> Pod {
+        with_ready(existing(s, ordinal), "True")
+    }
+
+    #[test]
+    fn ordered_ready_waits_for_each_pod_to_be_ready() {
+        let s = set("web", 3, "Retain", "Retain");
+        assert_eq!(
+            summary(&reconcile(&s, &[], &BTreeMap::new())),
+            ["+pvc data-web-0", "+pod web-0"],
+            "one pod at a time"
+        );
+        let claims: BTreeMap<String, PersistentVolumeClaim> = (0..3)
+            .map(|o| (format!("data-web-{o}"), claim_for(&s, &templates(&s)[0], o)))
+            .collect();
+        for not_ready in [existing(&s, 0), with_ready(existing(&s, 0), "False")] {
+            assert!(
+                summary(&reconcile(&s, &[not_ready], &claims)).is_empty(),
+                "web-1 waits for web-0's Ready condition"
+            );
+        }
+        assert_eq!(
+            summary(&reconcile(&s, &[ready_pod(&s, 0)], &claims)),
+            ["+pod web-1"]
+        );
+        let mut par = s.clone();
+        par.spec.pod_management_policy = Some("Parallel".into());
+        assert_eq!(
+            summary(&reconcile(&par, &[existing(&s, 0)], &claims)),
+            ["+pod web-1", "+pod web-2"],
+            "Parallel does not wait"
+        );
+    }
+
     #[test]
     fn ready_counts_only_pods_whose_ready_condition_is_true() {
         use crate::k8s_openapi::api::core::v1::{PodCondition, PodStatus};
@@ -281,7 +326,8 @@ mod tests {
 
     #[test]
     fn claims_are_created_before_their_pods_in_order() {
-        let s = set("web", 3, "Retain", "Retain");
+        let mut s = set("web", 3, "Retain", "Retain");
+        s.spec.pod_management_policy = Some("Parallel".into());
         let a = reconcile(&s, &[], &BTreeMap::new());
         assert_eq!(
             summary(&a),
@@ -329,7 +375,7 @@ mod tests {
     #[test]
     fn scale_down_with_when_scaled_delete_refs_the_pod_then_deletes_it() {
         let s3 = set("web", 3, "Retain", "Delete");
-        let pods: Vec<Pod> = (0..3).map(|o| existing(&s3, o)).collect();
+        let pods: Vec<Pod> = (0..3).map(|o| ready_pod(&s3, o)).collect();
         let claims: BTreeMap<String, PersistentVolumeClaim> = (0..3)
             .map(|o| {
                 (
@@ -363,7 +409,7 @@ mod tests {
     #[test]
     fn scale_down_with_retain_only_deletes_pods() {
         let s3 = set("web", 3, "Retain", "Retain");
-        let pods: Vec<Pod> = (0..3).map(|o| existing(&s3, o)).collect();
+        let pods: Vec<Pod> = (0..3).map(|o| ready_pod(&s3, o)).collect();
         let claims: BTreeMap<String, PersistentVolumeClaim> = (0..3)
             .map(|o| {
                 (

@@ -1,0 +1,438 @@
+//! Liveness and readiness probes of one container run, as the kubelet's prober worker
+//! runs them: after `initialDelaySeconds`, one attempt every `periodSeconds`, each
+//! bounded by `timeoutSeconds`; a result changes what is reported only after
+//! `successThreshold` successes or `failureThreshold` failures in a row
+//! (k8s-semantics: probes). Readiness starts as not ready, liveness as alive.
+//!
+//! Handlers: `exec` runs through the runtime's exec (`Helper::exec`, with the timeout);
+//! `httpGet` (HTTP on a loopback address) and `tcpSocket` connect from a short-lived
+//! thread that has joined the pod's network namespace, so they reach the pod's own
+//! 127.0.0.1 without any address on the host. `grpc` and HTTPS are not supported and
+//! fail with a message saying so.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use strata_runtime::{ExecOptions, ExecOutcome};
+use strata_store::k8s_openapi::api::core::v1::{Container, Probe};
+use strata_store::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::container::Engine;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Liveness,
+    Readiness,
+}
+
+impl Kind {
+    pub fn word(self) -> &'static str {
+        match self {
+            Kind::Liveness => "Liveness",
+            Kind::Readiness => "Readiness",
+        }
+    }
+}
+
+/// What a probe task tells its pod worker.
+#[derive(Debug)]
+pub enum Msg {
+    /// One attempt failed (for the `Unhealthy` event).
+    Failed {
+        container: String,
+        id: String,
+        kind: Kind,
+        output: String,
+    },
+    /// The reported result changed (a liveness task ends after reporting a failure).
+    Changed {
+        container: String,
+        id: String,
+        kind: Kind,
+        ok: bool,
+    },
+}
+
+/// The probe's timing with the API's defaults and minimums applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+impl Timing {
+    pub fn of(p: &Probe, kind: Kind) -> Timing {
+        let secs = |v: Option<i32>, default: i32, min: i32| {
+            Duration::from_secs(v.unwrap_or(default).max(min) as u64)
+        };
+        Timing {
+            initial_delay: secs(p.initial_delay_seconds, 0, 0),
+            period: secs(p.period_seconds, 10, 1),
+            timeout: secs(p.timeout_seconds, 1, 1),
+            // Validation requires 1 for liveness; use 1 whatever was given.
+            success_threshold: match kind {
+                Kind::Liveness => 1,
+                Kind::Readiness => p.success_threshold.unwrap_or(1).max(1) as u32,
+            },
+            failure_threshold: p.failure_threshold.unwrap_or(3).max(1) as u32,
+        }
+    }
+}
+
+/// The kubelet's result counting: the reported result flips only after the threshold
+/// of the other result in a row.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    reported: bool,
+    last: Option<bool>,
+    run: u32,
+}
+
+impl Counter {
+    pub fn new(kind: Kind) -> Counter {
+        Counter {
+            reported: kind == Kind::Liveness,
+            last: None,
+            run: 0,
+        }
+    }
+
+    /// Counts one result; returns the new reported result when it changed.
+    pub fn observe(&mut self, ok: bool, t: &Timing) -> Option<bool> {
+        if self.last == Some(ok) {
+            self.run = self.run.saturating_add(1);
+        } else {
+            self.last = Some(ok);
+            self.run = 1;
+        }
+        let needed = if ok {
+            t.success_threshold
+        } else {
+            t.failure_threshold
+        };
+        if self.run >= needed && self.reported != ok {
+            self.reported = ok;
+            return Some(ok);
+        }
+        None
+    }
+}
+
+/// One container run as the probes see it.
+#[derive(Clone)]
+pub struct Target {
+    pub engine: Engine,
+    pub container: Container,
+    /// The runtime id of the run.
+    pub id: String,
+    /// The pod's network namespace (`/proc/<pid>/ns/net` of a process in it).
+    pub netns: PathBuf,
+}
+
+/// Probes `target` with `probe` until the task is aborted (the run ended) or, for
+/// liveness, until it reports a failure.
+pub async fn run(probe: Probe, kind: Kind, target: Target, tx: UnboundedSender<Msg>) {
+    let t = Timing::of(&probe, kind);
+    tokio::time::sleep(t.initial_delay).await;
+    // The namespace is held by an fd from the start: a pid reused later cannot redirect us.
+    let path = target.netns.clone();
+    let netns = tokio::task::spawn_blocking(move || std::fs::File::open(&path).map(OwnedFd::from))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let mut counter = Counter::new(kind);
+    let mut tick = tokio::time::interval(t.period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = attempt(&probe, &target, netns.as_ref(), t.timeout).await;
+        let ok = result.is_ok();
+        if let Err(output) = result
+            && tx
+                .send(Msg::Failed {
+                    container: target.container.name.clone(),
+                    id: target.id.clone(),
+                    kind,
+                    output,
+                })
+                .is_err()
+        {
+            return;
+        }
+        if let Some(now) = counter.observe(ok, &t) {
+            let msg = Msg::Changed {
+                container: target.container.name.clone(),
+                id: target.id.clone(),
+                kind,
+                ok: now,
+            };
+            if tx.send(msg).is_err() || (kind == Kind::Liveness && !now) {
+                return;
+            }
+        }
+    }
+}
+
+/// One attempt: Ok, or Err with what the kubelet would print.
+async fn attempt(
+    probe: &Probe,
+    target: &Target,
+    netns: Option<&OwnedFd>,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(exec) = &probe.exec {
+        let args = exec.command.clone().unwrap_or_default();
+        if args.is_empty() {
+            return Err("exec probe has no command".into());
+        }
+        let (engine, id) = (target.engine.clone(), target.id.clone());
+        let opts = ExecOptions {
+            args: args.clone(),
+            timeout: Some(timeout),
+            ..Default::default()
+        };
+        let out = tokio::task::spawn_blocking(move || engine.helper.exec(&id, &opts))
+            .await
+            .map_err(|e| format!("exec probe task: {e}"))?;
+        return match out {
+            Ok(o) => match o.outcome {
+                ExecOutcome::Exited(0) => Ok(()),
+                ExecOutcome::Exited(code) => {
+                    let text = String::from_utf8_lossy(&[o.stdout, o.stderr].concat())
+                        .trim()
+                        .chars()
+                        .take(1024)
+                        .collect::<String>();
+                    Err(format!("command {args:?} exited with {code}: {text}"))
+                }
+                ExecOutcome::TimedOut => Err(format!(
+                    "command {args:?} timed out after {}s",
+                    timeout.as_secs()
+                )),
+                ExecOutcome::Detached(_) => Ok(()),
+            },
+            Err(e) => Err(strata_runtime::error::chain(&e)),
+        };
+    }
+    let (addr, http) = if let Some(h) = &probe.http_get {
+        if h.scheme
+            .as_deref()
+            .is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"))
+        {
+            return Err("HTTPS probes are not supported".into());
+        }
+        let addr = SocketAddr::new(host(h.host.as_deref())?, port(&h.port, &target.container)?);
+        let path = h
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/".into());
+        let headers: Vec<(String, String)> = h
+            .http_headers
+            .iter()
+            .flatten()
+            .map(|x| (x.name.clone(), x.value.clone()))
+            .collect();
+        (addr, Some((path, headers)))
+    } else if let Some(tcp) = &probe.tcp_socket {
+        let addr = SocketAddr::new(
+            host(tcp.host.as_deref())?,
+            port(&tcp.port, &target.container)?,
+        );
+        (addr, None)
+    } else if probe.grpc.is_some() {
+        return Err("gRPC probes are not supported".into());
+    } else {
+        return Err("the probe names no handler (exec, httpGet or tcpSocket)".into());
+    };
+    let netns = netns
+        .ok_or("the pod's network namespace is gone")?
+        .try_clone()
+        .map_err(|e| format!("duplicating the namespace fd: {e}"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // setns(2) changes only the calling thread, and this thread ends with the attempt:
+    // no pool thread is ever left in the pod's namespace (style §4).
+    std::thread::Builder::new()
+        .name("probe".into())
+        .spawn(move || {
+            let _ = tx.send(in_netns(netns, addr, http, timeout));
+        })
+        .map_err(|e| format!("starting a probe thread: {e}"))?;
+    match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err("the probe thread died".into()),
+        Err(_) => Err(format!("timed out after {}s", timeout.as_secs())),
+    }
+}
+
+/// Loopback only: the pod has no other address strata-node could reach.
+fn host(h: Option<&str>) -> Result<IpAddr, String> {
+    match h.filter(|h| !h.is_empty()) {
+        None | Some("localhost") => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        Some(h) => match h.parse::<IpAddr>() {
+            Ok(ip) if ip.is_loopback() => Ok(ip),
+            _ => Err(format!(
+                "host {h:?}: only loopback addresses are probed (the pod has no other)"
+            )),
+        },
+    }
+}
+
+fn port(p: &IntOrString, c: &Container) -> Result<u16, String> {
+    let n = match p {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(name) => match name.parse::<i32>() {
+            Ok(n) => n,
+            Err(_) => c
+                .ports
+                .iter()
+                .flatten()
+                .find(|cp| cp.name.as_deref() == Some(name))
+                .map(|cp| cp.container_port)
+                .ok_or_else(|| format!("no container port named {name:?}"))?,
+        },
+    };
+    u16::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("port {n} is out of range"))
+}
+
+/// Runs on its own thread: joins the namespace, connects, and for HTTP sends a GET and
+/// reads the status line (2xx and 3xx succeed, as the kubelet's).
+fn in_netns(
+    netns: OwnedFd,
+    addr: SocketAddr,
+    http: Option<(String, Vec<(String, String)>)>,
+    timeout: Duration,
+) -> Result<(), String> {
+    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("joining the pod's network namespace: {e}"))?;
+    let url = |path: &str| format!("http://{addr}{path}");
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match &http {
+        Some((path, _)) => format!("Get {:?}: dial tcp {addr}: {e}", url(path)),
+        None => format!("dial tcp {addr}: {e}"),
+    })?;
+    let Some((path, headers)) = http else {
+        return Ok(());
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+    if !has("user-agent") {
+        req.push_str("User-Agent: kube-probe/strata\r\n");
+    }
+    if !has("accept") {
+        req.push_str("Accept: */*\r\n");
+    }
+    for (k, v) in &headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("Get {:?}: {e}", url(&path)))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") && head.len() < 1024 {
+        match s.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => head.push(byte[0]),
+            Err(e) => return Err(format!("Get {:?}: {e}", url(&path))),
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("Get {:?}: malformed response {:?}", url(&path), line.trim()))?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(success: u32, failure: u32) -> Timing {
+        Timing {
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: success,
+            failure_threshold: failure,
+        }
+    }
+
+    #[test]
+    fn thresholds_count_results_in_a_row() {
+        let t = timing(2, 3);
+        let mut r = Counter::new(Kind::Readiness);
+        assert_eq!(r.observe(true, &t), None, "one success of two");
+        assert_eq!(r.observe(false, &t), None, "not ready already");
+        assert_eq!(r.observe(true, &t), None);
+        assert_eq!(r.observe(true, &t), Some(true));
+        assert_eq!(r.observe(true, &t), None, "no change, no report");
+        assert_eq!(r.observe(false, &t), None);
+        assert_eq!(r.observe(false, &t), None);
+        assert_eq!(r.observe(true, &t), None, "the failure run is broken");
+        for _ in 0..2 {
+            assert_eq!(r.observe(false, &t), None);
+        }
+        assert_eq!(r.observe(false, &t), Some(false), "three in a row");
+
+        let mut l = Counter::new(Kind::Liveness);
+        let t = timing(1, 1);
+        assert_eq!(l.observe(true, &t), None, "alive from the start");
+        assert_eq!(l.observe(false, &t), Some(false));
+    }
+
+    #[test]
+    fn defaults_and_minimums_as_the_api() {
+        let t = Timing::of(&Probe::default(), Kind::Readiness);
+        assert_eq!(t, timing(1, 3).with_period(10));
+        let p = Probe {
+            period_seconds: Some(0),
+            success_threshold: Some(5),
+            timeout_seconds: Some(-1),
+            ..Default::default()
+        };
+        let l = Timing::of(&p, Kind::Liveness);
+        assert_eq!(l.period, Duration::from_secs(1));
+        assert_eq!(l.timeout, Duration::from_secs(1));
+        assert_eq!(l.success_threshold, 1, "liveness always needs one success");
+        assert_eq!(Timing::of(&p, Kind::Readiness).success_threshold, 5);
+    }
+
+    impl Timing {
+        fn with_period(mut self, secs: u64) -> Timing {
+            self.period = Duration::from_secs(secs);
+            self
+        }
+    }
+
+    #[test]
+    fn only_loopback_hosts_and_named_ports() {
+        assert_eq!(host(None).unwrap(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(host(Some("::1")).unwrap().to_string(), "::1");
+        assert!(host(Some("10.0.0.1")).unwrap_err().contains("loopback"));
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c", "ports": [{"name": "http", "containerPort": 8080}]}))
+        .unwrap();
+        assert_eq!(port(&IntOrString::String("http".into()), &c).unwrap(), 8080);
+        assert_eq!(port(&IntOrString::Int(81), &c).unwrap(), 81);
+        assert!(port(&IntOrString::String("x".into()), &c).is_err());
+        assert!(port(&IntOrString::Int(70000), &c).is_err());
+    }
+}

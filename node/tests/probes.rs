@@ -1,0 +1,110 @@
+//! Liveness and readiness probes on real containers: a failing liveness probe restarts
+//! the container (restart count, events), a readiness probe gates the Ready condition
+//! and the container's `ready`.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_liveness_probe_restarts_the_container() {
+    if !testkit::require_root("failing_liveness_probe_restarts_the_container") {
+        return;
+    }
+    let mut env = Env::new("probe-live");
+    env.start_node();
+    let mut pod = sh_pod("live", "echo up; while true; do sleep 0.2; done", json!({}));
+    pod["spec"]["containers"][0]["livenessProbe"] = json!({
+        "exec": {"command": ["cat", "/tmp/healthy"]},
+        "periodSeconds": 1, "failureThreshold": 2,
+    });
+    env.create(pod).await;
+    let p = env
+        .wait_pod("live", "restarted after failing its liveness probe", |p| {
+            container(p, "c")["restartCount"].as_i64() >= Some(1)
+        })
+        .await;
+    let c = container(&p, "c");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 137, "{c}");
+    let ev = env.events("live").await;
+    assert!(
+        ev.iter().any(|(r, m)| r == "Unhealthy"
+            && m.starts_with(
+                "Liveness probe failed: command [\"cat\", \"/tmp/healthy\"] exited with 1"
+            )),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|(r, m)| r == "Killing"
+                && m == "Container c failed liveness probe, will be restarted"),
+        "{ev:?}"
+    );
+    env.delete("live").await;
+    env.wait_gone("live").await;
+    assert!(env.runtime_ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_probe_gates_ready() {
+    if !testkit::require_root("readiness_probe_gates_ready") {
+        return;
+    }
+    let mut env = Env::new("probe-ready");
+    env.start_node();
+    let mut pod = sh_pod(
+        "gated",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        json!({}),
+    );
+    pod["spec"]["containers"][0]["readinessProbe"] = json!({
+        "exec": {"command": ["cat", "/tmp/ready"]},
+        "periodSeconds": 1, "failureThreshold": 1, "successThreshold": 2,
+    });
+    env.create(pod).await;
+    // Running but not ready while the probe fails.
+    let p = env
+        .wait_pod("gated", "running", |p| running_id(p, "c").is_some())
+        .await;
+    let id = running_id(&p, "c").unwrap();
+    testkit::wait_for("a failed readiness probe", DEADLINE, || {
+        let rt = tokio::runtime::Handle::current();
+        let ev = tokio::task::block_in_place(|| rt.block_on(env.events("gated")));
+        ev.iter()
+            .any(|(r, m)| r == "Unhealthy" && m.starts_with("Readiness probe failed"))
+            .then_some(())
+    });
+    let p = env
+        .wait_pod("gated", "status written", |p| {
+            status(p)["phase"] == "Running"
+        })
+        .await;
+    assert!(!ready(&p), "{}", status(&p));
+    assert_eq!(container(&p, "c")["ready"], false);
+
+    // The probe passes twice in a row: Ready.
+    let out = env.exec(&id, &["touch", "/tmp/ready"]);
+    assert!(out.status.success(), "{out:?}");
+    let p = env.wait_pod("gated", "Ready", ready).await;
+    assert_eq!(container(&p, "c")["ready"], true);
+    let cond = |p: &strata_store::k8s_openapi::api::core::v1::Pod, t: &str| {
+        status(p)["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .map(|c| c["status"].clone())
+    };
+    assert_eq!(cond(&p, "ContainersReady"), Some(json!("True")));
+
+    // One failure (failureThreshold 1): not ready again, and never restarted.
+    let out = env.exec(&id, &["rm", "/tmp/ready"]);
+    assert!(out.status.success(), "{out:?}");
+    let p = env.wait_pod("gated", "not Ready", |p| !ready(p)).await;
+    assert_eq!(cond(&p, "ContainersReady"), Some(json!("False")));
+    assert_eq!(container(&p, "c")["restartCount"], 0);
+    assert_eq!(running_id(&p, "c").as_deref(), Some(id.as_str()));
+    env.delete("gated").await;
+    env.wait_gone("gated").await;
+}
