@@ -292,7 +292,6 @@ mod tests {
 
     #[test]
     fn ready_counts_only_pods_whose_ready_condition_is_true() {
-        use crate::k8s_openapi::api::core::v1::{PodCondition, PodStatus};
         let s = set("web", 3, "Retain", "Retain");
         let mut pods: Vec<Pod> = (0..3).map(|o| existing(&s, o)).collect();
         let status_of = |pods: &[Pod]| {
@@ -311,14 +310,7 @@ mod tests {
             "created, not ready"
         );
         for (p, ready) in pods.iter_mut().zip(["True", "False"]) {
-            p.status = Some(PodStatus {
-                conditions: Some(vec![PodCondition {
-                    type_: "Ready".into(),
-                    status: ready.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            });
+            *p = with_ready(p.clone(), ready);
         }
         let st = status_of(&pods);
         assert_eq!((st.replicas, st.ready_replicas), (3, Some(1)));
