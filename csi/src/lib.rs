@@ -17,6 +17,7 @@ pub mod failpoint;
 pub mod group;
 pub mod identity;
 pub mod ids;
+pub mod inspect;
 pub mod locks;
 pub mod meta;
 pub mod metrics;

@@ -38,8 +38,8 @@ use crate::sys;
 
 /// Format of the files written here; a newer one is left alone, never misread.
 pub const META_FORMAT: u32 = 1;
-const META_DIR: &str = "meta";
-const TMP_SUFFIX: &str = ".tmp";
+pub const META_DIR: &str = "meta";
+pub const TMP_SUFFIX: &str = ".tmp";
 
 /// The kinds of record, one directory each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

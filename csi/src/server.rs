@@ -39,6 +39,8 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
         pools.push(pool);
     }
     let store = Store::open(&config.state_dir).context("opening the state database")?;
+    crate::inspect::record_pools(&config.state_dir, &config.pools)
+        .context("recording the pools")?;
     let pools = Pools::new(pools);
     store.set_mirror(
         crate::meta::Mirror::open(pools.iter()).context("opening the pools' metadata records")?,

@@ -11,10 +11,12 @@ mod apply;
 mod container_ref;
 mod delete;
 mod describe;
+mod doctor;
 mod exec;
 mod get;
 mod image;
 mod logs;
+mod node_inspect;
 mod resource;
 mod table;
 mod up;
@@ -53,6 +55,13 @@ pub enum Command {
     Image(image::Args),
     Logs(logs::Args),
     Exec(exec::Args),
+    /// List the volumes of the node's pools: database rows and the pools' own metadata
+    /// records, with their data, loop devices, staging and publish mounts and condition.
+    Volumes(node_inspect::ListArgs),
+    /// List the snapshots of the node's pools.
+    Snapshots(node_inspect::ListArgs),
+    Pools(node_inspect::PoolsArgs),
+    Doctor(doctor::Args),
 }
 
 impl Cli {
@@ -62,6 +71,10 @@ impl Cli {
             Command::Up(args) => return up::up(&self.state_dir, args).await,
             Command::Down(args) => return up::down(&self.state_dir, args).await,
             Command::Image(args) => return image::run(&self.state_dir, args).await,
+            Command::Volumes(args) => return node_inspect::volumes(&self.state_dir, args),
+            Command::Snapshots(args) => return node_inspect::snapshots(&self.state_dir, args),
+            Command::Pools(args) => return node_inspect::pools(&self.state_dir, args),
+            Command::Doctor(args) => return doctor::run(&self.state_dir, args),
             _ => {}
         }
         // Only apply may start a new store: reading from a mistyped --state-dir must say so
@@ -87,7 +100,13 @@ impl Cli {
             Command::Delete(args) => delete::run(&store, args).await,
             Command::Logs(args) => logs::run(&store, &self.state_dir, args).await,
             Command::Exec(args) => exec::run(&store, &self.state_dir, args).await,
-            Command::Up(_) | Command::Down(_) | Command::Image(_) => {
+            Command::Up(_)
+            | Command::Down(_)
+            | Command::Image(_)
+            | Command::Volumes(_)
+            | Command::Snapshots(_)
+            | Command::Pools(_)
+            | Command::Doctor(_) => {
                 unreachable!("handled above")
             }
         }
@@ -125,7 +144,12 @@ pub fn main() -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            if err.downcast_ref::<node_inspect::BadInput>().is_some() {
+                // Usage errors exit as clap's do.
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

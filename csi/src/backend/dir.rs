@@ -40,7 +40,7 @@ pub struct DirPool {
     next_project: Mutex<u32>,
 }
 
-fn fs_name(dir: &File) -> std::io::Result<&'static str> {
+pub(crate) fn fs_name(dir: &File) -> std::io::Result<&'static str> {
     let t = nix::sys::statfs::fstatfs(dir)?.filesystem_type().0 as i64;
     Ok(match t {
         sys::quota::XFS_MAGIC => "xfs",
