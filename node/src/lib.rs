@@ -8,7 +8,7 @@
 
 pub mod layout;
 pub mod runner;
-#[allow(unsafe_code)] // registering a pidfd with tokio
+#[allow(unsafe_code)] // registering a pidfd with tokio; ioctls bringing lo up
 mod sys;
 
 use std::path::PathBuf;

@@ -4,6 +4,12 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> std::process::ExitCode {
+    // A pod's infra process is this binary too; it must start before any thread does
+    // (unshare of the network namespace is per thread, of the IPC one per process).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(strata_node::runner::infra::SUBCOMMAND) {
+        return strata_node::runner::infra::main(&argv[2..]);
+    }
     let args = strata_node::Args::parse();
     strata_report::init_daemon_logging("info");
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -17,6 +17,8 @@ use strata_runtime::error::chain;
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub state_dir: PathBuf,
+    /// This strata-node executable: it also runs the pods' infra processes.
+    pub node_binary: PathBuf,
     pub helper: Helper,
     pub images: ImageStore,
     pub runtime_root: PathBuf,
@@ -92,8 +94,11 @@ impl Engine {
         let runtime_root = layout::runtime_root(state_dir);
         std::fs::create_dir_all(&runtime_root)
             .map_err(|e| format!("creating {}: {e}", runtime_root.display()))?;
+        let node_binary =
+            std::env::current_exe().map_err(|e| format!("finding our own executable: {e}"))?;
         Ok(Engine {
             state_dir: state_dir.to_path_buf(),
+            node_binary,
             helper: Helper::new(runtime_binary, &runtime_root),
             images,
             runtime_root,

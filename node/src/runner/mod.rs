@@ -11,6 +11,7 @@ mod backoff;
 pub mod container;
 mod env;
 mod exit;
+pub mod infra;
 mod pod;
 mod probe;
 
@@ -207,6 +208,15 @@ impl<S: Store> Runner<S> {
                     Err(e) => tracing::warn!(id, error = %e, "removing a container on exit"),
                 }
             }
+            // The pods' namespaces go with their containers; the next start makes new ones.
+            for (uid, i) in infra::all(&engine.state_dir) {
+                tracing::info!(
+                    pod_uid = uid,
+                    pid = i.pid,
+                    "stopping the pod's infra process"
+                );
+                infra::stop(&i);
+            }
         })
         .await
         .expect("stopping containers panicked");
@@ -235,7 +245,11 @@ impl<S: Store> Runner<S> {
             let state = engine.state_dir.clone();
             if let Ok(entries) = std::fs::read_dir(layout::runner_dir(&state)) {
                 for e in entries.flatten() {
-                    if !known.contains(&*e.file_name().to_string_lossy()) {
+                    let uid = e.file_name().to_string_lossy().into_owned();
+                    if !known.contains(&uid) {
+                        if let Some(i) = infra::find(&state, &uid) {
+                            infra::stop(&i);
+                        }
                         let _ = std::fs::remove_dir_all(e.path());
                     }
                 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::backoff::{self, Backoff};
 use super::container::{Engine, Plan, StartError, Started, open_pidfd};
-use super::{FINALIZER, env, exit, probe};
+use super::{FINALIZER, env, exit, infra, probe};
 use crate::layout;
 use strata_runtime::error::chain;
 
@@ -83,6 +83,10 @@ pub struct Worker<S: Store> {
     volumes_ready: bool,
     ctrs: Vec<Ctr>,
     exits: JoinSet<Exit>,
+    /// The process holding the pod's namespaces, once started or found again.
+    infra: Option<infra::Infra>,
+    /// Resolves when the infra process ends (and reaps it when it is our child).
+    infra_watch: JoinSet<()>,
     /// Probe tasks and liveness kills; dropped (aborted) with the worker.
     probe_tasks: JoinSet<()>,
     probe_tx: tokio::sync::mpsc::UnboundedSender<probe::Msg>,
@@ -219,7 +223,17 @@ fn phase(ctrs: &[Ctr], policy: &str) -> &'static str {
     }
 }
 
+fn host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+}
+
+/// The pod's hostname: `spec.hostname` or its name, or the node's with hostNetwork.
 fn hostname(pod: &Pod) -> String {
+    if host_network(pod) {
+        return std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+    }
     let h = pod
         .spec
         .as_ref()
@@ -300,6 +314,8 @@ impl<S: Store> Worker<S> {
         let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();
         Worker {
             shared,
+            infra: None,
+            infra_watch: JoinSet::new(),
             probe_tasks: JoinSet::new(),
             probe_tx,
             probe_rx,
@@ -436,7 +452,10 @@ impl<S: Store> Worker<S> {
             engine: self.shared.engine.clone(),
             container: c.spec.clone(),
             id: id.clone(),
-            netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
+            netns: match &self.infra {
+                Some(i) => i.netns(),
+                None => PathBuf::from(format!("/proc/{pid}/ns/net")),
+            },
         };
         for (kind, p) in [
             (probe::Kind::Liveness, &c.spec.liveness_probe),
@@ -515,6 +534,106 @@ impl<S: Store> Worker<S> {
         }
     }
 
+    /// Finds the pod's infra process again or starts it; false (with the reason on the
+    /// waiting containers and an event) when it cannot be started. A new infra process
+    /// while containers still run in the old namespaces kills them: they restart in
+    /// the new ones, as the kubelet does when a sandbox changed.
+    async fn ensure_infra(&mut self) -> bool {
+        if self.infra.is_some() {
+            return true;
+        }
+        let engine = self.shared.engine.clone();
+        let (uid, host, hostname) = (
+            self.uid.clone(),
+            host_network(&self.pod),
+            hostname(&self.pod),
+        );
+        let found = blocking(move || {
+            if let Some(i) = infra::find(&engine.state_dir, &uid) {
+                return Ok((i, false));
+            }
+            infra::start(
+                &engine.node_binary,
+                &engine.state_dir,
+                &uid,
+                &hostname,
+                host,
+            )
+            .map(|i| (i, true))
+        })
+        .await;
+        let (infra, new) = match found {
+            Ok(x) => x,
+            Err(msg) => {
+                for c in self.ctrs.iter_mut() {
+                    if let St::Waiting {
+                        reason, message, ..
+                    } = &mut c.state
+                        && reason == "ContainerCreating"
+                    {
+                        *message = Some(msg.clone());
+                    }
+                }
+                let text = format!("Failed to create pod sandbox: {msg}");
+                self.event(EventType::Warning, "FailedCreatePodSandBox", &text)
+                    .await;
+                return false;
+            }
+        };
+        match open_pidfd(infra.pid) {
+            Ok(fd) => {
+                self.infra_watch.spawn(async move {
+                    exit::wait(fd).await;
+                });
+            }
+            Err(e) => tracing::warn!(pod = self.name(), error = %e, "watching the infra process"),
+        }
+        tracing::info!(pod = self.name(), pid = infra.pid, new, "pod infra process");
+        self.infra = Some(infra);
+        if new {
+            self.kill_running(
+                "SandboxChanged",
+                "Pod sandbox changed, it will be killed and re-created.",
+            )
+            .await;
+        }
+        true
+    }
+
+    /// The infra process ended under running containers: a new one is made at the next
+    /// step, and the containers restart into it.
+    async fn on_infra_exit(&mut self) {
+        if self.infra.take().is_some() {
+            tracing::warn!(pod = self.name(), "the pod's infra process ended");
+        }
+    }
+
+    /// KILLs every running container of the pod (their exits then follow the restart
+    /// policy), with one event, if any runs.
+    async fn kill_running(&mut self, reason: &str, message: &str) {
+        let ids: Vec<String> = self
+            .ctrs
+            .iter()
+            .filter_map(|c| match &c.state {
+                St::Running { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        self.event(EventType::Normal, reason, message).await;
+        let engine = self.shared.engine.clone();
+        blocking(move || {
+            for id in ids {
+                if let Err(e) = engine.signal(&id, "KILL") {
+                    tracing::debug!(id, error = %e, "KILL");
+                }
+            }
+        })
+        .await;
+    }
+
     fn watch_exit(&mut self, name: String, id: String, pidfd: std::os::fd::OwnedFd) {
         self.exits.spawn(async move {
             let code = exit::wait(pidfd).await;
@@ -555,6 +674,9 @@ impl<S: Store> Worker<S> {
                     }
                 }
                 Some(msg) = self.probe_rx.recv() => self.on_probe(msg).await,
+                Some(_) = self.infra_watch.join_next(), if !self.infra_watch.is_empty() => {
+                    self.on_infra_exit().await;
+                }
                 Some(_) = self.probe_tasks.join_next(), if !self.probe_tasks.is_empty() => {}
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
                 _ = stop.changed() => {}
@@ -587,6 +709,9 @@ impl<S: Store> Worker<S> {
                     return Some(Instant::now() + Duration::from_secs(2));
                 }
             }
+        }
+        if !self.ensure_infra().await {
+            return Some(Instant::now() + Duration::from_secs(2));
         }
         let now = Instant::now();
         let policy = policy(&self.pod).to_string();
@@ -650,7 +775,11 @@ impl<S: Store> Worker<S> {
             env,
             volumes,
             hostname: hostname(&self.pod),
-            join: Vec::new(),
+            join: self
+                .infra
+                .as_ref()
+                .map(infra::Infra::join)
+                .unwrap_or_default(),
         };
         let engine = self.shared.engine.clone();
         match blocking(move || engine.start(&plan)).await {
@@ -1004,6 +1133,7 @@ impl<S: Store> Worker<S> {
         if !removed.is_empty() {
             tracing::warn!(pod = self.name(), errors = ?removed, "removing containers");
         }
+        self.stop_infra().await;
         // Volumes next; retried until they go (a busy unmount, the driver restarting).
         let mut delay = Duration::from_millis(200);
         loop {
@@ -1029,6 +1159,25 @@ impl<S: Store> Worker<S> {
         .await;
         self.remove_finalizer().await;
         tracing::info!(pod = self.name(), "pod terminated and cleaned up");
+    }
+
+    /// Ends the infra process (ours, or one found from before a restart) and waits
+    /// for its exit to be reaped.
+    async fn stop_infra(&mut self) {
+        let engine = self.shared.engine.clone();
+        let uid = self.uid.clone();
+        let known = self.infra.take();
+        blocking(move || {
+            if let Some(i) = known.or_else(|| infra::find(&engine.state_dir, &uid)) {
+                infra::stop(&i);
+            }
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.infra_watch.join_next().await.is_some() {}
+        })
+        .await;
+        self.infra_watch.abort_all();
     }
 
     async fn remove_finalizer(&mut self) {

@@ -108,6 +108,17 @@ impl Env {
             .unwrap()
     }
 
+    /// The non-empty content of file `f` in emptyDir `volume` of pod `uid`, once written.
+    pub fn empty_dir_file(&self, uid: &str, volume: &str, f: &str) -> String {
+        let vol =
+            strata_volumes::layout::volume_dir(&self.dir, uid, "kubernetes.io~empty-dir", volume);
+        testkit::wait_for(f, DEADLINE, || {
+            std::fs::read_to_string(vol.join(f))
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
+    }
+
     pub async fn create(&self, pod: serde_json::Value) -> Pod {
         let pod: Pod = serde_json::from_value(pod).unwrap();
         self.store.create(&pod).await.unwrap()

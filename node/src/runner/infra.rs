@@ -1,0 +1,227 @@
+//! A pod's infra process: the one process that holds the namespaces every container of
+//! the pod joins (the pause container's job in the kubelet).
+//!
+//! It is `strata-node pod-infra --uid UID --hostname NAME [--host-network]` in a process
+//! group of its own, so it outlives a restart of strata-node like the containers do. It
+//! unshares an IPC namespace and, unless the pod has `hostNetwork`, a network namespace
+//! with its loopback up and a UTS namespace with the pod's hostname; with `hostNetwork`
+//! the network and UTS namespaces it holds are the node's. It says `ready` on stdout and
+//! then sleeps until it is signalled. Containers join `/proc/<pid>/ns/{net,uts,ipc}`.
+//!
+//! `<state>/runner/<uid>/infra` records `<pid> <start time>`: a restarted strata-node
+//! finds its infra again, and a reused pid (another start time) is never taken for it.
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use strata_runtime::NamespaceKind;
+
+use crate::layout;
+
+/// The subcommand of the strata-node binary that runs an infra process.
+pub const SUBCOMMAND: &str = "pod-infra";
+
+/// A running infra process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Infra {
+    pub pid: i32,
+    start_time: u64,
+}
+
+impl Infra {
+    fn ns(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/{name}", self.pid))
+    }
+
+    /// The pod's network namespace (the node's for hostNetwork pods).
+    pub fn netns(&self) -> PathBuf {
+        self.ns("net")
+    }
+
+    /// The namespaces a container of the pod joins.
+    pub fn join(&self) -> Vec<(NamespaceKind, PathBuf)> {
+        vec![
+            (NamespaceKind::Network, self.ns("net")),
+            (NamespaceKind::Uts, self.ns("uts")),
+            (NamespaceKind::Ipc, self.ns("ipc")),
+        ]
+    }
+
+    /// Still the process we started (same pid and start time)?
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn record(state: &Path, uid: &str) -> PathBuf {
+    layout::runner_dir(state).join(uid).join("infra")
+}
+
+/// The pod's infra process recorded under the state dir, if it still runs.
+pub fn find(state: &Path, uid: &str) -> Option<Infra> {
+    let text = std::fs::read_to_string(record(state, uid)).ok()?;
+    let mut it = text.split_whitespace();
+    let infra = Infra {
+        pid: it.next()?.parse().ok()?,
+        start_time: it.next()?.parse().ok()?,
+    };
+    infra.alive().then_some(infra)
+}
+
+/// Starts the infra process of pod `uid` and records it; returns once its namespaces
+/// are set up. Blocks.
+pub fn start(
+    binary: &Path,
+    state: &Path,
+    uid: &str,
+    hostname: &str,
+    host_network: bool,
+) -> Result<Infra, String> {
+    let mut cmd = Command::new(binary);
+    cmd.args([SUBCOMMAND, "--uid", uid, "--hostname", hostname]);
+    if host_network {
+        cmd.arg("--host-network");
+    }
+    // Its own process group: a signal to strata-node's group (Ctrl-C in `volctl up`)
+    // must not take the pod's namespaces with it.
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+    let mut line = String::new();
+    let read = BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line);
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        let why = match read {
+            Err(e) => e.to_string(),
+            Ok(_) if line.trim().is_empty() => "it exited without a word".into(),
+            Ok(_) => line.trim().to_string(),
+        };
+        return Err(format!("pod infra process: {why}"));
+    }
+    let pid = child.id() as i32;
+    // The Child is dropped without waiting: the exit watcher (a pidfd) reaps it later.
+    let infra = Infra {
+        pid,
+        start_time: start_time(pid).ok_or("pod infra process ended at once")?,
+    };
+    let path = record(state, uid);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(path.parent().expect("under runner/"))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{} {}\n", infra.pid, infra.start_time))?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        stop(&infra);
+        return Err(format!(
+            "recording the infra process in {}: {e}",
+            path.display()
+        ));
+    }
+    Ok(infra)
+}
+
+/// Ends the infra process (SIGKILL: it holds no state). Its record goes with the
+/// pod's runner dir.
+pub fn stop(infra: &Infra) {
+    if infra.alive() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(infra.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Every recorded infra process that still runs, by pod uid.
+pub fn all(state: &Path) -> Vec<(String, Infra)> {
+    let Ok(rd) = std::fs::read_dir(layout::runner_dir(state)) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            find(state, &uid).map(|i| (uid, i))
+        })
+        .collect()
+}
+
+/// The infra process itself (`strata-node pod-infra ...`), before any thread exists.
+pub fn main(args: &[String]) -> std::process::ExitCode {
+    use nix::sched::CloneFlags;
+    let mut hostname = None;
+    let mut host_network = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--hostname" => hostname = it.next().cloned(),
+            "--uid" => {
+                it.next();
+            }
+            "--host-network" => host_network = true,
+            other => {
+                println!("error: unknown argument {other:?}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    let setup = || -> Result<(), String> {
+        let mut flags = CloneFlags::CLONE_NEWIPC;
+        if !host_network {
+            flags |= CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS;
+        }
+        nix::sched::unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+        if !host_network {
+            let name = hostname.as_deref().ok_or("--hostname is required")?;
+            crate::sys::set_hostname(name).map_err(|e| format!("sethostname {name:?}: {e}"))?;
+            // A new network namespace has only `lo`, and it is down.
+            crate::sys::loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
+        }
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        println!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    // The last word on stdout (the parent's pipe, gone later: nothing is written after).
+    println!("ready");
+    loop {
+        nix::unistd::pause();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_read_past_odd_command_names() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).expect("our own start time");
+        assert!(t > 0);
+        let infra = Infra {
+            pid: me,
+            start_time: t,
+        };
+        assert!(infra.alive());
+        let other = Infra {
+            pid: me,
+            start_time: t + 1,
+        };
+        assert!(!other.alive(), "a reused pid is another process");
+    }
+}
