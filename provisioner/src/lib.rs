@@ -13,6 +13,7 @@ pub mod expand;
 pub mod gc;
 pub mod meta;
 pub mod names;
+pub mod namespace;
 pub mod provision;
 pub mod quantity;
 pub mod selector;

@@ -172,6 +172,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         from_resource_version: u64,
     ) -> impl Future<Output = Result<WatchStream<K>>> + Send;
 
+    /// The `namespaces/{name}/finalize` subresource: only `spec.finalizers` is taken from
+    /// `ns` (compare-and-swap on its resourceVersion). A namespace being deleted that is
+    /// left with no finalizers is removed; its last state is returned.
+    fn finalize_namespace(
+        &self,
+        ns: &k8s_openapi::api::core::v1::Namespace,
+    ) -> impl Future<Output = Result<k8s_openapi::api::core::v1::Namespace>> + Send;
+
     /// Records a core/v1 Event about `involved` in its namespace; a repeat of the same
     /// type/reason/message raises `count` and `lastTimestamp` instead of adding an event.
     fn record_event(

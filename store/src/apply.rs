@@ -304,7 +304,10 @@ fn merged(kind: &str, live: &Value, manifest: &Value) -> Value {
 impl EmbeddedStore {
     /// Applies every manifest in one transaction: all of them take effect, or (on the first
     /// error, which names its document) none.
-    pub async fn apply(&self, manifests: Vec<Manifest>) -> Result<Vec<Applied>> {
+    pub async fn apply(&self, mut manifests: Vec<Manifest>) -> Result<Vec<Applied>> {
+        // Namespaces first, as kubectl (and kustomize, helm) order them, so one file can
+        // hold a namespace and its content in any order.
+        manifests.sort_by_key(|m| m.kind.kind() != "Namespace");
         self.blocking(move |inner| {
             inner.write(|tx| {
                 let mut applied = Vec::with_capacity(manifests.len());

@@ -29,6 +29,19 @@ pub enum Error {
         namespace: String,
         name: String,
     },
+    /// A namespaced object created in a namespace that does not exist (NamespaceLifecycle
+    /// admission; upstream's message names the resource, not the kind).
+    #[error("namespaces {namespace:?} not found")]
+    NamespaceNotFound { namespace: String },
+    /// Admission refused the request whatever its content: creating in a namespace being
+    /// terminated, deleting one of the namespaces that always exist.
+    #[error("{resource} {name:?} is forbidden: {reason}")]
+    Forbidden {
+        /// Lower-case plural, as upstream names resources ("persistentvolumeclaims").
+        resource: String,
+        name: String,
+        reason: String,
+    },
     #[error("{kind} {} already exists", key(namespace, name))]
     AlreadyExists {
         kind: String,
@@ -97,8 +110,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// The object itself does not exist (a create into a missing namespace is
+    /// `NamespaceNotFound`, which this does not match: the object was never there to go).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
+    }
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Error::Forbidden { .. })
     }
     pub fn is_already_exists(&self) -> bool {
         matches!(self, Error::AlreadyExists { .. })

@@ -43,5 +43,7 @@ pub use k8s_openapi;
 pub use api::{
     Deleted, EventType, Object, ObjectList, Preconditions, Store, WatchEvent, WatchStream,
 };
-pub use embedded::{EmbeddedStore, SCHEMA_VERSION, StoreOptions};
+pub use embedded::{
+    EmbeddedStore, INITIAL_NAMESPACES, NAMESPACE_FINALIZER, SCHEMA_VERSION, StoreOptions,
+};
 pub use error::{Error, Result};

@@ -5,6 +5,10 @@ use strata_store::k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim}
 use strata_store::{EmbeddedStore, Store};
 
 const MANIFEST: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps}
+---
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
@@ -65,7 +69,7 @@ async fn multi_document_apply_is_idempotent() {
         .apply(parse_manifests(&changed, "default").unwrap())
         .await
         .unwrap();
-    assert_eq!(out[2].outcome, Outcome::Configured);
+    assert_eq!(out[3].outcome, Outcome::Configured);
     let cm: ConfigMap = store.get("apps", "cfg").await.unwrap();
     assert_eq!(
         cm.data.unwrap().into_iter().collect::<Vec<_>>(),
@@ -90,6 +94,7 @@ async fn multi_document_apply_is_idempotent() {
 #[tokio::test]
 async fn an_invalid_document_stores_nothing() {
     let (_dir, store) = open();
+    let rv = store.revision().await.unwrap();
     let bad = format!(
         "{MANIFEST}---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: bad}}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 10Gx}}}}\n"
     );
@@ -97,9 +102,9 @@ async fn an_invalid_document_stores_nothing() {
     let text = anyhow_like(&err);
     assert_eq!(
         text,
-        "document 4 (PersistentVolumeClaim bad): spec.resources.requests.storage: invalid quantity \"10Gx\""
+        "document 5 (PersistentVolumeClaim bad): spec.resources.requests.storage: invalid quantity \"10Gx\""
     );
-    assert_eq!(store.revision().await.unwrap(), 0);
+    assert_eq!(store.revision().await.unwrap(), rv);
 }
 
 #[tokio::test]
@@ -120,7 +125,7 @@ async fn a_write_error_rolls_back_the_whole_apply() {
         .await
         .unwrap_err();
     assert!(
-        anyhow_like(&err).starts_with("document 2 (StorageClass local): provisioner: Forbidden"),
+        anyhow_like(&err).starts_with("document 3 (StorageClass local): provisioner: Forbidden"),
         "{}",
         anyhow_like(&err)
     );

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use futures::StreamExt as _;
 use strata_store::k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
+    Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
 };
 use strata_store::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use strata_store::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -39,6 +39,9 @@ fn claim(name: String) -> PersistentVolumeClaim {
 async fn thousand_claims_created_and_bound_by_concurrent_writers() {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("bulk".into());
+    store.create(&ns).await.unwrap();
     let mut watch = store
         .watch::<PersistentVolumeClaim>(Some("bulk"), 0)
         .await

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use strata_store::k8s_openapi::api::apps::v1::StatefulSet;
 use strata_store::k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret,
+    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Secret,
 };
 use strata_store::k8s_openapi::api::storage::v1::StorageClass;
 use strata_store::{EmbeddedStore, SCHEMA_VERSION, Store};
@@ -13,9 +13,15 @@ use strata_store::{EmbeddedStore, SCHEMA_VERSION, Store};
 /// `volctl apply -f examples/quickstart.yaml -f examples/static-pv.yaml` into an empty state
 /// dir by the build before format versions were checked (schema 1); see fixtures/README.md.
 const FIXTURE_V1: &str = "tests/fixtures/store-v1.db";
+/// The same command by the build that made namespaces objects (schema 3).
+const FIXTURE_V3: &str = "tests/fixtures/store-v3.db";
 
 fn copy_fixture(dir: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE_V1);
+    copy(FIXTURE_V1, dir);
+}
+
+fn copy(fixture: &str, dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture);
     std::fs::copy(&src, dir.join("store.db")).expect("copy fixture");
 }
 
@@ -62,6 +68,9 @@ async fn a_version_1_database_opens_migrated_with_every_object() {
         .await
         .unwrap();
     let claim: PersistentVolumeClaim = store.get("default", "static-claim").await.unwrap();
+    // Namespaces became objects (format 3): the initial ones exist after the upgrade.
+    let namespaces = store.list::<Namespace>(None, None).await.unwrap().items;
+    assert_eq!(namespaces.len(), 3, "default, kube-system, kube-public");
     // The history is intact and the revision goes on from where the old file left it.
     let rv: u64 = claim.metadata.resource_version.unwrap().parse().unwrap();
     assert!(store.watch::<ConfigMap>(None, 0).await.is_ok());
@@ -78,6 +87,26 @@ async fn a_version_1_database_opens_migrated_with_every_object() {
         schema_of(&dir.path().join("store.db")),
         (SCHEMA_VERSION as i64, true)
     );
+}
+
+#[tokio::test]
+async fn a_version_3_database_opens_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    copy(FIXTURE_V3, dir.path());
+    assert_eq!(schema_of(&dir.path().join("store.db")), (3, true));
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        schema_of(&dir.path().join("store.db")),
+        (SCHEMA_VERSION as i64, true)
+    );
+    store.get::<StatefulSet>("default", "hello").await.unwrap();
+    store
+        .get::<PersistentVolumeClaim>("default", "static-claim")
+        .await
+        .unwrap();
+    let ns: Namespace = store.get("", "kube-system").await.unwrap();
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Active"));
+    assert_eq!(store.revision().await.unwrap(), 9, "opening wrote nothing");
 }
 
 #[test]

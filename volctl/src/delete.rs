@@ -95,10 +95,14 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
         {
             Ok(Deleted::Gone(_)) => println!("{label} deleted"),
             Ok(Deleted::Pending(obj)) => {
-                let finalizers: Vec<&str> = obj["metadata"]["finalizers"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
-                    .unwrap_or_default();
+                // A namespace also waits for its spec.finalizers (the namespace controller's).
+                let finalizers: Vec<&str> =
+                    [&obj["metadata"]["finalizers"], &obj["spec"]["finalizers"]]
+                        .into_iter()
+                        .filter_map(|l| l.as_array())
+                        .flatten()
+                        .filter_map(|f| f.as_str())
+                        .collect();
                 println!(
                     "{label} marked for deletion; pending until finalizers are removed: {}",
                     finalizers.join(", ")

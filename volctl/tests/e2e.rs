@@ -229,6 +229,60 @@ fn invalid_manifest_names_document_and_field_and_stores_nothing() {
 }
 
 #[test]
+fn namespaces_are_listed_created_and_deleted() {
+    let env = Env::new();
+    let f = env.write(
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n",
+    );
+    assert_eq!(env.ok(&["apply", "-f", &f]), "namespace/team created\n");
+    let ns = env.ok(&["get", "ns"]);
+    for name in ["default", "kube-public", "kube-system", "team"] {
+        assert!(
+            ns.lines()
+                .any(|l| l.starts_with(name) && l.contains("Active")),
+            "{ns}"
+        );
+    }
+    let err = env.fails(&[
+        "apply",
+        "-f",
+        &env.write(
+            "cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: other}\n",
+        ),
+    ]);
+    assert!(err.contains("namespaces \"other\" not found"), "{err}");
+    let err = env.fails(&["delete", "ns", "default"]);
+    assert!(
+        err.contains("namespaces \"default\" is forbidden: this namespace may not be deleted"),
+        "{err}"
+    );
+    // Without strata-provisioner's namespace controller it stays Terminating, as a
+    // namespace does in a cluster whose controller-manager is down.
+    let out = env.ok(&["delete", "ns", "team"]);
+    assert!(
+        out.contains("namespace \"team\" marked for deletion; pending until finalizers are removed: kubernetes"),
+        "{out}"
+    );
+    assert!(env.ok(&["get", "ns", "team"]).contains("Terminating"));
+    let err = env.fails(&[
+        "apply",
+        "-f",
+        &env.write(
+            "cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: team}\n",
+        ),
+    ]);
+    assert!(
+        err.contains(
+            "unable to create new content in namespace team because it is being terminated"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn apply_from_stdin_and_directory() {
     let env = Env::new();
     let mut child = env
@@ -241,13 +295,14 @@ fn apply_from_stdin_and_directory() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: piped}\ndata: {k: v}\n")
+        .write_all(b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: piped}\ndata: {k: v}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
+    // The namespace first, wherever the file has it, as kubectl orders them.
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        "configmap/piped created\n"
+        "namespace/team created\nconfigmap/piped created\n"
     );
     assert!(env.ok(&["get", "cm", "-n", "team"]).contains("piped"));
     let all = env.ok(&["get", "cm", "-A"]);

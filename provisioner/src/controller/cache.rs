@@ -28,6 +28,9 @@ pub struct Cache {
     /// `spec.volumeName` -> the claims naming it, so a PV appearing (or going) wakes the
     /// claims that wait for it by name.
     claims_by_volume: HashMap<String, BTreeSet<String>>,
+    /// Namespaces being deleted that the namespace controller has yet to empty: a pod or
+    /// claim going away in one of them wakes its sync.
+    pub terminating_namespaces: BTreeSet<String>,
 }
 
 pub fn key(m: &ObjectMeta) -> String {

@@ -18,7 +18,7 @@ use super::Controller;
 use super::cache::key;
 use crate::error::{Result, chain};
 use crate::k8s_openapi::api::apps::v1::StatefulSet;
-use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use crate::k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use crate::k8s_openapi::api::storage::v1::StorageClass;
 use crate::meta;
 
@@ -40,7 +40,8 @@ pub(super) async fn start_all<S: Store>(
     handles.push(start::<S, PersistentVolume>(ctl, stop.clone()).await?);
     handles.push(start::<S, PersistentVolumeClaim>(ctl, stop.clone()).await?);
     handles.push(start::<S, Pod>(ctl, stop.clone()).await?);
-    handles.push(start::<S, StatefulSet>(ctl, stop).await?);
+    handles.push(start::<S, StatefulSet>(ctl, stop.clone()).await?);
+    handles.push(start::<S, Namespace>(ctl, stop).await?);
     Ok(handles)
 }
 
@@ -225,6 +226,7 @@ impl Informed for PersistentVolumeClaim {
                 if !volume.is_empty() {
                     ctl.queues.volumes.add(volume.clone());
                 }
+                wake_terminating_namespace(ctl, &c, &ns);
             }
             WatchEvent::Added(pvc) | WatchEvent::Modified(pvc) => {
                 c.put_claim(pvc);
@@ -274,7 +276,10 @@ impl Informed for Pod {
         let deleted = matches!(ev, WatchEvent::Deleted(_));
         let pod = ev.object().clone();
         match ev {
-            WatchEvent::Deleted(p) => c.drop_pod(&k, meta::resource_version(&p.metadata)),
+            WatchEvent::Deleted(p) => {
+                c.drop_pod(&k, meta::resource_version(&p.metadata));
+                wake_terminating_namespace(ctl, &c, &ns);
+            }
             WatchEvent::Added(p) | WatchEvent::Modified(p) => {
                 c.put_pod(p);
                 ctl.queues.placement.add(k.clone());
@@ -344,6 +349,37 @@ impl Informed for StatefulSet {
             WatchEvent::Added(set) | WatchEvent::Modified(set) => {
                 c.put_set(set);
                 ctl.queues.sets.add(k);
+            }
+        }
+    }
+}
+
+/// A namespace being emptied waits for its pods and claims to go.
+fn wake_terminating_namespace<S: Store>(ctl: &Controller<S>, c: &super::cache::Cache, ns: &str) {
+    if c.terminating_namespaces.contains(ns) {
+        ctl.queues.namespaces.add(ns.to_string());
+    }
+}
+
+impl Informed for Namespace {
+    fn cached<S: Store>(_ctl: &Controller<S>) -> Vec<Self> {
+        // Only the names of terminating ones are kept; a namespace removed while the
+        // watch was down is dropped by its next sync (NotFound).
+        Vec::new()
+    }
+
+    fn handle<S: Store>(ctl: &Controller<S>, ev: WatchEvent<Self>, _initial: bool) {
+        let name = meta::name(&ev.object().metadata).to_string();
+        let mut c = ctl.cache();
+        match ev {
+            WatchEvent::Deleted(_) => {
+                c.terminating_namespaces.remove(&name);
+            }
+            WatchEvent::Added(ns) | WatchEvent::Modified(ns) => {
+                if crate::namespace::is_ours_to_empty(&ns) {
+                    c.terminating_namespaces.insert(name.clone());
+                    ctl.queues.namespaces.add(name);
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 mod binder;
 pub mod cache;
 mod informer;
+mod namespace;
 mod provision;
 pub mod queue;
 mod statefulset;
@@ -73,10 +74,11 @@ pub(crate) struct Queues {
     pub sets: Arc<WorkQueue>,
     pub gc: Arc<WorkQueue>,
     pub placement: Arc<WorkQueue>,
+    pub namespaces: Arc<WorkQueue>,
 }
 
 impl Queues {
-    fn all(&self) -> [&Arc<WorkQueue>; 8] {
+    fn all(&self) -> [&Arc<WorkQueue>; 9] {
         [
             &self.claims,
             &self.volumes,
@@ -86,6 +88,7 @@ impl Queues {
             &self.sets,
             &self.gc,
             &self.placement,
+            &self.namespaces,
         ]
     }
 }
@@ -130,6 +133,7 @@ impl<S: Store> Controller<S> {
                 sets: WorkQueue::new("statefulsets"),
                 gc: WorkQueue::new("gc"),
                 placement: WorkQueue::new("placement"),
+                namespaces: WorkQueue::new("namespaces"),
             },
             backoff: Mutex::default(),
             provision_holds: Mutex::default(),
@@ -316,6 +320,9 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
     workers.push(spawn_worker(&ctl, &q.placement, |c, k| {
         Box::pin(async move { c.place(&k).await })
     }));
+    workers.push(spawn_worker(&ctl, &q.namespaces, |c, k| {
+        Box::pin(async move { c.sync_namespace(&k).await })
+    }));
 
     Ok(Running {
         stop,
@@ -348,6 +355,9 @@ impl<S: Store> Controller<S> {
         }
         for k in c.pods.keys() {
             q.placement.add(k.clone());
+        }
+        for ns in &c.terminating_namespaces {
+            q.namespaces.add(ns.clone());
         }
     }
 }

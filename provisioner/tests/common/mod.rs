@@ -79,6 +79,13 @@ impl Harness {
         let obj: K = serde_json::from_value(v).expect("object json");
         self.store.create(&obj).await.expect("create")
     }
+
+    /// A create expected to be refused; its error as one line.
+    pub async fn apply_err<K: Object + std::fmt::Debug>(&self, v: serde_json::Value) -> String {
+        let obj: K = serde_json::from_value(v).expect("object json");
+        let err = self.store.create(&obj).await.expect_err("create refused");
+        strata_report::chain(&err)
+    }
 }
 
 /// Waits for an async condition with a deadline (the async form of `testkit::wait_for`).

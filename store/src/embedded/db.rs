@@ -18,12 +18,28 @@ use crate::failpoint;
 
 /// The format of `store.db` this build writes. Opening checks `meta.schema`: an older file
 /// is migrated step by step in the opening transaction, a newer one is refused.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
+
+/// One step of a migration: SQL, or objects written through the API's own rules.
+enum Migration {
+    Sql(&'static str),
+    Objects(fn(&mut Tx<'_>) -> Result<()>),
+}
 
 /// Each migration takes the database from version `i + 1` to `i + 2`.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1 -> 2: namespaced watches read the log by (kind, namespace) instead of filtering.
-    "CREATE INDEX IF NOT EXISTS watch_log_by_kind_ns ON watch_log (kind, namespace, resource_version);",
+    Migration::Sql(
+        "CREATE INDEX IF NOT EXISTS watch_log_by_kind_ns ON watch_log (kind, namespace, resource_version);",
+    ),
+    // 2 -> 3: namespaces are objects: the initial three, and one per namespace in use.
+    Migration::Objects(|tx| {
+        let created = super::namespaces::create_missing(tx)?;
+        if !created.is_empty() {
+            tracing::info!(namespaces = ?created, "namespaces created");
+        }
+        Ok(())
+    }),
 ];
 
 /// Version 1, as first released; newer versions are reached through `MIGRATIONS`.
@@ -138,45 +154,7 @@ impl Db {
     pub(crate) fn open(path: &Path, retain: u64) -> Result<Db> {
         create_private(path)?;
         let mut writer = open_connection(path)?;
-        let tx = writer
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(Error::db("creating the schema"))?;
-        let has_meta: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(Error::db("reading the schema version"))?;
-        let found = if has_meta {
-            meta(&tx, "schema")?
-        } else {
-            tx.execute_batch(SCHEMA)
-                .map_err(Error::db("creating the schema"))?;
-            1
-        };
-        if found > SCHEMA_VERSION {
-            return Err(Error::SchemaTooNew {
-                path: path.to_path_buf(),
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        for (step, sql) in MIGRATIONS
-            .iter()
-            .enumerate()
-            .skip(found.saturating_sub(1) as usize)
-        {
-            tx.execute_batch(sql)
-                .map_err(Error::db("migrating the schema"))?;
-            tracing::info!(path = %path.display(), from = step + 1, to = step + 2, "store database migrated");
-        }
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'schema'",
-            params![SCHEMA_VERSION as i64],
-        )
-        .map_err(Error::db("recording the schema version"))?;
-        tx.commit().map_err(Error::db("creating the schema"))?;
+        migrate(&mut writer, path)?;
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<_>>()?;
@@ -193,7 +171,72 @@ impl Db {
             retain: retain.max(1),
         })
     }
+}
 
+/// Creates the schema of a new file, or checks an existing file's format version and
+/// migrates it step by step, in one transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Error::db("creating the schema"))?;
+    let has_meta: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(Error::db("reading the schema version"))?;
+    let found = if has_meta {
+        meta(&tx, "schema")?
+    } else {
+        tx.execute_batch(SCHEMA)
+            .map_err(Error::db("creating the schema"))?;
+        1
+    };
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let start = meta(&tx, "revision")?;
+    let mut wtx = Tx {
+        tx,
+        revision: start,
+        kinds: BTreeSet::new(),
+    };
+    for (step, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(found.saturating_sub(1) as usize)
+    {
+        match migration {
+            Migration::Sql(sql) => wtx
+                .tx
+                .execute_batch(sql)
+                .map_err(Error::db("migrating the schema"))?,
+            Migration::Objects(f) => f(&mut wtx)?,
+        }
+        tracing::info!(path = %path.display(), from = step + 1, to = step + 2, "store database migrated");
+    }
+    let Tx { tx, revision, .. } = wtx;
+    if revision != start {
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'revision'",
+            params![revision as i64],
+        )
+        .map_err(Error::db("advancing the revision"))?;
+    }
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+        params![SCHEMA_VERSION as i64],
+    )
+    .map_err(Error::db("recording the schema version"))?;
+    tx.commit().map_err(Error::db("creating the schema"))
+}
+
+impl Db {
     /// Runs `f` in one IMMEDIATE transaction (the write lock is taken up front, so two
     /// processes never deadlock upgrading a read). Returns the result, the revision after
     /// it and the kinds it changed.
@@ -519,6 +562,17 @@ impl Tx<'_> {
     }
     pub(crate) fn list(&self, kind: &str, ns: Option<&str>) -> Result<Vec<Value>> {
         list_objects(&self.tx, kind, ns)
+    }
+
+    /// Every namespace some namespaced object is in.
+    pub(crate) fn namespaces_in_use(&self) -> Result<Vec<String>> {
+        self.tx
+            .prepare_cached("SELECT DISTINCT namespace FROM objects WHERE namespace != ''")
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(Error::db("listing namespaces in use"))
     }
 
     pub(crate) fn meta_get(&self, key: &str) -> Result<Option<i64>> {

@@ -5,6 +5,7 @@
 //! several processes read while one writes, and every write is one ACID transaction.
 
 mod db;
+pub(crate) mod namespaces;
 mod notify;
 pub(crate) mod ops;
 
@@ -14,13 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use k8s_openapi::api::core::v1::{Event, Namespace, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 use tokio::sync::watch;
 
 pub use self::db::SCHEMA_VERSION;
 use self::db::{Change, Db, Tx};
+pub use self::namespaces::{
+    FINALIZER_KUBERNETES as NAMESPACE_FINALIZER, INITIAL as INITIAL_NAMESPACES,
+};
 use self::notify::{Channels, Notifier};
 use self::ops::Part;
 use crate::api::{
@@ -324,6 +328,15 @@ impl EmbeddedStore {
             .await
     }
 
+    /// A namespace's `finalize` subresource: sets `spec.finalizers` from `obj` (nothing
+    /// else); a terminating namespace left with no finalizers is removed.
+    #[tracing::instrument(level = "debug", skip_all, err(level = "debug"))]
+    pub async fn finalize_namespace_value(&self, obj: Value) -> Result<Value> {
+        let kind = KindRef::of::<Namespace>();
+        self.blocking(move |inner| inner.write(|tx| ops::update(tx, kind, obj, Part::Finalize)))
+            .await
+    }
+
     #[tracing::instrument(level = "debug", skip_all, err(level = "debug"), fields(kind = kind.kind, namespace, name))]
     pub async fn delete_value(
         &self,
@@ -519,6 +532,10 @@ impl Store for EmbeddedStore {
                 WatchEvent::Deleted(v) => Ok(WatchEvent::Deleted(from_value(v)?)),
             })
         })))
+    }
+
+    async fn finalize_namespace(&self, ns: &Namespace) -> Result<Namespace> {
+        from_value(self.finalize_namespace_value(to_value(ns)?).await?)
     }
 
     async fn record_event(

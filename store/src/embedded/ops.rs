@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::db::{Change, Tx};
+use super::namespaces;
 use crate::admission;
 use crate::api::{Deleted, Preconditions};
 use crate::error::{Error, Result};
@@ -14,6 +15,8 @@ use crate::time;
 pub(crate) enum Part {
     Main,
     Status,
+    /// A namespace's `finalize` subresource: `spec.finalizers` only.
+    Finalize,
 }
 
 /// Kinds whose status the API server resets on create (their strategies' PrepareForCreate).
@@ -150,6 +153,12 @@ pub(crate) fn create(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value) -> Result<V
     }
     admission::admit_create(kind.kind, &mut obj, || tx.list("StorageClass", Some("")))?;
     admission::validate_object(kind.kind, &obj)?;
+    namespaces::admit_create(
+        tx,
+        kind,
+        &ns,
+        if name.is_empty() { &generate } else { &name },
+    )?;
 
     let name = if name.is_empty() {
         // Upstream retries a taken generated name; a handful of tries finds a free one.
@@ -180,6 +189,9 @@ pub(crate) fn create(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value) -> Result<V
     obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
     obj["metadata"]["creationTimestamp"] = json!(time::now_rfc3339());
     obj["metadata"]["generation"] = json!(1);
+    if kind.kind == "Namespace" {
+        namespaces::prepare_create(&mut obj);
+    }
     tx.put(kind.kind, &ns, &name, &mut obj, Change::Added)?;
     Ok(obj)
 }
@@ -290,7 +302,21 @@ pub(crate) fn update(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value, part: Part)
                     o.remove("status");
                 }
             }
+            if kind.kind == "Namespace" {
+                // Only the finalize subresource changes a namespace's spec.finalizers.
+                match old["spec"].get("finalizers") {
+                    Some(f) => new["spec"]["finalizers"] = f.clone(),
+                    None => {
+                        if let Some(spec) = new["spec"].as_object_mut() {
+                            spec.remove("finalizers");
+                        }
+                    }
+                }
+            }
             admission::apply_defaults(kind.kind, &mut new);
+            if kind.kind == "Namespace" {
+                namespaces::set_name_label(&mut new);
+            }
             if spec_part(&old) != spec_part(&new) {
                 let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
                 new["metadata"]["generation"] = json!(generation + 1);
@@ -317,6 +343,15 @@ pub(crate) fn update(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value, part: Part)
             }
             new
         }
+        Part::Finalize => {
+            if kind.kind != "Namespace" {
+                return Err(Error::invalid(
+                    "",
+                    format!("{} has no finalize subresource", kind.kind),
+                ));
+            }
+            namespaces::finalize(&old, &obj)?
+        }
     };
     admission::validate_object(kind.kind, &new)?;
     admission::validate_update(kind.kind, &old, &new)?;
@@ -324,7 +359,10 @@ pub(crate) fn update(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value, part: Part)
         // A no-op write changes nothing, not even the resourceVersion (as upstream).
         return Ok(old);
     }
-    if is_set(new["metadata"].get("deletionTimestamp")) && !has_finalizers(&new) {
+    if is_set(new["metadata"].get("deletionTimestamp"))
+        && !has_finalizers(&new)
+        && !namespaces::held_by_spec_finalizers(kind.kind, &new)
+    {
         tx.remove(kind.kind, &ns, &name, &mut new)?;
     } else {
         tx.put(kind.kind, &ns, &name, &mut new, Change::Modified)?;
@@ -372,6 +410,14 @@ pub(crate) fn delete(
                 meta_str(&obj, "resourceVersion")
             ),
         ));
+    }
+    if kind.kind == "Namespace" {
+        let (mut obj, now) = namespaces::delete(tx, name, obj)?;
+        if !now {
+            return Ok(Deleted::Pending(obj));
+        }
+        tx.remove(kind.kind, ns, name, &mut obj)?;
+        return Ok(Deleted::Gone(obj));
     }
     if has_finalizers(&obj) {
         if !is_set(obj["metadata"].get("deletionTimestamp")) {
