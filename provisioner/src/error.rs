@@ -10,6 +10,8 @@ pub enum Error {
     Csi(#[from] CsiError),
     #[error("{0}")]
     Invalid(String),
+    #[error("the CSI driver has not answered yet")]
+    DriverUnknown,
 }
 
 impl Error {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod expand;
 pub mod gc;
 pub mod meta;
+pub mod metrics;
 pub mod names;
 pub mod namespace;
 pub mod provision;
@@ -22,6 +23,6 @@ pub mod statefulset;
 /// The API types, from the store so every crate agrees on one k8s-openapi.
 pub use strata_store::k8s_openapi;
 
-pub use controller::{Config, Running, start};
+pub use controller::{Config, LoopStatus, Running, start};
 pub use error::{Error, Result};
 pub use provision::csi::CsiClient;

@@ -2,10 +2,12 @@
 //! against the embedded store, talking to `strata-csi` over its unix socket.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use prometheus_client::registry::Registry;
 use strata_provisioner::{Config, CsiClient};
 use tracing::info;
 
@@ -43,6 +45,12 @@ struct Args {
     /// watches; the controller-manager's PV binder uses 15). 0 turns it off.
     #[arg(long, default_value_t = 15)]
     resync_period: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (provisioning, deletion and
+    /// expansion outcomes, queue depths, driver state) and /healthz (200 while every loop
+    /// runs, also while waiting for the driver; 503 once one died). Port 0 picks a free
+    /// port, logged. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -77,7 +85,23 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => return Ok(()),
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
-    info!(driver = %running.driver.name, node = %args.node_id, "running");
+    info!(node = %args.node_id, "running");
+    let _endpoint = match args.metrics_address {
+        Some(addr) => {
+            let mut registry = Registry::with_prefix("strata_provisioner");
+            running.register_metrics(&mut registry);
+            let status = Arc::clone(running.status());
+            let health = Arc::new(move || strata_provisioner::metrics::health(&status));
+            match strata_metrics::Endpoint::bind(addr, registry, health).await {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    running.shutdown().await;
+                    return Err(e).with_context(|| format!("binding --metrics-address {addr}"));
+                }
+            }
+        }
+        None => None,
+    };
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: finishing in-flight work"),
         _ = tokio::signal::ctrl_c() => info!("SIGINT: finishing in-flight work"),

@@ -2,12 +2,6 @@
 //! stops gracefully on SIGTERM, picks up where it left off after a restart, and garbage
 //! collects a deleted StatefulSet's pods and (whenDeleted=Delete) claims.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::json;
 use strata_provisioner::k8s_openapi::api::apps::v1::StatefulSet;
 use strata_provisioner::k8s_openapi::api::core::v1::{
@@ -19,78 +13,9 @@ use testkit::{DriverConfig, DriverProcess, LoopPool};
 
 mod common;
 
-use common::{DEADLINE, csi_binary, eventually};
+use common::{Provisioner, csi_binary, eventually};
 
 const NODE: &str = "node-bin";
-
-/// The provisioner process; `Drop` kills it if a test failed half-way.
-struct Provisioner {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Provisioner {
-    fn spawn(state: &std::path::Path, endpoint: &str, log: PathBuf) -> Provisioner {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_strata-provisioner"))
-            .arg("--state-dir")
-            .arg(state)
-            .args([
-                "--csi-endpoint",
-                endpoint,
-                "--node-id",
-                NODE,
-                "--retry-interval-start",
-                "100",
-                "--retry-interval-max",
-                "2",
-            ])
-            .env(
-                "RUST_LOG",
-                std::env::var("PROVISIONER_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn strata-provisioner");
-        Provisioner { child, log }
-    }
-
-    /// SIGTERM, then the exit status (it must exit by itself, gracefully).
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "no exit after SIGTERM:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Provisioner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- strata-provisioner log ----\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
 
 async fn create<K: Object>(store: &EmbeddedStore, v: serde_json::Value) -> K {
     store
@@ -146,7 +71,7 @@ async fn binary_survives_sigterm_and_restart_and_collects_a_deleted_set() {
     }))
     .await;
 
-    let mut p = Provisioner::spawn(state.path(), &driver.endpoint(), log.clone());
+    let mut p = Provisioner::spawn(state.path(), &driver.endpoint(), NODE, log.clone(), &[]);
     for o in 0..2 {
         let c = bound(&store, &format!("data-db-{o}")).await;
         assert_eq!(
@@ -164,7 +89,7 @@ async fn binary_survives_sigterm_and_restart_and_collects_a_deleted_set() {
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "32Mi"}}}
     }))
     .await;
-    let mut p = Provisioner::spawn(state.path(), &driver.endpoint(), log);
+    let mut p = Provisioner::spawn(state.path(), &driver.endpoint(), NODE, log, &[]);
     bound(&store, "later").await;
     assert_eq!(pool.files().len(), 3);
 
@@ -194,5 +119,144 @@ async fn binary_survives_sigterm_and_restart_and_collects_a_deleted_set() {
     .await;
     bound(&store, "later").await;
     assert!(p.terminate().success());
+    drop(driver);
+}
+
+async fn scrape(addr: std::net::SocketAddr, path: &'static str) -> strata_metrics::scrape::Reply {
+    tokio::task::spawn_blocking(move || strata_metrics::scrape::request(addr, "GET", path))
+        .await
+        .expect("scrape task")
+        .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
+}
+
+async fn samples(addr: std::net::SocketAddr) -> strata_metrics::scrape::Samples {
+    let r = scrape(addr, "/metrics").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    strata_metrics::scrape::parse(&r.body).unwrap_or_else(|e| panic!("{e}\n{}", r.body))
+}
+
+/// Issue 12 §6 and §4: started before its driver, the provisioner says it waits, binds a
+/// static claim meanwhile and stays healthy; once the driver listens it provisions, and
+/// `/metrics` counts the outcomes by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_before_the_driver_answers_then_provisions_and_reports_metrics() {
+    if !testkit::require_root("binds_before_the_driver_answers_then_provisions_and_reports_metrics")
+    {
+        return;
+    }
+    let state = tempfile::tempdir().expect("state");
+    let store = EmbeddedStore::open(state.path()).expect("store");
+    let log = state.path().join("provisioner.log");
+    // Nothing listens here until the driver is started and linked in below.
+    let socket = state.path().join("csi.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let p = Provisioner::spawn(
+        state.path(),
+        &endpoint,
+        NODE,
+        log.clone(),
+        &["--metrics-address", "127.0.0.1:0"],
+    );
+    let addr = eventually("the metrics address in the log", || async {
+        strata_metrics::scrape::address_from_log(&std::fs::read_to_string(&log).ok()?)
+    })
+    .await;
+
+    create::<PersistentVolume>(
+        &store,
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "static-pv"},
+            "spec": {
+                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "csi": {"driver": "local.csi.strata.io", "volumeHandle": "made-by-hand"}
+            }
+        }),
+    )
+    .await;
+    create::<PersistentVolumeClaim>(&store, json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "static", "namespace": "default"},
+        "spec": {"storageClassName": "", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .await;
+    let c = bound(&store, "static").await;
+    assert_eq!(c.spec.unwrap().volume_name.as_deref(), Some("static-pv"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("waiting for the CSI driver"), "{text}");
+    let health = scrape(addr, "/healthz").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert!(health.body.contains("driver: waiting"), "{}", health.body);
+    assert_eq!(
+        samples(addr)
+            .await
+            .value("strata_provisioner_driver_ready", &[]),
+        Some(0.0)
+    );
+
+    // A dynamic claim now waits; the driver arrives at the socket the provisioner dials.
+    create::<StorageClass>(
+        &store,
+        json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "std"}, "provisioner": "local.csi.strata.io"
+        }),
+    )
+    .await;
+    create::<PersistentVolumeClaim>(&store, json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "dynamic", "namespace": "default"},
+        "spec": {"storageClassName": "std", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "32Mi"}}}
+    }))
+    .await;
+    let pool = LoopPool::ext4(512 << 20);
+    let driver =
+        DriverProcess::start(DriverConfig::new(csi_binary(), NODE).pool("main", pool.path())).await;
+    std::os::unix::fs::symlink(driver.socket(), &socket).expect("link the driver's socket");
+    bound(&store, "dynamic").await;
+    // More than the pool holds: the driver refuses with RESOURCE_EXHAUSTED.
+    create::<PersistentVolumeClaim>(&store, json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "huge", "namespace": "default"},
+        "spec": {"storageClassName": "std", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Gi"}}}
+    }))
+    .await;
+    let outcome = |s: &strata_metrics::scrape::Samples, result: &str, reason: &str| {
+        s.value(
+            "strata_provisioner_provisioning_total",
+            &[("result", result), ("reason", reason)],
+        )
+    };
+    let s = eventually(
+        "a ResourceExhausted provisioning failure counted",
+        || async {
+            let s = samples(addr).await;
+            outcome(&s, "failure", "ResourceExhausted").map(|_| s)
+        },
+    )
+    .await;
+    assert_eq!(outcome(&s, "success", "Provisioned"), Some(1.0));
+    assert_eq!(s.value("strata_provisioner_driver_ready", &[]), Some(1.0));
+    assert_eq!(s.value("strata_provisioner_dead_loops", &[]), Some(0.0));
+    assert!(
+        s.value("strata_provisioner_queue_depth", &[("queue", "claims")])
+            .is_some()
+    );
+    let health = scrape(addr, "/healthz").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert!(
+        health.body.contains("driver: local.csi.strata.io"),
+        "{}",
+        health.body
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("driver found").count(),
+        1,
+        "logged once:\n{text}"
+    );
+    let mut p = p;
+    assert!(p.terminate().success(), "graceful exit on SIGTERM");
     drop(driver);
 }

@@ -10,6 +10,7 @@ mod namespace;
 mod provision;
 pub mod queue;
 mod statefulset;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,11 +23,14 @@ use tracing::{debug, info, warn};
 use crate::binder::{Event, EventType};
 use crate::error::{Error, Result, chain};
 use crate::meta;
+use crate::metrics::Metrics;
 use crate::provision::csi::CsiClient;
 use crate::provision::request::DriverInfo;
 use crate::provision::retry::Backoff;
 use cache::Cache;
 use queue::WorkQueue;
+use status::Found;
+pub use status::LoopStatus;
 
 /// Tunables; the defaults are external-provisioner's where it has one.
 #[derive(Debug, Clone)]
@@ -105,23 +109,24 @@ pub(crate) enum Requeue {
 pub(crate) struct Controller<S: Store> {
     pub store: S,
     pub csi: CsiClient,
-    pub driver: DriverInfo,
+    /// The driver once it has answered, and the loops' liveness.
+    pub status: Arc<LoopStatus>,
+    pub metrics: Metrics,
     pub config: Config,
     pub cache: Mutex<Cache>,
     pub queues: Queues,
     backoff: Mutex<HashMap<(&'static str, String), Backoff>>,
     /// Claims not to provision before the given instant (after a failure).
     pub provision_holds: Mutex<HashMap<String, std::time::Instant>>,
-    /// `storage.kubernetes.io/csiProvisionerIdentity`: start time, pid and driver name.
-    pub identity: String,
 }
 
 impl<S: Store> Controller<S> {
-    fn new(store: S, csi: CsiClient, driver: DriverInfo, config: Config, identity: String) -> Self {
+    fn new(store: S, csi: CsiClient, config: Config) -> Self {
         Controller {
             store,
             csi,
-            driver,
+            status: Arc::default(),
+            metrics: Metrics::default(),
             config,
             cache: Mutex::new(Cache::default()),
             queues: Queues {
@@ -137,8 +142,13 @@ impl<S: Store> Controller<S> {
             },
             backoff: Mutex::default(),
             provision_holds: Mutex::default(),
-            identity,
         }
+    }
+
+    /// The driver's answers. The loops that need them start only once it has answered,
+    /// so the error is a safety net, not a state they wait in.
+    pub(crate) fn found(&self) -> Result<Found> {
+        self.status.found().ok_or(Error::DriverUnknown)
     }
 
     pub fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -180,20 +190,52 @@ pub struct Running {
     stop: watch::Sender<bool>,
     queues: Vec<Arc<WorkQueue>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
+    /// Workers that need the driver, started by `finder` once it answers.
+    driver_workers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    finder: tokio::task::JoinHandle<()>,
     informers: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
-    pub driver: DriverInfo,
+    status: Arc<LoopStatus>,
+    metrics: Metrics,
 }
 
 impl Running {
+    /// Whether the driver has answered and the loops are alive.
+    pub fn status(&self) -> &Arc<LoopStatus> {
+        &self.status
+    }
+
+    /// The driver, waiting until it answers.
+    pub async fn driver(&self) -> DriverInfo {
+        self.status.driver_found().await
+    }
+
+    /// Registers the loops' metrics (provisioning outcomes, queue depths, driver and
+    /// loop state) in `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics
+            .register(registry, Arc::clone(&self.status), self.queues.clone());
+    }
+
     /// Stops taking work, lets every worker finish the item it holds (an in-flight CSI call
     /// completes or times out), then stops the informers. What was not done is redone after a
     /// restart: CreateVolume is idempotent by name.
     pub async fn shutdown(self) {
+        self.status.stopping();
+        // Still waiting for the driver: stop waiting (no worker of its own started yet).
+        self.finder.abort();
+        let _ = self.finder.await;
         for q in &self.queues {
             q.shut_down();
         }
-        let all = futures::future::join_all(self.workers);
+        let mut workers = self.workers;
+        workers.append(
+            &mut self
+                .driver_workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let all = futures::future::join_all(workers);
         if tokio::time::timeout(self.grace, all).await.is_err() {
             warn!("workers did not finish within the shutdown grace period");
         }
@@ -265,30 +307,20 @@ impl WaitReports {
     }
 }
 
-/// Starts every loop against `store`, talking to the driver at `csi`.
+/// Starts every loop against `store`, talking to the driver at `csi`. Returns once the
+/// informers have listed: the binder, StatefulSet, placement and GC loops run at once;
+/// provisioning, deletion and expansion start when the driver answers (it may start
+/// after us), which is logged, and until then their work waits in their queues.
 pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result<Running> {
-    let driver = wait_for_driver(&csi, None).await?;
-    info!(driver = %driver.name, topology = driver.accessibility_constraints, expand = driver.expand_volume, "driver found");
-    let identity = format!(
-        "{}-{}-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0),
-        std::process::id(),
-        driver.name
-    );
-    let ctl = Arc::new(Controller::new(
-        store,
-        csi,
-        driver.clone(),
-        config.clone(),
-        identity,
-    ));
+    let ctl = Arc::new(Controller::new(store, csi, config.clone()));
+    let status = Arc::clone(&ctl.status);
     let (stop, stop_rx) = watch::channel(false);
     let mut informers = informer::start_all(&ctl, stop_rx.clone()).await?;
     if !config.resync.is_zero() {
         informers.push(spawn_resync(&ctl, config.resync, stop_rx));
+    }
+    for h in &informers {
+        status.track("informer", h.abort_handle());
     }
 
     let mut workers = Vec::new();
@@ -299,17 +331,6 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
     }));
     workers.push(spawn_worker(&ctl, &q.volumes, |c, k| {
         Box::pin(async move { c.sync_volume(&k).await })
-    }));
-    for _ in 0..config.provision_workers.max(1) {
-        workers.push(spawn_worker(&ctl, &q.provision, |c, k| {
-            Box::pin(async move { c.provision(&k).await })
-        }));
-        workers.push(spawn_worker(&ctl, &q.delete, |c, k| {
-            Box::pin(async move { c.delete(&k).await })
-        }));
-    }
-    workers.push(spawn_worker(&ctl, &q.expand, |c, k| {
-        Box::pin(async move { c.expand(&k).await })
     }));
     workers.push(spawn_worker(&ctl, &q.sets, |c, k| {
         Box::pin(async move { c.sync_set(&k).await })
@@ -324,13 +345,60 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
         Box::pin(async move { c.sync_namespace(&k).await })
     }));
 
+    let driver_workers = Arc::new(Mutex::new(Vec::new()));
+    let finder = tokio::spawn({
+        let ctl = Arc::clone(&ctl);
+        let driver_workers = Arc::clone(&driver_workers);
+        async move {
+            let info = match wait_for_driver(&ctl.csi, None).await {
+                Ok(info) => info,
+                // Without a deadline it only returns with an answer; were that to change,
+                // say so rather than wait in silence.
+                Err(e) => {
+                    warn!(error = %chain(&e), "gave up waiting for the CSI driver");
+                    return;
+                }
+            };
+            info!(driver = %info.name, topology = info.accessibility_constraints, expand = info.expand_volume, "driver found: provisioning, deletion and expansion start");
+            let identity = format!(
+                "{}-{}-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0),
+                std::process::id(),
+                info.name
+            );
+            ctl.status.set_driver(Found { info, identity });
+            let mut started = Vec::new();
+            let q = &ctl.queues;
+            for _ in 0..ctl.config.provision_workers.max(1) {
+                started.push(spawn_worker(&ctl, &q.provision, |c, k| {
+                    Box::pin(async move { c.provision(&k).await })
+                }));
+                started.push(spawn_worker(&ctl, &q.delete, |c, k| {
+                    Box::pin(async move { c.delete(&k).await })
+                }));
+            }
+            started.push(spawn_worker(&ctl, &q.expand, |c, k| {
+                Box::pin(async move { c.expand(&k).await })
+            }));
+            driver_workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(started);
+        }
+    });
     Ok(Running {
         stop,
         queues: q.all().into_iter().cloned().collect(),
         workers,
+        driver_workers,
+        finder,
         informers,
         grace: config.shutdown_grace,
-        driver,
+        metrics: ctl.metrics.clone(),
+        status,
     })
 }
 
@@ -391,7 +459,9 @@ fn spawn_worker<S: Store>(
 ) -> tokio::task::JoinHandle<()> {
     let ctl = Arc::clone(ctl);
     let queue = Arc::clone(queue);
-    tokio::spawn(async move {
+    let status = Arc::clone(&ctl.status);
+    let name = queue.name;
+    let handle = tokio::spawn(async move {
         while let Some(key) = queue.next().await {
             let span = tracing::debug_span!("sync", queue = queue.name, key = %key);
             let result =
@@ -415,7 +485,9 @@ fn spawn_worker<S: Store>(
             }
             queue.done(&key);
         }
-    })
+    });
+    status.track(name, handle.abort_handle());
+    handle
 }
 
 #[cfg(test)]
@@ -451,13 +523,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = strata_store::EmbeddedStore::open(dir.path()).unwrap();
         let csi = CsiClient::new("unix:///nonexistent.sock", Duration::from_secs(1)).unwrap();
-        let driver = DriverInfo {
-            name: "d".into(),
-            accessibility_constraints: false,
-            single_node_multi_writer: false,
-            expand_volume: true,
-        };
-        let ctl = Controller::new(store, csi, driver, Config::new("n"), "id".into());
+        let ctl = Controller::new(store, csi, Config::new("n"));
         {
             let mut c = ctl.cache();
             c.put_claim(claim("a", "1Gi", &["ReadWriteOnce"]));

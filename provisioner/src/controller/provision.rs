@@ -12,6 +12,7 @@ use crate::binder::{Event, EventType};
 use crate::error::{Error, Result, chain};
 use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use crate::meta::{self, add_finalizer, has_finalizer, remove_finalizer};
+use crate::metrics::csi_reason;
 use crate::names::{self, reason};
 use crate::provision::class::ClassConfig;
 use crate::provision::request::{
@@ -60,12 +61,14 @@ impl<S: Store> Controller<S> {
 
     #[tracing::instrument(skip_all, fields(pvc = %k))]
     async fn provision_once(&self, k: &str) -> Result<Requeue> {
+        let found = self.found()?;
+        let driver = &found.info;
         let (pvc, class) = {
             let c = self.cache();
             let Some(pvc) = c.claims.get(k).cloned() else {
                 return Ok(Requeue::Done);
             };
-            if !provision::should_provision(&pvc, &self.driver.name, &c.classes) {
+            if !provision::should_provision(&pvc, &driver.name, &c.classes) {
                 return Ok(Requeue::Done);
             }
             // A PV with the claim's volume name exists: provisioned already, the binder binds.
@@ -90,6 +93,7 @@ impl<S: Store> Controller<S> {
         let cfg = match ClassConfig::from_class(&class) {
             Ok(c) => c,
             Err(e) => {
+                self.metrics.provisioned(Err("InvalidClass"));
                 self.record(&failed(e)).await;
                 return Ok(Requeue::Backoff);
             }
@@ -98,12 +102,13 @@ impl<S: Store> Controller<S> {
         let request = match build_create_request(
             &pvc,
             &cfg,
-            &self.driver,
+            driver,
             &self.config.default_fs_type,
             &Placement { nodes: &nodes },
         ) {
             Ok(r) => r,
             Err(e) => {
+                self.metrics.provisioned(Err("InvalidRequest"));
                 self.record(&failed(e)).await;
                 return Ok(Requeue::Backoff);
             }
@@ -129,8 +134,8 @@ impl<S: Store> Controller<S> {
         let pv = match build_volume(
             &pvc,
             &cfg,
-            &self.driver.name,
-            &self.identity,
+            &driver.name,
+            &found.identity,
             request.required_bytes,
             fs_type,
             &created,
@@ -141,6 +146,7 @@ impl<S: Store> Controller<S> {
                 if let Err(e) = self.csi.delete_volume(&created.volume_id).await {
                     warn!(volume_id = %created.volume_id, error = %e, "deleting an undersized volume failed");
                 }
+                self.metrics.provisioned(Err("TooSmall"));
                 self.record(&failed(rejected.to_string())).await;
                 return Ok(Requeue::Backoff);
             }
@@ -160,7 +166,10 @@ impl<S: Store> Controller<S> {
                     Ok(existing) => break existing,
                     Err(e) => warn!(error = %chain(&e), "reading the existing PV failed"),
                 },
-                Err(e) if e.is_invalid() => return Err(e.into()),
+                Err(e) if e.is_invalid() => {
+                    self.metrics.provisioned(Err("InvalidVolume"));
+                    return Err(e.into());
+                }
                 Err(e) => warn!(error = %chain(&e), "saving the PV failed, retrying"),
             }
             if self.queues.provision.is_shut_down() {
@@ -170,6 +179,7 @@ impl<S: Store> Controller<S> {
             delay = (delay * 2).min(Duration::from_secs(5));
         };
         info!(volume = %meta::name(&saved.metadata), "provisioned");
+        self.metrics.provisioned(Ok(()));
         self.cache().put_volume(saved.clone());
         self.record(&Event::on_claim(
             &pvc,
@@ -192,13 +202,16 @@ impl<S: Store> Controller<S> {
         err: CsiError,
         failed: impl Fn(String) -> Event,
     ) -> Result<Requeue> {
+        let found = self.found()?;
+        let driver = &found.info;
         let selected = meta::has_annotation(&pvc.metadata, names::ANN_SELECTED_NODE);
         let disposition = classify(
             err.code,
-            self.driver.accessibility_constraints,
+            driver.accessibility_constraints,
             selected && cfg.wait_for_first_consumer,
         );
         debug!(error = %err, ?disposition, "CreateVolume failed");
+        self.metrics.provisioned(Err(csi_reason(&err)));
         self.record(&failed(err.to_string())).await;
         match disposition {
             // Maybe still running in the driver: the same call again, soon.
@@ -220,6 +233,8 @@ impl<S: Store> Controller<S> {
     /// DeleteVolume for released volumes with the Delete policy.
     #[tracing::instrument(skip_all, fields(volume = %name))]
     pub(crate) async fn delete(&self, name: &str) -> Result<Requeue> {
+        let found = self.found()?;
+        let driver = &found.info;
         let Some(pv) = self.cache().volumes.get(name).cloned() else {
             return Ok(Requeue::Done);
         };
@@ -227,7 +242,7 @@ impl<S: Store> Controller<S> {
             .spec
             .as_ref()
             .and_then(|s| s.csi.as_ref())
-            .filter(|c| c.driver == self.driver.name)
+            .filter(|c| c.driver == driver.name)
         else {
             return Ok(Requeue::Done);
         };
@@ -252,6 +267,7 @@ impl<S: Store> Controller<S> {
             return Ok(Requeue::Done);
         }
         if let Err(e) = self.csi.delete_volume(&volume_id).await {
+            self.metrics.deleted(Err(csi_reason(&e)));
             self.record(&Event::on_volume(
                 &pv,
                 EventType::Warning,
@@ -262,6 +278,7 @@ impl<S: Store> Controller<S> {
             return Ok(Requeue::Backoff);
         }
         info!(volume_id = %volume_id, "deleted backing volume");
+        self.metrics.deleted(Ok(()));
         if has_fin {
             let mut updated = pv.clone();
             remove_finalizer(&mut updated.metadata, names::FINALIZER_EXTERNAL_PROVISIONER);
@@ -281,7 +298,9 @@ impl<S: Store> Controller<S> {
     /// ControllerExpandVolume for a bound claim that asks for more than its PV has.
     #[tracing::instrument(skip_all, fields(pvc = %k))]
     pub(crate) async fn expand(&self, k: &str) -> Result<Requeue> {
-        if !self.driver.expand_volume {
+        let found = self.found()?;
+        let driver = &found.info;
+        if !driver.expand_volume {
             return Ok(Requeue::Done);
         }
         let wanted = {
@@ -296,7 +315,7 @@ impl<S: Store> Controller<S> {
                 .spec
                 .as_ref()
                 .and_then(|s| s.csi.as_ref())
-                .is_none_or(|c| c.driver != self.driver.name)
+                .is_none_or(|c| c.driver != driver.name)
             {
                 return Ok(Requeue::Done);
             }
@@ -326,20 +345,16 @@ impl<S: Store> Controller<S> {
         let (pvc, pv, size) = match wanted {
             Ok(w) => w,
             Err(event) => {
+                self.metrics.expanded(Err("NotExpandable"));
                 self.record(&event).await;
                 return Ok(Requeue::Done);
             }
         };
         let pv_name = meta::name(&pv.metadata).to_string();
         let mut pvc = pvc;
-        if meta::annotation(&pvc.metadata, names::ANN_STORAGE_RESIZER)
-            != Some(self.driver.name.as_str())
+        if meta::annotation(&pvc.metadata, names::ANN_STORAGE_RESIZER) != Some(driver.name.as_str())
         {
-            meta::set_annotation(
-                &mut pvc.metadata,
-                names::ANN_STORAGE_RESIZER,
-                &self.driver.name,
-            );
+            meta::set_annotation(&mut pvc.metadata, names::ANN_STORAGE_RESIZER, &driver.name);
             pvc = self.write_pvc(&pvc, false).await?;
         }
         let pvc = self.write_pvc(&expand::started(&pvc, size), true).await?;
@@ -394,14 +409,16 @@ impl<S: Store> Controller<S> {
                 self.record(&Event::on_claim(&pvc, EventType::Normal, r, msg))
                     .await;
                 info!(size = %quantity::format_bytes(new_size).0, node_required, "expanded");
+                self.metrics.expanded(Ok(()));
                 Ok(Requeue::Done)
             }
             Err(e) => {
                 // INVALID_ARGUMENT / OUT_OF_RANGE will not succeed by retrying the same size.
                 let infeasible = matches!(e.code, Some(3) | Some(11));
+                self.metrics.expanded(Err(csi_reason(&e)));
                 let msg = format!(
                     "resize volume {pv_name:?} by resizer {:?} failed: {e}",
-                    self.driver.name
+                    driver.name
                 );
                 self.write_pvc(&expand::failed(&pvc, size, msg.clone(), infeasible), true)
                     .await?;

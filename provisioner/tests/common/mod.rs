@@ -3,7 +3,11 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use serde_json::json;
 use strata_provisioner::k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -59,7 +63,7 @@ impl Harness {
         let running = strata_provisioner::start(store.clone(), csi, config)
             .await
             .expect("start loops");
-        assert_eq!(running.driver.name, DRIVER);
+        assert_eq!(running.driver().await.name, DRIVER);
         Harness {
             store,
             running: Some(running),
@@ -150,4 +154,82 @@ pub async fn has_event(store: &EmbeddedStore, claim: &str, reason: &str, needle:
             })
         })
         .unwrap_or(false)
+}
+
+/// The provisioner process; `Drop` kills it if a test failed half-way.
+pub struct Provisioner {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Provisioner {
+    /// Starts `strata-provisioner` on `state` against `endpoint`, with `extra` arguments,
+    /// its output appended to `log`.
+    pub fn spawn(
+        state: &std::path::Path,
+        endpoint: &str,
+        node: &str,
+        log: PathBuf,
+        extra: &[&str],
+    ) -> Provisioner {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_strata-provisioner"))
+            .arg("--state-dir")
+            .arg(state)
+            .args([
+                "--csi-endpoint",
+                endpoint,
+                "--node-id",
+                node,
+                "--retry-interval-start",
+                "100",
+                "--retry-interval-max",
+                "2",
+            ])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("PROVISIONER_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn strata-provisioner");
+        Provisioner { child, log }
+    }
+
+    /// SIGTERM, then the exit status (it must exit by itself, gracefully).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no exit after SIGTERM:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Provisioner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- strata-provisioner log ----\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
 }
