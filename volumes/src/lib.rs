@@ -1,8 +1,8 @@
 //! The volume manager of a node: the kubelet's volume side for the pods placed here.
 //!
 //! Builds and keeps current every volume a pod can name (secret, configMap, downwardAPI,
-//! projected with serviceAccountToken, emptyDir, persistentVolumeClaim through CSI node
-//! RPCs) under `<state-dir>/pods/<uid>/volumes/kubernetes.io~<plugin>/<name>`, and hands
+//! projected with serviceAccountToken, emptyDir, hostPath, persistentVolumeClaim through
+//! CSI node RPCs or on hostPath and local PVs) under `<state-dir>/pods/<uid>/volumes/kubernetes.io~<plugin>/<name>`, and hands
 //! the runtime a list of mounts per container. Talks to the CSI driver only through gRPC;
 //! knows nothing of loop devices, pools or container processes.
 
@@ -15,6 +15,7 @@ mod dirfd;
 pub mod empty_dir;
 pub mod error;
 pub mod handoff;
+pub mod host_path;
 pub mod layout;
 pub mod manager;
 pub mod mount;

@@ -36,6 +36,7 @@ use crate::dirfd;
 use crate::empty_dir::{self, Medium};
 use crate::error::{Error, Result, blocking};
 use crate::handoff::{self, ContainerVolumes, PreparedVolume};
+use crate::host_path;
 use crate::layout;
 use crate::mount;
 use crate::projection::{self, Inputs, Kind, References, TokenKey};
@@ -611,9 +612,44 @@ impl<S: Store> VolumeManager<S> {
             field: "persistentVolume",
             reason: format!("{pv_name} has no spec"),
         })?;
+        let read_only = src.read_only.unwrap_or(false);
+        if let Some(hp) = &spec.host_path {
+            // The container binds the node's path itself, as for an inline hostPath.
+            let path = PathBuf::from(&hp.path);
+            let (p, t) = (path.clone(), hp.type_.clone());
+            blocking(move || host_path::check(&p, t.as_deref())).await?;
+            return Ok(PreparedVolume {
+                path,
+                read_only,
+                block: false,
+            });
+        }
+        if let Some(local) = &spec.local {
+            if spec.volume_mode.as_deref() == Some("Block") {
+                return Err(Error::InvalidArgument {
+                    field: "persistentVolume.spec.volumeMode",
+                    reason: format!("{pv_name}: local volumes in Block mode are not supported"),
+                });
+            }
+            let target = layout::volume_dir(
+                &self.inner.cfg.state_dir,
+                &uid,
+                "kubernetes.io~local-volume",
+                &pv_name,
+            );
+            let (s, t) = (PathBuf::from(&local.path), target.clone());
+            blocking(move || host_path::bind_local(&s, &t)).await?;
+            return Ok(PreparedVolume {
+                path: target,
+                read_only,
+                block: false,
+            });
+        }
         let csi_src = spec.csi.as_ref().ok_or_else(|| Error::InvalidArgument {
             field: "persistentVolume",
-            reason: format!("{pv_name} is not a CSI volume; only CSI volumes are supported"),
+            reason: format!(
+                "{pv_name} is not a CSI, hostPath or local volume; no other kind is supported"
+            ),
         })?;
         let csi = self.csi().await?;
         if csi_src.driver != csi.driver() {
@@ -650,7 +686,7 @@ impl<S: Store> VolumeManager<S> {
                     )
                 }
             };
-        let read_only = src.read_only.unwrap_or(false) || csi_src.read_only.unwrap_or(false);
+        let read_only = read_only || csi_src.read_only.unwrap_or(false);
         let v = CsiVolume {
             pv_name: pv_name.clone(),
             volume_handle: csi_src.volume_handle.clone(),
@@ -871,6 +907,19 @@ impl<S: Store> VolumeManager<S> {
         }
         if volume.persistent_volume_claim.is_some() {
             return Ok((self.set_up_pvc(pod, volume).await?, BTreeSet::new()));
+        }
+        if let Some(hp) = &volume.host_path {
+            let path = PathBuf::from(&hp.path);
+            let (p, t) = (path.clone(), hp.type_.clone());
+            blocking(move || host_path::check(&p, t.as_deref())).await?;
+            return Ok((
+                PreparedVolume {
+                    path,
+                    read_only: false,
+                    block: false,
+                },
+                BTreeSet::new(),
+            ));
         }
         Err(Error::InvalidArgument {
             field: "volumes",

@@ -215,7 +215,7 @@ async fn failures_keep_content_and_are_reported() {
         "volumes": [
             {"name": "s", "secret": {"secretName": "creds", "items": [{"key": "user", "path": "u"}]}},
             {"name": "missing", "secret": {"secretName": "nope"}},
-            {"name": "host", "hostPath": {"path": "/etc"}}
+            {"name": "nfs", "nfs": {"server": "example.invalid", "path": "/x"}}
         ]}}),
     );
     let pod = store.create(&pod).await.unwrap();
@@ -225,7 +225,7 @@ async fn failures_keep_content_and_are_reported() {
     let errors = mgr.volume_errors(&uid);
     assert_eq!(
         errors.keys().collect::<Vec<_>>(),
-        vec!["host", "missing"],
+        vec!["missing", "nfs"],
         "{err}"
     );
     let s = vol(state.path(), &uid, "kubernetes.io~secret", "s");
