@@ -47,6 +47,14 @@ impl Strata {
         }
     }
 
+    /// A running standalone node (`volctl up -d`) with the examples' busybox image.
+    pub fn up_with_busybox(prefix: &str) -> Strata {
+        let s = Strata::new(prefix);
+        s.ok(&["image", "build", "busybox:latest", "--busybox"]);
+        s.ok(&["up", "-d"]);
+        s
+    }
+
     pub fn state(&self) -> &Path {
         &self.state
     }

@@ -56,9 +56,7 @@ fn host_path_and_local_pvs_mount_into_pods() {
     if !testkit::require_root("host_path_and_local_pvs_mount_into_pods") {
         return;
     }
-    let s = Strata::new("e2e-hostvol");
-    s.ok(&["image", "build", "busybox:latest", "--busybox"]);
-    s.ok(&["up", "-d"]);
+    let s = Strata::up_with_busybox("e2e-hostvol");
 
     // The example as shipped, with its directory moved into this test's state dir (the
     // type DirectoryOrCreate makes it).

@@ -40,9 +40,7 @@ fn logs_and_exec() {
     if !testkit::require_root("logs_and_exec") {
         return;
     }
-    let s = Strata::new("e2e-podcli");
-    s.ok(&["image", "build", "busybox:latest", "--busybox"]);
-    s.ok(&["up", "-d"]);
+    let s = Strata::up_with_busybox("e2e-podcli");
     s.ok_with(&["apply", "-f", "-"], Some(POD));
     wait_for("both containers running", || running_run(&s, 0));
 
