@@ -248,12 +248,12 @@ impl Runtime {
                 // that unmount treats as already gone.
                 let target = rootfs.join(resolve_display(&b.bind.destination));
                 landed.push(target);
-                write_json(&dir.join("premounts.json"), &landed)?;
+                write_premounts(&dir, &landed)?;
                 failpoint::hit("create:after_premount_record");
                 let real = volumes::mount_bind_tree(&rootfs, &b.bind, b.recursive)?;
                 failpoint::hit("create:after_premount");
                 *landed.last_mut().expect("pushed above") = real;
-                write_json(&dir.join("premounts.json"), &landed)?;
+                write_premounts(&dir, &landed)?;
             }
             spec.set_mounts(Some(theirs));
             if let Some(linux) = spec.linux_mut()
@@ -617,10 +617,7 @@ impl Runtime {
     fn undo_premounts(&self, id: &str) -> Result<()> {
         let path = self.our_dir(id).join("premounts.json");
         let landed: Vec<PathBuf> = match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| Error::Json {
-                path: path.clone(),
-                source,
-            })?,
+            Ok(b) => read_premounts(&path, &b)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io("reading", path)(e)),
         };
@@ -797,11 +794,30 @@ fn open_log(path: &Path) -> Result<OwnedFd> {
     Ok(f.into())
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+/// `premounts.json`: the volume binds `create` made in the rootfs, so `delete` can undo
+/// them after a crash.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Premounts {
+    mounts: Vec<PathBuf>,
+}
+
+fn write_premounts(dir: &Path, landed: &[PathBuf]) -> Result<()> {
+    let path = dir.join("premounts.json");
     let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec(v).expect("serializable");
-    fs::write(&tmp, bytes).map_err(Error::io("writing", &tmp))?;
-    fs::rename(&tmp, path).map_err(Error::io("renaming", path))
+    let body = Premounts {
+        mounts: landed.to_vec(),
+    };
+    fs::write(&tmp, crate::format::encode(&body, false)).map_err(Error::io("writing", &tmp))?;
+    fs::rename(&tmp, &path).map_err(Error::io("renaming", &path))
+}
+
+/// Reads any version of `premounts.json` (version 1 was the bare list of paths).
+fn read_premounts(path: &Path, bytes: &[u8]) -> Result<Vec<PathBuf>> {
+    let (p, _): (Premounts, _) = crate::format::decode(path, bytes, |_, v| match v {
+        serde_json::Value::Array(_) => serde_json::json!({ "mounts": v }),
+        other => other,
+    })?;
+    Ok(p.mounts)
 }
 
 fn lc(action: &'static str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> Error {
@@ -844,5 +860,27 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(256)] {
             assert!(validate_id(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn premounts_of_every_version_are_read() {
+        // Version 1, as builds before format versions wrote it: a bare list.
+        let v1 = include_bytes!("../tests/fixtures/premounts-v1.json");
+        let p = Path::new("premounts.json");
+        let old = read_premounts(p, v1).unwrap();
+        assert_eq!(old.len(), 2);
+        assert!(old[0].ends_with("merged/data"));
+        // What this build writes carries its version and reads back the same.
+        let dir = tempfile::tempdir().unwrap();
+        write_premounts(dir.path(), &old).unwrap();
+        let bytes = fs::read(dir.path().join("premounts.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["formatVersion"], crate::format::FORMAT_VERSION);
+        assert_eq!(read_premounts(p, &bytes).unwrap(), old);
+        let newer = br#"{"formatVersion": 99, "mounts": []}"#;
+        assert!(matches!(
+            read_premounts(p, newer),
+            Err(Error::FormatTooNew { found: 99, .. })
+        ));
     }
 }

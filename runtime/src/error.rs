@@ -55,6 +55,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A state record written by a newer build; reading it could lose what it added.
+    #[error(
+        "{path:?}: runtime state format version {found} is newer than this build supports (version {supported}); run a newer strata"
+    )]
+    FormatTooNew {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
     #[error("runtime spec")]
     Spec(#[source] oci_spec::OciSpecError),
     #[error("loading {path:?}")]

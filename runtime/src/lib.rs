@@ -47,6 +47,7 @@ pub mod container;
 pub mod digest;
 pub mod error;
 pub mod failpoint;
+pub mod format;
 pub mod helper;
 pub mod image;
 mod overlay;

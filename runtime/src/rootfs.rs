@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::container::validate_id;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::format;
 use crate::image::pack::PackSpec;
 use crate::image::{Image, ImageStore};
 use crate::overlay::{self, Overlay};
@@ -88,14 +89,10 @@ impl Rootfs {
         let r = (|| {
             // The record first: from here on gc keeps the layers.
             let rec = rootfs.dir.join("rootfs.json");
-            fs::write(
-                &rec,
-                serde_json::to_vec(&Record {
-                    image: image.clone(),
-                })
-                .expect("serializable"),
-            )
-            .map_err(Error::io("writing", &rec))?;
+            let record = Record {
+                image: image.clone(),
+            };
+            fs::write(&rec, format::encode(&record, false)).map_err(Error::io("writing", &rec))?;
             for sub in ["upper", "work", "merged", "init/etc"] {
                 let p = rootfs.dir.join(sub);
                 fs::create_dir_all(&p).map_err(Error::io("creating", &p))?;
@@ -136,10 +133,7 @@ impl Rootfs {
             std::io::ErrorKind::NotFound => Error::ContainerNotFound(id.into()),
             _ => Error::io("reading", &rec_path)(e),
         })?;
-        let rec: Record = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-            path: rec_path,
-            source,
-        })?;
+        let (rec, _): (Record, _) = format::decode(&rec_path, &bytes, format::same_shape)?;
         Ok(Rootfs {
             dir,
             image: rec.image,
@@ -225,8 +219,7 @@ pub(crate) fn layers_in_use(store: &ImageStore) -> Result<Vec<Digest>> {
         let rec = e.path().join("rootfs.json");
         match fs::read(&rec) {
             Ok(b) => {
-                let r: Record = serde_json::from_slice(&b)
-                    .map_err(|source| Error::Json { path: rec, source })?;
+                let (r, _): (Record, _) = format::decode(&rec, &b, format::same_shape)?;
                 out.extend(r.image.diff_ids);
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

@@ -20,7 +20,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Context, Error, Result, blocking};
 use crate::layout;
 
-/// `vol_data.json`, as the kubelet writes it next to its CSI dirs.
+/// The format of `vol_data.json` this build writes, in its `formatVersion` field.
+/// 1: the kubelet's fields only (no `formatVersion`); 2: `formatVersion` added. Reading
+/// checks it: older files are read (new fields take serde defaults), newer ones refused.
+pub const VOL_DATA_FORMAT: u64 = 2;
+
+/// `vol_data.json`, as the kubelet writes it next to its CSI dirs, plus `formatVersion`
+/// (see [`VOL_DATA_FORMAT`]; not a field here, so every writer gets the current one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolData {
@@ -398,7 +404,7 @@ fn make_dir_with_data(target: &Path, data: &VolData, create_target: bool) -> Res
         .create(parent)
         .at("create directory", parent)?;
     let file = parent.join("vol_data.json");
-    let body = serde_json::to_vec(data).expect("json");
+    let body = encode_vol_data(data);
     if std::fs::read(&file).ok().as_deref() != Some(body.as_slice()) {
         let tmp = parent.join("vol_data.json.tmp");
         std::fs::write(&tmp, &body).at("write", &tmp)?;
@@ -442,14 +448,45 @@ pub fn read_vol_data_dirs(parent: &Path) -> Result<Vec<(PathBuf, VolData)>> {
     let mut out = Vec::new();
     for entry in entries {
         let dir = entry.at("read directory", parent)?.path();
-        if let Ok(bytes) = std::fs::read(dir.join("vol_data.json"))
-            && let Ok(data) = serde_json::from_slice::<VolData>(&bytes)
+        let file = dir.join("vol_data.json");
+        // An unreadable or garbled file is a crash leftover without a record (skipped);
+        // a newer format is not, and stops the reconcile.
+        if let Ok(bytes) = std::fs::read(&file)
+            && let Some(data) = decode_vol_data(&file, &bytes)?
         {
             out.push((dir, data));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+fn encode_vol_data(data: &VolData) -> Vec<u8> {
+    let mut v = serde_json::to_value(data).expect("json");
+    v["formatVersion"] = serde_json::Value::from(VOL_DATA_FORMAT);
+    serde_json::to_vec(&v).expect("json")
+}
+
+/// A `vol_data.json` of any version up to ours; `None` when it is not one at all.
+pub fn decode_vol_data(path: &Path, bytes: &[u8]) -> Result<Option<VolData>> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(None);
+    };
+    let found = match v.get("formatVersion") {
+        None => 1,
+        Some(n) => match n.as_u64() {
+            Some(n) => n,
+            None => return Ok(None),
+        },
+    };
+    if found > VOL_DATA_FORMAT {
+        return Err(Error::FormatTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: VOL_DATA_FORMAT,
+        });
+    }
+    Ok(serde_json::from_value(v).ok())
 }
 
 /// Pod uids on this node with a publish target for `handle`.
@@ -544,6 +581,16 @@ mod tests {
             false,
         )
         .unwrap();
+        // What this build writes says its format.
+        let written: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                tmp.path()
+                    .join("pods/p1/volumes/kubernetes.io~csi/pv-a/vol_data.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(written["formatVersion"], VOL_DATA_FORMAT);
         let mut users = publish_users(tmp.path(), "h1").unwrap();
         users.sort();
         assert_eq!(users, vec!["p1", "p2"]);

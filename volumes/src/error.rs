@@ -41,6 +41,16 @@ pub enum Error {
     },
     #[error("store: {0}")]
     Store(String),
+    /// A `vol_data.json` written by a newer build: acting on part of what it records could
+    /// unstage or unpublish the wrong thing.
+    #[error(
+        "{path}: volume metadata format version {found} is newer than this build supports (version {supported}); run a newer strata"
+    )]
+    FormatTooNew {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
     /// The pod was deleted, finished or torn down: its volumes are not set up again.
     #[error("pod {uid} is gone; its volumes are not set up")]
     PodGone { uid: String },

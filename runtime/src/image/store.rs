@@ -24,6 +24,7 @@ use oci_spec::image::{
 
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::{Error, Result};
+use crate::format;
 use crate::image::pack::{self, PackSpec};
 use crate::image::unpack;
 
@@ -316,11 +317,7 @@ impl ImageStore {
     fn save_image(&self, image: &Image) -> Result<()> {
         let p = self.image_path(&image.name);
         let tmp = self.tmp_path("image");
-        fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(image).expect("serializable"),
-        )
-        .map_err(Error::io("writing", &tmp))?;
+        fs::write(&tmp, format::encode(image, true)).map_err(Error::io("writing", &tmp))?;
         fs::rename(&tmp, &p).map_err(Error::io("storing image", &p))
     }
 
@@ -330,7 +327,7 @@ impl ImageStore {
             std::io::ErrorKind::NotFound => Error::ImageNotFound(name.into()),
             _ => Error::io("reading image", &p)(e),
         })?;
-        serde_json::from_slice(&bytes).map_err(json_err(&p))
+        Ok(format::decode(&p, &bytes, format::same_shape)?.0)
     }
 
     pub fn images(&self) -> Result<Vec<Image>> {
@@ -340,7 +337,7 @@ impl ImageStore {
             let p = e.map_err(Error::io("listing", &dir))?.path();
             if p.extension().is_some_and(|x| x == "json") {
                 let bytes = fs::read(&p).map_err(Error::io("reading image", &p))?;
-                out.push(serde_json::from_slice(&bytes).map_err(json_err(&p))?);
+                out.push(format::decode(&p, &bytes, format::same_shape)?.0);
             }
         }
         out.sort_by(|a: &Image, b| a.name.cmp(&b.name));
