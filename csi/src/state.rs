@@ -7,20 +7,23 @@
 //!
 //! Durability: a commit is in the WAL (the kernel's page cache) before `write` returns, so
 //! a killed or aborted driver never loses an acknowledged operation; that is what the
-//! crash tests check. Against power loss the WAL is fdatasync'ed by the writer at most
+//! crash tests check. Against power loss the WAL is fdatasync'ed by the syncer at most
 //! `SYNC_INTERVAL` after a commit (`synchronous=NORMAL` plus our own flush), so an outage
 //! can lose at most that window and never corrupts the database. An fsync per commit
 //! (`synchronous=FULL`) costs 0.2-5 ms on this class of disk and would cap CreateVolume
 //! far below the hundreds per second the CO expects.
 //!
-//! All writes go through one writer thread that commits whatever jobs are queued in one
-//! transaction (group commit). Each job runs in its own savepoint, so one failing job
-//! does not undo its neighbours.
+//! Writes are group-committed without a writer thread: a caller queues its job, takes
+//! the writer connection and commits every job queued by then in one transaction; a
+//! caller whose job a previous holder already committed just collects its result. So a
+//! lone write costs no thread hand-off, and concurrent writes share one transaction. Each
+//! job runs in its own savepoint, so one failing job does not undo its neighbours. The
+//! fdatasync of the WAL runs on its own thread, so no commit ever waits for the disk.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::de::DeserializeOwned;
@@ -190,9 +193,12 @@ pub struct Store {
     /// Held for the life of the store: one process owns a state dir, since two writers
     /// reconciling the same pools would undo each other's work.
     _owner: nix::fcntl::Flock<std::fs::File>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Jobs waiting for the next holder of `writer`; None once closed.
+    queue: Mutex<Option<Vec<Job>>>,
+    /// The write connection; whoever holds it commits the queue. None once closed.
+    writer: Mutex<Option<Connection>>,
     reader: Mutex<Connection>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    syncer: Syncer,
 }
 
 const SCHEMA: &str = "
@@ -335,74 +341,120 @@ fn sync_wal(wal: &Path) {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, wal: PathBuf) {
-    let mut dirty = false;
-    let mut last_sync = std::time::Instant::now();
-    loop {
-        let wait = SYNC_INTERVAL.saturating_sub(last_sync.elapsed());
-        let first = match rx.recv_timeout(wait) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if dirty {
-                    sync_wal(&wal);
-                    dirty = false;
+/// Commits `batch` in one transaction, each job in its own savepoint, and answers each.
+fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
+    let mut results: Vec<Result<()>> = Vec::with_capacity(batch.len());
+    let outcome = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for job in &batch {
+            let mut sp = tx.unchecked_transaction_savepoint()?;
+            let r = job.ops.iter().try_for_each(|op| apply(&sp, op));
+            match r {
+                Ok(()) => {
+                    sp.commit()?;
+                    results.push(Ok(()));
                 }
-                last_sync = std::time::Instant::now();
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        dirty = true;
-        let mut batch = vec![first];
-        while batch.len() < 256 {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        let mut results: Vec<Result<()>> = Vec::with_capacity(batch.len());
-        let outcome = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for job in &batch {
-                let mut sp = tx.unchecked_transaction_savepoint()?;
-                let r = job.ops.iter().try_for_each(|op| apply(&sp, op));
-                match r {
-                    Ok(()) => {
-                        sp.commit()?;
-                        results.push(Ok(()));
-                    }
-                    Err(e) => {
-                        sp.rollback()?;
-                        drop(sp);
-                        results.push(Err(Error::State(e)));
-                    }
-                }
-            }
-            tx.commit()
-        })();
-        match outcome {
-            Ok(()) => {
-                for (job, r) in batch.into_iter().zip(results) {
-                    let _ = job.done.send(r);
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for job in batch {
-                    let _ = job
-                        .done
-                        .send(Err(Error::StateCorrupt(format!("commit failed: {msg}"))));
+                Err(e) => {
+                    sp.rollback()?;
+                    drop(sp);
+                    results.push(Err(Error::State(e)));
                 }
             }
         }
-        if last_sync.elapsed() >= SYNC_INTERVAL {
-            sync_wal(&wal);
-            dirty = false;
-            last_sync = std::time::Instant::now();
+        tx.commit()
+    })();
+    match outcome {
+        Ok(()) => {
+            for (job, r) in batch.into_iter().zip(results) {
+                let _ = job.done.send(r);
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for job in batch {
+                let _ = job
+                    .done
+                    .send(Err(Error::StateCorrupt(format!("commit failed: {msg}"))));
+            }
         }
     }
-    // Closing the connection checkpoints the WAL into the database and fsyncs it.
-    drop(conn);
+}
+
+/// The thread that fdatasyncs the WAL at most `SYNC_INTERVAL` after a commit, apart from
+/// the commits themselves.
+struct Syncer {
+    shared: Arc<SyncShared>,
+    handle: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct SyncShared {
+    /// (commits not yet synced, stop requested)
+    state: Mutex<(bool, bool)>,
+    wake: Condvar,
+}
+
+impl Syncer {
+    fn start(wal: PathBuf) -> std::io::Result<Syncer> {
+        let shared = Arc::new(SyncShared::default());
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("state-sync".into())
+            .spawn(move || syncer_loop(&s, &wal))?;
+        Ok(Syncer {
+            shared,
+            handle: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// A commit landed in the WAL. Wakes the syncer only on the first since its last sync.
+    fn dirty(&self) {
+        let mut st = self.shared.state.lock().expect("syncer lock");
+        if !st.0 {
+            st.0 = true;
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        self.shared.state.lock().expect("syncer lock").1 = true;
+        self.shared.wake.notify_one();
+        if let Some(h) = self.handle.lock().expect("syncer handle lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn syncer_loop(shared: &SyncShared, wal: &Path) {
+    let mut last = std::time::Instant::now();
+    let mut st = shared.state.lock().expect("syncer lock");
+    loop {
+        let (dirty, stop) = *st;
+        if stop {
+            // Closing the connection checkpoints the WAL into the database and fsyncs it.
+            return;
+        }
+        if !dirty {
+            st = shared.wake.wait(st).expect("syncer lock");
+            continue;
+        }
+        let due = last + SYNC_INTERVAL;
+        let now = std::time::Instant::now();
+        if now < due {
+            st = shared
+                .wake
+                .wait_timeout(st, due - now)
+                .expect("syncer lock")
+                .0;
+            continue;
+        }
+        // Cleared before the sync: a commit that lands during it marks the WAL again.
+        st.0 = false;
+        drop(st);
+        sync_wal(wal);
+        last = std::time::Instant::now();
+        st = shared.state.lock().expect("syncer lock");
+    }
 }
 
 /// rusqlite's savepoint on a shared transaction reference.
@@ -452,7 +504,7 @@ impl Drop for Savepoint<'_> {
 }
 
 impl Store {
-    /// Opens (or creates) `dir/state.db` and starts the writer thread.
+    /// Opens (or creates) `dir/state.db` and starts the WAL syncer thread.
     pub fn open(dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(Error::io("creating state dir", dir))?;
         let owner = lock_state_dir(dir)?;
@@ -460,20 +512,17 @@ impl Store {
         let mut writer = open_conn(&path)?;
         migrate(&mut writer, &path)?;
         let reader = open_conn(&path)?;
-        let (tx, rx) = mpsc::channel();
-        let wal = dir.join("state.db-wal");
-        let handle = std::thread::Builder::new()
-            .name("state-writer".into())
-            .spawn(move || writer_loop(writer, rx, wal))
-            .map_err(Error::io("spawning state writer", &path))?;
+        let syncer = Syncer::start(dir.join("state.db-wal"))
+            .map_err(Error::io("spawning the state syncer", &path))?;
         let store = Store {
             path,
             ledger: Mutex::new(Ledger::default()),
             mirror: std::sync::OnceLock::new(),
             _owner: owner,
-            jobs: Mutex::new(Some(tx)),
+            queue: Mutex::new(Some(Vec::new())),
+            writer: Mutex::new(Some(writer)),
             reader: Mutex::new(reader),
-            writer: Mutex::new(Some(handle)),
+            syncer,
         };
         let volumes = store.all_volumes()?;
         {
@@ -563,18 +612,38 @@ impl Store {
         &self.path
     }
 
-    fn send(&self, ops: Vec<Op>) -> Result<oneshot::Receiver<Result<()>>> {
+    /// Queues `ops`, then commits every queued job unless a previous holder of the
+    /// writer already committed this one (group commit), and returns this job's result.
+    fn send(&self, ops: Vec<Op>) -> Result<()> {
         let (done, rx) = oneshot::channel();
-        let guard = self.jobs.lock().expect("state sender lock");
-        let sender = guard.as_ref().ok_or(Error::StateClosed)?;
-        sender
-            .send(Job { ops, done })
-            .map_err(|_| Error::StateClosed)?;
-        Ok(rx)
+        self.queue
+            .lock()
+            .expect("state queue lock")
+            .as_mut()
+            .ok_or(Error::StateClosed)?
+            .push(Job { ops, done });
+        {
+            let mut writer = self.writer.lock().expect("state writer lock");
+            let batch = self
+                .queue
+                .lock()
+                .expect("state queue lock")
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if !batch.is_empty() {
+                // `close` drains the queue before it takes the connection, so a job
+                // queued before then is never left without one.
+                let conn = writer.as_mut().ok_or(Error::StateClosed)?;
+                commit_batch(conn, batch);
+                self.syncer.dirty();
+            }
+        }
+        rx.blocking_recv().map_err(|_| Error::StateClosed)?
     }
 
-    /// Commits `ops` atomically and durably; blocks until the fsync is done. Call from
-    /// blocking threads only.
+    /// Commits `ops` atomically; blocks until they are in the WAL (durable against power
+    /// loss within `SYNC_INTERVAL`). Call from blocking threads only.
     pub fn write(&self, ops: Vec<Op>) -> Result<()> {
         self.commit(ops, None)
     }
@@ -590,9 +659,7 @@ impl Store {
         if let Some(m) = self.mirror.get() {
             m.before_commit(self, &ops)?;
         }
-        self.send(ops)?
-            .blocking_recv()
-            .map_err(|_| Error::StateClosed)??;
+        self.send(ops)?;
         let mut ledger = self.ledger();
         for (pool, d) in deltas {
             ledger.add(&pool, d);
@@ -605,12 +672,19 @@ impl Store {
         Ok(())
     }
 
-    /// Stops the writer after the queued jobs are committed.
+    /// Commits the queued jobs, refuses new ones and closes the write connection (which
+    /// checkpoints the WAL into the database).
     pub fn close(&self) {
-        self.jobs.lock().expect("state sender lock").take();
-        if let Some(h) = self.writer.lock().expect("writer handle lock").take() {
-            let _ = h.join();
+        let mut writer = self.writer.lock().expect("state writer lock");
+        let batch = self.queue.lock().expect("state queue lock").take();
+        if let (Some(conn), Some(batch)) = (writer.as_mut(), batch)
+            && !batch.is_empty()
+        {
+            commit_batch(conn, batch);
         }
+        writer.take();
+        drop(writer);
+        self.syncer.stop();
     }
 
     fn query_one<T: DeserializeOwned>(&self, sql: &str, key: &str) -> Result<Option<T>> {
@@ -731,7 +805,7 @@ impl Store {
         if ok != "ok" {
             return Err(Error::StateCorrupt(format!("quick_check: {ok}")));
         }
-        if self.jobs.lock().expect("state sender lock").is_none() {
+        if self.queue.lock().expect("state queue lock").is_none() {
             return Err(Error::StateClosed);
         }
         Ok(())
