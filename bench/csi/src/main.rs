@@ -48,10 +48,24 @@ struct Args {
     /// NodePublish+NodeUnpublish pairs timed for the pairs/s figure.
     #[arg(long, default_value_t = 2000)]
     pairs: usize,
+    /// What to run: all (the create/delete rates, node latencies and pairs), pairs (only
+    /// the publish pairs), or restart (create --restart-volumes volumes, then time the
+    /// driver's restart until Probe is ready and the first ListVolumes page is answered).
+    #[arg(long, default_value = "all")]
+    only: String,
+    /// Size of each created volume in MiB.
+    #[arg(long, default_value_t = 64)]
+    volume_mib: i64,
+    /// Volumes present for `--only restart`.
+    #[arg(long, default_value_t = 10_000)]
+    restart_volumes: usize,
 }
 
 const MIB: i64 = 1 << 20;
 const POOL: &str = "bench";
+
+/// `--volume-mib`.
+static VOLUME_MIB: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
 
 /// The capability's fs_type: ext4 on image pools, left open on tree pools.
 static CAP_FS: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
@@ -74,7 +88,7 @@ fn create_req(name: String) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name,
         capacity_range: Some(CapacityRange {
-            required_bytes: 64 * MIB,
+            required_bytes: VOLUME_MIB.get().copied().unwrap_or(64) * MIB,
             limit_bytes: 0,
         }),
         volume_capabilities: vec![cap()],
@@ -120,6 +134,7 @@ async fn main() -> Result<()> {
     if args.backend != "image" {
         let _ = CAP_FS.set("");
     }
+    let _ = VOLUME_MIB.set(args.volume_mib);
     let proc =
         DriverProcess::start(DriverConfig::new(&driver, "bench-node").pool_spec(POOL, &spec)).await;
     println!(
@@ -131,10 +146,18 @@ async fn main() -> Result<()> {
         kernel()
     );
 
-    create_delete(&proc, &args, 1).await?;
-    create_delete(&proc, &args, args.inflight).await?;
-    node_latencies(&proc, &args).await?;
-    publish_pairs(&proc, &args).await?;
+    let mut proc = proc;
+    match args.only.as_str() {
+        "all" => {
+            create_delete(&proc, &args, 1).await?;
+            create_delete(&proc, &args, args.inflight).await?;
+            node_latencies(&proc, &args).await?;
+            publish_pairs(&proc, &args).await?;
+        }
+        "pairs" => publish_pairs(&proc, &args).await?,
+        "restart" => restart(&mut proc, &args).await?,
+        other => bail!("--only {other}: want all, pairs or restart"),
+    }
     drop(proc);
     drop(pool);
     Ok(())
@@ -377,5 +400,111 @@ async fn publish_pairs(proc: &DriverProcess, args: &Args) -> Result<()> {
     })
     .await
     .map_err(|s| anyhow::anyhow!("DeleteVolume: {s}"))?;
+    Ok(())
+}
+
+/// Every volume ListVolumes reports, following the paging tokens.
+async fn list_all(proc: &DriverProcess) -> Result<Vec<String>> {
+    let mut ctl = proc.controller().await;
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = ctl
+            .list_volumes(ListVolumesRequest {
+                max_entries: 0,
+                starting_token: token,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("ListVolumes: {s}"))?
+            .into_inner();
+        ids.extend(
+            r.entries
+                .into_iter()
+                .filter_map(|e| e.volume.map(|v| v.volume_id)),
+        );
+        if r.next_token.is_empty() {
+            return Ok(ids);
+        }
+        token = r.next_token;
+    }
+}
+
+/// Creates `--restart-volumes` volumes, then restarts the driver twice (SIGTERM, then
+/// SIGKILL as a crash would) and reports how long each took until Probe answered ready and
+/// until the first ListVolumes page came back, and that every volume is still listed.
+async fn restart(proc: &mut DriverProcess, args: &Args) -> Result<()> {
+    let n = args.restart_volumes;
+    let ctl = proc.controller().await;
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(0..n));
+    let start = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..args.inflight {
+        let queue = queue.clone();
+        let mut ctl = ctl.clone();
+        workers.spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let next = queue.lock().unwrap().next();
+                let Some(i) = next else { break };
+                let t = Instant::now();
+                ctl.create_volume(create_req(format!("restart-{i}")))
+                    .await
+                    .map_err(|s| anyhow::anyhow!("CreateVolume: {s}"))?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        lat.extend(r??);
+    }
+    let s = Summary::of(&lat).context("no samples")?;
+    println!(
+        "created {n} volumes with {} in flight: {:.1} ops/s  p50 {}  p99 {}",
+        args.inflight,
+        rate(n, start.elapsed()),
+        ms(s.p50),
+        ms(s.p99)
+    );
+    let before = list_all(proc).await?;
+    if before.len() != n {
+        bail!("ListVolumes shows {} of {n} volumes", before.len());
+    }
+    for how in ["SIGTERM", "SIGKILL"] {
+        if how == "SIGTERM" {
+            proc.signal(nix::sys::signal::Signal::SIGTERM);
+            proc.wait_exit(std::time::Duration::from_secs(60));
+        } else {
+            proc.kill();
+        }
+        let t = Instant::now();
+        proc.restart(&[]).await;
+        let ready = t.elapsed();
+        let mut ctl = proc.controller().await;
+        ctl.list_volumes(ListVolumesRequest {
+            max_entries: 100,
+            starting_token: String::new(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("ListVolumes: {s}"))?;
+        let first = t.elapsed();
+        let mut after = list_all(proc).await?;
+        after.sort();
+        let mut want = before.clone();
+        want.sort();
+        if after != want {
+            bail!(
+                "after a {how} restart ListVolumes shows {} volumes, {} before",
+                after.len(),
+                want.len()
+            );
+        }
+        println!(
+            "restart after {how} with {n} volumes: Probe ready {}  first ListVolumes page {}  all {n} listed",
+            ms(ready),
+            ms(first)
+        );
+    }
     Ok(())
 }
