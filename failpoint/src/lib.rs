@@ -6,8 +6,54 @@
 //! [`Failpoints`] with the list of every step, reads the variable once at start-up,
 //! and when it is unset [`Failpoints::hit`] is one atomic load.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Errors injected by tests, per thread; `INJECTED_ANYWHERE` keeps the common case (none)
+/// to one atomic load.
+static INJECTED_ANYWHERE: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static INJECTED: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The error [`Failpoints::step`] returns for an injected step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Injected(pub &'static str);
+
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "failpoint {} failed (injected by a test)", self.0)
+    }
+}
+
+impl std::error::Error for Injected {}
+
+/// Makes step `name` fail on this thread until the guard is dropped (tests only).
+pub fn inject_error(name: &'static str) -> InjectedError {
+    INJECTED.with(|s| s.borrow_mut().push(name));
+    INJECTED_ANYWHERE.fetch_add(1, Ordering::SeqCst);
+    InjectedError { name }
+}
+
+/// Undoes [`inject_error`] when dropped.
+#[must_use = "the injection ends when this is dropped"]
+pub struct InjectedError {
+    name: &'static str,
+}
+
+impl Drop for InjectedError {
+    fn drop(&mut self) {
+        INJECTED.with(|s| {
+            let mut s = s.borrow_mut();
+            if let Some(i) = s.iter().position(|n| *n == self.name) {
+                s.remove(i);
+            }
+        });
+        INJECTED_ANYWHERE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The failpoints of one program.
 pub struct Failpoints {
@@ -61,6 +107,19 @@ impl Failpoints {
         }
     }
 
+    /// A step that can fail: aborts like [`Failpoints::hit`] when armed, and returns
+    /// `Err` when a test injected an error for it on this thread.
+    #[inline]
+    pub fn step(&self, name: &'static str) -> Result<(), Injected> {
+        self.hit(name);
+        if INJECTED_ANYWHERE.load(Ordering::Relaxed) != 0
+            && INJECTED.with(|s| s.borrow().contains(&name))
+        {
+            return Err(Injected(name));
+        }
+        Ok(())
+    }
+
     /// Every name is unique and reads `<operation>:<step>`; each program's unit
     /// tests call this on its list.
     pub fn check_names(&self) -> Result<(), String> {
@@ -103,5 +162,18 @@ mod tests {
         assert_eq!(POINTS.init_from_env().unwrap(), Vec::<&str>::new());
         POINTS.hit("a:one");
         POINTS.hit("a:two");
+    }
+
+    #[test]
+    fn injected_errors_fail_only_their_step_on_their_thread() {
+        assert_eq!(POINTS.step("a:one"), Ok(()));
+        {
+            let _e = inject_error("a:one");
+            assert_eq!(POINTS.step("a:one"), Err(Injected("a:one")));
+            assert_eq!(POINTS.step("a:two"), Ok(()));
+            let other = std::thread::spawn(|| POINTS.step("a:one")).join().unwrap();
+            assert_eq!(other, Ok(()), "another thread is not affected");
+        }
+        assert_eq!(POINTS.step("a:one"), Ok(()));
     }
 }

@@ -144,7 +144,7 @@ pub enum Probe {
 
 /// Reads the first 64 KiB and looks for an ext2/3/4 or xfs superblock (their magics are
 /// at fixed offsets: 0xEF53 at byte 1080, "XFSB" at byte 0). Cheaper than forking blkid.
-pub fn probe(file: &mut File) -> io::Result<Probe> {
+pub fn probe(file: &mut (impl Read + Seek)) -> io::Result<Probe> {
     let mut buf = vec![0u8; 64 * 1024];
     file.seek(SeekFrom::Start(0))?;
     let mut n = 0;

@@ -1,0 +1,354 @@
+//! NodePublishVolume and NodeUnpublishVolume.
+
+use std::path::Path;
+
+use super::rollback::Rollback;
+use super::{apply_mount_group, io_at, remove_target};
+use crate::backend::ImageRef;
+use crate::driver::{AccessMode, Driver, Lookup};
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::request::PublishArgs;
+use crate::state::{Op, PublishRecord, StagePhase, StageRecord};
+use crate::sys;
+
+impl Driver {
+    /// NodePublishVolume: an ephemeral inline volume is created and staged first.
+    pub fn node_publish(&self, a: PublishArgs) -> Result<()> {
+        if a.ephemeral {
+            self.publish_ephemeral(a)
+        } else {
+            self.publish(a)
+        }
+    }
+
+    /// NodePublishVolume, with the second-publish matrix of k8s-semantics §5.6.
+    pub fn publish(&self, a: PublishArgs) -> Result<()> {
+        let v = self.ready_volume(&a.volume_id)?;
+        a.cap.supported().map_err(Error::CapabilityUnsupported)?;
+        let parent = a.target.parent().unwrap_or(Path::new("/"));
+        if !parent.is_dir() {
+            return Err(Error::invalid(
+                "target_path",
+                format!("parent {} does not exist", parent.display()),
+            ));
+        }
+        let opts = sys::mount::parse_options(&a.cap.mount_flags)
+            .map_err(|r| Error::invalid("mount_flags", r))?;
+        let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
+        let st = match self.store.stage(&v.id)? {
+            Some(st) if st.phase == StagePhase::Staged && st.staging_path == a.staging => st,
+            Some(st) if st.phase == StagePhase::Staged => {
+                return Err(Error::Precondition(format!(
+                    "volume {} is staged at {}, not at {}",
+                    v.id,
+                    st.staging_path.display(),
+                    a.staging.display()
+                )));
+            }
+            _ => {
+                return Err(Error::Precondition(format!(
+                    "volume {} is not staged at {}",
+                    v.id,
+                    a.staging.display()
+                )));
+            }
+        };
+        if st.block != a.cap.block {
+            return Err(Error::CapabilityUnsupported(format!(
+                "volume {} is staged as {} but published as {}",
+                v.id,
+                if st.block { "block" } else { "mount" },
+                if a.cap.block { "block" } else { "mount" }
+            )));
+        }
+        if !a.cap.block && !a.cap.fs_type.is_empty() && a.cap.fs_type != st.fs_type {
+            return Err(Error::CapabilityUnsupported(format!(
+                "volume {} holds {}, not {}",
+                v.id, st.fs_type, a.cap.fs_type
+            )));
+        }
+        let read_only = a.readonly || a.cap.mode == AccessMode::SingleNodeReaderOnly;
+        let args = format!(
+            "{}|{}|{}|{:?}",
+            a.staging.display(),
+            a.cap.key(),
+            read_only,
+            a.context
+        );
+        if let Some(p) = self.store.publish(&a.target)? {
+            if p.volume_id != v.id {
+                return Err(Error::PublishedIncompatible {
+                    target: a.target.display().to_string(),
+                    reason: format!("volume {} is published there", p.volume_id),
+                });
+            }
+            if p.args != args {
+                return Err(Error::PublishedIncompatible {
+                    target: a.target.display().to_string(),
+                    reason: "published with other arguments".into(),
+                });
+            }
+            if self.publish_intact(&st, &a.target, p.device.as_deref()) {
+                return Ok(());
+            }
+            if let Some(dev) = p.device.as_deref().and_then(sys::loopdev::number_of) {
+                let _ = sys::loopdev::detach_if_backed_by(dev, &self.image_path(&v)?);
+            }
+            tracing::warn!(volume_id = %v.id, target = %a.target.display(), "published mount is gone; publishing again");
+        } else {
+            for other in self.store.publishes_of(&v.id)? {
+                let both_multi = a.cap.multi_publish()
+                    && AccessMode::from_wire(other.access_mode)
+                        .is_some_and(AccessMode::multi_publish);
+                if !both_multi {
+                    return Err(Error::Precondition(format!(
+                        "volume {} is already published at {} and its access mode allows one publish",
+                        v.id,
+                        other.target.display()
+                    )));
+                }
+            }
+        }
+
+        let device = match &st.device {
+            Some(d) => d.clone(),
+            // A tree volume's stage is a bind mount: publish binds from the staging path.
+            None if !st.block && self.is_tree(&v)? => st.staging_path.clone(),
+            None => {
+                return Err(Error::StateCorrupt(format!(
+                    "staged {} has no device",
+                    v.id
+                )));
+            }
+        };
+        // A retry after a crash between mount and record finds the mount: adopt it.
+        let adopt = self.publish_intact(&st, &a.target, None);
+        let mut created = false;
+        // A read-only bind mount does not stop writes through a device node (only its
+        // filesystem is read-only), so a read-only block publish gets its own read-only
+        // loop device on the same image.
+        let mut ro_device: Option<sys::loopdev::Attached> = None;
+        if !adopt && a.cap.block && read_only {
+            let pool = self.pool(&v.pool)?;
+            let image = pool.path(ImageRef::volume(&v.file));
+            let file = pool.open(ImageRef::volume(&v.file))?;
+            let opts_ro = sys::loopdev::AttachOptions {
+                autoclear: false,
+                direct_io: false,
+                read_only: true,
+            };
+            let dev = sys::loopdev::attach(&file, opts_ro, &format!("strata:{}:ro", v.file))
+                .map_err(io_at("attaching a read-only loop device to", &image))?;
+            ro_device = Some(dev);
+        }
+        let ro_path = ro_device.as_ref().map(|d| d.path.clone());
+        let drop_ro = |ro: &Option<sys::loopdev::Attached>| {
+            if let Some(d) = ro {
+                let _ = sys::loopdev::detach_handle(&d.handle);
+            }
+        };
+        if !adopt {
+            if a.cap.block {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode_0640()
+                    .open(&a.target)
+                {
+                    Ok(_) => created = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        drop_ro(&ro_device);
+                        return Err(Error::Io {
+                            op: "creating",
+                            path: a.target.clone(),
+                            source: e,
+                        });
+                    }
+                }
+            } else {
+                match std::fs::DirBuilder::new().mode_0750().create(&a.target) {
+                    Ok(()) => created = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(Error::Io {
+                            op: "creating",
+                            path: a.target.clone(),
+                            source: e,
+                        });
+                    }
+                }
+            }
+            failpoint::hit("node_publish:after_mkdir");
+            // mount(2) follows a symlink at the target: refuse anything but the directory
+            // (or, for block, the file) that publish itself would have made.
+            use std::os::unix::fs::FileTypeExt;
+            let shape_ok = match std::fs::symlink_metadata(&a.target) {
+                Ok(m) if a.cap.block => m.file_type().is_file() || m.file_type().is_block_device(),
+                Ok(m) => m.is_dir(),
+                Err(_) => false,
+            };
+            if !shape_ok {
+                if created {
+                    remove_target(&a.target);
+                }
+                drop_ro(&ro_device);
+                return Err(Error::invalid(
+                    "target_path",
+                    if a.cap.block {
+                        "exists and is not a regular file (symlinks are never followed)"
+                    } else {
+                        "exists and is not a directory (symlinks are never followed)"
+                    },
+                ));
+            }
+            let source: &Path = match (&ro_path, a.cap.block) {
+                (Some(ro), _) => ro,
+                (None, true) => &device,
+                (None, false) => &st.staging_path,
+            };
+            if let Err(e) = sys::mount::bind(source, &a.target, read_only, opts.flags) {
+                if created {
+                    remove_target(&a.target);
+                }
+                drop_ro(&ro_device);
+                return Err(Error::Io {
+                    op: "bind-mounting onto",
+                    path: a.target.clone(),
+                    source: e,
+                });
+            }
+            failpoint::hit("node_publish:after_mount");
+        }
+        let result = (|| {
+            if !a.cap.block && !a.cap.mount_group.is_empty() {
+                apply_mount_group(&a.target, &a.cap.mount_group)?;
+            }
+            self.store.write(vec![Op::PutPublish(PublishRecord {
+                target: a.target.clone(),
+                volume_id: v.id.clone(),
+                staging_path: a.staging.clone(),
+                readonly: read_only,
+                block: a.cap.block,
+                access_mode: a.cap.mode.wire(),
+                args,
+                device: ro_path.clone(),
+            })])
+        })();
+        if let Err(e) = result {
+            let _ = sys::mount::umount_all(&a.target);
+            if created {
+                remove_target(&a.target);
+            }
+            drop_ro(&ro_device);
+            return Err(e);
+        }
+        failpoint::hit("node_publish:after_commit");
+        Ok(())
+    }
+
+    /// Whether `target` is a mount of the staged volume (for block: of `device`, or of the
+    /// staged device when None).
+    pub(super) fn publish_intact(
+        &self,
+        st: &StageRecord,
+        target: &Path,
+        device: Option<&Path>,
+    ) -> bool {
+        let Ok(t) = sys::mount::stat(target) else {
+            return false;
+        };
+        if !t.mount_root {
+            return false;
+        }
+        if st.block {
+            let Some(dev) = device.or(st.device.as_deref()) else {
+                return false;
+            };
+            sys::mount::stat(dev)
+                .is_ok_and(|d| d.rdev == t.rdev && t.mode & libc::S_IFMT == libc::S_IFBLK)
+        } else {
+            sys::mount::stat(&st.staging_path).is_ok_and(|s| s.dev == t.dev)
+        }
+    }
+
+    /// NodeUnpublishVolume: undo the publish and remove what publish created.
+    pub fn unpublish(&self, volume_id: &str, target: &Path) -> Result<()> {
+        let rec = self.store.publish(target)?;
+        let v = match self.lookup_volume(volume_id)? {
+            Lookup::Found(v) => Some(v),
+            Lookup::Unknown | Lookup::OtherNode(_) => None,
+        };
+        let Some(v) = v else {
+            // Unknown volume: fine if there is nothing to undo (a retried unpublish of an
+            // ephemeral volume that is already gone), else NOT_FOUND.
+            if rec.is_none() && std::fs::symlink_metadata(target).is_err() {
+                return Ok(());
+            }
+            return Err(Error::VolumeNotFound(volume_id.to_string()));
+        };
+        {
+            let _guard = self.locks.try_lock([format!("vol:{}", v.id)])?;
+            if let Some(p) = &rec
+                && p.volume_id != v.id
+            {
+                return Err(Error::Precondition(format!(
+                    "{} is a publish of volume {}, not of {volume_id}",
+                    target.display(),
+                    p.volume_id
+                )));
+            }
+            let st = self.store.stage(&v.id)?;
+            let ours = rec.is_some()
+                || st
+                    .as_ref()
+                    .is_some_and(|st| self.publish_intact(st, target, None));
+            if ours {
+                sys::mount::umount_all(target).map_err(io_at("unmounting", target))?;
+                failpoint::hit("node_unpublish:after_umount");
+                remove_target(target);
+                if let Some(n) = rec
+                    .as_ref()
+                    .and_then(|p| p.device.as_deref())
+                    .and_then(sys::loopdev::number_of)
+                {
+                    sys::loopdev::detach_if_backed_by(n, &self.image_path(&v)?)
+                        .map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
+                }
+                failpoint::hit("node_unpublish:after_remove");
+            } else if let Ok(meta) = std::fs::symlink_metadata(target) {
+                // Publish crashed between mkdir and mount: remove the empty leftover.
+                let is_mount = sys::mount::stat(target).is_ok_and(|s| s.mount_root);
+                if !is_mount && (meta.is_dir() || (meta.is_file() && meta.len() == 0)) {
+                    remove_target(target);
+                }
+            }
+            if rec.is_some() {
+                self.store
+                    .write(vec![Op::DelPublish(target.to_path_buf())])?;
+            }
+        }
+        if v.ephemeral.is_some() && self.store.publishes_of(&v.id)?.is_empty() {
+            self.remove_ephemeral(&v)?;
+        }
+        Ok(())
+    }
+}
+
+trait ModeExt {
+    fn mode_0640(&mut self) -> &mut Self;
+}
+impl ModeExt for std::fs::OpenOptions {
+    fn mode_0640(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o640)
+    }
+}
+trait DirModeExt {
+    fn mode_0750(&mut self) -> &mut Self;
+}
+impl DirModeExt for std::fs::DirBuilder {
+    fn mode_0750(&mut self) -> &mut Self {
+        std::os::unix::fs::DirBuilderExt::mode(self, 0o750)
+    }
+}
