@@ -256,6 +256,8 @@ pub struct Driver {
     pub store: Store,
     pub locks: Locks,
     pub state_dir: PathBuf,
+    /// Where unpublished targets go to be removed off the request path.
+    pub trash: crate::node_ops::Trash,
 }
 
 impl Driver {
@@ -458,6 +460,7 @@ pub(crate) fn test_driver(pool_dir: &Path, state_dir: &Path) -> Driver {
         store: Store::open(state_dir).unwrap(),
         locks: Locks::default(),
         state_dir: state_dir.to_path_buf(),
+        trash: crate::node_ops::Trash::open(state_dir).unwrap(),
     }
 }
 

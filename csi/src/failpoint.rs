@@ -51,6 +51,18 @@ pub fn hit(name: &'static str) {
     POINTS.hit(name);
 }
 
+/// A step that can fail: aborts when armed (crash tests); fails with an I/O error when a
+/// unit test injected one for it on this thread (`strata_failpoint::inject_error`), so the
+/// test sees what the operation undoes when that step goes wrong.
+#[inline]
+pub fn step(name: &'static str) -> crate::error::Result<()> {
+    POINTS.step(name).map_err(|e| crate::error::Error::Io {
+        op: "failpoint",
+        path: name.into(),
+        source: std::io::Error::other(e),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -61,6 +61,8 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
         store,
         locks: Locks::default(),
         state_dir: config.state_dir.clone(),
+        trash: crate::node_ops::Trash::open(&config.state_dir)
+            .context("opening the state dir's trash")?,
     };
     reconcile::run(&d).context("reconciling state with pools, loop devices and mounts")?;
     Ok(d)

@@ -364,6 +364,8 @@ async fn publish_pairs(proc: &DriverProcess, args: &Args) -> Result<()> {
     })
     .await
     .map_err(|s| anyhow::anyhow!("NodeStageVolume: {s}"))?;
+    let pid = proc.pid().context("driver not running")?;
+    let (cpu0, cs0) = (cpu_ticks(pid), switches(pid));
     let start = Instant::now();
     let mut lat = Vec::with_capacity(args.pairs);
     for _ in 0..args.pairs {
@@ -381,12 +383,23 @@ async fn publish_pairs(proc: &DriverProcess, args: &Args) -> Result<()> {
     }
     let elapsed = start.elapsed();
     let s = Summary::of(&lat).context("no samples")?;
+    let (cpu1, cs1) = (cpu_ticks(pid), switches(pid));
     println!(
         "NodePublish+NodeUnpublish x{}: {:.1} pairs/s  pair p50 {}  p99 {}",
         args.pairs,
         rate(args.pairs, elapsed),
         ms(s.p50),
         ms(s.p99)
+    );
+    // CPU time and context switches per pair do not depend on how loaded the machine is.
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    println!(
+        "  driver per pair: {:.0} us CPU (user+system), {:.1} context switches",
+        (cpu1 - cpu0) as f64 / hz * 1e6 / args.pairs as f64,
+        (cs1 - cs0) as f64 / args.pairs as f64
     );
     node.node_unstage_volume(NodeUnstageVolumeRequest {
         volume_id: vol.volume_id.clone(),
@@ -507,4 +520,34 @@ async fn restart(proc: &mut DriverProcess, args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// utime + stime of process `pid` in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+/// Context switches (voluntary and not) of every thread of process `pid`.
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
 }

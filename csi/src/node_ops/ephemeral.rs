@@ -55,32 +55,30 @@ impl Driver {
                 ..Default::default()
             })?,
         };
+        // A volume that ends up published nowhere is removed again, whichever step failed.
+        let mut undo = Rollback::new("NodePublishVolume (ephemeral)");
+        undo.push("ephemeral volume", || {
+            if self.store.publishes_of(&v.id)?.is_empty() {
+                self.remove_ephemeral(&v)?;
+            }
+            Ok(())
+        });
         let staging = self
             .state_dir
             .join("ephemeral")
             .join(v.file.trim_end_matches(".img"));
         std::fs::create_dir_all(&staging).map_err(io_at("creating", &staging))?;
-        let result = self
-            .stage(StageArgs {
-                volume_id: v.id.clone(),
-                staging: staging.clone(),
-                cap: a.cap.clone(),
-            })
-            .and_then(|()| {
-                self.publish(PublishArgs {
-                    volume_id: v.id.clone(),
-                    staging: staging.clone(),
-                    ..a
-                })
-            });
-        if let Err(e) = result {
-            if self.store.publishes_of(&v.id)?.is_empty()
-                && let Err(clean) = self.remove_ephemeral(&v)
-            {
-                tracing::warn!(volume_id = %v.id, error = %clean, "cleaning up a failed ephemeral volume");
-            }
-            return Err(e);
-        }
+        self.stage(StageArgs {
+            volume_id: v.id.clone(),
+            staging: staging.clone(),
+            cap: a.cap.clone(),
+        })?;
+        self.publish(PublishArgs {
+            volume_id: v.id.clone(),
+            staging,
+            ..a
+        })?;
+        undo.disarm();
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ mod publish;
 mod rollback;
 mod stage;
 mod stats;
+mod trash;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use crate::state::{PublishRecord, StageRecord, VolumeRecord};
 
 pub use ephemeral::{CTX_SIZE, EPHEMERAL_DEFAULT_SIZE};
 pub use stats::Stats;
+pub use trash::Trash;
 
 fn io_at(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     Error::io(op, path)
@@ -105,6 +107,155 @@ fn remove_target(target: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::{AccessMode, Cap, test_driver};
+    use crate::volumes::CreateArgs;
+    use strata_failpoint::inject_error;
+
+    fn cap() -> Cap {
+        Cap {
+            block: false,
+            fs_type: "ext4".into(),
+            mount_flags: vec![],
+            mount_group: String::new(),
+            mode: AccessMode::SingleNodeWriter,
+        }
+    }
+
+    /// Unmounts and detaches whatever a failed test left.
+    struct Cleanup(Vec<PathBuf>, PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = crate::sys::mount::umount_all(p);
+            }
+            for n in crate::sys::loopdev::find_by_backing(&self.1).unwrap_or_default() {
+                let _ = crate::sys::loopdev::detach_if_backed_by(n, &self.1);
+            }
+        }
+    }
+
+    /// Waits for the kernel to finish detaching the image's loop devices (autoclear
+    /// devices go when their last opener closes, a moment after the undo).
+    fn no_loop_device(image: &Path) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if crate::sys::loopdev::find_by_backing(image)
+                .unwrap()
+                .is_empty()
+            {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn mounted(p: &Path) -> bool {
+        crate::sys::mount::stat(p).is_ok_and(|s| s.mount_root)
+    }
+
+    #[test]
+    fn a_failing_step_undoes_the_steps_before_it() {
+        if !testkit::require_root("a_failing_step_undoes_the_steps_before_it") {
+            return;
+        }
+        let (p, s, m) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let d = test_driver(p.path(), s.path());
+        let v = d
+            .create_volume(CreateArgs {
+                name: "pvc-rollback".into(),
+                required: 20 << 20,
+                caps: vec![cap()],
+                ..Default::default()
+            })
+            .unwrap();
+        let image = d.image_path(&v).unwrap();
+        let staging = m.path().join("staging");
+        let target = m.path().join("target");
+        std::fs::create_dir(&staging).unwrap();
+        let _cleanup = Cleanup(vec![target.clone(), staging.clone()], image.clone());
+        let stage = || {
+            d.stage(StageArgs {
+                volume_id: v.id.clone(),
+                staging: staging.clone(),
+                cap: cap(),
+            })
+        };
+        // A block volume's device is not autoclear: only the undo detaches it.
+        let block = Cap {
+            block: true,
+            fs_type: String::new(),
+            ..cap()
+        };
+        let injected = inject_error("node_stage:after_attach");
+        let e = d
+            .stage(StageArgs {
+                volume_id: v.id.clone(),
+                staging: staging.clone(),
+                cap: block,
+            })
+            .unwrap_err();
+        drop(injected);
+        assert!(crate::error::chain(&e).contains("after_attach"), "{e}");
+        assert!(
+            d.store.stage(&v.id).unwrap().is_none(),
+            "block: stage record left"
+        );
+        assert!(no_loop_device(&image), "block: loop device left");
+        // In step order: the image is formatted at the third, so the fourth finds ext4.
+        for fp in [
+            "node_stage:after_intent",
+            "node_stage:after_attach",
+            "node_stage:after_mkfs",
+            "node_stage:after_mount",
+        ] {
+            let injected = inject_error(fp);
+            let e = stage().unwrap_err();
+            drop(injected);
+            assert!(crate::error::chain(&e).contains(fp), "{fp}: {e}");
+            assert!(
+                d.store.stage(&v.id).unwrap().is_none(),
+                "{fp}: stage record left"
+            );
+            assert!(!mounted(&staging), "{fp}: staging mount left");
+            assert!(no_loop_device(&image), "{fp}: loop device left");
+        }
+        stage().unwrap();
+        let publish = || {
+            d.publish(PublishArgs {
+                volume_id: v.id.clone(),
+                staging: staging.clone(),
+                target: target.clone(),
+                cap: cap(),
+                readonly: false,
+                context: Default::default(),
+                ephemeral: false,
+            })
+        };
+        for fp in ["node_publish:after_mkdir", "node_publish:after_mount"] {
+            let injected = inject_error(fp);
+            let e = publish().unwrap_err();
+            drop(injected);
+            assert!(crate::error::chain(&e).contains(fp), "{fp}: {e}");
+            assert!(!target.exists(), "{fp}: target left");
+            assert!(
+                d.store.publish(&target).unwrap().is_none(),
+                "{fp}: record left"
+            );
+        }
+        publish().unwrap();
+        assert!(mounted(&target));
+        d.unpublish(&v.id, &target).unwrap();
+        d.unstage(&v.id, &staging).unwrap();
+        assert!(no_loop_device(&image));
+        d.delete_volume(&v.id).unwrap();
+    }
 
     #[test]
     fn quantities() {

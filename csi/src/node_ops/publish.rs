@@ -3,6 +3,8 @@
 use std::path::Path;
 
 use super::rollback::Rollback;
+use super::stage::unmount;
+use super::trash::{TARGET_DIR_MODE, Trash};
 use super::{apply_mount_group, io_at, remove_target};
 use crate::backend::ImageRef;
 use crate::driver::{AccessMode, Driver, Lookup};
@@ -11,6 +13,7 @@ use crate::failpoint;
 use crate::request::PublishArgs;
 use crate::state::{Op, PublishRecord, StagePhase, StageRecord};
 use crate::sys;
+use std::os::unix::fs::DirBuilderExt;
 
 impl Driver {
     /// NodePublishVolume: an ephemeral inline volume is created and staged first.
@@ -124,12 +127,10 @@ impl Driver {
         };
         // A retry after a crash between mount and record finds the mount: adopt it.
         let adopt = self.publish_intact(&st, &a.target, None);
-        let mut created = false;
         // A read-only bind mount does not stop writes through a device node (only its
         // filesystem is read-only), so a read-only block publish gets its own read-only
         // loop device on the same image.
-        let mut ro_device: Option<sys::loopdev::Attached> = None;
-        if !adopt && a.cap.block && read_only {
+        let ro_device = if !adopt && a.cap.block && read_only {
             let pool = self.pool(&v.pool)?;
             let image = pool.path(ImageRef::volume(&v.file));
             let file = pool.open(ImageRef::volume(&v.file))?;
@@ -140,47 +141,25 @@ impl Driver {
             };
             let dev = sys::loopdev::attach(&file, opts_ro, &format!("strata:{}:ro", v.file))
                 .map_err(io_at("attaching a read-only loop device to", &image))?;
-            ro_device = Some(dev);
+            Some(dev)
+        } else {
+            None
+        };
+        let mut undo = Rollback::new("NodePublishVolume");
+        if let Some(d) = &ro_device {
+            undo.push("read-only loop device", || {
+                sys::loopdev::detach_handle(&d.handle).map_err(io_at("detaching", &d.path))
+            });
         }
         let ro_path = ro_device.as_ref().map(|d| d.path.clone());
-        let drop_ro = |ro: &Option<sys::loopdev::Attached>| {
-            if let Some(d) = ro {
-                let _ = sys::loopdev::detach_handle(&d.handle);
-            }
-        };
         if !adopt {
-            if a.cap.block {
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode_0640()
-                    .open(&a.target)
-                {
-                    Ok(_) => created = true,
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => {
-                        drop_ro(&ro_device);
-                        return Err(Error::Io {
-                            op: "creating",
-                            path: a.target.clone(),
-                            source: e,
-                        });
-                    }
-                }
-            } else {
-                match std::fs::DirBuilder::new().mode_0750().create(&a.target) {
-                    Ok(()) => created = true,
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => {
-                        return Err(Error::Io {
-                            op: "creating",
-                            path: a.target.clone(),
-                            source: e,
-                        });
-                    }
-                }
+            if create_target(&self.trash, &a.target, a.cap.block)? {
+                undo.push("target", || {
+                    remove_target(&a.target);
+                    Ok(())
+                });
             }
-            failpoint::hit("node_publish:after_mkdir");
+            failpoint::step("node_publish:after_mkdir")?;
             // mount(2) follows a symlink at the target: refuse anything but the directory
             // (or, for block, the file) that publish itself would have made.
             use std::os::unix::fs::FileTypeExt;
@@ -190,10 +169,6 @@ impl Driver {
                 Err(_) => false,
             };
             if !shape_ok {
-                if created {
-                    remove_target(&a.target);
-                }
-                drop_ro(&ro_device);
                 return Err(Error::invalid(
                     "target_path",
                     if a.cap.block {
@@ -208,42 +183,28 @@ impl Driver {
                 (None, true) => &device,
                 (None, false) => &st.staging_path,
             };
-            if let Err(e) = sys::mount::bind(source, &a.target, read_only, opts.flags) {
-                if created {
-                    remove_target(&a.target);
-                }
-                drop_ro(&ro_device);
-                return Err(Error::Io {
-                    op: "bind-mounting onto",
-                    path: a.target.clone(),
-                    source: e,
-                });
-            }
-            failpoint::hit("node_publish:after_mount");
+            sys::mount::bind(source, &a.target, read_only, opts.flags)
+                .map_err(io_at("bind-mounting onto", &a.target))?;
         }
-        let result = (|| {
-            if !a.cap.block && !a.cap.mount_group.is_empty() {
-                apply_mount_group(&a.target, &a.cap.mount_group)?;
-            }
-            self.store.write(vec![Op::PutPublish(PublishRecord {
-                target: a.target.clone(),
-                volume_id: v.id.clone(),
-                staging_path: a.staging.clone(),
-                readonly: read_only,
-                block: a.cap.block,
-                access_mode: a.cap.mode.wire(),
-                args,
-                device: ro_path.clone(),
-            })])
-        })();
-        if let Err(e) = result {
-            let _ = sys::mount::umount_all(&a.target);
-            if created {
-                remove_target(&a.target);
-            }
-            drop_ro(&ro_device);
-            return Err(e);
+        // Also an adopted mount: it is ours, and unrecorded it would be a stray.
+        undo.push("mount", || unmount(&a.target));
+        if !adopt {
+            failpoint::step("node_publish:after_mount")?;
         }
+        if !a.cap.block && !a.cap.mount_group.is_empty() {
+            apply_mount_group(&a.target, &a.cap.mount_group)?;
+        }
+        self.store.write(vec![Op::PutPublish(PublishRecord {
+            target: a.target.clone(),
+            volume_id: v.id.clone(),
+            staging_path: a.staging.clone(),
+            readonly: read_only,
+            block: a.cap.block,
+            access_mode: a.cap.mode.wire(),
+            args,
+            device: ro_path.clone(),
+        })])?;
+        undo.disarm();
         failpoint::hit("node_publish:after_commit");
         Ok(())
     }
@@ -307,7 +268,7 @@ impl Driver {
             if ours {
                 sys::mount::umount_all(target).map_err(io_at("unmounting", target))?;
                 failpoint::hit("node_unpublish:after_umount");
-                remove_target(target);
+                self.trash.remove(target);
                 if let Some(n) = rec
                     .as_ref()
                     .and_then(|p| p.device.as_deref())
@@ -336,19 +297,41 @@ impl Driver {
     }
 }
 
+/// Creates the publish target: a file for a block volume (the device node is bound onto
+/// it), a directory otherwise (a spare from the trash when there is one). Ok(false) when
+/// it already exists.
+fn create_target(trash: &Trash, target: &Path, block: bool) -> Result<bool> {
+    if !block && let Some(made) = trash.reuse_dir(target) {
+        return Ok(made);
+    }
+    let made = if block {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_0640()
+            .open(target)
+            .map(drop)
+    } else {
+        std::fs::DirBuilder::new()
+            .mode(TARGET_DIR_MODE)
+            .create(target)
+    };
+    match made {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::Io {
+            op: "creating",
+            path: target.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
 trait ModeExt {
     fn mode_0640(&mut self) -> &mut Self;
 }
 impl ModeExt for std::fs::OpenOptions {
     fn mode_0640(&mut self) -> &mut Self {
         std::os::unix::fs::OpenOptionsExt::mode(self, 0o640)
-    }
-}
-trait DirModeExt {
-    fn mode_0750(&mut self) -> &mut Self;
-}
-impl DirModeExt for std::fs::DirBuilder {
-    fn mode_0750(&mut self) -> &mut Self {
-        std::os::unix::fs::DirBuilderExt::mode(self, 0o750)
     }
 }

@@ -146,12 +146,18 @@ impl Driver {
             phase: StagePhase::Staging,
             mount_flags: a.cap.mount_flags.clone(),
         };
+        // Declared before the guard, so that it outlives the guard's undo of its attach.
+        let attached: sys::loopdev::Attached;
         self.store.write(vec![Op::PutStage(st.clone())])?;
-        failpoint::hit("node_stage:after_intent");
+        let mut undo = Rollback::new("NodeStageVolume");
+        undo.push("intent record", || {
+            self.store.write(vec![Op::DelStage(v.id.clone())])
+        });
+        failpoint::step("node_stage:after_intent")?;
 
         let pool = self.pool(&v.pool)?;
         if pool.layout() == Layout::Tree {
-            return self.stage_tree(&v, st, &a, &opts);
+            return self.stage_tree(&v, st, &a, &opts, undo);
         }
         let file = pool.open(ImageRef::volume(&v.file))?;
         let image = pool.path(ImageRef::volume(&v.file));
@@ -162,27 +168,29 @@ impl Driver {
             direct_io: v.direct_io,
             read_only: false,
         };
-        let mut attached = sys::loopdev::attach(&file, opts_attach, &format!("strata:{}", v.file))
+        attached = sys::loopdev::attach(&file, opts_attach, &format!("strata:{}", v.file))
             .map_err(io_at("attaching loop device to", &image))?;
         drop(file);
-        failpoint::hit("node_stage:after_attach");
+        // Through our own handle: after a drop the number may already be someone else's.
+        undo.push("loop device", || {
+            sys::loopdev::detach_handle(&attached.handle)
+                .map_err(io_at("detaching", &attached.path))
+        });
+        failpoint::step("node_stage:after_attach")?;
         st.device = Some(attached.path.clone());
 
-        let result = (|| -> Result<()> {
-            if v.direct_io && !sys::loopdev::direct_io(attached.number).unwrap_or(false) {
-                tracing::warn!(volume_id = %v.id, device = %attached.path.display(), "kernel refused direct I/O for this device");
-            }
-            if a.cap.block {
-                return Ok(());
-            }
+        if v.direct_io && !sys::loopdev::direct_io(attached.number).unwrap_or(false) {
+            tracing::warn!(volume_id = %v.id, device = %attached.path.display(), "kernel refused direct I/O for this device");
+        }
+        if !a.cap.block {
             let dev = attached.path.clone();
-            let found = sys::fs::probe(&mut attached.handle)
+            let found = sys::fs::probe(&mut &attached.handle)
                 .map_err(io_at("reading superblock of", &dev))?;
             let (fs_type, fs_size) = match found {
                 sys::fs::Probe::Empty => {
                     sys::mkfs::mkfs(&dev, &v.fs_type)
                         .map_err(io_at("making filesystem on", &dev))?;
-                    failpoint::hit("node_stage:after_mkfs");
+                    failpoint::step("node_stage:after_mkfs")?;
                     (v.fs_type.clone(), None)
                 }
                 sys::fs::Probe::Ext4 { size_bytes } => ("ext4".to_string(), Some(size_bytes)),
@@ -228,7 +236,8 @@ impl Driver {
                     }
                 }
             })?;
-            failpoint::hit("node_stage:after_mount");
+            undo.push("mount", || unmount(&a.staging));
+            failpoint::step("node_stage:after_mount")?;
             if needs_grow && fs_type == "xfs" {
                 sys::mkfs::grow(&fs_type, &dev, &a.staging)
                     .map_err(io_at("growing filesystem on", &dev))?;
@@ -236,25 +245,12 @@ impl Driver {
             if !a.cap.mount_group.is_empty() {
                 apply_mount_group(&a.staging, &a.cap.mount_group)?;
             }
-            Ok(())
-        })();
-        let result = result.and_then(|()| {
-            st.phase = StagePhase::Staged;
-            self.store.write(vec![Op::PutStage(st.clone())])
-        });
-        if let Err(e) = result {
-            if !a.cap.block {
-                let _ = sys::mount::umount_all(&a.staging);
-            }
-            // Through our own handle: after a drop the number may already be someone else's.
-            let _ = sys::loopdev::detach_handle(&attached.handle);
-            drop(attached);
-            let _ = self.store.write(vec![Op::DelStage(v.id.clone())]);
-            return Err(e);
         }
+        st.phase = StagePhase::Staged;
+        self.store.write(vec![Op::PutStage(st.clone())])?;
+        undo.disarm();
         failpoint::hit("node_stage:after_commit");
         tracing::debug!(volume_id = %v.id, device = %attached.path.display(), "staged volume");
-        drop(attached);
         Ok(())
     }
 
@@ -319,33 +315,37 @@ impl Driver {
     }
 
     /// Stages a tree volume: its directory bind-mounted at the staging path. `st` is the
-    /// intent record already written.
+    /// intent record already written, which `undo` removes if this fails.
     fn stage_tree(
         &self,
         v: &VolumeRecord,
         mut st: StageRecord,
         a: &StageArgs,
         opts: &sys::mount::Options,
+        mut undo: Rollback<'_>,
     ) -> Result<()> {
         let dir = self.image_path(v)?;
         let read_only = opts.flags.contains(nix::mount::MsFlags::MS_RDONLY);
-        let result = sys::mount::bind(&dir, &a.staging, read_only, opts.flags)
-            .map_err(io_at("bind-mounting onto", &a.staging))
-            .and_then(|()| {
-                failpoint::hit("node_stage:after_mount");
-                if !a.cap.mount_group.is_empty() {
-                    apply_mount_group(&a.staging, &a.cap.mount_group)?;
-                }
-                st.phase = StagePhase::Staged;
-                self.store.write(vec![Op::PutStage(st.clone())])
-            });
-        if let Err(e) = result {
-            let _ = sys::mount::umount_all(&a.staging);
-            let _ = self.store.write(vec![Op::DelStage(v.id.clone())]);
-            return Err(e);
+        sys::mount::bind(&dir, &a.staging, read_only, opts.flags)
+            .map_err(io_at("bind-mounting onto", &a.staging))?;
+        let staging = a.staging.clone();
+        undo.push("bind mount", move || unmount(&staging));
+        failpoint::step("node_stage:after_mount")?;
+        if !a.cap.mount_group.is_empty() {
+            apply_mount_group(&a.staging, &a.cap.mount_group)?;
         }
+        st.phase = StagePhase::Staged;
+        self.store.write(vec![Op::PutStage(st.clone())])?;
+        undo.disarm();
         failpoint::hit("node_stage:after_commit");
         tracing::debug!(volume_id = %v.id, dir = %dir.display(), "staged tree volume");
         Ok(())
     }
+}
+
+/// Unmounts everything stacked at `path` (an undo step).
+pub(super) fn unmount(path: &Path) -> Result<()> {
+    sys::mount::umount_all(path)
+        .map(drop)
+        .map_err(io_at("unmounting", path))
 }
