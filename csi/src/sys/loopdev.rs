@@ -486,7 +486,16 @@ mod tests {
         let n = clean.devices[0];
         detach(n).unwrap();
         detach(n).unwrap();
-        assert!(!find_by_backing(&canonical).unwrap().contains(&n));
+        // Cleared while another opener (udev probing the device) holds it, the kernel
+        // detaches it when that one closes: wait for that, within reason.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while find_by_backing(&canonical).unwrap().contains(&n) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "loop{n} still attached"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]
