@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use nix::sys::wait::WaitStatus;
 use proptest::prelude::*;
@@ -486,7 +487,7 @@ fn crash_at_every_step_then_heal() {
             if let Some(p) = start {
                 w.write(p, WriteOptions::default()).unwrap();
             }
-            let status = crate::sys::in_child(|| {
+            let status = crate::sys::in_child(Duration::from_secs(120), || {
                 let calls = AtomicUsize::new(0);
                 let hook = |_step: Step| {
                     if calls.fetch_add(1, Ordering::SeqCst) + 1 == n {
@@ -562,8 +563,17 @@ fn concurrent_reader_process_sees_whole_versions() {
     let reader_done = done.clone();
     let reader_report = report.clone();
     // The reader runs in its own process; it writes how many distinct versions it saw.
+    // However the writer below ends (a panic included), `done` appears and the reader
+    // stops; the deadline only guards against a reader that is stuck.
+    struct Done(std::path::PathBuf);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+    let done_guard = Done(done.clone());
     let reader = std::thread::spawn(move || {
-        crate::sys::in_child(|| {
+        crate::sys::in_child(Duration::from_secs(1800), || {
             let mut last = 0u64;
             let mut seen = 0u64;
             let mut reads = 0u64;
@@ -615,7 +625,7 @@ fn concurrent_reader_process_sees_whole_versions() {
     for g in 1..=UPDATES {
         w.write(&gen_payload(g), WriteOptions::default()).unwrap();
     }
-    std::fs::write(&done, "").unwrap();
+    drop(done_guard);
     let status = reader.join().unwrap();
     assert!(
         matches!(status, WaitStatus::Exited(_, 0)),
