@@ -11,6 +11,25 @@ use strata_csi::inspect::{self, Finding, Inspection, RepairLock, Severity};
 use crate::exec::ExitWith;
 use crate::node_inspect::{Where, exit};
 
+/// Machine-readable output of `doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Structured {
+    Json,
+    Yaml,
+}
+
+fn write_structured(
+    out: &mut impl std::io::Write,
+    v: &impl serde::Serialize,
+    how: Structured,
+) -> anyhow::Result<()> {
+    match how {
+        Structured::Json => writeln!(out, "{}", serde_json::to_string_pretty(v)?)?,
+        Structured::Yaml => write!(out, "{}", yaml_serde::to_string(v)?)?,
+    }
+    Ok(())
+}
+
 /// Find orphans and inconsistencies on this node: pool entries without records, records
 /// without data, loop devices nobody owns, stale or duplicate mounts, leftover temporary
 /// files of interrupted writes. Read-only unless --repair. Exits 1 while problems remain.
@@ -21,9 +40,9 @@ pub struct Args {
     /// records and temporary files) and say what was left. The driver must be stopped.
     #[arg(long)]
     repair: bool,
-    /// Print the findings (and repairs) as JSON.
-    #[arg(long)]
-    json: bool,
+    /// Print the findings (and with --repair, what was done) as JSON or YAML.
+    #[arg(short, long)]
+    output: Option<Structured>,
     #[command(flatten)]
     at: Where,
 }
@@ -69,8 +88,8 @@ pub fn run(state_dir: &Path, args: Args) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if !args.repair {
         let found = inspect::inspect(&target).map_err(exit)?;
-        if args.json {
-            writeln!(out, "{}", serde_json::to_string_pretty(&found.findings)?)?;
+        if let Some(how) = args.output {
+            write_structured(&mut out, &found.findings, how)?;
         } else {
             print_findings(&mut out, &found.findings)?;
             let fixable = found
@@ -94,7 +113,7 @@ pub fn run(state_dir: &Path, args: Args) -> anyhow::Result<()> {
     let repaired = inspect::repair(&found, &lock);
     let after = inspect::inspect(&target).map_err(exit)?;
     drop(lock);
-    if args.json {
+    if let Some(how) = args.output {
         #[derive(serde::Serialize)]
         struct Report<'a> {
             repaired: &'a [inspect::Repaired],
@@ -104,7 +123,7 @@ pub fn run(state_dir: &Path, args: Args) -> anyhow::Result<()> {
             repaired: &repaired,
             remaining: &after.findings,
         };
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        write_structured(&mut out, &report, how)?;
     } else {
         for r in &repaired {
             let tag = if r.done { "FIXED" } else { "FAILED" };

@@ -327,6 +327,20 @@ async fn doctor_finds_and_repairs_each_kind_of_orphan() {
         String::from_utf8_lossy(&lo.stderr)
     );
     let lo = PathBuf::from(String::from_utf8_lossy(&lo.stdout).trim().to_string());
+    // 2b. A loop device whose pool file was deleted under it.
+    let gone = n.img.path().join("volumes/vgone.img");
+    std::fs::File::create(&gone)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let lo2 = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&gone)
+        .output()
+        .expect("losetup");
+    assert!(lo2.status.success());
+    let lo2 = PathBuf::from(String::from_utf8_lossy(&lo2.stdout).trim().to_string());
+    std::fs::remove_file(&gone).unwrap();
     // 3. A metadata record whose data is gone and which the database lacks.
     let rec_a = std::fs::read_to_string(
         n.img
@@ -376,9 +390,14 @@ async fn doctor_finds_and_repairs_each_kind_of_orphan() {
         "stale-mount",
         "duplicate-mount",
     ];
-    let o = n.run("doctor", &["--json"]);
+    let o = n.run("doctor", &["-o", "json"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let found = kinds(&o);
+    assert_eq!(
+        found.iter().filter(|k| *k == "unowned-loop-device").count(),
+        2,
+        "{found:?}"
+    );
     for k in want {
         assert!(found.contains(&k.to_string()), "{k} not found: {found:?}");
     }
@@ -404,10 +423,17 @@ async fn doctor_finds_and_repairs_each_kind_of_orphan() {
 
     // Stopped: the temp file is a problem too, and --repair fixes all six.
     n.driver.kill();
-    let o = n.run("doctor", &["--json"]);
+    let o = n.run("doctor", &["-o", "json"]);
     assert!(kinds(&o).contains(&"temp-file".to_string()), "{}", text(&o));
     let o = n.run("doctor", &["--repair"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let yaml = n.run("doctor", &["-o", "yaml"]);
+    assert_eq!(
+        yaml_serde::from_slice::<Value>(&yaml.stdout).ok(),
+        Some(Value::Array(vec![])),
+        "{}",
+        text(&yaml)
+    );
     let t = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(t.contains("FIXED") && !t.contains("FAILED"), "{t}");
     assert!(
@@ -423,7 +449,7 @@ async fn doctor_finds_and_repairs_each_kind_of_orphan() {
     // By backing file: the number itself may already serve someone else.
     let left: Vec<_> = testkit::loops_backed_under(n.img.path())
         .into_iter()
-        .filter(|d| d.device == lo)
+        .filter(|d| d.device == lo || d.device == lo2)
         .collect();
     assert!(left.is_empty(), "{} still attached: {left:?}", lo.display());
     assert!(mount_count(&staging) == 1, "the recorded stage is kept");
