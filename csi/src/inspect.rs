@@ -1653,6 +1653,51 @@ fn run(action: &Action) -> std::result::Result<String, String> {
 mod tests {
     use super::*;
 
+    fn volume(id: &str) -> VolumeRecord {
+        VolumeRecord {
+            id: id.into(),
+            name: format!("name-{id}"),
+            pool: "p".into(),
+            file: format!("{id}.img"),
+            capacity: 1 << 20,
+            fs_type: "ext4".into(),
+            parameters: BTreeMap::new(),
+            mutable_parameters: BTreeMap::new(),
+            direct_io: false,
+            source: None,
+            created_unix: 1,
+            phase: Phase::Ready,
+            ephemeral: None,
+        }
+    }
+
+    #[test]
+    fn the_database_is_read_beside_a_running_driver_and_after_a_clean_stop() {
+        use crate::state::{Op, Store};
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_db(dir.path()).unwrap().is_none(), "no database yet");
+        let store = Store::open(dir.path()).unwrap();
+        store.write(vec![Op::PutVolume(volume("a"))]).unwrap();
+        // The driver holds its lock and its connections: reading needs neither.
+        let db = read_db(dir.path()).unwrap().unwrap();
+        assert_eq!((db.format, db.volumes.len()), (FORMAT_VERSION, 1));
+        assert_eq!(
+            lock_holder(dir.path()),
+            None,
+            "our own lock is not a driver's"
+        );
+        store.write(vec![Op::PutVolume(volume("b"))]).unwrap();
+        assert_eq!(read_db(dir.path()).unwrap().unwrap().volumes.len(), 2);
+        // A clean stop checkpoints the WAL away; a read-only open still works and leaves
+        // the database as it was.
+        drop(store);
+        let before = std::fs::read(dir.path().join("state.db")).unwrap();
+        assert_eq!(read_db(dir.path()).unwrap().unwrap().volumes.len(), 2);
+        assert_eq!(std::fs::read(dir.path().join("state.db")).unwrap(), before);
+        let store = Store::open(dir.path()).expect("the driver starts after a read");
+        assert_eq!(store.all_volumes().unwrap().len(), 2);
+    }
+
     #[test]
     fn pool_flags_round_trip() {
         for flag in [
