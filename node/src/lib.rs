@@ -144,6 +144,10 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
         },
     )
     .map_err(Error::Volumes)?;
+    // The Node object pods are placed against (labels, taints); a user may edit it.
+    if let Err(e) = runner::placement::register(&store, &args.node_id).await {
+        tracing::warn!(node = %args.node_id, error = %e, "registering the Node object");
+    }
     let engine = runner::Engine::new(
         &args.state_dir,
         &runtime_binary(args.runtime_binary.as_ref()),

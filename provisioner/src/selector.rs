@@ -1,55 +1,9 @@
-//! Node selectors (PV node affinity) evaluated as `corev1 nodeaffinity` does, and the labels
-//! of a standalone node. Label selectors are the store's: `strata_store::selector`.
+//! The labels of a standalone node. Node selectors (PV node affinity) and label selectors are
+//! evaluated by the store's `strata_store::selector`, shared with strata-node's placement.
 
 use std::collections::BTreeMap;
 
-use crate::k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement};
-
-/// Whether a node with `node_name` and `labels` satisfies `selector`: the terms are ORed, the
-/// requirements inside a term ANDed, and an empty term matches nothing (`corev1 nodeaffinity`).
-pub fn node_selector_matches(
-    selector: &NodeSelector,
-    node_name: &str,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    selector.node_selector_terms.iter().any(|term| {
-        let exprs = term.match_expressions.as_deref().unwrap_or_default();
-        let fields = term.match_fields.as_deref().unwrap_or_default();
-        if exprs.is_empty() && fields.is_empty() {
-            return false;
-        }
-        exprs
-            .iter()
-            .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-            && fields.iter().all(|r| {
-                // Only metadata.name is a valid field for node selectors.
-                r.key == "metadata.name"
-                    && matches!(r.operator.as_str(), "In" | "NotIn")
-                    && requirement_matches(r, Some(node_name))
-            })
-    })
-}
-
-fn requirement_matches(req: &NodeSelectorRequirement, have: Option<&str>) -> bool {
-    let values = req.values.as_deref().unwrap_or_default();
-    match req.operator.as_str() {
-        "In" => have.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => have.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => have.is_some(),
-        "DoesNotExist" => have.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(have), [bound]) = (have, values) else {
-                return false;
-            };
-            match (have.parse::<i64>(), bound.parse::<i64>()) {
-                (Ok(h), Ok(b)) if req.operator == "Gt" => h > b,
-                (Ok(h), Ok(b)) => h < b,
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
+pub use strata_store::selector::node_selector_matches;
 
 /// The labels a standalone node carries: no Node objects exist, so these are derived from its
 /// name (the hostname label and the driver's topology key, which are the same value here).
@@ -63,7 +17,9 @@ pub fn standalone_node_labels(node: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s_openapi::api::core::v1::NodeSelectorTerm;
+    use crate::k8s_openapi::api::core::v1::{
+        NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    };
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -8,7 +8,7 @@ use std::any::TypeId;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    ConfigMap, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
     ServiceAccount,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -153,7 +153,7 @@ macro_rules! kind {
     };
 }
 
-static KINDS: [KindInfo; 10] = [
+static KINDS: [KindInfo; 11] = [
     kind!(PersistentVolume, false, "persistentvolumes", ["pv"]),
     kind!(
         PersistentVolumeClaim,
@@ -169,6 +169,7 @@ static KINDS: [KindInfo; 10] = [
     kind!(ServiceAccount, true, "serviceaccounts", ["sa"]),
     kind!(Event, true, "events", ["ev"]),
     kind!(Namespace, false, "namespaces", ["ns"]),
+    kind!(Node, false, "nodes", ["no"]),
 ];
 
 /// Every registered kind.
@@ -222,6 +223,7 @@ mod tests {
             KindRef::of::<ServiceAccount>(),
             KindRef::of::<Event>(),
             KindRef::of::<Namespace>(),
+            KindRef::of::<Node>(),
         ];
         for (info, typed) in KINDS.iter().zip(typed) {
             assert_eq!(info.kind_ref, typed);

@@ -1,7 +1,9 @@
-//! metav1.LabelSelector matching: matchLabels and matchExpressions, ANDed.
+//! metav1.LabelSelector matching (matchLabels and matchExpressions, ANDed), and
+//! core/v1 NodeSelector matching against a node's name and labels.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::error::{Error, Result};
@@ -60,6 +62,52 @@ pub fn matches(selector: &LabelSelector, labels: Option<&BTreeMap<String, String
                 _ => false,
             }
         })
+}
+
+/// Whether a node with `node_name` and `labels` satisfies `selector`: the terms are ORed, the
+/// requirements inside a term ANDed, and an empty term matches nothing (`corev1 nodeaffinity`).
+pub fn node_selector_matches(
+    selector: &NodeSelector,
+    node_name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.node_selector_terms.iter().any(|term| {
+        let exprs = term.match_expressions.as_deref().unwrap_or_default();
+        let fields = term.match_fields.as_deref().unwrap_or_default();
+        if exprs.is_empty() && fields.is_empty() {
+            return false;
+        }
+        exprs
+            .iter()
+            .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
+            && fields.iter().all(|r| {
+                // Only metadata.name is a valid field for node selectors.
+                r.key == "metadata.name"
+                    && matches!(r.operator.as_str(), "In" | "NotIn")
+                    && requirement_matches(r, Some(node_name))
+            })
+    })
+}
+
+fn requirement_matches(req: &NodeSelectorRequirement, have: Option<&str>) -> bool {
+    let values = req.values.as_deref().unwrap_or_default();
+    match req.operator.as_str() {
+        "In" => have.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => have.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => have.is_some(),
+        "DoesNotExist" => have.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(have), [bound]) = (have, values) else {
+                return false;
+            };
+            match (have.parse::<i64>(), bound.parse::<i64>()) {
+                (Ok(h), Ok(b)) if req.operator == "Gt" => h > b,
+                (Ok(h), Ok(b)) => h < b,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]

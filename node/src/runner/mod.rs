@@ -12,6 +12,7 @@ pub mod container;
 mod env;
 mod exit;
 pub mod infra;
+pub mod placement;
 mod pod;
 mod probe;
 
@@ -47,9 +48,11 @@ pub struct Runner<S: Store> {
     shared: Arc<Shared<S>>,
 }
 
+/// Pods placed on this node, and pods placed nowhere yet: standalone, this node is the
+/// only one, so its pod workers place them (see `placement`).
 fn mine(pod: &Pod, node: &str) -> bool {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
-        && pod.metadata.uid.is_some()
+    let placed_on = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    placed_on.is_none_or(|n| n.is_empty() || n == node) && pod.metadata.uid.is_some()
 }
 
 fn uid_of(pod: &Pod) -> String {

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::backoff::{self, Backoff};
 use super::container::{Engine, Plan, StartError, Started, open_pidfd};
-use super::{FINALIZER, env, exit, infra, probe};
+use super::{FINALIZER, env, exit, infra, placement, probe};
 use crate::layout;
 use strata_runtime::error::chain;
 
@@ -92,6 +92,10 @@ pub struct Worker<S: Store> {
     probe_tx: tokio::sync::mpsc::UnboundedSender<probe::Msg>,
     probe_rx: tokio::sync::mpsc::UnboundedReceiver<probe::Msg>,
     start_time: Time,
+    /// Placed on this node (it fits, and `spec.nodeName` names it).
+    placed: bool,
+    /// Why the pod does not fit this node, while it does not.
+    unschedulable: Option<String>,
     finished: Option<&'static str>,
     written: Option<serde_json::Value>,
 }
@@ -312,8 +316,12 @@ impl<S: Store> Worker<S> {
             _ => None,
         };
         let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();
+        // A pod that already ran here stays: placement is checked once, before the start.
+        let placed = ctrs.iter().any(|c| c.ran) || finished.is_some();
         Worker {
             shared,
+            placed,
+            unschedulable: None,
             infra: None,
             infra_watch: JoinSet::new(),
             probe_tasks: JoinSet::new(),
@@ -656,7 +664,12 @@ impl<S: Store> Worker<S> {
                 self.terminate(&mut stop).await;
                 return;
             }
-            let wake = self.step().await;
+            let wake = if self.placed || self.place().await {
+                self.step().await
+            } else {
+                // Node labels and taints may change: look again in a while.
+                Some(Instant::now() + Duration::from_secs(5))
+            };
             self.write_status().await;
             tokio::select! {
                 changed = updates.changed() => {
@@ -682,6 +695,67 @@ impl<S: Store> Worker<S> {
                 _ = stop.changed() => {}
             }
         }
+    }
+
+    /// Checks that the pod fits this node and, when it names no node yet, places it here
+    /// (writes `spec.nodeName`, as the scheduler's binding does). False while it does
+    /// not fit (a FailedScheduling event when the reason changes).
+    async fn place(&mut self) -> bool {
+        let info = placement::NodeInfo::read(&self.shared.store, &self.shared.node).await;
+        let fit = placement::fits(&self.pod, &info);
+        let msg = match fit {
+            Ok(()) => match self.bind().await {
+                Ok(()) => {
+                    self.placed = true;
+                    self.unschedulable = None;
+                    return true;
+                }
+                Err(e) => format!("binding the pod to node {}: {e}", self.shared.node),
+            },
+            Err(msg) => msg,
+        };
+        if self.unschedulable.as_deref() != Some(msg.as_str()) {
+            tracing::info!(pod = self.name(), %msg, "pod does not fit this node");
+            self.event(EventType::Warning, "FailedScheduling", &msg)
+                .await;
+            self.unschedulable = Some(msg);
+        }
+        false
+    }
+
+    /// Writes this node into `spec.nodeName` of a pod that names none.
+    async fn bind(&mut self) -> Result<(), String> {
+        for _ in 0..5 {
+            let spec = self.pod.spec.get_or_insert_with(Default::default);
+            if spec.node_name.as_deref().is_some_and(|n| !n.is_empty()) {
+                return Ok(());
+            }
+            spec.node_name = Some(self.shared.node.clone());
+            match self.shared.store.update(&self.pod).await {
+                Ok(p) => {
+                    self.pod = p;
+                    self.event(
+                        EventType::Normal,
+                        "Scheduled",
+                        &format!(
+                            "Successfully assigned {}/{} to {}",
+                            self.ns(),
+                            self.name(),
+                            self.shared.node
+                        ),
+                    )
+                    .await;
+                    return Ok(());
+                }
+                Err(strata_store::Error::Conflict { .. }) => {
+                    if !self.reload().await {
+                        return Err("the pod is gone".into());
+                    }
+                }
+                Err(e) => return Err(chain(&e)),
+            }
+        }
+        Err("conflicting updates".into())
     }
 
     /// One pass: volumes, then the next container(s) due to start. Returns when to look
@@ -900,6 +974,27 @@ impl<S: Store> Worker<S> {
 
     fn build_status(&self) -> PodStatus {
         let old = self.pod.status.clone().unwrap_or_default();
+        if let Some(msg) = &self.unschedulable {
+            // The scheduler's view: Pending, and why it is not placed.
+            let prev = old.conditions.iter().flatten().find(|c| {
+                c.type_ == "PodScheduled" && c.status == "False" && c.message.as_ref() == Some(msg)
+            });
+            return PodStatus {
+                phase: Some("Pending".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "False".into(),
+                    reason: Some("Unschedulable".into()),
+                    message: Some(msg.clone()),
+                    last_transition_time: Some(
+                        prev.and_then(|p| p.last_transition_time.clone())
+                            .unwrap_or_else(now),
+                    ),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            };
+        }
         let policy = policy(&self.pod);
         let phase = self.finished.unwrap_or_else(|| phase(&self.ctrs, policy));
         let initialized = self.ctrs.iter().filter(|c| c.init).all(|c| c.succeeded());
