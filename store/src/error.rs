@@ -107,6 +107,14 @@ pub enum Error {
     Failpoints(String),
     #[error("a blocking store task failed")]
     Blocking(#[source] tokio::task::JoinError),
+    /// A remote backend (the Kubernetes API server) failed in a way no variant above names:
+    /// unreachable, unauthorized, a server error.
+    #[error("{context}")]
+    Backend {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
