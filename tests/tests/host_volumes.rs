@@ -102,14 +102,7 @@ fn host_path_and_local_pvs_mount_into_pods() {
     });
     assert_eq!(copy, "seeded on the node\n");
 
-    s.ok(&[
-        "delete",
-        "pod",
-        "local-writer",
-        "static-reader",
-        "--wait",
-        "30",
-    ]);
+    s.ok(&["delete", "pod", "local-writer", "--wait", "30"]);
     assert!(testkit::mount_at(&target).is_none(), "still mounted");
     assert_eq!(
         std::fs::read_to_string(local_dir.join("copy")).unwrap(),
@@ -117,5 +110,9 @@ fn host_path_and_local_pvs_mount_into_pods() {
         "the data stays on the node"
     );
     assert!(host_dir.join("visits").exists());
+    // `down` right after a deletion lets it finish before stopping the node.
+    s.ok(&["delete", "pod", "static-reader"]);
     s.ok(&["down"]);
+    let pods = s.list("pods");
+    assert!(pods.is_empty(), "left Terminating: {pods:?}");
 }

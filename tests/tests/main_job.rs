@@ -152,13 +152,13 @@ fn quickstart_up_down_up_and_delete() {
     });
 
     // Deleting the set (whenDeleted: Delete) takes its claims and volumes with it.
-    s.ok(&["delete", "statefulset", "hello", "--wait", "60"]);
-    wait_for("claims and volumes deleted", || {
-        (s.list("pvc").is_empty() && s.list("pv").is_empty()).then_some(())
-    });
-    wait_for("pool images deleted", || {
-        (pool_images(&s) == 0).then_some(())
-    });
+    // --wait waits for the dependents the garbage collector deletes too: when it
+    // returns, the claims and their volumes are gone.
+    let out = s.ok(&["delete", "statefulset", "hello", "--wait", "60"]);
+    assert!(out.contains("waiting for"), "{out}");
+    let (pvcs, pvs) = (s.list("pvc"), s.list("pv"));
+    assert!(pvcs.is_empty() && pvs.is_empty(), "{pvcs:?} {pvs:?}");
+    assert_eq!(pool_images(&s), 0, "pool images deleted");
     s.ok(&["down"]);
     assert_nothing_left(&s, "the final down");
     let pods: Vec<Value> = s.list("pods");

@@ -8,7 +8,7 @@ use futures::StreamExt as _;
 use strata_store::kinds::KindInfo;
 use strata_store::{Deleted, EmbeddedStore, Preconditions, WatchEvent};
 
-use crate::resource;
+use crate::{in_flight, resource};
 
 /// Delete objects by kind and name, or those a manifest names.
 #[derive(Debug, clap::Args)]
@@ -87,14 +87,25 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
         }
     }
     let mut failed = 0;
+    // What was deleted, for --wait to follow to its dependents.
+    let mut deleted: std::collections::HashSet<String> = Default::default();
+    let mut note = |obj: &serde_json::Value| {
+        if let Some(u) = obj["metadata"]["uid"].as_str() {
+            deleted.insert(u.to_string());
+        }
+    };
     for (kind, ns, name) in targets {
         let label = format!("{} {name:?}", resource::singular(kind));
         match store
             .delete_value(kind.kind_ref, &ns, &name, Preconditions::default())
             .await
         {
-            Ok(Deleted::Gone(_)) => println!("{label} deleted"),
+            Ok(Deleted::Gone(obj)) => {
+                note(&obj);
+                println!("{label} deleted");
+            }
             Ok(Deleted::Pending(obj)) => {
+                note(&obj);
                 // A namespace also waits for its spec.finalizers (the namespace controller's).
                 let finalizers: Vec<&str> =
                     [&obj["metadata"]["finalizers"], &obj["spec"]["finalizers"]]
@@ -123,6 +134,25 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
                 eprintln!("error: {e}");
                 failed += 1;
             }
+        }
+    }
+    // The garbage collector deletes dependents after their owner (background cascade):
+    // --wait waits for those too (a StatefulSet's pods, and its claims with whenDeleted:
+    // Delete, and their PVs with reclaim policy Delete).
+    if let Some(secs) = args.wait
+        && !deleted.is_empty()
+    {
+        let deleted = std::sync::Mutex::new(deleted);
+        let left = in_flight::settle(Duration::from_secs(secs), || async {
+            let mut d = deleted.lock().expect("not poisoned").clone();
+            let r = in_flight::dependents(store, &mut d).await;
+            *deleted.lock().expect("not poisoned") = d;
+            r
+        })
+        .await?;
+        if !left.is_empty() {
+            eprintln!("still being deleted after {secs}s: {}", left.join(", "));
+            failed += left.len();
         }
     }
     if failed > 0 {

@@ -15,6 +15,7 @@ mod doctor;
 mod exec;
 mod get;
 mod image;
+mod in_flight;
 mod logs;
 mod node_inspect;
 mod resource;

@@ -819,6 +819,24 @@ async fn watch_daemons(daemons: &mut Daemons, progress: &Progress) -> anyhow::Re
     }
 }
 
+/// Waits up to `limit` for the store's deletions in flight; returns what is left (an
+/// unreadable store counts as nothing to wait for: stopping must not depend on it).
+async fn finish_deletions(state: &Path, limit: Duration) -> Vec<String> {
+    if !state.join("store.db").exists() {
+        return Vec::new();
+    }
+    let options = strata_store::StoreOptions {
+        component: "volctl".into(),
+        ..Default::default()
+    };
+    let Ok(store) = strata_store::EmbeddedStore::open_with(state, options) else {
+        return Vec::new();
+    };
+    crate::in_flight::settle(limit, || crate::in_flight::anywhere(&store))
+        .await
+        .unwrap_or_default()
+}
+
 pub async fn down(state: &Path, args: DownArgs) -> anyhow::Result<()> {
     let progress = Progress {
         to_stdout: AtomicBool::new(true),
@@ -842,6 +860,18 @@ pub async fn down(state: &Path, args: DownArgs) -> anyhow::Result<()> {
                         lock_path.display()
                     );
                 };
+                // Deletions under way (a StatefulSet's claims, their volumes) finish
+                // while the daemons still run, within a bound, rather than stay
+                // Terminating until the next `up`.
+                let limit = deadline.min(Duration::from_secs(60));
+                let left = finish_deletions(&layout.state, limit).await;
+                if !left.is_empty() {
+                    progress.say(&format!(
+                        "still being deleted after {}s (they finish at the next up): {}",
+                        limit.as_secs(),
+                        left.join(", ")
+                    ));
+                }
                 progress.say(&format!(
                     "stopping volctl up (pid {pid}) on {}",
                     layout.state.display()
