@@ -317,9 +317,12 @@ trait Object: Serialize + DeserializeOwned + Clone {
     const CLASS: Class;
     fn id(&self) -> &str;
     fn pool(&self) -> &str;
-    fn phase(&self) -> Phase;
     fn data(&self) -> ImageRef<'_>;
     fn put(self) -> Op;
+    /// The record of `id` in the database.
+    fn load(store: &Store, id: &str) -> Result<Option<Self>>;
+    /// (pool, phase) of every object of this class in the database, by id.
+    fn summaries(store: &Store) -> Result<HashMap<String, (String, Phase)>>;
 }
 
 impl Object for VolumeRecord {
@@ -330,14 +333,17 @@ impl Object for VolumeRecord {
     fn pool(&self) -> &str {
         &self.pool
     }
-    fn phase(&self) -> Phase {
-        self.phase
-    }
     fn data(&self) -> ImageRef<'_> {
         ImageRef::volume(&self.file)
     }
     fn put(self) -> Op {
         Op::PutVolume(self)
+    }
+    fn load(store: &Store, id: &str) -> Result<Option<Self>> {
+        store.volume(id)
+    }
+    fn summaries(store: &Store) -> Result<HashMap<String, (String, Phase)>> {
+        store.volume_summaries()
     }
 }
 
@@ -349,14 +355,17 @@ impl Object for SnapshotRecord {
     fn pool(&self) -> &str {
         &self.pool
     }
-    fn phase(&self) -> Phase {
-        self.phase
-    }
     fn data(&self) -> ImageRef<'_> {
         ImageRef::snapshot(&self.file)
     }
     fn put(self) -> Op {
         Op::PutSnapshot(self)
+    }
+    fn load(store: &Store, id: &str) -> Result<Option<Self>> {
+        store.snapshot(id)
+    }
+    fn summaries(store: &Store) -> Result<HashMap<String, (String, Phase)>> {
+        store.snapshot_summaries()
     }
 }
 
@@ -367,7 +376,7 @@ fn adopt_objects<T: Object>(
     store: &Store,
     pool: &dyn Backend,
     pm: &PoolMeta,
-    db: &HashMap<String, T>,
+    db: &HashMap<String, (String, Phase)>,
     ours: &dyn Fn(&str, &str, &Path) -> bool,
     backfilled: &mut usize,
 ) -> Result<Vec<String>> {
@@ -377,7 +386,10 @@ fn adopt_objects<T: Object>(
     for name in pm.names(T::CLASS)? {
         let id = name.trim_end_matches(".json");
         seen.insert(id.to_string());
-        if db.get(id).is_some_and(|o| o.phase() != Phase::Creating) {
+        if db
+            .get(id)
+            .is_some_and(|(_, phase)| *phase != Phase::Creating)
+        {
             continue;
         }
         let path = pm.path(T::CLASS, &name);
@@ -394,9 +406,13 @@ fn adopt_objects<T: Object>(
         adopted.push(o.id().to_string());
         store.write(vec![o.put()])?;
     }
-    for o in db.values() {
-        if o.pool() == pool.pool() && o.phase() == Phase::Ready && !seen.contains(o.id()) {
-            pm.put(T::CLASS, &by_id(o.id()), o)?;
+    for (id, (p, phase)) in db {
+        if p == pool.pool()
+            && *phase == Phase::Ready
+            && !seen.contains(id)
+            && let Some(o) = T::load(store, id)?
+        {
+            pm.put(T::CLASS, &by_id(o.id()), &o)?;
             *backfilled += 1;
         }
     }
@@ -439,16 +455,9 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
             }
         }
     };
-    let db_volumes: HashMap<String, VolumeRecord> = store
-        .all_volumes()?
-        .into_iter()
-        .map(|v| (v.id.clone(), v))
-        .collect();
-    let db_snaps: HashMap<String, SnapshotRecord> = store
-        .all_snapshots()?
-        .into_iter()
-        .map(|s| (s.id.clone(), s))
-        .collect();
+    // Ids, pools and phases only: decoding every record costs start-up time per volume.
+    let db_volumes = VolumeRecord::summaries(store)?;
+    let db_snaps = SnapshotRecord::summaries(store)?;
     let db_groups: HashSet<String> = store.all_groups()?.into_iter().map(|g| g.id).collect();
     let db_stages: HashSet<String> = store
         .all_stages()?
@@ -465,7 +474,7 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
         let Some(pm) = mirror.pool(pool.pool()) else {
             continue;
         };
-        out.volumes.extend(adopt_objects(
+        out.volumes.extend(adopt_objects::<VolumeRecord>(
             store,
             pool.as_ref(),
             pm,
@@ -473,7 +482,7 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
             &ours,
             &mut out.backfilled,
         )?);
-        out.snapshots.extend(adopt_objects(
+        out.snapshots.extend(adopt_objects::<SnapshotRecord>(
             store,
             pool.as_ref(),
             pm,

@@ -20,6 +20,7 @@ use crate::{failpoint, reconcile};
 /// Opens pools and state, reconciles, and builds the driver (blocking).
 pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let t = std::time::Instant::now();
     let mut pools: Vec<Arc<dyn Backend>> = Vec::new();
     for spec in &config.pools {
         let pool: Arc<dyn Backend> = match spec.kind {
@@ -38,7 +39,9 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
         };
         pools.push(pool);
     }
+    let t_pools = t.elapsed();
     let store = Store::open(&config.state_dir).context("opening the state database")?;
+    let t_store = t.elapsed();
     crate::inspect::record_pools(&config.state_dir, &config.pools)
         .context("recording the pools")?;
     let pools = Pools::new(pools);
@@ -47,6 +50,7 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
     );
     crate::meta::adopt(&store, &pools, &config.node_id)
         .context("re-adopting objects from the pools' metadata records")?;
+    let t_adopt = t.elapsed();
     let d = Driver {
         node_id: config.node_id.clone(),
         driver_name: config.driver_name.clone(),
@@ -64,7 +68,17 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
         trash: crate::node_ops::Trash::open(&config.state_dir)
             .context("opening the state dir's trash")?,
     };
-    reconcile::run(&d).context("reconciling state with pools, loop devices and mounts")?;
+    reconcile::before_serving(&d)
+        .context("reconciling state with pools, loop devices and mounts")?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    tracing::info!(
+        total_ms = ms(t.elapsed()),
+        pools_ms = ms(t_pools),
+        store_ms = ms(t_store - t_pools),
+        adopt_ms = ms(t_adopt - t_store),
+        reconcile_ms = ms(t.elapsed() - t_adopt),
+        "started"
+    );
     Ok(d)
 }
 
@@ -103,6 +117,15 @@ pub async fn serve(
         .await
         .context("start-up task")??;
     let driver = Arc::new(driver);
+    let auditor = driver.clone();
+    tokio::task::spawn_blocking(move || match reconcile::ready_volumes(&auditor) {
+        Ok(r) => tracing::info!(
+            finished = r.finished.len(),
+            differences = r.differences.len(),
+            "checked the ready volumes against their data"
+        ),
+        Err(e) => tracing::warn!(error = %crate::error::chain(&e), "checking the ready volumes"),
+    });
     let metrics = crate::metrics::Metrics::start(config.metrics_address, &driver).await?;
 
     if let Some(dir) = socket.parent() {

@@ -524,11 +524,19 @@ impl Store {
             reader: Mutex::new(reader),
             syncer,
         };
-        let volumes = store.all_volumes()?;
+        // Summed by SQLite, without decoding every record: start-up time grows with the
+        // number of volumes.
         {
+            let conn = store.reader.lock().expect("state reader lock");
+            let mut stmt = conn.prepare(
+                "SELECT json_extract(record, '$.pool'), SUM(json_extract(record, '$.capacity')) \
+                 FROM volumes GROUP BY 1",
+            )?;
+            let sums = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             let mut ledger = store.ledger();
-            for v in &volumes {
-                ledger.add(&v.pool, v.capacity as i128);
+            for row in sums {
+                let (pool, bytes) = row?;
+                ledger.add(&pool, bytes as i128);
             }
         }
         Ok(store)
@@ -723,6 +731,36 @@ impl Store {
             "SELECT record FROM volumes WHERE id > ?1 ORDER BY id LIMIT ?2",
             &[&after, &limit],
         )
+    }
+
+    /// (pool, phase) of every volume by id, read without decoding whole records.
+    pub fn volume_summaries(&self) -> Result<std::collections::HashMap<String, (String, Phase)>> {
+        self.summaries("SELECT id, json_extract(record, '$.pool'), json_extract(record, '$.phase') FROM volumes")
+    }
+
+    /// (pool, phase) of every snapshot by id, read without decoding whole records.
+    pub fn snapshot_summaries(&self) -> Result<std::collections::HashMap<String, (String, Phase)>> {
+        self.summaries("SELECT id, json_extract(record, '$.pool'), json_extract(record, '$.phase') FROM snapshots")
+    }
+
+    fn summaries(&self, sql: &str) -> Result<std::collections::HashMap<String, (String, Phase)>> {
+        let conn = self.reader.lock().expect("state reader lock");
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (id, pool, phase) = row?;
+            let phase: Phase = serde_json::from_value(serde_json::Value::String(phase))
+                .map_err(|e| Error::StateCorrupt(format!("phase of {id}: {e}")))?;
+            out.insert(id, (pool, phase));
+        }
+        Ok(out)
     }
 
     pub fn all_volumes(&self) -> Result<Vec<VolumeRecord>> {

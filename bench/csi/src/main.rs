@@ -485,6 +485,9 @@ async fn restart(proc: &mut DriverProcess, args: &Args) -> Result<()> {
         bail!("ListVolumes shows {} of {n} volumes", before.len());
     }
     for how in ["SIGTERM", "SIGKILL"] {
+        let wal = std::fs::metadata(proc.state_dir().join("state.db-wal")).map_or(0, |m| m.len());
+        let db = std::fs::metadata(proc.state_dir().join("state.db")).map_or(0, |m| m.len());
+        println!("  before the {how} restart: state.db {db} bytes, WAL {wal} bytes");
         if how == "SIGTERM" {
             proc.signal(nix::sys::signal::Signal::SIGTERM);
             proc.wait_exit(std::time::Duration::from_secs(60));
@@ -518,6 +521,15 @@ async fn restart(proc: &mut DriverProcess, args: &Args) -> Result<()> {
             ms(ready),
             ms(first)
         );
+        // The driver's own account of its start-up phases.
+        if let Some(line) = proc
+            .log_text()
+            .lines()
+            .rev()
+            .find(|l| l.contains("started"))
+        {
+            println!("  {}", line.trim());
+        }
     }
     Ok(())
 }
