@@ -51,6 +51,16 @@ struct Args {
     /// port, logged. Off when not given.
     #[arg(long, value_name = "ADDR")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Run against the Kubernetes API server of this kubeconfig (its current context)
+    /// instead of the state dir, in per-node mode: only claims whose
+    /// volume.kubernetes.io/selected-node is --node-id are provisioned, only volumes pinned
+    /// to it deleted or expanded; binding, StatefulSets and garbage collection are left to
+    /// the cluster. An alternative to the provisioner and resizer sidecars.
+    #[arg(long, value_name = "PATH", conflicts_with = "in_cluster")]
+    kubeconfig: Option<PathBuf>,
+    /// As --kubeconfig, with the pod's service account (in-cluster configuration).
+    #[arg(long)]
+    in_cluster: bool,
 }
 
 #[tokio::main]
@@ -58,17 +68,27 @@ async fn main() -> anyhow::Result<()> {
     strata_report::init_daemon_logging("info");
     let args = Args::parse();
     let mut config = Config::new(&args.node_id);
-    config.default_fs_type = args.default_fstype;
+    config.default_fs_type = args.default_fstype.clone();
     config.provision_workers = args.worker_threads.max(1);
     config.csi_timeout = Duration::from_secs(args.timeout.max(1));
     config.retry_start = Duration::from_millis(args.retry_interval_start.max(1));
     config.retry_max = Duration::from_secs(args.retry_interval_max.max(1));
     config.resync = Duration::from_secs(args.resync_period);
 
-    let state_dir = args.state_dir.clone();
+    let csi = CsiClient::new(&args.csi_endpoint, config.csi_timeout).map_err(anyhow::Error::msg)?;
     // Events this process records name it as their source, as kubectl describe shows.
+    let component = "strata-provisioner";
+    if args.kubeconfig.is_some() || args.in_cluster {
+        config.per_node = true;
+        let store = strata_store_kube::KubeStore::connect(args.kubeconfig.as_deref(), component)
+            .await
+            .context("connecting to the API server")?;
+        info!(node = %args.node_id, "per-node mode against the API server");
+        return run(store, csi, config, &args).await;
+    }
+    let state_dir = args.state_dir.clone();
     let options = strata_store::StoreOptions {
-        component: "strata-provisioner".into(),
+        component: component.into(),
         ..Default::default()
     };
     let store = tokio::task::spawn_blocking(move || {
@@ -77,8 +97,16 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("opening the store")?
     .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
-    let csi = CsiClient::new(&args.csi_endpoint, config.csi_timeout).map_err(anyhow::Error::msg)?;
+    run(store, csi, config, &args).await
+}
 
+/// Runs the loops on `store` until SIGTERM or SIGINT.
+async fn run<S: strata_store::Store>(
+    store: S,
+    csi: CsiClient,
+    config: Config,
+    args: &Args,
+) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let running = tokio::select! {
         r = strata_provisioner::start(store, csi, config) => r.context("starting the control loops")?,

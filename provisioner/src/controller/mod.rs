@@ -52,6 +52,10 @@ pub struct Config {
     /// controller-manager's PV binder resyncs every 15 s: the safety net for a wake-up
     /// between objects that no watch event carries. Zero turns it off.
     pub resync: Duration,
+    /// Per-node mode (external-provisioner's `--node-deployment`), for a cluster whose
+    /// kube-controller-manager binds and collects: only provisioning (claims whose selected
+    /// node is `node_id`), deletion and expansion (volumes pinned to `node_id`) run.
+    pub per_node: bool,
 }
 
 impl Config {
@@ -65,6 +69,7 @@ impl Config {
             csi_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             resync: Duration::from_secs(15),
+            per_node: false,
         }
     }
 }
@@ -325,25 +330,29 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
 
     let mut workers = Vec::new();
     let q = &ctl.queues;
-    // syncClaim and syncVolume are not re-entrant: one worker each.
-    workers.push(spawn_worker(&ctl, &q.claims, |c, k| {
-        Box::pin(async move { c.sync_claim(&k).await })
-    }));
-    workers.push(spawn_worker(&ctl, &q.volumes, |c, k| {
-        Box::pin(async move { c.sync_volume(&k).await })
-    }));
-    workers.push(spawn_worker(&ctl, &q.sets, |c, k| {
-        Box::pin(async move { c.sync_set(&k).await })
-    }));
-    workers.push(spawn_worker(&ctl, &q.gc, |c, k| {
-        Box::pin(async move { c.collect(&k).await })
-    }));
-    workers.push(spawn_worker(&ctl, &q.placement, |c, k| {
-        Box::pin(async move { c.place(&k).await })
-    }));
-    workers.push(spawn_worker(&ctl, &q.namespaces, |c, k| {
-        Box::pin(async move { c.sync_namespace(&k).await })
-    }));
+    // In a cluster the binder, StatefulSet, placement, GC and namespace loops are the
+    // controller-manager's and the scheduler's; their queues then have no workers.
+    if !config.per_node {
+        // syncClaim and syncVolume are not re-entrant: one worker each.
+        workers.push(spawn_worker(&ctl, &q.claims, |c, k| {
+            Box::pin(async move { c.sync_claim(&k).await })
+        }));
+        workers.push(spawn_worker(&ctl, &q.volumes, |c, k| {
+            Box::pin(async move { c.sync_volume(&k).await })
+        }));
+        workers.push(spawn_worker(&ctl, &q.sets, |c, k| {
+            Box::pin(async move { c.sync_set(&k).await })
+        }));
+        workers.push(spawn_worker(&ctl, &q.gc, |c, k| {
+            Box::pin(async move { c.collect(&k).await })
+        }));
+        workers.push(spawn_worker(&ctl, &q.placement, |c, k| {
+            Box::pin(async move { c.place(&k).await })
+        }));
+        workers.push(spawn_worker(&ctl, &q.namespaces, |c, k| {
+            Box::pin(async move { c.sync_namespace(&k).await })
+        }));
+    }
 
     let driver_workers = Arc::new(Mutex::new(Vec::new()));
     let finder = tokio::spawn({

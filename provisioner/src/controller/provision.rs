@@ -20,7 +20,7 @@ use crate::provision::request::{
 };
 use crate::provision::retry::{Disposition, classify};
 use crate::provision::volume::{Rejected, build_volume};
-use crate::provision::{self, csi::CsiError};
+use crate::provision::{self, csi::CsiError, node};
 use crate::{expand, quantity};
 
 impl<S: Store> Controller<S> {
@@ -69,6 +69,9 @@ impl<S: Store> Controller<S> {
                 return Ok(Requeue::Done);
             };
             if !provision::should_provision(&pvc, &driver.name, &c.classes) {
+                return Ok(Requeue::Done);
+            }
+            if self.config.per_node && !node::claim_is_for(&pvc, &self.config.node_id) {
                 return Ok(Requeue::Done);
             }
             // A PV with the claim's volume name exists: provisioned already, the binder binds.
@@ -238,6 +241,9 @@ impl<S: Store> Controller<S> {
         let Some(pv) = self.cache().volumes.get(name).cloned() else {
             return Ok(Requeue::Done);
         };
+        if self.config.per_node && !node::volume_is_on(&pv, &self.config.node_id) {
+            return Ok(Requeue::Done);
+        }
         let Some(csi) = pv
             .spec
             .as_ref()
@@ -316,6 +322,7 @@ impl<S: Store> Controller<S> {
                 .as_ref()
                 .and_then(|s| s.csi.as_ref())
                 .is_none_or(|c| c.driver != driver.name)
+                || (self.config.per_node && !node::volume_is_on(&pv, &self.config.node_id))
             {
                 return Ok(Requeue::Done);
             }
