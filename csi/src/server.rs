@@ -68,8 +68,7 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
         trash: crate::node_ops::Trash::open(&config.state_dir)
             .context("opening the state dir's trash")?,
     };
-    reconcile::before_serving(&d)
-        .context("reconciling state with pools, loop devices and mounts")?;
+    reconcile::run(&d).context("reconciling state with pools, loop devices and mounts")?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     tracing::info!(
         total_ms = ms(t.elapsed()),
@@ -117,15 +116,6 @@ pub async fn serve(
         .await
         .context("start-up task")??;
     let driver = Arc::new(driver);
-    let auditor = driver.clone();
-    tokio::task::spawn_blocking(move || match reconcile::ready_volumes(&auditor) {
-        Ok(r) => tracing::info!(
-            finished = r.finished.len(),
-            differences = r.differences.len(),
-            "checked the ready volumes against their data"
-        ),
-        Err(e) => tracing::warn!(error = %crate::error::chain(&e), "checking the ready volumes"),
-    });
     let metrics = crate::metrics::Metrics::start(config.metrics_address, &driver).await?;
 
     if let Some(dir) = socket.parent() {
