@@ -9,32 +9,32 @@
 
 pub mod backend;
 pub mod config;
-pub mod controller;
-pub mod convert;
+mod controller;
+mod convert;
 pub mod driver;
 pub mod error;
 pub mod failpoint;
-pub mod group;
-pub mod identity;
+mod group;
+mod identity;
 pub mod ids;
 pub mod inspect;
 pub mod locks;
 pub mod meta;
 pub mod metrics;
-pub mod node;
+mod node;
 pub mod node_ops;
-pub mod queries;
+mod queries;
 pub mod reconcile;
-pub mod request;
-pub mod server;
-pub mod service;
-pub mod snapshot_metadata;
-pub mod snapshots;
+mod request;
+mod server;
+mod service;
+mod snapshot_metadata;
+mod snapshots;
 pub mod state;
 #[allow(unsafe_code)] // the one module that makes raw syscalls
 pub mod sys;
 pub mod validate;
-pub mod volumes;
+mod volumes;
 
 pub use config::Config;
 pub use server::serve;
