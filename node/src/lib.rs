@@ -128,10 +128,7 @@ impl Args {
 /// resolves; both drain their tasks before this returns.
 pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     args.check()?;
-    let options = strata_store::StoreOptions {
-        component: "strata-node".into(),
-        ..Default::default()
-    };
+    let options = strata_store::StoreOptions::controller("strata-node");
     let store = EmbeddedStore::open_with(&args.state_dir, options).map_err(Error::Store)?;
     let manager = VolumeManager::new(
         store.clone(),

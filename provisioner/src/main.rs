@@ -87,10 +87,8 @@ async fn main() -> anyhow::Result<()> {
         return run(store, csi, config, &args).await;
     }
     let state_dir = args.state_dir.clone();
-    let options = strata_store::StoreOptions {
-        component: component.into(),
-        ..Default::default()
-    };
+    // Its writes are ordered, not acknowledged one by one: a control loop redoes a lost tail.
+    let options = strata_store::StoreOptions::controller(component);
     let store = tokio::task::spawn_blocking(move || {
         strata_store::EmbeddedStore::open_with(&state_dir, options)
     })

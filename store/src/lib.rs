@@ -44,6 +44,7 @@ pub use api::{
     Deleted, EventType, Object, ObjectList, Preconditions, Store, WatchEvent, WatchStream,
 };
 pub use embedded::{
-    EmbeddedStore, INITIAL_NAMESPACES, NAMESPACE_FINALIZER, SCHEMA_VERSION, StoreOptions,
+    Durability, EmbeddedStore, INITIAL_NAMESPACES, NAMESPACE_FINALIZER, SCHEMA_VERSION,
+    StoreOptions,
 };
 pub use error::{Error, Result};

@@ -64,3 +64,41 @@ fn a_misspelt_failpoint_is_refused_at_open() {
         .unwrap();
     assert!(status.success());
 }
+
+/// A control loop's handle does not wait for a sync per write: its writes return at commit
+/// and a background sync covers them soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_writes_return_at_commit_and_share_one_background_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = strata_store::StoreOptions::controller("test");
+    // Long enough that no background sync can run while the writes below do.
+    options.durability = strata_store::Durability::Ordered {
+        within: std::time::Duration::from_secs(30),
+    };
+    let store = EmbeddedStore::open_with(dir.path(), options).unwrap();
+    for i in 0..20 {
+        store.create(&cm(format!("o-{i}"))).await.unwrap();
+    }
+    assert_eq!(
+        store.durability_stats(),
+        (0, 0),
+        "ordered writes waited for syncs"
+    );
+
+    let mut options = strata_store::StoreOptions::controller("test");
+    options.durability = strata_store::Durability::Ordered {
+        within: std::time::Duration::from_millis(20),
+    };
+    let quick = EmbeddedStore::open_with(dir.path(), options).unwrap();
+    for i in 0..20 {
+        quick.create(&cm(format!("q-{i}"))).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while quick.durability_stats().1 == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background sync after the writes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

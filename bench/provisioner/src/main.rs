@@ -42,9 +42,17 @@ struct Args {
     /// volctl binary for `apply` (default: next to this binary).
     #[arg(long)]
     volctl: Option<PathBuf>,
+    /// Open the control loops' store handle with acknowledged writes (a sync per write),
+    /// as before they were ordered: the durable-acknowledgement cost for control loops.
+    #[arg(long)]
+    acknowledged_loops: bool,
     /// Which benchmarks (default: all).
     which: Vec<String>,
 }
+
+/// Set once from `--acknowledged-loops` before any benchmark runs.
+static ACKNOWLEDGED_LOOPS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 const MODES: [&[&str]; 3] = [
     &["ReadWriteOnce"],
@@ -184,9 +192,16 @@ async fn env(csi: &PathBuf) -> anyhow::Result<Env> {
 
 async fn start_loops(e: &Env) -> anyhow::Result<strata_provisioner::Running> {
     let config = Config::new("bench-node");
+    // The loops get their own handle, ordered as strata-provisioner opens it; the bench's
+    // own writes stand for a user's and stay acknowledged.
+    let mut options = strata_store::StoreOptions::controller("strata-provisioner");
+    if ACKNOWLEDGED_LOOPS.load(std::sync::atomic::Ordering::Relaxed) {
+        options.durability = strata_store::Durability::Acknowledged;
+    }
+    let store = EmbeddedStore::open_with(&e.state.0, options)?;
     let csi =
         CsiClient::new(&e.driver.endpoint(), config.csi_timeout).map_err(anyhow::Error::msg)?;
-    Ok(strata_provisioner::start(e.store.clone(), csi, config).await?)
+    Ok(strata_provisioner::start(store, csi, config).await?)
 }
 
 async fn bench_static(csi: &PathBuf, claims: usize, pvs: usize) -> anyhow::Result<()> {
@@ -340,6 +355,18 @@ async fn bench_apply(csi: &PathBuf, volctl: &PathBuf, n: usize) -> anyhow::Resul
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    ACKNOWLEDGED_LOOPS.store(
+        args.acknowledged_loops,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    println!(
+        "control loops' writes: {}",
+        if args.acknowledged_loops {
+            "acknowledged (a sync per write)"
+        } else {
+            "ordered (background sync), as strata-provisioner runs"
+        }
+    );
     let which = if args.which.is_empty() {
         vec![
             "match".into(),

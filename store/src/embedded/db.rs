@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
@@ -103,7 +103,7 @@ impl Change {
 
 pub(crate) struct Db {
     pub(crate) path: PathBuf,
-    pub(crate) syncer: Syncer,
+    pub(crate) syncer: Arc<Syncer>,
     writer: Mutex<Connection>,
     /// A few read connections, so a long list does not hold up every get.
     readers: Vec<Mutex<Connection>>,
@@ -158,7 +158,7 @@ impl Db {
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<_>>()?;
-        let syncer = Syncer::new(path);
+        let syncer = Arc::new(Syncer::new(path));
         // The database and its WAL exist now: make their directory entries durable too.
         if let Some(dir) = path.parent() {
             fsync_path(dir, false)?;
@@ -381,6 +381,89 @@ impl Syncer {
     pub(crate) fn stats(&self) -> (u64, u64) {
         let s = self.lock();
         (s.synced, s.syncs)
+    }
+}
+
+/// The background sync of an ordered handle: a write marks it dirty; at most `within`
+/// later one group-commit sync covers every write made meanwhile.
+pub(crate) struct Flusher {
+    shared: Arc<(Mutex<FlushState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    dirty: bool,
+    closed: bool,
+}
+
+impl Flusher {
+    pub(crate) fn spawn(syncer: Arc<Syncer>, within: std::time::Duration) -> Result<Flusher> {
+        let shared = Arc::new((Mutex::new(FlushState::default()), Condvar::new()));
+        let theirs = shared.clone();
+        let wal = syncer.wal.clone();
+        std::thread::Builder::new()
+            .name("store-flush".into())
+            .spawn(move || flush_loop(&syncer, &theirs, within))
+            .map_err(|source| Error::Io {
+                context: "starting the store's flush thread",
+                path: wal,
+                source,
+            })?;
+        Ok(Flusher { shared })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn mark_dirty(&self) {
+        let mut s = self.lock();
+        if !s.dirty {
+            s.dirty = true;
+            self.shared.1.notify_all();
+        }
+    }
+
+    /// The last handle went: sync what is dirty, then the thread ends.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.shared.1.notify_all();
+    }
+}
+
+fn flush_loop(syncer: &Syncer, shared: &(Mutex<FlushState>, Condvar), within: std::time::Duration) {
+    let (state, cv) = shared;
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let mut s = lock();
+        while !s.dirty && !s.closed {
+            s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        if !s.dirty {
+            return;
+        }
+        // Let writes gather for up to `within` (cut short by close), then one sync.
+        if !s.closed {
+            s = cv
+                .wait_timeout_while(s, within, |s| !s.closed)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        s.dirty = false;
+        let closing = s.closed;
+        drop(s);
+        match syncer.sync() {
+            Ok(()) if closing => return,
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %strata_report::chain(&e), "background sync of the store failed");
+                if closing {
+                    return;
+                }
+                lock().dirty = true;
+                std::thread::sleep(within);
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 pub use self::db::SCHEMA_VERSION;
-use self::db::{Change, Db, Tx};
+use self::db::{Change, Db, Flusher, Tx};
 pub use self::namespaces::{
     FINALIZER_KUBERNETES as NAMESPACE_FINALIZER, INITIAL as INITIAL_NAMESPACES,
 };
@@ -50,6 +50,41 @@ pub struct StoreOptions {
     pub watch_recheck: Duration,
     /// Events not seen again for this long are removed (the API server's `--event-ttl`).
     pub event_ttl: Duration,
+    /// When a write of this handle returns relative to its WAL sync.
+    pub durability: Durability,
+}
+
+/// When a write returns relative to the sync that makes it survive an OS crash.
+///
+/// Either way the store after a crash is a prefix of its commits: SQLite replays the WAL
+/// up to the first frame that did not reach the disk, so a lost write takes every later
+/// one with it, never an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After a sync covering it (group commit): for writes someone is told are done —
+    /// `volctl apply`, `delete`, an API call.
+    #[default]
+    Acknowledged,
+    /// After the commit; a background sync covers it within `within`, as does the next
+    /// acknowledged write of any process. For control loops: losing the tail of their
+    /// writes is the same as having stopped a moment earlier, and they redo it from what
+    /// the store holds (every side effect they cause is idempotent by name). A loop that
+    /// writes one object after another would otherwise wait for one disk flush per write.
+    Ordered { within: Duration },
+}
+
+impl StoreOptions {
+    /// A control loop's handle: its events name `component` and its writes are
+    /// [`Durability::Ordered`], synced in the background within 100 ms.
+    pub fn controller(component: &str) -> StoreOptions {
+        StoreOptions {
+            component: component.into(),
+            durability: Durability::Ordered {
+                within: Duration::from_millis(100),
+            },
+            ..StoreOptions::default()
+        }
+    }
 }
 
 impl Default for StoreOptions {
@@ -59,6 +94,7 @@ impl Default for StoreOptions {
             component: "strata".into(),
             watch_recheck: Duration::from_secs(5),
             event_ttl: Duration::from_secs(3600),
+            durability: Durability::Acknowledged,
         }
     }
 }
@@ -78,6 +114,8 @@ pub(crate) struct Inner {
     options: StoreOptions,
     host: String,
     state_dir: PathBuf,
+    /// The background sync of a handle with [`Durability::Ordered`].
+    flusher: Option<Flusher>,
 }
 
 impl Drop for Inner {
@@ -87,6 +125,9 @@ impl Drop for Inner {
         // handle, it sees that and ends.
         self.channels = None;
         self.notifier.touch_close();
+        if let Some(flusher) = &self.flusher {
+            flusher.close();
+        }
     }
 }
 
@@ -110,7 +151,10 @@ impl Inner {
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         let (out, revision, kinds) = self.db.write(f)?;
         if !kinds.is_empty() {
-            self.db.syncer.sync()?;
+            match &self.flusher {
+                None => self.db.syncer.sync()?,
+                Some(flusher) => flusher.mark_dirty(),
+            }
         }
         for kind in &kinds {
             self.notifier.touch(kind, revision);
@@ -156,6 +200,10 @@ impl EmbeddedStore {
         let db = Db::open(&state_dir.join("store.db"), options.watch_history)?;
         let notifier = Notifier::open(&state_dir.join("store.notify.d"))?;
         let channels = notify::channels_for(notifier.dir())?;
+        let flusher = match options.durability {
+            Durability::Acknowledged => None,
+            Durability::Ordered { within } => Some(Flusher::spawn(db.syncer.clone(), within)?),
+        };
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
@@ -167,6 +215,7 @@ impl EmbeddedStore {
                 options,
                 host,
                 state_dir: state_dir.to_path_buf(),
+                flusher,
             }),
         })
     }
