@@ -1,0 +1,226 @@
+//! One pod's volumes: set up all of them (each on its own, failures reported together)
+//! and tear them all down, serialised per pod UID and checked against the desired set.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use strata_store::k8s_openapi::api::core::v1::{Pod, Volume};
+use strata_store::{EventType, Store};
+
+use super::{ObjectKind, VolumeManager, pod_ref};
+use crate::csi_volume;
+use crate::dirfd;
+use crate::empty_dir::{self, Medium};
+use crate::error::{Error, Result, blocking};
+use crate::handoff::PreparedVolume;
+use crate::host_path;
+use crate::layout;
+use crate::mount;
+use crate::projection::{self, Kind};
+
+impl<S: Store> VolumeManager<S> {
+    /// Sets up every volume of `pod` (idempotent). Volumes that fail are reported together
+    /// and retried by the next sync; the others are set up regardless. A pod deleted,
+    /// finished or torn down (checked under the pod's lock, after any tear-down in flight)
+    /// gets nothing and `Error::PodGone`; the newest copy the Pod watch delivered is used.
+    #[tracing::instrument(skip_all, fields(pod = %pod.metadata.name.as_deref().unwrap_or_default()))]
+    pub async fn sync_pod(&self, pod: &Pod) -> Result<BTreeMap<String, PreparedVolume>> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !layout::valid_component(&uid) {
+            return Err(Error::InvalidArgument {
+                field: "metadata.uid",
+                reason: format!("{uid:?} cannot name a directory"),
+            });
+        }
+        let lock = self.pod_lock(&uid);
+        let guard = lock.lock().await;
+        // Checked under the pod's lock, right before setting up: a tear-down that ran
+        // while this sync was queued (or a deletion seen meanwhile) wins.
+        let Some(pod) = self.current_pod(pod) else {
+            drop(guard);
+            self.release_pod_lock(&uid, &lock);
+            tracing::debug!("pod is gone or finished; nothing set up");
+            return Err(Error::PodGone { uid });
+        };
+        let pod = &pod;
+        let _guard = guard;
+        let mut prepared = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        let mut immutable = BTreeSet::new();
+        for volume in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            match self.set_up_volume(pod, volume).await {
+                Ok((p, imm)) => {
+                    prepared.insert(volume.name.clone(), p);
+                    immutable.extend(imm);
+                }
+                Err(e) => {
+                    errors.insert(volume.name.clone(), e.to_string());
+                }
+            }
+        }
+        let first_ready = {
+            let mut pods = self.inner.pods.lock().expect("lock");
+            let entry = pods.entry(uid).or_default();
+            let was_ready = entry.pod.is_some() && entry.errors.is_empty();
+            entry.pod = Some(pod.clone());
+            entry.prepared.extend(prepared.clone());
+            entry.immutable = immutable;
+            entry.errors = errors.clone();
+            !was_ready && errors.is_empty()
+        };
+        if errors.is_empty() {
+            if first_ready {
+                tracing::info!(volumes = prepared.len(), "all volumes set up");
+            }
+            return Ok(prepared);
+        }
+        let message = errors
+            .iter()
+            .map(|(v, e)| format!("volume {v:?}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::warn!(%message, "setting up volumes failed");
+        if let Err(e) = self
+            .inner
+            .store
+            .record_event(&pod_ref(pod), EventType::Warning, "FailedMount", &message)
+            .await
+        {
+            tracing::warn!(error = %e, "recording FailedMount event");
+        }
+        Err(Error::Projection {
+            volume: pod.metadata.name.clone().unwrap_or_default(),
+            errors: errors
+                .into_iter()
+                .map(|(v, e)| format!("{v}: {e}"))
+                .collect(),
+        })
+    }
+
+    pub(super) async fn set_up_volume(
+        &self,
+        pod: &Pod,
+        volume: &Volume,
+    ) -> Result<(PreparedVolume, BTreeSet<(ObjectKind, String)>)> {
+        if !layout::valid_component(&volume.name) {
+            return Err(Error::InvalidArgument {
+                field: "volumes.name",
+                reason: format!("{:?} cannot name a directory", volume.name),
+            });
+        }
+        if let Some(kind) = Kind::of(volume) {
+            return self.set_up_api_volume(pod, volume, kind).await;
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Some(src) = &volume.empty_dir {
+            let medium = Medium::of(src)?;
+            let dir = layout::volume_dir(
+                &self.inner.cfg.state_dir,
+                &uid,
+                "kubernetes.io~empty-dir",
+                &volume.name,
+            );
+            let fs_group = projection::fs_group(pod);
+            let d = dir.clone();
+            blocking(move || empty_dir::set_up(&d, medium, fs_group)).await?;
+            return Ok((
+                PreparedVolume {
+                    path: dir,
+                    read_only: false,
+                    block: false,
+                },
+                BTreeSet::new(),
+            ));
+        }
+        if volume.persistent_volume_claim.is_some() {
+            return Ok((self.set_up_pvc(pod, volume).await?, BTreeSet::new()));
+        }
+        if let Some(hp) = &volume.host_path {
+            let path = PathBuf::from(&hp.path);
+            let (p, t) = (path.clone(), hp.type_.clone());
+            blocking(move || host_path::check(&p, t.as_deref())).await?;
+            return Ok((
+                PreparedVolume {
+                    path,
+                    read_only: false,
+                    block: false,
+                },
+                BTreeSet::new(),
+            ));
+        }
+        Err(Error::InvalidArgument {
+            field: "volumes",
+            reason: format!(
+                "volume {:?}: this volume type is not supported",
+                volume.name
+            ),
+        })
+    }
+
+    /// Tears down everything of a pod: CSI volumes through the driver, then our own
+    /// mounts, then the directory. Never deletes through a mount that is still there.
+    #[tracing::instrument(skip_all, fields(pod_uid = %uid))]
+    pub async fn tear_down_pod(&self, uid: &str) -> Result<()> {
+        if !layout::valid_component(uid) {
+            return Err(Error::InvalidArgument {
+                field: "pod uid",
+                reason: format!("{uid:?} cannot name a directory"),
+            });
+        }
+        // Tombstoned before taking the lock: syncs queued behind us find it and set
+        // nothing up; a sync holding the lock now finishes first and is undone here.
+        self.mark_gone(uid);
+        let lock = self.pod_lock(uid);
+        let guard = lock.lock().await;
+        let state = self.inner.cfg.state_dir.clone();
+        let pod_dir = layout::pod_dir(&state, uid);
+        // subPath binds first: they pin what they show of the volumes below.
+        let sub = layout::subpath_dir(&state, uid);
+        blocking(move || mount::unmount_below(&sub)).await?;
+        let csi_dir = pod_dir.join("volumes/kubernetes.io~csi");
+        let has_csi = {
+            let d = csi_dir.clone();
+            blocking(move || csi_volume::read_vol_data_dirs(&d)).await?
+        };
+        if !has_csi.is_empty() {
+            self.csi().await?.tear_down_pod(&state, uid).await?;
+        }
+        let d = pod_dir.clone();
+        blocking(move || {
+            mount::unmount_below(&d)?;
+            if mount::mountinfo()?
+                .iter()
+                .any(|m| m.mount_point.starts_with(&d))
+            {
+                return Err(Error::CorruptVolume {
+                    path: d.clone(),
+                    reason: "mounts remain below the pod directory".into(),
+                });
+            }
+            let pods = layout::pods_dir(&state);
+            let fd = dirfd::open_dir(&pods)?;
+            dirfd::remove_all_at(
+                std::os::fd::AsFd::as_fd(&fd),
+                std::ffi::OsStr::new(d.file_name().unwrap_or_default()),
+                &pods,
+            )
+        })
+        .await?;
+        self.inner.pods.lock().expect("lock").remove(uid);
+        self.inner
+            .tokens
+            .lock()
+            .expect("lock")
+            .retain(|(p, _), _| p != uid);
+        drop(guard);
+        self.release_pod_lock(uid, &lock);
+        tracing::info!("volumes torn down");
+        Ok(())
+    }
+}
