@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binder;
+pub mod capacity;
 pub mod controller;
 pub mod error;
 pub mod expand;
@@ -23,6 +24,6 @@ pub mod statefulset;
 /// The API types, from the store so every crate agrees on one k8s-openapi.
 pub use strata_store::k8s_openapi;
 
-pub use controller::{Config, LoopStatus, Running, start};
+pub use controller::{CapacityConfig, Config, LoopStatus, Running, start};
 pub use error::{Error, Result};
 pub use provision::csi::CsiClient;

@@ -61,6 +61,28 @@ struct Args {
     /// As --kubeconfig, with the pod's service account (in-cluster configuration).
     #[arg(long)]
     in_cluster: bool,
+    /// Per-node mode: publish one CSIStorageCapacity per StorageClass of the driver for
+    /// this node's topology segment, from the driver's GetCapacity (what the scheduler
+    /// places pods by, and what Immediate claims are placed by).
+    #[arg(long)]
+    enable_capacity: bool,
+    /// Namespace of the CSIStorageCapacity objects (the driver's namespace).
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NS")]
+    capacity_namespace: Option<String>,
+    /// The pod (in --capacity-namespace) that owns the CSIStorageCapacity objects, so they
+    /// are collected with it; the DaemonSet passes its own pod name. Without it they have
+    /// no owner.
+    #[arg(long, value_name = "NAME")]
+    capacity_owner_pod: Option<String>,
+    /// Seconds between capacity refreshes (also refreshed when a class changes and after
+    /// each volume created or deleted here).
+    #[arg(long, default_value_t = 60)]
+    capacity_poll_interval: u64,
+    /// Immediate claims (per-node mode, with --enable-capacity): the fitting node ranked k
+    /// for a claim takes it once the claim is k times this many seconds old, so a first
+    /// choice that is down delays the claim instead of stranding it.
+    #[arg(long, default_value_t = 15)]
+    immediate_turn: u64,
 }
 
 #[tokio::main]
@@ -83,8 +105,14 @@ async fn main() -> anyhow::Result<()> {
         let store = strata_store_kube::KubeStore::connect(args.kubeconfig.as_deref(), component)
             .await
             .context("connecting to the API server")?;
+        if args.enable_capacity {
+            config.capacity = Some(capacity_config(&store, &args).await?);
+        }
         info!(node = %args.node_id, "per-node mode against the API server");
         return run(store, csi, config, &args).await;
+    }
+    if args.enable_capacity {
+        anyhow::bail!("--enable-capacity needs --kubeconfig or --in-cluster (per-node mode)");
     }
     let state_dir = args.state_dir.clone();
     // Its writes are ordered, not acknowledged one by one: a control loop redoes a lost tail.
@@ -96,6 +124,42 @@ async fn main() -> anyhow::Result<()> {
     .context("opening the store")?
     .with_context(|| format!("opening the store in {}", args.state_dir.display()))?;
     run(store, csi, config, &args).await
+}
+
+/// The capacity publisher's namespace, owner and period from the flags; the owner pod is
+/// read once for its uid.
+async fn capacity_config<S: strata_store::Store>(
+    store: &S,
+    args: &Args,
+) -> anyhow::Result<strata_provisioner::CapacityConfig> {
+    use strata_provisioner::k8s_openapi::api::core::v1::Pod;
+    use strata_provisioner::k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    let namespace = args.capacity_namespace.clone().context(
+        "--enable-capacity needs --capacity-namespace (or POD_NAMESPACE): where the objects go",
+    )?;
+    let owner = match &args.capacity_owner_pod {
+        None => None,
+        Some(name) => {
+            let pod: Pod = store
+                .get(&namespace, name)
+                .await
+                .with_context(|| format!("reading the owner pod {namespace}/{name}"))?;
+            Some(OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: name.clone(),
+                uid: pod.metadata.uid.unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            })
+        }
+    };
+    Ok(strata_provisioner::CapacityConfig {
+        namespace,
+        owner,
+        poll: Duration::from_secs(args.capacity_poll_interval.max(1)),
+        immediate_step: Duration::from_secs(args.immediate_turn.max(1)),
+    })
 }
 
 /// Runs the loops on `store` until SIGTERM or SIGINT.

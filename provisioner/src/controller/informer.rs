@@ -130,6 +130,8 @@ impl Informed for StorageClass {
                 c.put_class(sc);
             }
         }
+        // Its capacity object appears, changes or goes with it.
+        ctl.capacity_changed();
         if !initial {
             // A class appearing, changing or going may unblock (or stall, with an event)
             // the claims of that class, pending claims and the pods placing them.

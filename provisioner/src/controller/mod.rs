@@ -5,6 +5,7 @@
 
 mod binder;
 pub mod cache;
+mod capacity;
 mod informer;
 mod namespace;
 mod provision;
@@ -28,6 +29,7 @@ use crate::provision::csi::CsiClient;
 use crate::provision::request::DriverInfo;
 use crate::provision::retry::Backoff;
 use cache::Cache;
+pub use capacity::CapacityConfig;
 use queue::WorkQueue;
 use status::Found;
 pub use status::LoopStatus;
@@ -56,6 +58,9 @@ pub struct Config {
     /// kube-controller-manager binds and collects: only provisioning (claims whose selected
     /// node is `node_id`), deletion and expansion (volumes pinned to `node_id`) run.
     pub per_node: bool,
+    /// Per-node mode only: publish CSIStorageCapacity objects for this node
+    /// (`--enable-capacity`); None publishes nothing.
+    pub capacity: Option<CapacityConfig>,
 }
 
 impl Config {
@@ -70,6 +75,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             resync: Duration::from_secs(15),
             per_node: false,
+            capacity: None,
         }
     }
 }
@@ -84,10 +90,11 @@ pub(crate) struct Queues {
     pub gc: Arc<WorkQueue>,
     pub placement: Arc<WorkQueue>,
     pub namespaces: Arc<WorkQueue>,
+    pub capacity: Arc<WorkQueue>,
 }
 
 impl Queues {
-    fn all(&self) -> [&Arc<WorkQueue>; 9] {
+    fn all(&self) -> [&Arc<WorkQueue>; 10] {
         [
             &self.claims,
             &self.volumes,
@@ -98,6 +105,7 @@ impl Queues {
             &self.gc,
             &self.placement,
             &self.namespaces,
+            &self.capacity,
         ]
     }
 }
@@ -144,6 +152,7 @@ impl<S: Store> Controller<S> {
                 gc: WorkQueue::new("gc"),
                 placement: WorkQueue::new("placement"),
                 namespaces: WorkQueue::new("namespaces"),
+                capacity: WorkQueue::new("capacity"),
             },
             backoff: Mutex::default(),
             provision_holds: Mutex::default(),
@@ -321,6 +330,9 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
     let status = Arc::clone(&ctl.status);
     let (stop, stop_rx) = watch::channel(false);
     let mut informers = informer::start_all(&ctl, stop_rx.clone()).await?;
+    if let Some(cap) = config.capacity.as_ref().filter(|_| config.per_node) {
+        informers.push(capacity::spawn_poll(&ctl, cap.poll, stop_rx.clone()));
+    }
     if !config.resync.is_zero() {
         informers.push(spawn_resync(&ctl, config.resync, stop_rx));
     }
@@ -392,6 +404,11 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
             started.push(spawn_worker(&ctl, &q.expand, |c, k| {
                 Box::pin(async move { c.expand(&k).await })
             }));
+            if ctl.config.per_node && ctl.config.capacity.is_some() {
+                started.push(spawn_worker(&ctl, &q.capacity, |c, _| {
+                    Box::pin(async move { c.sync_capacity().await })
+                }));
+            }
             driver_workers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

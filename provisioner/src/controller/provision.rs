@@ -1,6 +1,7 @@
 //! The external-provisioner and external-resizer workers: CreateVolume, DeleteVolume and
 //! ControllerExpandVolume over CSI, with the events `kubectl describe` shows.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use strata_store::Store;
@@ -11,10 +12,12 @@ use crate::binder::class::claim_class;
 use crate::binder::{Event, EventType};
 use crate::error::{Error, Result, chain};
 use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use crate::k8s_openapi::api::storage::v1::StorageClass;
 use crate::meta::{self, add_finalizer, has_finalizer, remove_finalizer};
 use crate::metrics::csi_reason;
 use crate::names::{self, reason};
 use crate::provision::class::ClassConfig;
+use crate::provision::immediate::{self, Placed};
 use crate::provision::request::{
     AccessMode, AccessType, Capability, Placement, build_create_request,
 };
@@ -71,9 +74,6 @@ impl<S: Store> Controller<S> {
             if !provision::should_provision(&pvc, &driver.name, &c.classes) {
                 return Ok(Requeue::Done);
             }
-            if self.config.per_node && !node::claim_is_for(&pvc, &self.config.node_id) {
-                return Ok(Requeue::Done);
-            }
             // A PV with the claim's volume name exists: provisioned already, the binder binds.
             if c.volumes.get(&provision::volume_name(&pvc)).is_some() {
                 return Ok(Requeue::Done);
@@ -83,6 +83,19 @@ impl<S: Store> Controller<S> {
         };
         let Some(class) = class else {
             return Ok(Requeue::Done);
+        };
+        let pvc = if !self.config.per_node || node::claim_is_for(&pvc, &self.config.node_id) {
+            pvc
+        } else if meta::annotation(&pvc.metadata, names::ANN_SELECTED_NODE)
+            .is_some_and(|n| !n.is_empty())
+        {
+            return Ok(Requeue::Done);
+        } else {
+            // should_provision passed without a node: an Immediate class.
+            match self.place_immediate(&pvc, &class, &driver.name).await? {
+                ControlFlow::Continue(taken) => taken,
+                ControlFlow::Break(requeue) => return Ok(requeue),
+            }
         };
         let class_name = claim_class(&pvc).to_string();
         let failed = |msg: String| {
@@ -183,6 +196,7 @@ impl<S: Store> Controller<S> {
         };
         info!(volume = %meta::name(&saved.metadata), "provisioned");
         self.metrics.provisioned(Ok(()));
+        self.capacity_changed();
         self.cache().put_volume(saved.clone());
         self.record(&Event::on_claim(
             &pvc,
@@ -198,6 +212,53 @@ impl<S: Store> Controller<S> {
         Ok(Requeue::Done)
     }
 
+    /// Per-node mode: takes an unplaced Immediate claim for this node when it is this
+    /// node's turn (`provision::immediate`): Continue with the claim once this node has
+    /// it, else Break with when to look again.
+    async fn place_immediate(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        class: &StorageClass,
+        driver: &str,
+    ) -> Result<ControlFlow<Requeue, PersistentVolumeClaim>> {
+        let Some(cap) = &self.config.capacity else {
+            // Placing needs every node's published capacity.
+            debug!("Immediate claim left alone: capacity publishing is off");
+            return Ok(ControlFlow::Break(Requeue::Done));
+        };
+        let capacities = immediate::capacities(&self.store, &cap.namespace, driver).await?;
+        match immediate::place(
+            &self.store,
+            pvc,
+            class,
+            &self.config.node_id,
+            &capacities,
+            cap.immediate_step,
+        )
+        .await?
+        {
+            Placed::Here(taken) => {
+                info!(node = %self.config.node_id, "took the Immediate claim");
+                self.cache().put_claim(taken.clone());
+                Ok(ControlFlow::Continue(taken))
+            }
+            Placed::Elsewhere { winner } => {
+                debug!(
+                    winner = winner.as_deref().unwrap_or_default(),
+                    "Immediate claim taken by another node"
+                );
+                Ok(ControlFlow::Break(Requeue::Done))
+            }
+            // Capacities change; the periodic resync looks again.
+            Placed::NotHere => Ok(ControlFlow::Break(Requeue::Done)),
+            Placed::Wait(d) => Ok(ControlFlow::Break(Requeue::After(d))),
+            Placed::Changed(now) => {
+                self.cache().put_claim(now);
+                Ok(ControlFlow::Break(Requeue::Backoff))
+            }
+        }
+    }
+
     async fn provision_failed(
         &self,
         pvc: &PersistentVolumeClaim,
@@ -211,7 +272,8 @@ impl<S: Store> Controller<S> {
         let disposition = classify(
             err.code,
             driver.accessibility_constraints,
-            selected && cfg.wait_for_first_consumer,
+            // A claim this node took by the Immediate race is released like a WFFC one.
+            selected && (cfg.wait_for_first_consumer || self.config.per_node),
         );
         debug!(error = %err, ?disposition, "CreateVolume failed");
         self.metrics.provisioned(Err(csi_reason(&err)));
@@ -285,6 +347,7 @@ impl<S: Store> Controller<S> {
         }
         info!(volume_id = %volume_id, "deleted backing volume");
         self.metrics.deleted(Ok(()));
+        self.capacity_changed();
         if has_fin {
             let mut updated = pv.clone();
             remove_finalizer(&mut updated.metadata, names::FINALIZER_EXTERNAL_PROVISIONER);

@@ -162,6 +162,28 @@ impl CsiClient {
         })
     }
 
+    /// GetCapacity for `parameters` and `capability` in the topology `segment`: (available
+    /// bytes, maximum volume size when the driver says).
+    pub async fn get_capacity(
+        &self,
+        parameters: &std::collections::BTreeMap<String, String>,
+        cap: &Capability,
+        segment: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(i64, Option<i64>), CsiError> {
+        let mut controller = ControllerClient::new(self.channel.clone());
+        let req = csi_proto::GetCapacityRequest {
+            volume_capabilities: vec![capability(cap)],
+            parameters: parameters.clone().into_iter().collect(),
+            accessible_topology: Some(csi_proto::Topology {
+                segments: segment.clone().into_iter().collect(),
+            }),
+        };
+        let resp = self
+            .call("GetCapacity", controller.get_capacity(Request::new(req)))
+            .await?;
+        Ok((resp.available_capacity, resp.maximum_volume_size))
+    }
+
     /// DeleteVolume; NOT_FOUND counts as done ("the volume is already gone").
     pub async fn delete_volume(&self, volume_id: &str) -> Result<(), CsiError> {
         let mut controller = ControllerClient::new(self.channel.clone());

@@ -6,6 +6,7 @@
 
 pub mod class;
 pub mod csi;
+pub mod immediate;
 pub mod node;
 pub mod request;
 pub mod retry;
