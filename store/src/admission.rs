@@ -577,6 +577,7 @@ pub fn validate_object(kind: &str, v: &Value) -> Result<()> {
                 ));
             }
         }
+        "PodPreset" => crate::podpreset::validate(v)?,
         "StatefulSet" => {
             if let Some(Value::Array(templates)) = get(v, &["spec", "volumeClaimTemplates"]) {
                 for (i, t) in templates.iter().enumerate() {

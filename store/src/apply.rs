@@ -198,7 +198,10 @@ fn parse_document(index: usize, mut value: Value, default_namespace: &str) -> Re
 }
 
 /// Sets in `live` what `new` sets, removes what `last` set and `new` no longer does, and
-/// keeps the rest. Maps merge key by key; lists and scalars are replaced whole.
+/// keeps the rest. Maps merge key by key; lists and scalars are replaced whole, except a
+/// list the manifest did not change since the last apply: it stays as it is live, so what
+/// admission added to it (a PodPreset's env, mounts and volumes) is not taken away again,
+/// as kubectl's strategic merge keeps it.
 fn three_way(
     live: &mut Map<String, Value>,
     last: Option<&Map<String, Value>>,
@@ -215,6 +218,8 @@ fn three_way(
         let last_child = last.and_then(|l| l.get(k)).and_then(Value::as_object);
         match (live.get_mut(k), nv) {
             (Some(Value::Object(lv)), Value::Object(nm)) => three_way(lv, last_child, nm),
+            (Some(Value::Array(_)), Value::Array(_)) if last.and_then(|l| l.get(k)) == Some(nv) => {
+            }
             _ => {
                 live.insert(k.clone(), nv.clone());
             }

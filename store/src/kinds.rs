@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::api::Object;
 use crate::error::{Error, Result};
+use crate::podpreset::PodPreset;
 
 /// What the untyped core needs to know about a kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +154,7 @@ macro_rules! kind {
     };
 }
 
-static KINDS: [KindInfo; 11] = [
+static KINDS: [KindInfo; 12] = [
     kind!(PersistentVolume, false, "persistentvolumes", ["pv"]),
     kind!(
         PersistentVolumeClaim,
@@ -170,6 +171,8 @@ static KINDS: [KindInfo; 11] = [
     kind!(Event, true, "events", ["ev"]),
     kind!(Namespace, false, "namespaces", ["ns"]),
     kind!(Node, false, "nodes", ["no"]),
+    // settings.k8s.io/v1alpha1, as served until v1.19; kubectl knew no short name for it.
+    kind!(PodPreset, true, "podpresets", []),
 ];
 
 /// Every registered kind.
@@ -224,6 +227,7 @@ mod tests {
             KindRef::of::<Event>(),
             KindRef::of::<Namespace>(),
             KindRef::of::<Node>(),
+            KindRef::of::<PodPreset>(),
         ];
         for (info, typed) in KINDS.iter().zip(typed) {
             assert_eq!(info.kind_ref, typed);
@@ -239,5 +243,10 @@ mod tests {
         assert_eq!(lookup("secret").unwrap().kind(), "Secret");
         assert_eq!(lookup("sts").unwrap().api_version(), "apps/v1");
         assert!(lookup("deployment").is_none());
+        assert_eq!(
+            lookup("podpresets").unwrap().api_version(),
+            "settings.k8s.io/v1alpha1"
+        );
+        assert_eq!(lookup("podpreset").unwrap().kind(), "PodPreset");
     }
 }

@@ -34,6 +34,7 @@ mod embedded;
 mod error;
 pub mod failpoint;
 pub mod kinds;
+pub mod podpreset;
 pub mod quantity;
 pub mod selector;
 mod time;

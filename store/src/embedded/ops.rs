@@ -8,6 +8,7 @@ use crate::admission;
 use crate::api::{Deleted, Preconditions};
 use crate::error::{Error, Result};
 use crate::kinds::KindRef;
+use crate::podpreset;
 use crate::time;
 
 /// Which part of the object a write may change.
@@ -152,6 +153,12 @@ pub(crate) fn create(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value) -> Result<V
         obj["status"]["phase"] = json!("Pending");
     }
     admission::admit_create(kind.kind, &mut obj, || tx.list("StorageClass", Some("")))?;
+    // The PodPreset plugin mutates before validation, as mutating admission does.
+    let presets = if kind.kind == "Pod" {
+        podpreset::admit(&mut obj, &tx.list("PodPreset", Some(&ns))?)?
+    } else {
+        podpreset::Admitted::Untouched
+    };
     admission::validate_object(kind.kind, &obj)?;
     namespaces::admit_create(
         tx,
@@ -193,8 +200,33 @@ pub(crate) fn create(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value) -> Result<V
         namespaces::prepare_create(&mut obj);
     }
     tx.put(kind.kind, &ns, &name, &mut obj, Change::Added)?;
+    if let podpreset::Admitted::Conflict { presets, message } = presets {
+        // In the same transaction: the pod is never seen without the explanation.
+        record_event(
+            tx,
+            EventSpec {
+                involved: json!({
+                    "kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name,
+                    "uid": obj["metadata"]["uid"],
+                }),
+                type_: "Warning",
+                reason: podpreset::CONFLICT_REASON,
+                message: &format!(
+                    "PodPreset {} not applied, the pod is unchanged: {message}",
+                    presets.join(", ")
+                ),
+                component: "podpreset-admission",
+                host: "",
+                ttl: PODPRESET_EVENT_TTL,
+            },
+        )?;
+    }
     Ok(obj)
 }
+
+/// The API server's default `--event-ttl`, for the events admission records (a handle's
+/// own TTL applies to the events it records through `Store::record_event`).
+const PODPRESET_EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn conflict(kind: KindRef, ns: &str, name: &str, reason: String) -> Error {
     Error::Conflict {
@@ -309,6 +341,18 @@ pub(crate) fn update(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value, part: Part)
                     None => {
                         if let Some(spec) = new["spec"].as_object_mut() {
                             spec.remove("finalizers");
+                        }
+                    }
+                }
+            }
+            if kind.kind == "PodPreset" {
+                // The settings API's PrepareForUpdate: a preset's spec cannot change, and
+                // an update silently keeps the stored one.
+                match old.get("spec") {
+                    Some(spec) => new["spec"] = spec.clone(),
+                    None => {
+                        if let Some(o) = new.as_object_mut() {
+                            o.remove("spec");
                         }
                     }
                 }
