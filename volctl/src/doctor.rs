@@ -8,6 +8,7 @@ use std::path::Path;
 
 use strata_csi::inspect::{self, Finding, Inspection, RepairLock, Severity};
 
+use crate::cluster::{ClusterArgs, ClusterFinding, ClusterFindingKind};
 use crate::exec::ExitWith;
 use crate::node_inspect::{Where, exit};
 
@@ -45,6 +46,8 @@ pub struct Args {
     output: Option<Structured>,
     #[command(flatten)]
     at: Where,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 fn print_findings(out: &mut impl std::io::Write, findings: &[Finding]) -> std::io::Result<()> {
@@ -70,11 +73,39 @@ fn print_findings(out: &mut impl std::io::Write, findings: &[Finding]) -> std::i
     Ok(())
 }
 
-fn summary(found: &Inspection) -> String {
+/// The cluster's findings, as the node's are printed. Never repaired: a volume the cluster
+/// forgot still holds data, and a missing volume cannot be made up.
+fn print_cluster(
+    out: &mut impl std::io::Write,
+    findings: &[ClusterFinding],
+    repairing: bool,
+) -> std::io::Result<()> {
+    for f in findings {
+        let kind = match f.kind {
+            ClusterFindingKind::NoPersistentVolume => "no-persistent-volume",
+            ClusterFindingKind::VolumeMissing => "volume-missing",
+        };
+        writeln!(out, "{:<8} {kind:<20} {}", "PROBLEM", f.subject)?;
+        writeln!(out, "         {}", f.explanation)?;
+        let why = match f.kind {
+            ClusterFindingKind::NoPersistentVolume if repairing => {
+                "none: left as is, a volume is not deleted because its PV is gone (that is data)"
+            }
+            ClusterFindingKind::NoPersistentVolume => {
+                "none: --repair never deletes a volume because its PV is gone (that is data)"
+            }
+            ClusterFindingKind::VolumeMissing => "none: only the PV's owner can decide (see above)",
+        };
+        writeln!(out, "         repair: {why}")?;
+    }
+    Ok(())
+}
+
+fn summary(found: &Inspection, cluster: &[ClusterFinding]) -> String {
     let notes = found.findings.len() - found.problems();
     format!(
         "{} problem(s), {notes} note(s) on {} pool(s){}",
-        found.problems(),
+        found.problems() + cluster.len(),
         found.pools.len(),
         match &found.driver.running_pid {
             Some(pid) => format!("; the driver runs (pid {pid})"),
@@ -83,21 +114,47 @@ fn summary(found: &Inspection) -> String {
     )
 }
 
-pub fn run(state_dir: &Path, args: Args) -> anyhow::Result<()> {
+/// The cluster's findings about `volumes` when --kubeconfig or --in-cluster asks for them.
+async fn cluster_findings(
+    args: &ClusterArgs,
+    volumes: &[inspect::VolumeInfo],
+) -> anyhow::Result<Vec<ClusterFinding>> {
+    if !args.wanted() {
+        return Ok(Vec::new());
+    }
+    Ok(args.read(volumes).await?.findings)
+}
+
+pub async fn run(state_dir: &Path, args: Args) -> anyhow::Result<()> {
     let target = args.at.target(state_dir)?;
-    let mut out = std::io::stdout().lock();
     if !args.repair {
         let found = inspect::inspect(&target).map_err(exit)?;
+        let cluster = cluster_findings(&args.cluster, &found.volumes).await?;
+        let mut out = std::io::stdout().lock();
         if let Some(how) = args.output {
-            write_structured(&mut out, &found.findings, how)?;
+            if args.cluster.wanted() {
+                #[derive(serde::Serialize)]
+                struct Report<'a> {
+                    findings: &'a [Finding],
+                    cluster: &'a [ClusterFinding],
+                }
+                let report = Report {
+                    findings: &found.findings,
+                    cluster: &cluster,
+                };
+                write_structured(&mut out, &report, how)?;
+            } else {
+                write_structured(&mut out, &found.findings, how)?;
+            }
         } else {
             print_findings(&mut out, &found.findings)?;
+            print_cluster(&mut out, &cluster, false)?;
             let fixable = found
                 .findings
                 .iter()
                 .filter(|f| f.severity == Severity::Problem && f.repair.is_some())
                 .count();
-            writeln!(out, "{}", summary(&found))?;
+            writeln!(out, "{}", summary(&found, &cluster))?;
             if fixable > 0 {
                 writeln!(
                     out,
@@ -105,7 +162,7 @@ pub fn run(state_dir: &Path, args: Args) -> anyhow::Result<()> {
                 )?;
             }
         }
-        return remaining(&found);
+        return remaining(&found, &cluster);
     }
     // The lock first: nothing may change between what we find and what we repair.
     let lock = RepairLock::take(&target.state_dir).map_err(exit)?;
@@ -113,15 +170,21 @@ pub fn run(state_dir: &Path, args: Args) -> anyhow::Result<()> {
     let repaired = inspect::repair(&found, &lock);
     let after = inspect::inspect(&target).map_err(exit)?;
     drop(lock);
+    // Read after the repair: the cluster's findings are reported, never acted on.
+    let cluster = cluster_findings(&args.cluster, &after.volumes).await?;
+    let mut out = std::io::stdout().lock();
     if let Some(how) = args.output {
         #[derive(serde::Serialize)]
         struct Report<'a> {
             repaired: &'a [inspect::Repaired],
             remaining: &'a [Finding],
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            cluster: &'a [ClusterFinding],
         }
         let report = Report {
             repaired: &repaired,
             remaining: &after.findings,
+            cluster: &cluster,
         };
         write_structured(&mut out, &report, how)?;
     } else {
@@ -131,25 +194,62 @@ pub fn run(state_dir: &Path, args: Args) -> anyhow::Result<()> {
             writeln!(out, "         {}", r.outcome)?;
         }
         let left: Vec<Finding> = after.findings.clone();
-        if !left.is_empty() {
+        if !left.is_empty() || !cluster.is_empty() {
             writeln!(out, "left:")?;
             print_findings(&mut out, &left)?;
+            print_cluster(&mut out, &cluster, true)?;
         }
         writeln!(
             out,
             "repaired {} of {}; {}",
             repaired.iter().filter(|r| r.done).count(),
             repaired.len(),
-            summary(&after)
+            summary(&after, &cluster)
         )?;
     }
-    remaining(&after)
+    remaining(&after, &cluster)
 }
 
 /// Exit 1 (with nothing more to print) while problems remain.
-fn remaining(found: &Inspection) -> anyhow::Result<()> {
-    if found.problems() > 0 {
+fn remaining(found: &Inspection, cluster: &[ClusterFinding]) -> anyhow::Result<()> {
+    if found.problems() + cluster.len() > 0 {
         return Err(ExitWith(1).into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_findings_are_problems_that_repair_leaves_and_says_why() {
+        let findings = [
+            ClusterFinding {
+                kind: ClusterFindingKind::NoPersistentVolume,
+                subject: "n1_image_vabc".into(),
+                explanation: "no PV".into(),
+            },
+            ClusterFinding {
+                kind: ClusterFindingKind::VolumeMissing,
+                subject: "pvc-gone".into(),
+                explanation: "missing".into(),
+            },
+        ];
+        let mut out = Vec::new();
+        print_cluster(&mut out, &findings, true).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("PROBLEM  no-persistent-volume n1_image_vabc"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a volume is not deleted because its PV is gone (that is data)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PROBLEM  volume-missing       pvc-gone"),
+            "{text}"
+        );
+    }
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+mod cluster;
 mod container_ref;
 mod delete;
 mod describe;
@@ -57,8 +58,10 @@ pub enum Command {
     Logs(logs::Args),
     Exec(exec::Args),
     /// List the volumes of the node's pools: database rows and the pools' own metadata
-    /// records, with their data, loop devices, staging and publish mounts and condition.
-    Volumes(node_inspect::ListArgs),
+    /// records, with their data, loop devices, staging and publish mounts and condition;
+    /// with --kubeconfig or --in-cluster also the PV, claim and pods of each, the volumes
+    /// no PV names and the PVs of this node whose volume is missing.
+    Volumes(node_inspect::VolumesArgs),
     /// List the snapshots of the node's pools.
     Snapshots(node_inspect::ListArgs),
     Pools(node_inspect::PoolsArgs),
@@ -72,10 +75,10 @@ impl Cli {
             Command::Up(args) => return up::up(&self.state_dir, args).await,
             Command::Down(args) => return up::down(&self.state_dir, args).await,
             Command::Image(args) => return image::run(&self.state_dir, args).await,
-            Command::Volumes(args) => return node_inspect::volumes(&self.state_dir, args),
+            Command::Volumes(args) => return node_inspect::volumes(&self.state_dir, args).await,
             Command::Snapshots(args) => return node_inspect::snapshots(&self.state_dir, args),
             Command::Pools(args) => return node_inspect::pools(&self.state_dir, args),
-            Command::Doctor(args) => return doctor::run(&self.state_dir, args),
+            Command::Doctor(args) => return doctor::run(&self.state_dir, args).await,
             _ => {}
         }
         // Only apply may start a new store: reading from a mistyped --state-dir must say so

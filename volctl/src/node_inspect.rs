@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use strata_csi::config::PoolSpec;
 use strata_csi::inspect::{self, Inspection, Target};
 
+use crate::cluster::{ClusterArgs, ClusterFinding, ClusterFindingKind, Owner};
 use crate::table;
 
 /// Output formats of the inspection verbs.
@@ -187,7 +188,20 @@ fn list<T: serde::Serialize>(
     print_table(&headers, &rows, what)
 }
 
-pub fn volumes(state_dir: &Path, args: ListArgs) -> anyhow::Result<()> {
+/// `volctl volumes`: the list arguments, and where the cluster is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VolumesArgs {
+    #[command(flatten)]
+    list: ListArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+pub async fn volumes(state_dir: &Path, args: VolumesArgs) -> anyhow::Result<()> {
+    if args.cluster.wanted() {
+        return volumes_in_cluster(state_dir, args).await;
+    }
+    let args = args.list;
     let only = args.pool.clone();
     list(
         state_dir,
@@ -244,6 +258,131 @@ pub fn volumes(state_dir: &Path, args: ListArgs) -> anyhow::Result<()> {
             r
         },
     )
+}
+
+/// `volctl volumes --kubeconfig`: each volume with its PV, claim and pods, then the PVs of
+/// this node whose volume is missing.
+async fn volumes_in_cluster(state_dir: &Path, args: VolumesArgs) -> anyhow::Result<()> {
+    let VolumesArgs { list, cluster } = args;
+    let target = list.at.target(state_dir)?;
+    if let Some(p) = &list.pool {
+        target.check_pool(p).map_err(exit)?;
+    }
+    let found = inspect::inspect(&target).map_err(exit)?;
+    let view = cluster.read(&found.volumes).await?;
+    let volumes: Vec<_> = found
+        .volumes
+        .into_iter()
+        .filter(|v| list.pool.as_ref().is_none_or(|p| &v.pool == p))
+        .collect();
+    let forgotten: std::collections::BTreeSet<&str> = view
+        .findings
+        .iter()
+        .filter(|f| f.kind == ClusterFindingKind::NoPersistentVolume)
+        .map(|f| f.subject.as_str())
+        .collect();
+    let missing: Vec<&ClusterFinding> = view
+        .findings
+        .iter()
+        .filter(|f| f.kind == ClusterFindingKind::VolumeMissing)
+        .collect();
+    if let Some(o @ (Output::Json | Output::Yaml)) = list.output {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Row<'a> {
+            #[serde(flatten)]
+            volume: &'a inspect::VolumeInfo,
+            cluster: Option<&'a Owner>,
+            no_persistent_volume: bool,
+        }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Report<'a> {
+            node: &'a str,
+            volumes: Vec<Row<'a>>,
+            missing_volumes: Vec<&'a ClusterFinding>,
+        }
+        let report = Report {
+            node: &view.node,
+            volumes: volumes
+                .iter()
+                .map(|v| Row {
+                    volume: v,
+                    cluster: view.owners.get(&v.id),
+                    no_persistent_volume: forgotten.contains(v.id.as_str()),
+                })
+                .collect(),
+            missing_volumes: missing.clone(),
+        };
+        return structured(&report, o);
+    }
+    let wide = list.output == Some(Output::Wide);
+    let mut headers = vec![
+        "ID",
+        "POOL",
+        "SIZE",
+        "PHASE",
+        "PV",
+        "CLAIM",
+        "PODS",
+        "AGE",
+        "CONDITION",
+    ];
+    if wide {
+        headers.extend_from_slice(&["NAME", "USED", "STAGED", "PUBLISHED", "PATH"]);
+    }
+    let rows: Vec<Vec<String>> = volumes
+        .iter()
+        .map(|v| {
+            let owner = view.owners.get(&v.id);
+            let pv = match owner {
+                Some(o) => o.persistent_volume.clone(),
+                None if forgotten.contains(v.id.as_str()) => "<none: orphan>".into(),
+                None => "<none>".into(),
+            };
+            let claim = owner
+                .and_then(|o| {
+                    o.claim.clone().map(|c| match &o.claim_phase {
+                        Some(p) if p != "Bound" => format!("{c} ({p})"),
+                        _ => c,
+                    })
+                })
+                .unwrap_or_else(|| "<none>".into());
+            let mut r = vec![
+                v.id.clone(),
+                v.pool.clone(),
+                bytes(v.capacity_bytes),
+                v.phase.clone(),
+                pv,
+                claim,
+                or_none(owner.map(|o| o.pods.join(",")).unwrap_or_default()),
+                age(v.created_unix),
+                v.condition.clone(),
+            ];
+            if wide {
+                r.extend([
+                    v.name.clone(),
+                    v.used_bytes.map_or("<unknown>".into(), bytes),
+                    if v.staging_mounted { "yes" } else { "no" }.into(),
+                    v.published.len().to_string(),
+                    v.path.display().to_string(),
+                ]);
+            }
+            r
+        })
+        .collect();
+    print_table(&headers, &rows, "volumes")?;
+    let mut out = std::io::stdout().lock();
+    for f in forgotten
+        .iter()
+        .filter_map(|id| view.findings.iter().find(|f| f.subject == *id))
+    {
+        writeln!(out, "orphan: {}", f.explanation)?;
+    }
+    for f in missing {
+        writeln!(out, "missing: {}", f.explanation)?;
+    }
+    Ok(())
 }
 
 pub fn snapshots(state_dir: &Path, args: ListArgs) -> anyhow::Result<()> {
