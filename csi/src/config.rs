@@ -148,6 +148,26 @@ pub enum PoolKind {
     Dir,
 }
 
+impl PoolKind {
+    /// The backend's name, as `--pool NAME=KIND:PATH` and `Backend::kind` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Image => "image",
+            PoolKind::Btrfs => "btrfs",
+            PoolKind::Dir => "dir",
+        }
+    }
+
+    /// What the pools of this kind hold (their backend's `Backend::layout`), for readers
+    /// that look at pools without opening their backends.
+    pub fn layout(self) -> crate::backend::Layout {
+        match self {
+            PoolKind::Image => crate::backend::Layout::Image,
+            PoolKind::Btrfs | PoolKind::Dir => crate::backend::Layout::Tree,
+        }
+    }
+}
+
 /// Parses `NAME=KIND:PATH[,OPTION...]`.
 pub fn parse_pool(s: &str) -> Result<PoolSpec, String> {
     let (name, rest) = s.split_once('=').ok_or("expected NAME=KIND:PATH")?;

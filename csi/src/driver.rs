@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::backend::{Backend, ImageRef, Pools};
+use crate::backend::{Backend, DataRef, Pools};
 use crate::error::{Error, Result};
 use crate::ids::{Kind, ObjectId};
 use crate::locks::Locks;
@@ -336,16 +336,16 @@ impl Driver {
         let Some(n) = st.device.as_deref().and_then(sys::loopdev::number_of) else {
             return Ok(None);
         };
-        let image = self.pool(&v.pool)?.path(ImageRef::volume(&v.file));
+        let image = self.pool(&v.pool)?.path(DataRef::volume(&v.data));
         let devs = sys::loopdev::find_by_backing(&image)
             .map_err(Error::io("listing loop devices", "/sys/block"))?;
         Ok(devs.contains(&n).then_some(n))
     }
 
-    /// Whether the volume's image file is present (for volume_condition).
-    pub fn image_present(&self, v: &VolumeRecord) -> Result<bool> {
+    /// Whether the volume's data object is present.
+    pub fn data_present(&self, v: &VolumeRecord) -> Result<bool> {
         let pool = self.pool(&v.pool)?;
-        Ok(pool.size(ImageRef::volume(&v.file))?.is_some())
+        Ok(pool.size(DataRef::volume(&v.data))?.is_some())
     }
 
     /// The volume's health as the controller sees it: image present, and if staged, its
@@ -355,19 +355,19 @@ impl Driver {
         if pool.layout() == crate::backend::Layout::Tree {
             return self.tree_condition(v, pool.as_ref());
         }
-        if pool.size(ImageRef::volume(&v.file))?.is_none() {
+        if pool.size(DataRef::volume(&v.data))?.is_none() {
             return Ok((
                 true,
                 format!(
                     "image {} is missing",
-                    pool.path(ImageRef::volume(&v.file)).display()
+                    pool.path(DataRef::volume(&v.data)).display()
                 ),
             ));
         }
         if let Some(st) = self.store.stage(&v.id)?
             && st.phase == crate::state::StagePhase::Staged
         {
-            let image = pool.path(ImageRef::volume(&v.file));
+            let image = pool.path(DataRef::volume(&v.data));
             let devices = sys::loopdev::find_by_backing(&image)
                 .map_err(Error::io("listing loop devices", "/sys/block"))?;
             let recorded = st.device.as_deref().and_then(sys::loopdev::number_of);
@@ -394,8 +394,8 @@ impl Driver {
     /// A tree volume's health: its directory present, the pool's limits enforced, and if
     /// staged, the staging path still a bind mount of the directory.
     fn tree_condition(&self, v: &VolumeRecord, pool: &dyn Backend) -> Result<(bool, String)> {
-        let dir = pool.path(ImageRef::volume(&v.file));
-        if pool.size(ImageRef::volume(&v.file))?.is_none() {
+        let dir = pool.path(DataRef::volume(&v.data));
+        if pool.size(DataRef::volume(&v.data))?.is_none() {
             return Ok((true, format!("directory {} is missing", dir.display())));
         }
         if let Some(st) = self.store.stage(&v.id)?

@@ -123,9 +123,10 @@ impl ObjectId {
         })
     }
 
-    /// Name of the image file inside the pool: `<kind><hash>.img`; only `[a-z0-9.]`, so
-    /// it can never name a path outside its directory.
-    pub fn file_name(&self) -> String {
+    /// Name of the data object inside the pool: `<kind><hash>.img` for every backend
+    /// (an image file, a directory or a subvolume); only `[a-z0-9.]`, so it can never
+    /// name a path outside its directory.
+    pub fn data_name(&self) -> String {
         format!("{}{}.img", self.kind.letter(), self.hash)
     }
 }
@@ -161,7 +162,7 @@ mod tests {
             ObjectId::for_name("node-1.example", "fast", Kind::Snapshot, "pvc-1").hash,
             a.hash
         );
-        assert!(a.file_name().starts_with('v') && a.file_name().ends_with(".img"));
+        assert!(a.data_name().starts_with('v') && a.data_name().ends_with(".img"));
     }
 
     #[test]
@@ -198,7 +199,7 @@ mod tests {
             let s = id.to_string();
             prop_assert!(s.len() <= 128, "{} bytes", s.len());
             prop_assert_eq!(ObjectId::parse(&s), Some(id.clone()));
-            let file = id.file_name();
+            let file = id.data_name();
             prop_assert!(!file.contains('/') && !file.starts_with('.'));
         }
 

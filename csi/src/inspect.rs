@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Layout;
 use crate::config::{PoolKind, PoolSpec};
 use crate::driver::INTERNAL_PREFIX;
 use crate::meta::{META_DIR, META_FORMAT, TMP_SUFFIX};
@@ -87,12 +88,7 @@ fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error)
 
 /// The `--pool` flag that gives `p`, as strata-csi takes it.
 pub fn pool_flag(p: &PoolSpec) -> String {
-    let kind = match p.kind {
-        PoolKind::Image => "image",
-        PoolKind::Btrfs => "btrfs",
-        PoolKind::Dir => "dir",
-    };
-    let mut s = format!("{}={kind}:{}", p.name, p.path.display());
+    let mut s = format!("{}={}:{}", p.name, p.kind.name(), p.path.display());
     if p.overcommit != crate::config::Ratio::ONE {
         s.push_str(&format!(",overcommit={}", p.overcommit));
     }
@@ -737,7 +733,7 @@ struct Object {
 fn mounts_of(pool: &PoolScan, rel: &str, loops: &[u32], table: &[Mount]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for m in table {
-        let ours = if pool.spec.kind == PoolKind::Image {
+        let ours = if pool.spec.kind.layout() == Layout::Image {
             loops.iter().any(|n| {
                 m.source == format!("/dev/loop{n}")
                     || (m.fs_type == "devtmpfs" && m.root == Path::new(&format!("/loop{n}")))
@@ -802,14 +798,6 @@ fn used_of(pool: &PoolScan, obj: &Object, staging: Option<&Path>) -> Option<u64>
     }
 }
 
-fn kind_name(k: PoolKind) -> &'static str {
-    match k {
-        PoolKind::Image => "image",
-        PoolKind::Btrfs => "btrfs",
-        PoolKind::Dir => "dir",
-    }
-}
-
 /// The findings of one inspection, and what it learnt on the way that later checks need.
 struct Survey<'a> {
     pools: &'a [PoolScan],
@@ -834,7 +822,7 @@ struct Described<'a> {
     sub: &'static str,
     id: &'a str,
     name: &'a str,
-    file: &'a str,
+    data: &'a str,
     phase: Phase,
     in_db: bool,
     /// Its metadata record file, if the pool has one.
@@ -881,7 +869,7 @@ impl Survey<'_> {
     ) -> (Object, Vec<u32>, Vec<PathBuf>, Vec<String>) {
         let pool = &self.pools[pi];
         let pool_name = pool.spec.name.clone();
-        let rel = format!("{}/{}", d.sub, d.file);
+        let rel = format!("{}/{}", d.sub, d.data);
         let entries = if d.sub == "volumes" {
             &pool.volumes
         } else {
@@ -889,7 +877,7 @@ impl Survey<'_> {
         };
         let obj = Object {
             path: pool.root.join(&rel),
-            present: pool.present && entries.iter().any(|n| n == d.file),
+            present: pool.present && entries.iter().any(|n| n == d.data),
         };
         let devs = self.loops_of(&obj.path);
         let mounts = mounts_of(pool, &rel, &devs, self.table);
@@ -1200,7 +1188,7 @@ fn pool_info(p: &PoolScan, provisioned: u64) -> PoolInfo {
     }
     PoolInfo {
         name: p.spec.name.clone(),
-        backend: kind_name(p.spec.kind).into(),
+        backend: p.spec.kind.name().into(),
         path: p.root.clone(),
         filesystem: p.filesystem.clone(),
         overcommit: p.spec.overcommit.to_string(),
@@ -1372,7 +1360,7 @@ pub fn inspect(target: &Target) -> Result<Inspection> {
                 sub: "volumes",
                 id,
                 name: &v.name,
-                file: &v.file,
+                data: &v.data,
                 phase: v.phase,
                 in_db: *in_db,
                 record: record.as_deref(),
@@ -1413,7 +1401,7 @@ pub fn inspect(target: &Target) -> Result<Inspection> {
             id: id.clone(),
             name: display_name(&v.name),
             pool: v.pool.clone(),
-            backend: kind_name(pool.spec.kind).into(),
+            backend: pool.spec.kind.name().into(),
             phase: phase_name(v.phase).into(),
             capacity_bytes: v.capacity,
             used_bytes: used_of(
@@ -1456,7 +1444,7 @@ pub fn inspect(target: &Target) -> Result<Inspection> {
                 sub: "snapshots",
                 id,
                 name: &sn.name,
-                file: &sn.file,
+                data: &sn.data,
                 phase: sn.phase,
                 in_db: *in_db,
                 record: record.as_deref(),
@@ -1467,7 +1455,7 @@ pub fn inspect(target: &Target) -> Result<Inspection> {
             id: id.clone(),
             name: display_name(&sn.name),
             pool: sn.pool.clone(),
-            backend: kind_name(pools[pi].spec.kind).into(),
+            backend: pools[pi].spec.kind.name().into(),
             phase: phase_name(sn.phase).into(),
             source_volume_id: sn.source_volume_id.clone(),
             size_bytes: sn.size,
@@ -1658,7 +1646,7 @@ mod tests {
             id: id.into(),
             name: format!("name-{id}"),
             pool: "p".into(),
-            file: format!("{id}.img"),
+            data: format!("{id}.img"),
             capacity: 1 << 20,
             fs_type: "ext4".into(),
             parameters: BTreeMap::new(),

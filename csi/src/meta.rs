@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, ImageRef};
+use crate::backend::{Backend, DataRef};
 use crate::error::{Error, Result};
 use crate::ids::ObjectId;
 use crate::state::{
@@ -317,7 +317,7 @@ trait Object: Serialize + DeserializeOwned + Clone {
     const CLASS: Class;
     fn id(&self) -> &str;
     fn pool(&self) -> &str;
-    fn data(&self) -> ImageRef<'_>;
+    fn data(&self) -> DataRef<'_>;
     fn put(self) -> Op;
     /// The record of `id` in the database.
     fn load(store: &Store, id: &str) -> Result<Option<Self>>;
@@ -333,8 +333,8 @@ impl Object for VolumeRecord {
     fn pool(&self) -> &str {
         &self.pool
     }
-    fn data(&self) -> ImageRef<'_> {
-        ImageRef::volume(&self.file)
+    fn data(&self) -> DataRef<'_> {
+        DataRef::volume(&self.data)
     }
     fn put(self) -> Op {
         Op::PutVolume(self)
@@ -355,8 +355,8 @@ impl Object for SnapshotRecord {
     fn pool(&self) -> &str {
         &self.pool
     }
-    fn data(&self) -> ImageRef<'_> {
-        ImageRef::snapshot(&self.file)
+    fn data(&self) -> DataRef<'_> {
+        DataRef::snapshot(&self.data)
     }
     fn put(self) -> Op {
         Op::PutSnapshot(self)

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use crate::backend::{ImageKind, ImageRef};
+use crate::backend::{DataKind, DataRef};
 use crate::driver::Driver;
 use crate::error::Result;
 use crate::state::{Op, Phase, StagePhase};
@@ -51,7 +51,7 @@ pub fn ready_volumes(d: &Driver) -> Result<Report> {
         let Some(pool) = d.pools.get(&v.pool) else {
             continue;
         };
-        let img = ImageRef::volume(&v.file);
+        let img = DataRef::volume(&v.data);
         match pool.size(img)? {
             None => r.warn(format!(
                 "volume {} has no image {}",
@@ -96,7 +96,7 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
         let mut ops = Vec::new();
         for id in &g.snapshot_ids {
             if let Some(s) = d.store.snapshot(id)? {
-                d.pool(&s.pool)?.remove(ImageRef::snapshot(&s.file))?;
+                d.pool(&s.pool)?.remove(DataRef::snapshot(&s.data))?;
                 ops.push(Op::DelSnapshot(s.id));
             }
         }
@@ -114,7 +114,7 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
             ));
             continue;
         };
-        let img = ImageRef::snapshot(&s.file);
+        let img = DataRef::snapshot(&s.data);
         match s.phase {
             Phase::Creating | Phase::Deleting => {
                 pool.remove(img)?;
@@ -144,7 +144,7 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
             ));
             continue;
         };
-        let img = ImageRef::volume(&v.file);
+        let img = DataRef::volume(&v.data);
         match v.phase {
             Phase::Creating => {
                 // The CO got no answer and will retry CreateVolume: roll back.
@@ -182,7 +182,7 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
         let Some(pool) = d.pools.get(&v.pool) else {
             continue;
         };
-        let image = pool.path(ImageRef::volume(&v.file));
+        let image = pool.path(DataRef::volume(&v.data));
         if pool.layout() == crate::backend::Layout::Tree {
             if st.phase == StagePhase::Staged && crate::driver::bind_of(&st.staging_path, &image) {
                 continue;
@@ -304,12 +304,12 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
     let mut files = HashSet::new();
     for v in &volumes {
         if let Some(pool) = d.pools.get(&v.pool) {
-            files.insert(pool.path(ImageRef::volume(&v.file)));
+            files.insert(pool.path(DataRef::volume(&v.data)));
         }
     }
     for s in d.store.all_snapshots()? {
         if let Some(pool) = d.pools.get(&s.pool) {
-            files.insert(pool.path(ImageRef::snapshot(&s.file)));
+            files.insert(pool.path(DataRef::snapshot(&s.data)));
         }
     }
     let staged_volumes: HashSet<String> = d
@@ -326,7 +326,7 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
         let owner = volumes.iter().find(|v| {
             d.pools
                 .get(&v.pool)
-                .is_some_and(|p| p.path(ImageRef::volume(&v.file)) == b.file)
+                .is_some_and(|p| p.path(DataRef::volume(&v.data)) == b.file)
         });
         if owner.is_none_or(|v| !staged_volumes.contains(&v.id)) {
             r.warn(format!(
@@ -338,8 +338,8 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
     }
     for pool in d.pools.iter() {
         for (kind, sub) in [
-            (ImageKind::Volume, "volumes"),
-            (ImageKind::Snapshot, "snapshots"),
+            (DataKind::Volume, "volumes"),
+            (DataKind::Snapshot, "snapshots"),
         ] {
             for name in pool.list(kind)? {
                 let path = pool.root().join(sub).join(&name);
@@ -369,7 +369,7 @@ mod tests {
             id: id.to_string(),
             name: name.into(),
             pool: "p".into(),
-            file: id.file_name(),
+            data: id.data_name(),
             capacity,
             fs_type: "ext4".into(),
             parameters: BTreeMap::new(),
@@ -393,11 +393,11 @@ mod tests {
         let grown = record("grown", Phase::Ready, 1 << 20);
         let lost = record("lost", Phase::Ready, 1 << 20);
         for v in [&creating, &deleting, &grown] {
-            pool.create(ImageRef::volume(&v.file), 1 << 20, None)
+            pool.create(DataRef::volume(&v.data), 1 << 20, None)
                 .unwrap();
         }
-        pool.grow(ImageRef::volume(&grown.file), 2 << 20).unwrap();
-        pool.create(ImageRef::volume("vorphan.img"), 1 << 20, None)
+        pool.grow(DataRef::volume(&grown.data), 2 << 20).unwrap();
+        pool.create(DataRef::volume("vorphan.img"), 1 << 20, None)
             .unwrap();
         d.store
             .write(vec![
@@ -410,9 +410,9 @@ mod tests {
 
         let r = run(&d).unwrap();
         assert!(d.store.volume(&creating.id).unwrap().is_none());
-        assert_eq!(pool.size(ImageRef::volume(&creating.file)).unwrap(), None);
+        assert_eq!(pool.size(DataRef::volume(&creating.data)).unwrap(), None);
         assert!(d.store.volume(&deleting.id).unwrap().is_none());
-        assert_eq!(pool.size(ImageRef::volume(&deleting.file)).unwrap(), None);
+        assert_eq!(pool.size(DataRef::volume(&deleting.data)).unwrap(), None);
         assert_eq!(
             d.store.volume(&grown.id).unwrap().unwrap().capacity,
             2 << 20
@@ -430,9 +430,7 @@ mod tests {
             "{r:?}"
         );
         assert!(
-            pool.size(ImageRef::volume("vorphan.img"))
-                .unwrap()
-                .is_some(),
+            pool.size(DataRef::volume("vorphan.img")).unwrap().is_some(),
             "orphans are left alone"
         );
         assert_eq!(r.rolled_back.len(), 1, "{r:?}");

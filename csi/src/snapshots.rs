@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use crate::backend::{ImageRef, Source};
+use crate::backend::{DataRef, Source};
 use crate::driver::{self, Driver, Lookup};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -75,7 +75,7 @@ impl Driver {
     fn check_space(&self, sources: &[VolumeRecord]) -> Result<()> {
         for v in sources {
             let pool = self.pool(&v.pool)?;
-            let used = pool.copy_cost(ImageRef::volume(&v.file))?;
+            let used = pool.snapshot_space(DataRef::volume(&v.data))?;
             let free = pool.space()?.free_bytes;
             if used > free {
                 return Err(Error::PoolFull {
@@ -105,7 +105,7 @@ impl Driver {
             if s.phase == Phase::Ready {
                 return Ok(s);
             }
-            self.pool(&s.pool)?.remove(ImageRef::snapshot(&s.file))?;
+            self.pool(&s.pool)?.remove(DataRef::snapshot(&s.data))?;
             self.store.write(vec![Op::DelSnapshot(s.id.clone())])?;
         }
         let v = self.source_for_snapshot(source_id)?;
@@ -116,7 +116,7 @@ impl Driver {
             name: name.to_string(),
             source_volume_id: v.id.clone(),
             pool: v.pool.clone(),
-            file: oid.file_name(),
+            data: oid.data_name(),
             size: v.capacity,
             created_unix: driver::now_unix(),
             phase: Phase::Creating,
@@ -147,10 +147,10 @@ impl Driver {
             for (v, s) in pairs {
                 let src = Source {
                     pool: self.pool(&v.pool)?.as_ref(),
-                    obj: ImageRef::volume(&v.file),
+                    obj: DataRef::volume(&v.data),
                 };
                 let dst_pool = self.pool(&s.pool)?;
-                let img = ImageRef::snapshot(&s.file);
+                let img = DataRef::snapshot(&s.data);
                 dst_pool.remove(img)?;
                 dst_pool.create(img, 0, Some(src))?;
                 made.push(s);
@@ -161,7 +161,7 @@ impl Driver {
         if result.is_err() {
             for s in made {
                 if let Ok(p) = self.pool(&s.pool) {
-                    let _ = p.remove(ImageRef::snapshot(&s.file));
+                    let _ = p.remove(DataRef::snapshot(&s.data));
                 }
             }
         }
@@ -192,7 +192,7 @@ impl Driver {
         s.phase = Phase::Deleting;
         self.store.write(vec![Op::PutSnapshot(s.clone())])?;
         failpoint::hit("delete_snapshot:after_intent");
-        self.pool(&s.pool)?.remove(ImageRef::snapshot(&s.file))?;
+        self.pool(&s.pool)?.remove(DataRef::snapshot(&s.data))?;
         self.store.write(vec![Op::DelSnapshot(s.id.clone())])?;
         Ok(())
     }
@@ -282,7 +282,7 @@ impl Driver {
                     name: sname,
                     source_volume_id: v.id.clone(),
                     pool: v.pool.clone(),
-                    file: oid.file_name(),
+                    data: oid.data_name(),
                     size: v.capacity,
                     created_unix: created,
                     phase: Phase::Creating,
@@ -331,7 +331,7 @@ impl Driver {
         let mut ops = Vec::new();
         for id in &g.snapshot_ids {
             if let Some(s) = self.store.snapshot(id)? {
-                self.pool(&s.pool)?.remove(ImageRef::snapshot(&s.file))?;
+                self.pool(&s.pool)?.remove(DataRef::snapshot(&s.data))?;
                 ops.push(Op::DelSnapshot(s.id));
             }
         }

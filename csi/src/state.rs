@@ -52,8 +52,10 @@ pub struct VolumeRecord {
     pub id: String,
     pub name: String,
     pub pool: String,
-    /// Image file name inside the pool's `volumes/` directory.
-    pub file: String,
+    /// Name of the volume's data object (image file, directory or subvolume) in the
+    /// pool's `volumes/` directory. Stored as `file`, its name in formats 1 and 2.
+    #[serde(rename = "file")]
+    pub data: String,
     pub capacity: u64,
     pub fs_type: String,
     /// Normalised creation parameters, compared on a repeated CreateVolume.
@@ -74,7 +76,10 @@ pub struct SnapshotRecord {
     pub name: String,
     pub source_volume_id: String,
     pub pool: String,
-    pub file: String,
+    /// Name of the snapshot's data object in the pool's `snapshots/` directory. Stored
+    /// as `file`, its name in formats 1 and 2.
+    #[serde(rename = "file")]
+    pub data: String,
     pub size: u64,
     pub created_unix: i64,
     pub phase: Phase,
@@ -891,7 +896,7 @@ mod tests {
             id: id.into(),
             name: name.into(),
             pool: "p".into(),
-            file: format!("{id}.img"),
+            data: format!("{id}.img"),
             capacity: 1 << 20,
             fs_type: "ext4".into(),
             parameters: BTreeMap::new(),
@@ -973,6 +978,16 @@ mod tests {
             after = page.last().unwrap().id.clone();
         }
         assert_eq!(seen, 160);
+    }
+
+    #[test]
+    fn data_object_names_are_stored_as_file() {
+        // The field's name in formats 1 and 2 (and in the pools' meta records).
+        let json = serde_json::to_value(vol("v1", "n1")).unwrap();
+        assert_eq!(json["file"], "v1.img");
+        assert!(json.get("data").is_none(), "{json}");
+        let back: VolumeRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back.data, "v1.img");
     }
 
     #[test]

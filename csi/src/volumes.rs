@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::backend::{Backend, ImageKind, ImageRef, Layout, Source as ObjSource};
+use crate::backend::{Access, Backend, DataKind, DataRef, Layout, Source as ObjSource};
 use crate::driver::{self, Cap, Driver, Lookup};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -64,8 +64,8 @@ pub fn parse_mutable(m: &HashMap<String, String>) -> Result<Option<bool>> {
 /// Where a content source lives.
 struct SourceObj {
     pool: std::sync::Arc<dyn Backend>,
-    kind: ImageKind,
-    file: String,
+    kind: DataKind,
+    data: String,
 }
 
 /// Resolved creation settings.
@@ -145,7 +145,8 @@ impl Driver {
         }
         let pool = pool.unwrap_or_else(|| self.pools.default_pool().pool().to_string());
         let backend = self.pool(&pool)?;
-        if let Some(native) = backend.fs_type() {
+        if let Access::Tree(trees) = backend.access() {
+            let native = trees.fs_type();
             // A tree pool's volumes are directories of the pool's filesystem.
             let kind = backend.kind();
             for asked in [fs_param.as_deref(), cap_fs].into_iter().flatten() {
@@ -211,8 +212,8 @@ impl Driver {
                 Lookup::Found(s) if s.phase == Phase::Ready => Ok((
                     SourceObj {
                         pool: self.pool(&s.pool)?.clone(),
-                        kind: ImageKind::Snapshot,
-                        file: s.file,
+                        kind: DataKind::Snapshot,
+                        data: s.data,
                     },
                     s.size,
                 )),
@@ -228,8 +229,8 @@ impl Driver {
                 Lookup::Found(v) if v.phase == Phase::Ready && v.ephemeral.is_none() => Ok((
                     SourceObj {
                         pool: self.pool(&v.pool)?.clone(),
-                        kind: ImageKind::Volume,
-                        file: v.file,
+                        kind: DataKind::Volume,
+                        data: v.data,
                     },
                     v.capacity,
                 )),
@@ -266,7 +267,7 @@ impl Driver {
                 // Left by a failed attempt whose cleanup also failed: redo from scratch.
                 Phase::Creating | Phase::Deleting => {
                     self.pool(&existing.pool)?
-                        .remove(ImageRef::volume(&existing.file))?;
+                        .remove(DataRef::volume(&existing.data))?;
                     self.store.write(vec![Op::DelVolume(existing.id.clone())])?;
                 }
             }
@@ -308,7 +309,7 @@ impl Driver {
             id: id_str.clone(),
             name: a.name.clone(),
             pool: s.pool.clone(),
-            file: id.file_name(),
+            data: id.data_name(),
             capacity: size,
             fs_type: s.fs_type.clone(),
             parameters: s.parameters,
@@ -328,7 +329,7 @@ impl Driver {
             .write_reserved(vec![Op::PutVolume(rec.clone())], reserved)?;
         failpoint::hit("create_volume:after_intent");
 
-        let img = ImageRef::volume(&rec.file);
+        let img = DataRef::volume(&rec.data);
         let made = (|| {
             // A file under a Creating record is ours (an earlier attempt crashed).
             pool.remove(img)?;
@@ -342,9 +343,9 @@ impl Driver {
             };
             let from = source.as_ref().map(|o| ObjSource {
                 pool: o.pool.as_ref(),
-                obj: ImageRef {
+                obj: DataRef {
                     kind: o.kind,
-                    file: &o.file,
+                    name: &o.data,
                 },
             });
             pool.create(img, size, from)
@@ -440,7 +441,7 @@ impl Driver {
         v.phase = Phase::Deleting;
         self.store.write(vec![Op::PutVolume(v.clone())])?;
         failpoint::hit("delete_volume:after_intent");
-        self.pool(&v.pool)?.remove(ImageRef::volume(&v.file))?;
+        self.pool(&v.pool)?.remove(DataRef::volume(&v.data))?;
         failpoint::hit("delete_volume:after_unlink");
         self.store.write(vec![Op::DelVolume(v.id.clone())])?;
         tracing::debug!(volume_id = %v.id, "deleted volume");
@@ -488,7 +489,7 @@ impl Driver {
         let reserved =
             self.store
                 .reserve(&v.pool, growth, self.provision_limit(&v.pool, &space))?;
-        pool.grow(ImageRef::volume(&v.file), target)?;
+        pool.grow(DataRef::volume(&v.data), target)?;
         failpoint::hit("controller_expand:after_truncate");
         // Online: an attached loop device learns the new size at once.
         if let Some(st) = &stage
@@ -652,7 +653,7 @@ mod tests {
         assert!(
             d.pools
                 .default_pool()
-                .list(crate::backend::ImageKind::Volume)
+                .list(crate::backend::DataKind::Volume)
                 .unwrap()
                 .is_empty()
         );
@@ -700,7 +701,7 @@ mod tests {
         let path = d
             .pools
             .default_pool()
-            .path(crate::backend::ImageRef::volume(&src.file));
+            .path(crate::backend::DataRef::volume(&src.data));
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -721,7 +722,7 @@ mod tests {
         let rp = d
             .pools
             .default_pool()
-            .path(crate::backend::ImageRef::volume(&r.file));
+            .path(crate::backend::DataRef::volume(&r.data));
         let data = std::fs::read(&rp).unwrap();
         assert_eq!(data.len(), 40 << 20);
         assert_eq!(&data[4096..4103], b"payload");

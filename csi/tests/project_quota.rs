@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::Path;
 
 use strata_csi::backend::dir::DirPool;
-use strata_csi::backend::{Backend, ImageRef, Source};
+use strata_csi::backend::{Backend, DataRef, Source, TreeObjects};
 use testkit::{LoopPool, PoolFs};
 
 const MIB: u64 = 1 << 20;
@@ -114,8 +114,8 @@ fn write(path: &Path, bytes: u64) -> (u64, Option<std::io::Error>) {
 fn limits_writes_and_grows_online(pool: &LoopPool) {
     let p = DirPool::open("q", pool.path(), true).expect("a quota-mounted pool opens enforced");
     assert!(p.pool_condition().is_none(), "enforced pools are healthy");
-    let v = ImageRef::volume("vquota.img");
-    let other = ImageRef::volume("vother.img");
+    let v = DataRef::volume("vquota.img");
+    let other = DataRef::volume("vother.img");
     p.create(v, 16 * MIB, None).unwrap();
     p.create(other, 16 * MIB, None).unwrap();
     let dir = p.path(v);
@@ -133,7 +133,7 @@ fn limits_writes_and_grows_online(pool: &LoopPool) {
 
     // Usage is this project's, from the quota; the neighbour's bytes are not in it.
     assert!(write(&p.path(other).join("n"), 8 * MIB).1.is_none());
-    let u = p.usage(v).unwrap().unwrap();
+    let u = p.usage(v).unwrap();
     assert_eq!(u.bytes_limit, 16 * MIB);
     assert!(
         u.bytes_used >= n.saturating_sub(MIB) && u.bytes_used <= 16 * MIB,
@@ -145,17 +145,17 @@ fn limits_writes_and_grows_online(pool: &LoopPool) {
     // Online growth: the same directory takes more at once.
     std::fs::remove_file(dir.join("big")).unwrap();
     p.grow(v, 48 * MIB).unwrap();
-    assert_eq!(p.usage(v).unwrap().unwrap().bytes_limit, 48 * MIB);
+    assert_eq!(p.usage(v).unwrap().bytes_limit, 48 * MIB);
     let (n, errno) = write_as_nobody(&dir.join("big"), 32 * MIB);
     assert_eq!((n, errno), (32 * MIB, 0), "after growth");
 
     // A restore gets a project and a limit of its own, and the content.
-    let s = ImageRef::snapshot("squota.img");
+    let s = DataRef::snapshot("squota.img");
     p.create(s, 0, Some(Source { pool: &p, obj: v })).unwrap();
-    let r = ImageRef::volume("vrestored.img");
+    let r = DataRef::volume("vrestored.img");
     p.create(r, 40 * MIB, Some(Source { pool: &p, obj: s }))
         .unwrap();
-    let ru = p.usage(r).unwrap().unwrap();
+    let ru = p.usage(r).unwrap();
     assert_eq!(ru.bytes_limit, 40 * MIB);
     assert_eq!(
         std::fs::metadata(p.path(r).join("big")).unwrap().len(),
@@ -166,15 +166,11 @@ fn limits_writes_and_grows_online(pool: &LoopPool) {
     // fresh project, not one in use.
     drop(p);
     let p = DirPool::open("q", pool.path(), true).unwrap();
-    let fresh = ImageRef::volume("vfresh.img");
+    let fresh = DataRef::volume("vfresh.img");
     p.create(fresh, 8 * MIB, None).unwrap();
     assert!(write(&p.path(fresh).join("f"), 4 * MIB).1.is_none());
-    assert_eq!(
-        p.usage(v).unwrap().unwrap().bytes_limit,
-        48 * MIB,
-        "v's limit kept"
-    );
-    let fu = p.usage(fresh).unwrap().unwrap();
+    assert_eq!(p.usage(v).unwrap().bytes_limit, 48 * MIB, "v's limit kept");
+    let fu = p.usage(fresh).unwrap();
     assert!(
         fu.bytes_used >= 4 * MIB && fu.bytes_used < 5 * MIB,
         "{fu:?}"

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use strata_csi::ids::ObjectId;
 use strata_csi::state::{FORMAT_VERSION, Phase, Source, StagePhase, Store};
 
 #[test]
@@ -25,6 +26,9 @@ fn version_1_fixture_opens_migrates_and_reads_back() {
             (a.capacity, a.direct_io, a.phase),
             (32 << 20, true, Phase::Ready)
         );
+        // The data object's name is read from the field every format stores as `file`.
+        let want = ObjectId::parse(&a.id).unwrap().data_name();
+        assert_eq!(a.data, want);
         let b = s.volume_by_name("pvc-b").unwrap().unwrap();
         assert_eq!(b.fs_type, "xfs");
         let c = s.volume_by_name("pvc-c").unwrap().unwrap();
@@ -32,6 +36,10 @@ fn version_1_fixture_opens_migrates_and_reads_back() {
         assert_eq!(snaps.len(), 3, "one snapshot and two group members");
         let single = snaps.iter().find(|x| x.name == "snap-a").unwrap();
         assert_eq!(c.source, Some(Source::Snapshot(single.id.clone())));
+        assert_eq!(
+            single.data,
+            ObjectId::parse(&single.id).unwrap().data_name()
+        );
         let groups = s.all_groups().unwrap();
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].snapshot_ids.len(), 2);

@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, CopyKind, ImageKind, ImageRef, Layout, PoolDirs, Source, Usage};
+use super::{Access, Backend, CopyKind, DataKind, DataRef, PoolDirs, Source, TreeObjects, Usage};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::Space;
@@ -47,15 +47,15 @@ impl BtrfsPool {
         })
     }
 
-    fn qgroup(&self, sub: &File, img: ImageRef<'_>) -> Result<sys::btrfs::Qgroup> {
+    fn qgroup(&self, sub: &File, obj: DataRef<'_>) -> Result<sys::btrfs::Qgroup> {
         let id =
-            sys::btrfs::subvolume_id(sub).map_err(Error::io("subvolume id of", self.path(img)))?;
+            sys::btrfs::subvolume_id(sub).map_err(Error::io("subvolume id of", self.path(obj)))?;
         sys::btrfs::qgroup(&self.fsid, id)
-            .map_err(Error::io("reading qgroup of", self.path(img)))?
+            .map_err(Error::io("reading qgroup of", self.path(obj)))?
             .ok_or_else(|| {
                 Error::NotReady(format!(
                     "subvolume {} has no qgroup 0/{id}; are quotas on?",
-                    self.path(img).display()
+                    self.path(obj).display()
                 ))
             })
     }
@@ -70,12 +70,8 @@ impl Backend for BtrfsPool {
         "btrfs"
     }
 
-    fn layout(&self) -> Layout {
-        Layout::Tree
-    }
-
-    fn fs_type(&self) -> Option<&str> {
-        Some("btrfs")
+    fn access(&self) -> Access<'_> {
+        Access::Tree(self)
     }
 
     fn root(&self) -> &Path {
@@ -110,20 +106,20 @@ impl Backend for BtrfsPool {
         self.dirs.space()
     }
 
-    fn copy_cost(&self, _img: ImageRef<'_>) -> Result<u64> {
+    fn snapshot_space(&self, _img: DataRef<'_>) -> Result<u64> {
         // A snapshot shares every extent with its source.
         Ok(0)
     }
 
     fn create(
         &self,
-        img: ImageRef<'_>,
+        obj: DataRef<'_>,
         size: u64,
         from: Option<Source<'_>>,
     ) -> Result<Option<CopyKind>> {
-        let name = super::checked_name(img)?;
-        let (dir, _) = self.dirs.dir(img.kind);
-        let path = self.path(img);
+        let name = super::checked_name(obj)?;
+        let (dir, _) = self.dirs.dir(obj.kind);
+        let path = self.path(obj);
         let kind = match from {
             None => {
                 sys::btrfs::create_subvolume(dir, name)
@@ -135,14 +131,14 @@ impl Backend for BtrfsPool {
                     .map_err(|r| Error::invalid("volume_content_source", r))?;
                 let source = self.dirs.must_open_tree(src.obj)?;
                 // Snapshots are read-only; volumes made from anything are writable.
-                let read_only = img.kind == ImageKind::Snapshot;
+                let read_only = obj.kind == DataKind::Snapshot;
                 sys::btrfs::snapshot(&source, dir, name, read_only)
                     .map_err(Error::io("snapshotting into", &path))?;
                 Some(CopyKind::Reflink)
             }
         };
-        if img.kind == ImageKind::Volume {
-            let limited = self.dirs.must_open_tree(img).and_then(|sub| {
+        if obj.kind == DataKind::Volume {
+            let limited = self.dirs.must_open_tree(obj).and_then(|sub| {
                 sys::btrfs::set_limit(&sub, size)
                     .map_err(Error::io("setting qgroup limit of", &path))
             });
@@ -154,53 +150,59 @@ impl Backend for BtrfsPool {
         Ok(kind)
     }
 
-    fn remove(&self, img: ImageRef<'_>) -> Result<bool> {
-        let name = super::checked_name(img)?;
-        let (dir, _) = self.dirs.dir(img.kind);
+    fn remove(&self, obj: DataRef<'_>) -> Result<bool> {
+        let name = super::checked_name(obj)?;
+        let (dir, _) = self.dirs.dir(obj.kind);
         sys::btrfs::delete_subvolume(dir, name)
-            .map_err(Error::io("deleting subvolume", self.path(img)))
+            .map_err(Error::io("deleting subvolume", self.path(obj)))
     }
 
-    fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>> {
-        let Some(sub) = self.dirs.open_tree(img)? else {
+    fn size(&self, obj: DataRef<'_>) -> Result<Option<u64>> {
+        let Some(sub) = self.dirs.open_tree(obj)? else {
             return Ok(None);
         };
-        if img.kind == ImageKind::Snapshot {
-            return Ok(Some(self.qgroup(&sub, img)?.referenced));
+        if obj.kind == DataKind::Snapshot {
+            return Ok(Some(self.qgroup(&sub, obj)?.referenced));
         }
-        Ok(Some(self.qgroup(&sub, img)?.max_referenced))
+        Ok(Some(self.qgroup(&sub, obj)?.max_referenced))
     }
 
-    fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()> {
-        let sub = self.dirs.must_open_tree(img)?;
-        let have = self.qgroup(&sub, img)?.max_referenced;
+    fn grow(&self, obj: DataRef<'_>, size: u64) -> Result<()> {
+        let sub = self.dirs.must_open_tree(obj)?;
+        let have = self.qgroup(&sub, obj)?.max_referenced;
         if have != 0 && size <= have {
             return Ok(());
         }
         sys::btrfs::set_limit(&sub, size)
-            .map_err(Error::io("raising qgroup limit of", self.path(img)))
+            .map_err(Error::io("raising qgroup limit of", self.path(obj)))
     }
 
-    fn open(&self, img: ImageRef<'_>) -> Result<File> {
-        self.dirs.must_open_tree(img)
+    fn path(&self, obj: DataRef<'_>) -> PathBuf {
+        self.dirs.path(obj)
     }
 
-    fn path(&self, img: ImageRef<'_>) -> PathBuf {
-        self.dirs.path(img)
-    }
-
-    fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
+    fn list(&self, kind: DataKind) -> Result<Vec<String>> {
         self.dirs.list(kind)
     }
+}
 
-    fn usage(&self, img: ImageRef<'_>) -> Result<Option<Usage>> {
-        let sub = self.dirs.must_open_tree(img)?;
-        let q = self.qgroup(&sub, img)?;
-        Ok(Some(Usage {
+impl TreeObjects for BtrfsPool {
+    fn fs_type(&self) -> &str {
+        "btrfs"
+    }
+
+    fn open_tree(&self, obj: DataRef<'_>) -> Result<File> {
+        self.dirs.must_open_tree(obj)
+    }
+
+    fn usage(&self, obj: DataRef<'_>) -> Result<Usage> {
+        let sub = self.dirs.must_open_tree(obj)?;
+        let q = self.qgroup(&sub, obj)?;
+        Ok(Usage {
             bytes_used: q.referenced,
             bytes_limit: q.max_referenced,
             inodes_used: 0,
             inodes_limit: 0,
-        }))
+        })
     }
 }

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::{Backend, CopyKind, ImageKind, ImageRef, Layout, PoolDirs, Source, Usage};
+use super::{
+    Access, Backend, CopyKind, DataKind, DataRef, Layout, PoolDirs, Source, TreeObjects, Usage,
+};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::Space;
@@ -102,11 +104,11 @@ impl DirPool {
         };
         if pool.quota.is_some() {
             let mut max = PROJECT_BASE - 1;
-            for n in pool.list(ImageKind::Volume)? {
-                if let Some(d) = pool.dirs.open_tree(ImageRef::volume(&n))? {
+            for n in pool.list(DataKind::Volume)? {
+                if let Some(d) = pool.dirs.open_tree(DataRef::volume(&n))? {
                     let id = sys::quota::project_id(&d).map_err(Error::io(
                         "reading project id of",
-                        pool.path(ImageRef::volume(&n)),
+                        pool.path(DataRef::volume(&n)),
                     ))?;
                     max = max.max(id);
                 }
@@ -116,15 +118,15 @@ impl DirPool {
         Ok(pool)
     }
 
-    /// The quota of volume `img`, when sizes are enforced.
-    fn quota_of(&self, d: &File, img: ImageRef<'_>) -> Result<Option<(u32, sys::quota::Quota)>> {
+    /// The quota of volume `obj`, when sizes are enforced.
+    fn quota_of(&self, d: &File, obj: DataRef<'_>) -> Result<Option<(u32, sys::quota::Quota)>> {
         let Some(flavor) = self.quota else {
             return Ok(None);
         };
         let id = sys::quota::project_id(d)
-            .map_err(Error::io("reading project id of", self.path(img)))?;
+            .map_err(Error::io("reading project id of", self.path(obj)))?;
         let q = sys::quota::get(&self.fs, flavor, id)
-            .map_err(Error::io("reading project quota of", self.path(img)))?;
+            .map_err(Error::io("reading project quota of", self.path(obj)))?;
         Ok(Some((id, q)))
     }
 
@@ -136,10 +138,10 @@ impl DirPool {
     }
 
     /// Fills the empty directory `dst` from `src`, logging progress of large copies.
-    fn fill(&self, src: &File, dst: &File, img: ImageRef<'_>) -> Result<CopyKind> {
+    fn fill(&self, src: &File, dst: &File, obj: DataRef<'_>) -> Result<CopyKind> {
         let started = Instant::now();
         let mut next_log = PROGRESS_EVERY;
-        let path = self.path(img);
+        let path = self.path(obj);
         let mut progress = |c: &sys::tree::Copied| {
             if c.bytes >= next_log {
                 tracing::info!(pool = %self.dirs.name, to = %path.display(), bytes = c.bytes, files = c.files,
@@ -148,13 +150,13 @@ impl DirPool {
             }
         };
         let c = sys::tree::copy_tree(src, dst, &mut progress)
-            .map_err(Error::io("copying directory tree into", self.path(img)))?;
+            .map_err(Error::io("copying directory tree into", self.path(obj)))?;
         if c.bytes >= PROGRESS_EVERY {
-            tracing::info!(pool = %self.dirs.name, to = %self.path(img).display(), bytes = c.bytes, files = c.files,
+            tracing::info!(pool = %self.dirs.name, to = %self.path(obj).display(), bytes = c.bytes, files = c.files,
                 secs = started.elapsed().as_secs_f64(), reflink = c.reflinked, "copied directory tree");
         }
         // The copy holds data: make it durable before the record says Ready.
-        sys::fs::syncfs(dst).map_err(Error::io("syncfs", self.path(img)))?;
+        sys::fs::syncfs(dst).map_err(Error::io("syncfs", self.path(obj)))?;
         Ok(if c.reflinked {
             CopyKind::Reflink
         } else {
@@ -172,12 +174,8 @@ impl Backend for DirPool {
         "dir"
     }
 
-    fn layout(&self) -> Layout {
-        Layout::Tree
-    }
-
-    fn fs_type(&self) -> Option<&str> {
-        Some(self.fs_type)
+    fn access(&self) -> Access<'_> {
+        Access::Tree(self)
     }
 
     fn root(&self) -> &Path {
@@ -223,24 +221,24 @@ impl Backend for DirPool {
         self.dirs.space()
     }
 
-    fn copy_cost(&self, img: ImageRef<'_>) -> Result<u64> {
-        let d = self.dirs.must_open_tree(img)?;
-        if let Some((_, q)) = self.quota_of(&d, img)? {
+    fn snapshot_space(&self, obj: DataRef<'_>) -> Result<u64> {
+        let d = self.dirs.must_open_tree(obj)?;
+        if let Some((_, q)) = self.quota_of(&d, obj)? {
             return Ok(q.bytes_used);
         }
-        let (bytes, _) = sys::tree::usage(&d).map_err(Error::io("measuring", self.path(img)))?;
+        let (bytes, _) = sys::tree::usage(&d).map_err(Error::io("measuring", self.path(obj)))?;
         Ok(bytes)
     }
 
     fn create(
         &self,
-        img: ImageRef<'_>,
+        obj: DataRef<'_>,
         size: u64,
         from: Option<Source<'_>>,
     ) -> Result<Option<CopyKind>> {
-        let name = super::checked_name(img)?;
-        let (parent, _) = self.dirs.dir(img.kind);
-        let path = self.path(img);
+        let name = super::checked_name(obj)?;
+        let (parent, _) = self.dirs.dir(obj.kind);
+        let path = self.path(obj);
         if let Some(src) = &from {
             self.accepts_source(src.pool)
                 .map_err(|r| Error::invalid("volume_content_source", r))?;
@@ -257,8 +255,8 @@ impl Backend for DirPool {
         })?;
         let mut project = None;
         let made = (|| {
-            let d = self.dirs.must_open_tree(img)?;
-            if let (Some(flavor), ImageKind::Volume) = (self.quota, img.kind) {
+            let d = self.dirs.must_open_tree(obj)?;
+            if let (Some(flavor), DataKind::Volume) = (self.quota, obj.kind) {
                 let id = self.take_project();
                 project = Some(id);
                 sys::quota::set_project(&d, id)
@@ -269,8 +267,8 @@ impl Backend for DirPool {
             match from {
                 None => Ok(None),
                 Some(src) => {
-                    let s = src.pool.open(src.obj)?;
-                    self.fill(&s, &d, img).map(Some)
+                    let s = src.pool.trees()?.open_tree(src.obj)?;
+                    self.fill(&s, &d, obj).map(Some)
                 }
             }
         })();
@@ -283,84 +281,90 @@ impl Backend for DirPool {
         made
     }
 
-    fn remove(&self, img: ImageRef<'_>) -> Result<bool> {
-        let name = super::checked_name(img)?;
-        let (parent, _) = self.dirs.dir(img.kind);
-        let Some(d) = self.dirs.open_tree(img)? else {
+    fn remove(&self, obj: DataRef<'_>) -> Result<bool> {
+        let name = super::checked_name(obj)?;
+        let (parent, _) = self.dirs.dir(obj.kind);
+        let Some(d) = self.dirs.open_tree(obj)? else {
             return Ok(false);
         };
-        let project = match (self.quota, img.kind) {
-            (Some(_), ImageKind::Volume) => Some(
+        let project = match (self.quota, obj.kind) {
+            (Some(_), DataKind::Volume) => Some(
                 sys::quota::project_id(&d)
-                    .map_err(Error::io("reading project id of", self.path(img)))?,
+                    .map_err(Error::io("reading project id of", self.path(obj)))?,
             ),
             _ => None,
         };
         drop(d);
         let removed = sys::tree::remove_tree(parent, name)
-            .map_err(Error::io("removing directory tree", self.path(img)))?;
+            .map_err(Error::io("removing directory tree", self.path(obj)))?;
         if let (Some(flavor), Some(id)) = (self.quota, project)
             && id >= PROJECT_BASE
         {
             sys::quota::set_limit(&self.fs, flavor, id, 0)
-                .map_err(Error::io("clearing project quota of", self.path(img)))?;
+                .map_err(Error::io("clearing project quota of", self.path(obj)))?;
         }
         Ok(removed)
     }
 
-    fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>> {
-        let Some(d) = self.dirs.open_tree(img)? else {
+    fn size(&self, obj: DataRef<'_>) -> Result<Option<u64>> {
+        let Some(d) = self.dirs.open_tree(obj)? else {
             return Ok(None);
         };
-        if img.kind == ImageKind::Snapshot {
+        if obj.kind == DataKind::Snapshot {
             return Ok(Some(0));
         }
         Ok(Some(
-            self.quota_of(&d, img)?.map_or(0, |(_, q)| q.bytes_limit),
+            self.quota_of(&d, obj)?.map_or(0, |(_, q)| q.bytes_limit),
         ))
     }
 
-    fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()> {
-        let d = self.dirs.must_open_tree(img)?;
-        let (Some(flavor), Some((id, q))) = (self.quota, self.quota_of(&d, img)?) else {
+    fn grow(&self, obj: DataRef<'_>, size: u64) -> Result<()> {
+        let d = self.dirs.must_open_tree(obj)?;
+        let (Some(flavor), Some((id, q))) = (self.quota, self.quota_of(&d, obj)?) else {
             return Ok(());
         };
         if q.bytes_limit != 0 && size <= q.bytes_limit {
             return Ok(());
         }
         sys::quota::set_limit(&self.fs, flavor, id, size)
-            .map_err(Error::io("raising project quota of", self.path(img)))
+            .map_err(Error::io("raising project quota of", self.path(obj)))
     }
 
-    fn open(&self, img: ImageRef<'_>) -> Result<File> {
-        self.dirs.must_open_tree(img)
+    fn path(&self, obj: DataRef<'_>) -> PathBuf {
+        self.dirs.path(obj)
     }
 
-    fn path(&self, img: ImageRef<'_>) -> PathBuf {
-        self.dirs.path(img)
-    }
-
-    fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
+    fn list(&self, kind: DataKind) -> Result<Vec<String>> {
         self.dirs.list(kind)
     }
+}
 
-    fn usage(&self, img: ImageRef<'_>) -> Result<Option<Usage>> {
-        let d = self.dirs.must_open_tree(img)?;
-        if let Some((_, q)) = self.quota_of(&d, img)? {
-            return Ok(Some(Usage {
+impl TreeObjects for DirPool {
+    fn fs_type(&self) -> &str {
+        self.fs_type
+    }
+
+    fn open_tree(&self, obj: DataRef<'_>) -> Result<File> {
+        self.dirs.must_open_tree(obj)
+    }
+
+    fn usage(&self, obj: DataRef<'_>) -> Result<Usage> {
+        let d = self.dirs.must_open_tree(obj)?;
+        if let Some((_, q)) = self.quota_of(&d, obj)? {
+            return Ok(Usage {
                 bytes_used: q.bytes_used,
                 bytes_limit: q.bytes_limit,
                 inodes_used: q.inodes_used,
                 inodes_limit: q.inodes_limit,
-            }));
+            });
         }
         let (bytes, inodes) =
-            sys::tree::usage(&d).map_err(Error::io("measuring", self.path(img)))?;
-        Ok(Some(Usage {
+            sys::tree::usage(&d).map_err(Error::io("measuring", self.path(obj)))?;
+        Ok(Usage {
             bytes_used: bytes,
             bytes_limit: 0,
             inodes_used: inodes,
             inodes_limit: 0,
-        }))
+        })
     }
 }

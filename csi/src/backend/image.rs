@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 
-use super::{Backend, CopyKind, ImageKind, ImageRef, PoolDirs, Source};
+use super::{Access, Backend, CopyKind, DataKind, DataRef, ImageObjects, PoolDirs, Source};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::Space;
@@ -30,11 +30,11 @@ impl ImagePool {
         })
     }
 
-    fn open_flags(&self, img: ImageRef<'_>, flags: OFlag) -> Result<File> {
-        let name = super::checked_name(img)?;
-        let (dir, _) = self.dirs.dir(img.kind);
+    fn open_flags(&self, obj: DataRef<'_>, flags: OFlag) -> Result<File> {
+        let name = super::checked_name(obj)?;
+        let (dir, _) = self.dirs.dir(obj.kind);
         sys::fs::open_beneath(dir, name, flags, 0o600)
-            .map_err(Error::io("opening image", self.path(img)))
+            .map_err(Error::io("opening image", self.path(obj)))
     }
 }
 
@@ -45,6 +45,10 @@ impl Backend for ImagePool {
 
     fn kind(&self) -> &'static str {
         "image"
+    }
+
+    fn access(&self) -> Access<'_> {
+        Access::Image(self)
     }
 
     fn root(&self) -> &Path {
@@ -59,14 +63,14 @@ impl Backend for ImagePool {
         self.dirs.space()
     }
 
-    fn copy_cost(&self, img: ImageRef<'_>) -> Result<u64> {
-        let f = self.open(img)?;
-        sys::fs::allocated(&f).map_err(Error::io("stat", self.path(img)))
+    fn snapshot_space(&self, obj: DataRef<'_>) -> Result<u64> {
+        let f = self.open_image(obj)?;
+        sys::fs::allocated(&f).map_err(Error::io("stat", self.path(obj)))
     }
 
     fn create(
         &self,
-        img: ImageRef<'_>,
+        obj: DataRef<'_>,
         size: u64,
         from: Option<Source<'_>>,
     ) -> Result<Option<CopyKind>> {
@@ -74,75 +78,77 @@ impl Backend for ImagePool {
             Some(src) => {
                 self.accepts_source(src.pool)
                     .map_err(|r| Error::invalid("volume_content_source", r))?;
-                Some(src.pool.open(src.obj)?)
+                Some(src.pool.images()?.open_image(src.obj)?)
             }
             None => None,
         };
         let from = from.as_ref();
-        let dst = self.open_flags(img, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR)?;
+        let dst = self.open_flags(obj, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR)?;
         let result = (|| {
             let kind = match from {
                 None => None,
                 Some(src) => {
                     let kind = sys::reflink::copy_image(src, &dst)
-                        .map_err(Error::io("copying image into", self.path(img)))?;
+                        .map_err(Error::io("copying image into", self.path(obj)))?;
                     Some(kind)
                 }
             };
             let have = dst
                 .metadata()
-                .map_err(Error::io("stat", self.path(img)))?
+                .map_err(Error::io("stat", self.path(obj)))?
                 .len();
             if size > have {
-                sys::fs::set_len(&dst, size).map_err(Error::io("sizing image", self.path(img)))?;
+                sys::fs::set_len(&dst, size).map_err(Error::io("sizing image", self.path(obj)))?;
             }
             if from.is_some() {
                 // A copied image holds data: make it durable before the record says Ready.
-                sys::fs::sync(&dst).map_err(Error::io("fsync", self.path(img)))?;
+                sys::fs::sync(&dst).map_err(Error::io("fsync", self.path(obj)))?;
             }
             Ok(kind)
         })();
         if result.is_err() {
-            let (dir, _) = self.dirs.dir(img.kind);
-            let _ = sys::fs::unlink_beneath(dir, img.file);
+            let (dir, _) = self.dirs.dir(obj.kind);
+            let _ = sys::fs::unlink_beneath(dir, obj.name);
         }
         result
     }
 
-    fn remove(&self, img: ImageRef<'_>) -> Result<bool> {
-        let name = super::checked_name(img)?;
-        let (dir, _) = self.dirs.dir(img.kind);
-        sys::fs::unlink_beneath(dir, name).map_err(Error::io("removing image", self.path(img)))
+    fn remove(&self, obj: DataRef<'_>) -> Result<bool> {
+        let name = super::checked_name(obj)?;
+        let (dir, _) = self.dirs.dir(obj.kind);
+        sys::fs::unlink_beneath(dir, name).map_err(Error::io("removing image", self.path(obj)))
     }
 
-    fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>> {
-        let name = super::checked_name(img)?;
-        let (dir, _) = self.dirs.dir(img.kind);
-        sys::fs::file_exists(dir, name).map_err(Error::io("stat", self.path(img)))
+    fn size(&self, obj: DataRef<'_>) -> Result<Option<u64>> {
+        let name = super::checked_name(obj)?;
+        let (dir, _) = self.dirs.dir(obj.kind);
+        sys::fs::file_exists(dir, name).map_err(Error::io("stat", self.path(obj)))
     }
 
-    fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()> {
-        let f = self.open_flags(img, OFlag::O_RDWR)?;
+    fn grow(&self, obj: DataRef<'_>, size: u64) -> Result<()> {
+        let f = self.open_flags(obj, OFlag::O_RDWR)?;
         let have = f
             .metadata()
-            .map_err(Error::io("stat", self.path(img)))?
+            .map_err(Error::io("stat", self.path(obj)))?
             .len();
         if size > have {
-            sys::fs::set_len(&f, size).map_err(Error::io("growing image", self.path(img)))?;
+            sys::fs::set_len(&f, size).map_err(Error::io("growing image", self.path(obj)))?;
         }
         Ok(())
     }
 
-    fn open(&self, img: ImageRef<'_>) -> Result<File> {
-        self.open_flags(img, OFlag::O_RDWR)
+    fn path(&self, obj: DataRef<'_>) -> PathBuf {
+        self.dirs.path(obj)
     }
 
-    fn path(&self, img: ImageRef<'_>) -> PathBuf {
-        self.dirs.path(img)
-    }
-
-    fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
+    fn list(&self, kind: DataKind) -> Result<Vec<String>> {
         self.dirs.list(kind)
+    }
+}
+
+impl ImageObjects for ImagePool {
+    fn open_image(&self, obj: DataRef<'_>) -> Result<File> {
+        self.open_flags(obj, OFlag::O_RDWR)
     }
 }
 
@@ -154,11 +160,11 @@ mod tests {
     fn create_copy_grow_remove() {
         let dir = tempfile::tempdir().unwrap();
         let pool = ImagePool::open("p", dir.path()).unwrap();
-        let v = ImageRef::volume("vabc.img");
+        let v = DataRef::volume("vabc.img");
         assert_eq!(pool.create(v, 1 << 20, None).unwrap(), None);
         assert!(pool.create(v, 1 << 20, None).is_err(), "O_EXCL");
         assert_eq!(pool.size(v).unwrap(), Some(1 << 20));
-        let s = ImageRef::snapshot("sabc.img");
+        let s = DataRef::snapshot("sabc.img");
         let src = Source {
             pool: &pool,
             obj: v,
@@ -170,7 +176,7 @@ mod tests {
         assert!(pool.remove(v).unwrap());
         assert!(!pool.remove(v).unwrap());
         assert_eq!(
-            pool.list(ImageKind::Snapshot).unwrap(),
+            pool.list(DataKind::Snapshot).unwrap(),
             vec!["sabc.img".to_string()]
         );
     }
@@ -187,12 +193,12 @@ mod tests {
         )
         .unwrap();
         assert!(
-            pool.open(ImageRef::volume("vlink.img")).is_err(),
+            pool.open_image(DataRef::volume("vlink.img")).is_err(),
             "symlink followed"
         );
-        assert!(pool.size(ImageRef::volume("vlink.img")).is_err());
+        assert!(pool.size(DataRef::volume("vlink.img")).is_err());
         for bad in ["../x", "a/b", "", ".hidden", "UPPER"] {
-            assert!(pool.open(ImageRef::volume(bad)).is_err(), "{bad}");
+            assert!(pool.open_image(DataRef::volume(bad)).is_err(), "{bad}");
         }
         assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"x");
     }

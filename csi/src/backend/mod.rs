@@ -1,11 +1,12 @@
-//! Pools and the backends that hold volume and snapshot images.
+//! Pools and the backends that hold the data of volumes and snapshots.
 //!
 //! A backend owns one directory (the pool) and knows how to create, copy, grow and remove
-//! the objects that hold volumes and snapshots in it. Objects come in two layouts: a file
+//! the data objects of volumes and snapshots in it. Objects come in two layouts: a file
 //! the node attaches as a loop device and formats (`image`), or a directory tree the node
 //! bind-mounts as it is (`dir`: a directory with a project quota; `btrfs`: a subvolume with
 //! a qgroup limit). The driver reaches pools only through this trait and branches on
-//! `Backend::layout` where the node side differs.
+//! `Backend::layout` where the node side differs; `Backend::access` carries the
+//! operations only one layout has.
 
 pub mod btrfs;
 pub mod dir;
@@ -21,40 +22,41 @@ use crate::error::{Error, Result};
 use crate::sys;
 use crate::sys::fs::Space;
 
-/// Which directory of the pool an image lives in.
+/// Which directory of the pool a data object lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageKind {
+pub enum DataKind {
     Volume,
     Snapshot,
 }
 
-/// An object (image file, directory or subvolume) in a pool: its kind and its name beneath
-/// the kind's directory (always `[a-z0-9.]`, see `ids`).
+/// The data object of a volume or snapshot (an image file, a directory or a subvolume,
+/// as the pool's layout says): its kind and its name beneath the kind's directory (always
+/// `[a-z0-9.]`, see `ids`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageRef<'a> {
-    pub kind: ImageKind,
-    pub file: &'a str,
+pub struct DataRef<'a> {
+    pub kind: DataKind,
+    pub name: &'a str,
 }
 
-impl<'a> ImageRef<'a> {
-    pub fn volume(file: &'a str) -> Self {
-        ImageRef {
-            kind: ImageKind::Volume,
-            file,
+impl<'a> DataRef<'a> {
+    pub fn volume(name: &'a str) -> Self {
+        DataRef {
+            kind: DataKind::Volume,
+            name,
         }
     }
-    pub fn snapshot(file: &'a str) -> Self {
-        ImageRef {
-            kind: ImageKind::Snapshot,
-            file,
+    pub fn snapshot(name: &'a str) -> Self {
+        DataRef {
+            kind: DataKind::Snapshot,
+            name,
         }
     }
 }
 
-/// How an image was filled from its source.
+/// How an object was filled from its source.
 pub use crate::sys::reflink::CopyKind;
 
-/// What a volume object is on disk, which decides how the node stages it.
+/// What a pool's objects are on disk, which decides how the node stages them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     /// A file holding a block device's bytes: loop device, mkfs, mount.
@@ -63,11 +65,36 @@ pub enum Layout {
     Tree,
 }
 
+/// A pool's layout together with what only that layout can do. Operations that make sense
+/// for one layout only (attaching an image, a tree's quota usage) are reached through it,
+/// so no backend has to answer for an operation its objects do not have.
+#[derive(Clone, Copy)]
+pub enum Access<'a> {
+    Image(&'a dyn ImageObjects),
+    Tree(&'a dyn TreeObjects),
+}
+
+/// What an image pool does beyond every backend: hand out the file behind a loop device.
+pub trait ImageObjects {
+    /// Opens the image file of `obj` read-write (to attach it, or to copy from it).
+    fn open_image(&self, obj: DataRef<'_>) -> Result<File>;
+}
+
+/// What a tree pool does beyond every backend.
+pub trait TreeObjects {
+    /// The filesystem the trees present (`btrfs`, `xfs`, `ext4`, ...).
+    fn fs_type(&self) -> &str;
+    /// Opens the directory of `obj`, which must exist.
+    fn open_tree(&self, obj: DataRef<'_>) -> Result<File>;
+    /// Usage and limits of `obj` from the pool's accounting (project quota, qgroup).
+    fn usage(&self, obj: DataRef<'_>) -> Result<Usage>;
+}
+
 /// A content source: an object of some pool (possibly another one than the target's).
 #[derive(Clone, Copy)]
 pub struct Source<'a> {
     pub pool: &'a dyn Backend,
-    pub obj: ImageRef<'a>,
+    pub obj: DataRef<'a>,
 }
 
 /// A tree object's usage and limits, for NodeGetVolumeStats (0 = unknown or unlimited).
@@ -79,18 +106,21 @@ pub struct Usage {
     pub inodes_limit: u64,
 }
 
+/// A pool: one directory holding the data objects of volumes (`volumes/`) and snapshots
+/// (`snapshots/`). Every method here means the same for every layout; what only one
+/// layout has is behind [`Backend::access`].
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The pool's name (`--pool NAME=...`).
     fn pool(&self) -> &str;
     /// `image`, `dir`, `btrfs`.
     fn kind(&self) -> &'static str;
+    /// The pool's layout, with the operations only that layout has.
+    fn access(&self) -> Access<'_>;
     fn layout(&self) -> Layout {
-        Layout::Image
-    }
-    /// The filesystem a Tree volume presents (`btrfs`, `xfs`, `ext4`); None for images,
-    /// whose filesystem is chosen per volume.
-    fn fs_type(&self) -> Option<&str> {
-        None
+        match self.access() {
+            Access::Image(_) => Layout::Image,
+            Access::Tree(_) => Layout::Tree,
+        }
     }
     /// Why every volume of this pool is abnormal (e.g. a size limit not enforced); None
     /// when healthy.
@@ -110,39 +140,60 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
             )),
         }
     }
-    /// Bytes a copy of `obj` needs in its pool (snapshot space check).
-    fn copy_cost(&self, obj: ImageRef<'_>) -> Result<u64>;
+    /// Bytes a snapshot of `obj` takes in its pool (the snapshot space check): an image's
+    /// allocated bytes, a tree's used bytes, 0 where snapshots share every extent.
+    fn snapshot_space(&self, obj: DataRef<'_>) -> Result<u64>;
     fn root(&self) -> &Path;
     /// Proves the pool directory is still there and usable (Probe, GetCapacity).
     fn check(&self) -> Result<()>;
     fn space(&self) -> Result<Space>;
-    /// Creates `img` with `size` bytes, empty or as a copy of `from` (which may live in
+    /// Creates `obj` with `size` bytes, empty or as a copy of `from` (which may live in
     /// another pool when `accepts_source` allows it; then grown to `size`). A snapshot
-    /// (`img.kind == Snapshot`) is a read-only point-in-time copy where the backend can
-    /// make one. Fails if `img` exists.
+    /// (`obj.kind == Snapshot`) is a read-only point-in-time copy where the backend can
+    /// make one. Fails if `obj` exists.
     fn create(
         &self,
-        img: ImageRef<'_>,
+        obj: DataRef<'_>,
         size: u64,
         from: Option<Source<'_>>,
     ) -> Result<Option<CopyKind>>;
-    /// Removes `img`; false when it was already gone.
-    fn remove(&self, img: ImageRef<'_>) -> Result<bool>;
+    /// Removes `obj`; false when it was already gone.
+    fn remove(&self, obj: DataRef<'_>) -> Result<bool>;
     /// Size in bytes (an image's length, a tree's enforced limit, 0 for a tree without
     /// one), None when missing.
-    fn size(&self, img: ImageRef<'_>) -> Result<Option<u64>>;
-    /// Grows `img` to `size` bytes (never shrinks); online for trees (a raised limit).
-    fn grow(&self, img: ImageRef<'_>, size: u64) -> Result<()>;
-    /// Opens `img`: read-write for an image (to attach it), the directory for a tree.
-    fn open(&self, img: ImageRef<'_>) -> Result<File>;
-    /// The absolute path of `img`: as sysfs shows it for an attached loop device, or the
+    fn size(&self, obj: DataRef<'_>) -> Result<Option<u64>>;
+    /// Grows `obj` to `size` bytes (never shrinks); online for trees (a raised limit).
+    fn grow(&self, obj: DataRef<'_>, size: u64) -> Result<()>;
+    /// The absolute path of `obj`: as sysfs shows it for an attached loop device, or the
     /// directory a tree volume's staging bind-mounts.
-    fn path(&self, img: ImageRef<'_>) -> PathBuf;
+    fn path(&self, obj: DataRef<'_>) -> PathBuf;
     /// Every object present, for reconciliation.
-    fn list(&self, kind: ImageKind) -> Result<Vec<String>>;
-    /// Usage of a tree object from the pool's accounting (quota, qgroup); None for images.
-    fn usage(&self, _img: ImageRef<'_>) -> Result<Option<Usage>> {
-        Ok(None)
+    fn list(&self, kind: DataKind) -> Result<Vec<String>>;
+}
+
+impl dyn Backend + '_ {
+    /// The image operations, or an error naming the pool when it holds trees.
+    pub fn images(&self) -> Result<&dyn ImageObjects> {
+        match self.access() {
+            Access::Image(i) => Ok(i),
+            Access::Tree(_) => Err(Error::CapabilityUnsupported(format!(
+                "pool {} ({}) holds directory trees, not images",
+                self.pool(),
+                self.kind()
+            ))),
+        }
+    }
+
+    /// The tree operations, or an error naming the pool when it holds images.
+    pub fn trees(&self) -> Result<&dyn TreeObjects> {
+        match self.access() {
+            Access::Tree(t) => Ok(t),
+            Access::Image(_) => Err(Error::CapabilityUnsupported(format!(
+                "pool {} ({}) holds images, not directory trees",
+                self.pool(),
+                self.kind()
+            ))),
+        }
     }
 }
 
@@ -183,19 +234,19 @@ impl PoolDirs {
         })
     }
 
-    pub fn dir(&self, kind: ImageKind) -> (&File, &'static str) {
+    pub fn dir(&self, kind: DataKind) -> (&File, &'static str) {
         match kind {
-            ImageKind::Volume => (&self.volumes, VOLUMES),
-            ImageKind::Snapshot => (&self.snapshots, SNAPSHOTS),
+            DataKind::Volume => (&self.volumes, VOLUMES),
+            DataKind::Snapshot => (&self.snapshots, SNAPSHOTS),
         }
     }
 
-    pub fn path(&self, img: ImageRef<'_>) -> PathBuf {
-        let (_, sub) = self.dir(img.kind);
-        self.root.join(sub).join(img.file)
+    pub fn path(&self, obj: DataRef<'_>) -> PathBuf {
+        let (_, sub) = self.dir(obj.kind);
+        self.root.join(sub).join(obj.name)
     }
 
-    pub fn list(&self, kind: ImageKind) -> Result<Vec<String>> {
+    pub fn list(&self, kind: DataKind) -> Result<Vec<String>> {
         let (_, sub) = self.dir(kind);
         let dir = self.root.join(sub);
         sys::fs::list_names(&dir).map_err(Error::io("listing", dir))
@@ -219,26 +270,26 @@ impl PoolDirs {
         self.space().map(|_| ())
     }
 
-    /// Opens the directory (or subvolume) object `img`; None when missing.
-    pub fn open_tree(&self, img: ImageRef<'_>) -> Result<Option<File>> {
-        let name = checked_name(img)?;
-        let (dir, _) = self.dir(img.kind);
+    /// Opens the directory (or subvolume) object `obj`; None when missing.
+    pub fn open_tree(&self, obj: DataRef<'_>) -> Result<Option<File>> {
+        let name = checked_name(obj)?;
+        let (dir, _) = self.dir(obj.kind);
         match sys::fs::open_beneath(dir, name, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::Io {
                 op: "opening directory",
-                path: self.path(img),
+                path: self.path(obj),
                 source: e,
             }),
         }
     }
 
-    /// Opens the directory object `img`, which must exist.
-    pub fn must_open_tree(&self, img: ImageRef<'_>) -> Result<File> {
-        self.open_tree(img)?.ok_or_else(|| Error::Io {
+    /// Opens the directory object `obj`, which must exist.
+    pub fn must_open_tree(&self, obj: DataRef<'_>) -> Result<File> {
+        self.open_tree(obj)?.ok_or_else(|| Error::Io {
             op: "opening directory",
-            path: self.path(img),
+            path: self.path(obj),
             source: std::io::ErrorKind::NotFound.into(),
         })
     }
@@ -246,20 +297,20 @@ impl PoolDirs {
 
 /// The object's name, checked: ids produce `[a-z0-9.]` names; anything else is a bug or a
 /// tampered record.
-pub(crate) fn checked_name(img: ImageRef<'_>) -> Result<&str> {
-    let ok = !img.file.is_empty()
-        && !img.file.starts_with('.')
-        && img
-            .file
+pub(crate) fn checked_name(obj: DataRef<'_>) -> Result<&str> {
+    let ok = !obj.name.is_empty()
+        && !obj.name.starts_with('.')
+        && obj
+            .name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.');
     if !ok {
         return Err(Error::StateCorrupt(format!(
             "bad object name {:?}",
-            img.file
+            obj.name
         )));
     }
-    Ok(img.file)
+    Ok(obj.name)
 }
 
 /// The configured pools, in command-line order (the first is the default).

@@ -66,7 +66,7 @@ impl Driver {
         let staging = self
             .state_dir
             .join("ephemeral")
-            .join(v.file.trim_end_matches(".img"));
+            .join(v.data.trim_end_matches(".img"));
         std::fs::create_dir_all(&staging).map_err(io_at("creating", &staging))?;
         self.stage(StageArgs {
             volume_id: v.id.clone(),

@@ -19,7 +19,7 @@ mod trash;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::backend::{ImageRef, Layout};
+use crate::backend::{DataRef, Layout};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 pub use crate::request::{PublishArgs, StageArgs};
@@ -64,8 +64,10 @@ pub fn parse_quantity(s: &str) -> Option<u64> {
 }
 
 impl Driver {
-    fn image_path(&self, v: &VolumeRecord) -> Result<PathBuf> {
-        Ok(self.pool(&v.pool)?.path(ImageRef::volume(&v.file)))
+    /// Where the volume's data object is: the image file its loop devices show as their
+    /// backing file, or the directory a tree stage binds.
+    fn data_path(&self, v: &VolumeRecord) -> Result<PathBuf> {
+        Ok(self.pool(&v.pool)?.path(DataRef::volume(&v.data)))
     }
 
     pub(crate) fn is_tree(&self, v: &VolumeRecord) -> Result<bool> {
@@ -175,7 +177,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        let image = d.image_path(&v).unwrap();
+        let image = d.data_path(&v).unwrap();
         let staging = m.path().join("staging");
         let target = m.path().join("target");
         std::fs::create_dir(&staging).unwrap();

@@ -6,7 +6,7 @@ use super::rollback::Rollback;
 use super::stage::unmount;
 use super::trash::{TARGET_DIR_MODE, Trash};
 use super::{apply_mount_group, io_at, remove_target};
-use crate::backend::ImageRef;
+use crate::backend::DataRef;
 use crate::driver::{AccessMode, Driver, Lookup};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -96,7 +96,7 @@ impl Driver {
                 return Ok(());
             }
             if let Some(dev) = p.device.as_deref().and_then(sys::loopdev::number_of) {
-                let _ = sys::loopdev::detach_if_backed_by(dev, &self.image_path(&v)?);
+                let _ = sys::loopdev::detach_if_backed_by(dev, &self.data_path(&v)?);
             }
             tracing::warn!(volume_id = %v.id, target = %a.target.display(), "published mount is gone; publishing again");
         } else {
@@ -132,14 +132,14 @@ impl Driver {
         // loop device on the same image.
         let ro_device = if !adopt && a.cap.block && read_only {
             let pool = self.pool(&v.pool)?;
-            let image = pool.path(ImageRef::volume(&v.file));
-            let file = pool.open(ImageRef::volume(&v.file))?;
+            let image = pool.path(DataRef::volume(&v.data));
+            let file = pool.images()?.open_image(DataRef::volume(&v.data))?;
             let opts_ro = sys::loopdev::AttachOptions {
                 autoclear: false,
                 direct_io: false,
                 read_only: true,
             };
-            let dev = sys::loopdev::attach(&file, opts_ro, &format!("strata:{}:ro", v.file))
+            let dev = sys::loopdev::attach(&file, opts_ro, &format!("strata:{}:ro", v.data))
                 .map_err(io_at("attaching a read-only loop device to", &image))?;
             Some(dev)
         } else {
@@ -274,7 +274,7 @@ impl Driver {
                     .and_then(|p| p.device.as_deref())
                     .and_then(sys::loopdev::number_of)
                 {
-                    sys::loopdev::detach_if_backed_by(n, &self.image_path(&v)?)
+                    sys::loopdev::detach_if_backed_by(n, &self.data_path(&v)?)
                         .map_err(Error::io("detaching", sys::loopdev::device_path(n)))?;
                 }
                 failpoint::hit("node_unpublish:after_remove");

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::rollback::Rollback;
 use super::{apply_mount_group, io_at};
-use crate::backend::{ImageRef, Layout};
+use crate::backend::{Access, DataRef};
 use crate::driver::{self, Cap, Driver, Lookup};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -16,7 +16,7 @@ impl Driver {
     /// Whether a Staged record is still real: loop device backed by the image and, for
     /// mount volumes, the staging path mounted.
     fn stage_intact(&self, v: &VolumeRecord, st: &StageRecord) -> Result<bool> {
-        let image = self.image_path(v)?;
+        let image = self.data_path(v)?;
         if self.is_tree(v)? {
             return Ok(driver::bind_of(&st.staging_path, &image));
         }
@@ -48,7 +48,7 @@ impl Driver {
             self.store.write(vec![Op::DelStage(v.id.clone())])?;
             return Ok(());
         }
-        let image = self.image_path(v)?;
+        let image = self.data_path(v)?;
         let list = || {
             sys::loopdev::find_by_backing(&image)
                 .map_err(io_at("listing loop devices", Path::new("/sys/block")))
@@ -156,11 +156,12 @@ impl Driver {
         failpoint::step("node_stage:after_intent")?;
 
         let pool = self.pool(&v.pool)?;
-        if pool.layout() == Layout::Tree {
-            return self.stage_tree(&v, st, &a, &opts, undo);
-        }
-        let file = pool.open(ImageRef::volume(&v.file))?;
-        let image = pool.path(ImageRef::volume(&v.file));
+        let images = match pool.access() {
+            Access::Tree(_) => return self.stage_tree(&v, st, &a, &opts, undo),
+            Access::Image(images) => images,
+        };
+        let file = images.open_image(DataRef::volume(&v.data))?;
+        let image = pool.path(DataRef::volume(&v.data));
         // Mount volumes detach by themselves when unmounted (autoclear); block volumes
         // have no mount to hold the device, so they stay attached until unstage.
         let opts_attach = sys::loopdev::AttachOptions {
@@ -168,7 +169,7 @@ impl Driver {
             direct_io: v.direct_io,
             read_only: false,
         };
-        attached = sys::loopdev::attach(&file, opts_attach, &format!("strata:{}", v.file))
+        attached = sys::loopdev::attach(&file, opts_attach, &format!("strata:{}", v.data))
             .map_err(io_at("attaching loop device to", &image))?;
         drop(file);
         // Through our own handle: after a drop the number may already be someone else's.
@@ -324,7 +325,7 @@ impl Driver {
         opts: &sys::mount::Options,
         mut undo: Rollback<'_>,
     ) -> Result<()> {
-        let dir = self.image_path(v)?;
+        let dir = self.data_path(v)?;
         let read_only = opts.flags.contains(nix::mount::MsFlags::MS_RDONLY);
         sys::mount::bind(&dir, &a.staging, read_only, opts.flags)
             .map_err(io_at("bind-mounting onto", &a.staging))?;

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::io_at;
-use crate::backend::{ImageRef, Layout};
+use crate::backend::{DataRef, Layout};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::state::VolumeRecord;
@@ -80,10 +80,10 @@ impl Driver {
     /// NodeGetVolumeStats of a tree volume: this volume's bytes from the pool's quota
     /// accounting; the filesystem's figures only where the quota has no limit.
     fn tree_stats(&self, v: &VolumeRecord, path: &Path, mut s: Stats) -> Result<Stats> {
-        let pool = self.pool(&v.pool)?;
-        let img = ImageRef::volume(&v.file);
-        let usage = pool.usage(img)?.unwrap_or_default();
-        let fs = sys::fs::space(&pool.open(img)?).map_err(io_at("statvfs", path))?;
+        let trees = self.pool(&v.pool)?.trees()?;
+        let obj = DataRef::volume(&v.data);
+        let usage = trees.usage(obj)?;
+        let fs = sys::fs::space(&trees.open_tree(obj)?).map_err(io_at("statvfs", path))?;
         let limit = if usage.bytes_limit != 0 {
             usage.bytes_limit
         } else {
