@@ -19,8 +19,17 @@
 //! lone write costs no thread hand-off, and concurrent writes share one transaction. Each
 //! job runs in its own savepoint, so one failing job does not undo its neighbours. The
 //! fdatasync of the WAL runs on its own thread, so no commit ever waits for the disk.
+//!
+//! Reads of the node side (stage and publication records, and volume records by id) are
+//! served from an in-memory view, not from SQLite: NodePublish and NodeUnpublish read
+//! five records each, and a read transaction costs more than the rest of their CPU. The
+//! view is updated by the committing thread right after each transaction commits, with
+//! the jobs that succeeded, and never before; a read that misses takes the record from
+//! the database under the view's lock, so a concurrent commit cannot be overwritten by
+//! the older record it read. Callers that need a record not to change between reading
+//! it and writing hold the object's lock (locks.rs), as before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::{Arc, Condvar};
@@ -156,6 +165,87 @@ struct Job {
     done: oneshot::Sender<Result<()>>,
 }
 
+/// Most volume records the view keeps; past it the cache starts again empty (the node
+/// side reads the few volumes it has staged, over and over).
+const VIEW_VOLUMES_MAX: usize = 16_384;
+
+/// The committed stage and publication records, all of them (a node has as many as it
+/// has mounts), and the volume records read by id since start-up (see the module docs).
+/// Keyed as in the database (and ordered as its `ORDER BY`): stages by volume id,
+/// publications by their target as text.
+#[derive(Debug, Default)]
+struct View {
+    stages: BTreeMap<String, StageRecord>,
+    publishes: BTreeMap<String, PublishRecord>,
+    /// Publication targets by volume id.
+    targets: HashMap<String, BTreeSet<String>>,
+    volumes: HashMap<String, VolumeRecord>,
+}
+
+/// A publication's key: its target as the `publishes` table stores it.
+fn target_key(target: &Path) -> String {
+    target.to_string_lossy().into_owned()
+}
+
+impl View {
+    fn put_publish(&mut self, p: PublishRecord) {
+        let key = target_key(&p.target);
+        if let Some(old) = self.publishes.remove(&key) {
+            self.untarget(&old.volume_id, &key);
+        }
+        self.targets
+            .entry(p.volume_id.clone())
+            .or_default()
+            .insert(key.clone());
+        self.publishes.insert(key, p);
+    }
+
+    fn untarget(&mut self, volume_id: &str, target: &str) {
+        if let Some(t) = self.targets.get_mut(volume_id) {
+            t.remove(target);
+            if t.is_empty() {
+                self.targets.remove(volume_id);
+            }
+        }
+    }
+
+    fn cache_volume(&mut self, v: VolumeRecord) {
+        if self.volumes.len() >= VIEW_VOLUMES_MAX && !self.volumes.contains_key(&v.id) {
+            self.volumes.clear();
+        }
+        self.volumes.insert(v.id.clone(), v);
+    }
+
+    /// Applies a committed op.
+    fn apply(&mut self, op: &Op) {
+        match op {
+            // Only volumes already read are kept; others are read when first needed.
+            Op::PutVolume(v) => {
+                if let Some(old) = self.volumes.get_mut(&v.id) {
+                    *old = v.clone();
+                }
+            }
+            Op::DelVolume(id) => {
+                self.volumes.remove(id);
+            }
+            Op::PutStage(s) => {
+                self.stages.insert(s.volume_id.clone(), s.clone());
+            }
+            Op::DelStage(id) => {
+                self.stages.remove(id);
+            }
+            Op::PutPublish(p) => self.put_publish(p.clone()),
+            Op::DelPublish(t) => {
+                let key = target_key(t);
+                if let Some(old) = self.publishes.remove(&key) {
+                    self.untarget(&old.volume_id, &key);
+                }
+            }
+            Op::PutSnapshot(_) | Op::DelSnapshot(_) | Op::PutGroup(_) | Op::DelGroup(_) => {}
+        }
+    }
+}
+
 /// Capacity provisioned per pool: the sum of `capacity` over every volume record of the
 /// pool, whatever its phase (a Creating or Deleting volume may still hold its image), plus
 /// reservations of creates and expansions in flight. Counted from the records at open and
@@ -203,6 +293,9 @@ pub struct Store {
     /// The write connection; whoever holds it commits the queue. None once closed.
     writer: Mutex<Option<Connection>>,
     reader: Mutex<Connection>,
+    /// What the node side reads, in memory (see the module docs). Lock order: `writer`,
+    /// then `view`, then `reader`.
+    view: Arc<Mutex<View>>,
     syncer: Syncer,
 }
 
@@ -346,8 +439,9 @@ fn sync_wal(wal: &Path) {
     }
 }
 
-/// Commits `batch` in one transaction, each job in its own savepoint, and answers each.
-fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
+/// Commits `batch` in one transaction, each job in its own savepoint, applies the jobs
+/// that succeeded to `view` once the transaction has committed, and answers each.
+fn commit_batch(conn: &mut Connection, view: &Mutex<View>, batch: Vec<Job>) {
     let mut results: Vec<Result<()>> = Vec::with_capacity(batch.len());
     let outcome = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -370,6 +464,14 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
     })();
     match outcome {
         Ok(()) => {
+            {
+                let mut view = view.lock().expect("state view lock");
+                for (job, r) in batch.iter().zip(&results) {
+                    if r.is_ok() {
+                        job.ops.iter().for_each(|op| view.apply(op));
+                    }
+                }
+            }
             for (job, r) in batch.into_iter().zip(results) {
                 let _ = job.done.send(r);
             }
@@ -527,8 +629,18 @@ impl Store {
             queue: Mutex::new(Some(Vec::new())),
             writer: Mutex::new(Some(writer)),
             reader: Mutex::new(reader),
+            view: Arc::default(),
             syncer,
         };
+        {
+            let mut view = store.view();
+            for s in store.query_all::<StageRecord>("SELECT record FROM stages", &[])? {
+                view.stages.insert(s.volume_id.clone(), s);
+            }
+            for p in store.query_all::<PublishRecord>("SELECT record FROM publishes", &[])? {
+                view.put_publish(p);
+            }
+        }
         // Summed by SQLite, without decoding every record: start-up time grows with the
         // number of volumes.
         {
@@ -557,6 +669,10 @@ impl Store {
 
     pub fn mirror(&self) -> Option<&crate::meta::Mirror> {
         self.mirror.get()
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().expect("state view lock")
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -648,7 +764,7 @@ impl Store {
                 // `close` drains the queue before it takes the connection, so a job
                 // queued before then is never left without one.
                 let conn = writer.as_mut().ok_or(Error::StateClosed)?;
-                commit_batch(conn, batch);
+                commit_batch(conn, &self.view, batch);
                 self.syncer.dirty();
             }
         }
@@ -693,7 +809,7 @@ impl Store {
         if let (Some(conn), Some(batch)) = (writer.as_mut(), batch)
             && !batch.is_empty()
         {
-            commit_batch(conn, batch);
+            commit_batch(conn, &self.view, batch);
         }
         writer.take();
         drop(writer);
@@ -723,7 +839,18 @@ impl Store {
     }
 
     pub fn volume(&self, id: &str) -> Result<Option<VolumeRecord>> {
-        self.query_one("SELECT record FROM volumes WHERE id = ?1", id)
+        let mut view = self.view();
+        if let Some(v) = view.volumes.get(id) {
+            return Ok(Some(v.clone()));
+        }
+        // Read under the view's lock: a commit of this volume meanwhile waits to update
+        // the view until this older record is in it.
+        let v: Option<VolumeRecord> =
+            self.query_one("SELECT record FROM volumes WHERE id = ?1", id)?;
+        if let Some(v) = &v {
+            view.cache_volume(v.clone());
+        }
+        Ok(v)
     }
 
     pub fn volume_by_name(&self, name: &str) -> Result<Option<VolumeRecord>> {
@@ -816,29 +943,33 @@ impl Store {
     }
 
     pub fn stage(&self, volume_id: &str) -> Result<Option<StageRecord>> {
-        self.query_one("SELECT record FROM stages WHERE volume_id = ?1", volume_id)
+        Ok(self.view().stages.get(volume_id).cloned())
     }
 
+    /// Every stage record, by volume id.
     pub fn all_stages(&self) -> Result<Vec<StageRecord>> {
-        self.query_all("SELECT record FROM stages ORDER BY volume_id", &[])
+        Ok(self.view().stages.values().cloned().collect())
     }
 
     pub fn publish(&self, target: &Path) -> Result<Option<PublishRecord>> {
-        self.query_one(
-            "SELECT record FROM publishes WHERE target = ?1",
-            &target.to_string_lossy(),
-        )
+        Ok(self.view().publishes.get(&target_key(target)).cloned())
     }
 
+    /// The publications of a volume, by target.
     pub fn publishes_of(&self, volume_id: &str) -> Result<Vec<PublishRecord>> {
-        self.query_all(
-            "SELECT record FROM publishes WHERE volume_id = ?1 ORDER BY target",
-            &[&volume_id],
-        )
+        let view = self.view();
+        Ok(view
+            .targets
+            .get(volume_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| view.publishes.get(t).cloned())
+            .collect())
     }
 
+    /// Every publication record, by target.
     pub fn all_publishes(&self) -> Result<Vec<PublishRecord>> {
-        self.query_all("SELECT record FROM publishes ORDER BY target", &[])
+        Ok(self.view().publishes.values().cloned().collect())
     }
 
     /// A cheap read that proves the database answers (Probe).
@@ -978,6 +1109,105 @@ mod tests {
             after = page.last().unwrap().id.clone();
         }
         assert_eq!(seen, 160);
+    }
+
+    fn stage(volume_id: &str) -> StageRecord {
+        StageRecord {
+            volume_id: volume_id.into(),
+            staging_path: format!("/stage/{volume_id}").into(),
+            device: None,
+            block: false,
+            fs_type: "ext4".into(),
+            args: String::new(),
+            phase: StagePhase::Staged,
+            mount_flags: vec![],
+        }
+    }
+
+    fn publication(target: &str, volume_id: &str) -> PublishRecord {
+        PublishRecord {
+            target: target.into(),
+            volume_id: volume_id.into(),
+            staging_path: format!("/stage/{volume_id}").into(),
+            readonly: false,
+            block: false,
+            access_mode: 1,
+            args: String::new(),
+            device: None,
+        }
+    }
+
+    /// What the node side reads, from the in-memory view.
+    type Seen = (
+        Vec<StageRecord>,
+        Vec<PublishRecord>,
+        Vec<PublishRecord>,
+        Option<StageRecord>,
+        Option<PublishRecord>,
+        Option<VolumeRecord>,
+    );
+    fn seen(s: &Store) -> Seen {
+        (
+            s.all_stages().unwrap(),
+            s.all_publishes().unwrap(),
+            s.publishes_of("a").unwrap(),
+            s.stage("a").unwrap(),
+            s.publish(Path::new("/t/a-b")).unwrap(),
+            s.volume("a").unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_view_holds_what_committed_and_what_a_reopen_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.write(vec![
+            Op::PutVolume(vol("a", "na")),
+            Op::PutVolume(vol("b", "nb")),
+        ])
+        .unwrap();
+        assert_eq!(s.volume("a").unwrap().unwrap().capacity, 1 << 20, "cached");
+        // A failing job (name taken) changes neither the database nor the view.
+        let mut grown = vol("a", "na");
+        grown.capacity = 2 << 20;
+        let failed = s.write(vec![
+            Op::PutVolume(grown.clone()),
+            Op::PutStage(stage("a")),
+            Op::PutVolume(vol("c", "nb")),
+        ]);
+        assert!(failed.is_err());
+        assert_eq!(s.volume("a").unwrap().unwrap().capacity, 1 << 20);
+        assert!(s.stage("a").unwrap().is_none());
+        // A committed change of a cached volume is seen at once.
+        s.write(vec![Op::PutVolume(grown)]).unwrap();
+        assert_eq!(s.volume("a").unwrap().unwrap().capacity, 2 << 20);
+        s.write(vec![
+            Op::PutStage(stage("a")),
+            Op::PutStage(stage("b")),
+            // Ordered as text, as the database orders them ('-' < '/').
+            Op::PutPublish(publication("/t/a/x", "a")),
+            Op::PutPublish(publication("/t/a-b", "a")),
+            Op::PutPublish(publication("/t/gone", "a")),
+            Op::PutPublish(publication("/t/moved", "a")),
+        ])
+        .unwrap();
+        s.write(vec![
+            Op::DelPublish("/t/gone".into()),
+            Op::PutPublish(publication("/t/moved", "b")),
+            Op::DelStage("b".into()),
+        ])
+        .unwrap();
+        let before = seen(&s);
+        let targets: Vec<_> = before.2.iter().map(|p| p.target.clone()).collect();
+        assert_eq!(targets, [PathBuf::from("/t/a-b"), PathBuf::from("/t/a/x")]);
+        assert_eq!(before.0.len(), 1);
+        assert_eq!(before.1.len(), 3);
+        assert_eq!(s.publishes_of("b").unwrap().len(), 1);
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(seen(&s), before, "the view equals what a reopen reads");
+        s.write(vec![Op::DelVolume("a".into())]).unwrap();
+        assert!(s.volume("a").unwrap().is_none());
     }
 
     #[test]
