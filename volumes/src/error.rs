@@ -56,6 +56,13 @@ pub enum Error {
     PodGone { uid: String },
     #[error("a blocking task panicked")]
     BlockingTask(#[source] tokio::task::JoinError),
+    /// A set-up or tear-down task of the volume manager panicked.
+    #[error("{what} panicked")]
+    TaskPanicked {
+        what: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,7 +11,7 @@ use strata_store::k8s_openapi::api::core::v1::{
 use strata_store::{Object, Store, WatchEvent};
 use tokio::sync::mpsc;
 
-use super::{CachedObject, ObjectKind, VolumeManager, rv_of, store_err};
+use super::{CachedObject, ObjectKind, VolumeManager, obj_key, rv_of, store_err};
 use crate::error::Result;
 use crate::layout;
 
@@ -50,32 +50,32 @@ impl<S: Store> VolumeManager<S> {
         }
 
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(watch_loop::<S, Secret>(
+        let mut loops = tokio::task::JoinSet::new();
+        loops.spawn(watch_loop::<S, Secret>(
             store.clone(),
             secrets.resource_version,
             tx.clone(),
             Msg::Secret,
         ));
-        tasks.spawn(watch_loop::<S, ConfigMap>(
+        loops.spawn(watch_loop::<S, ConfigMap>(
             store.clone(),
             cms.resource_version,
             tx.clone(),
             Msg::ConfigMap,
         ));
-        tasks.spawn(watch_loop::<S, Pod>(
+        loops.spawn(watch_loop::<S, Pod>(
             store.clone(),
             pods.resource_version,
             tx.clone(),
             |e| Msg::Pod(Box::new(e)),
         ));
-        tasks.spawn(watch_loop::<S, PersistentVolumeClaim>(
+        loops.spawn(watch_loop::<S, PersistentVolumeClaim>(
             store.clone(),
             pvcs_rv,
             tx.clone(),
             Msg::Claim,
         ));
-        tasks.spawn(watch_loop::<S, PersistentVolume>(
+        loops.spawn(watch_loop::<S, PersistentVolume>(
             store.clone(),
             pvs_rv,
             tx.clone(),
@@ -84,7 +84,7 @@ impl<S: Store> VolumeManager<S> {
         drop(tx);
 
         let me = self.clone();
-        tasks.spawn(async move {
+        loops.spawn(async move {
             loop {
                 let next = me.refresh_tokens().await;
                 let wait = next
@@ -117,7 +117,7 @@ impl<S: Store> VolumeManager<S> {
                     // A full level-triggered pass now and then, for anything a watch
                     // gap could have hidden (a re-listed watch replays no deletions).
                     let me = self.clone();
-                    tokio::spawn(async move {
+                    self.spawn_tracked("resync every pod".into(), async move {
                         match me.inner.store.list::<Pod>(None, None).await {
                             Ok(list) => {
                                 me.forget_unlisted(&list.items, list.resource_version);
@@ -138,12 +138,25 @@ impl<S: Store> VolumeManager<S> {
                         .collect();
                     for pod in failed {
                         let me = self.clone();
-                        tokio::spawn(async move { let _ = me.sync_pod(&pod).await; });
+                        let what = format!("retry pod {}", obj_key(&pod));
+                        self.spawn_tracked(what, async move { let _ = me.set_up_pod(&pod).await; });
                     }
                 }
             }
         }
-        tasks.abort_all();
+        // The loops only wait, forward and start tracked work, which runs on by itself.
+        loops.abort_all();
+        while loops.join_next().await.is_some() {}
+        let left = self.inner.tasks.drain(periods.drain).await;
+        if left.is_empty() {
+            tracing::debug!("no volume work left in flight");
+        } else {
+            tracing::warn!(
+                abandoned = ?left,
+                timeout = ?periods.drain,
+                "stopping with volume work still in flight"
+            );
+        }
         Ok(())
     }
 
@@ -154,7 +167,8 @@ impl<S: Store> VolumeManager<S> {
                 let (WatchEvent::Added(s) | WatchEvent::Modified(s)) = ev else {
                     return;
                 };
-                tokio::spawn(async move {
+                let what = format!("Secret {} changed", obj_key(&s));
+                self.spawn_tracked(what, async move {
                     me.object_changed(ObjectKind::Secret, CachedObject::Secret(s))
                         .await;
                 });
@@ -163,7 +177,8 @@ impl<S: Store> VolumeManager<S> {
                 let (WatchEvent::Added(c) | WatchEvent::Modified(c)) = ev else {
                     return;
                 };
-                tokio::spawn(async move {
+                let what = format!("ConfigMap {} changed", obj_key(&c));
+                self.spawn_tracked(what, async move {
                     me.object_changed(ObjectKind::ConfigMap, CachedObject::ConfigMap(c))
                         .await;
                 });
@@ -188,12 +203,14 @@ impl<S: Store> VolumeManager<S> {
                 // earlier finds the pod gone.
                 let want = self.observe_pod(&pod, gone);
                 if want {
-                    tokio::spawn(async move {
-                        let _ = me.sync_pod(&pod).await;
+                    let what = format!("set up pod {}", obj_key(&pod));
+                    self.spawn_tracked(what, async move {
+                        let _ = me.set_up_pod(&pod).await;
                     });
                 } else if known || layout::pod_dir(&me.inner.cfg.state_dir, &uid).exists() {
-                    tokio::spawn(async move {
-                        if let Err(e) = me.tear_down_pod(&uid).await {
+                    let what = format!("tear down pod {}", obj_key(&pod));
+                    self.spawn_tracked(what, async move {
+                        if let Err(e) = me.tear_down_now(&uid).await {
                             tracing::warn!(pod_uid = %uid, error = %e, "tear down failed");
                         }
                     });
@@ -261,8 +278,9 @@ impl<S: Store> VolumeManager<S> {
     fn resync_claim_users(&self, ns: &str, name: &str) {
         for pod in self.claim_users(ns, name) {
             let me = self.clone();
-            tokio::spawn(async move {
-                let _ = me.sync_pod(&pod).await;
+            let what = format!("set up pod {} (claim {ns}/{name})", obj_key(&pod));
+            self.spawn_tracked(what, async move {
+                let _ = me.set_up_pod(&pod).await;
             });
         }
     }

@@ -19,8 +19,8 @@
 //! `locks` (one lock per pod UID), `cache` (Secrets and ConfigMaps), `tokens` (service
 //! account tokens), `projected` (API-data volumes and their re-projection), `pvc`
 //! (claims: CSI, hostPath and local PVs, node expansion), `pod` (one pod's set-up and
-//! tear-down), `reconcile` (full passes over the node) and `events` (the watches and
-//! the run loop).
+//! tear-down), `reconcile` (full passes over the node), `events` (the watches and the
+//! run loop) and `tasks` (the work in flight, which `run` drains before it returns).
 
 mod cache;
 mod desired;
@@ -30,9 +30,11 @@ mod pod;
 mod projected;
 mod pvc;
 mod reconcile;
+mod tasks;
 mod tokens;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -52,6 +54,7 @@ use crate::token::{IssuedToken, TokenIssuer};
 use cache::ObjKey;
 pub use cache::{CachedObject, ObjectKind};
 use desired::Desired;
+use tasks::Tasks;
 
 /// How the manager is set up.
 #[derive(Debug, Clone)]
@@ -90,13 +93,17 @@ struct Inner<S> {
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     token_wake: Notify,
     periods: Mutex<Periods>,
+    /// Set-ups, tear-downs and re-projections in flight; `run` drains them on its way out.
+    tasks: Arc<Tasks>,
 }
 
-/// How often `run` retries failed volumes and does a full reconcile.
+/// How often `run` retries failed volumes and does a full reconcile, and how long it
+/// waits for work in flight when it stops.
 #[derive(Debug, Clone, Copy)]
 struct Periods {
     retry: Duration,
     resync: Duration,
+    drain: Duration,
 }
 
 /// The volume manager; cheap to clone.
@@ -122,6 +129,12 @@ fn rv_of<K: Object>(obj: &K) -> u64 {
         .as_deref()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// `namespace/name` of an object, for logs and task names.
+fn obj_key<K: Object>(obj: &K) -> String {
+    let (ns, name) = key_of(obj);
+    format!("{ns}/{name}")
 }
 
 fn key_of<K: Object>(obj: &K) -> ObjKey {
@@ -200,7 +213,9 @@ impl<S: Store> VolumeManager<S> {
                 periods: Mutex::new(Periods {
                     retry: Duration::from_secs(5),
                     resync: Duration::from_secs(60),
+                    drain: Duration::from_secs(30),
                 }),
+                tasks: Arc::default(),
             }),
         })
     }
@@ -209,7 +224,37 @@ impl<S: Store> VolumeManager<S> {
     /// pods for a full reconcile (default 60 s). Takes effect when `run` starts. Tests set
     /// long periods to show that a change arrives through a watch, not a retry.
     pub fn set_periods(&self, retry: Duration, resync: Duration) {
-        *self.inner.periods.lock().expect("lock") = Periods { retry, resync };
+        let mut periods = self.inner.periods.lock().expect("lock");
+        periods.retry = retry;
+        periods.resync = resync;
+    }
+
+    /// Sets how long `run`, once told to stop, waits for the set-ups, tear-downs and
+    /// re-projections in flight (default 30 s); what still runs then is logged and left
+    /// to die with the process.
+    pub fn set_drain_timeout(&self, timeout: Duration) {
+        self.inner.periods.lock().expect("lock").drain = timeout;
+    }
+
+    /// Runs `fut` as tracked work (see `tasks`) and waits for it. Dropping the returned
+    /// future does not stop the work.
+    async fn tracked<T, F>(&self, what: String, fut: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let handle = self.inner.tasks.spawn(what.clone(), fut);
+        handle
+            .await
+            .map_err(|source| Error::TaskPanicked { what, source })?
+    }
+
+    /// Starts `fut` as tracked work in the background.
+    fn spawn_tracked<F>(&self, what: String, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.inner.tasks.spawn(what, fut));
     }
 
     pub fn config(&self) -> &Config {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use strata_store::k8s_openapi::api::core::v1::{Pod, Volume};
 use strata_store::{EventType, Store};
 
-use super::{ObjectKind, VolumeManager, pod_ref};
+use super::{ObjectKind, VolumeManager, obj_key, pod_ref};
 use crate::csi_volume;
 use crate::dirfd;
 use crate::empty_dir::{self, Medium};
@@ -23,8 +23,20 @@ impl<S: Store> VolumeManager<S> {
     /// and retried by the next sync; the others are set up regardless. A pod deleted,
     /// finished or torn down (checked under the pod's lock, after any tear-down in flight)
     /// gets nothing and `Error::PodGone`; the newest copy the Pod watch delivered is used.
-    #[tracing::instrument(skip_all, fields(pod = %pod.metadata.name.as_deref().unwrap_or_default()))]
+    ///
+    /// The work runs as a tracked task: it finishes even when the caller stops waiting,
+    /// and `run` waits for it before returning.
     pub async fn sync_pod(&self, pod: &Pod) -> Result<BTreeMap<String, PreparedVolume>> {
+        let (me, p) = (self.clone(), pod.clone());
+        self.tracked(format!("set up pod {}", obj_key(pod)), async move {
+            me.set_up_pod(&p).await
+        })
+        .await
+    }
+
+    /// [`Self::sync_pod`] on the caller's task.
+    #[tracing::instrument(name = "sync_pod", skip_all, fields(pod = %pod.metadata.name.as_deref().unwrap_or_default()))]
+    pub(super) async fn set_up_pod(&self, pod: &Pod) -> Result<BTreeMap<String, PreparedVolume>> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if !layout::valid_component(&uid) {
             return Err(Error::InvalidArgument {
@@ -165,8 +177,19 @@ impl<S: Store> VolumeManager<S> {
 
     /// Tears down everything of a pod: CSI volumes through the driver, then our own
     /// mounts, then the directory. Never deletes through a mount that is still there.
-    #[tracing::instrument(skip_all, fields(pod_uid = %uid))]
+    ///
+    /// Runs as a tracked task, like [`Self::sync_pod`].
     pub async fn tear_down_pod(&self, uid: &str) -> Result<()> {
+        let (me, u) = (self.clone(), uid.to_owned());
+        self.tracked(format!("tear down pod {uid}"), async move {
+            me.tear_down_now(&u).await
+        })
+        .await
+    }
+
+    /// [`Self::tear_down_pod`] on the caller's task.
+    #[tracing::instrument(name = "tear_down_pod", skip_all, fields(pod_uid = %uid))]
+    pub(super) async fn tear_down_now(&self, uid: &str) -> Result<()> {
         if !layout::valid_component(uid) {
             return Err(Error::InvalidArgument {
                 field: "pod uid",

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use strata_store::Store;
 use strata_store::k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Volume};
 
-use super::{CachedObject, ObjectKind, VolumeManager, key_of};
+use super::{CachedObject, ObjectKind, VolumeManager, key_of, obj_key};
 use crate::api_volume;
 use crate::atomic_writer::WriteOutcome;
 use crate::error::{Result, blocking};
@@ -123,12 +123,7 @@ impl<S: Store> VolumeManager<S> {
     }
 
     /// Re-projects the volumes of `pod` that read `name` of `kind`.
-    pub(super) async fn reproject_pod(
-        &self,
-        pod: &Pod,
-        kind: ObjectKind,
-        name: &str,
-    ) -> Result<()> {
+    async fn reproject_pod(&self, pod: &Pod, kind: ObjectKind, name: &str) -> Result<()> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let lock = self.pod_lock(&uid);
         let _guard = lock.lock().await;
@@ -181,8 +176,17 @@ impl<S: Store> VolumeManager<S> {
         self.cache_object(kind, obj);
         let pods = self.affected_pods(kind, &ns, &name);
         let n = pods.len();
-        let jobs = pods.iter().map(|p| self.reproject_pod(p, kind, &name));
-        futures::future::join_all(jobs).await;
+        // Each pod's writes are tracked work: they finish even if this caller goes.
+        let jobs = pods.into_iter().map(|p| {
+            let (me, name) = (self.clone(), name.clone());
+            let what = format!("re-project {kind:?} {ns}/{name} into pod {}", obj_key(&p));
+            self.tracked(what, async move { me.reproject_pod(&p, kind, &name).await })
+        });
+        for r in futures::future::join_all(jobs).await {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "re-projecting");
+            }
+        }
         n
     }
 }
