@@ -289,6 +289,9 @@ impl<S: Store> Controller<S> {
                 let mut updated = pvc.clone();
                 meta::remove_annotation(&mut updated.metadata, names::ANN_SELECTED_NODE);
                 self.write_pvc(&updated, false).await?;
+                // The published capacity was too optimistic: measure again before the
+                // claim (or the scheduler) picks a node by it.
+                self.capacity_changed();
                 Ok(Requeue::Backoff)
             }
         }
