@@ -8,9 +8,10 @@
 //!
 //! It runs as a thorough user would: volume parameters that pick the filesystem, a mutable
 //! parameters file (ControllerModifyVolume), and sizes every backend can make (xfs needs
-//! 300 MiB at least) with an expansion size beyond them. The `dir` pool runs with
-//! `enforce=false` unless the machine has project quotas (this one has none; the quota
-//! path is tested in a VM by project_quota.rs).
+//! 300 MiB at least) with an expansion size beyond them. `csi_sanity_on_every_backend`
+//! runs the `dir` pool with `enforce=false` (this machine's kernel has no project quotas);
+//! `csi_sanity_on_an_enforced_dir_pool` runs it on an xfs pool mounted `prjquota`, quotas
+//! enforced, where the kernel has them: in the test VM (docs/conformance.md says how).
 
 use std::path::Path;
 use std::process::Command;
@@ -64,6 +65,10 @@ fn counts(out: &str) -> Option<Counts> {
 
 async fn run_case(sanity: &Path, case: &Case) -> (Counts, String) {
     let pool = LoopPool::new(case.fs).expect("make pool");
+    run_case_on(sanity, case, &pool).await
+}
+
+async fn run_case_on(sanity: &Path, case: &Case, pool: &LoopPool) -> (Counts, String) {
     let spec = case.spec.replace("{}", &pool.path().display().to_string());
     let driver = DriverProcess::start(DriverConfig::new(BIN, "n1").pool_spec("p", &spec)).await;
     let params = driver.dir().join("params.yaml");
@@ -161,6 +166,43 @@ async fn csi_sanity_on_every_backend() {
             case.name, c.passed, c.failed, c.pending, c.skipped
         );
     }
+}
+
+/// The `dir` backend with its quotas on: needs a kernel with xfs project quotas, so it
+/// skips (saying so) elsewhere, and fails instead with STRATA_REQUIRE_PROJECT_QUOTA=1 as
+/// the VM run sets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_sanity_on_an_enforced_dir_pool() {
+    const TEST: &str = "csi_sanity_on_an_enforced_dir_pool";
+    let Some(sanity) = std::env::var_os("CSI_SANITY") else {
+        eprintln!("SKIPPED {TEST}: set CSI_SANITY to a csi-sanity v5.4.0 binary");
+        return;
+    };
+    if !testkit::require_root(TEST) {
+        return;
+    }
+    let pool = match LoopPool::new(PoolFs::XfsPrjquota(12 << 30)) {
+        Ok(p) => p,
+        Err(e) if std::env::var("STRATA_REQUIRE_PROJECT_QUOTA").as_deref() == Ok("1") => {
+            panic!("{TEST}: STRATA_REQUIRE_PROJECT_QUOTA=1 but the prjquota mount failed: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {TEST}: kernel has no xfs project quotas ({e})");
+            return;
+        }
+    };
+    let case = Case {
+        name: "dir (xfs, project quotas enforced)",
+        fs: PoolFs::XfsPrjquota(12 << 30),
+        spec: "dir:{}",
+        params: "{}\n",
+        mutable: "directIO: \"false\"\n",
+    };
+    let (c, _) = run_case_on(Path::new(&sanity), &case, &pool).await;
+    eprintln!(
+        "csi-sanity on {}: {} passed, {} failed, {} pending, {} skipped",
+        case.name, c.passed, c.failed, c.pending, c.skipped
+    );
 }
 
 #[test]
