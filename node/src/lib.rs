@@ -141,6 +141,9 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
         },
     )
     .map_err(Error::Volumes)?;
+    // Volumes are set up only for pods the runner has placed and admitted (a pod naming
+    // this node that does not fit it is rejected before any volume is mounted).
+    manager.require_admission();
     // The Node object pods are placed against (labels, taints); a user may edit it.
     if let Err(e) = runner::placement::register(&store, &args.node_id).await {
         tracing::warn!(node = %args.node_id, error = %e, "registering the Node object");

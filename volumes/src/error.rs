@@ -54,6 +54,9 @@ pub enum Error {
     /// The pod was deleted, finished or torn down: its volumes are not set up again.
     #[error("pod {uid} is gone; its volumes are not set up")]
     PodGone { uid: String },
+    /// The node requires admission and has not admitted the pod (yet).
+    #[error("pod {uid} is not admitted to this node; its volumes are not set up")]
+    NotAdmitted { uid: String },
     #[error("a blocking task panicked")]
     BlockingTask(#[source] tokio::task::JoinError),
     /// A set-up or tear-down task of the volume manager panicked.

@@ -545,3 +545,42 @@ async fn a_sync_after_or_racing_a_tear_down_sets_nothing_up() {
     assert!(!pod_dir.exists());
     assert!(mounts_below(&node_dir.join("pods")).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_admission_required_only_admitted_pods_are_set_up() {
+    if !testkit::require_root("with_admission_required_only_admitted_pods_are_set_up") {
+        return;
+    }
+    let state = StateDir::new("strata-vm-admit");
+    let store = store(state.path()).await;
+    seed(&store).await;
+    let node_dir = state.path().join("node");
+    let mgr = manager(&store, state.path(), None);
+    mgr.require_admission();
+    let pod = store.create(&api_pod("waits")).await.unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    let pod_dir = strata_volumes::layout::pod_dir(&node_dir, &uid);
+
+    // Neither a sync nor a reconcile sets up a pod the node has not admitted.
+    assert!(matches!(
+        mgr.sync_pod(&pod).await,
+        Err(strata_volumes::Error::NotAdmitted { .. })
+    ));
+    let pods = store.list::<Pod>(None, None).await.unwrap().items;
+    mgr.reconcile(&pods).await.unwrap();
+    assert!(!pod_dir.exists(), "set up before admission");
+
+    // Admitted: set up, and a reconcile keeps it (it is desired and admitted).
+    mgr.admit(&uid);
+    assert_eq!(mgr.sync_pod(&pod).await.unwrap().len(), 5);
+    mgr.reconcile(&pods).await.unwrap();
+    assert!(pod_dir.is_dir());
+    mgr.tear_down_pod(&uid).await.unwrap();
+    assert!(!pod_dir.exists() && mounts_below(&pod_dir).is_empty());
+    // Torn down is gone for good: admitting again changes nothing.
+    mgr.admit(&uid);
+    assert!(matches!(
+        mgr.sync_pod(&pod).await,
+        Err(strata_volumes::Error::PodGone { .. })
+    ));
+}

@@ -3,8 +3,11 @@
 //! against this node's Node object, which strata-node registers at start
 //! ([`register`]) and a user may label or taint (`volctl apply`).
 //!
-//! A pod that does not fit stays Pending with a `FailedScheduling` event and the
-//! PodScheduled condition False (reason `Unschedulable`), and is checked again later.
+//! A pod that names no node and does not fit stays Pending with a `FailedScheduling`
+//! event and the PodScheduled condition False (reason `Unschedulable`), and is checked
+//! again later. A pod whose `spec.nodeName` already names this node goes through the
+//! kubelet's admission instead ([`admit`]): one that does not fit is rejected for good
+//! (phase Failed), before any of its volumes is set up.
 
 use std::collections::BTreeMap;
 
@@ -94,10 +97,14 @@ impl NodeInfo {
     }
 }
 
-/// Ok when `pod` fits `node`; else the scheduler's words for why not.
-pub fn fits(pod: &Pod, node: &NodeInfo) -> Result<(), String> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let unavailable = |why: String| format!("0/1 nodes are available: 1 {why}.");
+/// The NodeAffinity filter's reason (k8s `nodeaffinity.ErrReasonPod`).
+const AFFINITY_MISMATCH: &str = "node(s) didn't match Pod's node affinity/selector";
+
+/// nodeSelector and required node affinity both match the node (NodeAffinity).
+fn affinity_matches(pod: &Pod, node: &NodeInfo) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return true;
+    };
     let selector_ok = spec
         .node_selector
         .iter()
@@ -112,21 +119,70 @@ pub fn fits(pod: &Pod, node: &NodeInfo) -> Result<(), String> {
                 .as_ref()
         })
         .is_none_or(|sel| selector::node_selector_matches(sel, &node.name, &node.labels));
-    if !selector_ok || !affinity_ok {
-        return Err(unavailable(
-            "node(s) didn't match Pod's node affinity/selector".into(),
-        ));
+    selector_ok && affinity_ok
+}
+
+/// The first taint of `node` with one of `effects` that the pod does not tolerate.
+fn untolerated<'a>(pod: &Pod, node: &'a NodeInfo, effects: &[&str]) -> Option<&'a Taint> {
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default();
+    node.taints.iter().find(|t| {
+        effects.contains(&t.effect.as_str()) && !tolerations.iter().any(|tol| tolerates(tol, t))
+    })
+}
+
+/// Ok when `pod` fits `node`; else the scheduler's words for why not.
+pub fn fits(pod: &Pod, node: &NodeInfo) -> Result<(), String> {
+    let unavailable = |why: String| format!("0/1 nodes are available: 1 {why}.");
+    if !affinity_matches(pod, node) {
+        return Err(unavailable(AFFINITY_MISMATCH.into()));
     }
-    let tolerations = spec.tolerations.unwrap_or_default();
-    if let Some(t) = node.taints.iter().find(|t| {
-        matches!(t.effect.as_str(), "NoSchedule" | "NoExecute")
-            && !tolerations.iter().any(|tol| tolerates(tol, t))
-    }) {
+    if let Some(t) = untolerated(pod, node, &["NoSchedule", "NoExecute"]) {
         let value = t.value.as_deref().unwrap_or_default();
         return Err(unavailable(format!(
             "node(s) had untolerated taint {{{}: {value}}}",
             t.key
         )));
+    }
+    Ok(())
+}
+
+/// Why the node refuses a pod placed on it: the kubelet's `PodAdmitResult`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The predicate that failed, which is also the status and event reason:
+    /// `NodeAffinity` or `TaintToleration`.
+    pub reason: &'static str,
+    /// `Predicate <reason> failed: <the filter's words>`.
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(reason: &'static str, why: &str) -> Rejection {
+        Rejection {
+            reason,
+            message: format!("Predicate {reason} failed: {why}"),
+        }
+    }
+}
+
+/// The kubelet's admission of a pod whose `spec.nodeName` already names this node
+/// (k8s `pkg/kubelet/lifecycle/predicate.go`, `generalFilter`): nodeSelector and
+/// required node affinity must match, and only NoExecute taints need a toleration (a
+/// pod placed by name never met the scheduler's NoSchedule). The first failure is the
+/// reason. Resources and host ports are not checked: this node does not account them.
+pub fn admit(pod: &Pod, node: &NodeInfo) -> Result<(), Rejection> {
+    if !affinity_matches(pod, node) {
+        return Err(Rejection::new("NodeAffinity", AFFINITY_MISMATCH));
+    }
+    if untolerated(pod, node, &["NoExecute"]).is_some() {
+        return Err(Rejection::new(
+            "TaintToleration",
+            "node(s) had taints that the pod didn't tolerate",
+        ));
     }
     Ok(())
 }
@@ -200,6 +256,44 @@ mod tests {
         assert!(fits(&affinity("In", "ssd"), &n).is_ok());
         assert!(fits(&affinity("NotIn", "ssd"), &n).is_err());
         assert!(fits(&affinity("In", "nvme"), &n).is_err());
+    }
+
+    #[test]
+    fn admission_of_pods_named_here() {
+        let n = node(serde_json::json!([
+            {"key": "dedicated", "value": "db", "effect": "NoSchedule"},
+            {"key": "drain", "effect": "NoExecute"}
+        ]));
+        let tolerant = serde_json::json!([{"key": "drain", "operator": "Exists"}]);
+        // NoSchedule is the scheduler's: a pod placed by name is admitted despite it.
+        assert_eq!(
+            admit(&pod(serde_json::json!({"tolerations": tolerant})), &n),
+            Ok(())
+        );
+        assert!(fits(&pod(serde_json::json!({"tolerations": tolerant})), &n).is_err());
+        assert_eq!(
+            admit(&pod(serde_json::json!({})), &n),
+            Err(Rejection {
+                reason: "TaintToleration",
+                message: "Predicate TaintToleration failed: node(s) had taints that the pod didn't tolerate".into(),
+            })
+        );
+        // Affinity is checked first, as in the kubelet's generalFilter.
+        assert_eq!(
+            admit(&pod(serde_json::json!({"nodeSelector": {"disk": "hdd"}})), &n),
+            Err(Rejection {
+                reason: "NodeAffinity",
+                message: "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector".into(),
+            })
+        );
+        let n = node(serde_json::json!([]));
+        assert_eq!(
+            admit(
+                &pod(serde_json::json!({"nodeSelector": {"disk": "ssd"}})),
+                &n
+            ),
+            Ok(())
+        );
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct Worker<S: Store> {
     placed: bool,
     /// Why the pod does not fit this node, while it does not.
     unschedulable: Option<String>,
+    /// The status of a pod this node refused (see `placement::admit`): Failed, for good.
+    rejected: Option<PodStatus>,
     finished: Option<&'static str>,
     written: Option<serde_json::Value>,
 }
@@ -318,10 +320,16 @@ impl<S: Store> Worker<S> {
         let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();
         // A pod that already ran here stays: placement is checked once, before the start.
         let placed = ctrs.iter().any(|c| c.ran) || finished.is_some();
+        // Failed with a reason before anything ran: refused at admission (or evicted);
+        // that status stays as written.
+        let rejected =
+            (finished == Some("Failed") && old.reason.is_some() && !ctrs.iter().any(|c| c.ran))
+                .then(|| old.clone());
         Worker {
             shared,
             placed,
             unschedulable: None,
+            rejected,
             infra: None,
             infra_watch: JoinSet::new(),
             probe_tasks: JoinSet::new(),
@@ -664,7 +672,9 @@ impl<S: Store> Worker<S> {
                 self.terminate(&mut stop).await;
                 return;
             }
-            let wake = if self.placed || self.place().await {
+            let wake = if self.rejected.is_some() {
+                None
+            } else if self.placed || self.place().await {
                 self.step().await
             } else {
                 // Node labels and taints may change: look again in a while.
@@ -699,9 +709,28 @@ impl<S: Store> Worker<S> {
 
     /// Checks that the pod fits this node and, when it names no node yet, places it here
     /// (writes `spec.nodeName`, as the scheduler's binding does). False while it does
-    /// not fit (a FailedScheduling event when the reason changes).
+    /// not fit (a FailedScheduling event when the reason changes). A pod that names this
+    /// node already is admitted or rejected for good instead, as by the kubelet.
     async fn place(&mut self) -> bool {
         let info = placement::NodeInfo::read(&self.shared.store, &self.shared.node).await;
+        let named = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
+        if named {
+            return match placement::admit(&self.pod, &info) {
+                Ok(()) => {
+                    self.placed = true;
+                    true
+                }
+                Err(r) => {
+                    self.reject(r).await;
+                    false
+                }
+            };
+        }
         let fit = placement::fits(&self.pod, &info);
         let msg = match fit {
             Ok(()) => match self.bind().await {
@@ -721,6 +750,22 @@ impl<S: Store> Worker<S> {
             self.unschedulable = Some(msg);
         }
         false
+    }
+
+    /// Refuses the pod for good, as the kubelet's `rejectPod`: a Warning event with the
+    /// predicate as reason, and phase Failed with "Pod was rejected: ..." (written by
+    /// the caller's next status write). Nothing of it was set up: volumes wait for
+    /// `step`, which a rejected pod never reaches.
+    async fn reject(&mut self, r: placement::Rejection) {
+        tracing::info!(pod = self.name(), reason = r.reason, message = %r.message, "pod rejected: it does not fit this node");
+        self.event(EventType::Warning, r.reason, &r.message).await;
+        self.finished = Some("Failed");
+        self.rejected = Some(PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some(r.reason.into()),
+            message: Some(format!("Pod was rejected: {}", r.message)),
+            ..Default::default()
+        });
     }
 
     /// Writes this node into `spec.nodeName` of a pod that names none.
@@ -766,6 +811,8 @@ impl<S: Store> Worker<S> {
         }
         if !self.volumes_ready {
             self.ensure_finalizer().await;
+            // Placed and admitted: from here on the volume manager may set it up.
+            self.shared.volumes.admit(&self.uid);
             match self.shared.volumes.sync_pod(&self.pod).await {
                 Ok(_) => self.volumes_ready = true,
                 Err(e) => {
@@ -973,6 +1020,9 @@ impl<S: Store> Worker<S> {
     }
 
     fn build_status(&self) -> PodStatus {
+        if let Some(rejected) = &self.rejected {
+            return rejected.clone();
+        }
         let old = self.pod.status.clone().unwrap_or_default();
         if let Some(msg) = &self.unschedulable {
             // The scheduler's view: Pending, and why it is not placed.

@@ -1,7 +1,7 @@
 //! The desired set: the pods that should have volumes here, and tombstones for those
 //! that never should again. Every set-up checks it under the pod's lock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use strata_store::Store;
@@ -20,6 +20,24 @@ pub(super) struct Desired {
     /// By UID: pods deleted, finished or torn down, and since when. UIDs are never reused
     /// and a finished pod never runs again, so a UID here is never set up again.
     pub(super) gone: HashMap<String, Instant>,
+    /// With admission required ([`VolumeManager::require_admission`]): the UIDs admitted
+    /// so far. None: every pod placed here is.
+    pub(super) admitted: Option<HashSet<String>>,
+}
+
+impl Desired {
+    /// Gone for good: out of the desired set, tombstoned and no longer admitted.
+    fn bury(&mut self, uid: String) {
+        self.pods.remove(&uid);
+        if let Some(admitted) = self.admitted.as_mut() {
+            admitted.remove(&uid);
+        }
+        self.gone.insert(uid, Instant::now());
+    }
+
+    fn is_admitted(&self, uid: &str) -> bool {
+        self.admitted.as_ref().is_none_or(|a| a.contains(uid))
+    }
 }
 
 /// How long a tombstone outlives the pod: far longer than any sync that could still
@@ -27,11 +45,41 @@ pub(super) struct Desired {
 pub(super) const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 
 impl<S: Store> VolumeManager<S> {
+    /// From now on, sets up the volumes of a pod only once [`Self::admit`] has named it:
+    /// for a consumer whose pod runner decides whether a pod placed here may run
+    /// (strata-node), as the kubelet's volume manager waits for its pod workers'
+    /// admission. Until then the watches, retries and reconciles set nothing up for the
+    /// pod, and leave what it has on disk alone. Without this call every pod placed
+    /// here is admitted.
+    pub fn require_admission(&self) {
+        let mut d = self.inner.desired.lock().expect("lock");
+        d.admitted.get_or_insert_with(HashSet::new);
+    }
+
+    /// Admits pod `uid` to this node (see [`Self::require_admission`]): its volumes may
+    /// now be set up. A pod already gone stays gone.
+    pub fn admit(&self, uid: &str) {
+        let mut d = self.inner.desired.lock().expect("lock");
+        if d.gone.contains_key(uid) {
+            return;
+        }
+        if let Some(admitted) = d.admitted.as_mut() {
+            admitted.insert(uid.to_owned());
+        }
+    }
+
+    /// Whether pod `uid` may have its volumes set up (see [`Self::require_admission`]).
+    pub(super) fn admitted(&self, uid: &str) -> bool {
+        self.inner.desired.lock().expect("lock").is_admitted(uid)
+    }
+
     /// Marks a pod as gone for good: no sync sets it up again.
     pub(super) fn mark_gone(&self, uid: &str) {
-        let mut d = self.inner.desired.lock().expect("lock");
-        d.pods.remove(uid);
-        d.gone.insert(uid.to_owned(), Instant::now());
+        self.inner
+            .desired
+            .lock()
+            .expect("lock")
+            .bury(uid.to_owned());
     }
 
     /// The version of `pod` to set up now, or None when it must not be set up: deleted,
@@ -69,7 +117,7 @@ impl<S: Store> VolumeManager<S> {
         // Placed here and deleted or finished: never again. (A pod not placed yet may
         // still be, so it gets no tombstone.)
         if on_node || deleted {
-            d.gone.insert(uid, Instant::now());
+            d.bury(uid);
         }
         false
     }
@@ -89,8 +137,7 @@ impl<S: Store> VolumeManager<S> {
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in missing {
-            d.pods.remove(&uid);
-            d.gone.insert(uid, Instant::now());
+            d.bury(uid);
         }
     }
 }

@@ -22,7 +22,9 @@ impl<S: Store> VolumeManager<S> {
     /// Sets up every volume of `pod` (idempotent). Volumes that fail are reported together
     /// and retried by the next sync; the others are set up regardless. A pod deleted,
     /// finished or torn down (checked under the pod's lock, after any tear-down in flight)
-    /// gets nothing and `Error::PodGone`; the newest copy the Pod watch delivered is used.
+    /// gets nothing and `Error::PodGone`; one not admitted yet (see
+    /// [`Self::require_admission`]) gets nothing and `Error::NotAdmitted`. The newest copy
+    /// the Pod watch delivered is used.
     ///
     /// The work runs as a tracked task: it finishes even when the caller stops waiting,
     /// and `run` waits for it before returning.
@@ -54,6 +56,12 @@ impl<S: Store> VolumeManager<S> {
             tracing::debug!("pod is gone or finished; nothing set up");
             return Err(Error::PodGone { uid });
         };
+        if !self.admitted(&uid) {
+            drop(guard);
+            self.release_pod_lock(&uid, &lock);
+            tracing::debug!("pod is not admitted yet; nothing set up");
+            return Err(Error::NotAdmitted { uid });
+        }
         let pod = &pod;
         let _guard = guard;
         let mut prepared = BTreeMap::new();

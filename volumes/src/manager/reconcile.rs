@@ -65,8 +65,9 @@ impl<S: Store> VolumeManager<S> {
         let syncs = desired.values().map(|p| self.sync_pod(p));
         for r in futures::future::join_all(syncs).await {
             match r {
-                // Deleted while this pass ran; its tear-down is the Pod watch's.
-                Ok(_) | Err(Error::PodGone { .. }) => {}
+                // Deleted while this pass ran (its tear-down is the Pod watch's), or not
+                // admitted yet (its pod runner syncs it once it is).
+                Ok(_) | Err(Error::PodGone { .. } | Error::NotAdmitted { .. }) => {}
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
