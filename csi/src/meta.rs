@@ -9,7 +9,7 @@
 //! - It is removed after the object's data and before the database forgets the object, so
 //!   a record without data never describes a live object.
 //! - Stages and publications get a record too (`meta/stages`, `meta/publishes`), written
-//!   by rename without fsync: they describe mounts, which a power loss ends anyway, and
+//!   in place without fsync: they describe mounts, which a power loss ends anyway, and
 //!   NodePublish stays a few microseconds slower, not a disk flush slower.
 //! - If the state database is lost, `adopt` rebuilds its records from these files at
 //!   start-up (reconciliation then checks them against the data, loop devices and mounts);
@@ -124,16 +124,31 @@ impl PoolMeta {
         self.root.join(c.dir()).join(name)
     }
 
-    /// Replaces `name` atomically: a reader sees the old or the new record, never a part.
+    /// Replaces `name`. A durable record is replaced atomically (a reader sees the old or
+    /// the new one, never a part); a stage or publication record is written in place, one
+    /// file operation instead of a temporary file and a rename, because only a lost state
+    /// database makes anyone read it, and a record that a crash cut short is skipped then
+    /// like any undecodable one: its mount is found by reconciliation as a stray that the
+    /// CO's retry adopts, the same as if the crash had come before the record.
     fn put<T: Serialize>(&self, c: Class, name: &str, record: &T) -> Result<()> {
         let dir = &self.dirs[&c];
-        let tmp = format!("{name}{TMP_SUFFIX}");
         let body = serde_json::to_vec(&Envelope {
             format: META_FORMAT,
             record,
         })
         .expect("records are plain data");
         let path = self.path(c, name);
+        if !c.durable() {
+            let mut f = sys::fs::open_beneath(
+                dir,
+                name,
+                OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_WRONLY,
+                0o600,
+            )
+            .map_err(Error::io("creating", &path))?;
+            return f.write_all(&body).map_err(Error::io("writing", &path));
+        }
+        let tmp = format!("{name}{TMP_SUFFIX}");
         let mut f = sys::fs::open_beneath(
             dir,
             &tmp,
@@ -143,17 +158,13 @@ impl PoolMeta {
         .map_err(Error::io("creating", self.path(c, &tmp)))?;
         f.write_all(&body)
             .map_err(Error::io("writing", self.path(c, &tmp)))?;
-        if c.durable() {
-            sys::fs::sync(&f).map_err(Error::io("fsync", self.path(c, &tmp)))?;
-        }
+        sys::fs::sync(&f).map_err(Error::io("fsync", self.path(c, &tmp)))?;
         drop(f);
         nix::fcntl::renameat(dir, tmp.as_str(), dir, name)
             .map_err(|e| Error::io("renaming into", &path)(e.into()))?;
-        if c.durable() {
-            // The rename itself must reach the disk too.
-            dir.sync_all()
-                .map_err(Error::io("fsync", self.root.join(c.dir())))?;
-        }
+        // The rename itself must reach the disk too.
+        dir.sync_all()
+            .map_err(Error::io("fsync", self.root.join(c.dir())))?;
         Ok(())
     }
 

@@ -445,6 +445,19 @@ fn commit_batch(conn: &mut Connection, view: &Mutex<View>, batch: Vec<Job>) {
     let mut results: Vec<Result<()>> = Vec::with_capacity(batch.len());
     let outcome = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let [job] = batch.as_slice() {
+            // A lone job needs no savepoint: the transaction is its own.
+            return match job.ops.iter().try_for_each(|op| apply(&tx, op)) {
+                Ok(()) => {
+                    results.push(Ok(()));
+                    tx.commit()
+                }
+                Err(e) => {
+                    results.push(Err(Error::State(e)));
+                    tx.rollback()
+                }
+            };
+        }
         for job in &batch {
             let mut sp = tx.unchecked_transaction_savepoint()?;
             let r = job.ops.iter().try_for_each(|op| apply(&sp, op));
