@@ -578,6 +578,9 @@ pub fn validate_object(kind: &str, v: &Value) -> Result<()> {
             }
         }
         "PodPreset" => crate::podpreset::validate(v)?,
+        "VolumeSnapshotClass" | "VolumeSnapshot" | "VolumeSnapshotContent" => {
+            validate_snapshot_kind(kind, v)?
+        }
         "StatefulSet" => {
             if let Some(Value::Array(templates)) = get(v, &["spec", "volumeClaimTemplates"]) {
                 for (i, t) in templates.iter().enumerate() {
@@ -597,6 +600,64 @@ pub fn validate_object(kind: &str, v: &Value) -> Result<()> {
                     })?;
                 }
             }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The snapshot CRDs' schema rules (external-snapshotter `client/config/crd`): required
+/// fields, the deletion policy enum, and exactly one source.
+fn validate_snapshot_kind(kind: &str, v: &Value) -> Result<()> {
+    let required = |path: &[&str]| match str_at(v, path) {
+        None | Some("") => Err(Error::invalid(path.join("."), "Required value")),
+        Some(_) => Ok(()),
+    };
+    let exactly_one = |path: &[&str], a: &str, b: &str| {
+        let set = |f: &str| get(v, &[path, &[f][..]].concat()).is_some_and(|x| !x.is_null());
+        if set(a) == set(b) {
+            return Err(Error::invalid(
+                path.join("."),
+                format!("Invalid value: exactly one of {a} and {b} must be set"),
+            ));
+        }
+        Ok(())
+    };
+    let (policy, driver): (&[&str], &[&str]) = match kind {
+        "VolumeSnapshotClass" => (&["deletionPolicy"], &["driver"]),
+        "VolumeSnapshotContent" => (&["spec", "deletionPolicy"], &["spec", "driver"]),
+        _ => (&[], &[]),
+    };
+    if !policy.is_empty() {
+        required(driver)?;
+        required(policy)?;
+        one_of(v, policy, &["Delete", "Retain"])?;
+    }
+    match kind {
+        "VolumeSnapshot" => {
+            exactly_one(
+                &["spec", "source"],
+                "persistentVolumeClaimName",
+                "volumeSnapshotContentName",
+            )?;
+            if str_at(v, &["spec", "volumeSnapshotClassName"]) == Some("") {
+                return Err(Error::invalid(
+                    "spec.volumeSnapshotClassName",
+                    "Invalid value: must not be the empty string when set",
+                ));
+            }
+        }
+        "VolumeSnapshotContent" => {
+            exactly_one(&["spec", "source"], "volumeHandle", "snapshotHandle")?;
+            if str_at(v, &["spec", "volumeSnapshotRef", "name"]).is_none_or(str::is_empty)
+                || str_at(v, &["spec", "volumeSnapshotRef", "namespace"]).is_none_or(str::is_empty)
+            {
+                return Err(Error::invalid(
+                    "spec.volumeSnapshotRef",
+                    "Invalid value: both spec.volumeSnapshotRef.name and spec.volumeSnapshotRef.namespace must be set",
+                ));
+            }
+            one_of(v, &["spec", "sourceVolumeMode"], &["Filesystem", "Block"])?;
         }
         _ => {}
     }
@@ -656,6 +717,33 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Result<()> {
             }
         }
         "PersistentVolumeClaim" => validate_claim_update(old, new)?,
+        // The CRDs' x-kubernetes-validations: a source never changes.
+        "VolumeSnapshot" => {
+            for f in ["persistentVolumeClaimName", "volumeSnapshotContentName"] {
+                forbidden_if_changed(
+                    old,
+                    new,
+                    &["spec", "source", f],
+                    &format!("{f} is immutable"),
+                )?;
+            }
+        }
+        "VolumeSnapshotContent" => {
+            for f in ["volumeHandle", "snapshotHandle"] {
+                forbidden_if_changed(
+                    old,
+                    new,
+                    &["spec", "source", f],
+                    &format!("{f} is immutable"),
+                )?;
+            }
+            forbidden_if_changed(
+                old,
+                new,
+                &["spec", "sourceVolumeMode"],
+                "sourceVolumeMode is immutable",
+            )?;
+        }
         "PersistentVolume" => {
             forbidden_if_changed(old, new, &["spec", "volumeMode"], "field is immutable")?;
             let source = |v: &Value| -> BTreeMap<String, Value> {

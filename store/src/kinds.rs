@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::api::Object;
 use crate::error::{Error, Result};
 use crate::podpreset::PodPreset;
+use crate::snapshot::{VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotContent};
 
 /// What the untyped core needs to know about a kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +155,7 @@ macro_rules! kind {
     };
 }
 
-static KINDS: [KindInfo; 12] = [
+static KINDS: [KindInfo; 15] = [
     kind!(PersistentVolume, false, "persistentvolumes", ["pv"]),
     kind!(
         PersistentVolumeClaim,
@@ -173,6 +174,20 @@ static KINDS: [KindInfo; 12] = [
     kind!(Node, false, "nodes", ["no"]),
     // settings.k8s.io/v1alpha1, as served until v1.19; kubectl knew no short name for it.
     kind!(PodPreset, true, "podpresets", []),
+    // Short names as external-snapshotter's CRDs declare them.
+    kind!(
+        VolumeSnapshotClass,
+        false,
+        "volumesnapshotclasses",
+        ["vsclass", "vsclasses"]
+    ),
+    kind!(VolumeSnapshot, true, "volumesnapshots", ["vs"]),
+    kind!(
+        VolumeSnapshotContent,
+        false,
+        "volumesnapshotcontents",
+        ["vsc", "vscs"]
+    ),
 ];
 
 /// Every registered kind.
@@ -228,6 +243,9 @@ mod tests {
             KindRef::of::<Namespace>(),
             KindRef::of::<Node>(),
             KindRef::of::<PodPreset>(),
+            KindRef::of::<VolumeSnapshotClass>(),
+            KindRef::of::<VolumeSnapshot>(),
+            KindRef::of::<VolumeSnapshotContent>(),
         ];
         for (info, typed) in KINDS.iter().zip(typed) {
             assert_eq!(info.kind_ref, typed);
@@ -242,6 +260,13 @@ mod tests {
         assert_eq!(lookup("statefulset").unwrap().kind(), "StatefulSet");
         assert_eq!(lookup("secret").unwrap().kind(), "Secret");
         assert_eq!(lookup("sts").unwrap().api_version(), "apps/v1");
+        assert_eq!(lookup("vs").unwrap().kind(), "VolumeSnapshot");
+        assert_eq!(lookup("vscs").unwrap().kind(), "VolumeSnapshotContent");
+        assert_eq!(lookup("vsclass").unwrap().kind(), "VolumeSnapshotClass");
+        assert_eq!(
+            lookup("volumesnapshotcontent").unwrap().api_version(),
+            "snapshot.storage.k8s.io/v1"
+        );
         assert!(lookup("deployment").is_none());
         assert_eq!(
             lookup("podpresets").unwrap().api_version(),

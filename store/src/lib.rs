@@ -37,6 +37,7 @@ pub mod kinds;
 pub mod podpreset;
 pub mod quantity;
 pub mod selector;
+pub mod snapshot;
 mod time;
 
 pub use k8s_openapi;

@@ -411,3 +411,98 @@ async fn dynamic_values_follow_the_same_rules() {
     let all = store.list_values(kind, Some(""), None).await.unwrap();
     assert_eq!(all.items.len(), 1);
 }
+
+#[tokio::test]
+async fn snapshot_kinds_apply_and_are_validated_as_their_crds() {
+    use strata_store::apply::{Outcome, parse_manifests};
+    use strata_store::snapshot::{VolumeSnapshot, VolumeSnapshotContent};
+    let (_dir, store) = open();
+    let manifest = "
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotClass
+metadata: {name: snaps}
+driver: local.csi.strata.io
+deletionPolicy: Delete
+parameters: {a: b}
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: s1}
+spec:
+  volumeSnapshotClassName: snaps
+  source: {persistentVolumeClaimName: data}
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotContent
+metadata: {name: pre}
+spec:
+  deletionPolicy: Retain
+  driver: local.csi.strata.io
+  source: {snapshotHandle: h1}
+  volumeSnapshotRef: {name: s2, namespace: default}
+status: {readyToUse: true}
+";
+    let applied = store
+        .apply(parse_manifests(manifest, "default").unwrap())
+        .await
+        .unwrap();
+    assert!(applied.iter().all(|a| a.outcome == Outcome::Created));
+    let again = store
+        .apply(parse_manifests(manifest, "default").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        again.iter().all(|a| a.outcome == Outcome::Unchanged),
+        "{again:?}"
+    );
+    let content: VolumeSnapshotContent = store.get("", "pre").await.unwrap();
+    assert!(
+        content.status.is_none(),
+        "status is a subresource: dropped on create"
+    );
+
+    // Exactly one source, on both kinds; the class needs a known policy.
+    let bad = [
+        "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshot\nmetadata: {name: s3}\nspec: {source: {}}",
+        "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshot\nmetadata: {name: s3}\nspec: {source: {persistentVolumeClaimName: a, volumeSnapshotContentName: b}}",
+        "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshot\nmetadata: {name: s3}\nspec: {volumeSnapshotClassName: '', source: {persistentVolumeClaimName: a}}",
+        "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshotContent\nmetadata: {name: c}\nspec: {deletionPolicy: Delete, driver: d, source: {volumeHandle: v, snapshotHandle: h}, volumeSnapshotRef: {name: s, namespace: default}}",
+        "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshotContent\nmetadata: {name: c}\nspec: {deletionPolicy: Delete, driver: d, source: {snapshotHandle: h}, volumeSnapshotRef: {name: s}}",
+        "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshotClass\nmetadata: {name: c}\ndriver: d\ndeletionPolicy: Keep",
+        "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshotClass\nmetadata: {name: c}\ndriver: d\ndeletionPolicy: Delete\nparamters: {}",
+    ];
+    let rv = store.revision().await.unwrap();
+    for doc in bad {
+        let err = match parse_manifests(doc, "default") {
+            Err(e) => e,
+            Ok(m) => store.apply(m).await.unwrap_err(),
+        };
+        let inner = match &err {
+            strata_store::Error::Document { source, .. } => source.as_ref(),
+            e => e,
+        };
+        assert!(inner.is_invalid(), "{doc}: {err}");
+    }
+    assert_eq!(
+        store.revision().await.unwrap(),
+        rv,
+        "refusals wrote nothing"
+    );
+
+    // The source is immutable; the status subresource may change.
+    let mut s: VolumeSnapshot = store.get("default", "s1").await.unwrap();
+    s.spec.source.persistent_volume_claim_name = Some("other".into());
+    let err = store.update(&s).await.unwrap_err();
+    assert!(
+        err.is_invalid()
+            && err
+                .to_string()
+                .contains("persistentVolumeClaimName is immutable"),
+        "{err}"
+    );
+    let mut s: VolumeSnapshot = store.get("default", "s1").await.unwrap();
+    s.status = Some(Default::default());
+    s.status.as_mut().unwrap().ready_to_use = Some(false);
+    let s = store.update_status(&s).await.unwrap();
+    assert_eq!(s.status.unwrap().ready_to_use, Some(false));
+}

@@ -26,6 +26,16 @@ fn or_none(x: &str) -> String {
     }
 }
 
+/// A boolean or number printed as kubectl prints a printer column: empty when unset.
+fn scalar(v: &Value, path: &[&str]) -> String {
+    match path.iter().try_fold(v, |v, k| v.get(k)) {
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(x)) => x.clone(),
+        _ => String::new(),
+    }
+}
+
 fn count(v: &Value, path: &[&str]) -> usize {
     match path.iter().try_fold(v, |v, k| v.get(k)) {
         Some(Value::Object(m)) => m.len(),
@@ -152,6 +162,30 @@ pub fn headers(kind: &KindInfo, width: Width) -> Vec<&'static str> {
         "Pod" => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         "Namespace" => vec!["NAME", "STATUS", "AGE"],
+        // The snapshot CRDs' additionalPrinterColumns.
+        "VolumeSnapshotClass" => vec!["NAME", "DRIVER", "DELETIONPOLICY", "AGE"],
+        "VolumeSnapshot" => vec![
+            "NAME",
+            "READYTOUSE",
+            "SOURCEPVC",
+            "SOURCESNAPSHOTCONTENT",
+            "RESTORESIZE",
+            "SNAPSHOTCLASS",
+            "SNAPSHOTCONTENT",
+            "CREATIONTIME",
+            "AGE",
+        ],
+        "VolumeSnapshotContent" => vec![
+            "NAME",
+            "READYTOUSE",
+            "RESTORESIZE",
+            "DELETIONPOLICY",
+            "DRIVER",
+            "VOLUMESNAPSHOTCLASS",
+            "VOLUMESNAPSHOT",
+            "VOLUMESNAPSHOTNAMESPACE",
+            "AGE",
+        ],
         _ => vec!["NAME", "AGE"],
     };
     if width == Width::Wide {
@@ -288,6 +322,37 @@ pub fn row(kind: &KindInfo, v: &Value, width: Width) -> Vec<String> {
             s(v, &["message"]).into(),
         ],
         "Namespace" => vec![name, s(v, &["status", "phase"]).into(), created],
+        "VolumeSnapshotClass" => vec![
+            name,
+            s(v, &["driver"]).into(),
+            s(v, &["deletionPolicy"]).into(),
+            created,
+        ],
+        "VolumeSnapshot" => vec![
+            name,
+            scalar(v, &["status", "readyToUse"]),
+            s(v, &["spec", "source", "persistentVolumeClaimName"]).into(),
+            s(v, &["spec", "source", "volumeSnapshotContentName"]).into(),
+            s(v, &["status", "restoreSize"]).into(),
+            s(v, &["spec", "volumeSnapshotClassName"]).into(),
+            s(v, &["status", "boundVolumeSnapshotContentName"]).into(),
+            match s(v, &["status", "creationTime"]) {
+                "" => String::new(),
+                t => age(t),
+            },
+            created,
+        ],
+        "VolumeSnapshotContent" => vec![
+            name,
+            scalar(v, &["status", "readyToUse"]),
+            scalar(v, &["status", "restoreSize"]),
+            s(v, &["spec", "deletionPolicy"]).into(),
+            s(v, &["spec", "driver"]).into(),
+            s(v, &["spec", "volumeSnapshotClassName"]).into(),
+            s(v, &["spec", "volumeSnapshotRef", "name"]).into(),
+            s(v, &["spec", "volumeSnapshotRef", "namespace"]).into(),
+            created,
+        ],
         _ => vec![name, created],
     };
     if width == Width::Wide {
@@ -427,6 +492,43 @@ mod tests {
         assert_eq!(human_duration(30 * 3600), "30h");
         assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
         assert_eq!(human_duration(100 * 86400), "100d");
+    }
+
+    #[test]
+    fn snapshot_columns_as_the_crds_print_them() {
+        let kind = strata_store::kinds::lookup("vs").unwrap();
+        let v = serde_json::json!({
+            "metadata": {"name": "s1"},
+            "spec": {"source": {"persistentVolumeClaimName": "data"}, "volumeSnapshotClassName": "c"},
+            "status": {"readyToUse": true, "restoreSize": "64Mi", "boundVolumeSnapshotContentName": "snapcontent-u"},
+        });
+        let first = row(kind, &v, Width::Normal);
+        assert_eq!(first.len(), headers(kind, Width::Normal).len());
+        assert_eq!(
+            first[..7],
+            ["s1", "true", "data", "", "64Mi", "c", "snapcontent-u"]
+        );
+        let kind = strata_store::kinds::lookup("vsc").unwrap();
+        let v = serde_json::json!({
+            "metadata": {"name": "snapcontent-u"},
+            "spec": {"deletionPolicy": "Delete", "driver": "d", "volumeSnapshotRef": {"name": "s1", "namespace": "default"}},
+            "status": {"readyToUse": false, "restoreSize": 67108864},
+        });
+        let second = row(kind, &v, Width::Normal);
+        assert_eq!(second.len(), headers(kind, Width::Normal).len());
+        assert_eq!(
+            second[..8],
+            [
+                "snapcontent-u",
+                "false",
+                "67108864",
+                "Delete",
+                "d",
+                "",
+                "s1",
+                "default"
+            ]
+        );
     }
 
     #[test]

@@ -24,7 +24,14 @@ pub(crate) enum Part {
 fn clears_status_on_create(kind: &str) -> bool {
     matches!(
         kind,
-        "PersistentVolume" | "PersistentVolumeClaim" | "Pod" | "StatefulSet" | "Namespace"
+        "PersistentVolume"
+            | "PersistentVolumeClaim"
+            | "Pod"
+            | "StatefulSet"
+            | "Namespace"
+            // CRDs with a status subresource.
+            | "VolumeSnapshot"
+            | "VolumeSnapshotContent"
     )
 }
 
