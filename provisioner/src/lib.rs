@@ -1,4 +1,5 @@
-//! Control loops: PV/PVC binder, dynamic provisioner, expansion, StatefulSet claims.
+//! Control loops: PV/PVC binder, dynamic provisioner, expansion, StatefulSet claims,
+//! volume snapshots.
 //!
 //! The decisions live in pure modules (`binder`, `provision`, `expand`, `statefulset`, `gc`)
 //! that read Kubernetes objects and return the writes to make; `controller` runs them against
@@ -19,6 +20,7 @@ pub mod namespace;
 pub mod provision;
 pub mod quantity;
 pub mod selector;
+pub mod snapshot;
 pub mod statefulset;
 
 /// The API types, from the store so every crate agrees on one k8s-openapi.

@@ -63,3 +63,49 @@ pub mod reason {
     pub const FAILED_CREATE: &str = "FailedCreate";
     pub const SUCCESSFUL_DELETE: &str = "SuccessfulDelete";
 }
+
+/// external-snapshotter's strings (`pkg/utils/util.go`) and external-provisioner's cloning
+/// finalizer.
+pub mod snapshot {
+    /// On every VolumeSnapshot not being deleted: held while a claim is being restored from it.
+    pub const FINALIZER_AS_SOURCE: &str =
+        "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection";
+    /// On a VolumeSnapshot bound to a content whose deletionPolicy is Delete.
+    pub const FINALIZER_BOUND: &str =
+        "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection";
+    /// On every VolumeSnapshotContent: held until its snapshot is deleted (if Delete).
+    pub const FINALIZER_CONTENT: &str =
+        "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection";
+    /// On a claim while a snapshot of it is being taken.
+    pub const FINALIZER_PVC_AS_SOURCE: &str =
+        "snapshot.storage.kubernetes.io/pvc-as-source-protection";
+    /// On a claim while a clone of it is being provisioned.
+    pub const FINALIZER_CLONING: &str = "provisioner.storage.kubernetes.io/cloning-protection";
+    /// On a content whose VolumeSnapshot is being deleted: DeleteSnapshot may run.
+    pub const ANN_BEING_DELETED: &str =
+        "snapshot.storage.kubernetes.io/volumesnapshot-being-deleted";
+    /// On a content while CreateSnapshot may be running.
+    pub const ANN_BEING_CREATED: &str =
+        "snapshot.storage.kubernetes.io/volumesnapshot-being-created";
+    /// On a VolumeSnapshotClass: the default for its driver.
+    pub const ANN_DEFAULT_CLASS: &str = "snapshot.storage.kubernetes.io/is-default-class";
+    /// On a content: a restore may change the volume mode from its source's.
+    pub const ANN_ALLOW_VOLUME_MODE_CHANGE: &str =
+        "snapshot.storage.kubernetes.io/allow-volume-mode-change";
+    /// Class parameters naming the snapshotter's secret (refused: no secrets are passed).
+    pub const PARAM_SECRET_NAME: &str = "csi.storage.k8s.io/snapshotter-secret-name";
+    pub const PARAM_SECRET_NAMESPACE: &str = "csi.storage.k8s.io/snapshotter-secret-namespace";
+
+    /// Event reasons.
+    pub mod reason {
+        pub const CREATING: &str = "CreatingSnapshot";
+        pub const CREATED: &str = "SnapshotCreated";
+        pub const READY: &str = "SnapshotReady";
+        pub const CREATION_FAILED: &str = "SnapshotCreationFailed";
+        pub const CONTENT_CREATION_FAILED: &str = "SnapshotContentCreationFailed";
+        pub const CONTENT_MISSING: &str = "SnapshotContentMissing";
+        pub const CONTENT_MISMATCH: &str = "SnapshotContentMismatch";
+        pub const DELETE_FAILED: &str = "SnapshotDeleteError";
+        pub const SNAPSHOT_DELETE_PENDING: &str = "SnapshotDeletePending";
+    }
+}

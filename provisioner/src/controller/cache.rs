@@ -13,6 +13,7 @@ use crate::k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use crate::k8s_openapi::api::storage::v1::StorageClass;
 use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::meta;
+use strata_store::snapshot::{VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotContent};
 
 #[derive(Default)]
 pub struct Cache {
@@ -31,6 +32,10 @@ pub struct Cache {
     /// Namespaces being deleted that the namespace controller has yet to empty: a pod or
     /// claim going away in one of them wakes its sync.
     pub terminating_namespaces: BTreeSet<String>,
+    /// VolumeSnapshots keyed `namespace/name`; contents and their classes by name.
+    pub snapshots: BTreeMap<String, VolumeSnapshot>,
+    pub contents: BTreeMap<String, VolumeSnapshotContent>,
+    pub snapshot_classes: BTreeMap<String, VolumeSnapshotClass>,
 }
 
 pub fn key(m: &ObjectMeta) -> String {
@@ -199,6 +204,65 @@ impl Cache {
         drop_key(&mut self.classes, &mut self.tombstones, "sc", k, rv, |x| {
             &x.metadata
         });
+    }
+
+    pub fn put_snapshot(&mut self, o: VolumeSnapshot) {
+        let k = key(&o.metadata);
+        put(&mut self.snapshots, &mut self.tombstones, "vs", k, o, |x| {
+            &x.metadata
+        });
+    }
+
+    pub fn drop_snapshot(&mut self, k: &str, rv: u64) {
+        drop_key(
+            &mut self.snapshots,
+            &mut self.tombstones,
+            "vs",
+            k,
+            rv,
+            |x| &x.metadata,
+        );
+    }
+
+    pub fn put_content(&mut self, o: VolumeSnapshotContent) {
+        let k = meta::name(&o.metadata).to_string();
+        put(&mut self.contents, &mut self.tombstones, "vsc", k, o, |x| {
+            &x.metadata
+        });
+    }
+
+    pub fn drop_content(&mut self, k: &str, rv: u64) {
+        drop_key(
+            &mut self.contents,
+            &mut self.tombstones,
+            "vsc",
+            k,
+            rv,
+            |x| &x.metadata,
+        );
+    }
+
+    pub fn put_snapshot_class(&mut self, o: VolumeSnapshotClass) {
+        let k = meta::name(&o.metadata).to_string();
+        put(
+            &mut self.snapshot_classes,
+            &mut self.tombstones,
+            "vsclass",
+            k,
+            o,
+            |x| &x.metadata,
+        );
+    }
+
+    pub fn drop_snapshot_class(&mut self, k: &str, rv: u64) {
+        drop_key(
+            &mut self.snapshot_classes,
+            &mut self.tombstones,
+            "vsclass",
+            k,
+            rv,
+            |x| &x.metadata,
+        );
     }
 
     /// The index has its own newer-version check; the tombstone check is done here.

@@ -23,7 +23,7 @@ use crate::k8s_openapi::api::storage::v1::StorageClass;
 use crate::meta;
 
 /// How one kind enters the cache and which queues hear of it.
-trait Informed: Object {
+pub(super) trait Informed: Object {
     /// The cache's current objects of this kind (to find deletions missed across a re-list).
     fn cached<S: Store>(ctl: &Controller<S>) -> Vec<Self>;
     fn handle<S: Store>(ctl: &Controller<S>, ev: WatchEvent<Self>, initial: bool);
@@ -41,7 +41,8 @@ pub(super) async fn start_all<S: Store>(
     handles.push(start::<S, PersistentVolumeClaim>(ctl, stop.clone()).await?);
     handles.push(start::<S, Pod>(ctl, stop.clone()).await?);
     handles.push(start::<S, StatefulSet>(ctl, stop.clone()).await?);
-    handles.push(start::<S, Namespace>(ctl, stop).await?);
+    handles.push(start::<S, Namespace>(ctl, stop.clone()).await?);
+    handles.extend(super::snapshot::start_informers(ctl, stop).await?);
     Ok(handles)
 }
 
@@ -60,7 +61,7 @@ async fn list_into<S: Store, K: Informed>(ctl: &Controller<S>) -> Result<u64> {
     Ok(list.resource_version)
 }
 
-async fn start<S: Store, K: Informed>(
+pub(super) async fn start<S: Store, K: Informed>(
     ctl: &Arc<Controller<S>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>> {
@@ -231,6 +232,7 @@ impl Informed for PersistentVolumeClaim {
                 wake_terminating_namespace(ctl, &c, &ns);
             }
             WatchEvent::Added(pvc) | WatchEvent::Modified(pvc) => {
+                super::snapshot::claim_changed(ctl, &c, &pvc);
                 c.put_claim(pvc);
                 ctl.queues.gc.add(format!("PersistentVolumeClaim/{k}"));
             }

@@ -10,6 +10,7 @@ mod informer;
 mod namespace;
 mod provision;
 pub mod queue;
+mod snapshot;
 mod statefulset;
 mod status;
 
@@ -91,10 +92,12 @@ pub(crate) struct Queues {
     pub placement: Arc<WorkQueue>,
     pub namespaces: Arc<WorkQueue>,
     pub capacity: Arc<WorkQueue>,
+    pub snapshots: Arc<WorkQueue>,
+    pub contents: Arc<WorkQueue>,
 }
 
 impl Queues {
-    fn all(&self) -> [&Arc<WorkQueue>; 10] {
+    fn all(&self) -> [&Arc<WorkQueue>; 12] {
         [
             &self.claims,
             &self.volumes,
@@ -106,6 +109,8 @@ impl Queues {
             &self.placement,
             &self.namespaces,
             &self.capacity,
+            &self.snapshots,
+            &self.contents,
         ]
     }
 }
@@ -153,6 +158,8 @@ impl<S: Store> Controller<S> {
                 placement: WorkQueue::new("placement"),
                 namespaces: WorkQueue::new("namespaces"),
                 capacity: WorkQueue::new("capacity"),
+                snapshots: WorkQueue::new("snapshots"),
+                contents: WorkQueue::new("snapshotcontents"),
             },
             backoff: Mutex::default(),
             provision_holds: Mutex::default(),
@@ -409,6 +416,18 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
                     Box::pin(async move { c.sync_capacity().await })
                 }));
             }
+            // The snapshot-controller and csi-snapshotter are a cluster's own in per-node
+            // mode; their queues then stay empty.
+            if !ctl.config.per_node {
+                started.push(spawn_worker(&ctl, &q.snapshots, |c, k| {
+                    Box::pin(async move { c.sync_snapshot(&k).await })
+                }));
+                for _ in 0..ctl.config.provision_workers.clamp(1, 4) {
+                    started.push(spawn_worker(&ctl, &q.contents, |c, k| {
+                        Box::pin(async move { c.sync_content(&k).await })
+                    }));
+                }
+            }
             driver_workers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -452,6 +471,12 @@ impl<S: Store> Controller<S> {
         }
         for ns in &c.terminating_namespaces {
             q.namespaces.add(ns.clone());
+        }
+        for k in c.snapshots.keys() {
+            q.snapshots.add(k.clone());
+        }
+        for k in c.contents.keys() {
+            q.contents.add(k.clone());
         }
     }
 }

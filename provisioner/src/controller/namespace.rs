@@ -53,6 +53,8 @@ impl<S: Store> Controller<S> {
         // namespace).
         self.delete_all::<Pod>(name, &mut left).await?;
         self.delete_all::<StatefulSet>(name, &mut left).await?;
+        self.delete_all::<strata_store::snapshot::VolumeSnapshot>(name, &mut left)
+            .await?;
         self.delete_all::<PersistentVolumeClaim>(name, &mut left)
             .await?;
         self.delete_all::<ConfigMap>(name, &mut left).await?;

@@ -15,13 +15,15 @@ use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim}
 use crate::k8s_openapi::api::storage::v1::StorageClass;
 use crate::meta::{self, add_finalizer, has_finalizer, remove_finalizer};
 use crate::metrics::csi_reason;
+use crate::names::snapshot::FINALIZER_CLONING;
 use crate::names::{self, reason};
 use crate::provision::class::ClassConfig;
 use crate::provision::immediate::{self, Placed};
 use crate::provision::request::{
-    AccessMode, AccessType, Capability, Placement, build_create_request,
+    AccessMode, AccessType, Capability, ContentSource, DriverInfo, Placement, build_create_request,
 };
 use crate::provision::retry::{Disposition, classify};
+use crate::provision::source::DataSource;
 use crate::provision::volume::{Rejected, build_volume};
 use crate::provision::{self, csi::CsiError, node};
 use crate::{expand, quantity};
@@ -114,6 +116,16 @@ impl<S: Store> Controller<S> {
                 return Ok(Requeue::Backoff);
             }
         };
+        let source = match self.resolve_source(&pvc, driver) {
+            Ok(s) => s,
+            Err(e) => {
+                // Not ready yet or not usable: said on the claim, retried (upstream retries
+                // too); a source becoming ready wakes the claim at once.
+                self.metrics.provisioned(Err("InvalidSource"));
+                self.record(&failed(e)).await;
+                return Ok(Requeue::Backoff);
+            }
+        };
         let nodes = vec![self.config.node_id.clone()];
         let request = match build_create_request(
             &pvc,
@@ -121,6 +133,7 @@ impl<S: Store> Controller<S> {
             driver,
             &self.config.default_fs_type,
             &Placement { nodes: &nodes },
+            source,
         ) {
             Ok(r) => r,
             Err(e) => {
@@ -139,7 +152,21 @@ impl<S: Store> Controller<S> {
             ),
         ))
         .await;
-        let created = match self.csi.create_volume(&request).await {
+        let clone_of = match (&request.source, provision::source::data_source(&pvc)) {
+            (Some(ContentSource::Volume(_)), Some(ds)) => Some(ds.name().to_string()),
+            _ => None,
+        };
+        if let Some(src) = &clone_of {
+            self.set_cloning_protection(meta::namespace(&pvc.metadata), src, true)
+                .await?;
+        }
+        let created = self.csi.create_volume(&request).await;
+        if let Some(src) = &clone_of {
+            // The copy is done (or failed): the source may go; a retry protects it again.
+            self.set_cloning_protection(meta::namespace(&pvc.metadata), src, false)
+                .await?;
+        }
+        let created = match created {
             Ok(v) => v,
             Err(e) => return self.provision_failed(&pvc, &cfg, e, failed).await,
         };
@@ -255,6 +282,64 @@ impl<S: Store> Controller<S> {
             Placed::Changed(now) => {
                 self.cache().put_claim(now);
                 Ok(ControlFlow::Break(Requeue::Backoff))
+            }
+        }
+    }
+
+    /// The claim's data source as CSI's content source, checked against the cache.
+    fn resolve_source(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        driver: &DriverInfo,
+    ) -> std::result::Result<Option<ContentSource>, String> {
+        let Some(ds) = provision::source::data_source(pvc) else {
+            return Ok(None);
+        };
+        let required = meta::claim_request_bytes(pvc)?;
+        let ns = meta::namespace(&pvc.metadata);
+        let c = self.cache();
+        let mut found = provision::source::Found::default();
+        match &ds {
+            DataSource::Snapshot { name, .. } => {
+                found.snapshot = c.snapshots.get(&format!("{ns}/{name}"));
+                found.content = found
+                    .snapshot
+                    .and_then(|s| s.status.as_ref())
+                    .and_then(|s| s.bound_volume_snapshot_content_name.as_ref())
+                    .and_then(|n| c.contents.get(n));
+            }
+            DataSource::Claim { name, .. } => {
+                found.claim = c.claims.get(&format!("{ns}/{name}"));
+                found.volume = found
+                    .claim
+                    .and_then(|s| c.volumes.get(meta::claim_volume_name(s)));
+            }
+        }
+        provision::source::resolve(pvc, &ds, &found, driver, required).map(Some)
+    }
+
+    /// external-provisioner's cloning-protection finalizer on a clone's source claim.
+    /// Conflicts (the binder writes claims too) are retried here on the fresh copy, so a
+    /// volume already created is never made again just to drop the finalizer.
+    async fn set_cloning_protection(&self, ns: &str, claim: &str, on: bool) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            let Some(mut pvc) = self.cache().claims.get(&format!("{ns}/{claim}")).cloned() else {
+                return Ok(());
+            };
+            let changed = if on {
+                add_finalizer(&mut pvc.metadata, FINALIZER_CLONING)
+            } else {
+                remove_finalizer(&mut pvc.metadata, FINALIZER_CLONING)
+            };
+            if !changed {
+                return Ok(());
+            }
+            match self.write_pvc(&pvc, false).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) if e.is_conflict() && attempts < 10 => attempts += 1,
+                Err(e) => return Err(e),
             }
         }
     }

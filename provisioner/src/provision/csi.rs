@@ -10,8 +10,35 @@ use csi_proto::tonic::transport::{Channel, Endpoint};
 use csi_proto::tonic::{Code, Request, Status};
 use csi_proto::{controller_service_capability, plugin_capability, volume_capability};
 
-use super::request::{AccessMode, AccessType, Capability, CreateRequest, DriverInfo, Topology};
+use super::request::{
+    AccessMode, AccessType, Capability, ContentSource, CreateRequest, DriverInfo, Topology,
+};
 use super::volume::CreatedVolume;
+
+/// A snapshot as the driver describes it (CreateSnapshot, ListSnapshots).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub snapshot_id: String,
+    pub size_bytes: i64,
+    /// Nanoseconds since the Unix epoch, as VolumeSnapshotContent.status.creationTime.
+    pub creation_time: Option<i64>,
+    pub ready_to_use: bool,
+}
+
+impl SnapshotInfo {
+    fn from_proto(s: csi_proto::Snapshot) -> Self {
+        SnapshotInfo {
+            snapshot_id: s.snapshot_id,
+            size_bytes: s.size_bytes,
+            creation_time: s.creation_time.map(|t| {
+                t.seconds
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(i64::from(t.nanos))
+            }),
+            ready_to_use: s.ready_to_use,
+        }
+    }
+}
 
 /// A failed CSI call: the gRPC code (None when the call never got an answer) and message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +147,10 @@ impl CsiClient {
                 controller_service_capability::rpc::Type::SingleNodeMultiWriter,
             ),
             expand_volume: has(controller_service_capability::rpc::Type::ExpandVolume),
+            create_delete_snapshot: has(
+                controller_service_capability::rpc::Type::CreateDeleteSnapshot,
+            ),
+            clone_volume: has(controller_service_capability::rpc::Type::CloneVolume),
         })
     }
 
@@ -138,6 +169,7 @@ impl CsiClient {
                     preferred: t.preferred.iter().map(topology).collect(),
                 }
             }),
+            volume_content_source: req.source.as_ref().map(content_source),
             ..Default::default()
         };
         let mut controller = ControllerClient::new(self.channel.clone());
@@ -201,6 +233,78 @@ impl CsiClient {
         }
     }
 
+    /// CreateSnapshot (idempotent by `name`). `parameters` are the class's, with the
+    /// sidecar's `csi.storage.k8s.io/` keys already removed.
+    pub async fn create_snapshot(
+        &self,
+        name: &str,
+        source_volume_id: &str,
+        parameters: &std::collections::BTreeMap<String, String>,
+    ) -> Result<SnapshotInfo, CsiError> {
+        let mut controller = ControllerClient::new(self.channel.clone());
+        let req = csi_proto::CreateSnapshotRequest {
+            name: name.to_string(),
+            source_volume_id: source_volume_id.to_string(),
+            parameters: parameters.clone().into_iter().collect(),
+            ..Default::default()
+        };
+        let resp = self
+            .call(
+                "CreateSnapshot",
+                controller.create_snapshot(Request::new(req)),
+            )
+            .await?;
+        let snapshot = resp.snapshot.ok_or_else(|| CsiError {
+            call: "CreateSnapshot",
+            code: Some(Code::Internal as i32),
+            code_name: "Internal".into(),
+            message: "response has no snapshot".into(),
+        })?;
+        Ok(SnapshotInfo::from_proto(snapshot))
+    }
+
+    /// DeleteSnapshot; NOT_FOUND counts as done.
+    pub async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), CsiError> {
+        let mut controller = ControllerClient::new(self.channel.clone());
+        let req = csi_proto::DeleteSnapshotRequest {
+            snapshot_id: snapshot_id.to_string(),
+            ..Default::default()
+        };
+        match self
+            .call(
+                "DeleteSnapshot",
+                controller.delete_snapshot(Request::new(req)),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// ListSnapshots filtered by id: the driver's view of a pre-provisioned snapshot.
+    /// None when the driver does not know it.
+    pub async fn get_snapshot(&self, snapshot_id: &str) -> Result<Option<SnapshotInfo>, CsiError> {
+        let mut controller = ControllerClient::new(self.channel.clone());
+        let req = csi_proto::ListSnapshotsRequest {
+            snapshot_id: snapshot_id.to_string(),
+            ..Default::default()
+        };
+        let resp = self
+            .call(
+                "ListSnapshots",
+                controller.list_snapshots(Request::new(req)),
+            )
+            .await?;
+        Ok(resp
+            .entries
+            .into_iter()
+            .filter_map(|e| e.snapshot)
+            .find(|s| s.snapshot_id == snapshot_id)
+            .map(SnapshotInfo::from_proto))
+    }
+
     /// ControllerExpandVolume: (new capacity in bytes, node expansion required).
     pub async fn expand_volume(
         &self,
@@ -253,6 +357,20 @@ fn capability(c: &Capability) -> csi_proto::VolumeCapability {
     csi_proto::VolumeCapability {
         access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
         access_type: Some(access_type),
+    }
+}
+
+fn content_source(s: &ContentSource) -> csi_proto::VolumeContentSource {
+    use csi_proto::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    csi_proto::VolumeContentSource {
+        r#type: Some(match s {
+            ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource {
+                snapshot_id: id.clone(),
+            }),
+            ContentSource::Volume(id) => Type::Volume(VolumeSource {
+                volume_id: id.clone(),
+            }),
+        }),
     }
 }
 

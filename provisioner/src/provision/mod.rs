@@ -10,6 +10,7 @@ pub mod immediate;
 pub mod node;
 pub mod request;
 pub mod retry;
+pub mod source;
 pub mod volume;
 
 use std::collections::BTreeMap;

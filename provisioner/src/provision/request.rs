@@ -45,11 +45,20 @@ pub struct TopologyRequirement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateRequest {
     pub name: String,
+    /// `volume_content_source`: the snapshot to restore or the volume to clone.
+    pub source: Option<ContentSource>,
     /// `capacity_range.required_bytes`; `limit_bytes` is never set.
     pub required_bytes: u64,
     pub capabilities: Vec<Capability>,
     pub parameters: BTreeMap<String, String>,
     pub topology: Option<TopologyRequirement>,
+}
+
+/// CSI `VolumeContentSource`, by the driver's ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentSource {
+    Snapshot(String),
+    Volume(String),
 }
 
 /// What the driver told us about itself (GetPluginInfo, GetPluginCapabilities,
@@ -60,6 +69,8 @@ pub struct DriverInfo {
     pub accessibility_constraints: bool,
     pub single_node_multi_writer: bool,
     pub expand_volume: bool,
+    pub create_delete_snapshot: bool,
+    pub clone_volume: bool,
 }
 
 /// Where provisioning happens: this node, plus the node picked for a WFFC claim.
@@ -70,40 +81,18 @@ pub struct Placement<'a> {
 }
 
 /// Builds the request, or explains why the claim cannot be provisioned (a final error).
+/// `source` is the claim's data source, already resolved by `provision::source`.
 pub fn build_create_request(
     pvc: &PersistentVolumeClaim,
     class: &ClassConfig,
     driver: &DriverInfo,
     default_fs_type: &str,
     placement: &Placement<'_>,
+    source: Option<ContentSource>,
 ) -> Result<CreateRequest, String> {
     let spec = pvc.spec.as_ref().ok_or("claim has no spec")?;
     if spec.selector.is_some() {
         return Err("claim Selector is not supported".into());
-    }
-    let source = match (&spec.data_source_ref, &spec.data_source) {
-        (Some(r), _) => Some((
-            r.kind.as_str(),
-            r.api_group.as_deref().unwrap_or_default(),
-            r.name.as_str(),
-        )),
-        (None, Some(r)) => Some((
-            r.kind.as_str(),
-            r.api_group.as_deref().unwrap_or_default(),
-            r.name.as_str(),
-        )),
-        (None, None) => None,
-    };
-    // Snapshots and clones need the snapshot controller and the driver's CLONE_VOLUME;
-    // neither exists in Strata yet, so say so instead of silently creating an empty volume.
-    // Any other kind is left to an external populator, as upstream does.
-    if let Some((kind, api_group, name)) = source
-        && ((kind == "VolumeSnapshot" && api_group == "snapshot.storage.k8s.io")
-            || (kind == "PersistentVolumeClaim" && api_group.is_empty()))
-    {
-        return Err(format!(
-            "data source {kind} {name:?} is not supported by strata-provisioner"
-        ));
     }
     let request = meta::claim_request_bytes(pvc)?;
     let required_bytes =
@@ -157,6 +146,7 @@ pub fn build_create_request(
     };
     Ok(CreateRequest {
         name: super::volume_name(pvc),
+        source,
         required_bytes,
         capabilities,
         parameters: class.parameters.clone(),
@@ -234,6 +224,8 @@ mod tests {
             accessibility_constraints: true,
             single_node_multi_writer: false,
             expand_volume: true,
+            create_delete_snapshot: true,
+            clone_volume: true,
         }
     }
 
@@ -261,6 +253,7 @@ mod tests {
             &driver(),
             "ext4",
             &Placement { nodes: &nodes },
+            None,
         )
         .unwrap();
         assert_eq!(r.name, "pvc-uid-c");
@@ -305,6 +298,7 @@ mod tests {
             &d,
             "ext4",
             &Placement { nodes: &nodes },
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -321,6 +315,7 @@ mod tests {
             &d,
             "ext4",
             &Placement { nodes: &nodes },
+            None,
         )
         .unwrap();
         assert_eq!(r.capabilities[0].mode, AccessMode::SingleNodeSingleWriter);
@@ -331,6 +326,7 @@ mod tests {
             &d,
             "ext4",
             &Placement { nodes: &nodes },
+            None,
         )
         .unwrap();
         assert_eq!(r.capabilities[0].mode, AccessMode::SingleNodeMultiWriter);
@@ -341,7 +337,8 @@ mod tests {
                 &cfg("Immediate"),
                 &d,
                 "ext4",
-                &Placement { nodes: &nodes }
+                &Placement { nodes: &nodes },
+                None
             )
             .unwrap()
             .topology
@@ -358,6 +355,7 @@ mod tests {
             &driver(),
             "ext4",
             &Placement { nodes: &[] },
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -376,27 +374,20 @@ mod tests {
         let p = Placement { nodes: &nodes };
         let both = claim("c", "1Gi", &["ReadWriteOnce", "ReadOnlyMany"]);
         assert!(
-            build_create_request(&both, &cfg("Immediate"), &driver(), "ext4", &p)
+            build_create_request(&both, &cfg("Immediate"), &driver(), "ext4", &p, None)
                 .unwrap_err()
                 .contains("ReadOnlyMany and ReadWriteOnce")
         );
         let mut sel = claim("c", "1Gi", &["ReadWriteOnce"]);
         sel.spec.as_mut().unwrap().selector = Some(Default::default());
         assert_eq!(
-            build_create_request(&sel, &cfg("Immediate"), &driver(), "ext4", &p).unwrap_err(),
+            build_create_request(&sel, &cfg("Immediate"), &driver(), "ext4", &p, None).unwrap_err(),
             "claim Selector is not supported"
         );
-        let mut snap = claim("c", "1Gi", &["ReadWriteOnce"]);
-        snap.spec.as_mut().unwrap().data_source = Some(
-            crate::k8s_openapi::api::core::v1::TypedLocalObjectReference {
-                api_group: Some("snapshot.storage.k8s.io".into()),
-                kind: "VolumeSnapshot".into(),
-                name: "s1".into(),
-            },
-        );
-        assert!(build_create_request(&snap, &cfg("Immediate"), &driver(), "ext4", &p).is_err());
         let rwop = claim("c", "1Gi", &["ReadWriteOncePod", "ReadWriteMany"]);
-        assert!(build_create_request(&rwop, &cfg("Immediate"), &driver(), "ext4", &p).is_err());
+        assert!(
+            build_create_request(&rwop, &cfg("Immediate"), &driver(), "ext4", &p, None).is_err()
+        );
     }
 
     #[test]
@@ -410,6 +401,7 @@ mod tests {
             &driver(),
             "ext4",
             &Placement { nodes: &nodes },
+            None,
         )
         .unwrap()
         .topology
@@ -429,16 +421,30 @@ mod tests {
             },
         ]);
         let cfg = ClassConfig::from_class(&sc).unwrap();
-        let t = build_create_request(&c, &cfg, &driver(), "ext4", &Placement { nodes: &nodes })
-            .unwrap()
-            .topology
-            .unwrap();
+        let t = build_create_request(
+            &c,
+            &cfg,
+            &driver(),
+            "ext4",
+            &Placement { nodes: &nodes },
+            None,
+        )
+        .unwrap()
+        .topology
+        .unwrap();
         assert_eq!(t.requisite, [node("n1"), node("n2"), node("n3")]);
         assert_eq!(t.preferred, [node("n2"), node("n1"), node("n3")]);
         crate::meta::set_annotation(&mut c.metadata, names::ANN_SELECTED_NODE, "n9");
         assert!(
-            build_create_request(&c, &cfg, &driver(), "ext4", &Placement { nodes: &nodes })
-                .is_err()
+            build_create_request(
+                &c,
+                &cfg,
+                &driver(),
+                "ext4",
+                &Placement { nodes: &nodes },
+                None,
+            )
+            .is_err()
         );
     }
 }
