@@ -64,9 +64,11 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Value>, Error> {
     Ok(docs)
 }
 
-/// The objects of a kustomization's `resources` (plain files only: no bases, patches or
-/// generators, which this one does not use), after checking that its `namespace`
-/// transformer would change nothing: every namespaced object already names it.
+/// The objects a kustomization builds, for the subset deploy/ uses: `resources` that are
+/// files or other kustomization directories, `patches` (a `path` or an inline `patch`)
+/// applied as strategic merge patches by [`strategic_merge`], and a `namespace` that is
+/// only checked: every namespaced object must already name it, so the transformer would
+/// change nothing. Anything else is refused rather than ignored.
 pub fn kustomize(dir: &Path) -> Result<Vec<Value>, Error> {
     let kpath = dir.join("kustomization.yaml");
     let bad = |message: String| Error::Kustomization {
@@ -74,7 +76,7 @@ pub fn kustomize(dir: &Path) -> Result<Vec<Value>, Error> {
         message,
     };
     let k: Value = yaml_serde::from_str(&read(&kpath)?).map_err(|e| bad(e.to_string()))?;
-    let allowed = ["apiVersion", "kind", "namespace", "resources"];
+    let allowed = ["apiVersion", "kind", "namespace", "resources", "patches"];
     if let Some(key) = k
         .as_object()
         .and_then(|obj| obj.keys().find(|key| !allowed.contains(&key.as_str())))
@@ -89,9 +91,35 @@ pub fn kustomize(dir: &Path) -> Result<Vec<Value>, Error> {
     for r in resources {
         let name = r
             .as_str()
-            .ok_or_else(|| bad("resources must be file names".into()))?;
+            .ok_or_else(|| bad("resources must be paths".into()))?;
         let path = dir.join(name);
-        objects.extend(parse_documents(&path, &read(&path)?)?);
+        if path.is_dir() {
+            objects.extend(kustomize(&path)?);
+        } else {
+            objects.extend(parse_documents(&path, &read(&path)?)?);
+        }
+    }
+    for p in k["patches"].as_array().into_iter().flatten() {
+        let docs = match (p["path"].as_str(), p["patch"].as_str()) {
+            (Some(file), None) => {
+                let path = dir.join(file);
+                parse_documents(&path, &read(&path)?)?
+            }
+            (None, Some(text)) => parse_documents(&kpath, text)?,
+            _ => return Err(bad("a patch needs exactly one of path and patch".into())),
+        };
+        let [patch] = docs.as_slice() else {
+            return Err(bad("a patch must be one object".into()));
+        };
+        let target = objects
+            .iter()
+            .position(|o| same_object(o, patch))
+            .ok_or_else(|| bad(format!("patch {} matches no object", key(patch))))?;
+        if patch["$patch"] == "delete" {
+            objects.remove(target);
+        } else {
+            strategic_merge(&mut objects[target], patch);
+        }
     }
     if let Some(ns) = namespace {
         for o in &objects {
@@ -105,6 +133,55 @@ pub fn kustomize(dir: &Path) -> Result<Vec<Value>, Error> {
         }
     }
     Ok(objects)
+}
+
+/// Whether a patch targets `o`: same kind and name, and same namespace when it names one.
+fn same_object(o: &Value, patch: &Value) -> bool {
+    o["kind"] == patch["kind"]
+        && o["metadata"]["name"] == patch["metadata"]["name"]
+        && (patch["metadata"]["namespace"].is_null()
+            || o["metadata"]["namespace"] == patch["metadata"]["namespace"])
+}
+
+/// Applies a strategic merge patch, in the part of its semantics deploy/ uses: maps merge
+/// key by key (`null` removes a key), lists of maps that all have a `name` merge by name
+/// (an item with `$patch: delete` removes its namesake; new names are appended, as
+/// kustomize does), and any other value replaces the old one.
+pub fn strategic_merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, pv) in p {
+                if k == "$patch" {
+                    continue;
+                }
+                if pv.is_null() {
+                    t.remove(k);
+                } else if let Some(tv) = t.get_mut(k) {
+                    strategic_merge(tv, pv);
+                } else {
+                    t.insert(k.clone(), pv.clone());
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p)) if by_name(t) && by_name(p) => {
+            for item in p {
+                let at = t.iter().position(|x| x["name"] == item["name"]);
+                match (at, item["$patch"] == "delete") {
+                    (Some(i), true) => {
+                        t.remove(i);
+                    }
+                    (None, true) => {}
+                    (Some(i), false) => strategic_merge(&mut t[i], item),
+                    (None, false) => t.push(item.clone()),
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn by_name(list: &[Value]) -> bool {
+    list.iter().all(|v| v["name"].is_string())
 }
 
 /// Whether objects of this kind live in a namespace (for the kinds deploy/ uses).

@@ -9,6 +9,8 @@
 //! - `{{ toYaml PATH | nindent N }}`: a newline, then the value as YAML, every line
 //!   indented by N spaces;
 //! - `{{ range PATH }}` ... `{{ end }}` over a list;
+//! - `{{ if eq PATH "WORD" }}` ... (`{{ else }}` ...) `{{ end }}`, comparing a string value
+//!   with a literal without spaces or quotes;
 //! - `{{-` and `-}}` trim the whitespace (newlines included) of the adjacent text.
 //!
 //! Anything else is an error, never silently passed through: a chart that starts using
@@ -23,9 +25,11 @@ pub enum Error {
     Unclosed(usize),
     #[error("unsupported action {{{{ {0} }}}}")]
     Unsupported(String),
-    #[error("{{{{ end }}}} without range")]
+    #[error("{{{{ end }}}} without range or if")]
     StrayEnd,
-    #[error("range without {{{{ end }}}}")]
+    #[error("{{{{ else }}}} outside an if")]
+    StrayElse,
+    #[error("range or if without {{{{ end }}}}")]
     MissingEnd,
     #[error("{path}: no such value")]
     Missing { path: String },
@@ -45,15 +49,39 @@ pub struct Context<'a> {
 enum Node {
     Text(String),
     Print(String),
-    ToYaml { path: String, indent: usize },
-    Range { path: String, body: Vec<Node> },
+    ToYaml {
+        path: String,
+        indent: usize,
+    },
+    Range {
+        path: String,
+        body: Vec<Node>,
+    },
+    IfEq {
+        path: String,
+        word: String,
+        then: Vec<Node>,
+        otherwise: Vec<Node>,
+    },
+}
+
+/// What ended a parsed block.
+#[derive(PartialEq)]
+enum Close {
+    Eof,
+    End,
+    Else,
 }
 
 /// Renders `template` against `ctx`.
 pub fn render(template: &str, ctx: &Context<'_>) -> Result<String, Error> {
     let tokens = tokenize(template)?;
     let mut iter = tokens.into_iter();
-    let nodes = parse(&mut iter, false)?;
+    let nodes = match parse(&mut iter)? {
+        (nodes, Close::Eof) => nodes,
+        (_, Close::End) => return Err(Error::StrayEnd),
+        (_, Close::Else) => return Err(Error::StrayElse),
+    };
     let mut out = String::new();
     emit(&nodes, ctx, None, &mut out)?;
     Ok(out)
@@ -97,7 +125,9 @@ fn tokenize(src: &str) -> Result<Vec<Token>, Error> {
     Ok(tokens)
 }
 
-fn parse(tokens: &mut impl Iterator<Item = Token>, in_range: bool) -> Result<Vec<Node>, Error> {
+/// Nodes up to the end of the input or to the `{{ end }}`/`{{ else }}` that closes the
+/// enclosing block (which the caller checks is allowed there).
+fn parse(tokens: &mut impl Iterator<Item = Token>) -> Result<(Vec<Node>, Close), Error> {
     let mut nodes = Vec::new();
     while let Some(token) = tokens.next() {
         let action = match token {
@@ -109,13 +139,35 @@ fn parse(tokens: &mut impl Iterator<Item = Token>, in_range: bool) -> Result<Vec
         };
         let words: Vec<&str> = action.split_whitespace().collect();
         match words.as_slice() {
-            ["end"] if in_range => return Ok(nodes),
-            ["end"] => return Err(Error::StrayEnd),
+            ["end"] => return Ok((nodes, Close::End)),
+            ["else"] => return Ok((nodes, Close::Else)),
             ["range", path] if is_path(path) => {
-                let body = parse(tokens, true)?;
+                let body = match parse(tokens)? {
+                    (body, Close::End) => body,
+                    (_, Close::Else) => return Err(Error::StrayElse),
+                    (_, Close::Eof) => return Err(Error::MissingEnd),
+                };
                 nodes.push(Node::Range {
                     path: path.to_string(),
                     body,
+                });
+            }
+            ["if", "eq", path, word] if is_path(path) && is_word(word) => {
+                let (then, close) = parse(tokens)?;
+                let otherwise = match close {
+                    Close::End => Vec::new(),
+                    Close::Eof => return Err(Error::MissingEnd),
+                    Close::Else => match parse(tokens)? {
+                        (otherwise, Close::End) => otherwise,
+                        (_, Close::Else) => return Err(Error::StrayElse),
+                        (_, Close::Eof) => return Err(Error::MissingEnd),
+                    },
+                };
+                nodes.push(Node::IfEq {
+                    path: path.to_string(),
+                    word: word[1..word.len() - 1].to_string(),
+                    then,
+                    otherwise,
                 });
             }
             ["toYaml", path, "|", "nindent", n] if is_path(path) => {
@@ -129,11 +181,12 @@ fn parse(tokens: &mut impl Iterator<Item = Token>, in_range: bool) -> Result<Vec
             _ => return Err(Error::Unsupported(action)),
         }
     }
-    if in_range {
-        Err(Error::MissingEnd)
-    } else {
-        Ok(nodes)
-    }
+    Ok((nodes, Close::Eof))
+}
+
+/// A quoted literal without spaces or inner quotes: `"strata"`.
+fn is_word(s: &str) -> bool {
+    s.len() >= 2 && s.starts_with('"') && s.ends_with('"') && !s[1..s.len() - 1].contains('"')
 }
 
 fn is_path(s: &str) -> bool {
@@ -204,6 +257,19 @@ fn emit(
                     emit(body, ctx, Some(item), out)?;
                 }
             }
+            Node::IfEq {
+                path,
+                word,
+                then,
+                otherwise,
+            } => {
+                let v = lookup(path, ctx, dot)?;
+                let s = v.as_str().ok_or_else(|| Error::Type {
+                    path: path.clone(),
+                    want: "a string",
+                })?;
+                emit(if s == word { then } else { otherwise }, ctx, dot, out)?;
+            }
         }
     }
     Ok(())
@@ -245,6 +311,19 @@ mod tests {
         let v = json!({"pools": [{"name": "a"}, {"name": "b"}], "d": "D"});
         let t = "args:\n{{- range .Values.pools }}\n- {{ .name }}/{{ $.Values.d }}\n{{- end }}\n";
         assert_eq!(r(t, v).unwrap(), "args:\n- a/D\n- b/D\n");
+    }
+
+    #[test]
+    fn if_eq_picks_a_branch() {
+        let t = "{{ if eq .Values.p \"strata\" }}S{{ else }}O{{ end }}/{{ if eq .Values.p \"x\" }}X{{ end }}";
+        assert_eq!(r(t, json!({"p": "strata"})).unwrap(), "S/");
+        assert_eq!(r(t, json!({"p": "sidecars"})).unwrap(), "O/");
+        assert!(matches!(r(t, json!({"p": 1})), Err(Error::Type { .. })));
+        assert_eq!(
+            r("{{ if eq .Values.p \"x\" }}a", json!({"p": "x"})),
+            Err(Error::MissingEnd)
+        );
+        assert_eq!(r("a{{ else }}b", json!({})), Err(Error::StrayElse));
     }
 
     #[test]

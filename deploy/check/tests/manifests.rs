@@ -1,7 +1,8 @@
-//! deploy/kustomize and deploy/helm/strata: every object is a valid Kubernetes object of
-//! its kind, the node plugin is wired the way the driver and the sidecars expect, RBAC
-//! grants what the sidecars need and nothing else, and the chart's default render is the
-//! kustomize install.
+//! deploy/kustomize, deploy/overlays/strata-provisioner and deploy/helm/strata: every
+//! object is a valid Kubernetes object of its kind, the node plugin is wired the way the
+//! driver and the sidecars (or strata-provisioner) expect, RBAC grants what they need and
+//! nothing else, and the chart renders the kustomize install (default values) and the
+//! overlay (`provisioner: strata`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +18,11 @@ const NAMESPACE: &str = "strata-system";
 
 fn kustomize_objects() -> Vec<Value> {
     kustomize(&deploy_dir().join("kustomize")).unwrap()
+}
+
+/// The variant running strata-provisioner instead of the provisioner and resizer sidecars.
+fn overlay_objects() -> Vec<Value> {
+    kustomize(&deploy_dir().join("overlays/strata-provisioner")).unwrap()
 }
 
 fn chart() -> std::path::PathBuf {
@@ -108,9 +114,13 @@ fn host_path(ds: &DaemonSet, volume: &str) -> String {
 
 #[test]
 fn every_object_is_its_kubernetes_type() {
-    let objects = kustomize_objects();
+    every_object_is_its_type(&kustomize_objects());
+    every_object_is_its_type(&overlay_objects());
+}
+
+fn every_object_is_its_type(objects: &[Value]) {
     let mut kinds = BTreeSet::new();
-    for o in &objects {
+    for o in objects {
         let kind = o["kind"].as_str().unwrap();
         kinds.insert(kind.to_string());
         match kind {
@@ -139,7 +149,7 @@ fn every_object_is_its_kubernetes_type() {
                 ]);
                 assert!(fields.is_subset(&known), "unknown fields in {fields:?}");
                 assert!(o["metadata"]["name"].is_string());
-                let csidriver = one(&objects, "CSIDriver");
+                let csidriver = one(objects, "CSIDriver");
                 assert_eq!(o["driver"], csidriver["metadata"]["name"]);
                 assert!(matches!(
                     o["deletionPolicy"].as_str(),
@@ -539,6 +549,41 @@ const SNAPSHOTTER: &[Need] = &[
     ),
 ];
 
+/// strata-provisioner --in-cluster (per-node mode), from its code: provisioner/src/
+/// controller/informer.rs lists and watches these kinds cluster-wide; provision.rs and
+/// binder.rs create, update and delete volumes and update claims and claim status
+/// (expansion); store-kube's unconditional update reads the object first (get); its
+/// event recorder creates events and patches their count.
+const STRATA_PROVISIONER: &[Need] = &[
+    cluster(
+        "",
+        "persistentvolumes",
+        &["get", "list", "watch", "create", "update", "delete"],
+    ),
+    cluster(
+        "",
+        "persistentvolumeclaims",
+        &["get", "list", "watch", "update"],
+    ),
+    cluster("", "persistentvolumeclaims/status", &["update"]),
+    cluster("storage.k8s.io", "storageclasses", &["list", "watch"]),
+    cluster("", "pods", &["list", "watch"]),
+    cluster("", "namespaces", &["list", "watch"]),
+    cluster("apps", "statefulsets", &["list", "watch"]),
+    cluster("", "events", &["create", "patch"]),
+];
+/// With --enable-capacity (provisioner/src/capacity.rs): its CSIStorageCapacity objects
+/// in its namespace (listed by label, created, updated with the version listed, deleted),
+/// and its own pod read once for the owner reference (main.rs).
+const STRATA_PROVISIONER_CAPACITY: &[Need] = &[
+    local(
+        "storage.k8s.io",
+        "csistoragecapacities",
+        &["list", "create", "update", "delete"],
+    ),
+    local("", "pods", &["get"]),
+];
+
 /// What the containers of the DaemonSet need, given the flags they run with. The driver,
 /// node-driver-registrar and livenessprobe never call the API server.
 fn needs(ds: &DaemonSet) -> Vec<(String, &'static Need)> {
@@ -559,6 +604,12 @@ fn needs(ds: &DaemonSet) -> Vec<(String, &'static Need)> {
                 }
             }
             "csi-resizer" => add(RESIZER),
+            "strata-provisioner" => {
+                add(STRATA_PROVISIONER);
+                if has_flag(&c, "enable-capacity") {
+                    add(STRATA_PROVISIONER_CAPACITY);
+                }
+            }
             "csi-snapshotter" => add(SNAPSHOTTER),
             other => panic!("container {other}: add what it needs to this table"),
         }
@@ -571,8 +622,27 @@ fn needs(ds: &DaemonSet) -> Vec<(String, &'static Need)> {
 
 #[test]
 fn rbac_grants_what_the_sidecars_need_and_nothing_more() {
-    let objects = kustomize_objects();
-    let ds = daemonset(&objects);
+    rbac_grants_what_is_needed_and_nothing_more(&kustomize_objects());
+}
+
+#[test]
+fn rbac_grants_what_strata_provisioner_needs_and_nothing_more() {
+    let objects = overlay_objects();
+    rbac_grants_what_is_needed_and_nothing_more(&objects);
+    // The sidecars' roles went with them.
+    for o in &objects {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        assert!(
+            !name.starts_with("strata-external-provisioner")
+                && !name.starts_with("strata-external-resizer"),
+            "{} is left in the overlay",
+            key(o)
+        );
+    }
+}
+
+fn rbac_grants_what_is_needed_and_nothing_more(objects: &[Value]) {
+    let ds = daemonset(objects);
     let spec = ds.spec.template.spec.as_ref().unwrap();
     let account = spec
         .service_account_name
@@ -584,7 +654,7 @@ fn rbac_grants_what_the_sidecars_need_and_nothing_more() {
             && o["metadata"]["namespace"] == NAMESPACE),
         "ServiceAccount {account} is installed"
     );
-    let granted = rbac::granted(&objects, NAMESPACE, &account).unwrap();
+    let granted = rbac::granted(objects, NAMESPACE, &account).unwrap();
 
     let mut missing = Vec::new();
     let mut used = BTreeSet::new();
@@ -691,6 +761,151 @@ fn helm_defaults_render_the_kustomize_install() {
             "{k} differs between the chart's default render and deploy/kustomize"
         );
     }
+}
+
+#[test]
+fn strata_provisioner_replaces_the_provisioner_and_resizer_sidecars() {
+    let base = containers(&daemonset(&kustomize_objects()));
+    let objects = overlay_objects();
+    let ds = daemonset(&objects);
+    let cs = containers(&ds);
+    let names: BTreeSet<&str> = cs.keys().map(String::as_str).collect();
+    let want: BTreeSet<&str> = base
+        .keys()
+        .map(String::as_str)
+        .filter(|n| !["csi-provisioner", "csi-resizer"].contains(n))
+        .chain(["strata-provisioner"])
+        .collect();
+    assert_eq!(names, want);
+    // The other containers are untouched by the patch.
+    for (name, c) in cs
+        .iter()
+        .filter(|(n, _)| n.as_str() != "strata-provisioner")
+    {
+        assert_eq!(c, &base[name], "{name} changed in the overlay");
+    }
+    let driver = &cs["strata-csi"];
+    let p = &cs["strata-provisioner"];
+    // The driver's image, which installs strata-provisioner beside strata-csi.
+    assert_eq!(p.image, driver.image);
+    assert_eq!(
+        p.command.as_deref(),
+        Some(&["/usr/local/bin/strata-provisioner".to_string()][..])
+    );
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("image/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("/usr/local/bin/strata-provisioner"),
+        "the Dockerfile installs strata-provisioner"
+    );
+    // The driver's socket, through the same volume at the same path.
+    assert_eq!(flag(p, "csi-endpoint"), flag(driver, "endpoint"));
+    let socket = flag(p, "csi-endpoint").unwrap();
+    let dir = mount(p, "socket-dir").mount_path.clone();
+    assert_eq!(mount(driver, "socket-dir").mount_path, dir);
+    assert_eq!(socket, format!("unix://{dir}/csi.sock"));
+    // Per-node mode with the pod's account, this node's name, capacity owned by the pod
+    // in the pod's namespace (POD_NAMESPACE is --capacity-namespace's env).
+    assert!(has_flag(p, "in-cluster") && !has_flag(p, "kubeconfig"));
+    assert!(has_flag(p, "enable-capacity"));
+    assert_eq!(flag(p, "node-id").as_deref(), Some("$(NODE_NAME)"));
+    assert_eq!(env_field(p, "NODE_NAME").as_deref(), Some("spec.nodeName"));
+    assert_eq!(
+        flag(p, "capacity-owner-pod").as_deref(),
+        Some("$(POD_NAME)")
+    );
+    assert_eq!(env_field(p, "POD_NAME").as_deref(), Some("metadata.name"));
+    assert_eq!(
+        env_field(p, "POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
+    // Its /healthz answers the liveness probe on the port it binds, distinct from the
+    // driver's.
+    let bind = flag(p, "metrics-address").expect("--metrics-address");
+    let port = p
+        .ports
+        .iter()
+        .flatten()
+        .find(|q| q.name.as_deref() == Some("prov-metrics"));
+    let port = port.expect("a prov-metrics port").container_port;
+    assert_eq!(bind, format!("0.0.0.0:{port}"));
+    assert_ne!(flag(driver, "metrics-address"), Some(bind));
+    let probe = p
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(probe.path.as_deref(), Some("/healthz"));
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("prov-metrics".into())
+    );
+}
+
+#[test]
+fn helm_provisioner_strata_renders_the_overlay() {
+    let mut values = chart_values(&chart()).unwrap();
+    values["provisioner"] = json!("strata");
+    let rendered = helm(&chart(), &values, NAMESPACE).unwrap();
+    let expected: BTreeMap<String, Value> = overlay_objects()
+        .into_iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .map(|o| (key(&o), o))
+        .collect();
+    let got: BTreeMap<String, Value> = rendered.into_iter().map(|o| (key(&o), o)).collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (k, want) in &expected {
+        let mut got = got[k].clone();
+        let mut want = want.clone();
+        // The overlay appends strata-provisioner (a strategic merge adds new names at the
+        // end); the chart puts it where the sidecars were. Order aside, the same.
+        for o in [&mut got, &mut want] {
+            if let Some(cs) = o["spec"]["template"]["spec"]["containers"].as_array_mut() {
+                cs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            }
+        }
+        assert_eq!(
+            got, want,
+            "{k} differs between the chart (provisioner: strata) and the overlay"
+        );
+    }
+}
+
+#[test]
+fn helm_renders_the_sidecars_for_any_other_provisioner_value() {
+    // Go templates have no enum check: anything but "strata" is the sidecar variant,
+    // which the chart's comment documents; pin that so a change is deliberate.
+    let mut values = chart_values(&chart()).unwrap();
+    values["provisioner"] = json!("sidecar");
+    let cs = containers(&daemonset(&helm(&chart(), &values, NAMESPACE).unwrap()));
+    assert!(cs.contains_key("csi-provisioner") && !cs.contains_key("strata-provisioner"));
+}
+
+#[test]
+fn strategic_merge_deletes_merges_and_appends_by_name() {
+    let mut target = json!({"spec": {"containers": [
+        {"name": "a", "image": "x", "args": ["1"]},
+        {"name": "b", "image": "y"},
+    ], "keep": 1}});
+    strata_deploy_check::strategic_merge(
+        &mut target,
+        &json!({"spec": {"containers": [
+            {"name": "b", "$patch": "delete"},
+            {"name": "a", "args": ["2"]},
+            {"name": "c", "image": "z"},
+        ]}}),
+    );
+    assert_eq!(
+        target,
+        json!({"spec": {"containers": [
+            {"name": "a", "image": "x", "args": ["2"]},
+            {"name": "c", "image": "z"},
+        ], "keep": 1}})
+    );
 }
 
 #[test]

@@ -67,6 +67,9 @@ pub struct Plan {
     pub name: String,
     /// The driver binary, installed as /usr/local/bin/<file name> and the entrypoint.
     pub binary: PathBuf,
+    /// Further binaries installed beside it (strata-provisioner, which the DaemonSet runs
+    /// with an explicit command instead of the sidecars).
+    pub extra_binaries: Vec<PathBuf>,
     /// Tool names looked up on the host, installed in /usr/sbin.
     pub tools: Vec<String>,
     /// Host files copied to the same path when they exist.
@@ -154,13 +157,16 @@ fn install(root: &Path, from: &Path, to: &Path) -> Result<(), Error> {
 
 /// Lays out the image's root filesystem in `root` (an empty directory).
 pub fn stage(plan: &Plan, root: &Path) -> Result<(), Error> {
-    let bin_name = plan.binary.file_name().ok_or_else(|| Error::Io {
-        what: "binary has no file name",
-        path: plan.binary.clone(),
-        source: std::io::ErrorKind::InvalidInput.into(),
-    })?;
-    let mut elves = vec![plan.binary.clone()];
-    install(root, &plan.binary, &Path::new(BINARY_DIR).join(bin_name))?;
+    let mut elves = Vec::new();
+    for binary in std::iter::once(&plan.binary).chain(&plan.extra_binaries) {
+        let bin_name = binary.file_name().ok_or_else(|| Error::Io {
+            what: "binary has no file name",
+            path: binary.clone(),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
+        install(root, binary, &Path::new(BINARY_DIR).join(bin_name))?;
+        elves.push(binary.clone());
+    }
     for tool in &plan.tools {
         let host = find_tool(tool)?;
         install(root, &host, &Path::new(TOOL_DIR).join(tool))?;

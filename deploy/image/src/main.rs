@@ -13,6 +13,10 @@ struct Args {
     /// The driver binary (normally target/release/strata-csi).
     #[arg(long)]
     binary: PathBuf,
+    /// Another binary to install in /usr/local/bin (repeatable), e.g.
+    /// target/release/strata-provisioner for the DaemonSet variant that runs it.
+    #[arg(long = "extra-binary")]
+    extra_binaries: Vec<PathBuf>,
     /// Output directory, replaced: an OCI image layout (oci-layout, index.json, blobs/).
     #[arg(long)]
     out: PathBuf,
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     let plan = strata_image_build::Plan {
         name: args.name,
         binary: args.binary,
+        extra_binaries: args.extra_binaries,
         tools,
         files: strata_image_build::DEFAULT_FILES
             .iter()

@@ -56,6 +56,7 @@ fn image_layout_runs_its_tools_in_a_chroot() {
     let plan = strata_image_build::Plan {
         name: "localhost/strata/test:1".into(),
         binary: binary.to_path_buf(),
+        extra_binaries: Vec::new(),
         tools: strata_image_build::DEFAULT_TOOLS
             .iter()
             .map(|t| t.to_string())
