@@ -39,7 +39,8 @@ use strata_store::k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use strata_store::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use strata_store::kinds::KindRef;
 use strata_store::{
-    Deleted, Error, EventType, Object, ObjectList, Preconditions, Result, Store, WatchStream,
+    Batch, BatchOutcome, Deleted, Error, EventType, Object, ObjectList, Preconditions, Result,
+    Store, WatchStream,
 };
 
 pub use error::backend;
@@ -326,6 +327,11 @@ impl Store for KubeStore {
             from_resource_version,
         )
         .await
+    }
+
+    /// No transactions across objects in the API: one request after another.
+    async fn write_batch(&self, batch: Batch<Self>) -> BatchOutcome {
+        batch.write_in_order(self).await
     }
 
     async fn finalize_namespace(&self, ns: &Namespace) -> Result<Namespace> {

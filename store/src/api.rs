@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::batch::{Batch, BatchOutcome};
 use crate::error::Result;
 use crate::kinds::KindRef;
 
@@ -179,6 +180,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         ns: &k8s_openapi::api::core::v1::Namespace,
     ) -> impl Future<Output = Result<k8s_openapi::api::core::v1::Namespace>> + Send;
+
+    /// Makes the updates of `batch` in order, each with the checks of its single call
+    /// (compare-and-swap on resourceVersion, admission), stopping at the first that
+    /// fails; the ones before it stay made. A backend with transactions makes them in
+    /// one (one commit, one wake-up of the watchers, which still see one change per
+    /// write in order); [`Batch::write_in_order`] is the fallback of one without.
+    /// The default is that fallback.
+    fn write_batch(&self, batch: Batch<Self>) -> impl Future<Output = BatchOutcome> + Send {
+        async move { batch.write_in_order(self).await }
+    }
 
     /// Records a core/v1 Event about `involved` in its namespace; a repeat of the same
     /// type/reason/message raises `count` and `lastTimestamp` instead of adding an event.

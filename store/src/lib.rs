@@ -30,6 +30,7 @@
 pub mod admission;
 mod api;
 pub mod apply;
+mod batch;
 mod embedded;
 mod error;
 pub mod failpoint;
@@ -45,6 +46,7 @@ pub use k8s_openapi;
 pub use api::{
     Deleted, EventType, Object, ObjectList, Preconditions, Store, WatchEvent, WatchStream,
 };
+pub use batch::{Batch, BatchOp, BatchOutcome, BatchWrite, Written};
 pub use embedded::{
     Durability, EmbeddedStore, INITIAL_NAMESPACES, NAMESPACE_FINALIZER, SCHEMA_VERSION,
     StoreOptions,

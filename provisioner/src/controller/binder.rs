@@ -3,15 +3,43 @@
 
 use std::collections::HashMap;
 
-use strata_store::{Preconditions, Store};
+use strata_store::{Batch, Preconditions, Store};
 use tracing::debug;
 
-use super::cache::key;
 use super::{Controller, Requeue};
 use crate::binder::{self, ClaimContext, Plan, VolumeContext, Write};
 use crate::error::Result;
 use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::meta;
+
+/// The object a write of a plan is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Target {
+    volume: bool,
+    namespace: String,
+    name: String,
+}
+
+/// Gives a write the resourceVersion an earlier write of its plan left the object at,
+/// and names the object.
+fn carry(versions: &HashMap<Target, Option<String>>, volume: bool, m: &mut ObjectMeta) -> Target {
+    let t = Target {
+        volume,
+        namespace: meta::namespace(m).to_string(),
+        name: meta::name(m).to_string(),
+    };
+    if let Some(rv) = versions.get(&t) {
+        m.resource_version = rv.clone();
+    }
+    t
+}
+
+/// A stored result of a plan's write, decoded.
+enum Stored {
+    Volume(PersistentVolume),
+    Claim(PersistentVolumeClaim),
+}
 
 impl<S: Store> Controller<S> {
     /// Writes a PV (metadata/spec) and puts the result in the cache; on a conflict the cache
@@ -102,50 +130,97 @@ impl<S: Store> Controller<S> {
     }
 
     /// Applies a plan in order, stopping at the first failed write. A later write to an object
-    /// written earlier in the plan carries the new resourceVersion forward.
+    /// written earlier in the plan carries the new resourceVersion forward. The object writes
+    /// between two events go to the store as one batch (one transaction in the embedded
+    /// store: a bind's four writes cost one commit, not four).
     pub(crate) async fn apply_plan(&self, plan: Plan) -> Result<()> {
-        let mut versions: HashMap<(bool, String), Option<String>> = HashMap::new();
+        let mut versions: HashMap<Target, Option<String>> = HashMap::new();
+        let mut batch = Batch::new();
+        let mut targets = Vec::new();
         for w in plan.writes {
             match w {
                 Write::Volume(mut pv) => {
-                    let k = (true, key(&pv.metadata));
-                    if let Some(rv) = versions.get(&k) {
-                        pv.metadata.resource_version = rv.clone();
-                    }
-                    let new = self.write_pv(&pv, false).await?;
-                    versions.insert(k, new.metadata.resource_version);
+                    let t = carry(&versions, true, &mut pv.metadata);
+                    batch.update(&pv)?;
+                    targets.push(t);
                 }
                 Write::VolumeStatus(mut pv) => {
-                    let k = (true, key(&pv.metadata));
-                    if let Some(rv) = versions.get(&k) {
-                        pv.metadata.resource_version = rv.clone();
-                    }
-                    let new = self.write_pv(&pv, true).await?;
-                    versions.insert(k, new.metadata.resource_version);
+                    let t = carry(&versions, true, &mut pv.metadata);
+                    batch.update_status(&pv)?;
+                    targets.push(t);
                 }
                 Write::Claim(mut pvc) => {
-                    let k = (false, key(&pvc.metadata));
-                    if let Some(rv) = versions.get(&k) {
-                        pvc.metadata.resource_version = rv.clone();
-                    }
-                    let new = self.write_pvc(&pvc, false).await?;
-                    versions.insert(k, new.metadata.resource_version);
+                    let t = carry(&versions, false, &mut pvc.metadata);
+                    batch.update(&pvc)?;
+                    targets.push(t);
                 }
                 Write::ClaimStatus(mut pvc) => {
-                    let k = (false, key(&pvc.metadata));
-                    if let Some(rv) = versions.get(&k) {
-                        pvc.metadata.resource_version = rv.clone();
-                    }
-                    let new = self.write_pvc(&pvc, true).await?;
-                    versions.insert(k, new.metadata.resource_version);
+                    let t = carry(&versions, false, &mut pvc.metadata);
+                    batch.update_status(&pvc)?;
+                    targets.push(t);
                 }
-                Write::Event(e) => self.record(&e).await,
+                Write::Event(e) => {
+                    let (b, t) = (std::mem::take(&mut batch), std::mem::take(&mut targets));
+                    self.write_batch(b, t, &mut versions).await?;
+                    self.record(&e).await;
+                }
             }
         }
+        self.write_batch(batch, targets, &mut versions).await?;
         for k in plan.enqueue_claims {
             self.queues.claims.add(k);
         }
         Ok(())
+    }
+
+    /// Writes a plan's batch and puts the results in the cache; on a conflict or a missing
+    /// object the cache gets the stored version of the write that failed, so the retry
+    /// decides on fresh data.
+    async fn write_batch(
+        &self,
+        batch: Batch<S>,
+        targets: Vec<Target>,
+        versions: &mut HashMap<Target, Option<String>>,
+    ) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.store.write_batch(batch).await;
+        let mut decoded = Vec::with_capacity(outcome.written.len());
+        for (written, t) in outcome.written.into_iter().zip(&targets) {
+            decoded.push(if t.volume {
+                Stored::Volume(written.into_object()?)
+            } else {
+                Stored::Claim(written.into_object()?)
+            });
+        }
+        {
+            let mut c = self.cache();
+            for (w, t) in decoded.into_iter().zip(&targets) {
+                match w {
+                    Stored::Volume(pv) => {
+                        versions.insert(t.clone(), pv.metadata.resource_version.clone());
+                        c.put_volume(pv);
+                    }
+                    Stored::Claim(pvc) => {
+                        versions.insert(t.clone(), pvc.metadata.resource_version.clone());
+                        c.put_claim(pvc);
+                    }
+                }
+            }
+        }
+        let Some((i, e)) = outcome.failed else {
+            return Ok(());
+        };
+        if e.is_conflict() || e.is_not_found() {
+            let t = &targets[i];
+            if t.volume {
+                self.refresh_pv(&t.name).await;
+            } else {
+                self.refresh_pvc(&t.namespace, &t.name).await;
+            }
+        }
+        Err(e.into())
     }
 
     pub(crate) async fn sync_claim(&self, k: &str) -> Result<Requeue> {
@@ -295,5 +370,72 @@ impl<S: Store> Controller<S> {
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use strata_store::EmbeddedStore;
+
+    use super::*;
+    use crate::binder::testutil::{claim, volume};
+    use crate::controller::Config;
+    use crate::provision::csi::CsiClient;
+
+    /// A bind whose claim write conflicts (someone changed the claim after the cache saw
+    /// it): the PV writes before it stay, the claim is not written, the cache gets the
+    /// stored claim, and the retry finishes the bind.
+    #[tokio::test]
+    async fn a_conflict_inside_a_bind_keeps_the_writes_before_it_and_the_retry_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let csi = CsiClient::new("unix:///nonexistent.sock", Duration::from_secs(1)).unwrap();
+        let ctl = Controller::new(store.clone(), csi, Config::new("n"));
+
+        let mut pv = volume("pv", "1Gi", &["ReadWriteOnce"]);
+        (pv.metadata.uid, pv.metadata.resource_version) = (None, None);
+        pv.spec.as_mut().unwrap().host_path = Some(Default::default());
+        let mut pv = store.create(&pv).await.unwrap();
+        pv.status.as_mut().unwrap().phase = Some("Available".into());
+        let pv = store.update_status(&pv).await.unwrap();
+        let mut pvc = claim("c", "1Gi", &["ReadWriteOnce"]);
+        (pvc.metadata.uid, pvc.metadata.resource_version) = (None, None);
+        let pvc = store.create(&pvc).await.unwrap();
+        {
+            let mut c = ctl.cache();
+            c.put_volume(pv);
+            c.put_claim(pvc.clone());
+        }
+        let mut other = pvc.clone();
+        other.metadata.labels = Some(BTreeMap::from([("x".into(), "y".into())]));
+        let other = store.update(&other).await.unwrap();
+
+        let Err(err) = ctl.sync_claim("default/c").await else {
+            panic!("the claim write must conflict");
+        };
+        assert!(err.is_conflict(), "{err}");
+        let stored: PersistentVolume = store.get("", "pv").await.unwrap();
+        assert_eq!(
+            meta::volume_claim_ref(&stored).and_then(|r| r.name.as_deref()),
+            Some("c"),
+            "the PV spec write before the conflict stays"
+        );
+        assert_eq!(meta::volume_phase(&stored), "Bound");
+        let stored: PersistentVolumeClaim = store.get("default", "c").await.unwrap();
+        assert_eq!(stored, other, "the claim writes were not made");
+        assert_eq!(
+            ctl.cache().claims["default/c"],
+            other,
+            "the cache has the stored claim"
+        );
+
+        ctl.sync_claim("default/c").await.unwrap();
+        let stored: PersistentVolumeClaim = store.get("default", "c").await.unwrap();
+        assert_eq!(meta::claim_volume_name(&stored), "pv");
+        assert_eq!(meta::claim_phase(&stored), "Bound");
+        assert_eq!(ctl.cache().claims["default/c"], stored);
     }
 }

@@ -673,6 +673,35 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Runs `f` so that, when it fails, what it wrote is undone and the transaction's
+    /// earlier writes stay (a savepoint). The outer error is one undoing failed: then the
+    /// whole transaction must be dropped.
+    pub(crate) fn undo_on_error<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<Result<T>> {
+        self.tx
+            .execute_batch("SAVEPOINT one_write")
+            .map_err(Error::db("beginning a savepoint"))?;
+        let (revision, kinds) = (self.revision, self.kinds.clone());
+        match f(self) {
+            Ok(out) => {
+                self.tx
+                    .execute_batch("RELEASE one_write")
+                    .map_err(Error::db("releasing a savepoint"))?;
+                Ok(Ok(out))
+            }
+            Err(e) => {
+                self.tx
+                    .execute_batch("ROLLBACK TO one_write; RELEASE one_write")
+                    .map_err(Error::db("rolling back to a savepoint"))?;
+                self.revision = revision;
+                self.kinds = kinds;
+                Ok(Err(e))
+            }
+        }
+    }
+
     /// Stores `obj` (stamping its resourceVersion) and logs the change.
     pub(crate) fn put(
         &mut self,
@@ -744,5 +773,62 @@ impl Tx<'_> {
             })
             .map_err(Error::db("appending to the watch log"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(db: &Db, sql: &str) -> i64 {
+        db.read(|r| {
+            r.tx.query_row(sql, [], |row| row.get(0))
+                .map_err(Error::db("counting"))
+        })
+        .unwrap()
+    }
+
+    /// A write that fails after it wrote rows leaves none of them, nor its revision,
+    /// while the transaction's earlier and later writes are committed.
+    #[test]
+    fn a_failed_write_in_a_transaction_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("store.db"), 100).unwrap();
+        let start = db.read(|r| r.revision()).unwrap();
+        let obj = |name: &str| serde_json::json!({"metadata": {"name": name, "uid": "u"}});
+        let ((), revision, kinds) = db
+            .write(|tx| {
+                tx.undo_on_error(|tx| {
+                    tx.put("ConfigMap", "default", "a", &mut obj("a"), Change::Added)
+                })??;
+                let failed = tx.undo_on_error(|tx| {
+                    tx.put("Secret", "default", "b", &mut obj("b"), Change::Added)?;
+                    Err::<(), _>(Error::invalid("", "refused after writing"))
+                })?;
+                assert!(failed.is_err());
+                tx.undo_on_error(|tx| {
+                    tx.put("ConfigMap", "default", "c", &mut obj("c"), Change::Added)
+                })??;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(revision, start + 2, "the undone write's version is reused");
+        assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["ConfigMap"]);
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM objects WHERE kind = 'Secret'"),
+            0
+        );
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM watch_log WHERE kind = 'Secret'"),
+            0
+        );
+        assert_eq!(
+            count(&db, "SELECT MAX(resource_version) FROM watch_log"),
+            (start + 2) as i64
+        );
+        assert_eq!(
+            count(&db, "SELECT resource_version FROM objects WHERE name = 'c'"),
+            (start + 2) as i64
+        );
     }
 }

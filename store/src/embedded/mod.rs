@@ -30,6 +30,7 @@ use self::ops::Part;
 use crate::api::{
     Deleted, EventType, Object, ObjectList, Preconditions, Store, WatchEvent, WatchStream,
 };
+use crate::batch::{Batch, BatchOutcome};
 use crate::error::{Error, Result};
 use crate::kinds::KindRef;
 use crate::selector;
@@ -581,6 +582,32 @@ impl Store for EmbeddedStore {
                 WatchEvent::Deleted(v) => Ok(WatchEvent::Deleted(from_value(v)?)),
             })
         })))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(writes = batch.len()))]
+    async fn write_batch(&self, batch: Batch<Self>) -> BatchOutcome {
+        let writes: Vec<_> = batch
+            .into_writes()
+            .into_iter()
+            .map(|w| (w.kind, w.op, w.object))
+            .collect();
+        if writes.is_empty() {
+            return BatchOutcome {
+                written: Vec::new(),
+                failed: None,
+            };
+        }
+        match self
+            .blocking(move |inner| inner.write(|tx| ops::update_batch(tx, writes)))
+            .await
+        {
+            Ok(outcome) => outcome,
+            // Nothing was committed.
+            Err(e) => BatchOutcome {
+                written: Vec::new(),
+                failed: Some((0, e)),
+            },
+        }
     }
 
     async fn finalize_namespace(&self, ns: &Namespace) -> Result<Namespace> {

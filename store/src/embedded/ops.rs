@@ -6,6 +6,7 @@ use super::db::{Change, Tx};
 use super::namespaces;
 use crate::admission;
 use crate::api::{Deleted, Preconditions};
+use crate::batch::{BatchOp, BatchOutcome, Versions, Written};
 use crate::error::{Error, Result};
 use crate::kinds::KindRef;
 use crate::podpreset;
@@ -419,6 +420,40 @@ pub(crate) fn update(tx: &mut Tx<'_>, kind: KindRef, mut obj: Value, part: Part)
         tx.put(kind.kind, &ns, &name, &mut new, Change::Modified)?;
     }
     Ok(new)
+}
+
+/// The writes of a batch in order, each as [`update`] makes it, until one fails: what it
+/// wrote is undone, the earlier ones stay. The error is one that leaves the transaction
+/// unusable.
+pub(crate) fn update_batch(
+    tx: &mut Tx<'_>,
+    writes: Vec<(KindRef, BatchOp, Value)>,
+) -> Result<BatchOutcome> {
+    let mut versions = Versions::default();
+    let mut written = Vec::with_capacity(writes.len());
+    for (i, (kind, op, mut obj)) in writes.into_iter().enumerate() {
+        let target = versions.carry(kind, &mut obj);
+        let part = match op {
+            BatchOp::Update => Part::Main,
+            BatchOp::UpdateStatus => Part::Status,
+        };
+        match tx.undo_on_error(|tx| update(tx, kind, obj, part))? {
+            Ok(new) => {
+                versions.record(target, &new);
+                written.push(Written(new));
+            }
+            Err(e) => {
+                return Ok(BatchOutcome {
+                    written,
+                    failed: Some((i, e)),
+                });
+            }
+        }
+    }
+    Ok(BatchOutcome {
+        written,
+        failed: None,
+    })
 }
 
 pub(crate) fn delete(
