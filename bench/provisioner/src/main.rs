@@ -3,7 +3,9 @@
 //! 1. `match`: the volume index alone, 1,000 claims against 10,000 static PVs, each match
 //!    followed by the index update the binder makes (so later claims see the PV as taken).
 //! 2. `static`: the full binder with the embedded store: 10,000 static PVs, then 1,000 claims
-//!    created; time until every claim is Bound.
+//!    created one by one; time until every claim is Bound. `static-apply`: the same 1,000
+//!    claims written in one transaction (as one `volctl apply -f`), so the binder has all of
+//!    them at once: time from the write until every claim is Bound.
 //! 3. `dynamic`: 1,000 claims of an Immediate class, end to end through a real strata-csi
 //!    (CreateVolume over its unix socket, PV created, claim bound).
 //!
@@ -12,7 +14,7 @@
 //!    claim is Bound: what a user waits for, store durability included.
 //!
 //! `cargo build --release -p strata-csi -p volctl -p bench-provisioner` then
-//! `target/release/bench-provisioner [--claims N] [--pvs N] [match|static|dynamic|apply]...`.
+//! `target/release/bench-provisioner [--claims N] [--pvs N] [match|static|static-apply|dynamic|apply]...`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -138,25 +140,50 @@ fn bench_match(claims: usize, pvs: usize) {
     );
 }
 
-async fn wait_bound(store: &EmbeddedStore, want: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let list = store
-            .list::<PersistentVolumeClaim>(Some("default"), None)
-            .await?;
-        let bound = list
-            .items
-            .iter()
-            .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
-            .count();
-        if bound >= want {
-            return Ok(());
+/// Waits until `want` objects of kind `K` satisfy `done`: one list, then the watch (a list
+/// every few milliseconds would take CPU from the loops being measured).
+async fn wait_for<K: strata_store::Object>(
+    store: &EmbeddedStore,
+    want: usize,
+    done: fn(&K) -> bool,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let list = store.list::<K>(None, None).await?;
+    let name = |o: &K| o.metadata().name.clone().unwrap_or_default();
+    let mut ready: std::collections::HashSet<String> =
+        list.items.iter().filter(|o| done(o)).map(name).collect();
+    let mut watch = store.watch::<K>(None, list.resource_version).await?;
+    while ready.len() < want {
+        let ev = match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(ev)) => ev?,
+            Ok(None) => bail!("the {} watch ended", K::KIND),
+            Err(_) => bail!("only {}/{want} ready after 600 s", ready.len()),
+        };
+        let deleted = matches!(ev, strata_store::WatchEvent::Deleted(_));
+        let o = ev.object();
+        if done(o) && !deleted {
+            ready.insert(name(o));
+        } else {
+            ready.remove(&name(o));
         }
-        if Instant::now() > deadline {
-            bail!("only {bound}/{want} claims bound after 600 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+async fn wait_bound(store: &EmbeddedStore, want: usize) -> anyhow::Result<()> {
+    wait_for::<PersistentVolumeClaim>(store, want, |c| {
+        c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+    })
+    .await
+}
+
+/// Creates the objects (JSON documents, at most `MAX_DOCUMENTS`) in one transaction, as
+/// one `volctl apply -f` would.
+async fn apply_all(store: &EmbeddedStore, docs: &[String]) -> anyhow::Result<()> {
+    let manifests = strata_store::apply::parse_manifests(&docs.join("\n---\n"), "default")?;
+    store.apply(manifests).await?;
+    Ok(())
 }
 
 struct Env {
@@ -204,42 +231,65 @@ async fn start_loops(e: &Env) -> anyhow::Result<strata_provisioner::Running> {
     Ok(strata_provisioner::start(store, csi, config).await?)
 }
 
-async fn bench_static(csi: &PathBuf, claims: usize, pvs: usize) -> anyhow::Result<()> {
+fn static_claim(i: usize) -> PersistentVolumeClaim {
+    let mut c = claim(
+        i,
+        Some(CLASSES[i % 4]),
+        &format!("{}Gi", 1 + (i * 31) % 150),
+    );
+    c.metadata.uid = None;
+    c
+}
+
+/// `all_at_once`: the claims are written in one transaction, else one create each.
+async fn bench_static(
+    csi: &PathBuf,
+    claims: usize,
+    pvs: usize,
+    all_at_once: bool,
+) -> anyhow::Result<()> {
     let e = env(csi).await?;
-    for i in 0..pvs {
-        e.store.create(&static_pv(i)).await?;
+    // Setup, not measured: through an ordered handle, so 10,000 creates do not wait for
+    // 10,000 syncs.
+    {
+        let setup = EmbeddedStore::open_with(
+            &e.state.0,
+            strata_store::StoreOptions::controller("bench-setup"),
+        )?;
+        for i in 0..pvs {
+            setup.create(&static_pv(i)).await?;
+        }
     }
     let t = Instant::now();
     let running = start_loops(&e).await?;
     // The store creates PVs Pending; the binder's first sync makes each Available.
-    loop {
-        let list = e.store.list::<PersistentVolume>(None, None).await?;
-        if list
-            .items
-            .iter()
-            .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for::<PersistentVolume>(&e.store, pvs, |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available")
+    })
+    .await?;
     let initial = t.elapsed();
     let t = Instant::now();
-    for i in 0..claims {
-        let mut c = claim(
-            i,
-            Some(CLASSES[i % 4]),
-            &format!("{}Gi", 1 + (i * 31) % 150),
-        );
-        c.metadata.uid = None;
-        e.store.create(&c).await?;
+    if all_at_once {
+        let docs = (0..claims)
+            .map(|i| serde_json::to_string(&static_claim(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        apply_all(&e.store, &docs).await?;
+    } else {
+        for i in 0..claims {
+            e.store.create(&static_claim(i)).await?;
+        }
     }
     let created = t.elapsed();
     wait_bound(&e.store, claims).await?;
     let total = t.elapsed();
     running.shutdown().await;
     println!(
-        "static: {claims} claims against {pvs} static PVs, full binder + embedded store: {:.2} s to all Bound (creating the claims {:.2} s of it; {:.2} s after the last claim was written); initial sync of the PVs {:.2} s",
+        "{}: {claims} claims against {pvs} static PVs, full binder + embedded store: {:.2} s to all Bound (writing the claims {:.2} s of it; {:.2} s after the last claim was written); initial sync of the PVs {:.2} s",
+        if all_at_once {
+            "static-apply (claims in one transaction)"
+        } else {
+            "static (claims created one by one)"
+        },
         total.as_secs_f64(),
         created.as_secs_f64(),
         (total - created).as_secs_f64(),
@@ -371,6 +421,7 @@ async fn main() -> anyhow::Result<()> {
         vec![
             "match".into(),
             "static".into(),
+            "static-apply".into(),
             "dynamic".into(),
             "apply".into(),
         ]
@@ -394,10 +445,13 @@ async fn main() -> anyhow::Result<()> {
     for w in &which {
         match w.as_str() {
             "match" => bench_match(args.claims, args.pvs),
-            "static" => bench_static(&csi, args.claims, args.pvs).await?,
+            "static" => bench_static(&csi, args.claims, args.pvs, false).await?,
+            "static-apply" => bench_static(&csi, args.claims, args.pvs, true).await?,
             "dynamic" => bench_dynamic(&csi, args.claims).await?,
             "apply" => bench_apply(&csi, &volctl, args.claims).await?,
-            other => bail!("unknown benchmark {other:?} (match, static, dynamic, apply)"),
+            other => {
+                bail!("unknown benchmark {other:?} (match, static, static-apply, dynamic, apply)")
+            }
         }
     }
     Ok(())
