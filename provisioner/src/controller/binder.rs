@@ -37,8 +37,9 @@ fn carry(versions: &HashMap<Target, Option<String>>, volume: bool, m: &mut Objec
 
 /// A stored result of a plan's write, decoded.
 enum Stored {
-    Volume(PersistentVolume),
-    Claim(PersistentVolumeClaim),
+    // Boxed: a PV is three times a claim's size, and the batch holds a few of each.
+    Volume(Box<PersistentVolume>),
+    Claim(Box<PersistentVolumeClaim>),
 }
 
 impl<S: Store> Controller<S> {
@@ -189,9 +190,9 @@ impl<S: Store> Controller<S> {
         let mut decoded = Vec::with_capacity(outcome.written.len());
         for (written, t) in outcome.written.into_iter().zip(&targets) {
             decoded.push(if t.volume {
-                Stored::Volume(written.into_object()?)
+                Stored::Volume(Box::new(written.into_object()?))
             } else {
-                Stored::Claim(written.into_object()?)
+                Stored::Claim(Box::new(written.into_object()?))
             });
         }
         {
@@ -200,11 +201,11 @@ impl<S: Store> Controller<S> {
                 match w {
                     Stored::Volume(pv) => {
                         versions.insert(t.clone(), pv.metadata.resource_version.clone());
-                        c.put_volume(pv);
+                        c.put_volume(*pv);
                     }
                     Stored::Claim(pvc) => {
                         versions.insert(t.clone(), pvc.metadata.resource_version.clone());
-                        c.put_claim(pvc);
+                        c.put_claim(*pvc);
                     }
                 }
             }
