@@ -35,6 +35,7 @@ mod embedded;
 mod error;
 pub mod failpoint;
 pub mod kinds;
+pub mod meta;
 pub mod podpreset;
 pub mod quantity;
 pub mod selector;

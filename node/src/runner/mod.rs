@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use strata_runtime::State;
 use strata_store::k8s_openapi::api::core::v1::Pod;
-use strata_store::{Store, WatchEvent};
+use strata_store::{Store, WatchEvent, meta};
 use strata_volumes::manager::VolumeManager;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -51,12 +51,11 @@ pub struct Runner<S: Store> {
 /// Pods placed on this node, and pods placed nowhere yet: standalone, this node is the
 /// only one, so its pod workers place them (see `placement`).
 fn mine(pod: &Pod, node: &str) -> bool {
-    let placed_on = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-    placed_on.is_none_or(|n| n.is_empty() || n == node) && pod.metadata.uid.is_some()
+    meta::pod_node_name(pod).is_none_or(|n| n == node) && pod.metadata.uid.is_some()
 }
 
 fn uid_of(pod: &Pod) -> String {
-    pod.metadata.uid.clone().unwrap_or_default()
+    meta::uid(&pod.metadata).to_owned()
 }
 
 struct Workers<S: Store> {
@@ -288,14 +287,7 @@ async fn watch_pods<S: Store>(
                     match ev {
                         Ok(ev) => {
                             let p = ev.object();
-                            if let Some(v) = p
-                                .metadata
-                                .resource_version
-                                .as_deref()
-                                .and_then(|v| v.parse().ok())
-                            {
-                                rv = rv.max(v);
-                            }
+                            rv = rv.max(meta::resource_version(&p.metadata));
                             match &ev {
                                 WatchEvent::Deleted(p) => {
                                     seen.remove(&uid_of(p));

@@ -14,8 +14,8 @@ use strata_store::k8s_openapi::api::core::v1::{
 };
 use strata_store::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use strata_store::k8s_openapi::jiff::Timestamp;
-use strata_store::{EventType, Store};
-use strata_volumes::manager::{VolumeManager, pod_ref};
+use strata_store::{EventType, Store, meta};
+use strata_volumes::manager::VolumeManager;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -251,7 +251,7 @@ fn hostname(pod: &Pod) -> String {
 
 impl<S: Store> Worker<S> {
     pub fn new(shared: Arc<Shared<S>>, pod: Pod) -> Worker<S> {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let uid = meta::uid(&pod.metadata).to_owned();
         let spec = pod.spec.clone().unwrap_or_default();
         let old = pod.status.clone().unwrap_or_default();
         let old_status = |init: bool, name: &str| -> Option<ContainerStatus> {
@@ -352,14 +352,14 @@ impl<S: Store> Worker<S> {
     }
 
     fn name(&self) -> &str {
-        self.pod.metadata.name.as_deref().unwrap_or_default()
+        meta::name(&self.pod.metadata)
     }
 
     async fn event(&self, type_: EventType, reason: &str, message: &str) {
         if let Err(e) = self
             .shared
             .store
-            .record_event(&pod_ref(&self.pod), type_, reason, message)
+            .record_event(&meta::object_reference(&self.pod), type_, reason, message)
             .await
         {
             tracing::warn!(error = %e, reason, "recording an event");
@@ -713,13 +713,7 @@ impl<S: Store> Worker<S> {
     /// node already is admitted or rejected for good instead, as by the kubelet.
     async fn place(&mut self) -> bool {
         let info = placement::NodeInfo::read(&self.shared.store, &self.shared.node).await;
-        let named = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .is_some_and(|n| !n.is_empty());
-        if named {
+        if meta::pod_node_name(&self.pod).is_some() {
             return match placement::admit(&self.pod, &info) {
                 Ok(()) => {
                     self.placed = true;
@@ -1004,7 +998,7 @@ impl<S: Store> Worker<S> {
                         "back-off {}s restarting failed container={} pod={}",
                         delay.as_secs(),
                         c.spec.name,
-                        self.pod.metadata.name.as_deref().unwrap_or_default()
+                        meta::name(&self.pod.metadata)
                     )
                 }),
                 at: Instant::now() + delay,

@@ -38,9 +38,8 @@ pub struct Cache {
     pub snapshot_classes: BTreeMap<String, VolumeSnapshotClass>,
 }
 
-pub fn key(m: &ObjectMeta) -> String {
-    format!("{}/{}", meta::namespace(m), meta::name(m))
-}
+/// `namespace/name`: the queue and cache key.
+pub use crate::meta::key;
 
 /// An update that removed the last finalizer of an object being deleted returns its final
 /// state: the object is gone from the store.

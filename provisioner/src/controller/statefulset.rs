@@ -14,23 +14,12 @@ use crate::binder::{Event, EventType};
 use crate::error::Result;
 use crate::gc::{self, Owner, Verdict};
 use crate::k8s_openapi::api::apps::v1::StatefulSet;
-use crate::k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod};
+use crate::k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use crate::meta::{self, has_annotation, set_annotation};
 use crate::names;
 use crate::selector::standalone_node_labels;
 use crate::statefulset::{self, reconcile::Action};
-
-fn set_reference(set: &StatefulSet) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("apps/v1".into()),
-        kind: Some("StatefulSet".into()),
-        namespace: set.metadata.namespace.clone(),
-        name: set.metadata.name.clone(),
-        uid: set.metadata.uid.clone(),
-        ..Default::default()
-    }
-}
 
 impl<S: Store> Controller<S> {
     #[tracing::instrument(skip_all, fields(statefulset = %k))]
@@ -60,7 +49,7 @@ impl<S: Store> Controller<S> {
             (set.clone(), actions)
         };
         let (set, actions) = actions;
-        let set_ref = set_reference(&set);
+        let set_ref = meta::object_reference(&set);
         for a in actions {
             match a {
                 Action::CreateClaim(pvc) => match self.store.create(&pvc).await {

@@ -10,7 +10,7 @@ use crate::k8s_openapi::api::apps::v1::StatefulSet;
 use crate::k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
 };
-use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::meta;
 
@@ -83,18 +83,6 @@ pub fn claim_for(
     claim
 }
 
-/// The controller reference a StatefulSet puts on its pods.
-pub fn controller_ref(set: &StatefulSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "StatefulSet".into(),
-        name: meta::name(&set.metadata).to_string(),
-        uid: meta::uid(&set.metadata).to_string(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 /// The pod for `ordinal`: the template, identity labels, hostname/subdomain, and one volume
 /// per claim template replacing any template volume of the same name.
 pub fn pod_for(set: &StatefulSet, ordinal: i32) -> Pod {
@@ -129,7 +117,7 @@ pub fn pod_for(set: &StatefulSet, ordinal: i32) -> Pod {
             namespace: set.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: tmeta.annotations,
-            owner_references: Some(vec![controller_ref(set)]),
+            owner_references: Some(vec![meta::controller_reference(set)]),
             ..Default::default()
         },
         spec: Some(pod_spec),

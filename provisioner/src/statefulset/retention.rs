@@ -8,17 +8,6 @@ use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use crate::meta;
 
-fn pod_ref(pod: &Pod) -> OwnerReference {
-    OwnerReference {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        name: meta::name(&pod.metadata).to_string(),
-        uid: meta::uid(&pod.metadata).to_string(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 fn refs(claim: &PersistentVolumeClaim) -> &[OwnerReference] {
     claim
         .metadata
@@ -106,10 +95,10 @@ pub fn update_claim_refs(
         }
     };
     if want_set {
-        add(&mut updated, super::controller_ref(set));
+        add(&mut updated, meta::controller_reference(set));
     }
     if want_pod && let Some(p) = pod {
-        add(&mut updated, pod_ref(p));
+        add(&mut updated, meta::controller_reference(p));
     }
     changed.then_some(updated)
 }
@@ -194,7 +183,7 @@ mod tests {
     #[test]
     fn stale_uid_leaves_the_claim_alone() {
         let mut c = claim();
-        let mut old = super::super::controller_ref(&set("web", 3, "Delete", "Delete"));
+        let mut old = meta::controller_reference(&set("web", 3, "Delete", "Delete"));
         old.uid = "uid-of-an-older-web".into();
         c.metadata.owner_references = Some(vec![old]);
         assert!(

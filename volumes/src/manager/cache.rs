@@ -3,8 +3,9 @@
 
 use strata_store::Store;
 use strata_store::k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use strata_store::meta;
 
-use super::{VolumeManager, key_of, rv_of, store_err};
+use super::{VolumeManager, key_of, store_err};
 use crate::error::Result;
 use crate::projection::References;
 
@@ -32,14 +33,18 @@ impl<S: Store> VolumeManager<S> {
             (ObjectKind::Secret, CachedObject::Secret(s)) => {
                 let mut map = self.inner.secrets.write().expect("lock");
                 let k = key_of(&s);
-                if map.get(&k).is_none_or(|old| rv_of(old) <= rv_of(&s)) {
+                if map.get(&k).is_none_or(|old| {
+                    meta::resource_version(&old.metadata) <= meta::resource_version(&s.metadata)
+                }) {
                     map.insert(k, s);
                 }
             }
             (ObjectKind::ConfigMap, CachedObject::ConfigMap(c)) => {
                 let mut map = self.inner.config_maps.write().expect("lock");
                 let k = key_of(&c);
-                if map.get(&k).is_none_or(|old| rv_of(old) <= rv_of(&c)) {
+                if map.get(&k).is_none_or(|old| {
+                    meta::resource_version(&old.metadata) <= meta::resource_version(&c.metadata)
+                }) {
                     map.insert(k, c);
                 }
             }

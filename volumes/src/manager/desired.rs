@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use strata_store::Store;
 use strata_store::k8s_openapi::api::core::v1::Pod;
+use strata_store::meta;
 
-use super::{VolumeManager, rv_of, wants_volumes};
+use super::{VolumeManager, wants_volumes};
 
 /// Which pods should have volumes, as the Pod watch (and `run`'s lists) last said, and
 /// which were deleted or torn down. Every sync checks this under the pod's lock right
@@ -91,7 +92,12 @@ impl<S: Store> VolumeManager<S> {
             return None;
         }
         let pod = match d.pods.get(uid) {
-            Some(cached) if rv_of(cached) > rv_of(pod) => cached.clone(),
+            Some(cached)
+                if meta::resource_version(&cached.metadata)
+                    > meta::resource_version(&pod.metadata) =>
+            {
+                cached.clone()
+            }
             _ => pod.clone(),
         };
         wants_volumes(&pod, &self.inner.cfg.node_name).then_some(pod)
@@ -100,20 +106,22 @@ impl<S: Store> VolumeManager<S> {
     /// Takes a Pod watch event (or a listed pod) into the desired set. Returns whether the
     /// pod should have volumes.
     pub(super) fn observe_pod(&self, pod: &Pod, deleted: bool) -> bool {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let uid = meta::uid(&pod.metadata).to_owned();
         let node = &self.inner.cfg.node_name;
         let mut d = self.inner.desired.lock().expect("lock");
         if !deleted && wants_volumes(pod, node) {
             if d.gone.contains_key(&uid) {
                 return false;
             }
-            if d.pods.get(&uid).is_none_or(|old| rv_of(old) <= rv_of(pod)) {
+            if d.pods.get(&uid).is_none_or(|old| {
+                meta::resource_version(&old.metadata) <= meta::resource_version(&pod.metadata)
+            }) {
                 d.pods.insert(uid, pod.clone());
             }
             return true;
         }
         d.pods.remove(&uid);
-        let on_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+        let on_node = meta::pod_node_name(pod) == Some(node);
         // Placed here and deleted or finished: never again. (A pod not placed yet may
         // still be, so it gets no tombstone.)
         if on_node || deleted {
@@ -133,7 +141,9 @@ impl<S: Store> VolumeManager<S> {
         let missing: Vec<String> = d
             .pods
             .iter()
-            .filter(|(uid, p)| !have.contains(uid.as_str()) && rv_of(*p) <= list_rv)
+            .filter(|(uid, p)| {
+                !have.contains(uid.as_str()) && meta::resource_version(&p.metadata) <= list_rv
+            })
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in missing {

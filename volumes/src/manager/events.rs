@@ -8,10 +8,11 @@ use futures::StreamExt;
 use strata_store::k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
 };
+use strata_store::meta;
 use strata_store::{Object, Store, WatchEvent};
 use tokio::sync::mpsc;
 
-use super::{CachedObject, ObjectKind, VolumeManager, obj_key, rv_of, store_err};
+use super::{CachedObject, ObjectKind, VolumeManager, store_err};
 use crate::error::Result;
 use crate::layout;
 
@@ -138,7 +139,7 @@ impl<S: Store> VolumeManager<S> {
                         .collect();
                     for pod in failed {
                         let me = self.clone();
-                        let what = format!("retry pod {}", obj_key(&pod));
+                        let what = format!("retry pod {}", meta::key(&pod.metadata));
                         self.spawn_tracked(what, async move { let _ = me.set_up_pod(&pod).await; });
                     }
                 }
@@ -167,7 +168,7 @@ impl<S: Store> VolumeManager<S> {
                 let (WatchEvent::Added(s) | WatchEvent::Modified(s)) = ev else {
                     return;
                 };
-                let what = format!("Secret {} changed", obj_key(&s));
+                let what = format!("Secret {} changed", meta::key(&s.metadata));
                 self.spawn_tracked(what, async move {
                     me.object_changed(ObjectKind::Secret, CachedObject::Secret(s))
                         .await;
@@ -177,7 +178,7 @@ impl<S: Store> VolumeManager<S> {
                 let (WatchEvent::Added(c) | WatchEvent::Modified(c)) = ev else {
                     return;
                 };
-                let what = format!("ConfigMap {} changed", obj_key(&c));
+                let what = format!("ConfigMap {} changed", meta::key(&c.metadata));
                 self.spawn_tracked(what, async move {
                     me.object_changed(ObjectKind::ConfigMap, CachedObject::ConfigMap(c))
                         .await;
@@ -188,7 +189,7 @@ impl<S: Store> VolumeManager<S> {
                     WatchEvent::Added(p) | WatchEvent::Modified(p) => (p, false),
                     WatchEvent::Deleted(p) => (p, true),
                 };
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let uid = meta::uid(&pod.metadata).to_owned();
                 // A sync of a desired pod may be running (its first, not known yet, no
                 // directory yet): the tear-down queues behind it and undoes it.
                 let known = self.inner.pods.lock().expect("lock").contains_key(&uid)
@@ -203,12 +204,12 @@ impl<S: Store> VolumeManager<S> {
                 // earlier finds the pod gone.
                 let want = self.observe_pod(&pod, gone);
                 if want {
-                    let what = format!("set up pod {}", obj_key(&pod));
+                    let what = format!("set up pod {}", meta::key(&pod.metadata));
                     self.spawn_tracked(what, async move {
                         let _ = me.set_up_pod(&pod).await;
                     });
                 } else if known || layout::pod_dir(&me.inner.cfg.state_dir, &uid).exists() {
-                    let what = format!("tear down pod {}", obj_key(&pod));
+                    let what = format!("tear down pod {}", meta::key(&pod.metadata));
                     self.spawn_tracked(what, async move {
                         if let Err(e) = me.tear_down_now(&uid).await {
                             tracing::warn!(pod_uid = %uid, error = %e, "tear down failed");
@@ -222,8 +223,8 @@ impl<S: Store> VolumeManager<S> {
                 let (WatchEvent::Added(pvc) | WatchEvent::Modified(pvc)) = ev else {
                     return;
                 };
-                let ns = pvc.metadata.namespace.clone().unwrap_or_default();
-                let name = pvc.metadata.name.clone().unwrap_or_default();
+                let ns = meta::namespace(&pvc.metadata).to_owned();
+                let name = meta::name(&pvc.metadata).to_owned();
                 self.resync_claim_users(&ns, &name);
             }
             Msg::Volume(ev) => {
@@ -260,14 +261,14 @@ impl<S: Store> VolumeManager<S> {
         let mut out: BTreeMap<String, Pod> = BTreeMap::new();
         for p in self.inner.desired.lock().expect("lock").pods.values() {
             if uses(p) {
-                out.insert(p.metadata.uid.clone().unwrap_or_default(), p.clone());
+                out.insert(meta::uid(&p.metadata).to_owned(), p.clone());
             }
         }
         for e in self.inner.pods.lock().expect("lock").values() {
             if let Some(p) = &e.pod
                 && uses(p)
             {
-                out.entry(p.metadata.uid.clone().unwrap_or_default())
+                out.entry(meta::uid(&p.metadata).to_owned())
                     .or_insert_with(|| p.clone());
             }
         }
@@ -278,7 +279,10 @@ impl<S: Store> VolumeManager<S> {
     fn resync_claim_users(&self, ns: &str, name: &str) {
         for pod in self.claim_users(ns, name) {
             let me = self.clone();
-            let what = format!("set up pod {} (claim {ns}/{name})", obj_key(&pod));
+            let what = format!(
+                "set up pod {} (claim {ns}/{name})",
+                meta::key(&pod.metadata)
+            );
             self.spawn_tracked(what, async move {
                 let _ = me.set_up_pod(&pod).await;
             });
@@ -311,7 +315,7 @@ async fn watch_loop<S: Store, K: Object>(
                 while let Some(ev) = stream.next().await {
                     match ev {
                         Ok(ev) => {
-                            rv = rv.max(rv_of(ev.object()));
+                            rv = rv.max(meta::resource_version(ev.object().metadata()));
                             backoff = Duration::from_millis(100);
                             if tx.send(wrap(ev)).is_err() {
                                 return;

@@ -39,8 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use strata_store::k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
+use strata_store::k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use strata_store::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use strata_store::meta;
 use strata_store::{Object, Store};
 use tokio::sync::Notify;
 
@@ -123,26 +124,10 @@ fn store_err(e: strata_store::Error) -> Error {
     Error::Store(e.to_string())
 }
 
-fn rv_of<K: Object>(obj: &K) -> u64 {
-    obj.metadata()
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// `namespace/name` of an object, for logs and task names.
-fn obj_key<K: Object>(obj: &K) -> String {
-    let (ns, name) = key_of(obj);
-    format!("{ns}/{name}")
-}
-
+/// (namespace, name): the cache's key.
 fn key_of<K: Object>(obj: &K) -> ObjKey {
     let m = obj.metadata();
-    (
-        m.namespace.clone().unwrap_or_default(),
-        m.name.clone().unwrap_or_default(),
-    )
+    (meta::namespace(m).to_owned(), meta::name(m).to_owned())
 }
 
 /// The node's allocatable amounts for limits a container leaves unset (k8s-semantics §2.4).
@@ -169,21 +154,9 @@ fn host_allocatable(state_dir: &Path) -> BTreeMap<String, Quantity> {
 
 /// The pod is placed here and not finished: its volumes should exist.
 pub fn wants_volumes(pod: &Pod, node: &str) -> bool {
-    let on_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    on_node && !matches!(phase, Some("Succeeded") | Some("Failed")) && pod.metadata.uid.is_some()
-}
-
-/// The reference an Event about `pod` names.
-pub fn pod_ref(pod: &Pod) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: pod.metadata.name.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        uid: pod.metadata.uid.clone(),
-        ..Default::default()
-    }
+    meta::pod_node_name(pod) == Some(node)
+        && !matches!(meta::pod_phase(pod), "Succeeded" | "Failed")
+        && pod.metadata.uid.is_some()
 }
 
 impl<S: Store> VolumeManager<S> {

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use strata_store::k8s_openapi::api::core::v1::{Pod, Volume};
+use strata_store::meta;
 use strata_store::{EventType, Store};
 
-use super::{ObjectKind, VolumeManager, obj_key, pod_ref};
+use super::{ObjectKind, VolumeManager};
 use crate::csi_volume;
 use crate::dirfd;
 use crate::empty_dir::{self, Medium};
@@ -30,16 +31,17 @@ impl<S: Store> VolumeManager<S> {
     /// and `run` waits for it before returning.
     pub async fn sync_pod(&self, pod: &Pod) -> Result<BTreeMap<String, PreparedVolume>> {
         let (me, p) = (self.clone(), pod.clone());
-        self.tracked(format!("set up pod {}", obj_key(pod)), async move {
-            me.set_up_pod(&p).await
-        })
+        self.tracked(
+            format!("set up pod {}", meta::key(&pod.metadata)),
+            async move { me.set_up_pod(&p).await },
+        )
         .await
     }
 
     /// [`Self::sync_pod`] on the caller's task.
     #[tracing::instrument(name = "sync_pod", skip_all, fields(pod = %pod.metadata.name.as_deref().unwrap_or_default()))]
     pub(super) async fn set_up_pod(&self, pod: &Pod) -> Result<BTreeMap<String, PreparedVolume>> {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let uid = meta::uid(&pod.metadata).to_owned();
         if !layout::valid_component(&uid) {
             return Err(Error::InvalidArgument {
                 field: "metadata.uid",
@@ -109,13 +111,18 @@ impl<S: Store> VolumeManager<S> {
         if let Err(e) = self
             .inner
             .store
-            .record_event(&pod_ref(pod), EventType::Warning, "FailedMount", &message)
+            .record_event(
+                &meta::object_reference(pod),
+                EventType::Warning,
+                "FailedMount",
+                &message,
+            )
             .await
         {
             tracing::warn!(error = %e, "recording FailedMount event");
         }
         Err(Error::Projection {
-            volume: pod.metadata.name.clone().unwrap_or_default(),
+            volume: meta::name(&pod.metadata).to_owned(),
             errors: errors
                 .into_iter()
                 .map(|(v, e)| format!("{v}: {e}"))
@@ -137,7 +144,7 @@ impl<S: Store> VolumeManager<S> {
         if let Some(kind) = Kind::of(volume) {
             return self.set_up_api_volume(pod, volume, kind).await;
         }
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let uid = meta::uid(&pod.metadata).to_owned();
         if let Some(src) = &volume.empty_dir {
             let medium = Medium::of(src)?;
             let dir = layout::volume_dir(

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use strata_store::Store;
 use strata_store::k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Volume};
+use strata_store::meta;
 
-use super::{CachedObject, ObjectKind, VolumeManager, key_of, obj_key};
+use super::{CachedObject, ObjectKind, VolumeManager, key_of};
 use crate::api_volume;
 use crate::atomic_writer::WriteOutcome;
 use crate::error::{Result, blocking};
@@ -22,8 +23,8 @@ impl<S: Store> VolumeManager<S> {
         volume: &Volume,
         kind: Kind,
     ) -> Result<(PreparedVolume, BTreeSet<(ObjectKind, String)>)> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = meta::namespace(&pod.metadata).to_owned();
+        let uid = meta::uid(&pod.metadata).to_owned();
         let refs = projection::references(volume)?;
         self.fill_cache(&ns, &refs).await?;
         let mut tokens = BTreeMap::new();
@@ -124,7 +125,7 @@ impl<S: Store> VolumeManager<S> {
 
     /// Re-projects the volumes of `pod` that read `name` of `kind`.
     async fn reproject_pod(&self, pod: &Pod, kind: ObjectKind, name: &str) -> Result<()> {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let uid = meta::uid(&pod.metadata).to_owned();
         let lock = self.pod_lock(&uid);
         let _guard = lock.lock().await;
         // The pod may have been torn down while we waited for the lock.
@@ -179,7 +180,10 @@ impl<S: Store> VolumeManager<S> {
         // Each pod's writes are tracked work: they finish even if this caller goes.
         let jobs = pods.into_iter().map(|p| {
             let (me, name) = (self.clone(), name.clone());
-            let what = format!("re-project {kind:?} {ns}/{name} into pod {}", obj_key(&p));
+            let what = format!(
+                "re-project {kind:?} {ns}/{name} into pod {}",
+                meta::key(&p.metadata)
+            );
             self.tracked(what, async move { me.reproject_pod(&p, kind, &name).await })
         });
         for r in futures::future::join_all(jobs).await {

@@ -9,6 +9,7 @@ use strata_store::Store;
 use strata_store::k8s_openapi::api::core::v1::{
     PersistentVolume, PersistentVolumeClaim, Pod, Secret, SecretReference, Volume,
 };
+use strata_store::meta;
 
 use super::{VolumeManager, store_err};
 use crate::csi_volume::{self, CsiNode, CsiVolume};
@@ -40,26 +41,21 @@ impl<S: Store> VolumeManager<S> {
 
     pub(super) async fn set_up_pvc(&self, pod: &Pod, volume: &Volume) -> Result<PreparedVolume> {
         let src = volume.persistent_volume_claim.as_ref().expect("checked");
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = meta::namespace(&pod.metadata).to_owned();
+        let uid = meta::uid(&pod.metadata).to_owned();
         let pvc: PersistentVolumeClaim = self
             .inner
             .store
             .get(&ns, &src.claim_name)
             .await
             .map_err(store_err)?;
-        let pv_name = pvc
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.clone())
-            .filter(|n| {
-                !n.is_empty()
-                    && pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
-            })
-            .ok_or_else(|| Error::InvalidArgument {
+        let pv_name = meta::claim_volume_name(&pvc).to_owned();
+        if pv_name.is_empty() || meta::claim_phase(&pvc) != "Bound" {
+            return Err(Error::InvalidArgument {
                 field: "persistentVolumeClaim",
                 reason: format!("claim {ns}/{} is not bound yet", src.claim_name),
-            })?;
+            });
+        }
         let pv: PersistentVolume = self
             .inner
             .store
@@ -83,7 +79,7 @@ impl<S: Store> VolumeManager<S> {
             });
         }
         if let Some(local) = &spec.local {
-            if spec.volume_mode.as_deref() == Some("Block") {
+            if meta::volume_volume_mode(&pv) == "Block" {
                 return Err(Error::InvalidArgument {
                     field: "persistentVolume.spec.volumeMode",
                     reason: format!("{pv_name}: local volumes in Block mode are not supported"),
@@ -147,11 +143,11 @@ impl<S: Store> VolumeManager<S> {
         let v = CsiVolume {
             pv_name: pv_name.clone(),
             volume_handle: csi_src.volume_handle.clone(),
-            block: spec.volume_mode.as_deref() == Some("Block"),
+            block: meta::volume_volume_mode(&pv) == "Block",
             fs_type: csi_src.fs_type.clone().unwrap_or_default(),
             mount_flags: spec.mount_options.clone().unwrap_or_default(),
             access_mode: csi_volume::access_mode(
-                spec.access_modes.as_deref().unwrap_or_default(),
+                meta::volume_access_modes(&pv),
                 csi.single_node_multi_writer(),
             ),
             read_only,
@@ -162,7 +158,7 @@ impl<S: Store> VolumeManager<S> {
         };
         // fsGroupPolicy ReadWriteOnceWithFSType (the default without a CSIDriver object):
         // only filesystem volumes with an fsType and one single-node writable mode.
-        let modes = spec.access_modes.as_deref().unwrap_or_default();
+        let modes = meta::volume_access_modes(&pv);
         let single_writer =
             modes.len() == 1 && matches!(modes[0].as_str(), "ReadWriteOnce" | "ReadWriteOncePod");
         let mut v = v;
@@ -216,8 +212,8 @@ impl<S: Store> VolumeManager<S> {
             })?;
         csi.expand(&self.inner.cfg.state_dir, pod_uid, v, bytes)
             .await?;
-        let ns = pvc.metadata.namespace.clone().unwrap_or_default();
-        let name = pvc.metadata.name.clone().unwrap_or_default();
+        let ns = meta::namespace(&pvc.metadata).to_owned();
+        let name = meta::name(&pvc.metadata).to_owned();
         for _ in 0..5 {
             let mut cur: PersistentVolumeClaim =
                 self.inner.store.get(&ns, &name).await.map_err(store_err)?;

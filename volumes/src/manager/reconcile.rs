@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use strata_store::Store;
 use strata_store::k8s_openapi::api::core::v1::Pod;
+use strata_store::meta;
 
 use super::desired::TOMBSTONE_TTL;
-use super::{VolumeManager, rv_of, wants_volumes};
+use super::{VolumeManager, wants_volumes};
 use crate::error::{Error, Result};
 use crate::layout;
 
@@ -29,11 +30,13 @@ impl<S: Store> VolumeManager<S> {
                 .map(|(uid, p)| (uid.clone(), p.clone()))
                 .collect();
             for p in pods.iter().filter(|p| wants_volumes(p, &node)) {
-                let uid = p.metadata.uid.clone().unwrap_or_default();
+                let uid = meta::uid(&p.metadata).to_owned();
                 if d.gone.contains_key(&uid) {
                     continue;
                 }
-                if out.get(&uid).is_none_or(|old| rv_of(old) <= rv_of(p)) {
+                if out.get(&uid).is_none_or(|old| {
+                    meta::resource_version(&old.metadata) <= meta::resource_version(&p.metadata)
+                }) {
                     out.insert(uid, p.clone());
                 }
             }

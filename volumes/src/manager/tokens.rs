@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use strata_store::Store;
 use strata_store::k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use strata_store::meta;
 
 use super::{VolumeManager, store_err};
 use crate::error::{Error, Result};
@@ -15,7 +16,7 @@ use crate::token::{self, IssuedToken, TokenRequest};
 impl<S: Store> VolumeManager<S> {
     /// A token for the pod, from the cache while it needs no refresh (k8s-semantics §2.5).
     pub(super) async fn token_for(&self, pod: &Pod, key: &TokenKey) -> Result<String> {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let uid = meta::uid(&pod.metadata).to_owned();
         let now = (self.inner.cfg.clock)();
         let cached = self
             .inner
@@ -63,7 +64,7 @@ impl<S: Store> VolumeManager<S> {
         key: &TokenKey,
         now: SystemTime,
     ) -> Result<IssuedToken> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let ns = meta::namespace(&pod.metadata).to_owned();
         let sa_name = pod
             .spec
             .as_ref()
@@ -82,8 +83,8 @@ impl<S: Store> VolumeManager<S> {
             namespace: ns,
             service_account_name: sa_name,
             service_account_uid: sa.metadata.uid.unwrap_or_default(),
-            pod_name: pod.metadata.name.clone().unwrap_or_default(),
-            pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+            pod_name: meta::name(&pod.metadata).to_owned(),
+            pod_uid: meta::uid(&pod.metadata).to_owned(),
             node_name: self.inner.cfg.node_name.clone(),
             node_uid: None,
             audiences: if key.audience.is_empty() {
