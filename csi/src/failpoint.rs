@@ -7,6 +7,9 @@ use strata_failpoint::Failpoints;
 pub const ALL: &[&str] = &[
     "create_volume:after_intent",
     "create_volume:after_file",
+    // Hit by every write of a ready volume's record (meta.rs), creates included.
+    "create_volume:after_record",
+    "create_volume:after_journal",
     "create_volume:after_commit",
     "delete_volume:after_intent",
     "delete_volume:after_unlink",

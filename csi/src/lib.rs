@@ -18,6 +18,7 @@ mod group;
 mod identity;
 pub mod ids;
 pub mod inspect;
+pub mod journal;
 pub mod locks;
 pub mod meta;
 pub mod metrics;

@@ -323,6 +323,15 @@ impl Backend for DirPool {
         let (Some(flavor), Some((id, q))) = (self.quota, self.quota_of(&d, obj)?) else {
             return Ok(());
         };
+        if id < PROJECT_BASE && obj.kind == DataKind::Volume {
+            // Its project id was lost with the power (the journal's replay grows every
+            // recent volume to its size): give it a project of its own again.
+            let id = self.take_project();
+            let path = self.path(obj);
+            sys::quota::set_project(&d, id).map_err(Error::io("setting project id of", &path))?;
+            return sys::quota::set_limit(&self.fs, flavor, id, size)
+                .map_err(Error::io("setting project quota of", &path));
+        }
         if q.bytes_limit != 0 && size <= q.bytes_limit {
             return Ok(());
         }
