@@ -60,6 +60,10 @@ pub enum Kind {
     Del = 2,
     /// The record was made durable by itself: replay leaves it as it is.
     Forget = 3,
+    /// The volume was staged, so its data may hold what a user wrote: replay writes its
+    /// record but never replaces missing data with an empty object (reconciliation
+    /// reports it instead). Not flushed by itself.
+    Used = 4,
 }
 
 impl Kind {
@@ -68,6 +72,7 @@ impl Kind {
             1 => Some(Kind::Put),
             2 => Some(Kind::Del),
             3 => Some(Kind::Forget),
+            4 => Some(Kind::Used),
             _ => None,
         }
     }
@@ -410,6 +415,7 @@ impl Journal {
             Kind::Del | Kind::Forget => {
                 st.live.remove(&key);
             }
+            Kind::Used => {}
         }
         st.last_append = Some(Instant::now());
         if st.next - 1 - st.checkpoint >= CHECKPOINT_AT {

@@ -180,53 +180,105 @@ impl PoolMeta {
         Ok((pm, replayed))
     }
 
-    /// Applies the entries written since the last checkpoint: the last one of each record
-    /// decides. Every step is idempotent, so a crash during the replay only repeats it.
+    /// Applies the entries written since the last checkpoint: the last Put, Del or Forget
+    /// of each record decides (a Used after a Put keeps the volume's data from being made
+    /// again). Every step is idempotent, so a crash during the replay only repeats it.
     fn replay(&self, pool: &dyn Backend, entries: Vec<journal::Entry>) -> Result<Replayed> {
-        let mut out = Replayed::default();
-        let mut last: HashMap<(u8, String), journal::Entry> = HashMap::new();
-        for e in entries {
-            last.insert((e.class, e.name.clone()), e);
+        struct Last {
+            seq: u64,
+            kind: Kind,
+            body: Vec<u8>,
+            used: bool,
         }
-        let mut last: Vec<_> = last.into_values().collect();
-        last.sort_by_key(|e| e.seq);
-        for e in last {
-            let Some(c) = Class::from_code(e.class) else {
-                tracing::warn!(class = e.class, name = %e.name, "journal entry of an unknown class; skipped");
+        let mut out = Replayed::default();
+        let mut last: HashMap<(u8, String), Last> = HashMap::new();
+        for e in entries {
+            let key = (e.class, e.name);
+            match e.kind {
+                Kind::Used => {
+                    if let Some(l) = last.get_mut(&key) {
+                        l.used = true;
+                    } else {
+                        // The Put is older than the checkpoint: nothing to replay.
+                    }
+                }
+                Kind::Put => {
+                    let used = last
+                        .get(&key)
+                        .is_some_and(|l| l.kind == Kind::Put && l.used);
+                    last.insert(
+                        key,
+                        Last {
+                            seq: e.seq,
+                            kind: e.kind,
+                            body: e.body,
+                            used,
+                        },
+                    );
+                }
+                Kind::Del | Kind::Forget => {
+                    last.insert(
+                        key,
+                        Last {
+                            seq: e.seq,
+                            kind: e.kind,
+                            body: Vec::new(),
+                            used: false,
+                        },
+                    );
+                }
+            }
+        }
+        let mut last: Vec<_> = last.into_iter().collect();
+        last.sort_by_key(|(_, l)| l.seq);
+        for ((class, name), l) in last {
+            let Some(c) = Class::from_code(class) else {
+                tracing::warn!(class, name = %name, "journal entry of an unknown class; skipped");
                 continue;
             };
-            if e.name.contains('/') || e.name.starts_with('.') || !e.name.ends_with(".json") {
-                tracing::warn!(name = %e.name, "journal entry with a bad record name; skipped");
+            if name.contains('/') || name.starts_with('.') || !name.ends_with(".json") {
+                tracing::warn!(name = %name, "journal entry with a bad record name; skipped");
                 continue;
             }
-            match e.kind {
-                Kind::Forget => {}
+            match l.kind {
+                Kind::Forget | Kind::Used => {}
                 Kind::Del => {
-                    if sys::fs::unlink_beneath(&self.dirs[&c], &e.name)
-                        .map_err(Error::io("removing", self.path(c, &e.name)))?
+                    if sys::fs::unlink_beneath(&self.dirs[&c], &name)
+                        .map_err(Error::io("removing", self.path(c, &name)))?
                     {
                         out.removed += 1;
                     }
                 }
                 Kind::Put => {
-                    if c == Class::Volume {
-                        match serde_json::from_slice::<Envelope<VolumeRecord>>(&e.body) {
+                    if c == Class::Volume && !l.used {
+                        match serde_json::from_slice::<Envelope<VolumeRecord>>(&l.body) {
                             Ok(env) => {
                                 if self.remake_volume(pool, &env.record)? {
                                     out.remade.push(env.record.id);
                                 }
                             }
                             Err(err) => {
-                                tracing::warn!(name = %e.name, error = %err, "undecodable volume record in the journal");
+                                tracing::warn!(name = %name, error = %err, "undecodable volume record in the journal");
                             }
                         }
                     }
-                    self.write_record(c, &e.name, &e.body)?;
+                    self.write_record(c, &name, &l.body)?;
                     out.records += 1;
                 }
             }
         }
         Ok(out)
+    }
+
+    /// A stage of volume `id`: from now on replay must not replace its data (see
+    /// `Kind::Used`). Only while the journal still holds its record; not flushed.
+    fn staged(&self, id: &str) -> Result<()> {
+        let name = by_id(id);
+        if self.journal.is_live(Class::Volume.code(), &name) {
+            self.journal
+                .append(Kind::Used, Class::Volume.code(), &name, b"")?;
+        }
+        Ok(())
     }
 
     /// The data of a journaled volume: made again (empty) when missing, and grown to its
@@ -523,6 +575,7 @@ impl Mirror {
                 Op::PutStage(st) => {
                     let pool = self.pool_of_volume(store, ops, &st.volume_id)?;
                     self.with_pool(pool, &mut flush, |pm| {
+                        pm.staged(&st.volume_id)?;
                         pm.put(Class::Stage, &hashed(&st.volume_id), st)
                     })?
                 }

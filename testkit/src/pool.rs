@@ -439,10 +439,13 @@ impl LoopPool {
         out
     }
 
-    /// The driver's metadata records (`meta/` beneath the pool dir).
+    /// The driver's metadata records (`meta/` beneath the pool dir), not its journal
+    /// (`meta/journal`, which every pool has).
     pub fn meta_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
+        let journal = self.pool.join("meta").join("journal");
         walk_files(&self.pool.join("meta"), &mut |_| true, &mut out);
+        out.retain(|p| *p != journal);
         out
     }
 

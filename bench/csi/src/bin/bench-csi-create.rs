@@ -4,6 +4,10 @@
 //! pool of the chosen kind) or any driver already listening on a unix socket (`--endpoint`,
 //! e.g. the reference hostpath driver), with the same requests, so the two compare.
 //!
+//! Prints the driver's CPU time (user + system, from /proc/PID/stat) per create and per
+//! delete next to the rates: unlike a rate, it does not depend on how loaded the machine
+//! is. For a driver at `--endpoint`, pass its pid with `--driver-pid`.
+//!
 //! Needs root for strata-csi pools on loop devices.
 //! `cargo build --release -p strata-csi -p bench-csi &&
 //!  target/release/bench-csi-create --backend dir --unenforced --volumes 2000 --rounds 3`
@@ -53,6 +57,30 @@ struct Args {
     /// Rounds; each is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// With `--endpoint`: the driver's pid, to report its CPU time per operation.
+    #[arg(long)]
+    driver_pid: Option<u32>,
+}
+
+/// utime + stime of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU per operation in µs, from clock ticks over `n` operations.
+fn cpu_per_op(ticks: Option<u64>, n: usize) -> String {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    match ticks {
+        Some(t) => format!("{:.0} µs", t as f64 / hz * 1e6 / n as f64),
+        None => "?".into(),
+    }
 }
 
 const MIB: i64 = 1 << 20;
@@ -84,6 +112,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     // Keep the pool and the driver alive until the rounds are done.
     let mut _keep: Option<(DriverProcess, LoopPool)> = None;
+    let mut pid = args.driver_pid;
     let (channel, pool, what) = match &args.endpoint {
         Some(ep) => {
             let sock = ep
@@ -131,6 +160,7 @@ async fn main() -> Result<()> {
                 driver.display(),
                 args.pool_fs
             );
+            pid = proc.pid();
             _keep = Some((proc, pool));
             (ch, Some("bench"), what)
         }
@@ -143,6 +173,7 @@ async fn main() -> Result<()> {
     for round in 0..args.rounds {
         let mut ids = Vec::with_capacity(args.volumes);
         let mut lat = Vec::with_capacity(args.volumes);
+        let cpu0 = pid.and_then(cpu_ticks);
         let start = Instant::now();
         for i in 0..args.volumes {
             let t = Instant::now();
@@ -157,6 +188,7 @@ async fn main() -> Result<()> {
             ids.push(v.volume_id);
         }
         let created = start.elapsed();
+        let cpu1 = pid.and_then(cpu_ticks);
         let c = Summary::of(&lat).context("no samples")?;
         lat.clear();
         let start = Instant::now();
@@ -171,15 +203,28 @@ async fn main() -> Result<()> {
             lat.push(t.elapsed());
         }
         let deleted = start.elapsed();
+        let cpu2 = pid.and_then(cpu_ticks);
+        let diff = |a: Option<u64>, b: Option<u64>| Some(b?.checked_sub(a?)?);
         let d = Summary::of(&lat).context("no samples")?;
         println!(
-            "round {round}: create {:>7.0}/s (p50 {}, p99 {})   delete {:>7.0}/s (p50 {}, p99 {})",
+            "round {round}: create {:>7.0}/s (p50 {}, p99 {}, driver CPU {}/create)   \
+             delete {:>7.0}/s (p50 {}, p99 {}, driver CPU {}/delete)",
             rate(args.volumes, created),
             ms(c.p50),
             ms(c.p99),
+            cpu_per_op(diff(cpu0, cpu1), args.volumes),
             rate(args.volumes, deleted),
             ms(d.p50),
-            ms(d.p99)
+            ms(d.p99),
+            cpu_per_op(diff(cpu1, cpu2), args.volumes),
+        );
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        println!(
+            "  load average: {}",
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     Ok(())
