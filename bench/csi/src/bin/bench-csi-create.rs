@@ -204,7 +204,7 @@ async fn main() -> Result<()> {
         }
         let deleted = start.elapsed();
         let cpu2 = pid.and_then(cpu_ticks);
-        let diff = |a: Option<u64>, b: Option<u64>| Some(b?.checked_sub(a?)?);
+        let diff = |a: Option<u64>, b: Option<u64>| b?.checked_sub(a?);
         let d = Summary::of(&lat).context("no samples")?;
         println!(
             "round {round}: create {:>7.0}/s (p50 {}, p99 {}, driver CPU {}/create)   \
