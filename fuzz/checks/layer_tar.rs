@@ -1,11 +1,12 @@
-//! Shared by the `layer_tar` fuzz target and `runtime/tests/fuzz_seeds.rs`.
+//! Shared by the `layer_tar` fuzz target and `runtime/tests/fuzz_seeds.rs`, each of
+//! which has the reader module at `crate::tar_reader`.
 
 use std::io::Read;
 
 /// The layer tar reader on arbitrary bytes: every entry and its data read to the
 /// end without a panic; an error is a fine answer, a hang or crash is not.
 pub fn check(data: &[u8]) {
-    let mut r = strata_runtime::image::tar_reader::TarReader::new(data);
+    let mut r = crate::tar_reader::TarReader::new(data);
     let mut buf = [0u8; 4096];
     while let Ok(Some(_entry)) = r.next_entry() {
         loop {
