@@ -91,19 +91,6 @@ fn volume_files(h: &Harness) -> usize {
         .count()
 }
 
-async fn snapshot_event(store: &EmbeddedStore, name: &str, reason: &str, needle: &str) -> bool {
-    store
-        .events_for("VolumeSnapshot", "default", name)
-        .await
-        .map(|evs| {
-            evs.iter().any(|e| {
-                e.reason.as_deref() == Some(reason)
-                    && e.message.as_deref().unwrap_or_default().contains(needle)
-            })
-        })
-        .unwrap_or(false)
-}
-
 fn finalizers(
     m: &strata_provisioner::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Vec<String> {
@@ -156,7 +143,16 @@ async fn snapshots_restore_clone_and_follow_their_deletion_policy() {
     assert_eq!(content.spec.deletion_policy, "Delete");
     assert!(content.status.as_ref().unwrap().snapshot_handle.is_some());
     assert_eq!(snapshot_files(&h), 1);
-    assert!(snapshot_event(&h.store, "s1", "SnapshotReady", "is ready to use").await);
+    assert!(
+        has_event_on(
+            &h.store,
+            "VolumeSnapshot",
+            "s1",
+            "SnapshotReady",
+            "is ready to use"
+        )
+        .await
+    );
     // The claim was protected while the snapshot was taken, and is released once it is ready.
     eventually("pvc-as-source finalizer removed", || async {
         let c: PersistentVolumeClaim = h.store.get("default", "src").await.ok()?;
@@ -305,8 +301,9 @@ async fn bad_snapshot_and_restore_requests_are_reported_and_lose_nothing() {
     })
     .await;
     assert!(
-        snapshot_event(
+        has_event_on(
             &h.store,
+            "VolumeSnapshot",
             "early",
             "SnapshotContentCreationFailed",
             "not found"
@@ -369,9 +366,15 @@ async fn bad_snapshot_and_restore_requests_are_reported_and_lose_nothing() {
     // The snapshot a pending claim restores from is held until that claim goes.
     delete::<VolumeSnapshot>(&h.store, "default", "early").await;
     eventually("deletion pending event", || async {
-        snapshot_event(&h.store, "early", "SnapshotDeletePending", "small")
-            .await
-            .then_some(())
+        has_event_on(
+            &h.store,
+            "VolumeSnapshot",
+            "early",
+            "SnapshotDeletePending",
+            "small",
+        )
+        .await
+        .then_some(())
     })
     .await;
     let held: VolumeSnapshot = h.store.get("default", "early").await.unwrap();

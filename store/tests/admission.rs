@@ -11,15 +11,8 @@ use strata_store::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use strata_store::kinds::KindRef;
 use strata_store::{EmbeddedStore, Preconditions, Store, StoreOptions};
 
-fn open() -> (tempfile::TempDir, EmbeddedStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    (dir, store)
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).unwrap()
-}
+mod common;
+use common::{from_json, open};
 
 fn class(name: &str, default: bool) -> StorageClass {
     from_json(json!({

@@ -4,6 +4,9 @@ use strata_store::apply::{Outcome, parse_manifests};
 use strata_store::k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use strata_store::{EmbeddedStore, Store};
 
+mod common;
+use common::open;
+
 const MANIFEST: &str = "
 apiVersion: v1
 kind: Namespace
@@ -28,12 +31,6 @@ kind: ConfigMap
 metadata: {name: cfg, namespace: apps}
 data: {a: \"1\", b: \"2\"}
 ";
-
-fn open() -> (tempfile::TempDir, EmbeddedStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    (dir, store)
-}
 
 #[tokio::test]
 async fn multi_document_apply_is_idempotent() {

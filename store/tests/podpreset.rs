@@ -7,15 +7,8 @@ use strata_store::k8s_openapi::api::core::v1::Pod;
 use strata_store::podpreset::{CONFLICT_REASON, PodPreset};
 use strata_store::{EmbeddedStore, Store};
 
-fn open() -> (tempfile::TempDir, EmbeddedStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    (dir, store)
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).unwrap()
-}
+mod common;
+use common::{from_json, open};
 
 fn preset(name: &str, env_value: &str) -> PodPreset {
     from_json(json!({

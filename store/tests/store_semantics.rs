@@ -17,6 +17,9 @@ use strata_store::{
     Deleted, EmbeddedStore, EventType, Preconditions, Store, StoreOptions, WatchEvent,
 };
 
+mod common;
+use common::open;
+
 fn meta(ns: &str, name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
@@ -69,12 +72,6 @@ fn config_map(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
 
 fn rv(m: &ObjectMeta) -> u64 {
     m.resource_version.as_deref().unwrap().parse().unwrap()
-}
-
-fn open() -> (tempfile::TempDir, EmbeddedStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    (dir, store)
 }
 
 #[tokio::test]

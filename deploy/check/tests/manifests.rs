@@ -744,8 +744,24 @@ fn rbac_model_notices_a_missing_rule() {
 fn helm_defaults_render_the_kustomize_install() {
     let values = chart_values(&chart()).unwrap();
     let rendered = helm(&chart(), &values, NAMESPACE).unwrap();
-    // The chart leaves the namespace to `helm install -n ... --create-namespace`.
-    let expected: BTreeMap<String, Value> = kustomize_objects()
+    assert_same_objects(
+        rendered,
+        kustomize_objects(),
+        |_| {},
+        "the chart's default render and deploy/kustomize",
+    );
+}
+
+/// Asserts that a chart render holds the same objects as a kustomize build, after
+/// `normalise` on both sides. The build's Namespace is left out: the chart leaves the
+/// namespace to `helm install -n ... --create-namespace`.
+fn assert_same_objects(
+    rendered: Vec<Value>,
+    built: Vec<Value>,
+    normalise: impl Fn(&mut Value),
+    between: &str,
+) {
+    let expected: BTreeMap<String, Value> = built
         .into_iter()
         .filter(|o| o["kind"] != "Namespace")
         .map(|o| (key(&o), o))
@@ -756,10 +772,11 @@ fn helm_defaults_render_the_kustomize_install() {
         expected.keys().collect::<Vec<_>>()
     );
     for (k, want) in &expected {
-        assert_eq!(
-            &got[k], want,
-            "{k} differs between the chart's default render and deploy/kustomize"
-        );
+        let mut got = got[k].clone();
+        let mut want = want.clone();
+        normalise(&mut got);
+        normalise(&mut want);
+        assert_eq!(got, want, "{k} differs between {between}");
     }
 }
 
@@ -848,31 +865,19 @@ fn helm_provisioner_strata_renders_the_overlay() {
     let mut values = chart_values(&chart()).unwrap();
     values["provisioner"] = json!("strata");
     let rendered = helm(&chart(), &values, NAMESPACE).unwrap();
-    let expected: BTreeMap<String, Value> = overlay_objects()
-        .into_iter()
-        .filter(|o| o["kind"] != "Namespace")
-        .map(|o| (key(&o), o))
-        .collect();
-    let got: BTreeMap<String, Value> = rendered.into_iter().map(|o| (key(&o), o)).collect();
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>()
-    );
-    for (k, want) in &expected {
-        let mut got = got[k].clone();
-        let mut want = want.clone();
-        // The overlay appends strata-provisioner (a strategic merge adds new names at the
-        // end); the chart puts it where the sidecars were. Order aside, the same.
-        for o in [&mut got, &mut want] {
-            if let Some(cs) = o["spec"]["template"]["spec"]["containers"].as_array_mut() {
-                cs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-            }
+    // The overlay appends strata-provisioner (a strategic merge adds new names at the
+    // end); the chart puts it where the sidecars were. Order aside, the same.
+    let containers_by_name = |o: &mut Value| {
+        if let Some(cs) = o["spec"]["template"]["spec"]["containers"].as_array_mut() {
+            cs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         }
-        assert_eq!(
-            got, want,
-            "{k} differs between the chart (provisioner: strata) and the overlay"
-        );
-    }
+    };
+    assert_same_objects(
+        rendered,
+        overlay_objects(),
+        containers_by_name,
+        "the chart (provisioner: strata) and the overlay",
+    );
 }
 
 #[test]

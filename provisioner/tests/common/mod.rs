@@ -144,8 +144,20 @@ pub fn images(pool: &LoopPool) -> usize {
 }
 
 pub async fn has_event(store: &EmbeddedStore, claim: &str, reason: &str, needle: &str) -> bool {
+    has_event_on(store, "PersistentVolumeClaim", claim, reason, needle).await
+}
+
+/// Whether an event with `reason` whose message contains `needle` names the object `kind`
+/// `default/name`.
+pub async fn has_event_on(
+    store: &EmbeddedStore,
+    kind: &str,
+    name: &str,
+    reason: &str,
+    needle: &str,
+) -> bool {
     store
-        .events_for("PersistentVolumeClaim", "default", claim)
+        .events_for(kind, "default", name)
         .await
         .map(|evs| {
             evs.iter().any(|e| {
