@@ -1,8 +1,8 @@
 //! Manifest apply through the store: all documents or none, idempotent re-apply.
 
+use strata_store::Store;
 use strata_store::apply::{Outcome, parse_manifests};
 use strata_store::k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
-use strata_store::{EmbeddedStore, Store};
 
 mod common;
 use common::open;

@@ -2,10 +2,10 @@
 //! conflicts reported as events, and kept by a re-apply of the pod's manifest.
 
 use serde_json::json;
+use strata_store::Store;
 use strata_store::apply::{Outcome, parse_manifests};
 use strata_store::k8s_openapi::api::core::v1::Pod;
 use strata_store::podpreset::{CONFLICT_REASON, PodPreset};
-use strata_store::{EmbeddedStore, Store};
 
 mod common;
 use common::{from_json, open};
