@@ -431,10 +431,13 @@ mod erased {
 /// Longest time a commit stays only in the page cache.
 pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// WAL size past which the syncer checkpoints it into the database (SQLite's own
-/// auto-checkpoint, 1000 pages, is off: it ran in the committing thread, so every few
-/// hundred commits one CreateVolume paid two extra fsyncs and the page copies).
-const CHECKPOINT_WAL_BYTES: u64 = 4 << 20;
+/// Commits after which the syncer checkpoints the WAL into the database (SQLite's own
+/// auto-checkpoint, at 1000 pages, is off: it ran in the committing thread, so every few
+/// hundred commits one CreateVolume paid two fsyncs and the page copies). The WAL file
+/// keeps its size once grown, so its length cannot tell how much of it is new. What a
+/// commit still pays: the first one after a checkpoint restarts the WAL from its
+/// beginning, and SQLite fsyncs the new WAL header there (one commit in this many).
+const CHECKPOINT_COMMITS: u64 = 1000;
 
 /// fdatasync of the WAL file: makes every commit so far survive power loss.
 fn sync_wal(wal: &Path) {
@@ -518,6 +521,8 @@ struct SyncShared {
     /// (commits not yet synced, stop requested)
     state: Mutex<(bool, bool)>,
     wake: Condvar,
+    /// Commits so far (batches), for the checkpoints.
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl Syncer {
@@ -535,6 +540,9 @@ impl Syncer {
 
     /// A commit landed in the WAL. Wakes the syncer only on the first since its last sync.
     fn dirty(&self) {
+        self.shared
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.shared.state.lock().expect("syncer lock");
         if !st.0 {
             st.0 = true;
@@ -551,13 +559,9 @@ impl Syncer {
     }
 }
 
-/// Copies the WAL into the database once it is large (PASSIVE: never waits for, nor
-/// blocks, the writer); the writer then starts the WAL again from its beginning.
+/// Copies the WAL into the database (PASSIVE: never waits for, nor blocks, the writer);
+/// the writer then starts the WAL again from its beginning.
 fn checkpoint_wal(conn: &Connection, wal: &Path) {
-    let big = std::fs::metadata(wal).is_ok_and(|m| m.len() >= CHECKPOINT_WAL_BYTES);
-    if !big {
-        return;
-    }
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
         tracing::warn!(path = %wal.display(), error = %e, "checkpointing the state WAL");
     }
@@ -565,6 +569,7 @@ fn checkpoint_wal(conn: &Connection, wal: &Path) {
 
 fn syncer_loop(shared: &SyncShared, wal: &Path, checkpointer: &Connection) {
     let mut last = std::time::Instant::now();
+    let mut checkpointed = 0;
     let mut st = shared.state.lock().expect("syncer lock");
     loop {
         let (dirty, stop) = *st;
@@ -590,7 +595,11 @@ fn syncer_loop(shared: &SyncShared, wal: &Path, checkpointer: &Connection) {
         st.0 = false;
         drop(st);
         sync_wal(wal);
-        checkpoint_wal(checkpointer, wal);
+        let commits = shared.commits.load(std::sync::atomic::Ordering::Relaxed);
+        if commits - checkpointed >= CHECKPOINT_COMMITS {
+            checkpoint_wal(checkpointer, wal);
+            checkpointed = commits;
+        }
         last = std::time::Instant::now();
         st = shared.state.lock().expect("syncer lock");
     }
@@ -1093,12 +1102,12 @@ mod tests {
         assert_eq!(auto, 0, "the writer's auto-checkpoint is off");
         drop(conn);
         let before = std::fs::metadata(&db).unwrap().len();
-        let mut i = 0;
-        while std::fs::metadata(&wal).unwrap().len() < CHECKPOINT_WAL_BYTES {
+        let n = CHECKPOINT_COMMITS as usize + 1;
+        for i in 0..n {
             s.write(vec![Op::PutVolume(vol(&format!("v{i}"), &format!("n{i}")))])
                 .unwrap();
-            i += 1;
         }
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
         let grown = (0..200).any(|_| {
             std::thread::sleep(SYNC_INTERVAL / 2);
             std::fs::metadata(&db).unwrap().len() > before
@@ -1106,7 +1115,7 @@ mod tests {
         assert!(grown, "the syncer copied the WAL into the database");
         drop(s);
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.all_volumes().unwrap().len(), i);
+        assert_eq!(s.all_volumes().unwrap().len(), n);
     }
 
     #[test]
