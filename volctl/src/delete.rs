@@ -24,7 +24,9 @@ pub struct Args {
     /// Namespace of namespaced kinds.
     #[arg(short, long, default_value = "default")]
     namespace: String,
-    /// Wait until objects held by finalizers are really gone, at most this many seconds.
+    /// Wait until objects held by finalizers, and the dependents the garbage collector
+    /// deletes, are really gone: at most this many seconds in all. Every object is
+    /// deleted first, then waited for.
     #[arg(long, value_name = "SECONDS")]
     wait: Option<u64>,
     /// A missing object is not an error.
@@ -37,9 +39,8 @@ async fn wait_gone(
     kind: &'static KindInfo,
     ns: &str,
     name: &str,
-    secs: u64,
+    limit: Duration,
 ) -> anyhow::Result<bool> {
-    let deadline = Duration::from_secs(secs);
     let from = store.revision().await?;
     let check = async {
         // Watch first, then check: a removal between the two is still seen.
@@ -60,7 +61,7 @@ async fn wait_gone(
         }
         Ok(false)
     };
-    match tokio::time::timeout(deadline, check).await {
+    match tokio::time::timeout(limit, check).await {
         Ok(r) => r,
         Err(_) => Ok(false),
     }
@@ -94,6 +95,10 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
             deleted.insert(u.to_string());
         }
     };
+    // Every object is deleted before any is waited for, as kubectl does: one object's
+    // finalizer often waits for another's deletion (a claim's pvc-protection for the
+    // pod using it, listed after it in the same file).
+    let mut pending = Vec::new();
     for (kind, ns, name) in targets {
         let label = format!("{} {name:?}", resource::singular(kind));
         match store
@@ -118,20 +123,25 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
                     "{label} marked for deletion; pending until finalizers are removed: {}",
                     finalizers.join(", ")
                 );
-                if let Some(secs) = args.wait {
-                    // Say so before waiting, so whoever watches the output knows where we are.
-                    std::io::Write::flush(&mut std::io::stdout())?;
-                    if wait_gone(store, kind, &ns, &name, secs).await? {
-                        println!("{label} deleted");
-                    } else {
-                        eprintln!("{label} still pending after {secs}s");
-                        failed += 1;
-                    }
-                }
+                pending.push((kind, ns, name, label));
             }
             Err(e) if e.is_not_found() && args.ignore_not_found => {}
             Err(e) => {
                 eprintln!("error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    // Say so before waiting, so whoever watches the output knows where we are.
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait.unwrap_or(0));
+    if let Some(secs) = args.wait {
+        for (kind, ns, name, label) in pending {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if wait_gone(store, kind, &ns, &name, left).await? {
+                println!("{label} deleted");
+            } else {
+                eprintln!("{label} still pending after {secs}s");
                 failed += 1;
             }
         }
@@ -143,7 +153,8 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
         && !deleted.is_empty()
     {
         let deleted = std::sync::Mutex::new(deleted);
-        let left = in_flight::settle(Duration::from_secs(secs), || async {
+        let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let left = in_flight::settle(limit, || async {
             let mut d = deleted.lock().expect("not poisoned").clone();
             let r = in_flight::dependents(store, &mut d).await;
             *deleted.lock().expect("not poisoned") = d;

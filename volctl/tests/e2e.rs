@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use strata_store::k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
+use strata_store::k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim};
 use strata_store::{EmbeddedStore, EventType, Store};
 
 const VOLCTL: &str = env!("CARGO_BIN_EXE_volctl");
@@ -428,6 +428,71 @@ async fn describe_shows_events_and_delete_respects_finalizers() {
         out.contains("persistentvolume \"static-data\" marked for deletion"),
         "{out}"
     );
+}
+
+/// `delete -f --wait` of a claim and the pod that holds it, in that order: the claim's
+/// pvc-protection finalizer goes only once the pod is deleted, so every object must be
+/// deleted before any is waited for (it waited for the claim first and timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_file_with_wait_deletes_everything_before_waiting() {
+    let env = Env::new();
+    let store = EmbeddedStore::open(&env.state()).unwrap();
+    let f = env.write(
+        "claim-and-user.yaml",
+        "apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: held}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: user, finalizers: [example.com/hold]}
+data: {a: b}
+",
+    );
+    env.ok(&["apply", "-f", &f]);
+    let pvc: PersistentVolumeClaim = store.get("default", "held").await.unwrap();
+    assert_eq!(
+        pvc.metadata.finalizers.as_deref(),
+        Some(&["kubernetes.io/pvc-protection".to_string()][..])
+    );
+    let mut waiter = Killed(
+        env.cmd(&["delete", "-f", &f, "--wait", "120"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The protection controller's part: the claim's finalizer goes once its user is
+    // being deleted (the old order waited for the claim first and never got here).
+    let start = std::time::Instant::now();
+    loop {
+        let cm: ConfigMap = store.get("default", "user").await.unwrap();
+        if cm.metadata.deletion_timestamp.is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the ConfigMap was never marked for deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut pvc: PersistentVolumeClaim = store.get("default", "held").await.unwrap();
+    pvc.metadata.finalizers = None;
+    store.update(&pvc).await.unwrap();
+    let mut cm: ConfigMap = store.get("default", "user").await.unwrap();
+    cm.metadata.finalizers = None;
+    store.update(&cm).await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut waiter.0.stdout.take().unwrap(), &mut text).unwrap();
+    assert!(waiter.0.wait().unwrap().success(), "{text}");
+    for want in [
+        "persistentvolumeclaim \"held\" deleted",
+        "configmap \"user\" deleted",
+    ] {
+        assert!(text.contains(want), "{text}");
+    }
 }
 
 /// Kills the watching child even when an assertion fails.
