@@ -234,6 +234,12 @@ impl Runtime {
         tracing::debug!(id, "spec loaded");
         let (ours, theirs) = split_mounts(spec.mounts().clone().unwrap_or_default());
         let ours: Vec<SpecBind> = ours.iter().filter_map(SpecBind::from_oci).collect();
+        // Every bind's propagation, ours and libcontainer's, is set after create.
+        let binds: Vec<SpecBind> = ours
+            .iter()
+            .cloned()
+            .chain(theirs.iter().filter_map(SpecBind::from_oci))
+            .collect();
         let dir = self.our_dir(id);
         fs::create_dir_all(&dir).map_err(Error::io("creating container dir", &dir))?;
         let undo = |rt: &Runtime| {
@@ -267,7 +273,7 @@ impl Runtime {
             let mut root = spec.root().clone().expect("checked above");
             root.set_path(rootfs.clone());
             spec.set_root(Some(root));
-            if ours
+            if binds
                 .iter()
                 .any(|b| b.bind.propagation == Propagation::Bidirectional)
                 && let Some(linux) = spec.linux_mut()
@@ -306,7 +312,7 @@ impl Runtime {
                 .build()
                 .map_err(lc("creating container"))?;
             failpoint::hit("create:after_build");
-            let wants: Vec<_> = ours
+            let wants: Vec<_> = binds
                 .iter()
                 .filter_map(|b| {
                     b.propagation
@@ -762,10 +768,14 @@ fn wait_forwarding_until(pid: i32, timeout_secs: Option<u32>) -> Result<ExecOutc
     }
 }
 
-/// Splits the spec's mounts into the binds we mount ourselves and the rest, which
-/// stay with libcontainer in their order. A bind beneath a non-bind destination
-/// (say /dev/termination-log under the /dev tmpfs) must come after that mount, so it
-/// stays with libcontainer, which also resolves it in the root.
+/// Splits the spec's mounts into the binds `create` makes itself before libcontainer
+/// runs and the rest, which libcontainer mounts in the listed order. Ours are the
+/// leading run of binds (none under a later non-bind mount's destination): the runtime
+/// spec says mounts MUST be made in the listed order, and ours land first, so a bind
+/// listed after /proc or a tmpfs, or below such a mount's destination (say
+/// /dev/termination-log under the /dev tmpfs), goes to libcontainer instead; its
+/// propagation option is applied after create like ours (runtime-tools' `mounts` check
+/// looks for every entry in order in the container's mountinfo).
 fn split_mounts(
     mounts: Vec<oci_spec::runtime::Mount>,
 ) -> (Vec<oci_spec::runtime::Mount>, Vec<oci_spec::runtime::Mount>) {
@@ -774,9 +784,16 @@ fn split_mounts(
         .filter(|m| BindMount::from_oci(m).is_none())
         .map(|m| m.destination().clone())
         .collect();
-    mounts.into_iter().partition(|m| {
-        BindMount::from_oci(m).is_some() && !non_bind.iter().any(|d| m.destination().starts_with(d))
-    })
+    let lead = mounts
+        .iter()
+        .take_while(|m| {
+            BindMount::from_oci(m).is_some()
+                && !non_bind.iter().any(|d| m.destination().starts_with(d))
+        })
+        .count();
+    let mut theirs = mounts;
+    let ours = theirs.drain(..lead).collect();
+    (ours, theirs)
 }
 
 /// A display-only join of a container path under the rootfs, for premounts.json

@@ -163,8 +163,24 @@ impl ContainerConfig {
             Some(self.hostname.clone().unwrap_or_else(|| id.to_string()))
         });
 
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
-        mounts.extend(self.volumes.iter().map(BindMount::to_oci));
+        // Listed in the order they are made: volumes first (create binds them into the
+        // rootfs before libcontainer runs), then the default /proc, /dev, /sys mounts,
+        // then any volume below one of those (an emptyDir on /dev/shm), which must
+        // come after the mount it sits in.
+        let defaults = spec.mounts().clone().unwrap_or_default();
+        let below_default = |v: &&BindMount| {
+            defaults
+                .iter()
+                .any(|m| v.destination.starts_with(m.destination()))
+        };
+        let (later, first): (Vec<&BindMount>, Vec<&BindMount>) =
+            self.volumes.iter().partition(below_default);
+        let mounts: Vec<_> = first
+            .into_iter()
+            .map(BindMount::to_oci)
+            .chain(defaults.iter().cloned())
+            .chain(later.into_iter().map(BindMount::to_oci))
+            .collect();
         spec.set_mounts(Some(mounts));
 
         let mut linux = spec.linux().clone().unwrap_or_default();
@@ -316,5 +332,40 @@ mod capability_tests {
             serde_json::json!(["CAP_CHOWN"])
         );
         assert!(drop_unknown_capabilities(&mut serde_json::json!({})).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod mount_order_tests {
+    use super::*;
+    use crate::volumes::Propagation;
+
+    #[test]
+    fn volumes_are_listed_where_they_are_made() {
+        let vol = |dest: &str| BindMount {
+            source: PathBuf::from("/src"),
+            destination: PathBuf::from(dest),
+            read_only: false,
+            propagation: Propagation::None,
+        };
+        let cfg = ContainerConfig {
+            volumes: vec![vol("/data"), vol("/dev/shm"), vol("/cache")],
+            ..Default::default()
+        };
+        let spec = cfg.to_spec("c", Path::new("/rootfs")).unwrap();
+        let dests: Vec<String> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().to_string_lossy().into_owned())
+            .collect();
+        // The plain volumes first (bound before libcontainer runs), then the
+        // defaults, then the one inside the /dev tmpfs, after it.
+        assert_eq!(dests[..2], ["/data", "/cache"]);
+        assert_eq!(dests.last().unwrap(), "/dev/shm");
+        let dev = dests.iter().position(|d| d == "/dev").unwrap();
+        let proc_ = dests.iter().position(|d| d == "/proc").unwrap();
+        assert!(dev > 1 && proc_ > 1 && dev < dests.len() - 1);
     }
 }

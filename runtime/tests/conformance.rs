@@ -137,6 +137,55 @@ fn bind_propagation_options_reach_the_container() {
 }
 
 #[test]
+fn mounts_are_made_in_the_listed_order() {
+    if !testkit::require_root("mounts_are_made_in_the_listed_order") {
+        return;
+    }
+    // runtime-spec: "The runtime MUST mount entries in the listed order." A leading
+    // bind is ours (made before libcontainer runs); binds after /proc and after
+    // tmpfs mounts are libcontainer's, in turn.
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = tmp.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    // A shared source, so that rslave has a master to show.
+    rustix::mount::mount_bind(&vol, &vol).unwrap();
+    let _vol_guard = testkit::MountGuard(vol.clone());
+    rustix::mount::mount_change(&vol, rustix::mount::MountPropagationFlags::SHARED).unwrap();
+    let src = vol.to_string_lossy().into_owned();
+    let bind = |dest: &str| serde_json::json!({"destination": dest, "source": src, "options": ["rbind", "rslave"]});
+    let tmpfs = |dest: &str| serde_json::json!({"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": ["size=1k"]});
+    let (code, out, stderr) = run_bundle(&["cat", "/proc/self/mountinfo"], |c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.insert(0, bind("/lead"));
+        mounts.extend([
+            tmpfs("/mnt/t1"),
+            bind("/mnt/b1"),
+            tmpfs("/mnt/t2"),
+            bind("/mnt/b2"),
+        ]);
+    });
+    assert_eq!(code, 0, "{stderr}");
+    let position = |point: &str| {
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .iter()
+            .rposition(|l| l.split(' ').nth(4) == Some(point))
+            .unwrap_or_else(|| panic!("{point} not mounted:\n{out}"))
+    };
+    let order = ["/lead", "/proc", "/mnt/t1", "/mnt/b1", "/mnt/t2", "/mnt/b2"];
+    let at: Vec<usize> = order.iter().map(|p| position(p)).collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "mountinfo lines {at:?} for {order:?}:\n{out}"
+    );
+    // The propagation option holds for both kinds of bind.
+    for point in ["/lead", "/mnt/b1"] {
+        let fields = optional_fields(&out, point).unwrap();
+        assert!(fields.iter().any(|f| f == "master"), "{point}: {fields:?}");
+    }
+}
+
+#[test]
 fn unknown_capabilities_are_warned_about_not_fatal() {
     if !testkit::require_root("unknown_capabilities_are_warned_about_not_fatal") {
         return;

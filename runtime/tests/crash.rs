@@ -26,10 +26,14 @@ fn bundle(args: &[&str], edit: impl FnOnce(&mut serde_json::Value)) -> Bundle {
     let vol = env.path("vol");
     std::fs::create_dir(&vol).unwrap();
     let dir = runc_spec_bundle(&env, args, |c| {
-        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
-            "destination": "/mnt/vol", "type": "bind", "source": vol,
-            "options": ["rbind", "rprivate"]
-        }));
+        // Listed first: create binds a leading bind itself (the premount steps).
+        c["mounts"].as_array_mut().unwrap().insert(
+            0,
+            serde_json::json!({
+                "destination": "/mnt/vol", "type": "bind", "source": vol,
+                "options": ["rbind", "rprivate"]
+            }),
+        );
         edit(c);
     });
     Bundle {

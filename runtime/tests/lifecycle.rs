@@ -221,10 +221,11 @@ fn failed_create_leaves_nothing_behind() {
     let vol = tempfile::tempdir().unwrap();
     let vol_s = vol.path().to_string_lossy().into_owned();
     // The first volume mounts, the second's source is missing: all must be undone.
+    // Listed first, so create binds them itself (a later bind is libcontainer's).
     let b = runc_bundle(&["true"], |c| {
         let mounts = c["mounts"].as_array_mut().unwrap();
-        mounts.push(serde_json::json!({"destination": "/v1", "type": "bind", "source": vol_s, "options": ["rbind"]}));
-        mounts.push(serde_json::json!({"destination": "/v2", "type": "bind", "source": "/no/such/dir", "options": ["rbind"]}));
+        mounts.insert(0, serde_json::json!({"destination": "/v1", "type": "bind", "source": vol_s, "options": ["rbind"]}));
+        mounts.insert(1, serde_json::json!({"destination": "/v2", "type": "bind", "source": "/no/such/dir", "options": ["rbind"]}));
     });
     let id = testkit::unique_id("fail");
     let e = err(&cli(
