@@ -3,12 +3,12 @@
 //! operations a crash interrupted, and reports at warn every difference it leaves alone.
 //! It never attaches or mounts anything by itself.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::backend::{DataKind, DataRef};
 use crate::driver::Driver;
 use crate::error::Result;
-use crate::state::{Op, Phase, StagePhase};
+use crate::state::{Op, Phase, StagePhase, VolumeBrief};
 use crate::sys;
 
 /// What reconciliation did, for logs and tests.
@@ -27,31 +27,76 @@ impl Report {
 }
 
 /// All of reconciliation, before the driver serves: interrupted operations, stages and
-/// publications, then the ready volumes.
+/// publications, then what the pools hold against the records (strays, and each ready
+/// volume against its data). The volumes are read once (briefs, no record decoded) and
+/// each pool listed once: start-up time grows with the number of volumes.
 pub fn run(d: &Driver) -> Result<Report> {
-    let mut r = before_serving(d)?;
-    let rest = ready_volumes(d)?;
-    r.rolled_back.extend(rest.rolled_back);
-    r.finished.extend(rest.finished);
-    r.differences.extend(rest.differences);
+    let volumes = d.store.volume_briefs()?;
+    let mut r = before_serving(d, &volumes)?;
+    let listed = list_pools(d)?;
+    strays(d, &volumes, &listed, &mut r)?;
+    ready_volumes(d, &volumes, &listed, &mut r)?;
+    if !r.rolled_back.is_empty() || !r.finished.is_empty() {
+        tracing::info!(rolled_back = ?r.rolled_back, finished = ?r.finished, "reconciled state after restart");
+    }
     Ok(r)
 }
 
-/// Checks every ready volume against its data: reports one whose data is gone and records
-/// an expansion a crash left unrecorded. One lookup in the pool per volume. It runs
-/// before the driver serves: run after, it held volume locks that made the CO's retries
-/// fail with ABORTED.
-pub fn ready_volumes(d: &Driver) -> Result<Report> {
-    let mut r = Report::default();
-    for v in d.store.all_volumes()? {
+/// The names of every pool's volumes and snapshots, listed once (after the roll-backs).
+struct Listed {
+    volumes: HashMap<String, HashSet<String>>,
+    snapshots: HashMap<String, HashSet<String>>,
+}
+
+fn list_pools(d: &Driver) -> Result<Listed> {
+    let mut l = Listed {
+        volumes: HashMap::new(),
+        snapshots: HashMap::new(),
+    };
+    for pool in d.pools.iter() {
+        let name = pool.pool().to_string();
+        l.volumes.insert(
+            name.clone(),
+            pool.list(DataKind::Volume)?.into_iter().collect(),
+        );
+        l.snapshots
+            .insert(name, pool.list(DataKind::Snapshot)?.into_iter().collect());
+    }
+    Ok(l)
+}
+
+/// Checks every ready volume against its data: reports one whose data is gone (from the
+/// pool's listing, not a lookup per volume) and records an expansion a crash left
+/// unrecorded (a size read per volume only where the pool keeps sizes of its own). It
+/// runs before the driver serves: run after, it held volume locks that made the CO's
+/// retries fail with ABORTED.
+fn ready_volumes(
+    d: &Driver,
+    volumes: &[VolumeBrief],
+    listed: &Listed,
+    r: &mut Report,
+) -> Result<()> {
+    for v in volumes {
         if v.phase != Phase::Ready {
             continue;
         }
         // An unconfigured pool was reported before serving.
-        let Some(pool) = d.pools.get(&v.pool) else {
+        let (Some(pool), Some(present)) = (d.pools.get(&v.pool), listed.volumes.get(&v.pool))
+        else {
             continue;
         };
         let img = DataRef::volume(&v.data);
+        if !present.contains(&v.data) {
+            r.warn(format!(
+                "volume {} has no image {}",
+                v.id,
+                pool.path(img).display()
+            ));
+            continue;
+        }
+        if !pool.keeps_sizes() {
+            continue;
+        }
         match pool.size(img)? {
             None => r.warn(format!(
                 "volume {} has no image {}",
@@ -59,8 +104,10 @@ pub fn ready_volumes(d: &Driver) -> Result<Report> {
                 pool.path(img).display()
             )),
             Some(size) if size > v.capacity => {
-                // ControllerExpandVolume grew the file but crashed before recording.
-                let mut v2 = v.clone();
+                // ControllerExpandVolume grew the data but crashed before recording.
+                let Some(mut v2) = d.store.volume(&v.id)? else {
+                    continue;
+                };
                 v2.capacity = size;
                 d.store.write(vec![Op::PutVolume(v2)])?;
                 r.finished
@@ -69,12 +116,12 @@ pub fn ready_volumes(d: &Driver) -> Result<Report> {
             Some(_) => {}
         }
     }
-    Ok(r)
+    Ok(())
 }
 
-/// What must be true before the first RPC: interrupted operations finished or rolled
-/// back, stages and publications checked against loop devices and mounts.
-pub fn before_serving(d: &Driver) -> Result<Report> {
+/// Interrupted operations finished or rolled back, stages and publications checked
+/// against loop devices and mounts.
+fn before_serving(d: &Driver, volumes: &[VolumeBrief]) -> Result<Report> {
     let mut r = Report::default();
 
     // A crash during a group snapshot can leave filesystems frozen: thaw every staged
@@ -134,9 +181,7 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
         }
     }
 
-    // Decoded once: start-up time grows with the number of volumes.
-    let volumes = d.store.all_volumes()?;
-    for v in volumes.iter().cloned() {
+    for v in volumes.iter() {
         let Some(pool) = d.pools.get(&v.pool) else {
             r.warn(format!(
                 "volume {} is in pool {}, which is not configured",
@@ -299,36 +344,32 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
             ));
         }
     }
-    // Files of volumes rolled back above are gone from the pool, so the list from before
-    // them still tells recorded files from strays.
-    let mut files = HashSet::new();
-    for v in &volumes {
-        if let Some(pool) = d.pools.get(&v.pool) {
-            files.insert(pool.path(DataRef::volume(&v.data)));
-        }
-    }
-    for s in d.store.all_snapshots()? {
-        if let Some(pool) = d.pools.get(&s.pool) {
-            files.insert(pool.path(DataRef::snapshot(&s.data)));
-        }
-    }
     let staged_volumes: HashSet<String> = d
         .store
         .all_stages()?
         .into_iter()
         .map(|s| s.volume_id)
         .collect();
+    // Image paths of the recorded volumes, made only when a loop device is on a pool file.
+    let mut owners: Option<HashMap<std::path::PathBuf, &str>> = None;
     for b in &loops {
         let in_pool = d.pools.iter().any(|p| b.file.starts_with(p.root()));
         if !in_pool {
             continue;
         }
-        let owner = volumes.iter().find(|v| {
-            d.pools
-                .get(&v.pool)
-                .is_some_and(|p| p.path(DataRef::volume(&v.data)) == b.file)
+        let owners = owners.get_or_insert_with(|| {
+            volumes
+                .iter()
+                .filter_map(|v| {
+                    let pool = d.pools.get(&v.pool)?;
+                    Some((pool.path(DataRef::volume(&v.data)), v.id.as_str()))
+                })
+                .collect()
         });
-        if owner.is_none_or(|v| !staged_volumes.contains(&v.id)) {
+        if owners
+            .get(&b.file)
+            .is_none_or(|id| !staged_volumes.contains(*id))
+        {
             r.warn(format!(
                 "/dev/loop{} is attached to {} without a stage record",
                 b.number,
@@ -336,23 +377,39 @@ pub fn before_serving(d: &Driver) -> Result<Report> {
             ));
         }
     }
+    Ok(r)
+}
+
+/// Pool data without a record: reported, left alone. Data of volumes rolled back before
+/// is gone from the listing, so the records from before them still tell recorded data
+/// from strays.
+fn strays(d: &Driver, volumes: &[VolumeBrief], listed: &Listed, r: &mut Report) -> Result<()> {
+    let mut recorded: HashSet<(DataKind, &str, &str)> = volumes
+        .iter()
+        .map(|v| (DataKind::Volume, v.pool.as_str(), v.data.as_str()))
+        .collect();
+    let snapshots = d.store.all_snapshots()?;
+    recorded.extend(
+        snapshots
+            .iter()
+            .map(|s| (DataKind::Snapshot, s.pool.as_str(), s.data.as_str())),
+    );
     for pool in d.pools.iter() {
-        for (kind, sub) in [
-            (DataKind::Volume, "volumes"),
-            (DataKind::Snapshot, "snapshots"),
+        for (kind, names) in [
+            (DataKind::Volume, listed.volumes.get(pool.pool())),
+            (DataKind::Snapshot, listed.snapshots.get(pool.pool())),
         ] {
-            for name in pool.list(kind)? {
-                let path = pool.root().join(sub).join(&name);
-                if !files.contains(&path) {
+            let mut names: Vec<&String> = names.into_iter().flatten().collect();
+            names.sort();
+            for name in names {
+                if !recorded.contains(&(kind, pool.pool(), name.as_str())) {
+                    let path = pool.path(DataRef { kind, name });
                     r.warn(format!("{} has no record; left alone", path.display()));
                 }
             }
         }
     }
-    if !r.rolled_back.is_empty() || !r.finished.is_empty() {
-        tracing::info!(rolled_back = ?r.rolled_back, finished = ?r.finished, "reconciled state after restart");
-    }
-    Ok(r)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -441,5 +498,47 @@ mod tests {
             again.rolled_back.is_empty() && again.finished.is_empty(),
             "{again:?}"
         );
+    }
+
+    #[test]
+    fn an_unenforced_dir_pool_is_checked_from_its_listing() {
+        let (pool_dir, state_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut d = crate::driver::test_driver(pool_dir.path(), state_dir.path());
+        let pool_root = pool_dir.path().join("dir");
+        std::fs::create_dir(&pool_root).unwrap();
+        let dir_pool: std::sync::Arc<dyn crate::backend::Backend> = std::sync::Arc::new(
+            crate::backend::dir::DirPool::open("p", &pool_root, false).unwrap(),
+        );
+        d.pools = crate::backend::Pools::new(vec![dir_pool.clone()]);
+        assert!(!dir_pool.keeps_sizes());
+        let here = record("here", Phase::Ready, 1 << 20);
+        let gone = record("gone", Phase::Ready, 1 << 20);
+        dir_pool
+            .create(DataRef::volume(&here.data), 1 << 20, None)
+            .unwrap();
+        dir_pool
+            .create(DataRef::volume("vstray"), 1 << 20, None)
+            .unwrap();
+        d.store
+            .write(vec![
+                Op::PutVolume(here.clone()),
+                Op::PutVolume(gone.clone()),
+            ])
+            .unwrap();
+        let r = run(&d).unwrap();
+        let missing: Vec<_> = r
+            .differences
+            .iter()
+            .filter(|m| m.contains("has no image"))
+            .collect();
+        assert_eq!(missing.len(), 1, "{r:?}");
+        assert!(missing[0].contains(&gone.id), "{r:?}");
+        assert!(
+            r.differences
+                .iter()
+                .any(|m| m.contains("vstray") && m.contains("has no record")),
+            "{r:?}"
+        );
+        assert!(r.finished.is_empty() && r.rolled_back.is_empty(), "{r:?}");
     }
 }

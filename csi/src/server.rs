@@ -69,6 +69,7 @@ pub fn build_driver(config: &Config) -> anyhow::Result<Driver> {
             .context("opening the state dir's trash")?,
     };
     reconcile::run(&d).context("reconciling state with pools, loop devices and mounts")?;
+    d.store.startup_done();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     tracing::info!(
         total_ms = ms(t.elapsed()),

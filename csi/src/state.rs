@@ -146,6 +146,19 @@ pub struct PublishRecord {
     pub device: Option<PathBuf>,
 }
 
+/// What start-up needs of every volume record (the ledger, re-adoption, reconciliation),
+/// read with SQLite's json_extract instead of decoding whole records: start-up time grows
+/// with the number of volumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeBrief {
+    pub id: String,
+    pub pool: String,
+    /// The record's `data` (stored as `file`).
+    pub data: String,
+    pub capacity: u64,
+    pub phase: Phase,
+}
+
 /// One change; a job is a list of them applied atomically.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -297,6 +310,9 @@ pub struct Store {
     /// What the node side reads, in memory (see the module docs). Lock order: `writer`,
     /// then `view`, then `reader`.
     view: Arc<Mutex<View>>,
+    /// Every volume's brief as read at open, for the start-up passes; dropped at the first
+    /// write of a volume record and by `startup_done`.
+    briefs: Mutex<Option<Arc<Vec<VolumeBrief>>>>,
     syncer: Syncer,
 }
 
@@ -376,6 +392,12 @@ fn open_conn(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(conn)
+}
+
+/// A phase as records store it (its serde name), read without a JSON round trip.
+fn phase_named(name: &str) -> std::result::Result<Phase, serde::de::value::Error> {
+    use serde::de::IntoDeserializer;
+    Phase::deserialize(name.into_deserializer())
 }
 
 fn from_json<T: DeserializeOwned>(s: &str) -> Result<T> {
@@ -675,6 +697,7 @@ impl Store {
             writer: Mutex::new(Some(writer)),
             reader: Mutex::new(reader),
             view: Arc::default(),
+            briefs: Mutex::new(None),
             syncer,
         };
         {
@@ -686,21 +709,16 @@ impl Store {
                 view.put_publish(p);
             }
         }
-        // Summed by SQLite, without decoding every record: start-up time grows with the
-        // number of volumes.
+        // One pass over the volumes, without decoding a record: the ledger now, the
+        // briefs for re-adoption and reconciliation next.
+        let briefs = store.read_briefs()?;
         {
-            let conn = store.reader.lock().expect("state reader lock");
-            let mut stmt = conn.prepare(
-                "SELECT json_extract(record, '$.pool'), SUM(json_extract(record, '$.capacity')) \
-                 FROM volumes GROUP BY 1",
-            )?;
-            let sums = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             let mut ledger = store.ledger();
-            for row in sums {
-                let (pool, bytes) = row?;
-                ledger.add(&pool, bytes as i128);
+            for b in &briefs {
+                ledger.add(&b.pool, b.capacity as i128);
             }
         }
+        *store.briefs.lock().expect("state briefs lock") = Some(Arc::new(briefs));
         Ok(store)
     }
 
@@ -829,6 +847,13 @@ impl Store {
     }
 
     fn commit(&self, ops: Vec<Op>, mut res: Option<Reservation<'_>>) -> Result<()> {
+        if ops
+            .iter()
+            .any(|op| matches!(op, Op::PutVolume(_) | Op::DelVolume(_)))
+        {
+            // Before the write: no reader may take briefs older than the database.
+            self.startup_done();
+        }
         let deltas = self.capacity_deltas(&ops)?;
         if let Some(m) = self.mirror.get() {
             m.before_commit(self, &ops)?;
@@ -910,9 +935,55 @@ impl Store {
         )
     }
 
-    /// (pool, phase) of every volume by id, read without decoding whole records.
+    /// (pool, phase) of every volume by id, from the briefs.
     pub fn volume_summaries(&self) -> Result<std::collections::HashMap<String, (String, Phase)>> {
-        self.summaries("SELECT id, json_extract(record, '$.pool'), json_extract(record, '$.phase') FROM volumes")
+        Ok(self
+            .volume_briefs()?
+            .iter()
+            .map(|b| (b.id.clone(), (b.pool.clone(), b.phase)))
+            .collect())
+    }
+
+    /// Every volume's brief, in no particular order: the ones read at open while no
+    /// volume record has been written since, else read now.
+    pub fn volume_briefs(&self) -> Result<Arc<Vec<VolumeBrief>>> {
+        if let Some(b) = self.briefs.lock().expect("state briefs lock").as_ref() {
+            return Ok(b.clone());
+        }
+        Ok(Arc::new(self.read_briefs()?))
+    }
+
+    /// Start-up has read the briefs it needs: the memory they hold is given back.
+    pub fn startup_done(&self) {
+        self.briefs.lock().expect("state briefs lock").take();
+    }
+
+    fn read_briefs(&self) -> Result<Vec<VolumeBrief>> {
+        let conn = self.reader.lock().expect("state reader lock");
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, json_extract(record, '$.pool'), json_extract(record, '$.file'), \
+             json_extract(record, '$.capacity'), json_extract(record, '$.phase') FROM volumes",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                VolumeBrief {
+                    id: r.get(0)?,
+                    pool: r.get(1)?,
+                    data: r.get(2)?,
+                    capacity: r.get::<_, i64>(3)? as u64,
+                    phase: Phase::Ready,
+                },
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut b, phase) = row?;
+            b.phase = phase_named(&phase)
+                .map_err(|e| Error::StateCorrupt(format!("phase of {}: {e}", b.id)))?;
+            out.push(b);
+        }
+        Ok(out)
     }
 
     /// (pool, phase) of every snapshot by id, read without decoding whole records.
@@ -933,7 +1004,7 @@ impl Store {
         let mut out = std::collections::HashMap::new();
         for row in rows {
             let (id, pool, phase) = row?;
-            let phase: Phase = serde_json::from_value(serde_json::Value::String(phase))
+            let phase = phase_named(&phase)
                 .map_err(|e| Error::StateCorrupt(format!("phase of {id}: {e}")))?;
             out.insert(id, (pool, phase));
         }
@@ -1286,6 +1357,60 @@ mod tests {
         assert_eq!(seen(&s), before, "the view equals what a reopen reads");
         s.write(vec![Op::DelVolume("a".into())]).unwrap();
         assert!(s.volume("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn briefs_read_at_open_agree_with_the_records_until_a_volume_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = vol("b", "nb");
+        b.capacity = 3 << 20;
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.write(vec![
+                Op::PutVolume(vol("a", "na")),
+                Op::PutVolume(b.clone()),
+            ])
+            .unwrap();
+            let mut ready = vol("a", "na");
+            ready.phase = Phase::Ready;
+            s.write(vec![Op::PutVolume(ready)]).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let briefs = |s: &Store| {
+            let mut v: Vec<VolumeBrief> = s.volume_briefs().unwrap().to_vec();
+            v.sort_by(|x, y| x.id.cmp(&y.id));
+            v
+        };
+        let of = |v: &VolumeRecord| VolumeBrief {
+            id: v.id.clone(),
+            pool: v.pool.clone(),
+            data: v.data.clone(),
+            capacity: v.capacity,
+            phase: v.phase,
+        };
+        let from_records = |s: &Store| s.all_volumes().unwrap().iter().map(of).collect::<Vec<_>>();
+        assert_eq!(briefs(&s), from_records(&s));
+        assert_eq!(briefs(&s)[0].phase, Phase::Ready);
+        assert_eq!(s.provisioned("p"), (1 << 20) + (3 << 20));
+        // A volume write drops the briefs read at open; later reads see it.
+        b.capacity = 5 << 20;
+        s.write(vec![Op::PutVolume(b.clone()), Op::DelVolume("a".into())])
+            .unwrap();
+        assert_eq!(briefs(&s), vec![of(&b)]);
+        let summaries = s.volume_summaries().unwrap();
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(summaries["b"], ("p".to_string(), Phase::Creating));
+        s.startup_done();
+        assert_eq!(briefs(&s), from_records(&s));
+    }
+
+    #[test]
+    fn phase_names_are_the_serde_names() {
+        for p in [Phase::Creating, Phase::Ready, Phase::Deleting] {
+            let name = serde_json::to_value(p).unwrap();
+            assert_eq!(phase_named(name.as_str().unwrap()).unwrap(), p);
+        }
+        assert!(phase_named("Gone").is_err());
     }
 
     #[test]

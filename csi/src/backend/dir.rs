@@ -191,6 +191,10 @@ impl Backend for DirPool {
         })
     }
 
+    fn keeps_sizes(&self) -> bool {
+        self.quota.is_some()
+    }
+
     fn accepts_source(&self, src: &dyn Backend) -> std::result::Result<(), String> {
         match src.layout() {
             Layout::Tree => Ok(()),

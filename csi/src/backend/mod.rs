@@ -23,7 +23,7 @@ use crate::sys;
 use crate::sys::fs::Space;
 
 /// Which directory of the pool a data object lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DataKind {
     Volume,
     Snapshot,
@@ -169,6 +169,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn path(&self, obj: DataRef<'_>) -> PathBuf;
     /// Every object present, for reconciliation.
     fn list(&self, kind: DataKind) -> Result<Vec<String>>;
+    /// Whether `size` reads a size the pool keeps per object (an image's length, an
+    /// enforced limit). False where every tree is 0 (a `dir` pool with enforce=false):
+    /// reconciliation then has nothing to read per volume beyond the pool's listing.
+    fn keeps_sizes(&self) -> bool {
+        true
+    }
 }
 
 impl dyn Backend + '_ {
