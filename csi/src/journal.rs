@@ -207,7 +207,8 @@ struct St {
 
 #[derive(Debug)]
 struct Shared {
-    file: File,
+    /// Locked: one process writes a pool's journal (two would interleave sequences).
+    file: nix::fcntl::Flock<File>,
     path: PathBuf,
     /// The pool's root: syncfs(2) of its filesystem.
     fs: File,
@@ -303,6 +304,18 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => make(meta, meta_path)?,
             Err(e) => return Err(Error::io("opening", &path)(e)),
         };
+        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| match errno {
+                nix::errno::Errno::EWOULDBLOCK => Error::invalid(
+                    "pool",
+                    format!(
+                        "{} is locked by another process: is another strata-csi using this pool? \
+                         Two drivers must not share a pool",
+                        path.display()
+                    ),
+                ),
+                other => Error::io("locking", &path)(other.into()),
+            })?;
         let len = file.metadata().map_err(Error::io("stat", &path))?.len();
         let want = (1 + SLOTS) * SLOT as u64;
         if len != want {
@@ -576,6 +589,18 @@ mod tests {
         let (_j, replay) = open(d.path());
         assert_eq!(replay.len(), 1);
         assert_eq!(replay[0].name, "c.json");
+    }
+
+    #[test]
+    fn one_process_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let (_j, _) = open(d.path());
+        let meta = sys::fs::open_dir(d.path()).unwrap();
+        let root = sys::fs::open_dir(d.path()).unwrap();
+        let err = Journal::open(&meta, d.path(), root).unwrap_err();
+        assert!(err.to_string().contains("another strata-csi"), "{err}");
+        drop(_j);
+        let (_j, _) = open(d.path());
     }
 
     #[test]

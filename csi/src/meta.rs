@@ -923,12 +923,15 @@ mod tests {
         let a = adopt(&d.store, &d.pools, "n1").unwrap();
         assert_eq!(a.volumes, vec![v.id.clone()]);
         assert_eq!(d.store.volume(&v.id).unwrap(), Some(v.clone()));
+        // One process at a time owns a pool's journal.
+        let pools = d.pools.clone();
+        drop(d);
 
         // A new, empty database in another state dir gets everything back.
         let s2 = tempfile::tempdir().unwrap();
         let store = Store::open(s2.path()).unwrap();
-        store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
-        let a = adopt(&store, &d.pools, "n1").unwrap();
+        store.set_mirror(Mirror::open(pools.iter()).unwrap());
+        let a = adopt(&store, &pools, "n1").unwrap();
         assert_eq!(
             (a.volumes.len(), a.snapshots.len(), a.backfilled),
             (1, 1, 0)
@@ -937,10 +940,11 @@ mod tests {
         assert_eq!(store.snapshot(&snap.id).unwrap(), Some(snap.clone()));
         assert_eq!(store.provisioned("p"), v.capacity);
         // Another node's records are not ours to adopt.
+        drop(store);
         let s3 = tempfile::tempdir().unwrap();
         let store = Store::open(s3.path()).unwrap();
-        store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
-        assert_eq!(adopt(&store, &d.pools, "n2").unwrap(), Adopted::default());
+        store.set_mirror(Mirror::open(pools.iter()).unwrap());
+        assert_eq!(adopt(&store, &pools, "n2").unwrap(), Adopted::default());
         assert!(store.all_volumes().unwrap().is_empty());
     }
 
