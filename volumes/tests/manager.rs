@@ -584,3 +584,57 @@ async fn with_admission_required_only_admitted_pods_are_set_up() {
         Err(strata_volumes::Error::PodGone { .. })
     ));
 }
+
+/// A set-up the manager finishes on its own (here a retry, after the missing Secret
+/// appeared) tells whoever waits for the pod's volumes: `watch_ready` changes and
+/// `pod_ready` says so, without the waiter calling `sync_pod` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_up_finished_by_a_retry_wakes_watch_ready() {
+    if !testkit::require_root("a_set_up_finished_by_a_retry_wakes_watch_ready") {
+        return;
+    }
+    let state = StateDir::new("strata-vm-ready");
+    let store = store(state.path()).await;
+    seed(&store).await;
+    let pod: Pod = obj(
+        json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {
+        "nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}],
+        "volumes": [
+            {"name": "s", "secret": {"secretName": "creds"}},
+            {"name": "later", "secret": {"secretName": "later"}}
+        ]}}),
+    );
+    let pod = store.create(&pod).await.unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    let mgr = manager(&store, state.path(), None);
+    mgr.set_periods(Duration::from_millis(100), Duration::from_secs(3600));
+    let mut ready = mgr.watch_ready();
+    assert!(mgr.sync_pod(&pod).await.is_err());
+    assert!(!mgr.pod_ready(&uid));
+    assert!(!ready.has_changed().unwrap(), "nothing became ready");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let mgr = mgr.clone();
+        tokio::spawn(async move {
+            mgr.run(async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    };
+    let secret: Secret = obj(
+        json!({"metadata": {"name": "later", "namespace": "default"},
+        "data": {"k": "dg=="}}),
+    );
+    store.create(&secret).await.unwrap();
+    tokio::time::timeout(DEADLINE, ready.changed())
+        .await
+        .expect("watch_ready changes when the retry sets the pod up")
+        .unwrap();
+    assert!(mgr.pod_ready(&uid));
+    assert!(mgr.container_volumes(&uid, "c").is_ok());
+    mgr.tear_down_pod(&uid).await.unwrap();
+    assert!(!mgr.pod_ready(&uid), "torn down is not ready");
+    stop_tx.send(()).unwrap();
+    runner.await.unwrap().unwrap();
+}

@@ -96,6 +96,9 @@ struct Inner<S> {
     periods: Mutex<Periods>,
     /// Set-ups, tear-downs and re-projections in flight; `run` drains them on its way out.
     tasks: Arc<Tasks>,
+    /// Counts the set-ups that left a pod with every volume ready (see
+    /// [`VolumeManager::watch_ready`]).
+    ready: tokio::sync::watch::Sender<u64>,
 }
 
 /// How often `run` retries failed volumes and does a full reconcile, and how long it
@@ -189,6 +192,7 @@ impl<S: Store> VolumeManager<S> {
                     drain: Duration::from_secs(30),
                 }),
                 tasks: Arc::default(),
+                ready: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -252,6 +256,24 @@ impl<S: Store> VolumeManager<S> {
             )
         };
         handoff::container_volumes(&self.inner.cfg.state_dir, &pod, container, &prepared)
+    }
+
+    /// Changes each time a set-up leaves a pod with all its volumes ready, whoever asked
+    /// for it (a claim bound, a retry, a watch event): a consumer waiting for a pod's
+    /// volumes wakes on it and asks [`Self::pod_ready`] instead of polling `sync_pod`.
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.ready.subscribe()
+    }
+
+    /// Whether pod `pod_uid`'s last set-up left every volume ready (and it has not been
+    /// torn down since): [`Self::container_volumes`] then has all of them.
+    pub fn pod_ready(&self, pod_uid: &str) -> bool {
+        self.inner
+            .pods
+            .lock()
+            .expect("lock")
+            .get(pod_uid)
+            .is_some_and(|e| e.pod.is_some() && e.errors.is_empty())
     }
 
     /// The last setup errors of a pod's volumes, by volume name.

@@ -99,6 +99,7 @@ impl<S: Store> VolumeManager<S> {
         if errors.is_empty() {
             if first_ready {
                 tracing::info!(volumes = prepared.len(), "all volumes set up");
+                self.inner.ready.send_modify(|n| *n += 1);
             }
             return Ok(prepared);
         }
