@@ -10,10 +10,13 @@ use common::*;
 use strata_runtime::{ExecOptions, ExecOutcome, Helper};
 
 /// A running container (`runc spec` bundle, a shell loop as init) and its guard.
+/// The guard is declared first so that it drops first: `delete --force` needs the
+/// state root that dropping `env` removes (the other way round, every test left its
+/// container running).
 struct Running {
+    _guard: testkit::ContainerGuard,
     env: Env,
     id: String,
-    _guard: testkit::ContainerGuard,
 }
 
 fn running(name: &str) -> Running {
@@ -41,9 +44,9 @@ fn running(name: &str) -> Running {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     Running {
+        _guard: guard,
         env,
         id,
-        _guard: guard,
     }
 }
 
