@@ -81,6 +81,10 @@ pub struct Worker<S: Store> {
     uid: String,
     removed: bool,
     volumes_ready: bool,
+    /// When to call `sync_pod` again after it failed; a set-up the volume manager
+    /// finishes by itself (a claim bound) wakes the worker sooner, through `ready`.
+    volumes_retry: Option<Instant>,
+    ready: watch::Receiver<u64>,
     ctrs: Vec<Ctr>,
     exits: JoinSet<Exit>,
     /// The process holding the pod's namespaces, once started or found again.
@@ -325,8 +329,11 @@ impl<S: Store> Worker<S> {
         let rejected =
             (finished == Some("Failed") && old.reason.is_some() && !ctrs.iter().any(|c| c.ran))
                 .then(|| old.clone());
+        let ready = shared.volumes.watch_ready();
         Worker {
             shared,
+            ready,
+            volumes_retry: None,
             placed,
             unschedulable: None,
             rejected,
@@ -701,6 +708,8 @@ impl<S: Store> Worker<S> {
                     self.on_infra_exit().await;
                 }
                 Some(_) = self.probe_tasks.join_next(), if !self.probe_tasks.is_empty() => {}
+                // Some pod's volumes became ready: ours, if `step` finds them so.
+                Ok(()) = self.ready.changed(), if !self.volumes_ready => {}
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
                 _ = stop.changed() => {}
             }
@@ -807,6 +816,14 @@ impl<S: Store> Worker<S> {
             self.ensure_finalizer().await;
             // Placed and admitted: from here on the volume manager may set it up.
             self.shared.volumes.admit(&self.uid);
+            // Finished by the volume manager on its own (the claim it waited for bound).
+            if self.shared.volumes.pod_ready(&self.uid) {
+                self.volumes_ready = true;
+            } else if let Some(at) = self.volumes_retry.filter(|at| *at > Instant::now()) {
+                return Some(at);
+            }
+        }
+        if !self.volumes_ready {
             match self.shared.volumes.sync_pod(&self.pod).await {
                 Ok(_) => self.volumes_ready = true,
                 Err(e) => {
@@ -821,7 +838,9 @@ impl<S: Store> Worker<S> {
                             *message = Some(msg.clone());
                         }
                     }
-                    return Some(Instant::now() + Duration::from_secs(2));
+                    let at = Instant::now() + Duration::from_secs(2);
+                    self.volumes_retry = Some(at);
+                    return Some(at);
                 }
             }
         }
