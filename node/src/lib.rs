@@ -42,9 +42,10 @@ pub struct Args {
     #[arg(long, default_value = strata_volumes::token::DEFAULT_ISSUER)]
     pub issuer: String,
 
-    /// On SIGTERM, stop every container and tear down every pod's volumes (unpublish, unstage, unmount) before
-    /// exiting, retrying for up to this many seconds; the pods stay in the store and are set
-    /// up again at the next start. `volctl down` uses it so nothing stays mounted.
+    /// On SIGTERM, stop every container and tear down every pod's volumes (unpublish,
+    /// unstage, unmount) before exiting; the whole shutdown (work in flight, containers,
+    /// volumes) takes at most about this many seconds. The pods stay in the store and are
+    /// set up again at the next start. `volctl down` uses it so nothing stays mounted.
     #[arg(long, value_name = "SECONDS")]
     pub release_on_exit: Option<u64>,
 
@@ -144,6 +145,10 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
     // Volumes are set up only for pods the runner has placed and admitted (a pod naming
     // this node that does not fit it is rejected before any volume is mounted).
     manager.require_admission();
+    let budget = args.release_on_exit.map(ShutdownBudget::new);
+    if let Some(b) = &budget {
+        manager.set_drain_timeout(b.drain);
+    }
     // The Node object pods are placed against (labels, taints); a user may edit it.
     if let Err(e) = runner::placement::register(&store, &args.node_id).await {
         tracing::warn!(node = %args.node_id, error = %e, "registering the Node object");
@@ -177,24 +182,56 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
             _ = stopped(stop_rx.clone()) => {}
         }
         let _ = stop_tx.send(true);
+        tokio::time::Instant::now()
     };
-    let (v, p, ()) = tokio::join!(volumes, pods, signal);
+    let (v, p, stopping) = tokio::join!(volumes, pods, signal);
     v.map_err(Error::Volumes)?;
     p.map_err(Error::Runner)?;
-    if let Some(secs) = args.release_on_exit {
+    if let Some(b) = budget {
+        let deadline = stopping + b.total;
         // Containers first: their rootfs holds bind mounts of the volumes.
-        runner
-            .stop_all(std::time::Duration::from_secs(secs.min(30)))
-            .await;
-        release(&manager, secs).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        runner.stop_all(b.stop_grace(left)).await;
+        release(&manager, b.total.as_secs(), deadline).await?;
     }
     Ok(())
 }
 
-/// Retries `release_all` until it succeeds or `secs` pass: a CSI call can meet an
-/// operation still in flight from the run loop ("already in flight"), which settles.
-async fn release(manager: &VolumeManager<EmbeddedStore>, secs: u64) -> Result<(), Error> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+/// How `--release-on-exit SECS` is shared out, so that the whole shutdown fits in SECS
+/// (volctl kills the node some time after that): the volume work in flight may take a
+/// quarter of it (at most the usual 30 s), stopping containers at most half of what is
+/// left (at most 30 s), and releasing the volumes the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShutdownBudget {
+    total: std::time::Duration,
+    drain: std::time::Duration,
+}
+
+impl ShutdownBudget {
+    const MAX_PHASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn new(secs: u64) -> ShutdownBudget {
+        let total = std::time::Duration::from_secs(secs);
+        ShutdownBudget {
+            total,
+            drain: (total / 4).min(Self::MAX_PHASE),
+        }
+    }
+
+    /// The containers' grace (TERM to KILL) when `left` of the budget remains.
+    fn stop_grace(&self, left: std::time::Duration) -> std::time::Duration {
+        (left / 2).min(Self::MAX_PHASE)
+    }
+}
+
+/// Retries `release_all` until it succeeds or `deadline` passes (it is tried at least
+/// once): a CSI call can meet an operation still in flight from the run loop ("already
+/// in flight"), which settles.
+async fn release(
+    manager: &VolumeManager<EmbeddedStore>,
+    secs: u64,
+    deadline: tokio::time::Instant,
+) -> Result<(), Error> {
     let mut pause = std::time::Duration::from_millis(100);
     loop {
         match manager.release_all().await {
@@ -207,9 +244,36 @@ async fn release(manager: &VolumeManager<EmbeddedStore>, secs: u64) -> Result<()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "releasing pod volumes; retrying");
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(2));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShutdownBudget;
+    use std::time::Duration;
+
+    #[test]
+    fn shutdown_phases_fit_the_release_budget() {
+        for secs in [0, 1, 10, 60, 120, 600] {
+            let b = ShutdownBudget::new(secs);
+            let total = Duration::from_secs(secs);
+            assert!(b.drain <= total / 4 && b.drain <= Duration::from_secs(30));
+            // The worst case: draining took all of its share.
+            let left = total - b.drain;
+            let stop = b.stop_grace(left);
+            assert!(b.drain + stop <= total, "{secs}: {b:?} then {stop:?}");
+            assert!(stop <= Duration::from_secs(30));
+        }
+        // volctl's 60 s: 15 s of drain, at most 22.5 s for containers, the rest releasing.
+        let b = ShutdownBudget::new(60);
+        assert_eq!(b.drain, Duration::from_secs(15));
+        assert_eq!(
+            b.stop_grace(Duration::from_secs(45)),
+            Duration::from_millis(22_500)
+        );
     }
 }
