@@ -143,16 +143,19 @@ async fn snapshots_restore_clone_and_follow_their_deletion_policy() {
     assert_eq!(content.spec.deletion_policy, "Delete");
     assert!(content.status.as_ref().unwrap().snapshot_handle.is_some());
     assert_eq!(snapshot_files(&h), 1);
-    assert!(
+    // The event is recorded after the status write the wait above saw.
+    eventually("SnapshotReady event", || async {
         has_event_on(
             &h.store,
             "VolumeSnapshot",
             "s1",
             "SnapshotReady",
-            "is ready to use"
+            "is ready to use",
         )
         .await
-    );
+        .then_some(())
+    })
+    .await;
     // The claim was protected while the snapshot was taken, and is released once it is ready.
     eventually("pvc-as-source finalizer removed", || async {
         let c: PersistentVolumeClaim = h.store.get("default", "src").await.ok()?;
@@ -300,16 +303,18 @@ async fn bad_snapshot_and_restore_requests_are_reported_and_lose_nothing() {
             .then_some(())
     })
     .await;
-    assert!(
+    eventually("SnapshotContentCreationFailed event", || async {
         has_event_on(
             &h.store,
             "VolumeSnapshot",
             "early",
             "SnapshotContentCreationFailed",
-            "not found"
+            "not found",
         )
         .await
-    );
+        .then_some(())
+    })
+    .await;
     let contents = h
         .store
         .list::<VolumeSnapshotContent>(None, None)
