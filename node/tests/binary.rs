@@ -72,8 +72,10 @@ async fn serves_the_pods_of_its_node() {
     };
     let mine = store.create(&pod("mine", "n1")).await.unwrap();
     let other = store.create(&pod("other", "n2")).await.unwrap();
+    // --release-on-exit: without it a stopped node leaves its pods' processes running
+    // for the next start to adopt, as the kubelet does, and this test would leave one.
     let child = Command::new(env!("CARGO_BIN_EXE_strata-node"))
-        .args(["--node-id", "n1", "--state-dir"])
+        .args(["--node-id", "n1", "--release-on-exit", "30", "--state-dir"])
         .arg(&dir)
         .stdin(Stdio::null())
         .spawn()
@@ -114,4 +116,13 @@ async fn serves_the_pods_of_its_node() {
         node.child.try_wait().unwrap()
     });
     assert!(status.success(), "{status:?}");
+    let infra = format!("pod-infra --uid {}", mine.metadata.uid.as_deref().unwrap());
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&infra))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
 }
