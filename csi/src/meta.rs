@@ -262,7 +262,7 @@ impl PoolMeta {
                             }
                         }
                     }
-                    self.write_record(c, &name, &l.body)?;
+                    self.write_record(c, &name, &l.body, false)?;
                     out.records += 1;
                 }
             }
@@ -307,9 +307,10 @@ impl PoolMeta {
         }
     }
 
-    /// Replaces record file `name` atomically (tmp file and rename), without a flush: the
-    /// journal entry written after it is what survives power loss.
-    fn write_record(&self, c: Class, name: &str, body: &[u8]) -> Result<()> {
+    /// Replaces record file `name` atomically (tmp file and rename). Without `flush` the
+    /// journal entry written after it is what survives power loss; with it (a record too
+    /// large for a journal slot) the file and the rename are fsynced here.
+    fn write_record(&self, c: Class, name: &str, body: &[u8], flush: bool) -> Result<()> {
         let dir = &self.dirs[&c];
         let tmp = format!("{name}{TMP_SUFFIX}");
         let mut f = sys::fs::open_beneath(
@@ -321,9 +322,18 @@ impl PoolMeta {
         .map_err(Error::io("creating", self.path(c, &tmp)))?;
         f.write_all(body)
             .map_err(Error::io("writing", self.path(c, &tmp)))?;
+        if flush {
+            sys::fs::sync(&f).map_err(Error::io("fsync", self.path(c, &tmp)))?;
+        }
         drop(f);
         nix::fcntl::renameat(dir, tmp.as_str(), dir, name)
-            .map_err(|e| Error::io("renaming into", self.path(c, name))(e.into()))
+            .map_err(|e| Error::io("renaming into", self.path(c, name))(e.into()))?;
+        if flush {
+            // The rename itself must reach the disk too.
+            dir.sync_all()
+                .map_err(Error::io("fsync", self.root.join(c.dir())))?;
+        }
+        Ok(())
     }
 
     /// The journal (tests and benchmarks read its flush count).
@@ -363,7 +373,7 @@ impl PoolMeta {
             return Ok(None);
         }
         if name.len() + body.len() > journal::MAX_PAYLOAD {
-            self.put_flushed(c, name, &body)?;
+            self.write_record(c, name, &body, true)?;
             // An older entry of this record must not replace it at replay.
             return self
                 .journal
@@ -371,7 +381,7 @@ impl PoolMeta {
                 .map(Some);
         }
         // Record first, entry second: a checkpoint that covers the entry covers the file.
-        self.write_record(c, name, &body)?;
+        self.write_record(c, name, &body, false)?;
         if c == Class::Volume {
             failpoint::hit("create_volume:after_record");
         }
@@ -383,29 +393,6 @@ impl PoolMeta {
                 Err(e)
             }
         }
-    }
-
-    /// A record too large for a journal slot, made durable by itself: tmp file, fsync,
-    /// rename, directory fsync.
-    fn put_flushed(&self, c: Class, name: &str, body: &[u8]) -> Result<()> {
-        let dir = &self.dirs[&c];
-        let tmp = format!("{name}{TMP_SUFFIX}");
-        let mut f = sys::fs::open_beneath(
-            dir,
-            &tmp,
-            OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_WRONLY,
-            0o600,
-        )
-        .map_err(Error::io("creating", self.path(c, &tmp)))?;
-        f.write_all(body)
-            .map_err(Error::io("writing", self.path(c, &tmp)))?;
-        sys::fs::sync(&f).map_err(Error::io("fsync", self.path(c, &tmp)))?;
-        drop(f);
-        nix::fcntl::renameat(dir, tmp.as_str(), dir, name)
-            .map_err(|e| Error::io("renaming into", self.path(c, name))(e.into()))?;
-        // The rename itself must reach the disk too.
-        dir.sync_all()
-            .map_err(Error::io("fsync", self.root.join(c.dir())))
     }
 
     /// Removes record `name`; returns the tombstone entry to flush when the journal still
