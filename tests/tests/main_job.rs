@@ -63,6 +63,35 @@ fn pool_images(s: &Strata) -> usize {
         .unwrap_or(0)
 }
 
+/// Waits until `volctl exec POD -- cat /data/kept` succeeds (the pod's container runs,
+/// in its pod's namespaces, on its claim) and returns what it printed.
+fn exec_cat_kept(s: &Strata, pod: &str) -> String {
+    wait_for(&format!("exec in {pod}"), || {
+        let out = s.run_with(&["exec", pod, "--", "cat", "/data/kept"], None);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+}
+
+/// Pod infra processes (`strata-node pod-infra --uid UID`) of these pods that have not
+/// ended: the state dir is not on their command line, so `leftovers` cannot see them.
+fn infra_processes(uids: &[String]) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("pod-infra") && uids.iter().any(|u| cmd.contains(u.as_str())))
+                .then(|| format!("{pid}: {cmd}"))
+        })
+        .collect()
+}
+
 fn assert_nothing_left(s: &Strata, after: &str) {
     let left = s.leftovers();
     assert!(left.is_empty(), "after {after}: {left:#?}");
@@ -132,10 +161,25 @@ fn quickstart_up_down_up_and_delete() {
         });
     }
 
+    // The containers run on their claims.
+    for (pod, _, _) in &mounted {
+        assert_eq!(exec_cat_kept(&s, pod), format!("written into {pod}\n"));
+    }
+    let uids: Vec<String> = mounted
+        .iter()
+        .map(|(pod, _, _)| {
+            let p = s.get("pod", pod).expect("pod");
+            p["metadata"]["uid"].as_str().expect("uid").to_string()
+        })
+        .collect();
+    assert_eq!(infra_processes(&uids).len(), 2, "one infra process per pod");
+
     // down: every process stops, every mount and loop device goes.
     let out = s.ok(&["down"]);
     assert!(out.contains("nothing mounted"), "{out}");
     assert_nothing_left(&s, "down");
+    let infra = infra_processes(&uids);
+    assert!(infra.is_empty(), "infra processes after down: {infra:?}");
     // A second down has nothing to do and says so.
     s.ok(&["down"]);
 
@@ -150,6 +194,18 @@ fn quickstart_up_down_up_and_delete() {
     wait_for("the changed greeting after a restart", || {
         (greeting(&s, "hello-0")?.trim() == "hello again, updated live").then_some(())
     });
+    // ...and their containers run again, in new pod namespaces (those of the first
+    // run ended with `down`; an ended one is never joined).
+    for (pod, _, _) in &mounted {
+        assert_eq!(exec_cat_kept(&s, pod), format!("written into {pod}\n"));
+    }
+    // Nothing killed an infra process: the up found none of the first run's (an ended
+    // one not yet reaped by init was once taken for alive, and its pod looped on it).
+    let log = std::fs::read_to_string(s.state().join("logs/node.log")).unwrap();
+    assert!(
+        !log.contains("infra process ended"),
+        "the node saw an infra process end:\n{log}"
+    );
 
     // Deleting the set (whenDeleted: Delete) takes its claims and volumes with it.
     // --wait waits for the dependents the garbage collector deletes too: when it

@@ -49,18 +49,32 @@ impl Infra {
         ]
     }
 
-    /// Still the process we started (same pid and start time)?
+    /// Still the process we started (same pid and start time), and not ended? An ended
+    /// process nobody reaped yet keeps its pid and start time but has no namespaces to
+    /// join: where init does not reap (a container's pid 1 often does not), the infra
+    /// of a node stopped earlier stays a zombie for good.
     pub fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time)
+        matches!(proc_stat(self.pid), Some((state, t)) if t == self.start_time && !ended(state))
     }
 }
 
-/// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
-fn start_time(pid: i32) -> Option<u64> {
+/// Zombie or dead: what /proc/<pid>/stat shows for a process that has exited.
+fn ended(state: char) -> bool {
+    matches!(state, 'Z' | 'X' | 'x')
+}
+
+/// Fields 3 and 22 of /proc/<pid>/stat: the process state, and when it started, in
+/// clock ticks since boot.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, t)| t)
 }
 
 fn record(state: &Path, uid: &str) -> PathBuf {
@@ -136,14 +150,34 @@ pub fn start(
     Ok(infra)
 }
 
-/// Ends the infra process (SIGKILL: it holds no state). Its record goes with the
-/// pod's runner dir.
+/// Ends the infra process (SIGKILL: it holds no state) and waits, up to a second, until
+/// it has ended, reaping it when it is our child. Its record goes with the pod's runner
+/// dir; `find` no longer returns it either way.
 pub fn stop(infra: &Infra) {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    let pid = nix::unistd::Pid::from_raw(infra.pid);
+    if start_time(infra.pid) != Some(infra.start_time) {
+        return; // gone and reaped (or the pid is another process's now)
+    }
     if infra.alive() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(infra.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        // Reaps it when it is our child; ECHILD when it is not (adopted after a
+        // restart), and its parent or init reaps it.
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        if !infra.alive() {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                pid = infra.pid,
+                "the pod's infra process outlived SIGKILL for 1 s"
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -223,5 +257,31 @@ mod tests {
             start_time: t + 1,
         };
         assert!(!other.alive(), "a reused pid is another process");
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // the zombie is the point; `stop` reaps it
+    fn an_ended_infra_process_is_not_alive_and_stop_reaps_it() {
+        let child = Command::new("true").spawn().expect("spawn true");
+        let pid = child.id() as i32;
+        // Not waited for: it stays a zombie, as an infra process does under an init
+        // that does not reap.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let start = loop {
+            match proc_stat(pid) {
+                Some(('Z', t)) => break t,
+                Some(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                other => panic!("child {pid} never became a zombie: {other:?}"),
+            }
+        };
+        let infra = Infra {
+            pid,
+            start_time: start,
+        };
+        assert!(!infra.alive(), "a zombie has no namespaces to join");
+        stop(&infra);
+        assert_eq!(proc_stat(pid), None, "stop reaps an ended child");
     }
 }

@@ -91,6 +91,11 @@ pub struct Worker<S: Store> {
     infra: Option<infra::Infra>,
     /// Resolves when the infra process ends (and reaps it when it is our child).
     infra_watch: JoinSet<()>,
+    /// Since when the current infra process is ours, and the back-off of infra
+    /// processes that keep ending: the next one is not started before `infra_retry`.
+    infra_since: Instant,
+    infra_backoff: Backoff,
+    infra_retry: Option<Instant>,
     /// Probe tasks and liveness kills; dropped (aborted) with the worker.
     probe_tasks: JoinSet<()>,
     probe_tx: tokio::sync::mpsc::UnboundedSender<probe::Msg>,
@@ -339,6 +344,9 @@ impl<S: Store> Worker<S> {
             rejected,
             infra: None,
             infra_watch: JoinSet::new(),
+            infra_since: Instant::now(),
+            infra_backoff: Backoff::default(),
+            infra_retry: None,
             probe_tasks: JoinSet::new(),
             probe_tx,
             probe_rx,
@@ -613,6 +621,7 @@ impl<S: Store> Worker<S> {
         }
         tracing::info!(pod = self.name(), pid = infra.pid, new, "pod infra process");
         self.infra = Some(infra);
+        self.infra_since = Instant::now();
         if new {
             self.kill_running(
                 "SandboxChanged",
@@ -624,10 +633,13 @@ impl<S: Store> Worker<S> {
     }
 
     /// The infra process ended under running containers: a new one is made at the next
-    /// step, and the containers restart into it.
+    /// step (after the kubelet's restart back-off when they keep ending), and the
+    /// containers restart into it.
     async fn on_infra_exit(&mut self) {
         if self.infra.take().is_some() {
-            tracing::warn!(pod = self.name(), "the pod's infra process ended");
+            let delay = self.infra_backoff.on_exit(self.infra_since.elapsed());
+            tracing::warn!(pod = self.name(), retry_in = ?delay, "the pod's infra process ended");
+            self.infra_retry = Some(Instant::now() + delay);
         }
     }
 
@@ -843,6 +855,11 @@ impl<S: Store> Worker<S> {
                     return Some(at);
                 }
             }
+        }
+        if let Some(at) = self.infra_retry.filter(|at| *at > Instant::now())
+            && self.infra.is_none()
+        {
+            return Some(at);
         }
         if !self.ensure_infra().await {
             return Some(Instant::now() + Duration::from_secs(2));
