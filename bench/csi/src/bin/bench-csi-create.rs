@@ -1,12 +1,16 @@
-//! `bench-csi-create`: sequential CreateVolume (then DeleteVolume) rate of a CSI driver,
-//! one request at a time, each answered before the next is sent: the figure the CO sees when
-//! it provisions claims one by one. Runs against the real `strata-csi` (started here on a
-//! pool of the chosen kind) or any driver already listening on a unix socket (`--endpoint`,
-//! e.g. the reference hostpath driver), with the same requests, so the two compare.
+//! `bench-csi-create`: CreateVolume (then DeleteVolume) rate of a CSI driver. By default
+//! sequential, one request at a time, each answered before the next is sent: the figure the
+//! CO sees when it provisions claims one by one. With `--concurrency N`, N requests are in
+//! flight on one connection (as external-provisioner's workers send them), so a driver
+//! that shares work among concurrent requests (strata's journal flush) can show it. Runs
+//! against the real `strata-csi` (started here on a pool of the chosen kind) or any driver
+//! already listening on a unix socket (`--endpoint`, e.g. the reference hostpath driver),
+//! with the same requests, so the two compare.
 //!
-//! Prints the driver's CPU time (user + system, from /proc/PID/stat) per create and per
-//! delete next to the rates: unlike a rate, it does not depend on how loaded the machine
-//! is. For a driver at `--endpoint`, pass its pid with `--driver-pid`.
+//! Prints the driver's CPU time (user + system, from /proc/PID/stat) and context switches
+//! (summed over its threads; a thread that exits during a round takes its count with it)
+//! per create and per delete next to the rates: unlike a rate, they do not depend on how
+//! loaded the machine is. For a driver at `--endpoint`, pass its pid with `--driver-pid`.
 //!
 //! Needs root for strata-csi pools on loop devices.
 //! `cargo build --release -p strata-csi -p bench-csi &&
@@ -24,7 +28,7 @@ use csi_proto::volume_capability::access_mode::Mode;
 use csi_proto::*;
 use testkit::{DriverConfig, DriverProcess, LoopPool, PoolFs};
 
-/// Sequential CreateVolume/DeleteVolume rate of strata-csi or of another driver.
+/// CreateVolume/DeleteVolume rate of strata-csi or of another driver.
 #[derive(Debug, Parser)]
 struct Args {
     /// A driver already listening, `unix:///path.sock`; no pool is made and no `pool`
@@ -60,6 +64,9 @@ struct Args {
     /// With `--endpoint`: the driver's pid, to report its CPU time per operation.
     #[arg(long)]
     driver_pid: Option<u32>,
+    /// Requests in flight at once (1: sequential).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
 }
 
 /// utime + stime of process `pid`, in clock ticks.
@@ -69,6 +76,95 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Context switches (voluntary and not) of every thread of process `pid`.
+fn ctx_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue; // the thread exited meanwhile
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(total)
+}
+
+/// The driver's counters at one moment.
+#[derive(Clone, Copy)]
+struct Counters {
+    ticks: Option<u64>,
+    switches: Option<u64>,
+}
+
+impl Counters {
+    fn read(pid: Option<u32>) -> Counters {
+        Counters {
+            ticks: pid.and_then(cpu_ticks),
+            switches: pid.and_then(ctx_switches),
+        }
+    }
+
+    /// "CPU x µs, y switches" per operation since `before`.
+    fn per_op(&self, before: &Counters, n: usize, what: &str) -> String {
+        let diff = |a: Option<u64>, b: Option<u64>| b?.checked_sub(a?);
+        let sw = match diff(before.switches, self.switches) {
+            Some(s) => format!("{:.1}", s as f64 / n as f64),
+            None => "?".into(),
+        };
+        format!(
+            "driver CPU {}/{what}, {sw} ctx switches/{what}",
+            cpu_per_op(diff(before.ticks, self.ticks), n)
+        )
+    }
+}
+
+/// Runs `op(i)` for i in 0..n with `concurrency` in flight, returning each latency and
+/// the wall time of the whole lot.
+async fn drive<F, Fut, T>(
+    n: usize,
+    concurrency: usize,
+    op: F,
+) -> Result<(Vec<std::time::Duration>, Vec<T>, std::time::Duration)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<T>> + Send,
+    T: Send + 'static,
+{
+    let op = std::sync::Arc::new(op);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (op, next) = (op.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(out);
+                }
+                let t = Instant::now();
+                let v = op(i).await?;
+                out.push((i, t.elapsed(), v));
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.context("benchmark task")??);
+    }
+    let wall = start.elapsed();
+    all.sort_by_key(|(i, _, _)| *i);
+    let (lat, vals) = all.into_iter().map(|(_, l, v)| (l, v)).unzip();
+    Ok((lat, vals, wall))
 }
 
 /// CPU per operation in µs, from clock ticks over `n` operations.
@@ -165,58 +261,70 @@ async fn main() -> Result<()> {
             (ch, Some("bench"), what)
         }
     };
+    let mode = if args.concurrency > 1 {
+        format!("{} in flight", args.concurrency)
+    } else {
+        "sequential".to_string()
+    };
     println!(
-        "{what}; {} sequential creates, then deletes, per round",
+        "{what}; {} creates, then deletes, per round, {mode}",
         args.volumes
     );
-    let mut ctl = ControllerClient::new(channel);
+    let ctl = ControllerClient::new(channel);
+    let pool = pool.map(str::to_owned);
     for round in 0..args.rounds {
-        let mut ids = Vec::with_capacity(args.volumes);
-        let mut lat = Vec::with_capacity(args.volumes);
-        let cpu0 = pid.and_then(cpu_ticks);
-        let start = Instant::now();
-        for i in 0..args.volumes {
-            let t = Instant::now();
-            let v = ctl
-                .create_volume(request(format!("bench-{round}-{i}"), pool, args.size_mib))
-                .await
-                .map_err(|s| anyhow::anyhow!("CreateVolume: {s}"))?
-                .into_inner()
-                .volume
-                .context("no volume")?;
-            lat.push(t.elapsed());
-            ids.push(v.volume_id);
-        }
-        let created = start.elapsed();
-        let cpu1 = pid.and_then(cpu_ticks);
-        let c = Summary::of(&lat).context("no samples")?;
-        lat.clear();
-        let start = Instant::now();
-        for id in ids {
-            let t = Instant::now();
-            ctl.delete_volume(DeleteVolumeRequest {
-                volume_id: id,
-                ..Default::default()
+        let c0 = Counters::read(pid);
+        let (lat, ids, created) = {
+            let (ctl, pool, size) = (ctl.clone(), pool.clone(), args.size_mib);
+            drive(args.volumes, args.concurrency, move |i| {
+                let mut ctl = ctl.clone();
+                let req = request(format!("bench-{round}-{i}"), pool.as_deref(), size);
+                async move {
+                    let v = ctl
+                        .create_volume(req)
+                        .await
+                        .map_err(|s| anyhow::anyhow!("CreateVolume: {s}"))?
+                        .into_inner()
+                        .volume
+                        .context("no volume")?;
+                    Ok(v.volume_id)
+                }
             })
-            .await
-            .map_err(|s| anyhow::anyhow!("DeleteVolume: {s}"))?;
-            lat.push(t.elapsed());
-        }
-        let deleted = start.elapsed();
-        let cpu2 = pid.and_then(cpu_ticks);
-        let diff = |a: Option<u64>, b: Option<u64>| b?.checked_sub(a?);
+            .await?
+        };
+        let c1 = Counters::read(pid);
+        let c = Summary::of(&lat).context("no samples")?;
+        let ids = std::sync::Arc::new(ids);
+        let (lat, _, deleted) = {
+            let (ctl, ids) = (ctl.clone(), ids.clone());
+            drive(args.volumes, args.concurrency, move |i| {
+                let mut ctl = ctl.clone();
+                let volume_id = ids[i].clone();
+                async move {
+                    ctl.delete_volume(DeleteVolumeRequest {
+                        volume_id,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("DeleteVolume: {s}"))?;
+                    Ok(())
+                }
+            })
+            .await?
+        };
+        let c2 = Counters::read(pid);
         let d = Summary::of(&lat).context("no samples")?;
         println!(
-            "round {round}: create {:>7.0}/s (p50 {}, p99 {}, driver CPU {}/create)   \
-             delete {:>7.0}/s (p50 {}, p99 {}, driver CPU {}/delete)",
+            "round {round}: create {:>7.0}/s (p50 {}, p99 {}, {})   \
+             delete {:>7.0}/s (p50 {}, p99 {}, {})",
             rate(args.volumes, created),
             ms(c.p50),
             ms(c.p99),
-            cpu_per_op(diff(cpu0, cpu1), args.volumes),
+            c1.per_op(&c0, args.volumes, "create"),
             rate(args.volumes, deleted),
             ms(d.p50),
             ms(d.p99),
-            cpu_per_op(diff(cpu1, cpu2), args.volumes),
+            c2.per_op(&c1, args.volumes, "delete"),
         );
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!(
