@@ -213,7 +213,11 @@ struct Shared {
     /// The pool's root: syncfs(2) of its filesystem.
     fs: File,
     st: Mutex<St>,
+    /// Writers wait here: for a flush, or for a checkpoint to free the ring.
     cv: Condvar,
+    /// The checkpoint thread waits here, apart from the writers: a flush, which every
+    /// create makes, must not wake it for nothing (two context switches each).
+    tick: Condvar,
 }
 
 /// One pool's journal and its checkpoint thread (stopped when this is dropped).
@@ -273,10 +277,11 @@ fn checkpoint_loop(s: &Shared) {
             } else {
                 Duration::from_secs(3600)
             };
-            st =
-                s.cv.wait_timeout(st, wait)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+            st = s
+                .tick
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
             continue;
         }
         st.urgent = false;
@@ -359,6 +364,7 @@ impl Journal {
             fs: pool_root,
             st: Mutex::new(st),
             cv: Condvar::new(),
+            tick: Condvar::new(),
         });
         Ok((
             Journal {
@@ -404,7 +410,7 @@ impl Journal {
             }
             // A ring behind: wake the checkpoint thread and wait for it.
             st.urgent = true;
-            s.cv.notify_all();
+            s.tick.notify_one();
             st = s.cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         let seq = st.next;
@@ -432,7 +438,7 @@ impl Journal {
         }
         st.last_append = Some(Instant::now());
         if st.next - 1 - st.checkpoint >= CHECKPOINT_AT {
-            s.cv.notify_all();
+            s.tick.notify_one();
         }
         Ok(seq)
     }
@@ -513,7 +519,7 @@ fn poisoned(path: &Path, why: &str) -> Error {
 impl Drop for Journal {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
-        self.shared.cv.notify_all();
+        self.shared.tick.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

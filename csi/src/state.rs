@@ -184,7 +184,7 @@ struct Job {
 const VIEW_VOLUMES_MAX: usize = 16_384;
 
 /// The committed stage and publication records, all of them (a node has as many as it
-/// has mounts), and the volume records read by id since start-up (see the module docs).
+/// has mounts), and the volume records read by id or written since start-up (see the module docs).
 /// Keyed as in the database (and ordered as its `ORDER BY`): stages by volume id,
 /// publications by their target as text.
 #[derive(Debug, Default)]
@@ -233,12 +233,9 @@ impl View {
     /// Applies a committed op.
     fn apply(&mut self, op: &Op) {
         match op {
-            // Only volumes already read are kept; others are read when first needed.
-            Op::PutVolume(v) => {
-                if let Some(old) = self.volumes.get_mut(&v.id) {
-                    *old = v.clone();
-                }
-            }
+            // Kept: the next write of a volume (a create's Ready after its intent) reads
+            // the record it replaces, and a read here saves a query and a decode.
+            Op::PutVolume(v) => self.cache_volume(v.clone()),
             Op::DelVolume(id) => {
                 self.volumes.remove(id);
             }

@@ -440,11 +440,13 @@ impl LoopPool {
     }
 
     /// The driver's metadata records (`meta/` beneath the pool dir), not its journal
-    /// (`meta/journal`, which every pool has).
+    /// (`meta/journal`, which every pool has) nor the spare files of removed records
+    /// (`meta/spare/`, kept for reuse).
     pub fn meta_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        let journal = self.pool.join("meta").join("journal");
-        walk_files(&self.pool.join("meta"), &mut |_| true, &mut out);
+        let meta = self.pool.join("meta");
+        let (journal, spare) = (meta.join("journal"), meta.join("spare"));
+        walk_files(&meta, &mut |p| *p != spare, &mut out);
         out.retain(|p| *p != journal);
         out
     }

@@ -257,10 +257,18 @@ impl Backend for DirPool {
             path: path.clone(),
             source: e.into(),
         })?;
+        let quota = match (self.quota, obj.kind) {
+            (Some(flavor), DataKind::Volume) => Some(flavor),
+            _ => None,
+        };
+        if quota.is_none() && from.is_none() {
+            // An empty directory without a limit: nothing more to do in it.
+            return Ok(None);
+        }
         let mut project = None;
         let made = (|| {
             let d = self.dirs.must_open_tree(obj)?;
-            if let (Some(flavor), DataKind::Volume) = (self.quota, obj.kind) {
+            if let Some(flavor) = quota {
                 let id = self.take_project();
                 project = Some(id);
                 sys::quota::set_project(&d, id)
