@@ -191,6 +191,27 @@ pub trait Store: Clone + Send + Sync + 'static {
         async move { batch.write_in_order(self).await }
     }
 
+    /// Makes several batches in one call, in order, each as [`Store::write_batch`] makes
+    /// it: a batch that fails stops there (its earlier writes stay made) and the batches
+    /// after it are still made, so the outcomes are those of one `write_batch` call per
+    /// batch. A write never carries a version from another batch: batches are independent
+    /// decisions, and a later one about an object an earlier one changed conflicts. A
+    /// backend with transactions makes them all in one (one commit, one wake-up of the
+    /// watchers); `Err` then means that transaction failed and nothing was written. The
+    /// default makes one `write_batch` call after another and is never `Err`.
+    fn write_batches(
+        &self,
+        batches: Vec<Batch<Self>>,
+    ) -> impl Future<Output = Result<Vec<BatchOutcome>>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(batches.len());
+            for batch in batches {
+                outcomes.push(self.write_batch(batch).await);
+            }
+            Ok(outcomes)
+        }
+    }
+
     /// Records a core/v1 Event about `involved` in its namespace; a repeat of the same
     /// type/reason/message raises `count` and `lastTimestamp` instead of adding an event.
     fn record_event(

@@ -212,7 +212,7 @@ impl Written {
 }
 
 /// What a batch did.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BatchOutcome {
     /// The stored results of the writes made, in the batch's order: every write before
     /// the failed one, or all of them.

@@ -14,6 +14,7 @@ pub const POINTS: &[&str] = &[
     "put:object-written",
     "put:logged",
     "remove:object-deleted",
+    "batch:between-plans",
     "write:revision-advanced",
     "write:compacted",
     "write:before-commit",

@@ -245,3 +245,97 @@ async fn a_refused_write_is_reported_like_its_single_call() {
     assert_eq!(err.to_string(), single.to_string());
     assert_eq!(store.revision().await.unwrap(), start + 2);
 }
+
+/// Several binds in one call: each batch as its own `write_batch` would make it. A
+/// conflict in the second stops only that one (its first two writes stay, as a single
+/// batch keeps them); the first and third are made whole, and the watch sees every write
+/// made, in order. The fallback of one call after another agrees.
+#[tokio::test]
+async fn batches_in_one_call_fail_alone() {
+    for in_order in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut pairs = Vec::new();
+        for i in 1..=3 {
+            let pv = store.create(&volume(&format!("pv-{i}"))).await.unwrap();
+            let pvc = store.create(&claim(&format!("c-{i}"))).await.unwrap();
+            pairs.push((pv, pvc));
+        }
+        // Someone else changes the second claim after the binds were decided.
+        let mut other = pairs[1].1.clone();
+        other.metadata.labels = Some(BTreeMap::from([("x".into(), "y".into())]));
+        let other = store.update(&other).await.unwrap();
+        let start = store.revision().await.unwrap();
+        let mut pvc_watch = store
+            .watch::<PersistentVolumeClaim>(None, start)
+            .await
+            .unwrap();
+        let batches: Vec<_> = pairs
+            .iter()
+            .map(|(pv, pvc)| batch_of(&bind(pv, pvc)))
+            .collect();
+        let outcomes = if in_order {
+            let mut out = Vec::new();
+            for b in batches {
+                out.push(b.write_in_order(&store).await);
+            }
+            out
+        } else {
+            store.write_batches(batches).await.unwrap()
+        };
+        assert_eq!(outcomes.len(), 3);
+        let (index, err) = outcomes[1].failed.as_ref().expect("the second conflicts");
+        assert_eq!(*index, 2, "in_order={in_order}");
+        assert!(err.is_conflict(), "{err}");
+        assert!(outcomes[0].failed.is_none() && outcomes[2].failed.is_none());
+        assert_eq!(
+            outcomes.iter().map(|o| o.written.len()).collect::<Vec<_>>(),
+            [4, 2, 4]
+        );
+        assert_eq!(store.revision().await.unwrap(), start + 10);
+        for i in [1, 3] {
+            let c: PersistentVolumeClaim = store.get("default", &format!("c-{i}")).await.unwrap();
+            assert_eq!(c.status.unwrap().phase.as_deref(), Some("Bound"), "c-{i}");
+            let pv: PersistentVolume = store.get("", &format!("pv-{i}")).await.unwrap();
+            assert_eq!(pv.status.unwrap().phase.as_deref(), Some("Bound"), "pv-{i}");
+        }
+        let c: PersistentVolumeClaim = store.get("default", "c-2").await.unwrap();
+        assert_eq!(c, other, "the conflicting claim was not written");
+        // The third batch's first write follows the second's two, with no gap.
+        let first_of_third: PersistentVolume =
+            outcomes[2].written[0].clone().into_object().unwrap();
+        assert_eq!(rv(&first_of_third.metadata), start + 7);
+        let claims = modified(&mut pvc_watch, 4).await;
+        assert_eq!(claims, [start + 3, start + 4, start + 9, start + 10]);
+    }
+}
+
+/// Batches never carry versions between each other: a second batch about an object the
+/// first changed conflicts, it is a decision about the object as it was before.
+#[tokio::test]
+async fn a_later_batch_about_the_same_object_conflicts() {
+    let (_dir, store, pv, pvc) = setup().await;
+    let start = store.revision().await.unwrap();
+    let writes = bind(&pv, &pvc);
+    let outcomes = store
+        .write_batches(vec![batch_of(&writes), batch_of(&writes)])
+        .await
+        .unwrap();
+    assert!(outcomes[0].failed.is_none());
+    let (index, err) = outcomes[1].failed.as_ref().unwrap();
+    assert_eq!(*index, 0);
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(store.revision().await.unwrap(), start + 4);
+    // Nothing at all is one empty outcome per batch and no transaction.
+    let outcomes = store
+        .write_batches(vec![Batch::new(), Batch::new()])
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 2);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.written.is_empty() && o.failed.is_none())
+    );
+    assert_eq!(store.revision().await.unwrap(), start + 4);
+}

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use strata_store::failpoint;
 use strata_store::k8s_openapi::api::core::v1::ConfigMap;
 use strata_store::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use strata_store::{EmbeddedStore, Preconditions, Store, StoreOptions};
+use strata_store::{Batch, EmbeddedStore, Preconditions, Store, StoreOptions};
 
 const DIR: &str = "STRATA_STORE_CRASH_DIR";
 const OP: &str = "STRATA_STORE_CRASH_OP";
@@ -50,6 +50,18 @@ fn crash_child() {
                     .delete::<ConfigMap>("default", "before", Preconditions::default())
                     .await
                     .unwrap();
+            }
+            "batches" => {
+                // Two batches in one call; the crash point lies between them.
+                let mut first: ConfigMap = store.get("default", "before").await.unwrap();
+                first.data = Some(BTreeMap::from([("v".into(), "first".into())]));
+                let mut second = first.clone();
+                second.metadata.resource_version = None;
+                second.data = Some(BTreeMap::from([("v".into(), "second".into())]));
+                let (mut a, mut b) = (Batch::new(), Batch::new());
+                a.update(&first).unwrap();
+                b.update(&second).unwrap();
+                store.write_batches(vec![a, b]).await.unwrap();
             }
             _ => {
                 store.create(&cm("victim", "x")).await.unwrap();
@@ -102,6 +114,7 @@ async fn every_failpoint_leaves_all_or_nothing() {
         let op = match *point {
             "remove:object-deleted" => "delete",
             "write:compacted" => "create-compacting",
+            "batch:between-plans" => "batches",
             _ => "create",
         };
         let status = Command::new(std::env::current_exe().unwrap())
@@ -133,6 +146,11 @@ async fn every_failpoint_leaves_all_or_nothing() {
         let before = store.get::<ConfigMap>("default", "before").await;
         match op {
             "delete" => assert!(before.is_ok(), "{point}: the delete did not commit"),
+            "batches" => assert_eq!(
+                before.unwrap().data.unwrap()["v"],
+                "9",
+                "{point}: neither batch committed"
+            ),
             _ => assert_eq!(
                 victim.is_ok(),
                 committed,

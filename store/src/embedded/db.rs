@@ -147,6 +147,9 @@ fn open_connection(path: &Path) -> Result<Connection> {
         .map_err(Error::db("setting synchronous"))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(Error::db("setting foreign_keys"))?;
+    // Every statement the store runs stays prepared (the default keeps 16, fewer than a
+    // write transaction uses, so they would be parsed again and again).
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -522,6 +525,15 @@ fn get_object(conn: &Connection, kind: &str, ns: &str, name: &str) -> Result<Opt
 }
 
 fn list_objects(conn: &Connection, kind: &str, ns: Option<&str>) -> Result<Vec<Value>> {
+    list_decoded(conn, kind, ns, decode)
+}
+
+fn list_decoded<T>(
+    conn: &Connection,
+    kind: &str,
+    ns: Option<&str>,
+    decode: fn(&str) -> Result<T>,
+) -> Result<Vec<T>> {
     let rows: Vec<String> = match ns {
         Some(ns) => conn
             .prepare_cached("SELECT object FROM objects WHERE kind = ?1 AND namespace = ?2 ORDER BY namespace, name")
@@ -545,10 +557,15 @@ pub(crate) struct Reader<'c> {
     tx: &'c rusqlite::Transaction<'c>,
 }
 
-/// One watch log row.
-pub(crate) struct LogEntry {
+/// One watch log row, its object decoded by the reader's choice of decoder.
+pub(crate) struct LogEntry<T> {
     pub(crate) change: Change,
-    pub(crate) object: Value,
+    pub(crate) object: T,
+}
+
+/// Decodes a stored object's text as a JSON value.
+pub(crate) fn decode_value(text: &str) -> Result<Value> {
+    decode(text)
 }
 
 impl Reader<'_> {
@@ -558,19 +575,28 @@ impl Reader<'_> {
     pub(crate) fn get(&self, kind: &str, ns: &str, name: &str) -> Result<Option<Value>> {
         get_object(self.tx, kind, ns, name)
     }
-    pub(crate) fn list(&self, kind: &str, ns: Option<&str>) -> Result<Vec<Value>> {
-        list_objects(self.tx, kind, ns)
+    /// The objects of `kind` (in `ns`), each decoded from its stored text by `decode`.
+    pub(crate) fn list_decoded<T>(
+        &self,
+        kind: &str,
+        ns: Option<&str>,
+        decode: fn(&str) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        list_decoded(self.tx, kind, ns, decode)
     }
 
     /// Log entries of `kind` after `from`, at most `limit`, and the revision a caller has
-    /// seen everything up to. Gone when entries after `from` were compacted.
-    pub(crate) fn log_after(
+    /// seen everything up to. Gone when entries after `from` were compacted. Each object
+    /// is decoded from its stored text by `decode` (straight into a typed struct for a
+    /// typed watch, with no JSON value in between).
+    pub(crate) fn log_after<T>(
         &self,
         kind: &str,
         ns: Option<&str>,
         from: u64,
         limit: usize,
-    ) -> Result<(Vec<LogEntry>, u64)> {
+        decode: fn(&str) -> Result<T>,
+    ) -> Result<(Vec<LogEntry<T>>, u64)> {
         let dropped: i64 = self
             .tx
             .prepare_cached("SELECT resource_version FROM compacted WHERE kind = ?1")
@@ -680,20 +706,20 @@ impl Tx<'_> {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T>,
     ) -> Result<Result<T>> {
-        self.tx
-            .execute_batch("SAVEPOINT one_write")
-            .map_err(Error::db("beginning a savepoint"))?;
+        // Prepared once per connection: a bind batch runs these a few thousand times.
+        let run = |tx: &rusqlite::Transaction<'_>, sql: &str| {
+            tx.prepare_cached(sql).and_then(|mut s| s.execute([]))
+        };
+        run(&self.tx, "SAVEPOINT one_write").map_err(Error::db("beginning a savepoint"))?;
         let (revision, kinds) = (self.revision, self.kinds.clone());
         match f(self) {
             Ok(out) => {
-                self.tx
-                    .execute_batch("RELEASE one_write")
-                    .map_err(Error::db("releasing a savepoint"))?;
+                run(&self.tx, "RELEASE one_write").map_err(Error::db("releasing a savepoint"))?;
                 Ok(Ok(out))
             }
             Err(e) => {
-                self.tx
-                    .execute_batch("ROLLBACK TO one_write; RELEASE one_write")
+                run(&self.tx, "ROLLBACK TO one_write")
+                    .and_then(|_| run(&self.tx, "RELEASE one_write"))
                     .map_err(Error::db("rolling back to a savepoint"))?;
                 self.revision = revision;
                 self.kinds = kinds;

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Event, Namespace, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
@@ -179,6 +178,13 @@ fn from_value<K: Object>(v: Value) -> Result<K> {
     })
 }
 
+fn from_text<K: Object>(text: &str) -> Result<K> {
+    serde_json::from_str(text).map_err(|source| Error::Decode {
+        kind: K::KIND.into(),
+        source,
+    })
+}
+
 fn labels_of(v: &Value) -> Option<std::collections::BTreeMap<String, String>> {
     v.get("metadata")?
         .get("labels")
@@ -281,17 +287,19 @@ impl EmbeddedStore {
         namespace: Option<&str>,
         selector: Option<&LabelSelector>,
     ) -> Result<ObjectList<Value>> {
-        self.list_mapped(kind, namespace, selector, Ok).await
+        self.list_mapped(kind, namespace, selector, db::decode_value, labels_of)
+            .await
     }
 
-    /// Lists and converts each item on the blocking pool: decoding thousands of objects
-    /// would otherwise hold up an async worker.
+    /// Lists, decoding each item from its stored text with `decode` on the blocking pool:
+    /// decoding thousands of objects would otherwise hold up an async worker.
     async fn list_mapped<T: Send + 'static>(
         &self,
         kind: KindRef,
         namespace: Option<&str>,
         selector: Option<&LabelSelector>,
-        convert: fn(Value) -> Result<T>,
+        decode: fn(&str) -> Result<T>,
+        labels: fn(&T) -> Option<std::collections::BTreeMap<String, String>>,
     ) -> Result<ObjectList<T>> {
         if let Some(sel) = selector {
             selector::validate(sel)?;
@@ -304,18 +312,20 @@ impl EmbeddedStore {
         };
         let selector = selector.cloned();
         self.blocking(move |inner| {
-            let (items, resource_version) = inner
-                .db
-                .read(|r| Ok((r.list(kind.kind, ns.as_deref())?, r.revision()?)))?;
+            let (items, resource_version) = inner.db.read(|r| {
+                Ok((
+                    r.list_decoded(kind.kind, ns.as_deref(), decode)?,
+                    r.revision()?,
+                ))
+            })?;
             let items = items
                 .into_iter()
                 .filter(|v| {
                     selector
                         .as_ref()
-                        .is_none_or(|sel| selector::matches(sel, labels_of(v).as_ref()))
+                        .is_none_or(|sel| selector::matches(sel, labels(v).as_ref()))
                 })
-                .map(convert)
-                .collect::<Result<_>>()?;
+                .collect();
             Ok(ObjectList {
                 items,
                 resource_version,
@@ -410,6 +420,18 @@ impl EmbeddedStore {
         namespace: Option<&str>,
         from: u64,
     ) -> Result<WatchStream<Value>> {
+        self.watch_decoded(kind, namespace, from, db::decode_value)
+            .await
+    }
+
+    /// A watch whose objects `decode` makes from the stored text, on the blocking pool.
+    async fn watch_decoded<T: Send + 'static>(
+        &self,
+        kind: KindRef,
+        namespace: Option<&str>,
+        from: u64,
+        decode: fn(&str) -> Result<T>,
+    ) -> Result<WatchStream<T>> {
         let ns = if kind.namespaced {
             namespace.filter(|n| !n.is_empty()).map(str::to_string)
         } else {
@@ -425,6 +447,7 @@ impl EmbeddedStore {
             buf: VecDeque::new(),
             rx,
             done: false,
+            decode,
         };
         state.fetch().await?;
         Ok(Box::pin(futures::stream::unfold(
@@ -468,25 +491,26 @@ impl EmbeddedStore {
     }
 }
 
-struct WatchState {
+struct WatchState<T> {
     store: EmbeddedStore,
     kind: KindRef,
     ns: Option<String>,
     cursor: u64,
-    buf: VecDeque<WatchEvent<Value>>,
+    buf: VecDeque<WatchEvent<T>>,
     rx: watch::Receiver<u64>,
     done: bool,
+    decode: fn(&str) -> Result<T>,
 }
 
-impl WatchState {
+impl<T: Send + 'static> WatchState<T> {
     async fn fetch(&mut self) -> Result<()> {
-        let (kind, ns, from) = (self.kind.kind, self.ns.clone(), self.cursor);
+        let (kind, ns, from, decode) = (self.kind.kind, self.ns.clone(), self.cursor, self.decode);
         let (entries, seen) = self
             .store
             .blocking(move |inner| {
                 inner
                     .db
-                    .read(|r| r.log_after(kind, ns.as_deref(), from, PAGE))
+                    .read(|r| r.log_after(kind, ns.as_deref(), from, PAGE, decode))
             })
             .await?;
         self.cursor = seen.max(self.cursor);
@@ -498,7 +522,7 @@ impl WatchState {
         Ok(())
     }
 
-    async fn next(&mut self) -> Option<Result<WatchEvent<Value>>> {
+    async fn next(&mut self) -> Option<Result<WatchEvent<T>>> {
         loop {
             if let Some(ev) = self.buf.pop_front() {
                 return Some(Ok(ev));
@@ -531,8 +555,14 @@ impl Store for EmbeddedStore {
         namespace: Option<&str>,
         selector: Option<&LabelSelector>,
     ) -> Result<ObjectList<K>> {
-        self.list_mapped(K::kind_ref(), namespace, selector, from_value::<K>)
-            .await
+        self.list_mapped(
+            K::kind_ref(),
+            namespace,
+            selector,
+            from_text::<K>,
+            |o: &K| o.metadata().labels.clone(),
+        )
+        .await
     }
 
     async fn create<K: Object>(&self, obj: &K) -> Result<K> {
@@ -572,42 +602,45 @@ impl Store for EmbeddedStore {
         namespace: Option<&str>,
         from_resource_version: u64,
     ) -> Result<WatchStream<K>> {
-        let stream = self
-            .watch_values(K::kind_ref(), namespace, from_resource_version)
-            .await?;
-        Ok(Box::pin(stream.map(|item| {
-            item.and_then(|ev| match ev {
-                WatchEvent::Added(v) => Ok(WatchEvent::Added(from_value(v)?)),
-                WatchEvent::Modified(v) => Ok(WatchEvent::Modified(from_value(v)?)),
-                WatchEvent::Deleted(v) => Ok(WatchEvent::Deleted(from_value(v)?)),
-            })
-        })))
+        // Straight from the stored text into the typed object: a JSON value in between
+        // cost as much again, for every event of every watcher.
+        self.watch_decoded(
+            K::kind_ref(),
+            namespace,
+            from_resource_version,
+            from_text::<K>,
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(writes = batch.len()))]
     async fn write_batch(&self, batch: Batch<Self>) -> BatchOutcome {
-        let writes: Vec<_> = batch
-            .into_writes()
-            .into_iter()
-            .map(|w| (w.kind, w.op, w.object))
-            .collect();
-        if writes.is_empty() {
-            return BatchOutcome {
-                written: Vec::new(),
-                failed: None,
-            };
-        }
-        match self
-            .blocking(move |inner| inner.write(|tx| ops::update_batch(tx, writes)))
-            .await
-        {
-            Ok(outcome) => outcome,
+        match self.write_batches(vec![batch]).await {
+            Ok(mut outcomes) => outcomes.pop().unwrap_or_default(),
             // Nothing was committed.
             Err(e) => BatchOutcome {
                 written: Vec::new(),
                 failed: Some((0, e)),
             },
         }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(batches = batches.len()))]
+    async fn write_batches(&self, batches: Vec<Batch<Self>>) -> Result<Vec<BatchOutcome>> {
+        let batches: Vec<Vec<_>> = batches
+            .into_iter()
+            .map(|b| {
+                b.into_writes()
+                    .into_iter()
+                    .map(|w| (w.kind, w.op, w.object))
+                    .collect()
+            })
+            .collect();
+        if batches.iter().all(Vec::is_empty) {
+            return Ok(batches.iter().map(|_| BatchOutcome::default()).collect());
+        }
+        self.blocking(move |inner| inner.write(|tx| ops::update_batches(tx, batches)))
+            .await
     }
 
     async fn finalize_namespace(&self, ns: &Namespace) -> Result<Namespace> {

@@ -456,6 +456,24 @@ pub(crate) fn update_batch(
     })
 }
 
+/// Several batches in one transaction, each as [`update_batch`] makes it: a batch that
+/// fails stops there and the next one still runs. No version is carried from one batch to
+/// the next. The error is one that leaves the transaction unusable.
+pub(crate) fn update_batches(
+    tx: &mut Tx<'_>,
+    batches: Vec<Vec<(KindRef, BatchOp, Value)>>,
+) -> Result<Vec<BatchOutcome>> {
+    let n = batches.len();
+    let mut outcomes = Vec::with_capacity(n);
+    for (i, writes) in batches.into_iter().enumerate() {
+        outcomes.push(update_batch(tx, writes)?);
+        if i + 1 < n {
+            crate::failpoint::hit("batch:between-plans");
+        }
+    }
+    Ok(outcomes)
+}
+
 pub(crate) fn delete(
     tx: &mut Tx<'_>,
     kind: KindRef,
