@@ -12,6 +12,10 @@ pub enum Error {
     Invalid(String),
     #[error("the CSI driver has not answered yet")]
     DriverUnknown,
+    /// A write of several plans made as one transaction, which failed as a whole: nothing
+    /// of it was written.
+    #[error("store: the batch of writes failed")]
+    Batch(#[source] std::sync::Arc<strata_store::Error>),
 }
 
 impl Error {

@@ -260,3 +260,67 @@ async fn binds_before_the_driver_answers_then_provisions_and_reports_metrics() {
     assert!(p.terminate().success(), "graceful exit on SIGTERM");
     drop(driver);
 }
+
+/// The binder writes the plans of every claim it has at once in one transaction. A crash
+/// between two of them (the store's `batch:between-plans` failpoint) commits none: every
+/// claim stays unbound and every volume free, with nothing half-bound. Restarted, the
+/// binder binds them all, each to a volume of its own. No driver: static binding needs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_a_batch_of_binds_commits_none_and_the_restart_binds_all() {
+    let state = tempfile::tempdir().expect("state");
+    let store = EmbeddedStore::open(state.path()).expect("store");
+    for i in 0..3 {
+        let mut pv: PersistentVolume = create(&store, json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": format!("pv-{i}")},
+            "spec": {
+                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": format!("/srv/pv-{i}")}
+            }
+        }))
+        .await;
+        // Available, as the binder's first sync makes it: its first batch is the binds.
+        pv.status.get_or_insert_with(Default::default).phase = Some("Available".into());
+        store.update_status(&pv).await.expect("available");
+        create::<PersistentVolumeClaim>(&store, json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": format!("c-{i}"), "namespace": "default"},
+            "spec": {"storageClassName": "", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }))
+        .await;
+    }
+    let before = store.revision().await.unwrap();
+    let log = state.path().join("provisioner.log");
+    let endpoint = format!("unix://{}/no-driver.sock", state.path().display());
+    let mut p = Provisioner::spawn_with_env(
+        state.path(),
+        &endpoint,
+        NODE,
+        log.clone(),
+        &[],
+        &[(strata_store::failpoint::ENV, "batch:between-plans")],
+    );
+    let status = p.wait();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(nix::libc::SIGABRT),
+        "stopped at the failpoint: {status:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(store.revision().await.unwrap(), before, "nothing committed");
+    for i in 0..3 {
+        let c: PersistentVolumeClaim = store.get("default", &format!("c-{i}")).await.unwrap();
+        assert!(c.spec.unwrap().volume_name.is_none(), "c-{i} unbound");
+        let pv: PersistentVolume = store.get("", &format!("pv-{i}")).await.unwrap();
+        assert!(pv.spec.unwrap().claim_ref.is_none(), "pv-{i} free");
+    }
+
+    let mut p = Provisioner::spawn(state.path(), &endpoint, NODE, log, &[]);
+    let mut volumes = std::collections::BTreeSet::new();
+    for i in 0..3 {
+        let c = bound(&store, &format!("c-{i}")).await;
+        volumes.insert(c.spec.unwrap().volume_name.unwrap());
+    }
+    assert_eq!(volumes.len(), 3, "a volume each: {volumes:?}");
+    assert!(p.terminate().success(), "graceful exit on SIGTERM");
+}

@@ -140,6 +140,29 @@ fn bench_match(claims: usize, pvs: usize) {
     );
 }
 
+/// CPU time (user + system, every thread) this process has used: the figure that does not
+/// depend on the load the other users of the machine put on it. /proc/self/stat counts in
+/// USER_HZ ticks, 100 a second on Linux.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |i: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(i - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((field(14) + field(15)) * 10)
+}
+
+/// The load average, as `uptime` prints it.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// Waits until `want` objects of kind `K` satisfy `done`: one list, then the watch (a list
 /// every few milliseconds would take CPU from the loops being measured).
 async fn wait_for<K: strata_store::Object>(
@@ -260,14 +283,15 @@ async fn bench_static(
             setup.create(&static_pv(i)).await?;
         }
     }
-    let t = Instant::now();
+    let (t, c0) = (Instant::now(), cpu());
     let running = start_loops(&e).await?;
     // The store creates PVs Pending; the binder's first sync makes each Available.
     wait_for::<PersistentVolume>(&e.store, pvs, |p| {
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available")
     })
     .await?;
-    let initial = t.elapsed();
+    let (initial, initial_cpu) = (t.elapsed(), cpu() - c0);
+    let load_before = load();
     let t = Instant::now();
     if all_at_once {
         let docs = (0..claims)
@@ -279,12 +303,12 @@ async fn bench_static(
             e.store.create(&static_claim(i)).await?;
         }
     }
-    let created = t.elapsed();
+    let (created, c1) = (t.elapsed(), cpu());
     wait_bound(&e.store, claims).await?;
-    let total = t.elapsed();
+    let (total, c2) = (t.elapsed(), cpu());
     running.shutdown().await;
     println!(
-        "{}: {claims} claims against {pvs} static PVs, full binder + embedded store: {:.2} s to all Bound (writing the claims {:.2} s of it; {:.2} s after the last claim was written); initial sync of the PVs {:.2} s",
+        "{}: {claims} claims against {pvs} static PVs, full binder + embedded store: {:.2} s to all Bound (writing the claims {:.2} s of it; {:.2} s after the last claim was written, CPU {:.2} s = {:.2} ms a claim); initial sync of the PVs {:.2} s (CPU {:.2} s = {:.0} us a PV); load {load_before} / {}",
         if all_at_once {
             "static-apply (claims in one transaction)"
         } else {
@@ -293,7 +317,12 @@ async fn bench_static(
         total.as_secs_f64(),
         created.as_secs_f64(),
         (total - created).as_secs_f64(),
-        initial.as_secs_f64()
+        (c2 - c1).as_secs_f64(),
+        (c2 - c1).as_secs_f64() * 1e3 / claims as f64,
+        initial.as_secs_f64(),
+        initial_cpu.as_secs_f64(),
+        initial_cpu.as_secs_f64() * 1e6 / pvs as f64,
+        load()
     );
     Ok(())
 }
@@ -306,7 +335,7 @@ async fn bench_dynamic(csi: &PathBuf, claims: usize) -> anyhow::Result<()> {
     }))?;
     e.store.create(&sc).await?;
     let running = start_loops(&e).await?;
-    let t = Instant::now();
+    let (t, c0, load_before) = (Instant::now(), cpu(), load());
     for i in 0..claims {
         let mut c = claim(i, Some("fast"), "16Mi");
         c.metadata.uid = None;
@@ -315,7 +344,7 @@ async fn bench_dynamic(csi: &PathBuf, claims: usize) -> anyhow::Result<()> {
     }
     let created = t.elapsed();
     wait_bound(&e.store, claims).await?;
-    let total = t.elapsed();
+    let (total, used) = (t.elapsed(), cpu() - c0);
     running.shutdown().await;
     let pvs = e
         .store
@@ -324,10 +353,13 @@ async fn bench_dynamic(csi: &PathBuf, claims: usize) -> anyhow::Result<()> {
         .items
         .len();
     println!(
-        "dynamic: {claims} claims, Immediate class, real strata-csi: {:.2} s to all Bound ({:.0} claims/s; creating the claims {:.2} s of it); {pvs} PVs",
+        "dynamic: {claims} claims, Immediate class, real strata-csi: {:.2} s to all Bound ({:.0} claims/s; creating the claims {:.2} s of it); {pvs} PVs; CPU of this process (loops and bench, not strata-csi) {:.2} s = {:.2} ms a claim; load {load_before} / {}",
         total.as_secs_f64(),
         claims as f64 / total.as_secs_f64(),
-        created.as_secs_f64()
+        created.as_secs_f64(),
+        used.as_secs_f64(),
+        used.as_secs_f64() * 1e3 / claims as f64,
+        load()
     );
     Ok(())
 }
@@ -389,15 +421,18 @@ async fn bench_apply(csi: &PathBuf, volctl: &PathBuf, n: usize) -> anyhow::Resul
             )
         }),
     )?;
-    let t = Instant::now();
+    let (t, c0, load_before) = (Instant::now(), cpu(), load());
     let applied = volctl_apply(volctl, &e.state.0, &claims)?;
     wait_bound(&e.store, n).await?;
-    let total = t.elapsed();
+    let (total, used) = (t.elapsed(), cpu() - c0);
     running.shutdown().await;
     println!(
-        "apply: volctl apply -f of {n} claims, Immediate class, real strata-csi: {:.2} s to all Bound (the apply {:.2} s of it)",
+        "apply: volctl apply -f of {n} claims, Immediate class, real strata-csi: {:.2} s to all Bound (the apply {:.2} s of it); CPU of the loops (and bench) {:.2} s = {:.2} ms a claim; load {load_before} / {}",
         total.as_secs_f64(),
-        applied.as_secs_f64()
+        applied.as_secs_f64(),
+        used.as_secs_f64(),
+        used.as_secs_f64() * 1e3 / n as f64,
+        load()
     );
     Ok(())
 }

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 
-use strata_store::{Batch, Preconditions, Store};
+use strata_store::{Batch, BatchOutcome, Preconditions, Store};
 use tracing::debug;
 
+use super::cache::Cache;
 use super::{Controller, Requeue};
-use crate::binder::{self, ClaimContext, Plan, VolumeContext, Write};
-use crate::error::Result;
+use crate::binder::{self, ClaimContext, Event, Plan, VolumeContext, Write};
+use crate::error::{Error, Result};
 use crate::k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::meta;
@@ -40,6 +41,98 @@ enum Stored {
     // Boxed: a PV is three times a claim's size, and the batch holds a few of each.
     Volume(Box<PersistentVolume>),
     Claim(Box<PersistentVolumeClaim>),
+}
+
+/// Adds an object write of a plan to `batch`, carrying the version an earlier batch of the
+/// same plan left its object at; an event is handed back instead.
+fn add_write<S: Store>(
+    batch: &mut Batch<S>,
+    targets: &mut Vec<Target>,
+    versions: &HashMap<Target, Option<String>>,
+    w: Write,
+) -> Result<Option<Event>> {
+    let t = match w {
+        Write::Volume(mut pv) => {
+            let t = carry(versions, true, &mut pv.metadata);
+            batch.update(&pv)?;
+            t
+        }
+        Write::VolumeStatus(mut pv) => {
+            let t = carry(versions, true, &mut pv.metadata);
+            batch.update_status(&pv)?;
+            t
+        }
+        Write::Claim(mut pvc) => {
+            let t = carry(versions, false, &mut pvc.metadata);
+            batch.update(&pvc)?;
+            t
+        }
+        Write::ClaimStatus(mut pvc) => {
+            let t = carry(versions, false, &mut pvc.metadata);
+            batch.update_status(&pvc)?;
+            t
+        }
+        Write::Event(e) => return Ok(Some(e)),
+    };
+    targets.push(t);
+    Ok(None)
+}
+
+/// The claim a volume's claimRef names, for syncVolume.
+enum ClaimOf<'a> {
+    /// As the cache holds it (None: no claim, or the volume is released and the claim is
+    /// not cached).
+    Known(Option<&'a PersistentVolumeClaim>),
+    /// Missing from the cache or cached with another UID: the store is asked before
+    /// anything is released, so a stale cache never releases a PV by mistake.
+    Ask { namespace: String, name: String },
+}
+
+fn claim_of<'a>(c: &'a Cache, pv: &PersistentVolume) -> ClaimOf<'a> {
+    let Some(r) =
+        meta::volume_claim_ref(pv).filter(|r| r.uid.as_deref().is_some_and(|u| !u.is_empty()))
+    else {
+        return ClaimOf::Known(None);
+    };
+    let (ns, name) = (
+        r.namespace.as_deref().unwrap_or_default(),
+        r.name.as_deref().unwrap_or_default(),
+    );
+    let cached = c.claims.get(&format!("{ns}/{name}"));
+    match cached {
+        Some(claim) if claim.metadata.uid == r.uid => ClaimOf::Known(Some(claim)),
+        _ if !matches!(meta::volume_phase(pv), "Released" | "Failed") || cached.is_some() => {
+            ClaimOf::Ask {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }
+        }
+        _ => ClaimOf::Known(None),
+    }
+}
+
+/// The plan syncClaim makes for claim `k` from the cache; None when it is not cached.
+fn decide_claim(c: &Cache, k: &str) -> Option<Plan> {
+    let pvc = c.claims.get(k)?;
+    let (ns, name) = (meta::namespace(&pvc.metadata), meta::name(&pvc.metadata));
+    let mut unscheduled: Vec<String> = c
+        .pods_using_claim(ns, name)
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .unwrap_or_default()
+                .is_empty()
+        })
+        .map(|p| meta::name(&p.metadata).to_string())
+        .collect();
+    unscheduled.sort();
+    let ctx = ClaimContext {
+        volumes: &c.volumes,
+        classes: &c.classes,
+        unscheduled_pods: &unscheduled,
+    };
+    Some(binder::sync_claim(pvc, &ctx))
 }
 
 impl<S: Store> Controller<S> {
@@ -139,32 +232,10 @@ impl<S: Store> Controller<S> {
         let mut batch = Batch::new();
         let mut targets = Vec::new();
         for w in plan.writes {
-            match w {
-                Write::Volume(mut pv) => {
-                    let t = carry(&versions, true, &mut pv.metadata);
-                    batch.update(&pv)?;
-                    targets.push(t);
-                }
-                Write::VolumeStatus(mut pv) => {
-                    let t = carry(&versions, true, &mut pv.metadata);
-                    batch.update_status(&pv)?;
-                    targets.push(t);
-                }
-                Write::Claim(mut pvc) => {
-                    let t = carry(&versions, false, &mut pvc.metadata);
-                    batch.update(&pvc)?;
-                    targets.push(t);
-                }
-                Write::ClaimStatus(mut pvc) => {
-                    let t = carry(&versions, false, &mut pvc.metadata);
-                    batch.update_status(&pvc)?;
-                    targets.push(t);
-                }
-                Write::Event(e) => {
-                    let (b, t) = (std::mem::take(&mut batch), std::mem::take(&mut targets));
-                    self.write_batch(b, t, &mut versions).await?;
-                    self.record(&e).await;
-                }
+            if let Some(e) = add_write(&mut batch, &mut targets, &versions, w)? {
+                let (b, t) = (std::mem::take(&mut batch), std::mem::take(&mut targets));
+                self.write_batch(b, t, &mut versions).await?;
+                self.record(&e).await;
             }
         }
         self.write_batch(batch, targets, &mut versions).await?;
@@ -187,8 +258,19 @@ impl<S: Store> Controller<S> {
             return Ok(());
         }
         let outcome = self.store.write_batch(batch).await;
+        self.absorb(outcome, &targets, versions).await
+    }
+
+    /// Puts what a batch wrote in the cache and, when a write failed on a conflict or a
+    /// missing object, the stored version of that object; returns that write's error.
+    async fn absorb(
+        &self,
+        outcome: BatchOutcome,
+        targets: &[Target],
+        versions: &mut HashMap<Target, Option<String>>,
+    ) -> Result<()> {
         let mut decoded = Vec::with_capacity(outcome.written.len());
-        for (written, t) in outcome.written.into_iter().zip(&targets) {
+        for (written, t) in outcome.written.into_iter().zip(targets) {
             decoded.push(if t.volume {
                 Stored::Volume(Box::new(written.into_object()?))
             } else {
@@ -197,7 +279,7 @@ impl<S: Store> Controller<S> {
         }
         {
             let mut c = self.cache();
-            for (w, t) in decoded.into_iter().zip(&targets) {
+            for (w, t) in decoded.into_iter().zip(targets) {
                 match w {
                     Stored::Volume(pv) => {
                         versions.insert(t.clone(), pv.metadata.resource_version.clone());
@@ -224,41 +306,133 @@ impl<S: Store> Controller<S> {
         Err(e.into())
     }
 
-    pub(crate) async fn sync_claim(&self, k: &str) -> Result<Requeue> {
-        let plan = {
-            let c = self.cache();
-            let Some(pvc) = c.claims.get(k) else {
-                return Ok(Requeue::Done);
-            };
-            let (ns, name) = (meta::namespace(&pvc.metadata), meta::name(&pvc.metadata));
-            let mut unscheduled: Vec<String> = c
-                .pods_using_claim(ns, name)
-                .filter(|p| {
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.as_deref())
-                        .unwrap_or_default()
-                        .is_empty()
-                })
-                .map(|p| meta::name(&p.metadata).to_string())
-                .collect();
-            unscheduled.sort();
-            let ctx = ClaimContext {
-                volumes: &c.volumes,
-                classes: &c.classes,
-                unscheduled_pods: &unscheduled,
-            };
-            binder::sync_claim(pvc, &ctx)
+    /// Makes plans that are object writes only (no events, no claims to wake), each its
+    /// own batch, in one store call ([`Store::write_batches`]: one transaction in the
+    /// embedded store), and puts each plan's results in the cache as `apply_plan` does.
+    /// Each plan gets its own result: one that fails stops alone (the writes before its
+    /// failed one stay, as `apply_plan` keeps them) and the others are made.
+    async fn write_plans(&self, plans: Vec<(String, Plan)>) -> Vec<(String, Result<()>)> {
+        let mut results = Vec::with_capacity(plans.len());
+        let mut keys = Vec::with_capacity(plans.len());
+        let mut batches = Vec::with_capacity(plans.len());
+        let mut targets = Vec::with_capacity(plans.len());
+        for (k, plan) in plans {
+            let (mut batch, mut t) = (Batch::new(), Vec::new());
+            let made = plan
+                .writes
+                .into_iter()
+                .try_for_each(|w| add_write(&mut batch, &mut t, &HashMap::new(), w).map(drop));
+            match made {
+                Ok(()) => {
+                    keys.push(k);
+                    batches.push(batch);
+                    targets.push(t);
+                }
+                Err(e) => results.push((k, Err(e))),
+            }
+        }
+        if batches.is_empty() {
+            return results;
+        }
+        let outcomes = match self.store.write_batches(batches).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                // The transaction failed as a whole: nothing was written, every plan is
+                // retried.
+                let e = std::sync::Arc::new(e);
+                results.extend(
+                    keys.into_iter()
+                        .map(|k| (k, Err(Error::Batch(std::sync::Arc::clone(&e))))),
+                );
+                return results;
+            }
         };
-        debug!(
-            claim = k,
-            note = plan.note,
-            writes = plan.writes.len(),
-            "syncClaim"
-        );
-        self.apply_plan(plan).await?;
-        self.claim_protection(k).await?;
-        Ok(Requeue::Done)
+        for ((k, outcome), t) in keys.into_iter().zip(outcomes).zip(&targets) {
+            let r = self.absorb(outcome, t, &mut HashMap::new()).await;
+            results.push((k, r));
+        }
+        results
+    }
+
+    /// syncClaim for one claim.
+    #[cfg(test)]
+    pub(crate) async fn sync_claim(&self, k: &str) -> Result<Requeue> {
+        let mut results = self.sync_claims(vec![k.to_string()]).await;
+        results.pop().map_or(Ok(Requeue::Done), |(_, r)| r)
+    }
+
+    /// syncClaim for every claim the worker took at once. Each is decided against the
+    /// cache in turn, and the volumes an earlier plan binds are shown to the later
+    /// decisions as planned, so no two plans take the same volume; the cache gets them back
+    /// as they were before the writes, so the other loops see only what was written. Plans
+    /// that are object writes only (a bind) go to the store in one call
+    /// ([`Controller::write_plans`]), the others one by one (`apply_plan`). Each claim gets
+    /// its own result: a plan that fails (a conflict) stops alone, the stored version of
+    /// the object goes to the cache, and the worker syncs that claim again.
+    pub(crate) async fn sync_claims(&self, keys: Vec<String>) -> Vec<(String, Result<Requeue>)> {
+        let mut results = Vec::with_capacity(keys.len());
+        let (mut batched, mut single) = (Vec::new(), Vec::new());
+        {
+            let mut c = self.cache();
+            // Volumes shown to the later decisions as planned, and how the cache held them.
+            let mut held: HashMap<String, Option<PersistentVolume>> = HashMap::new();
+            for k in keys {
+                let Some(plan) = decide_claim(&c, &k) else {
+                    results.push((k, Ok(Requeue::Done)));
+                    continue;
+                };
+                debug!(
+                    claim = %k,
+                    note = plan.note,
+                    writes = plan.writes.len(),
+                    "syncClaim"
+                );
+                for w in &plan.writes {
+                    if let Write::Volume(pv) | Write::VolumeStatus(pv) = w {
+                        let name = meta::name(&pv.metadata);
+                        if !held.contains_key(name) {
+                            held.insert(name.to_string(), c.volumes.get(name).cloned());
+                        }
+                        c.volumes.upsert(pv.clone());
+                    }
+                }
+                let only_writes = plan.enqueue_claims.is_empty()
+                    && !plan.writes.iter().any(|w| matches!(w, Write::Event(_)));
+                if only_writes && !plan.writes.is_empty() {
+                    batched.push((k, plan));
+                } else {
+                    single.push((k, plan));
+                }
+            }
+            // Planned volumes carry the version they were decided on, so these replace
+            // them (the index keeps newer versions only).
+            for (name, pv) in held {
+                match pv {
+                    Some(pv) => c.volumes.upsert(pv),
+                    None => {
+                        c.volumes.remove(&name);
+                    }
+                }
+            }
+        }
+        let mut made = Vec::new();
+        for (k, r) in self.write_plans(batched).await {
+            match r {
+                Ok(()) => made.push(k),
+                Err(e) => results.push((k, Err(e))),
+            }
+        }
+        for (k, plan) in single {
+            match self.apply_plan(plan).await {
+                Ok(()) => made.push(k),
+                Err(e) => results.push((k, Err(e))),
+            }
+        }
+        for k in made {
+            let r = self.claim_protection(&k).await.map(|()| Requeue::Done);
+            results.push((k, r));
+        }
+        results
     }
 
     /// pvc-protection: released once no scheduled pod uses the claim, checked in the cache
@@ -291,34 +465,28 @@ impl<S: Store> Controller<S> {
         Ok(())
     }
 
+    /// syncVolume for one volume; the claim its claimRef names is read from the store
+    /// when the cache cannot vouch for it.
     pub(crate) async fn sync_volume(&self, name: &str) -> Result<Requeue> {
-        let Some(pv) = self.cache().volumes.get(name).cloned() else {
-            return Ok(Requeue::Done);
-        };
-        let mut claim = None;
-        if let Some(r) =
-            meta::volume_claim_ref(&pv).filter(|r| r.uid.as_deref().is_some_and(|u| !u.is_empty()))
-        {
-            let (ns, cname) = (
-                r.namespace.clone().unwrap_or_default(),
-                r.name.clone().unwrap_or_default(),
-            );
-            let cached = self.cache().claims.get(&format!("{ns}/{cname}")).cloned();
-            claim = match cached {
-                Some(c) if c.metadata.uid == r.uid => Some(c),
-                // Missing or another UID in the cache: ask the store before releasing anything.
-                _ if !matches!(meta::volume_phase(&pv), "Released" | "Failed")
-                    || cached.is_some() =>
-                {
-                    match self.store.get::<PersistentVolumeClaim>(&ns, &cname).await {
-                        Ok(c) => Some(c),
-                        Err(e) if e.is_not_found() => None,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                _ => None,
+        let (pv, claim) = {
+            let c = self.cache();
+            let Some(pv) = c.volumes.get(name) else {
+                return Ok(Requeue::Done);
             };
-        }
+            let claim = match claim_of(&c, pv) {
+                ClaimOf::Known(claim) => Ok(claim.cloned()),
+                ClaimOf::Ask { namespace, name } => Err((namespace, name)),
+            };
+            (pv.clone(), claim)
+        };
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err((ns, cname)) => match self.store.get::<PersistentVolumeClaim>(&ns, &cname).await {
+                Ok(c) => Some(c),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            },
+        };
         let plan = binder::sync_volume(
             &pv,
             &VolumeContext {
@@ -332,15 +500,80 @@ impl<S: Store> Controller<S> {
             "syncVolume"
         );
         self.apply_plan(plan).await?;
-        // pv-protection, on the version the plan left behind.
-        let current = self.cache().volumes.get(name).cloned();
-        if let Some(updated) = current
-            .as_ref()
-            .and_then(binder::protection::volume_protection)
+        self.volume_protection(name).await?;
+        Ok(Requeue::Done)
+    }
+
+    /// syncVolume for every volume the worker took at once (the first sync of many new
+    /// volumes is one status write each). Each is decided from the cache; plans of object
+    /// writes only go to the store in one call ([`Controller::write_plans`]), the others
+    /// one by one, and a volume whose claim the cache cannot vouch for goes through
+    /// `sync_volume`, which reads the claim from the store first.
+    pub(crate) async fn sync_volumes(&self, names: Vec<String>) -> Vec<(String, Result<Requeue>)> {
+        let mut results = Vec::with_capacity(names.len());
+        let (mut batched, mut single, mut ask) = (Vec::new(), Vec::new(), Vec::new());
         {
+            let c = self.cache();
+            for name in names {
+                let Some(pv) = c.volumes.get(&name) else {
+                    results.push((name, Ok(Requeue::Done)));
+                    continue;
+                };
+                let ClaimOf::Known(claim) = claim_of(&c, pv) else {
+                    ask.push(name);
+                    continue;
+                };
+                let plan = binder::sync_volume(pv, &VolumeContext { claim });
+                debug!(
+                    volume = %name,
+                    note = plan.note,
+                    writes = plan.writes.len(),
+                    "syncVolume"
+                );
+                let only_writes = plan.enqueue_claims.is_empty()
+                    && !plan.writes.iter().any(|w| matches!(w, Write::Event(_)));
+                if only_writes && !plan.writes.is_empty() {
+                    batched.push((name, plan));
+                } else {
+                    single.push((name, plan));
+                }
+            }
+        }
+        let mut made = Vec::new();
+        for (name, r) in self.write_plans(batched).await {
+            match r {
+                Ok(()) => made.push(name),
+                Err(e) => results.push((name, Err(e))),
+            }
+        }
+        for (name, plan) in single {
+            match self.apply_plan(plan).await {
+                Ok(()) => made.push(name),
+                Err(e) => results.push((name, Err(e))),
+            }
+        }
+        for name in made {
+            let r = self.volume_protection(&name).await.map(|()| Requeue::Done);
+            results.push((name, r));
+        }
+        for name in ask {
+            let r = self.sync_volume(&name).await;
+            results.push((name, r));
+        }
+        results
+    }
+
+    /// pv-protection, on the version the plan left in the cache.
+    async fn volume_protection(&self, name: &str) -> Result<()> {
+        let updated = self
+            .cache()
+            .volumes
+            .get(name)
+            .and_then(binder::protection::volume_protection);
+        if let Some(updated) = updated {
             self.write_pv(&updated, false).await?;
         }
-        Ok(Requeue::Done)
+        Ok(())
     }
 
     /// Deletes a PV (uid precondition), tolerating NotFound.
@@ -438,5 +671,133 @@ mod tests {
         assert_eq!(meta::claim_volume_name(&stored), "pv");
         assert_eq!(meta::claim_phase(&stored), "Bound");
         assert_eq!(ctl.cache().claims["default/c"], stored);
+    }
+
+    /// Three claims decided and written at once, while someone changed one object of the
+    /// second's bind behind the cache (its claim, or its volume). Each plan stands alone:
+    /// the first and third claims are bound, each to a volume of its own (the second's
+    /// planned volume is not offered to the third), the second gets the conflict (its
+    /// worker syncs it again at once) and the cache the stored version of the object that
+    /// conflicted; the retry binds it.
+    #[tokio::test]
+    async fn a_conflict_in_one_plan_of_a_batch_leaves_the_others_bound_and_the_retry_finishes() {
+        for changed in ["claim", "volume"] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let csi = CsiClient::new("unix:///nonexistent.sock", Duration::from_secs(1)).unwrap();
+            let ctl = Controller::new(store.clone(), csi, Config::new("n"));
+            let mut keys = Vec::new();
+            for i in 0..3 {
+                let mut pv = volume(&format!("pv-{i}"), "1Gi", &["ReadWriteOnce"]);
+                (pv.metadata.uid, pv.metadata.resource_version) = (None, None);
+                pv.spec.as_mut().unwrap().host_path = Some(Default::default());
+                let mut pv = store.create(&pv).await.unwrap();
+                pv.status.as_mut().unwrap().phase = Some("Available".into());
+                let pv = store.update_status(&pv).await.unwrap();
+                let mut pvc = claim(&format!("c-{i}"), "1Gi", &["ReadWriteOnce"]);
+                (pvc.metadata.uid, pvc.metadata.resource_version) = (None, None);
+                let pvc = store.create(&pvc).await.unwrap();
+                let mut c = ctl.cache();
+                c.put_volume(pv);
+                c.put_claim(pvc);
+                keys.push(format!("default/c-{i}"));
+            }
+            let labels = Some(BTreeMap::from([("x".into(), "y".into())]));
+            let start = store.revision().await.unwrap();
+            if changed == "claim" {
+                let mut other: PersistentVolumeClaim = store.get("default", "c-1").await.unwrap();
+                other.metadata.labels = labels;
+                store.update(&other).await.unwrap();
+            } else {
+                let mut other: PersistentVolume = store.get("", "pv-1").await.unwrap();
+                other.metadata.labels = labels;
+                store.update(&other).await.unwrap();
+            }
+
+            let results = ctl.sync_claims(keys.clone()).await;
+            let by_key: BTreeMap<_, _> = results.into_iter().collect();
+            assert_eq!(by_key.len(), 3, "one result per claim");
+            assert!(
+                matches!(by_key["default/c-0"], Ok(Requeue::Done)),
+                "{changed}"
+            );
+            assert!(
+                matches!(by_key["default/c-2"], Ok(Requeue::Done)),
+                "{changed}"
+            );
+            let Err(err) = &by_key["default/c-1"] else {
+                panic!("{changed}: the second plan must conflict");
+            };
+            assert!(err.is_conflict(), "{changed}: {err}");
+            // One transaction: the first plan's four writes, the second's PV writes when
+            // only its claim changed, the third's four, after the change made meanwhile.
+            let made = if changed == "claim" { 10 } else { 8 };
+            assert_eq!(
+                store.revision().await.unwrap(),
+                start + 1 + made,
+                "{changed}"
+            );
+            let mut taken = std::collections::BTreeSet::new();
+            for i in [0, 2] {
+                let c: PersistentVolumeClaim =
+                    store.get("default", &format!("c-{i}")).await.unwrap();
+                assert_eq!(meta::claim_phase(&c), "Bound", "{changed}: c-{i}");
+                assert_eq!(
+                    ctl.cache().claims[&format!("default/c-{i}")],
+                    c,
+                    "{changed}"
+                );
+                let pv: PersistentVolume =
+                    store.get("", meta::claim_volume_name(&c)).await.unwrap();
+                assert_eq!(meta::volume_phase(&pv), "Bound", "{changed}");
+                assert_eq!(ctl.cache().volumes.get(meta::name(&pv.metadata)), Some(&pv));
+                taken.insert(meta::name(&pv.metadata).to_string());
+            }
+            assert_eq!(taken.len(), 2, "{changed}: two volumes, not one: {taken:?}");
+            let stored: PersistentVolumeClaim = store.get("default", "c-1").await.unwrap();
+            assert_eq!(meta::claim_phase(&stored), "Pending", "{changed}");
+            assert_eq!(ctl.cache().claims["default/c-1"], stored, "{changed}");
+            let pv1: PersistentVolume = store.get("", "pv-1").await.unwrap();
+            assert_eq!(ctl.cache().volumes.get("pv-1"), Some(&pv1), "{changed}");
+
+            let results = ctl.sync_claims(vec!["default/c-1".to_string()]).await;
+            assert!(matches!(results[..], [(_, Ok(Requeue::Done))]), "{changed}");
+            let c: PersistentVolumeClaim = store.get("default", "c-1").await.unwrap();
+            assert_eq!(meta::claim_phase(&c), "Bound", "{changed}");
+            assert!(
+                taken.insert(meta::claim_volume_name(&c).to_string()),
+                "{changed}: the retry took a volume of its own"
+            );
+        }
+    }
+
+    /// The first sync of many new volumes (Pending, one status write each) is one batch:
+    /// every volume ends Available, and the cache holds what was written.
+    #[tokio::test]
+    async fn new_volumes_are_made_available_in_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let csi = CsiClient::new("unix:///nonexistent.sock", Duration::from_secs(1)).unwrap();
+        let ctl = Controller::new(store.clone(), csi, Config::new("n"));
+        let mut names = Vec::new();
+        for i in 0..5 {
+            let mut pv = volume(&format!("pv-{i}"), "1Gi", &["ReadWriteOnce"]);
+            (pv.metadata.uid, pv.metadata.resource_version) = (None, None);
+            pv.spec.as_mut().unwrap().host_path = Some(Default::default());
+            let pv = store.create(&pv).await.unwrap();
+            assert_eq!(meta::volume_phase(&pv), "Pending");
+            ctl.cache().put_volume(pv);
+            names.push(format!("pv-{i}"));
+        }
+        let start = store.revision().await.unwrap();
+        let results = ctl.sync_volumes(names.clone()).await;
+        assert_eq!(results.len(), 5);
+        assert!(results.iter().all(|(_, r)| matches!(r, Ok(Requeue::Done))));
+        assert_eq!(store.revision().await.unwrap(), start + 5);
+        for name in &names {
+            let pv: PersistentVolume = store.get("", name).await.unwrap();
+            assert_eq!(meta::volume_phase(&pv), "Available");
+            assert_eq!(ctl.cache().volumes.get(name), Some(&pv));
+        }
     }
 }

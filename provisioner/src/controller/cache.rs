@@ -29,6 +29,9 @@ pub struct Cache {
     /// `spec.volumeName` -> the claims naming it, so a PV appearing (or going) wakes the
     /// claims that wait for it by name.
     claims_by_volume: HashMap<String, BTreeSet<String>>,
+    /// Claims (`namespace/name`) with a data source (a restore or a clone): a claim or
+    /// snapshot changing wakes these only, not every claim of its namespace.
+    pub claims_with_source: BTreeSet<String>,
     /// Namespaces being deleted that the namespace controller has yet to empty: a pod or
     /// claim going away in one of them wakes its sync.
     pub terminating_namespaces: BTreeSet<String>,
@@ -122,6 +125,18 @@ impl Cache {
     }
 
     fn reindex_claim(&mut self, k: &str, before: Option<String>) {
+        let sourced = self.claims.get(k).is_some_and(|c| {
+            c.spec
+                .as_ref()
+                .is_some_and(|s| s.data_source.is_some() || s.data_source_ref.is_some())
+        });
+        if sourced {
+            if !self.claims_with_source.contains(k) {
+                self.claims_with_source.insert(k.to_string());
+            }
+        } else {
+            self.claims_with_source.remove(k);
+        }
         let after = self.claim_volume(k);
         if before == after {
             return;

@@ -352,13 +352,20 @@ pub async fn start<S: Store>(store: S, csi: CsiClient, config: Config) -> Result
     // In a cluster the binder, StatefulSet, placement, GC and namespace loops are the
     // controller-manager's and the scheduler's; their queues then have no workers.
     if !config.per_node {
-        // syncClaim and syncVolume are not re-entrant: one worker each.
-        workers.push(spawn_worker(&ctl, &q.claims, |c, k| {
-            Box::pin(async move { c.sync_claim(&k).await })
-        }));
-        workers.push(spawn_worker(&ctl, &q.volumes, |c, k| {
-            Box::pin(async move { c.sync_volume(&k).await })
-        }));
+        // syncClaim and syncVolume are not re-entrant: one worker each, which takes every
+        // key queued at once and writes their plans in one store call.
+        workers.push(spawn_batch_worker(
+            &ctl,
+            &q.claims,
+            BINDER_BATCH,
+            |c, keys| Box::pin(async move { c.sync_claims(keys).await }),
+        ));
+        workers.push(spawn_batch_worker(
+            &ctl,
+            &q.volumes,
+            BINDER_BATCH,
+            |c, keys| Box::pin(async move { c.sync_volumes(keys).await }),
+        ));
         workers.push(spawn_worker(&ctl, &q.sets, |c, k| {
             Box::pin(async move { c.sync_set(&k).await })
         }));
@@ -501,7 +508,13 @@ fn spawn_resync<S: Store>(
     })
 }
 
+/// Keys the binder's workers take at once, at most: one store transaction's worth of
+/// plans (a bind is four writes), small enough that other writers wait little for it.
+const BINDER_BATCH: usize = 256;
+
 type SyncFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Requeue>> + Send>>;
+type BatchFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(String, Result<Requeue>)>> + Send>>;
 
 fn spawn_worker<S: Store>(
     ctl: &Arc<Controller<S>>,
@@ -517,28 +530,68 @@ fn spawn_worker<S: Store>(
             let span = tracing::debug_span!("sync", queue = queue.name, key = %key);
             let result =
                 tracing::Instrument::instrument(sync(Arc::clone(&ctl), key.clone()), span).await;
-            match result {
-                Ok(Requeue::Done) => ctl.forget(queue.name, &key),
-                Ok(Requeue::Backoff) => {
-                    queue.add_after(key.clone(), ctl.next_backoff(queue.name, &key))
-                }
-                Ok(Requeue::After(d)) => queue.add_after(key.clone(), d),
-                Err(e) if e.is_conflict() => {
-                    // Someone wrote first; the write helpers put the stored version in the
-                    // cache, so sync again right away on fresh data.
-                    debug!(queue = queue.name, key = %key, "conflict, retrying");
-                    queue.add(key.clone());
-                }
-                Err(e) => {
-                    warn!(queue = queue.name, key = %key, error = %chain(&e), "sync failed");
-                    queue.add_after(key.clone(), ctl.next_backoff(queue.name, &key));
-                }
-            }
-            queue.done(&key);
+            finish(&ctl, &queue, &key, result);
         }
     });
     status.track(name, handle.abort_handle());
     handle
+}
+
+/// A worker that takes up to `max` queued keys at once and syncs them together; each key
+/// then gets its own result, handled as [`spawn_worker`] handles one.
+fn spawn_batch_worker<S: Store>(
+    ctl: &Arc<Controller<S>>,
+    queue: &Arc<WorkQueue>,
+    max: usize,
+    sync: fn(Arc<Controller<S>>, Vec<String>) -> BatchFuture,
+) -> tokio::task::JoinHandle<()> {
+    let ctl = Arc::clone(ctl);
+    let queue = Arc::clone(queue);
+    let status = Arc::clone(&ctl.status);
+    let name = queue.name;
+    let handle = tokio::spawn(async move {
+        while let Some(keys) = queue.next_batch(max).await {
+            let span = tracing::debug_span!("sync", queue = queue.name, keys = keys.len());
+            let mut held: std::collections::HashSet<String> = keys.iter().cloned().collect();
+            let results = tracing::Instrument::instrument(sync(Arc::clone(&ctl), keys), span).await;
+            for (key, result) in results {
+                if held.remove(&key) {
+                    finish(&ctl, &queue, &key, result);
+                }
+            }
+            // A key the sync gave no result for (it must not happen) is not left held.
+            for key in held {
+                queue.done(&key);
+            }
+        }
+    });
+    status.track(name, handle.abort_handle());
+    handle
+}
+
+/// What a worker does with a key's result, then the key is done.
+fn finish<S: Store>(
+    ctl: &Controller<S>,
+    queue: &Arc<WorkQueue>,
+    key: &str,
+    result: Result<Requeue>,
+) {
+    match result {
+        Ok(Requeue::Done) => ctl.forget(queue.name, key),
+        Ok(Requeue::Backoff) => queue.add_after(key.to_string(), ctl.next_backoff(queue.name, key)),
+        Ok(Requeue::After(d)) => queue.add_after(key.to_string(), d),
+        Err(e) if e.is_conflict() => {
+            // Someone wrote first; the write helpers put the stored version in the
+            // cache, so sync again right away on fresh data.
+            debug!(queue = queue.name, key = %key, "conflict, retrying");
+            queue.add(key.to_string());
+        }
+        Err(e) => {
+            warn!(queue = queue.name, key = %key, error = %chain(&e), "sync failed");
+            queue.add_after(key.to_string(), ctl.next_backoff(queue.name, key));
+        }
+    }
+    queue.done(key);
 }
 
 #[cfg(test)]

@@ -90,6 +90,35 @@ impl WorkQueue {
         }
     }
 
+    /// Every queued key, at most `max`, each then held as [`WorkQueue::next`] holds one
+    /// (so [`WorkQueue::done`] for each); waits for the first. None once shut down.
+    pub async fn next_batch(&self, max: usize) -> Option<Vec<String>> {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut s = self.lock();
+                if s.shut_down {
+                    return None;
+                }
+                if !s.queue.is_empty() {
+                    let n = s.queue.len().min(max.max(1));
+                    let keys: Vec<String> = s.queue.drain(..n).collect();
+                    for k in &keys {
+                        s.queued.remove(k);
+                        s.active.insert(k.clone());
+                    }
+                    let more = !s.queue.is_empty();
+                    drop(s);
+                    if more {
+                        self.notify.notify_one();
+                    }
+                    return Some(keys);
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Marks `key` finished; if it changed meanwhile it is queued again.
     pub fn done(&self, key: &str) {
         let mut s = self.lock();
@@ -142,7 +171,24 @@ mod tests {
         q.done("b");
         q.shut_down();
         assert!(q.next().await.is_none());
+        assert!(q.next_batch(10).await.is_none());
         q.add("c");
         assert!(q.is_empty(), "nothing is queued after shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_the_queued_keys_in_order_and_holds_each() {
+        let q = WorkQueue::new("t");
+        for k in ["a", "b", "c"] {
+            q.add(k);
+        }
+        assert_eq!(q.next_batch(2).await.unwrap(), ["a", "b"]);
+        q.add("a"); // held: queued again only after done
+        assert_eq!(q.next_batch(10).await.unwrap(), ["c"]);
+        q.done("a");
+        q.done("b");
+        q.done("c");
+        assert_eq!(q.next_batch(10).await.unwrap(), ["a"]);
+        assert!(q.is_empty());
     }
 }

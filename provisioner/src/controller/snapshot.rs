@@ -802,10 +802,12 @@ fn wake_claims_using<S: Store>(
     source_name: &str,
     snapshot: bool,
 ) {
-    for (k, pvc) in c.claims.range(format!("{ns}/")..) {
-        if !k.starts_with(&format!("{ns}/")) {
-            break;
-        }
+    let prefix = format!("{ns}/");
+    let sourced = c
+        .claims_with_source
+        .range(prefix.clone()..)
+        .take_while(|k| k.starts_with(&prefix));
+    for (k, pvc) in sourced.filter_map(|k| c.claims.get(k).map(|pvc| (k, pvc))) {
         let uses = match source::data_source(pvc) {
             Some(DataSource::Snapshot { name, .. }) => snapshot && name == source_name,
             Some(DataSource::Claim { name, .. }) => !snapshot && name == source_name,

@@ -184,6 +184,18 @@ impl Provisioner {
         log: PathBuf,
         extra: &[&str],
     ) -> Provisioner {
+        Provisioner::spawn_with_env(state, endpoint, node, log, extra, &[])
+    }
+
+    /// As [`Provisioner::spawn`], with extra environment variables (a failpoint).
+    pub fn spawn_with_env(
+        state: &std::path::Path,
+        endpoint: &str,
+        node: &str,
+        log: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Provisioner {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,12 +219,29 @@ impl Provisioner {
                 "RUST_LOG",
                 std::env::var("PROVISIONER_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
             .spawn()
             .expect("spawn strata-provisioner");
         Provisioner { child, log }
+    }
+
+    /// The exit status, once it exits by itself (within the deadline).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "still running:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then the exit status (it must exit by itself, gracefully).
