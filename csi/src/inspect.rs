@@ -1342,6 +1342,15 @@ pub fn inspect(target: &Target) -> Result<Inspection> {
         s.owned_loops
             .extend(p.device.as_deref().and_then(sys::loopdev::number_of));
     }
+    // The database commits publications after their records (state.rs): a driver killed
+    // meanwhile re-adopts them from the records at start-up, so their mounts are known.
+    for p in pools.iter().flat_map(|p| &p.meta_publishes) {
+        if let Some(rec) = &p.record {
+            s.known_mounts.insert(rec.target.clone());
+            s.owned_loops
+                .extend(rec.device.as_deref().and_then(sys::loopdev::number_of));
+        }
+    }
     for st in &db.stages {
         s.known_mounts.insert(st.staging_path.clone());
         s.owned_loops

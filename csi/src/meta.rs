@@ -23,7 +23,10 @@
 //!   is back too).
 //! - Stages and publications get a record too (`meta/stages`, `meta/publishes`), written
 //!   in place without fsync: they describe mounts, which a power loss ends anyway, and
-//!   NodePublish stays a few microseconds slower, not a disk flush slower.
+//!   NodePublish stays a few microseconds slower, not a disk flush slower. A publication's
+//!   record is what a killed driver keeps of it: the database commits publications up to
+//!   `state::SYNC_INTERVAL` later, and `adopt` puts a record the database lacks or holds
+//!   otherwise back in it.
 //! - If the state database is lost, `adopt` rebuilds its records from these files at
 //!   start-up (reconciliation then checks them against the data, loop devices and mounts);
 //!   a database that lacks a record for an object whose record and data exist gets it back.
@@ -895,10 +898,10 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
         .into_iter()
         .map(|s| s.volume_id)
         .collect();
-    let db_pubs: HashSet<PathBuf> = store
+    let db_pubs: HashMap<PathBuf, PublishRecord> = store
         .all_publishes()?
         .into_iter()
-        .map(|p| p.target)
+        .map(|p| (p.target.clone(), p))
         .collect();
 
     for pool in pools.iter() {
@@ -978,10 +981,12 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
             let Some(p) = pm.read::<PublishRecord>(Class::Publish, &name) else {
                 continue;
             };
-            if db_pubs.contains(&p.target) || store.volume(&p.volume_id)?.is_none() {
+            // The database commits publications after their records (state.rs): one that
+            // holds another record for the target missed a later change.
+            if db_pubs.get(&p.target) == Some(&p) || store.volume(&p.volume_id)?.is_none() {
                 continue;
             }
-            store.write(vec![Op::PutPublish(p.clone())])?;
+            store.write_publication(Op::PutPublish(p.clone()))?;
             out.publishes.push(p.target.display().to_string());
         }
     }
@@ -1141,6 +1146,64 @@ mod tests {
         std::fs::remove_file(meta.join(by_id(&v1.id))).unwrap();
         let (_pm, replayed) = PoolMeta::open_replayed(pools.get("p").unwrap().as_ref()).unwrap();
         assert_eq!(replayed, Replayed::default());
+    }
+
+    /// A driver killed before the syncer committed its publication changes: start-up
+    /// takes them from the records, also where the database holds an older record.
+    #[test]
+    fn publications_the_database_missed_are_adopted_from_their_records() {
+        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d = test_driver(p.path(), s.path());
+        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let v = d.create_volume(args("pub-1")).unwrap();
+        let rec = |target: &str, args: &str| PublishRecord {
+            target: target.into(),
+            volume_id: v.id.clone(),
+            staging_path: "/s".into(),
+            readonly: false,
+            block: false,
+            access_mode: 1,
+            args: args.into(),
+            device: None,
+        };
+        d.store
+            .write(vec![Op::PutPublish(rec("/t/a", "old"))])
+            .unwrap();
+        d.store
+            .write(vec![Op::PutPublish(rec("/t/gone", "x"))])
+            .unwrap();
+        d.store
+            .write_publication(Op::PutPublish(rec("/t/a", "new")))
+            .unwrap();
+        d.store
+            .write_publication(Op::PutPublish(rec("/t/b", "b")))
+            .unwrap();
+        d.store
+            .write_publication(Op::DelPublish("/t/gone".into()))
+            .unwrap();
+        d.store.lose_deferred();
+        let pools = d.pools.clone();
+        drop(d);
+
+        let store = Store::open(s.path()).unwrap();
+        store.set_mirror(Mirror::open(pools.iter()).unwrap());
+        let a = adopt(&store, &pools, "n1").unwrap();
+        let mut got = a.publishes.clone();
+        got.sort();
+        assert_eq!(got, vec!["/t/a".to_string(), "/t/b".to_string()]);
+        // The deleted one is still in the database: reconciliation forgets it, as no
+        // mount is there.
+        assert_eq!(
+            store.all_publishes().unwrap(),
+            vec![rec("/t/a", "new"), rec("/t/b", "b"), rec("/t/gone", "x")]
+        );
+        drop(store);
+        let store = Store::open(s.path()).unwrap();
+        assert_eq!(
+            store.publish(Path::new("/t/a")).unwrap(),
+            Some(rec("/t/a", "new")),
+            "committed at close"
+        );
     }
 
     /// Concurrent creates: each acknowledged one is journaled and flushed, and they share

@@ -312,7 +312,8 @@ fn before_serving(d: &Driver, volumes: &[VolumeBrief]) -> Result<Report> {
         known_targets.insert(p.target.clone());
         let mounted = mounts.iter().any(|m| m.mount_point == p.target);
         if !mounted {
-            d.store.write(vec![Op::DelPublish(p.target.clone())])?;
+            d.store
+                .write_publication(Op::DelPublish(p.target.clone()))?;
             r.warn(format!(
                 "publish of {} at {} had no mount; forgotten",
                 p.volume_id,

@@ -29,6 +29,15 @@
 //! the database under the view's lock, so a concurrent commit cannot be overwritten by
 //! the older record it read. Callers that need a record not to change between reading
 //! it and writing hold the object's lock (locks.rs), as before.
+//!
+//! Publication records are not committed by the request (`write_publication`): the
+//! pool's metadata record (meta.rs) is written first, as for every job, then the view
+//! takes the change at once and the syncer commits the latest change of each target in
+//! one transaction, `SYNC_INTERVAL` after the first one waiting (a publish followed by
+//! its unpublish meanwhile costs the database nothing). A driver killed before that
+//! commit has the metadata records, which start-up re-adopts (`meta::adopt`: a record
+//! the database lacks or holds otherwise replaces it), and reconciliation forgets a
+//! recorded publication whose mount is gone. `close` commits what waits.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -302,10 +311,13 @@ pub struct Store {
     /// Jobs waiting for the next holder of `writer`; None once closed.
     queue: Mutex<Option<Vec<Job>>>,
     /// The write connection; whoever holds it commits the queue. None once closed.
-    writer: Mutex<Option<Connection>>,
+    writer: Arc<Mutex<Option<Connection>>>,
+    /// Publication changes waiting for the syncer (see the module docs); None once
+    /// closed. Lock order: `writer`, then `deferred`, then `view`.
+    deferred: Arc<Mutex<Option<Deferred>>>,
     reader: Mutex<Connection>,
     /// What the node side reads, in memory (see the module docs). Lock order: `writer`,
-    /// then `view`, then `reader`.
+    /// then `deferred`, then `view`, then `reader`.
     view: Arc<Mutex<View>>,
     /// Every volume's brief as read at open, for the start-up passes; dropped at the first
     /// write of a volume record and by `startup_done`.
@@ -528,29 +540,92 @@ fn commit_batch(conn: &mut Connection, view: &Mutex<View>, batch: Vec<Job>) {
     }
 }
 
+/// Publication changes not yet in the database: the latest op of each target, by its key.
+type Deferred = HashMap<String, Op>;
+
+/// The key of a publication op; None for every other op.
+fn publication_key(op: &Op) -> Option<String> {
+    match op {
+        Op::PutPublish(p) => Some(target_key(&p.target)),
+        Op::DelPublish(t) => Some(target_key(t)),
+        _ => None,
+    }
+}
+
+/// Commits the waiting publication changes in one transaction (the view has them
+/// already) and returns how many there were. On failure they wait again, unless a newer
+/// change of the same target came meanwhile.
+fn commit_deferred(
+    conn: &mut Connection,
+    deferred: &Mutex<Option<Deferred>>,
+) -> rusqlite::Result<usize> {
+    let ops: Vec<(String, Op)> = match deferred.lock().expect("state deferred lock").as_mut() {
+        Some(d) => std::mem::take(d).into_iter().collect(),
+        None => return Ok(0),
+    };
+    if ops.is_empty() {
+        return Ok(0);
+    }
+    let r = (|| {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (_, op) in &ops {
+            apply(&tx, op)?;
+        }
+        tx.commit()
+    })();
+    match r {
+        Ok(()) => Ok(ops.len()),
+        Err(e) => {
+            if let Some(d) = deferred.lock().expect("state deferred lock").as_mut() {
+                for (key, op) in ops {
+                    d.entry(key).or_insert(op);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
 /// The thread that fdatasyncs the WAL at most `SYNC_INTERVAL` after a commit, apart from
-/// the commits themselves.
+/// the commits themselves, and commits the waiting publication changes
+/// `SYNC_INTERVAL` after the first of them.
 struct Syncer {
     shared: Arc<SyncShared>,
     handle: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
+struct SyncState {
+    /// Commits not yet synced.
+    wal_dirty: bool,
+    /// When the oldest waiting publication change was queued.
+    deferred_since: Option<std::time::Instant>,
+    stop: bool,
+}
+
+#[derive(Default)]
 struct SyncShared {
-    /// (commits not yet synced, stop requested)
-    state: Mutex<(bool, bool)>,
+    state: Mutex<SyncState>,
     wake: Condvar,
     /// Commits so far (batches), for the checkpoints.
     commits: std::sync::atomic::AtomicU64,
 }
 
+/// What the syncer works on besides the WAL file.
+struct SyncTargets {
+    wal: PathBuf,
+    checkpointer: Connection,
+    writer: Arc<Mutex<Option<Connection>>>,
+    deferred: Arc<Mutex<Option<Deferred>>>,
+}
+
 impl Syncer {
-    fn start(wal: PathBuf, checkpointer: Connection) -> std::io::Result<Syncer> {
+    fn start(targets: SyncTargets) -> std::io::Result<Syncer> {
         let shared = Arc::new(SyncShared::default());
         let s = shared.clone();
         let handle = std::thread::Builder::new()
             .name("state-sync".into())
-            .spawn(move || syncer_loop(&s, &wal, &checkpointer))?;
+            .spawn(move || syncer_loop(&s, &targets))?;
         Ok(Syncer {
             shared,
             handle: Mutex::new(Some(handle)),
@@ -563,14 +638,24 @@ impl Syncer {
             .commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.shared.state.lock().expect("syncer lock");
-        if !st.0 {
-            st.0 = true;
+        if !st.wal_dirty {
+            st.wal_dirty = true;
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// A publication change waits. Wakes the syncer only on the first since its last
+    /// commit of them.
+    fn deferred(&self) {
+        let mut st = self.shared.state.lock().expect("syncer lock");
+        if st.deferred_since.is_none() {
+            st.deferred_since = Some(std::time::Instant::now());
             self.shared.wake.notify_one();
         }
     }
 
     fn stop(&self) {
-        self.shared.state.lock().expect("syncer lock").1 = true;
+        self.shared.state.lock().expect("syncer lock").stop = true;
         self.shared.wake.notify_one();
         if let Some(h) = self.handle.lock().expect("syncer handle lock").take() {
             let _ = h.join();
@@ -586,21 +671,23 @@ fn checkpoint_wal(conn: &Connection, wal: &Path) {
     }
 }
 
-fn syncer_loop(shared: &SyncShared, wal: &Path, checkpointer: &Connection) {
+fn syncer_loop(shared: &SyncShared, t: &SyncTargets) {
     let mut last = std::time::Instant::now();
     let mut checkpointed = 0;
+    let mut failing = false;
     let mut st = shared.state.lock().expect("syncer lock");
     loop {
-        let (dirty, stop) = *st;
-        if stop {
-            // Closing the connection checkpoints the WAL into the database and fsyncs it.
+        if st.stop {
+            // Closing the connection checkpoints the WAL into the database and fsyncs it;
+            // `close` commits the waiting publication changes before.
             return;
         }
-        if !dirty {
+        let wal_due = st.wal_dirty.then_some(last + SYNC_INTERVAL);
+        let deferred_due = st.deferred_since.map(|t| t + SYNC_INTERVAL);
+        let Some(due) = wal_due.into_iter().chain(deferred_due).min() else {
             st = shared.wake.wait(st).expect("syncer lock");
             continue;
-        }
-        let due = last + SYNC_INTERVAL;
+        };
         let now = std::time::Instant::now();
         if now < due {
             st = shared
@@ -610,17 +697,47 @@ fn syncer_loop(shared: &SyncShared, wal: &Path, checkpointer: &Connection) {
                 .0;
             continue;
         }
+        let commit = deferred_due.is_some_and(|d| d <= now);
+        if commit {
+            st.deferred_since = None;
+        }
         // Cleared before the sync: a commit that lands during it marks the WAL again.
-        st.0 = false;
+        st.wal_dirty = false;
         drop(st);
-        sync_wal(wal);
+        let mut retry = false;
+        if commit && let Some(conn) = t.writer.lock().expect("state writer lock").as_mut() {
+            match commit_deferred(conn, &t.deferred) {
+                Ok(n) => {
+                    if n > 0 {
+                        shared
+                            .commits
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if failing {
+                        tracing::info!("publication records committed again");
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(error = %e, "committing publication records; retrying every {SYNC_INTERVAL:?}");
+                        failing = true;
+                    }
+                    retry = true;
+                }
+            }
+        }
+        sync_wal(&t.wal);
         let commits = shared.commits.load(std::sync::atomic::Ordering::Relaxed);
         if commits - checkpointed >= CHECKPOINT_COMMITS {
-            checkpoint_wal(checkpointer, wal);
+            checkpoint_wal(&t.checkpointer, &t.wal);
             checkpointed = commits;
         }
         last = std::time::Instant::now();
         st = shared.state.lock().expect("syncer lock");
+        if retry {
+            st.deferred_since.get_or_insert(last);
+        }
     }
 }
 
@@ -683,15 +800,23 @@ impl Store {
         let reader = open_conn(&path)?;
         let checkpointer = open_conn(&path)?;
         checkpointer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let syncer = Syncer::start(dir.join("state.db-wal"), checkpointer)
-            .map_err(Error::io("spawning the state syncer", &path))?;
+        let writer = Arc::new(Mutex::new(Some(writer)));
+        let deferred = Arc::new(Mutex::new(Some(Deferred::new())));
+        let syncer = Syncer::start(SyncTargets {
+            wal: dir.join("state.db-wal"),
+            checkpointer,
+            writer: writer.clone(),
+            deferred: deferred.clone(),
+        })
+        .map_err(Error::io("spawning the state syncer", &path))?;
         let store = Store {
             path,
             ledger: Mutex::new(Ledger::default()),
             mirror: std::sync::OnceLock::new(),
             _owner: owner,
             queue: Mutex::new(Some(Vec::new())),
-            writer: Mutex::new(Some(writer)),
+            writer,
+            deferred,
             reader: Mutex::new(reader),
             view: Arc::default(),
             briefs: Mutex::new(None),
@@ -837,6 +962,26 @@ impl Store {
         self.commit(ops, None)
     }
 
+    /// Records a publication change (`PutPublish` or `DelPublish`; any other op is
+    /// committed by `write`): its metadata record is written now, the view has it when
+    /// this returns, and the syncer commits it to the database (see the module docs).
+    pub fn write_publication(&self, op: Op) -> Result<()> {
+        let Some(key) = publication_key(&op) else {
+            return self.write(vec![op]);
+        };
+        if let Some(m) = self.mirror.get() {
+            m.before_commit(self, std::slice::from_ref(&op))?;
+        }
+        {
+            let mut deferred = self.deferred.lock().expect("state deferred lock");
+            let d = deferred.as_mut().ok_or(Error::StateClosed)?;
+            self.view().apply(&op);
+            d.insert(key, op);
+        }
+        self.syncer.deferred();
+        Ok(())
+    }
+
     /// Like `write`, with the capacity `ops` add already counted by `res`: on success the
     /// reservation becomes the records' capacity, on failure it is given back.
     pub fn write_reserved(&self, ops: Vec<Op>, res: Reservation<'_>) -> Result<()> {
@@ -855,6 +1000,13 @@ impl Store {
         if let Some(m) = self.mirror.get() {
             m.before_commit(self, &ops)?;
         }
+        // A publication written here replaces any change of it still waiting for the
+        // syncer, which would otherwise undo it in the database later.
+        if let Some(d) = self.deferred.lock().expect("state deferred lock").as_mut() {
+            for key in ops.iter().filter_map(publication_key) {
+                d.remove(&key);
+            }
+        }
         self.send(ops)?;
         let mut ledger = self.ledger();
         for (pool, d) in deltas {
@@ -868,8 +1020,8 @@ impl Store {
         Ok(())
     }
 
-    /// Commits the queued jobs, refuses new ones and closes the write connection (which
-    /// checkpoints the WAL into the database).
+    /// Commits the queued jobs and the waiting publication changes, refuses new ones and
+    /// closes the write connection (which checkpoints the WAL into the database).
     pub fn close(&self) {
         let mut writer = self.writer.lock().expect("state writer lock");
         let batch = self.queue.lock().expect("state queue lock").take();
@@ -878,6 +1030,12 @@ impl Store {
         {
             commit_batch(conn, &self.view, batch);
         }
+        if let Some(conn) = writer.as_mut()
+            && let Err(e) = commit_deferred(conn, &self.deferred)
+        {
+            tracing::error!(error = %e, "committing publication records at close; start-up re-adopts them from the pools' records");
+        }
+        self.deferred.lock().expect("state deferred lock").take();
         writer.take();
         drop(writer);
         self.syncer.stop();
@@ -948,6 +1106,14 @@ impl Store {
             return Ok(b.clone());
         }
         Ok(Arc::new(self.read_briefs()?))
+    }
+
+    /// Forgets the publication changes not yet committed, as a killed driver would.
+    #[cfg(test)]
+    pub(crate) fn lose_deferred(&self) {
+        if let Some(d) = self.deferred.lock().expect("state deferred lock").as_mut() {
+            d.clear();
+        }
     }
 
     /// Start-up has read the briefs it needs: the memory they hold is given back.
@@ -1506,6 +1672,68 @@ mod tests {
             120,
             "recounted from the records at open"
         );
+    }
+
+    /// Publication rows of the database, read apart from the store (and its view).
+    fn publication_rows(dir: &Path) -> Vec<(String, String)> {
+        let conn = Connection::open(dir.join("state.db")).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT target, json_extract(record, '$.args') FROM publishes ORDER BY target")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn publication_changes_are_seen_at_once_and_committed_by_the_syncer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut changed = publication("/t/1", "a");
+        changed.args = "new".into();
+        s.write_publication(Op::PutPublish(publication("/t/1", "a")))
+            .unwrap();
+        s.write_publication(Op::PutPublish(publication("/t/2", "a")))
+            .unwrap();
+        s.write_publication(Op::DelPublish("/t/2".into())).unwrap();
+        s.write_publication(Op::PutPublish(changed.clone()))
+            .unwrap();
+        assert_eq!(s.publishes_of("a").unwrap(), vec![changed.clone()]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let want = vec![("/t/1".to_string(), "new".to_string())];
+        while publication_rows(dir.path()) != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the syncer never committed: {:?}",
+                publication_rows(dir.path())
+            );
+            std::thread::sleep(SYNC_INTERVAL / 4);
+        }
+        // A change lost before the syncer's commit (a killed driver) leaves the database
+        // as it was; one still waiting at close is committed.
+        s.write_publication(Op::DelPublish("/t/1".into())).unwrap();
+        s.lose_deferred();
+        s.write_publication(Op::PutPublish(publication("/t/3", "a")))
+            .unwrap();
+        drop(s);
+        let rows = publication_rows(dir.path());
+        assert_eq!(
+            rows,
+            vec![
+                ("/t/1".to_string(), "new".to_string()),
+                ("/t/3".to_string(), String::new())
+            ]
+        );
+        // A write of a publication replaces the change of it still waiting.
+        let s = Store::open(dir.path()).unwrap();
+        s.write_publication(Op::DelPublish("/t/3".into())).unwrap();
+        s.write_publication(Op::DelPublish("/t/1".into())).unwrap();
+        s.write(vec![Op::PutPublish(publication("/t/3", "b"))])
+            .unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.all_publishes().unwrap(), vec![publication("/t/3", "b")]);
     }
 
     #[test]

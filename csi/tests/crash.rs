@@ -139,7 +139,13 @@ async fn scenario(fp: &'static str) {
     }
 
     // Arm the failpoint and issue the RPC: the driver must die in it.
+    let log_mark = env.driver.log_text().len();
     env.restart(&[fp]).await;
+    if rpc == "node_unpublish" {
+        // Killed right after an acknowledged publish, whose database commit may not have
+        // happened yet: start-up must know the publication, from its record.
+        assert_publication_known(&env, log_mark, fp);
+    }
     let first = call(&mut env, rpc, &prep).await;
     assert!(
         first.is_err(),
@@ -159,7 +165,11 @@ async fn scenario(fp: &'static str) {
     // Restart clean. Start-up reconciliation alone, before any retry (the CO may never
     // retry), must leave nothing stray: every pool file is a listed volume or snapshot, and
     // every loop device of the pool backs a mount the driver made.
+    let log_mark = env.driver.log_text().len();
     env.restart(&[]).await;
+    if fp == "node_publish:after_commit" {
+        assert_publication_known(&env, log_mark, fp);
+    }
     let listed = env.list_volumes().await.len() + env.list_snapshots().await.len();
     let files = env.pool.files();
     assert_eq!(
@@ -304,6 +314,17 @@ async fn holds(env: &mut Env, vol: &Volume, file: &str, seed: u8) -> bool {
     let ok = has_pattern(&st.join(file), DATA, seed);
     env.unstage(&vol.volume_id, &st).await;
     ok
+}
+
+/// The driver started after `log_mark` (a length of its log) took the acknowledged
+/// publication for a recorded one, not for a stray mount.
+fn assert_publication_known(env: &Env, log_mark: usize, fp: &str) {
+    let log = env.driver.log_text();
+    let since = log.get(log_mark..).unwrap_or(&log);
+    assert!(
+        !since.contains("without a publish record"),
+        "{fp}: an acknowledged publish was not known after the restart:\n{since}"
+    );
 }
 
 /// The RPC a failpoint lives in, with fixed arguments so a retry is the same call.

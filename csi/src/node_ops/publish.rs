@@ -194,7 +194,7 @@ impl Driver {
         if !a.cap.block && !a.cap.mount_group.is_empty() {
             apply_mount_group(&a.target, &a.cap.mount_group)?;
         }
-        self.store.write(vec![Op::PutPublish(PublishRecord {
+        self.store.write_publication(Op::PutPublish(PublishRecord {
             target: a.target.clone(),
             volume_id: v.id.clone(),
             staging_path: a.staging.clone(),
@@ -203,7 +203,7 @@ impl Driver {
             access_mode: a.cap.mode.wire(),
             args,
             device: ro_path.clone(),
-        })])?;
+        }))?;
         undo.disarm();
         failpoint::hit("node_publish:after_commit");
         Ok(())
@@ -287,7 +287,7 @@ impl Driver {
             }
             if rec.is_some() {
                 self.store
-                    .write(vec![Op::DelPublish(target.to_path_buf())])?;
+                    .write_publication(Op::DelPublish(target.to_path_buf()))?;
             }
         }
         if v.ephemeral.is_some() && self.store.publishes_of(&v.id)?.is_empty() {
