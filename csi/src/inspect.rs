@@ -1335,21 +1335,27 @@ pub fn inspect(target: &Target) -> Result<Inspection> {
         .iter()
         .map(|st| (st.volume_id.as_str(), st))
         .collect();
+    // The database commits a publication up to 100 ms after its record (state.rs), and a
+    // driver killed meanwhile re-adopts it from the record at start-up: the record wins,
+    // as there. (An unpublish shows here until that commit.)
+    let mut merged: BTreeMap<&Path, &PublishRecord> = db
+        .publishes
+        .iter()
+        .map(|p| (p.target.as_path(), p))
+        .collect();
+    for rec in pools
+        .iter()
+        .flat_map(|p| &p.meta_publishes)
+        .filter_map(|r| r.record.as_ref())
+    {
+        merged.insert(rec.target.as_path(), rec);
+    }
     let mut publishes: HashMap<&str, Vec<&PublishRecord>> = HashMap::new();
-    for p in &db.publishes {
+    for p in merged.into_values() {
         publishes.entry(p.volume_id.as_str()).or_default().push(p);
         s.known_mounts.insert(p.target.clone());
         s.owned_loops
             .extend(p.device.as_deref().and_then(sys::loopdev::number_of));
-    }
-    // The database commits publications after their records (state.rs): a driver killed
-    // meanwhile re-adopts them from the records at start-up, so their mounts are known.
-    for p in pools.iter().flat_map(|p| &p.meta_publishes) {
-        if let Some(rec) = &p.record {
-            s.known_mounts.insert(rec.target.clone());
-            s.owned_loops
-                .extend(rec.device.as_deref().and_then(sys::loopdev::number_of));
-        }
     }
     for st in &db.stages {
         s.known_mounts.insert(st.staging_path.clone());
