@@ -11,6 +11,7 @@
 //! (summed over its threads; a thread that exits during a round takes its count with it)
 //! per create and per delete next to the rates: unlike a rate, they do not depend on how
 //! loaded the machine is. For a driver at `--endpoint`, pass its pid with `--driver-pid`.
+//! The client's own CPU time per operation is printed too: it runs on the same cores.
 //!
 //! Needs root for strata-csi pools on loop devices.
 //! `cargo build --release -p strata-csi -p bench-csi &&
@@ -97,11 +98,14 @@ fn ctx_switches(pid: u32) -> Option<u64> {
     Some(total)
 }
 
-/// The driver's counters at one moment.
+/// The driver's counters, and this client's CPU time, at one moment.
 #[derive(Clone, Copy)]
 struct Counters {
     ticks: Option<u64>,
     switches: Option<u64>,
+    /// Shares the machine's cores with the driver: with requests in flight, the two
+    /// together are what the cores must carry.
+    client: Option<u64>,
 }
 
 impl Counters {
@@ -109,6 +113,7 @@ impl Counters {
         Counters {
             ticks: pid.and_then(cpu_ticks),
             switches: pid.and_then(ctx_switches),
+            client: cpu_ticks(std::process::id()),
         }
     }
 
@@ -120,8 +125,9 @@ impl Counters {
             None => "?".into(),
         };
         format!(
-            "driver CPU {}/{what}, {sw} ctx switches/{what}",
-            cpu_per_op(diff(before.ticks, self.ticks), n)
+            "driver CPU {}/{what}, {sw} ctx switches/{what}, client CPU {}/{what}",
+            cpu_per_op(diff(before.ticks, self.ticks), n),
+            cpu_per_op(diff(before.client, self.client), n)
         )
     }
 }
