@@ -123,10 +123,12 @@ struct Envelope<T> {
 /// File name of a stage or publish record: their keys (a CO's path, a volume id) are not
 /// all safe file names, so they are hashed.
 fn hashed(key: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(key.as_bytes());
-    let mut s = String::with_capacity(64 + 5);
+    let mut s = String::with_capacity(32 + 5);
     for b in &digest[..16] {
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[usize::from(b >> 4)].into());
+        s.push(HEX[usize::from(b & 15)].into());
     }
     s.push_str(".json");
     s
@@ -639,7 +641,7 @@ impl Mirror {
                 return Ok(Some(v.pool.clone()));
             }
         }
-        Ok(store.volume(id)?.map(|v| v.pool))
+        store.volume_pool(id)
     }
 
     /// A group's records go to the pool its id names (that of its first volume).
@@ -1146,6 +1148,16 @@ mod tests {
         std::fs::remove_file(meta.join(by_id(&v1.id))).unwrap();
         let (_pm, replayed) = PoolMeta::open_replayed(pools.get("p").unwrap().as_ref()).unwrap();
         assert_eq!(replayed, Replayed::default());
+    }
+
+    /// Record names are how a pool finds its stage and publication records again: they
+    /// must not change between versions.
+    #[test]
+    fn record_names_are_stable() {
+        assert_eq!(
+            hashed("/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/pv/mount"),
+            "6dfc50e0e4de25aec4a876d619dc3ad6.json"
+        );
     }
 
     /// A driver killed before the syncer committed its publication changes: start-up

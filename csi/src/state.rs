@@ -1078,6 +1078,14 @@ impl Store {
         Ok(v)
     }
 
+    /// The pool of volume `id`, without a copy of its whole record.
+    pub fn volume_pool(&self, id: &str) -> Result<Option<String>> {
+        if let Some(v) = self.view().volumes.get(id) {
+            return Ok(Some(v.pool.clone()));
+        }
+        Ok(self.volume(id)?.map(|v| v.pool))
+    }
+
     pub fn volume_by_name(&self, name: &str) -> Result<Option<VolumeRecord>> {
         self.query_one("SELECT record FROM volumes WHERE name = ?1", name)
     }

@@ -153,7 +153,8 @@ impl Driver {
         }
         let ro_path = ro_device.as_ref().map(|d| d.path.clone());
         if !adopt {
-            if create_target(&self.trash, &a.target, a.cap.block)? {
+            let made = create_target(&self.trash, &a.target, a.cap.block)?;
+            if made {
                 undo.push("target", || {
                     remove_target(&a.target);
                     Ok(())
@@ -163,11 +164,14 @@ impl Driver {
             // mount(2) follows a symlink at the target: refuse anything but the directory
             // (or, for block, the file) that publish itself would have made.
             use std::os::unix::fs::FileTypeExt;
-            let shape_ok = match std::fs::symlink_metadata(&a.target) {
-                Ok(m) if a.cap.block => m.file_type().is_file() || m.file_type().is_block_device(),
-                Ok(m) => m.is_dir(),
-                Err(_) => false,
-            };
+            let shape_ok = made
+                || match std::fs::symlink_metadata(&a.target) {
+                    Ok(m) if a.cap.block => {
+                        m.file_type().is_file() || m.file_type().is_block_device()
+                    }
+                    Ok(m) => m.is_dir(),
+                    Err(_) => false,
+                };
             if !shape_ok {
                 return Err(Error::invalid(
                     "target_path",
@@ -266,9 +270,11 @@ impl Driver {
                     .as_ref()
                     .is_some_and(|st| self.publish_intact(st, target, None));
             if ours {
-                sys::mount::umount_all(target).map_err(io_at("unmounting", target))?;
+                let seen = sys::mount::umount_all_then_stat(target)
+                    .map_err(io_at("unmounting", target))?;
                 failpoint::hit("node_unpublish:after_umount");
-                self.trash.remove(target);
+                self.trash
+                    .remove_seen(target, seen.as_ref().map(super::trash::Seen::from));
                 if let Some(n) = rec
                     .as_ref()
                     .and_then(|p| p.device.as_deref())

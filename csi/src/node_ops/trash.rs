@@ -31,6 +31,9 @@ pub struct Trash {
     dir: PathBuf,
     dev: u64,
     seq: AtomicU64,
+    /// This process's id and effective uid, read once (each is a syscall).
+    pid: u32,
+    euid: u32,
     pending: Arc<AtomicUsize>,
     tx: Mutex<mpsc::Sender<PathBuf>>,
     /// Empty directories in `dir` as publish made them, ready to become a target again.
@@ -73,6 +76,8 @@ impl Trash {
             dir,
             dev: meta.dev(),
             seq: AtomicU64::new(0),
+            pid: std::process::id(),
+            euid: nix::unistd::geteuid().as_raw(),
             pending,
             tx: Mutex::new(tx),
             spares: Mutex::new(Vec::new()),
@@ -103,34 +108,37 @@ impl Trash {
     /// Removes the target publish created (an empty directory or file), now or soon; the
     /// path is gone when this returns. Anything else is left to `remove_target`.
     pub fn remove(&self, target: &Path) {
-        if !self.moved(target) {
+        let seen = std::fs::symlink_metadata(target)
+            .ok()
+            .map(|m| Seen::from(&m));
+        self.remove_seen(target, seen);
+    }
+
+    /// `remove` with the target's lstat already taken (None: it is gone).
+    pub fn remove_seen(&self, target: &Path, seen: Option<Seen>) {
+        if !seen.is_some_and(|m| self.moved(target, m)) {
             remove_target(target);
         }
     }
 
-    fn moved(&self, target: &Path) -> bool {
+    fn moved(&self, target: &Path, m: Seen) -> bool {
         if self.pending.load(Ordering::Relaxed) >= MAX_PENDING {
             return false;
         }
-        let Ok(m) = std::fs::symlink_metadata(target) else {
-            return false;
-        };
         let empty = if m.is_dir() {
-            std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_none())
+            crate::sys::fs::dir_is_empty(target).unwrap_or(false)
         } else {
-            m.is_file() && m.len() == 0
+            m.is_file() && m.size == 0
         };
-        if !empty || m.dev() != self.dev {
+        if !empty || m.dev != self.dev {
             return false;
         }
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let to = self.dir.join(format!("{}.{n}", std::process::id()));
+        let to = self.dir.join(format!("{}.{n}", self.pid));
         if std::fs::rename(target, &to).is_err() {
             return false;
         }
-        let pristine = m.is_dir()
-            && m.mode() & 0o7777 == TARGET_DIR_MODE
-            && m.uid() == nix::unistd::geteuid().as_raw();
+        let pristine = m.is_dir() && m.mode & 0o7777 == TARGET_DIR_MODE && m.uid == self.euid;
         if pristine {
             let mut spares = self.spares.lock().expect("trash spares lock");
             if spares.len() < MAX_SPARES {
@@ -151,6 +159,47 @@ impl Trash {
             remove_target(&to);
         }
         true
+    }
+}
+
+/// What the trash needs of a target's lstat, from `std::fs` or from `sys::mount::stat`.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    /// Type and permission bits, as st_mode.
+    pub mode: u32,
+    pub uid: u32,
+    pub size: u64,
+    pub dev: u64,
+}
+
+impl Seen {
+    fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+}
+
+impl From<&std::fs::Metadata> for Seen {
+    fn from(m: &std::fs::Metadata) -> Seen {
+        Seen {
+            mode: m.mode(),
+            uid: m.uid(),
+            size: m.len(),
+            dev: m.dev(),
+        }
+    }
+}
+
+impl From<&crate::sys::mount::PathStat> for Seen {
+    fn from(s: &crate::sys::mount::PathStat) -> Seen {
+        Seen {
+            mode: s.mode,
+            uid: s.uid,
+            size: s.size,
+            dev: nix::sys::stat::makedev(s.dev.0.into(), s.dev.1.into()),
+        }
     }
 }
 

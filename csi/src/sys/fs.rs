@@ -79,6 +79,49 @@ pub fn syncfs(f: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether directory `path` (never a symlink) holds nothing but `.` and `..`: getdents64
+/// into a buffer on the stack, without the allocations of `read_dir` (publish targets are
+/// checked on every NodeUnpublish).
+pub fn dir_is_empty(path: &Path) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let dir = open_dir(path)?;
+    let mut buf = [0u8; 1024];
+    loop {
+        // SAFETY: `buf` is writable for its length and `dir` an open directory for the
+        // call; the kernel writes at most `buf.len()` bytes.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+        // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
+        let mut off = 0;
+        while off + 19 <= n as usize {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen < 19 || off + reclen > n as usize {
+                return Err(io::Error::other(
+                    "malformed directory entry from getdents64",
+                ));
+            }
+            let name = &buf[off + 19..off + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                return Ok(false);
+            }
+            off += reclen;
+        }
+    }
+}
+
 /// Names of the entries of `dir`.
 pub fn list_names(dir: &Path) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
@@ -182,5 +225,38 @@ pub fn probe(file: &mut (impl Read + Seek)) -> io::Result<Probe> {
         Ok(Probe::Empty)
     } else {
         Ok(Probe::Unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_means_only_dot_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(dir_is_empty(&dir).unwrap());
+        std::fs::write(dir.join("f"), b"").unwrap();
+        assert!(!dir_is_empty(&dir).unwrap());
+        std::fs::remove_file(dir.join("f")).unwrap();
+        std::fs::create_dir(dir.join(".hidden")).unwrap();
+        assert!(!dir_is_empty(&dir).unwrap());
+        std::fs::remove_dir(dir.join(".hidden")).unwrap();
+        // Entries beyond the first buffer: many long names, then all gone again.
+        for i in 0..40 {
+            std::fs::write(dir.join(format!("{i:0>200}")), b"").unwrap();
+        }
+        assert!(!dir_is_empty(&dir).unwrap());
+        for i in 0..40 {
+            std::fs::remove_file(dir.join(format!("{i:0>200}"))).unwrap();
+        }
+        assert!(dir_is_empty(&dir).unwrap());
+        // Never through a symlink, and never a file.
+        std::os::unix::fs::symlink(&dir, d.path().join("link")).unwrap();
+        assert!(dir_is_empty(&d.path().join("link")).is_err());
+        std::fs::write(d.path().join("file"), b"").unwrap();
+        assert!(dir_is_empty(&d.path().join("file")).is_err());
     }
 }

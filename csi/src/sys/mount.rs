@@ -143,6 +143,24 @@ pub fn umount_all(target: &Path) -> io::Result<u32> {
     Ok(n)
 }
 
+/// Like `umount_all`, and then what `statx` says of the path with nothing mounted there
+/// (None when it is gone): the statx that tells whether another mount is stacked there
+/// replaces the umount2 that would fail with EINVAL, and callers get the stat they need.
+pub fn umount_all_then_stat(target: &Path) -> io::Result<Option<PathStat>> {
+    for _ in 0..=64 {
+        let unmounted = umount(target)?;
+        let st = match stat(target) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !unmounted || !st.mount_root {
+            return Ok(Some(st));
+        }
+    }
+    Err(io::Error::other("more than 64 mounts stacked on the path"))
+}
+
 /// What `statx` says about a path without following a final symlink.
 #[derive(Debug, Clone, Copy)]
 pub struct PathStat {
@@ -151,6 +169,8 @@ pub struct PathStat {
     pub rdev: (u32, u32),
     pub ino: u64,
     pub mode: u32,
+    pub uid: u32,
+    pub size: u64,
 }
 
 /// statx(2) with AT_SYMLINK_NOFOLLOW; tells whether the path is the root of a mount
@@ -183,6 +203,8 @@ pub fn stat(path: &Path) -> io::Result<PathStat> {
         rdev: (sx.stx_rdev_major, sx.stx_rdev_minor),
         ino: sx.stx_ino,
         mode: sx.stx_mode as u32,
+        uid: sx.stx_uid,
+        size: sx.stx_size,
     })
 }
 
@@ -198,6 +220,43 @@ mod tests {
             MsFlags::MS_RDONLY | MsFlags::MS_NOATIME | MsFlags::MS_NOSUID
         );
         assert_eq!(o.data, vec!["discard".to_string()]);
+    }
+
+    #[test]
+    fn stacked_mounts_all_go_and_the_path_is_seen_bare() {
+        if !testkit::require_root("stacked_mounts_all_go_and_the_path_is_seen_bare") {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (src, target) = (d.path().join("src"), d.path().join("target"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .unwrap();
+        struct Cleanup<'a>(&'a Path);
+        impl Drop for Cleanup<'_> {
+            fn drop(&mut self) {
+                let _ = umount_all(self.0);
+            }
+        }
+        let _cleanup = Cleanup(&target);
+        bind(&src, &target, false, MsFlags::empty()).unwrap();
+        bind(&src, &target, true, MsFlags::empty()).unwrap();
+        assert!(stat(&target).unwrap().mount_root);
+        let st = umount_all_then_stat(&target)
+            .unwrap()
+            .expect("target exists");
+        assert!(!st.mount_root);
+        assert_eq!(st.mode & 0o7777, 0o750, "the target's own directory");
+        assert_eq!(st.mode & libc::S_IFMT, libc::S_IFDIR);
+        assert!(!umount(&target).unwrap(), "nothing left mounted");
+        // Nothing mounted: the stat alone; a missing path: None.
+        assert!(umount_all_then_stat(&target).unwrap().is_some());
+        assert!(
+            umount_all_then_stat(&d.path().join("gone"))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
