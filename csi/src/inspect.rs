@@ -535,6 +535,8 @@ struct RecordFile<T> {
     path: PathBuf,
     record: Option<T>,
     unreadable: Option<String>,
+    /// The slot of a record in a slots file (slots.rs) at `path`: not a file to remove.
+    slot: Option<u64>,
 }
 
 /// A record file's body; its `format` is checked before (`Version`).
@@ -566,6 +568,7 @@ fn read_records<T: DeserializeOwned>(dir: &Path, tmp: &mut Vec<PathBuf>) -> Vec<
                     path,
                     record: None,
                     unreadable: Some(e.to_string()),
+                    slot: None,
                 });
                 continue;
             }
@@ -592,9 +595,32 @@ fn read_records<T: DeserializeOwned>(dir: &Path, tmp: &mut Vec<PathBuf>) -> Vec<
             path,
             record,
             unreadable,
+            slot: None,
         });
     }
     out
+}
+
+/// The records in the used slots of a slots file (slots.rs); none when it is absent.
+fn read_slots<T: DeserializeOwned>(path: &Path) -> Vec<RecordFile<T>> {
+    let Ok(raw) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    crate::slots::parse(&raw)
+        .into_iter()
+        .map(|(slot, body)| {
+            let (record, unreadable) = match crate::meta::decode::<T>(body) {
+                Ok(r) => (Some(r), None),
+                Err(e) => (None, Some(e)),
+            };
+            RecordFile {
+                path: path.to_path_buf(),
+                record,
+                unreadable,
+                slot: Some(slot),
+            }
+        })
+        .collect()
 }
 
 /// What one pool holds, read without opening its backend.
@@ -677,6 +703,10 @@ fn scan_pool(spec: &PoolSpec, table: &[Mount]) -> PoolScan {
     s.meta_snapshots = read_records(&meta.join("snapshots"), &mut tmp);
     s.meta_stages = read_records(&meta.join("stages"), &mut tmp);
     s.meta_publishes = read_records(&meta.join("publishes"), &mut tmp);
+    // Slots are written after files and win over them, as at adoption: last here.
+    s.meta_publishes.extend(read_slots(
+        &meta.join("publishes").join(crate::slots::SLOTS_FILE),
+    ));
     let _groups: Vec<RecordFile<serde_json::Value>> = read_records(&meta.join("groups"), &mut tmp);
     s.tmp_files = tmp;
     match spec.kind {
@@ -1010,7 +1040,8 @@ impl Survey<'_> {
                 pool,
                 r.path.display().to_string(),
                 format!("{what} of volume {volume_id}, which neither the database nor a volume record holds"),
-                Some(Action::Remove(r.path.clone())),
+                // A slot is cleared by the driver, not removed with its file.
+                r.slot.is_none().then(|| Action::Remove(r.path.clone())),
             );
         }
     }

@@ -29,6 +29,7 @@ pub mod reconcile;
 mod request;
 mod server;
 mod service;
+pub mod slots;
 mod snapshot_metadata;
 mod snapshots;
 pub mod state;

@@ -23,7 +23,9 @@
 //!   is back too).
 //! - Stages and publications get a record too (`meta/stages`, `meta/publishes`), written
 //!   in place without fsync: they describe mounts, which a power loss ends anyway, and
-//!   NodePublish stays a few microseconds slower, not a disk flush slower. A publication's
+//!   NodePublish stays a few microseconds slower, not a disk flush slower. Publication
+//!   records are slots of one file, `meta/publishes/slots` (slots.rs: one pwrite to write
+//!   or clear, no inode made or freed), or files when too large for a slot. A publication's
 //!   record is what a killed driver keeps of it: the database commits publications up to
 //!   `state::SYNC_INTERVAL` later, and `adopt` puts a record the database lacks or holds
 //!   otherwise back in it.
@@ -50,6 +52,7 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::ids::ObjectId;
 use crate::journal::{self, Journal, Kind};
+use crate::slots::{SLOTS_FILE, Slots};
 use crate::state::{
     GroupRecord, Op, Phase, PublishRecord, SnapshotRecord, StageRecord, Store, VolumeRecord,
 };
@@ -242,6 +245,8 @@ pub struct PoolMeta {
     dirs: HashMap<Class, File>,
     spare: Spare,
     journal: Journal,
+    /// Publication records (slots.rs).
+    publishes: Slots,
 }
 
 /// What a replay did, for logs and tests.
@@ -272,12 +277,14 @@ impl PoolMeta {
             dirs.insert(c, d);
         }
         let spare = Spare::open(&meta, &root)?;
+        let publishes = open_slots(&dirs[&Class::Publish], &root.join(Class::Publish.dir()))?;
         let (journal, entries) = Journal::open(&meta, &root, top)?;
         let mut pm = PoolMeta {
             root,
             dirs,
             spare,
             journal,
+            publishes,
         };
         let replayed = pm.replay(pool, entries)?;
         pm.journal.resume()?;
@@ -497,6 +504,9 @@ impl PoolMeta {
         })
         .expect("records are plain data");
         let path = self.path(c, name);
+        if c == Class::Publish {
+            return self.put_publication(name, &body).map(|()| None);
+        }
         if !c.durable() {
             let mut f = sys::fs::open_beneath(
                 dir,
@@ -544,8 +554,83 @@ impl PoolMeta {
         Ok(None)
     }
 
+    /// A publication record into its slot, or into a file when it does not fit one. The
+    /// old copy goes after the new one is written when a slot replaces a file (the slot
+    /// wins at adoption), and before when a file replaces a slot, so that no older copy
+    /// can outlive a crash in between.
+    fn put_publication(&self, name: &str, body: &[u8]) -> Result<()> {
+        let dir = &self.dirs[&Class::Publish];
+        let path = self.path(Class::Publish, name);
+        if self
+            .publishes
+            .put(name, body)
+            .map_err(Error::io("writing", self.slots_path()))?
+        {
+            if self.publishes.has_file(name) {
+                sys::fs::unlink_beneath(dir, name).map_err(Error::io("removing", &path))?;
+                self.publishes.file_written(name, false);
+            }
+            return Ok(());
+        }
+        self.publishes
+            .clear(name)
+            .map_err(Error::io("writing", self.slots_path()))?;
+        let mut f = sys::fs::open_beneath(
+            dir,
+            name,
+            OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_WRONLY,
+            0o600,
+        )
+        .map_err(Error::io("creating", &path))?;
+        self.publishes.file_written(name, true);
+        f.write_all(body).map_err(Error::io("writing", &path))?;
+        Ok(())
+    }
+
+    fn slots_path(&self) -> PathBuf {
+        self.root.join(Class::Publish.dir()).join(SLOTS_FILE)
+    }
+
+    /// Every publication record: files, then slots (which win for the same target).
+    fn publications(&self) -> Result<Vec<PublishRecord>> {
+        let mut out: HashMap<PathBuf, PublishRecord> = HashMap::new();
+        for name in self.names(Class::Publish)? {
+            if let Some(p) = self.read::<PublishRecord>(Class::Publish, &name) {
+                out.insert(p.target.clone(), p);
+            }
+        }
+        let bodies = self
+            .publishes
+            .bodies()
+            .map_err(Error::io("reading", self.slots_path()))?;
+        for body in bodies {
+            match decode::<PublishRecord>(&body) {
+                Ok(p) => {
+                    out.insert(p.target.clone(), p);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %self.slots_path().display(), error = %e, "publication record in a slot skipped");
+                }
+            }
+        }
+        let mut out: Vec<_> = out.into_values().collect();
+        out.sort_by(|a, b| a.target.cmp(&b.target));
+        Ok(out)
+    }
+
     fn remove(&self, c: Class, name: &str) -> Result<()> {
         let dir = &self.dirs[&c];
+        if c == Class::Publish {
+            self.publishes
+                .clear(name)
+                .map_err(Error::io("writing", self.slots_path()))?;
+            if self.publishes.has_file(name) {
+                sys::fs::unlink_beneath(dir, name)
+                    .map_err(Error::io("removing", self.path(c, name)))?;
+                self.publishes.file_written(name, false);
+            }
+            return Ok(());
+        }
         if c.durable() {
             // Written again and again by creates: kept for the next one.
             return self
@@ -608,6 +693,42 @@ impl PoolMeta {
             }
         }
     }
+}
+
+/// A record's body as its file holds it; an error for a torn, foreign or newer one.
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> std::result::Result<T, String> {
+    #[derive(Deserialize)]
+    struct Version {
+        format: u32,
+    }
+    let v: Version = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if v.format > META_FORMAT {
+        return Err(format!(
+            "format {} is newer than this build reads ({META_FORMAT})",
+            v.format
+        ));
+    }
+    serde_json::from_slice::<Envelope<T>>(body)
+        .map(|e| e.record)
+        .map_err(|e| e.to_string())
+}
+
+/// Opens (creating) the publication slots file in `dir` and indexes it with the record
+/// files beside it.
+fn open_slots(dir: &File, path: &Path) -> Result<Slots> {
+    let file = sys::fs::open_beneath(dir, SLOTS_FILE, OFlag::O_CREAT | OFlag::O_RDWR, 0o600)
+        .map_err(Error::io("opening", path.join(SLOTS_FILE)))?;
+    let files = sys::fs::list_names(path)
+        .map_err(Error::io("listing", path))?
+        .into_iter()
+        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+        .collect();
+    Slots::open(file, files, |body| {
+        decode::<PublishRecord>(body)
+            .ok()
+            .map(|p| hashed(&p.target.to_string_lossy()))
+    })
+    .map_err(Error::io("reading", path.join(SLOTS_FILE)))
 }
 
 /// Keeps the pools' records in step with the state database: called by `Store` with the
@@ -979,10 +1100,7 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
             store.write(vec![Op::PutStage(st.clone())])?;
             out.stages.push(st.volume_id);
         }
-        for name in pm.names(Class::Publish)? {
-            let Some(p) = pm.read::<PublishRecord>(Class::Publish, &name) else {
-                continue;
-            };
+        for p in pm.publications()? {
             // The database commits publications after their records (state.rs): one that
             // holds another record for the target missed a later change.
             if db_pubs.get(&p.target) == Some(&p) || store.volume(&p.volume_id)?.is_none() {
@@ -1148,6 +1266,81 @@ mod tests {
         std::fs::remove_file(meta.join(by_id(&v1.id))).unwrap();
         let (_pm, replayed) = PoolMeta::open_replayed(pools.get("p").unwrap().as_ref()).unwrap();
         assert_eq!(replayed, Replayed::default());
+    }
+
+    /// Publication records live in the pool's slots file; one too large for a slot is a
+    /// file, and a file an older version wrote is adopted, and removed when its
+    /// publication is written again or removed.
+    #[test]
+    fn publication_records_are_slots_and_files_only_when_too_large() {
+        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d = test_driver(p.path(), s.path());
+        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let v = d.create_volume(args("slot-1")).unwrap();
+        let rec = |target: &str, args: &str| PublishRecord {
+            target: target.into(),
+            volume_id: v.id.clone(),
+            staging_path: "/s".into(),
+            readonly: false,
+            block: false,
+            access_mode: 1,
+            args: args.into(),
+            device: None,
+        };
+        let dir = p.path().join("meta/publishes");
+        let files = || {
+            let mut n = sys::fs::list_names(&dir).unwrap();
+            n.retain(|n| n.ends_with(".json"));
+            n.sort();
+            n
+        };
+        let slots_used = || crate::slots::any_used(&std::fs::read(dir.join(SLOTS_FILE)).unwrap());
+        d.store
+            .write_publication(Op::PutPublish(rec("/t/a", "a")))
+            .unwrap();
+        assert!(files().is_empty() && slots_used(), "in a slot");
+        let big = "x".repeat(crate::slots::SLOT);
+        d.store
+            .write_publication(Op::PutPublish(rec("/t/a", &big)))
+            .unwrap();
+        assert_eq!(files(), vec![hashed("/t/a")]);
+        assert!(!slots_used(), "moved out of its slot");
+        d.store
+            .write_publication(Op::PutPublish(rec("/t/a", "small again")))
+            .unwrap();
+        assert!(files().is_empty() && slots_used());
+        let pools = d.pools.clone();
+        drop(d);
+        // A record file as older versions wrote every publication.
+        let old = rec("/t/old", "o");
+        let body = serde_json::to_vec(&Envelope {
+            format: META_FORMAT,
+            record: &old,
+        })
+        .unwrap();
+        std::fs::write(dir.join(hashed("/t/old")), body).unwrap();
+
+        // A lost database gets both back.
+        let s2 = tempfile::tempdir().unwrap();
+        let store = Store::open(s2.path()).unwrap();
+        store.set_mirror(Mirror::open(pools.iter()).unwrap());
+        let a = adopt(&store, &pools, "n1").unwrap();
+        let mut got = a.publishes.clone();
+        got.sort();
+        assert_eq!(got, vec!["/t/a".to_string(), "/t/old".to_string()]);
+        assert_eq!(
+            store.publish(Path::new("/t/a")).unwrap(),
+            Some(rec("/t/a", "small again"))
+        );
+        // Adoption wrote the old one again, into a slot; removing both leaves nothing.
+        assert!(files().is_empty());
+        store
+            .write_publication(Op::DelPublish("/t/old".into()))
+            .unwrap();
+        store
+            .write_publication(Op::DelPublish("/t/a".into()))
+            .unwrap();
+        assert!(files().is_empty() && !slots_used());
     }
 
     /// Record names are how a pool finds its stage and publication records again: they

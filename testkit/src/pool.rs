@@ -448,6 +448,13 @@ impl LoopPool {
         let (journal, spare) = (meta.join("journal"), meta.join("spare"));
         walk_files(&meta, &mut |p| *p != spare, &mut out);
         out.retain(|p| *p != journal);
+        // The publication slots file (strata-csi's slots.rs) counts while a slot is used:
+        // 4 KiB slots, a used one starts with its magic.
+        let slots = meta.join("publishes").join("slots");
+        out.retain(|p| {
+            *p != slots
+                || fs::read(p).is_ok_and(|raw| raw.chunks(4096).any(|s| s.starts_with(b"SPB1")))
+        });
         out
     }
 
