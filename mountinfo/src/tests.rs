@@ -172,3 +172,21 @@ proptest! {
         prop_assert_eq!(m.optional, vec!["shared:3".to_string()]);
     }
 }
+
+#[test]
+fn is_mount_point_agrees_with_the_table() {
+    let table = read().expect("mountinfo");
+    for p in ["/", "/proc"] {
+        let listed = mounted_at(&table, Path::new(p)).is_some();
+        assert_eq!(is_mount_point(Path::new(p)).unwrap(), listed, "{p}");
+    }
+    let dir = std::env::temp_dir().join(format!("mountinfo-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(!is_mount_point(&dir).unwrap(), "a plain directory");
+    std::fs::remove_dir(&dir).unwrap();
+    assert!(
+        !is_mount_point(&dir).unwrap(),
+        "a missing path is not mounted"
+    );
+    assert!(!is_mount_point(&dir.join("below")).unwrap());
+}

@@ -229,10 +229,7 @@ pub(crate) fn layers_in_use(store: &ImageStore) -> Result<Vec<Digest>> {
     Ok(out)
 }
 
-/// True when `p` is the root of a mount (listed in mountinfo, which also covers
-/// same-device binds).
+/// True when `p` is the root of a mount (same-device binds too), by one statx.
 fn is_mountpoint(p: &Path) -> Result<bool> {
-    let table =
-        strata_mountinfo::read().map_err(Error::io("reading", strata_mountinfo::SELF_MOUNTINFO))?;
-    Ok(strata_mountinfo::mounted_at(&table, p).is_some())
+    strata_mountinfo::is_mount_point(p).map_err(Error::io("checking for a mount at", p))
 }

@@ -125,11 +125,54 @@ where
             println!(
                 "waiting for {} deletion(s) in flight: {}",
                 left.len(),
-                left.join(", ")
+                brief(&left, ", ")
             );
             std::io::Write::flush(&mut std::io::stdout())?;
             said = true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A list for one line of output: all of it when short, else the first few and a count
+/// of the rest by kind (the item's first word: `pod/x` -> pod, `mount /a` -> mount), so
+/// a hundred pods do not make a line of tens of kilobytes.
+pub fn brief(items: &[String], sep: &str) -> String {
+    const ALL_UP_TO: usize = 10;
+    const FIRST: usize = 5;
+    if items.len() <= ALL_UP_TO {
+        return items.join(sep);
+    }
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for item in &items[FIRST..] {
+        let kind = item.split(['/', ' ']).next().unwrap_or(item);
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((kind, 1)),
+        }
+    }
+    let rest: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    format!(
+        "{}{sep}and {} more ({})",
+        items[..FIRST].join(sep),
+        items.len() - FIRST,
+        rest.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::brief;
+
+    #[test]
+    fn a_long_list_is_cut_and_counted_by_kind() {
+        let short: Vec<String> = (0..3).map(|i| format!("pod/p{i}")).collect();
+        assert_eq!(brief(&short, ", "), "pod/p0, pod/p1, pod/p2");
+        let mut long: Vec<String> = (0..8).map(|i| format!("pod/p{i}")).collect();
+        long.extend((0..4).map(|i| format!("mount /m{i} (ext4)")));
+        assert_eq!(
+            brief(&long, "; "),
+            "pod/p0; pod/p1; pod/p2; pod/p3; pod/p4; and 7 more (3 pod, 4 mount)"
+        );
     }
 }

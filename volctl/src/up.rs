@@ -911,10 +911,10 @@ pub async fn down(state: &Path, args: DownArgs) -> anyhow::Result<()> {
         progress.say(&format!("left: {p}"));
     }
     bail!(
-        "{} thing(s) left in {} (see {}): {}",
+        "{} thing(s) left in {} (each listed above; logs in {}): {}",
         problems.len(),
         layout.state.display(),
         layout.logs().display(),
-        problems.join("; ")
+        crate::in_flight::brief(&problems, "; ")
     )
 }

@@ -217,10 +217,7 @@ impl CsiNode {
             // with different fsGroups share one staging (only the publish differs).
             let staged = blocking(move || {
                 make_dir_with_data(&s, &d, true)?;
-                Ok(crate::mount::is_mount_point(
-                    &crate::mount::mountinfo()?,
-                    &s,
-                ))
+                crate::mount::is_mounted(&s)
             })
             .await?;
             if !staged || v.block {

@@ -53,7 +53,7 @@ impl Medium {
 pub fn set_up(dir: &Path, medium: Medium, fs_group: Option<u32>) -> Result<()> {
     std::fs::create_dir_all(dir).at("create directory", dir)?;
     if let Medium::Memory { size } = medium
-        && !mount::is_mount_point(&mount::mountinfo()?, dir)
+        && !mount::is_mounted(dir)?
     {
         mount::mount_tmpfs(dir, size)?;
     }

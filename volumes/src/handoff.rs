@@ -203,7 +203,7 @@ pub fn resolve_subpath(root: &Path, sub: &str, target: &Path, create: bool) -> R
             reason: "subPath must be relative without '..' or '.'",
         });
     }
-    if mount::is_mount_point(&mount::mountinfo()?, target) {
+    if mount::is_mounted(target)? {
         return Ok(());
     }
     let root_fd = dirfd::open_dir(root)?;

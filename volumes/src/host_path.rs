@@ -96,7 +96,7 @@ pub fn bind_local(source: &Path, target: &Path) -> Result<()> {
             reason: format!("{} is not an absolute path", source.display()),
         });
     }
-    if mount::is_mount_point(&mount::mountinfo()?, target) {
+    if mount::is_mounted(target)? {
         return Ok(());
     }
     let meta = std::fs::metadata(source).at("stat local volume path", source)?;

@@ -14,9 +14,14 @@ pub fn mountinfo() -> Result<Vec<MountInfo>> {
     strata_mountinfo::read().at("read", strata_mountinfo::SELF_MOUNTINFO)
 }
 
-/// True when something is mounted exactly at `path`.
+/// True when something is mounted exactly at `path` in this table.
 pub fn is_mount_point(table: &[MountInfo], path: &Path) -> bool {
     strata_mountinfo::mounted_at(table, path).is_some()
+}
+
+/// True when something is mounted exactly at `path` now: one statx, no table read.
+pub fn is_mounted(path: &Path) -> Result<bool> {
+    strata_mountinfo::is_mount_point(path).at("check for a mount at", path)
 }
 
 /// Mounts a tmpfs at `dir` (mode 0777 like an emptyDir; `size` in bytes when given).
@@ -60,7 +65,7 @@ pub fn unmount_below(dir: &Path) -> Result<()> {
         // A path may be mounted over several times: unmount until it is gone.
         for _ in 0..16 {
             unmount(p)?;
-            if !is_mount_point(&mountinfo()?, p) {
+            if !is_mounted(p)? {
                 break;
             }
         }

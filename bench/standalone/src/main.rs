@@ -346,8 +346,9 @@ async fn bench_sts(v: &Volctl, store: &EmbeddedStore, replicas: usize) -> anyhow
 
 async fn bench_rss(v: &Volctl, store: &EmbeddedStore, pods: usize) -> anyhow::Result<()> {
     print_memory(&v.state, "idle after up")?;
+    // The set is a document of its own after the sources' last one.
     let manifest = format!(
-        "{}{}",
+        "{}---{}",
         rss_sources(),
         statefulset("rss", pods, "Parallel", true)
     );

@@ -150,31 +150,40 @@ pub fn start(
     Ok(infra)
 }
 
-/// Ends the infra process (SIGKILL: it holds no state) and waits, up to a second, until
-/// it has ended, reaping it when it is our child. Its record goes with the pod's runner
-/// dir; `find` no longer returns it either way.
+/// Ends the infra process (SIGKILL: it holds no state) and waits until it has ended,
+/// reaping it when it is our child. Its record goes with the pod's runner dir; `find`
+/// no longer returns it either way.
 pub fn stop(infra: &Infra) {
+    stop_all(std::slice::from_ref(infra));
+}
+
+/// `stop` for many at once: all are signalled first, then waited for together (up to
+/// five seconds in all), so a node with a hundred pods is not stopped one by one.
+pub fn stop_all(infras: &[Infra]) {
     use nix::sys::wait::{WaitPidFlag, waitpid};
-    let pid = nix::unistd::Pid::from_raw(infra.pid);
-    if start_time(infra.pid) != Some(infra.start_time) {
-        return; // gone and reaped (or the pid is another process's now)
+    let pid = |i: &Infra| nix::unistd::Pid::from_raw(i.pid);
+    // Gone and reaped, or the pid is another process's now: nothing to do.
+    let mut left: Vec<&Infra> = infras
+        .iter()
+        .filter(|i| start_time(i.pid) == Some(i.start_time))
+        .collect();
+    for i in left.iter().filter(|i| i.alive()) {
+        let _ = nix::sys::signal::kill(pid(i), nix::sys::signal::Signal::SIGKILL);
     }
-    if infra.alive() {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         // Reaps it when it is our child; ECHILD when it is not (adopted after a
         // restart), and its parent or init reaps it.
-        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-        if !infra.alive() {
+        left.retain(|i| {
+            let _ = waitpid(pid(i), Some(WaitPidFlag::WNOHANG));
+            i.alive()
+        });
+        if left.is_empty() {
             return;
         }
         if std::time::Instant::now() >= deadline {
-            tracing::warn!(
-                pid = infra.pid,
-                "the pod's infra process outlived SIGKILL for 1 s"
-            );
+            let pids: Vec<i32> = left.iter().map(|i| i.pid).collect();
+            tracing::warn!(?pids, "pod infra processes outlived SIGKILL for 5 s");
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));

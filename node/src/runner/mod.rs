@@ -211,14 +211,18 @@ impl<S: Store> Runner<S> {
                 }
             }
             // The pods' namespaces go with their containers; the next start makes new ones.
-            for (uid, i) in infra::all(&engine.state_dir) {
-                tracing::info!(
-                    pod_uid = uid,
-                    pid = i.pid,
-                    "stopping the pod's infra process"
-                );
-                infra::stop(&i);
-            }
+            let infras: Vec<infra::Infra> = infra::all(&engine.state_dir)
+                .into_iter()
+                .map(|(uid, i)| {
+                    tracing::info!(
+                        pod_uid = uid,
+                        pid = i.pid,
+                        "stopping the pod's infra process"
+                    );
+                    i
+                })
+                .collect();
+            infra::stop_all(&infras);
         })
         .await
         .expect("stopping containers panicked");
