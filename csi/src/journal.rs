@@ -17,6 +17,8 @@
 //! directory the entries describe is then on disk) and writes the checkpoint sequence in
 //! the header slot; entries up to it are obsolete and their slots are reused. Slots are a
 //! ring (`seq % SLOTS`), so a writer waits only if the thread falls a whole ring behind.
+//! An open intent (`Kind::Intent`: a create under way) stops checkpoints just before it,
+//! and keeps one slot free for the entry that closes it, so that entry never waits.
 //!
 //! Layout (little endian). Slot 0, header: magic `STRJRNL1`, format u32, slot size u32,
 //! slot count u64, checkpoint u64, checksum [8]. Slot 1 + seq % SLOTS, entry: magic u32,
@@ -64,6 +66,13 @@ pub enum Kind {
     /// record but never replaces missing data with an empty object (reconciliation
     /// reports it instead). Not flushed by itself.
     Used = 4,
+    /// A volume without a content source is being made; `body` names its data object.
+    /// Until a later entry of the same record closes it (its Put, or a Del when the create
+    /// gave up), replay removes that data and the record file: the create was never
+    /// acknowledged. Not flushed by itself (it stands for the intent the state database
+    /// would hold, which is not flushed either). While open it holds checkpoints back,
+    /// and it keeps a slot free for its closing entry (see `append`).
+    Intent = 5,
 }
 
 impl Kind {
@@ -73,6 +82,7 @@ impl Kind {
             2 => Some(Kind::Del),
             3 => Some(Kind::Forget),
             4 => Some(Kind::Used),
+            5 => Some(Kind::Intent),
             _ => None,
         }
     }
@@ -195,6 +205,10 @@ struct St {
     /// Records with a Put entry after the checkpoint, by (class, name): deleting one must
     /// wait for its tombstone to reach the disk, or replay would make it again.
     live: HashMap<(u8, String), u64>,
+    /// Open intents by record, with their sequence numbers: a checkpoint never passes the
+    /// oldest (a create cut short after it must still be undone by replay), and each keeps
+    /// one slot of the ring free for the entry that closes it.
+    intents: HashMap<(u8, String), u64>,
     last_append: Option<Instant>,
     /// The ring is full: checkpoint now.
     urgent: bool,
@@ -227,6 +241,18 @@ pub struct Journal {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl St {
+    /// The furthest a checkpoint may go now: the last entry written, but never up to an
+    /// open intent.
+    fn limit(&self) -> u64 {
+        let last = self.next.saturating_sub(1);
+        match self.intents.values().min() {
+            Some(oldest) => last.min(oldest.saturating_sub(1)),
+            None => last,
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, St> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
@@ -237,15 +263,16 @@ impl Shared {
         self.file.sync_data()
     }
 
-    /// syncfs of the pool, then the header: every entry up to the last one written is
-    /// obsolete. Returns whether there was anything to do.
+    /// syncfs of the pool, then the header: every entry up to the last one written
+    /// before the oldest open intent is obsolete. Returns whether there was anything to do.
     fn checkpoint(&self) -> std::io::Result<bool> {
         let target = {
             let st = self.lock();
-            if st.next == 0 || st.next - 1 <= st.checkpoint || st.poisoned.is_some() {
+            let target = st.limit();
+            if target <= st.checkpoint || st.poisoned.is_some() {
                 return Ok(false);
             }
-            st.next - 1
+            target
         };
         // Every entry up to `target` was written after what it describes (meta.rs).
         sys::fs::syncfs(&self.fs)?;
@@ -265,14 +292,17 @@ fn checkpoint_loop(s: &Shared) {
         if st.stop {
             return;
         }
-        let pending = st.next.saturating_sub(1).saturating_sub(st.checkpoint);
+        let written = st.next.saturating_sub(1).saturating_sub(st.checkpoint);
+        // Entries behind an open intent wait for it to close (a create takes
+        // milliseconds); its closing entry wakes this thread when the ring is filling.
+        let pending = st.limit().saturating_sub(st.checkpoint);
         let idle = st
             .last_append
             .map(|t| t.elapsed() >= CHECKPOINT_IDLE)
             .unwrap_or(false);
         let due = st.urgent || (!st.paused && (pending >= CHECKPOINT_AT || idle));
         if pending == 0 || st.poisoned.is_some() || !due {
-            let wait = if pending > 0 {
+            let wait = if written > 0 {
                 CHECKPOINT_IDLE
             } else {
                 Duration::from_secs(3600)
@@ -400,12 +430,24 @@ impl Journal {
             ));
         }
         let s = &self.shared;
+        let key = (class, name.to_string());
         let mut st = s.lock();
         loop {
             if let Some(p) = &st.poisoned {
                 return Err(poisoned(&s.path, p));
             }
-            if st.next - st.checkpoint <= SLOTS {
+            // Slots in use after this entry, counting one for each open intent's closing
+            // entry: the entry that closes an intent already has its slot, so it never
+            // waits for a checkpoint that its own intent holds back.
+            let closes =
+                !matches!(kind, Kind::Intent | Kind::Used) && st.intents.contains_key(&key);
+            let reserved = st.intents.len() as u64;
+            let needed = match kind {
+                _ if closes => st.next - st.checkpoint,
+                Kind::Intent => st.next - st.checkpoint + reserved + 1,
+                _ => st.next - st.checkpoint + reserved,
+            };
+            if needed <= SLOTS {
                 break;
             }
             // A ring behind: wake the checkpoint thread and wait for it.
@@ -426,15 +468,19 @@ impl Journal {
             return Err(Error::io("writing", &s.path)(err));
         }
         st.next += 1;
-        let key = (class, name.to_string());
         match kind {
             Kind::Put => {
+                st.intents.remove(&key);
                 st.live.insert(key, seq);
             }
             Kind::Del | Kind::Forget => {
+                st.intents.remove(&key);
                 st.live.remove(&key);
             }
             Kind::Used => {}
+            Kind::Intent => {
+                st.intents.entry(key).or_insert(seq);
+            }
         }
         st.last_append = Some(Instant::now());
         if st.next - 1 - st.checkpoint >= CHECKPOINT_AT {
@@ -489,6 +535,12 @@ impl Journal {
     /// Flushes made so far.
     pub fn flushes(&self) -> u64 {
         self.shared.lock().flushes
+    }
+
+    /// Intents not closed yet (tests).
+    #[cfg(test)]
+    pub fn open_intents(&self) -> usize {
+        self.shared.lock().intents.len()
     }
 
     /// Tests: the thread checkpoints only when the ring is full, so that what a test
@@ -685,5 +737,58 @@ mod tests {
         }
         // Never more flushes than entries; each wait returned only once its entry was on disk.
         assert!(j.flushes() <= 400);
+    }
+
+    /// An open intent holds checkpoints back and keeps a slot for the entry that closes
+    /// it: that entry is written at once with the ring otherwise full (a writer that is
+    /// not closing an intent waits), and once it is, checkpoints pass the intent.
+    #[test]
+    fn an_open_intent_holds_checkpoints_and_its_closing_slot() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut j, _) = open(d.path());
+        j.resume().unwrap();
+        j.pause_checkpoints();
+        j.append(Kind::Put, 1, "before.json", b"{}").unwrap();
+        let intent = j.append(Kind::Intent, 1, "v.json", b"v").unwrap();
+        j.append(Kind::Put, 1, "after.json", b"{}").unwrap();
+        assert!(j.checkpoint_now().unwrap());
+        assert_eq!(
+            j.shared.lock().checkpoint,
+            intent - 1,
+            "stopped before the intent"
+        );
+        assert!(
+            !j.checkpoint_now().unwrap(),
+            "nothing more while it is open"
+        );
+        let mut n = 0;
+        loop {
+            let full = {
+                let st = j.shared.lock();
+                st.next - st.checkpoint >= SLOTS
+            };
+            if full {
+                break;
+            }
+            j.append(Kind::Put, 1, &format!("{n}.json"), b"{}").unwrap();
+            n += 1;
+        }
+        let j = Arc::new(j);
+        let waiter = {
+            let j = j.clone();
+            std::thread::spawn(move || j.append(Kind::Put, 1, "late.json", b"{}").unwrap())
+        };
+        let closed = j.append(Kind::Put, 1, "v.json", b"{}").unwrap();
+        let late = waiter.join().unwrap();
+        assert!(
+            late > closed,
+            "the other writer waited for the closing entry"
+        );
+        let st = j.shared.lock();
+        assert!(st.intents.is_empty());
+        assert!(
+            st.checkpoint >= intent,
+            "the checkpoint passed the closed intent"
+        );
     }
 }

@@ -15,6 +15,10 @@
 //!   (tmp file, fsync, rename, directory fsync) and journaled as `Forget`.
 //!   Power loss can drop the database's last 100 ms (state.rs); it cannot drop an
 //!   acknowledged object, which replay and `adopt` bring back.
+//! - A create of an empty volume journals its intent (unflushed) before it makes the
+//!   data, instead of committing a Creating record to the database: replay removes the
+//!   data and record of an intent that no Put or Del closed (a create cut short), as
+//!   reconciliation rolls back a Creating record.
 //! - A record is removed after the object's data and before the database forgets the
 //!   object, so a record without data never describes a live object. When the journal
 //!   still holds the record's entry, a tombstone entry is flushed first, so that replay
@@ -258,6 +262,8 @@ pub struct Replayed {
     pub removed: usize,
     /// Volumes whose data (directory, image, subvolume) was made again.
     pub remade: Vec<String>,
+    /// Creates cut short (an intent never closed): their data objects, removed.
+    pub undone: Vec<String>,
 }
 
 impl PoolMeta {
@@ -290,14 +296,14 @@ impl PoolMeta {
         pm.journal.resume()?;
         if replayed != Replayed::default() {
             tracing::info!(pool = pool.pool(), records = replayed.records, removed = replayed.removed,
-                remade = ?replayed.remade, "replayed the pool's metadata journal");
+                remade = ?replayed.remade, undone = ?replayed.undone, "replayed the pool's metadata journal");
         }
         Ok((pm, replayed))
     }
 
-    /// Applies the entries written since the last checkpoint: the last Put, Del or Forget
-    /// of each record decides (a Used after a Put keeps the volume's data from being made
-    /// again). Every step is idempotent, so a crash during the replay only repeats it.
+    /// Applies the entries written since the last checkpoint: the last Put, Del, Forget or
+    /// Intent of each record decides (a Used after a Put keeps the volume's data from being
+    /// made again). Every step is idempotent, so a crash during the replay only repeats it.
     fn replay(&self, pool: &dyn Backend, entries: Vec<journal::Entry>) -> Result<Replayed> {
         struct Last {
             seq: u64,
@@ -331,13 +337,18 @@ impl PoolMeta {
                         },
                     );
                 }
-                Kind::Del | Kind::Forget => {
+                Kind::Del | Kind::Forget | Kind::Intent => {
+                    let body = if e.kind == Kind::Intent {
+                        e.body
+                    } else {
+                        Vec::new()
+                    };
                     last.insert(
                         key,
                         Last {
                             seq: e.seq,
                             kind: e.kind,
-                            body: Vec::new(),
+                            body,
                             used: false,
                         },
                     );
@@ -357,6 +368,21 @@ impl PoolMeta {
             }
             match l.kind {
                 Kind::Forget | Kind::Used => {}
+                Kind::Intent => {
+                    // A create that never got its Put: not acknowledged, so undone, data
+                    // first (its record, if written, claims the data).
+                    if c == Class::Volume {
+                        let data = String::from_utf8_lossy(&l.body).into_owned();
+                        if pool.remove(DataRef::volume(&data))? {
+                            out.undone.push(data);
+                        }
+                    }
+                    if sys::fs::unlink_beneath(&self.dirs[&c], &name)
+                        .map_err(Error::io("removing", self.path(c, &name)))?
+                    {
+                        out.removed += 1;
+                    }
+                }
                 Kind::Del => {
                     if sys::fs::unlink_beneath(&self.dirs[&c], &name)
                         .map_err(Error::io("removing", self.path(c, &name)))?
@@ -383,6 +409,33 @@ impl PoolMeta {
             }
         }
         Ok(out)
+    }
+
+    /// A create of volume `id` without a content source is about to make its data object
+    /// `data`: the intent is journaled, not flushed (`Kind::Intent`), so that replay
+    /// undoes the create unless its Put follows. It stands for the Creating record the
+    /// state database would otherwise commit first (a transaction of its own).
+    pub fn intend(&self, id: &str, data: &str) -> Result<()> {
+        self.journal
+            .append(
+                Kind::Intent,
+                Class::Volume.code(),
+                &by_id(id),
+                data.as_bytes(),
+            )
+            .map(drop)
+    }
+
+    /// The create of volume `id` gave up after `intend` and removed its data: its record,
+    /// if written, goes too, and a Del closes the intent (not flushed: replay of the
+    /// intent, or of a flushed Put, then the database's lack of the volume, are what a
+    /// power cut leaves, and the CO's retry settles either).
+    pub fn abandon(&self, id: &str) -> Result<()> {
+        let name = by_id(id);
+        self.remove(Class::Volume, &name)?;
+        self.journal
+            .append(Kind::Del, Class::Volume.code(), &name, b"")
+            .map(drop)
     }
 
     /// A stage of volume `id`: from now on replay must not replace its data (see
@@ -1530,5 +1583,34 @@ mod tests {
         let (pm, _) = PoolMeta::open_replayed(pools.get("p").unwrap().as_ref()).unwrap();
         assert_eq!(pm.spare.lock().0.len(), 1);
         assert!(pm.spare.lock().1 > left[0].parse::<u64>().unwrap());
+    }
+
+    /// A create cut short after its journaled intent (data and record made, no Put) is
+    /// undone by replay; a finished one, whose Put closed its intent, is not.
+    #[test]
+    fn replay_undoes_a_create_cut_short_after_its_intent() {
+        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d = test_driver(p.path(), s.path());
+        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let pm = d.store.mirror().unwrap().pool("p").unwrap();
+        pm.journal().pause_checkpoints();
+        let pool = d.pools.get("p").unwrap().clone();
+        pm.intend("n1_p_vcut", "vcut").unwrap();
+        pool.create(DataRef::volume("vcut"), 1 << 20, None).unwrap();
+        let record = p.path().join("meta/volumes/n1_p_vcut.json");
+        std::fs::write(&record, b"{}").unwrap();
+        let done = d.create_volume(args("done")).unwrap();
+        assert_eq!(
+            pm.journal().open_intents(),
+            1,
+            "the finished create closed its intent; only the cut one is open"
+        );
+        drop(d);
+        let (_pm, replayed) = PoolMeta::open_replayed(pool.as_ref()).unwrap();
+        assert_eq!(replayed.undone, vec!["vcut".to_string()]);
+        assert!(pool.size(DataRef::volume("vcut")).unwrap().is_none());
+        assert!(!record.exists());
+        assert!(pool.size(DataRef::volume(&done.data)).unwrap().is_some());
+        assert!(p.path().join("meta/volumes").join(by_id(&done.id)).exists());
     }
 }
