@@ -892,8 +892,9 @@ impl Store {
     }
 
     /// Per-pool change of provisioned capacity that `ops` make, from the records they
-    /// replace. Callers hold the objects' locks, so the records cannot change meanwhile.
-    fn capacity_deltas(&self, ops: &[Op]) -> Result<Vec<(String, i128)>> {
+    /// replace (none when `fresh`: see `insert_reserved`). Callers hold the objects'
+    /// locks, so the records cannot change meanwhile.
+    fn capacity_deltas(&self, ops: &[Op], fresh: bool) -> Result<Vec<(String, i128)>> {
         let mut latest: std::collections::HashMap<&str, Option<(&str, u64)>> =
             std::collections::HashMap::new();
         let mut out: Vec<(String, i128)> = Vec::new();
@@ -909,6 +910,10 @@ impl Store {
             };
             let old = match latest.get(id) {
                 Some(o) => o.map(|(p, c)| (p.to_string(), c)),
+                None if fresh => {
+                    debug_assert!(self.volume(id)?.is_none(), "volume {id} is not new");
+                    None
+                }
                 None => self.volume(id)?.map(|v| (v.pool, v.capacity)),
             };
             if let Some((p, c)) = old {
@@ -959,7 +964,7 @@ impl Store {
     /// Commits `ops` atomically; blocks until they are in the WAL (durable against power
     /// loss within `SYNC_INTERVAL`). Call from blocking threads only.
     pub fn write(&self, ops: Vec<Op>) -> Result<()> {
-        self.commit(ops, None)
+        self.commit(ops, None, false)
     }
 
     /// Records a publication change (`PutPublish` or `DelPublish`; any other op is
@@ -985,10 +990,17 @@ impl Store {
     /// Like `write`, with the capacity `ops` add already counted by `res`: on success the
     /// reservation becomes the records' capacity, on failure it is given back.
     pub fn write_reserved(&self, ops: Vec<Op>, res: Reservation<'_>) -> Result<()> {
-        self.commit(ops, Some(res))
+        self.commit(ops, Some(res), false)
     }
 
-    fn commit(&self, ops: Vec<Op>, mut res: Option<Reservation<'_>>) -> Result<()> {
+    /// Like `write_reserved`, for ops whose volume records are all new: the caller
+    /// checked under the volumes' locks that none exists, so the records they replace
+    /// are not looked up (a create's query of the database for nothing).
+    pub fn insert_reserved(&self, ops: Vec<Op>, res: Reservation<'_>) -> Result<()> {
+        self.commit(ops, Some(res), true)
+    }
+
+    fn commit(&self, ops: Vec<Op>, mut res: Option<Reservation<'_>>, fresh: bool) -> Result<()> {
         if ops
             .iter()
             .any(|op| matches!(op, Op::PutVolume(_) | Op::DelVolume(_)))
@@ -996,7 +1008,7 @@ impl Store {
             // Before the write: no reader may take briefs older than the database.
             self.startup_done();
         }
-        let deltas = self.capacity_deltas(&ops)?;
+        let deltas = self.capacity_deltas(&ops, fresh)?;
         if let Some(m) = self.mirror.get() {
             m.before_commit(self, &ops)?;
         }

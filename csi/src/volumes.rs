@@ -379,7 +379,8 @@ impl Driver {
         rec.phase = Phase::Ready;
         let ready = vec![Op::PutVolume(rec.clone())];
         let written = match reserved {
-            Some(r) => self.store.write_reserved(ready, r),
+            // No Creating record was written: the volume has none yet.
+            Some(r) => self.store.insert_reserved(ready, r),
             None => self.store.write(ready),
         };
         if let Err(e) = written {
