@@ -184,7 +184,20 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
         let _ = stop_tx.send(true);
         tokio::time::Instant::now()
     };
-    let (v, p, stopping) = tokio::join!(volumes, pods, signal);
+    // Bursts of pod starts free most of what they allocate; hand it back now and then.
+    let trim = async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    let _ = tokio::task::spawn_blocking(sys::release_free_heap).await;
+                }
+                _ = stopped(stop_rx.clone()) => break,
+            }
+        }
+    };
+    let (v, p, stopping, ()) = tokio::join!(volumes, pods, signal, trim);
     v.map_err(Error::Volumes)?;
     p.map_err(Error::Runner)?;
     if let Some(b) = budget {

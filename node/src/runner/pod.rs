@@ -77,7 +77,9 @@ struct Exit {
 
 pub struct Worker<S: Store> {
     shared: Arc<Shared<S>>,
-    pod: Pod,
+    /// Shared with the runner's channel: a 10-volume pod is ~26 KiB, and a hundred of
+    /// them copied per holder showed in strata-node's RSS.
+    pod: Arc<Pod>,
     uid: String,
     removed: bool,
     volumes_ready: bool,
@@ -259,7 +261,7 @@ fn hostname(pod: &Pod) -> String {
 }
 
 impl<S: Store> Worker<S> {
-    pub fn new(shared: Arc<Shared<S>>, pod: Pod) -> Worker<S> {
+    pub fn new(shared: Arc<Shared<S>>, pod: Arc<Pod>) -> Worker<S> {
         let uid = meta::uid(&pod.metadata).to_owned();
         let spec = pod.spec.clone().unwrap_or_default();
         let old = pod.status.clone().unwrap_or_default();
@@ -374,7 +376,7 @@ impl<S: Store> Worker<S> {
         if let Err(e) = self
             .shared
             .store
-            .record_event(&meta::object_reference(&self.pod), type_, reason, message)
+            .record_event(&meta::object_reference(&*self.pod), type_, reason, message)
             .await
         {
             tracing::warn!(error = %e, reason, "recording an event");
@@ -680,7 +682,7 @@ impl<S: Store> Worker<S> {
     /// on `stop` its containers keep running for the next strata-node to adopt.
     pub async fn run(
         mut self,
-        mut updates: watch::Receiver<Option<Pod>>,
+        mut updates: watch::Receiver<Option<Arc<Pod>>>,
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
@@ -786,14 +788,16 @@ impl<S: Store> Worker<S> {
     /// Writes this node into `spec.nodeName` of a pod that names none.
     async fn bind(&mut self) -> Result<(), String> {
         for _ in 0..5 {
-            let spec = self.pod.spec.get_or_insert_with(Default::default);
+            let spec = Arc::make_mut(&mut self.pod)
+                .spec
+                .get_or_insert_with(Default::default);
             if spec.node_name.as_deref().is_some_and(|n| !n.is_empty()) {
                 return Ok(());
             }
             spec.node_name = Some(self.shared.node.clone());
-            match self.shared.store.update(&self.pod).await {
+            match self.shared.store.update(&*self.pod).await {
                 Ok(p) => {
-                    self.pod = p;
+                    self.pod = Arc::new(p);
                     self.event(
                         EventType::Normal,
                         "Scheduled",
@@ -920,7 +924,7 @@ impl<S: Store> Worker<S> {
         let c = &self.ctrs[i];
         let restart = if c.ran { c.restarts + 1 } else { 0 };
         let plan = Plan {
-            pod: self.pod.clone(),
+            pod: (*self.pod).clone(),
             container: spec.clone(),
             restart,
             env,
@@ -1135,7 +1139,7 @@ impl<S: Store> Worker<S> {
     async fn reload(&mut self) -> bool {
         match self.shared.store.get::<Pod>(self.ns(), self.name()).await {
             Ok(p) if p.metadata.uid == self.pod.metadata.uid => {
-                self.pod = p;
+                self.pod = Arc::new(p);
                 true
             }
             _ => false,
@@ -1157,11 +1161,11 @@ impl<S: Store> Worker<S> {
             return;
         }
         for _ in 0..5 {
-            let mut pod = self.pod.clone();
+            let mut pod = (*self.pod).clone();
             pod.status = Some(status.clone());
             match self.shared.store.update_status(&pod).await {
                 Ok(p) => {
-                    self.pod = p;
+                    self.pod = Arc::new(p);
                     self.written = Some(value);
                     return;
                 }
@@ -1193,14 +1197,14 @@ impl<S: Store> Worker<S> {
             {
                 return;
             }
-            let mut pod = self.pod.clone();
+            let mut pod = (*self.pod).clone();
             pod.metadata
                 .finalizers
                 .get_or_insert_with(Vec::new)
                 .push(FINALIZER.into());
             match self.shared.store.update(&pod).await {
                 Ok(p) => {
-                    self.pod = p;
+                    self.pod = Arc::new(p);
                     return;
                 }
                 Err(strata_store::Error::Conflict { .. }) => {
@@ -1360,7 +1364,7 @@ impl<S: Store> Worker<S> {
             if !self.reload().await {
                 return;
             }
-            let mut pod = self.pod.clone();
+            let mut pod = (*self.pod).clone();
             let Some(f) = pod.metadata.finalizers.as_mut() else {
                 return;
             };
