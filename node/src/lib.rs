@@ -184,9 +184,10 @@ pub async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) ->
         let _ = stop_tx.send(true);
         tokio::time::Instant::now()
     };
-    // Bursts of pod starts free most of what they allocate; hand it back now and then.
+    // Bursts (pods starting, the volume manager's resync of every pod each minute) free
+    // most of what they allocate; hand it back soon after. A trim costs a few ms.
     let trim = async {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
