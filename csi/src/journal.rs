@@ -705,10 +705,13 @@ mod tests {
             "the ring was reused only after checkpoints"
         );
         let (_j, replay) = open(d.path());
-        // Everything after the last checkpoint, in order, and nothing older.
-        assert_eq!(replay.last().unwrap().seq, last);
-        assert!(replay.iter().all(|e| e.seq > checkpoint));
+        // Everything after the last checkpoint, in order, and nothing older. (On a slow
+        // machine the idle checkpoint may have taken everything: then nothing replays.)
         assert_eq!(replay.len() as u64, last - checkpoint);
+        if let Some(e) = replay.last() {
+            assert_eq!(e.seq, last);
+        }
+        assert!(replay.iter().all(|e| e.seq > checkpoint));
         assert!(replay.windows(2).all(|w| w[1].seq == w[0].seq + 1));
     }
 
