@@ -150,6 +150,15 @@ fn open_connection(path: &Path) -> Result<Connection> {
     // Every statement the store runs stays prepared (the default keeps 16, fewer than a
     // write transaction uses, so they would be parsed again and again).
     conn.set_prepared_statement_cache_capacity(64);
+    // Plans that never depend on the values bound: otherwise SQLite prepares a cached
+    // statement again whenever a parameter it planned by is bound anew (a LIMIT, a string
+    // compared by `=` next to an ORDER BY), which every watch's log query did after each
+    // commit.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(Error::db("setting the query planner stability guarantee"))?;
     Ok(conn)
 }
 
@@ -612,28 +621,14 @@ impl Reader<'_> {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         };
         let rows: Vec<(i64, String, String)> = match ns {
-            Some(ns) => self
-                .tx
-                .prepare_cached(
-                    "SELECT resource_version, type, object FROM watch_log
-                     WHERE kind = ?1 AND resource_version > ?2 AND namespace = ?3
-                     ORDER BY resource_version LIMIT ?4",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![kind, from as i64, ns, limit as i64], map)?
-                        .collect()
-                }),
-            None => self
-                .tx
-                .prepare_cached(
-                    "SELECT resource_version, type, object FROM watch_log
-                     WHERE kind = ?1 AND resource_version > ?2
-                     ORDER BY resource_version LIMIT ?3",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![kind, from as i64, limit as i64], map)?
-                        .collect()
-                }),
+            Some(ns) => self.tx.prepare_cached(log_query(true)).and_then(|mut s| {
+                s.query_map(params![kind, from as i64, ns, limit as i64], map)?
+                    .collect()
+            }),
+            None => self.tx.prepare_cached(log_query(false)).and_then(|mut s| {
+                s.query_map(params![kind, from as i64, limit as i64], map)?
+                    .collect()
+            }),
         }
         .map_err(Error::db("reading the watch log"))?;
         // A short page means nothing newer exists for this kind up to the snapshot's
@@ -654,6 +649,19 @@ impl Reader<'_> {
             })
             .collect::<Result<_>>()?;
         Ok((entries, seen))
+    }
+}
+
+/// The watch log query of [`Reader::log_after`], by namespace or not.
+fn log_query(by_namespace: bool) -> &'static str {
+    if by_namespace {
+        "SELECT resource_version, type, object FROM watch_log
+         WHERE kind = ?1 AND resource_version > ?2 AND namespace = ?3
+         ORDER BY resource_version LIMIT ?4"
+    } else {
+        "SELECT resource_version, type, object FROM watch_log
+         WHERE kind = ?1 AND resource_version > ?2
+         ORDER BY resource_version LIMIT ?3"
     }
 }
 
@@ -812,6 +820,36 @@ mod tests {
                 .map_err(Error::db("counting"))
         })
         .unwrap()
+    }
+
+    /// Reading the watch log again and again runs the prepared statements, never
+    /// prepares them again.
+    #[test]
+    fn the_watch_log_query_is_prepared_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("store.db"), 100).unwrap();
+        let obj = || serde_json::json!({"metadata": {"name": "a", "uid": "u"}});
+        for _ in 0..3 {
+            let from = db.read(|r| r.revision()).unwrap();
+            db.write(|tx| tx.put("ConfigMap", "default", "a", &mut obj(), Change::Added))
+                .unwrap();
+            for ns in [None, Some("default")] {
+                let (entries, _) = db
+                    .read(|r| r.log_after("ConfigMap", ns, from, 512, decode_value))
+                    .unwrap();
+                assert_eq!(entries.len(), 1, "after {from}, in {ns:?}");
+            }
+        }
+        // One reader served every read (none ran at the same time).
+        let conn = db.readers[0].lock().unwrap();
+        for by_ns in [false, true] {
+            let stmt = conn.prepare_cached(log_query(by_ns)).unwrap();
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "by namespace: {by_ns}"
+            );
+        }
     }
 
     /// A write that fails after it wrote rows leaves none of them, nor its revision,
