@@ -10,7 +10,8 @@
 //! 3. `rss`: strata-node's VmRSS and VmHWM (from /proc) idle after `up`, then with
 //!    `--rss-pods` pods Running of ten volumes each: one claim, three configMap, two
 //!    secret, two projected (configMap + secret + downwardAPI), one downwardAPI and one
-//!    emptyDir volume.
+//!    emptyDir volume; then strata-node's VmRSS every 5 s for two minutes (min, median,
+//!    max: the steady figure).
 //!
 //! The clock starts before `volctl apply` is spawned and stops when the store shows the
 //! last pod with `status.phase: Running`, polled every 5 ms through the store API.
@@ -364,6 +365,28 @@ async fn bench_rss(v: &Volctl, store: &EmbeddedStore, pods: usize) -> anyhow::Re
     // Let the volume manager and runners settle (first syncs, probes, status writes).
     tokio::time::sleep(Duration::from_secs(10)).await;
     print_memory(&v.state, "10 s later")?;
+    // Steady state: strata-node's VmRSS every 5 s for two minutes, which spans two of
+    // the volume manager's once-a-minute resyncs and the node's heap trims.
+    let node = daemon_pid(&v.state, "node")?;
+    let mut samples = Vec::new();
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        samples.push(memory(node)?.0);
+    }
+    let mut sorted = samples.clone();
+    sorted.sort_unstable();
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "rss: strata-node VmRSS every 5 s for 2 min: min {:.1}, median {:.1}, max {:.1} MiB ({})",
+        mib(sorted[0]),
+        mib(sorted[sorted.len() / 2]),
+        mib(sorted[sorted.len() - 1]),
+        samples
+            .iter()
+            .map(|k| format!("{:.0}", mib(*k)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let start = Instant::now();
     v.run(&["delete", "statefulset", "rss", "--wait", "600"])
         .await?;
