@@ -1189,6 +1189,20 @@ mod tests {
     use crate::driver::test_driver;
     use crate::volumes::CreateArgs;
 
+    /// A publication of `volume_id` at `target`; `args` tells versions apart.
+    fn publish_record(volume_id: &str, target: &str, args: &str) -> PublishRecord {
+        PublishRecord {
+            target: target.into(),
+            volume_id: volume_id.into(),
+            staging_path: "/s".into(),
+            readonly: false,
+            block: false,
+            access_mode: 1,
+            args: args.into(),
+            device: None,
+        }
+    }
+
     fn args(name: &str) -> CreateArgs {
         CreateArgs {
             name: name.into(),
@@ -1330,16 +1344,7 @@ mod tests {
         let d = test_driver(p.path(), s.path());
         d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
         let v = d.create_volume(args("slot-1")).unwrap();
-        let rec = |target: &str, args: &str| PublishRecord {
-            target: target.into(),
-            volume_id: v.id.clone(),
-            staging_path: "/s".into(),
-            readonly: false,
-            block: false,
-            access_mode: 1,
-            args: args.into(),
-            device: None,
-        };
+        let rec = |target: &str, args: &str| publish_record(&v.id, target, args);
         let dir = p.path().join("meta/publishes");
         let files = || {
             let mut n = sys::fs::list_names(&dir).unwrap();
@@ -1414,16 +1419,7 @@ mod tests {
         let d = test_driver(p.path(), s.path());
         d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
         let v = d.create_volume(args("pub-1")).unwrap();
-        let rec = |target: &str, args: &str| PublishRecord {
-            target: target.into(),
-            volume_id: v.id.clone(),
-            staging_path: "/s".into(),
-            readonly: false,
-            block: false,
-            access_mode: 1,
-            args: args.into(),
-            device: None,
-        };
+        let rec = |target: &str, args: &str| publish_record(&v.id, target, args);
         d.store
             .write(vec![Op::PutPublish(rec("/t/a", "old"))])
             .unwrap();

@@ -152,21 +152,27 @@ impl Strata {
 
     /// Processes whose command line names this state dir.
     pub fn processes(&self) -> Vec<String> {
-        let me = std::process::id().to_string();
         let state = self.state.to_string_lossy().into_owned();
-        let Ok(rd) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        rd.filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && *n != me)
-            .filter_map(|pid| {
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                cmd.contains(&state).then(|| format!("{pid}: {cmd}"))
-            })
-            .collect()
+        processes_where(|cmd| cmd.contains(&state))
     }
+}
+
+/// Other processes whose command line (arguments joined by spaces) passes `keep`, as
+/// `pid: command line`.
+pub fn processes_where(keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && *n != me)
+        .filter_map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            keep(&cmd).then(|| format!("{pid}: {cmd}"))
+        })
+        .collect()
 }
 
 impl Drop for Strata {

@@ -77,19 +77,9 @@ fn exec_cat_kept(s: &Strata, pod: &str) -> String {
 /// Pod infra processes (`strata-node pod-infra --uid UID`) of these pods that have not
 /// ended: the state dir is not on their command line, so `leftovers` cannot see them.
 fn infra_processes(uids: &[String]) -> Vec<String> {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        .filter_map(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains("pod-infra") && uids.iter().any(|u| cmd.contains(u.as_str())))
-                .then(|| format!("{pid}: {cmd}"))
-        })
-        .collect()
+    strata_e2e::processes_where(|cmd| {
+        cmd.contains("pod-infra") && uids.iter().any(|u| cmd.contains(u.as_str()))
+    })
 }
 
 fn assert_nothing_left(s: &Strata, after: &str) {

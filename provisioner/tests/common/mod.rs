@@ -230,23 +230,17 @@ impl Provisioner {
 
     /// The exit status, once it exits by itself (within the deadline).
     pub fn wait(&mut self) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "still running:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.exit_status("still running")
     }
 
     /// SIGTERM, then the exit status (it must exit by itself, gracefully).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        self.exit_status("no exit after SIGTERM")
+    }
+
+    /// Polls for the exit until the deadline; past it, fails with `why` and the log.
+    fn exit_status(&mut self, why: &str) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
@@ -254,7 +248,7 @@ impl Provisioner {
             }
             assert!(
                 start.elapsed() < DEADLINE,
-                "no exit after SIGTERM:\n{}",
+                "{why}:\n{}",
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
