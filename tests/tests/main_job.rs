@@ -170,6 +170,16 @@ fn quickstart_up_down_up_and_delete() {
     assert_nothing_left(&s, "down");
     let infra = infra_processes(&uids);
     assert!(infra.is_empty(), "infra processes after down: {infra:?}");
+    // The pods stay, their runs recorded as stopped with the node: nothing reads a run
+    // that is gone as running (an exec right after the next up once picked it).
+    for (pod, _, _) in &mounted {
+        let p = s.get("pod", pod).expect("pod");
+        let st = &p["status"]["containerStatuses"][0];
+        assert_eq!(st["state"]["terminated"]["reason"], "NodeShutdown", "{p}");
+        assert_eq!(st["ready"], false, "{p}");
+        let err = s.fails(&["exec", pod, "--", "true"]);
+        assert!(err.contains("has terminated"), "{err}");
+    }
     // A second down has nothing to do and says so.
     s.ok(&["down"]);
 
@@ -188,6 +198,16 @@ fn quickstart_up_down_up_and_delete() {
     // run ended with `down`; an ended one is never joined).
     for (pod, _, _) in &mounted {
         assert_eq!(exec_cat_kept(&s, pod), format!("written into {pod}\n"));
+    }
+    // The stopped run is the last one of the running run, which counts as a restart.
+    for (pod, _, _) in &mounted {
+        let p = s.get("pod", pod).expect("pod");
+        let st = &p["status"]["containerStatuses"][0];
+        assert_eq!(
+            st["lastState"]["terminated"]["reason"], "NodeShutdown",
+            "{p}"
+        );
+        assert_eq!(st["restartCount"], 1, "{p}");
     }
     // Nothing killed an infra process: the up found none of the first run's (an ended
     // one not yet reaped by init was once taken for alive, and its pod looped on it).

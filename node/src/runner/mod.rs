@@ -33,6 +33,10 @@ use pod::{Shared, Worker};
 
 use crate::layout;
 
+/// Exit statuses recorded for runs stopped with the node: killed by SIGTERM, by SIGKILL.
+const SIGTERM_EXIT: i32 = 128 + 15;
+const SIGKILL_EXIT: i32 = 128 + 9;
+
 /// Holds a deleted pod until its containers are stopped and its volumes torn down.
 pub const FINALIZER: &str = "strata.io/pod-runner";
 
@@ -185,7 +189,7 @@ impl<S: Store> Runner<S> {
     /// (`--release-on-exit`). Call after `run` returned; the next start runs them again.
     pub async fn stop_all(&self, grace: std::time::Duration) {
         let engine = self.shared.engine.clone();
-        tokio::task::spawn_blocking(move || {
+        let stopped = tokio::task::spawn_blocking(move || {
             let ours = |all: Vec<(String, Option<State>)>| -> Vec<(String, String, bool)> {
                 all.into_iter()
                     .filter_map(|(id, st)| {
@@ -196,16 +200,24 @@ impl<S: Store> Runner<S> {
                     .collect()
             };
             let inventory = || engine.inventory().map(ours).unwrap_or_default();
+            let mut stopped = HashMap::new();
             for (_, id, running) in inventory() {
-                if running && let Err(e) = engine.signal(&id, "TERM") {
-                    tracing::debug!(id, error = %e, "TERM");
+                if running {
+                    if let Err(e) = engine.signal(&id, "TERM") {
+                        tracing::debug!(id, error = %e, "TERM");
+                    }
+                    stopped.insert(id, SIGTERM_EXIT);
                 }
             }
             let deadline = std::time::Instant::now() + grace;
             while std::time::Instant::now() < deadline && inventory().iter().any(|c| c.2) {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            for (uid, id, _) in inventory() {
+            for (uid, id, running) in inventory() {
+                // Still running after the grace period: removing it kills it.
+                if running {
+                    stopped.insert(id.clone(), SIGKILL_EXIT);
+                }
                 match engine.remove(&uid, &id) {
                     Ok(()) => tracing::info!(id, "container stopped and removed"),
                     Err(e) => tracing::warn!(id, error = %e, "removing a container on exit"),
@@ -224,9 +236,50 @@ impl<S: Store> Runner<S> {
                 })
                 .collect();
             infra::stop_all(&infras);
+            stopped
         })
         .await
         .expect("stopping containers panicked");
+        self.record_stopped(&stopped).await;
+    }
+
+    /// Writes the runs stopped with the node into their pods' statuses (terminated, not
+    /// ready), so that nothing reads a stopped run as running while the node is down or
+    /// before the next start has written its own status: `volctl exec` would otherwise
+    /// pick a container that is gone. `stopped` maps container ids to the exit status
+    /// their signal gives. The next start runs them again (see [`pod::NODE_SHUTDOWN`]).
+    async fn record_stopped(&self, stopped: &HashMap<String, i32>) {
+        if stopped.is_empty() {
+            return;
+        }
+        let store = &self.shared.store;
+        let pods = match store.list::<Pod>(None, None).await {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing pods to record their stopped containers");
+                return;
+            }
+        };
+        let mut batches = Vec::new();
+        for mut pod in pods.into_iter().filter(|p| mine(p, &self.shared.node)) {
+            if !pod::mark_stopped(&mut pod, stopped) {
+                continue;
+            }
+            let mut b = strata_store::Batch::new();
+            if b.update_status(&pod).is_ok() {
+                batches.push(b);
+            }
+        }
+        let n = batches.len();
+        match store.write_batches(batches).await {
+            Ok(outcomes) => {
+                for e in outcomes.into_iter().filter_map(|o| o.failed) {
+                    tracing::warn!(error = %e.1, "recording a pod's stopped containers");
+                }
+                tracing::info!(pods = n, "recorded the containers stopped with the node");
+            }
+            Err(e) => tracing::warn!(error = %e, "recording the containers stopped with the node"),
+        }
     }
 
     /// Containers and rootfs of pods no longer placed here or no longer in the store

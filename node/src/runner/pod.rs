@@ -113,6 +113,78 @@ pub struct Worker<S: Store> {
     written: Option<serde_json::Value>,
 }
 
+/// The reason of a run's terminated state when it was stopped with the node (`volctl
+/// down`, `--release-on-exit`) rather than ending by itself: the next start runs the
+/// container again whatever its restartPolicy, as after a node restart.
+pub const NODE_SHUTDOWN: &str = "NodeShutdown";
+
+/// Marks the runs of `pod` that `stopped` names (container id → exit status) as
+/// terminated with [`NODE_SHUTDOWN`], not ready, and the pod not ready. False when none
+/// of its runs is there (nothing to write).
+pub fn mark_stopped(pod: &mut Pod, stopped: &std::collections::HashMap<String, i32>) -> bool {
+    let Some(status) = pod.status.as_mut() else {
+        return false;
+    };
+    let at = now();
+    let mut changed = false;
+    let lists = [
+        status.init_container_statuses.iter_mut(),
+        status.container_statuses.iter_mut(),
+    ];
+    for s in lists.into_iter().flatten().flatten() {
+        let id = s
+            .container_id
+            .as_deref()
+            .and_then(|i| i.strip_prefix("strata://"));
+        let Some(code) = id.and_then(|i| stopped.get(i)) else {
+            continue;
+        };
+        let Some(running) = s.state.as_ref().and_then(|st| st.running.as_ref()) else {
+            continue;
+        };
+        let started_at = running.started_at.clone();
+        s.state = Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: *code,
+                reason: Some(NODE_SHUTDOWN.into()),
+                message: Some("stopped with the node; it runs again at the next start".into()),
+                started_at,
+                finished_at: Some(at.clone()),
+                container_id: s.container_id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        s.ready = false;
+        s.started = Some(false);
+        changed = true;
+    }
+    if changed {
+        for c in status.conditions.iter_mut().flatten() {
+            if (c.type_ == "Ready" || c.type_ == "ContainersReady") && c.status != "False" {
+                c.status = "False".into();
+                c.reason = Some(NODE_SHUTDOWN.into());
+                c.last_transition_time = Some(at.clone());
+            }
+        }
+    }
+    changed
+}
+
+/// The run a previous strata-node recorded as done, which stays done: ended and not to be
+/// restarted under `policy` (an init container that succeeded). A run stopped with the
+/// node is not done.
+fn done_before(
+    prev: &ContainerStatus,
+    policy: &str,
+    init: bool,
+) -> Option<ContainerStateTerminated> {
+    let t = prev.state.as_ref()?.terminated.as_ref()?;
+    let done = t.reason.as_deref() != Some(NODE_SHUTDOWN)
+        && (init && t.exit_code == 0 || !should_restart(policy, init, Some(t.exit_code)));
+    done.then(|| t.clone())
+}
+
 fn now() -> Time {
     Time(Timestamp::now())
 }
@@ -301,22 +373,25 @@ impl<S: Store> Worker<S> {
                     message: None,
                     at: soon,
                 },
+                // A run stopped with the node is the last run of the one starting now.
                 last: prev
                     .as_ref()
-                    .and_then(|s| s.last_state.as_ref())
-                    .and_then(|s| s.terminated.clone()),
+                    .and_then(|s| s.state.as_ref())
+                    .and_then(|s| s.terminated.clone())
+                    .filter(|t| t.reason.as_deref() == Some(NODE_SHUTDOWN))
+                    .or_else(|| {
+                        prev.as_ref()
+                            .and_then(|s| s.last_state.as_ref())
+                            .and_then(|s| s.terminated.clone())
+                    }),
                 backoff: Backoff::default(),
                 start_failures: 0,
                 probe_ready: false,
                 probes: Vec::new(),
             };
-            // What a previous strata-node recorded as done stays done.
             if let Some(t) = prev
                 .as_ref()
-                .and_then(|s| s.state.as_ref())
-                .and_then(|s| s.terminated.clone())
-                && (init && t.exit_code == 0
-                    || !should_restart(policy(&pod), init, Some(t.exit_code)))
+                .and_then(|s| done_before(s, policy(&pod), init))
             {
                 ctr.ran = true;
                 ctr.state = St::Terminated(t);
@@ -1449,6 +1524,73 @@ mod tests {
             started: Timestamp::now(),
             since: Instant::now(),
         }
+    }
+
+    #[test]
+    fn runs_stopped_with_the_node_run_again() {
+        let status = |id: &str, state: ContainerState| ContainerStatus {
+            name: "c".into(),
+            container_id: Some(format!("strata://{id}")),
+            ready: true,
+            started: Some(true),
+            state: Some(state),
+            ..Default::default()
+        };
+        let running = ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(now()),
+            }),
+            ..Default::default()
+        };
+        let mut pod = Pod {
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                container_statuses: Some(vec![
+                    status("p_c_0", running.clone()),
+                    status("other", running),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let stopped = std::collections::HashMap::from([("p_c_0".to_string(), 143)]);
+        assert!(mark_stopped(&mut pod, &stopped));
+        let st = pod.status.as_ref().unwrap();
+        let [c, other] = st.container_statuses.clone().unwrap().try_into().unwrap();
+        let t = c.state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(
+            (t.exit_code, t.reason.as_deref()),
+            (143, Some(NODE_SHUTDOWN))
+        );
+        assert_eq!(t.container_id.as_deref(), Some("strata://p_c_0"));
+        assert!(!c.ready && c.started == Some(false));
+        // A run the node did not stop is left as it was.
+        assert!(other.ready && other.state.as_ref().unwrap().running.is_some());
+        assert_eq!(st.conditions.as_ref().unwrap()[0].status, "False");
+        let c = &c;
+        // Nothing left to mark: nothing to write.
+        assert!(!mark_stopped(&mut pod, &stopped));
+        // The next start runs it again under every policy; an exit of its own stays done
+        // where the policy says so.
+        for policy in ["Always", "OnFailure", "Never"] {
+            assert!(done_before(c, policy, false).is_none(), "{policy}");
+        }
+        let mut ended = c.clone();
+        ended
+            .state
+            .as_mut()
+            .unwrap()
+            .terminated
+            .as_mut()
+            .unwrap()
+            .reason = Some("Error".into());
+        assert!(done_before(&ended, "Never", false).is_some());
+        assert!(done_before(&ended, "Always", false).is_none());
     }
 
     #[test]
