@@ -47,7 +47,11 @@ impl pb::node_server::Node for Service {
         req: Request<pb::NodePublishVolumeRequest>,
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
         let args: PublishArgs = domain(req.into_inner())?;
-        self.run(move |d| d.node_publish(args)).await?;
+        if args.is_quick() {
+            self.run_quick(|d| d.node_publish(args))?;
+        } else {
+            self.run(move |d| d.node_publish(args)).await?;
+        }
         Ok(Response::new(pb::NodePublishVolumeResponse {}))
     }
 
@@ -57,8 +61,12 @@ impl pb::node_server::Node for Service {
         req: Request<pb::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
         let a: Unpublish = domain(req.into_inner())?;
-        self.run(move |d| d.unpublish(&a.volume_id, &a.target))
-            .await?;
+        if self.d.unpublish_is_quick(&a.volume_id, &a.target) {
+            self.run_quick(|d| d.unpublish(&a.volume_id, &a.target))?;
+        } else {
+            self.run(move |d| d.unpublish(&a.volume_id, &a.target))
+                .await?;
+        }
         Ok(Response::new(pb::NodeUnpublishVolumeResponse {}))
     }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use csi_proto as pb;
 
 use crate::convert;
-use crate::driver::Cap;
+use crate::driver::{AccessMode, Cap};
 use crate::error::{Error, Result};
 use crate::validate;
 use crate::volumes::CreateArgs;
@@ -108,6 +108,20 @@ pub struct PublishArgs {
     pub context: std::collections::BTreeMap<String, String>,
     /// An ephemeral inline volume (`csi.storage.k8s.io/ephemeral=true`).
     pub ephemeral: bool,
+}
+
+impl PublishArgs {
+    /// A publish that is one bind mount of the staged volume and a record: not an
+    /// ephemeral volume (created here), not a read-only block publish (its own loop
+    /// device), no volume mount group (ownership changed through the whole tree).
+    pub fn is_quick(&self) -> bool {
+        !self.ephemeral && self.cap.mount_group.is_empty() && !(self.cap.block && self.read_only())
+    }
+
+    /// Published read-only: asked so, or a single-node reader-only access mode.
+    pub fn read_only(&self) -> bool {
+        self.readonly || self.cap.mode == AccessMode::SingleNodeReaderOnly
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -550,6 +564,51 @@ mod tests {
     }
 
     const ID: &str = "n1_p_v0123456789abcdef";
+
+    #[test]
+    fn only_a_plain_bind_publish_is_quick() {
+        let plain = PublishArgs {
+            volume_id: ID.into(),
+            staging: "/s".into(),
+            target: "/t".into(),
+            cap: Cap {
+                block: false,
+                fs_type: String::new(),
+                mount_flags: Vec::new(),
+                mount_group: String::new(),
+                mode: AccessMode::SingleNodeWriter,
+            },
+            readonly: false,
+            context: Default::default(),
+            ephemeral: false,
+        };
+        assert!(plain.is_quick());
+        let with = |f: fn(&mut PublishArgs)| {
+            let mut a = plain.clone();
+            f(&mut a);
+            a
+        };
+        // Read-only mounts and writable block publishes are binds too.
+        assert!(with(|a| a.readonly = true).is_quick());
+        assert!(with(|a| a.cap.block = true).is_quick());
+        // Creates a volume; attaches a loop device; changes ownership through the tree.
+        assert!(!with(|a| a.ephemeral = true).is_quick());
+        assert!(
+            !with(|a| {
+                a.cap.block = true;
+                a.cap.mode = AccessMode::SingleNodeReaderOnly;
+            })
+            .is_quick()
+        );
+        assert!(
+            !with(|a| {
+                a.cap.block = true;
+                a.readonly = true;
+            })
+            .is_quick()
+        );
+        assert!(!with(|a| a.cap.mount_group = "1000".into()).is_quick());
+    }
 
     #[test]
     fn access_modes_round_trip_and_zero_is_missing() {

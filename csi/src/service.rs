@@ -30,6 +30,23 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Runs `f` on the request's own task instead of the blocking pool, for work the
+    /// caller has checked is quick and bounded: path lookups on the local disk, one
+    /// mount(2) or umount(2) of a bind mount, and in-memory state (a publication's record
+    /// is a write into its slot, committed later by the syncer; nothing here waits for a
+    /// flush, a fork or a device). For such work the hop to the blocking pool costs more
+    /// than the work: two cross-thread wake-ups per request, a third of a
+    /// publish+unpublish pair's CPU (docs/benchmarks.md). Everything else goes through
+    /// [`Service::run`].
+    pub(crate) fn run_quick<T>(
+        &self,
+        f: impl FnOnce(&Driver) -> error::Result<T>,
+    ) -> Result<T, Status> {
+        f(&self.d).map_err(status)
+    }
+}
+
 /// Error → Status, logged at a level that matches who has to act.
 pub(crate) fn status(e: Error) -> Status {
     let s = Status::from(e);

@@ -1075,6 +1075,16 @@ impl Store {
         rows.iter().map(|s| from_json(s)).collect()
     }
 
+    /// `f` of the volume's record when the view holds it (no query): None says nothing
+    /// about whether it exists.
+    pub fn with_volume_in_memory<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&VolumeRecord) -> R,
+    ) -> Option<R> {
+        self.view().volumes.get(id).map(f)
+    }
+
     pub fn volume(&self, id: &str) -> Result<Option<VolumeRecord>> {
         let mut view = self.view();
         if let Some(v) = view.volumes.get(id) {

@@ -71,7 +71,7 @@ impl Driver {
                 v.id, st.fs_type, a.cap.fs_type
             )));
         }
-        let read_only = a.readonly || a.cap.mode == AccessMode::SingleNodeReaderOnly;
+        let read_only = a.read_only();
         let args = format!(
             "{}|{}|{}|{:?}",
             a.staging.display(),
@@ -236,6 +236,19 @@ impl Driver {
         } else {
             sys::mount::stat(&st.staging_path).is_ok_and(|s| s.dev == t.dev)
         }
+    }
+
+    /// Whether unpublishing `target` is one umount and a record, for
+    /// [`crate::service::Service::run_quick`]: a recorded publish of `volume_id` without a
+    /// loop device of its own, of a volume known (in memory) not to be ephemeral. Anything
+    /// else, an unknown target included, takes the blocking pool.
+    pub fn unpublish_is_quick(&self, volume_id: &str, target: &Path) -> bool {
+        let rec = self.store.publish(target).ok().flatten();
+        rec.is_some_and(|p| p.volume_id == volume_id && p.device.is_none())
+            && self
+                .store
+                .with_volume_in_memory(volume_id, |v| v.ephemeral.is_none())
+                .unwrap_or(false)
     }
 
     /// NodeUnpublishVolume: undo the publish and remove what publish created.
