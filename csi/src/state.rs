@@ -393,6 +393,13 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<u32> {
     Ok(found)
 }
 
+/// The paging queries (ListVolumes, ListSnapshots), by name for the test that checks
+/// they stay prepared.
+const VOLUMES_AFTER: &str = "SELECT record FROM volumes WHERE id > ?1 ORDER BY id LIMIT ?2";
+const SNAPSHOTS_AFTER: &str = "SELECT record FROM snapshots WHERE id > ?1 ORDER BY id LIMIT ?2";
+const SNAPSHOTS_OF_AFTER: &str =
+    "SELECT record FROM snapshots WHERE source = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
+
 fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -400,6 +407,13 @@ fn open_conn(path: &Path) -> Result<Connection> {
     // NORMAL: commits append to the WAL without fsync; see the module docs.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Plans that never depend on the values bound: otherwise SQLite prepares a cached
+    // statement again whenever a parameter it planned by is bound anew (every page of
+    // ListVolumes and ListSnapshots, by its LIMIT).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(conn)
 }
 
@@ -1114,10 +1128,7 @@ impl Store {
 
     /// Volumes with id > `after`, in id order, at most `limit`.
     pub fn volumes_after(&self, after: &str, limit: u32) -> Result<Vec<VolumeRecord>> {
-        self.query_all(
-            "SELECT record FROM volumes WHERE id > ?1 ORDER BY id LIMIT ?2",
-            &[&after, &limit],
-        )
+        self.query_all(VOLUMES_AFTER, &[&after, &limit])
     }
 
     /// (pool, phase) of every volume by id, from the briefs.
@@ -1217,10 +1228,7 @@ impl Store {
     }
 
     pub fn snapshots_after(&self, after: &str, limit: u32) -> Result<Vec<SnapshotRecord>> {
-        self.query_all(
-            "SELECT record FROM snapshots WHERE id > ?1 ORDER BY id LIMIT ?2",
-            &[&after, &limit],
-        )
+        self.query_all(SNAPSHOTS_AFTER, &[&after, &limit])
     }
 
     pub fn snapshots_of(
@@ -1229,10 +1237,7 @@ impl Store {
         after: &str,
         limit: u32,
     ) -> Result<Vec<SnapshotRecord>> {
-        self.query_all(
-            "SELECT record FROM snapshots WHERE source = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-            &[&source, &after, &limit],
-        )
+        self.query_all(SNAPSHOTS_OF_AFTER, &[&source, &after, &limit])
     }
 
     pub fn all_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
@@ -1550,6 +1555,34 @@ mod tests {
         assert_eq!(seen(&s), before, "the view equals what a reopen reads");
         s.write(vec![Op::DelVolume("a".into())]).unwrap();
         assert!(s.volume("a").unwrap().is_none());
+    }
+
+    /// Paging through volumes and snapshots runs the prepared statements, never prepares
+    /// them again because a LIMIT or a key was bound anew.
+    #[test]
+    fn paging_queries_are_prepared_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.write(
+            (0..5)
+                .map(|i| Op::PutVolume(vol(&format!("v{i}"), &format!("n{i}"))))
+                .collect(),
+        )
+        .unwrap();
+        for (after, limit) in [("", 2), ("v1", 3), ("v3", 1), ("", 100)] {
+            s.volumes_after(after, limit).unwrap();
+            s.snapshots_after(after, limit).unwrap();
+            s.snapshots_of("v0", after, limit).unwrap();
+        }
+        let conn = s.reader.lock().unwrap();
+        for sql in [VOLUMES_AFTER, SNAPSHOTS_AFTER, SNAPSHOTS_OF_AFTER] {
+            let stmt = conn.prepare_cached(sql).unwrap();
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{sql}"
+            );
+        }
     }
 
     #[test]

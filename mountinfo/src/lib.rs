@@ -170,20 +170,58 @@ impl std::error::Error for ReadError {
 /// Where the kernel does not report the attribute, the table answers. A path that does
 /// not exist is not mounted.
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    match stat(path) {
+        Ok(st) => Ok(st.mount_root),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What `statx` says about a path, a final symlink not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathStat {
+    /// Something is mounted at exactly this path (see [`is_mount_point`]).
+    pub mount_root: bool,
+    pub dev: (u32, u32),
+    pub rdev: (u32, u32),
+    pub ino: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub size: u64,
+}
+
+/// One `statx` of `path` (a final symlink not followed), with whether it is a mount
+/// point; where the kernel does not report `STATX_ATTR_MOUNT_ROOT`, the table answers
+/// that.
+pub fn stat(path: &Path) -> io::Result<PathStat> {
     use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
-    match statx(
+    let st = statx(
         CWD,
         path,
         AtFlags::SYMLINK_NOFOLLOW,
         StatxFlags::BASIC_STATS,
-    ) {
-        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
-            Ok(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
-        }
-        Ok(_) => Ok(mounted_at(&read()?, path).is_some()),
-        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    )?;
+    let mount_root = if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+        st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+    } else {
+        mounted_at(&read()?, path).is_some()
+    };
+    Ok(PathStat {
+        mount_root,
+        dev: (st.stx_dev_major, st.stx_dev_minor),
+        rdev: (st.stx_rdev_major, st.stx_rdev_minor),
+        ino: st.stx_ino,
+        mode: u32::from(st.stx_mode),
+        uid: st.stx_uid,
+        size: st.stx_size,
+    })
 }
 
 /// The visible mount at exactly `path`: the last (topmost) one when several are stacked.

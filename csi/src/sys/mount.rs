@@ -1,8 +1,6 @@
 //! mount(2) and umount2(2) called directly: no fork of mount(8) on the hot path.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags};
@@ -161,52 +159,7 @@ pub fn umount_all_then_stat(target: &Path) -> io::Result<Option<PathStat>> {
     Err(io::Error::other("more than 64 mounts stacked on the path"))
 }
 
-/// What `statx` says about a path without following a final symlink.
-#[derive(Debug, Clone, Copy)]
-pub struct PathStat {
-    pub mount_root: bool,
-    pub dev: (u32, u32),
-    pub rdev: (u32, u32),
-    pub ino: u64,
-    pub mode: u32,
-    pub uid: u32,
-    pub size: u64,
-}
-
-/// statx(2) with AT_SYMLINK_NOFOLLOW; tells whether the path is the root of a mount
-/// without reading mountinfo.
-pub fn stat(path: &Path) -> io::Result<PathStat> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path with NUL"))?;
-    let mut sx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: `c` is a NUL-terminated string alive for the call and `sx` points to writable
-    // memory of the size of `struct statx`, which the kernel fills.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_BASIC_STATS,
-            sx.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statx returned 0, so the kernel initialised the struct.
-    let sx = unsafe { sx.assume_init() };
-    let mount_root = sx.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
-        && sx.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
-    Ok(PathStat {
-        mount_root,
-        dev: (sx.stx_dev_major, sx.stx_dev_minor),
-        rdev: (sx.stx_rdev_major, sx.stx_rdev_minor),
-        ino: sx.stx_ino,
-        mode: sx.stx_mode as u32,
-        uid: sx.stx_uid,
-        size: sx.stx_size,
-    })
-}
+pub use strata_mountinfo::{PathStat, stat};
 
 #[cfg(test)]
 mod tests {
