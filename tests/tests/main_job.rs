@@ -178,7 +178,7 @@ fn quickstart_up_down_up_and_delete() {
         assert_eq!(st["state"]["terminated"]["reason"], "NodeShutdown", "{p}");
         assert_eq!(st["ready"], false, "{p}");
         let err = s.fails(&["exec", pod, "--", "true"]);
-        assert!(err.contains("has terminated"), "{err}");
+        assert!(err.contains("stopped with the node (volctl down)"), "{err}");
     }
     // A second down has nothing to do and says so.
     s.ok(&["down"]);

@@ -33,6 +33,8 @@ impl ContainerRef {
         let st = &self.status["state"];
         if let Some(r) = st["waiting"]["reason"].as_str() {
             format!("is waiting to start: {r}")
+        } else if st["terminated"]["reason"] == strata_node::runner::NODE_SHUTDOWN {
+            "was stopped with the node (volctl down); `volctl up` runs it again".into()
         } else if !st["terminated"].is_null() {
             format!(
                 "has terminated (exit code {})",

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use container::Engine;
+pub use pod::NODE_SHUTDOWN;
 use pod::{Shared, Worker};
 
 use crate::layout;
