@@ -982,3 +982,91 @@ fn helm_values_reach_the_objects() {
         "create"
     ));
 }
+
+/// The kubernetes-csi sidecar binaries in `STRATA_SIDECARS` (a directory holding them by
+/// their plain names, built outside this repository: docs/cluster.md); None, said on
+/// stderr, when it is not set.
+fn sidecars_dir(test: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os("STRATA_SIDECARS") {
+        Some(d) => Some(d.into()),
+        None => {
+            eprintln!(
+                "SKIPPED {test}: STRATA_SIDECARS does not name a directory of kubernetes-csi sidecar binaries"
+            );
+            None
+        }
+    }
+}
+
+/// What a sidecar binary says its version is (`--version`), if it says.
+fn sidecar_version(bin: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    (out.status.success())
+        .then(|| text.split_whitespace().last().map(str::to_string))
+        .flatten()
+}
+
+/// Every sidecar of every install variant parses the flags the manifests give it: a flag
+/// the sidecar does not know, or a value it refuses, would crash-loop the DaemonSet's pod
+/// in a cluster. Each sidecar runs with the container's args (`$(VAR)` given a value) and
+/// `--help`, which parses them and exits before connecting anywhere.
+#[test]
+fn the_sidecars_accept_the_manifests_flags() {
+    const TEST: &str = "the_sidecars_accept_the_manifests_flags";
+    let Some(dir) = sidecars_dir(TEST) else {
+        return;
+    };
+    let refused = [
+        "unknown flag",
+        "unknown shorthand flag",
+        "flag provided but not defined",
+        "invalid argument",
+        "invalid value",
+        "bad flag syntax",
+    ];
+    let mut checked = 0;
+    for (variant, objects) in [
+        ("kustomize", kustomize_objects()),
+        ("overlays/strata-provisioner", overlay_objects()),
+    ] {
+        for c in containers(&daemonset(&objects)).values() {
+            let image = c.image.clone().unwrap_or_default();
+            let Some(rest) = image.strip_prefix("registry.k8s.io/sig-storage/") else {
+                continue;
+            };
+            let (name, pinned) = rest.split_once(':').unwrap_or((rest, "?"));
+            let bin = dir.join(name);
+            assert!(
+                bin.is_file(),
+                "{TEST}: {} has no {name} (the manifests run {image})",
+                dir.display()
+            );
+            let found = sidecar_version(&bin).unwrap_or_else(|| "an unknown version".into());
+            let args: Vec<String> = args(c)
+                .iter()
+                .map(|a| a.replace("$(NAMESPACE)", "strata-system"))
+                .collect();
+            let out = std::process::Command::new(&bin)
+                .args(&args)
+                .arg("--help")
+                .output()
+                .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+            let text = String::from_utf8_lossy(&out.stderr) + String::from_utf8_lossy(&out.stdout);
+            let first = text.lines().next().unwrap_or("");
+            assert!(
+                !refused.iter().any(|r| first.contains(r)),
+                "{variant}: {name} {found} (the manifests pin {pinned}) refuses the args {args:?}: {first}"
+            );
+            eprintln!("{variant}: {name} {found} (pinned {pinned}) accepts {args:?}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 5,
+        "only {checked} sidecars found in the manifests"
+    );
+}
