@@ -238,7 +238,18 @@ impl CsiNode {
         let target = layout::csi_publish(state, pod_uid, &v.pv_name);
         let (t, d) = (target.clone(), data);
         // Only the parent: the driver creates the target itself (k8s-semantics §5.6).
-        blocking(move || make_dir_with_data(&t, &d, false)).await?;
+        // Published already (a resync, a restart): as the kubelet's reconciler, nothing
+        // to do. Calling NodePublish again would be harmless to the driver but collide
+        // with the controller's work on the volume (an expansion answers ABORTED), and
+        // the fsGroup pass below would walk the whole volume at every resync.
+        let published = blocking(move || {
+            make_dir_with_data(&t, &d, false)?;
+            crate::mount::is_mounted(&t)
+        })
+        .await?;
+        if published {
+            return Ok(target);
+        }
         self.client
             .clone()
             .node_publish_volume(csi_proto::NodePublishVolumeRequest {

@@ -230,6 +230,48 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
     assert!(!staging.parent().unwrap().exists());
 }
 
+/// A resync of a pod whose volume is published makes no CSI call (as the kubelet's
+/// reconciler): with the driver gone it still succeeds, and the mount stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_volume_is_not_published_again() {
+    let test = "a_published_volume_is_not_published_again";
+    if !testkit::require_root(test) {
+        return;
+    }
+    let bin = testkit::workspace_binary("strata-csi");
+    let pool = LoopPool::dir();
+    let mut driver =
+        DriverProcess::start(DriverConfig::new(bin, NODE).pool("p1", pool.path())).await;
+    let state = StateDir::new("strata-vm-republish");
+    let store = store(state.path()).await;
+    seed(&store).await;
+    let handle = create_volume(&driver, "pvc-r", 64 << 20, "ext4").await;
+    bind(&store, "data", &handle, "64Mi", "ext4").await;
+    let pod = store
+        .create(&pvc_pod("p1", "data", Some(4242)))
+        .await
+        .unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    let mgr = manager(&store, state.path(), Some(driver.endpoint()));
+    let first = mgr.sync_pod(&pod).await.unwrap();
+    let target = &first["data"].path;
+    assert!(is_mounted(target));
+
+    driver.kill();
+    let again = mgr.sync_pod(&pod).await.unwrap();
+    assert_eq!(&again["data"].path, target);
+    assert!(is_mounted(target), "still published");
+
+    // A publish that is gone is made again (by the driver, which must be back for it).
+    driver.restart(&[]).await;
+    let mgr = manager(&store, state.path(), Some(driver.endpoint()));
+    nix::mount::umount(target.as_path()).unwrap();
+    mgr.sync_pod(&pod).await.unwrap();
+    assert!(is_mounted(target), "published again");
+    mgr.tear_down_pod(&uid).await.unwrap();
+    assert!(mounts_below(&state.path().join("node")).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_volume_through_csi() {
     let test = "block_volume_through_csi";
