@@ -159,6 +159,7 @@ fn examples_do_what_their_comments_say() {
     assert_eq!(pod["status"]["startTime"], started, "the same pod: {pod}");
     let events = describe(&s, "pvc", "grow-data");
     assert!(events.contains("Resizing"), "{events}");
+    assert!(events.contains("FileSystemResizeSuccessful"), "{events}");
     // No mount collided with the expansion (a resync used to call NodePublish again).
     let events = describe(&s, "pod", "grow-user");
     assert!(!events.contains("already in flight"), "{events}");

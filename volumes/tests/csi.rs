@@ -205,6 +205,21 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
         st.blocks() * st.fragment_size() > 400 << 20,
         "filesystem grew"
     );
+    // As the kubelet: FileSystemResizeSuccessful on the pod and on the claim.
+    let events = store
+        .list::<strata_store::k8s_openapi::api::core::v1::Event>(Some("default"), None)
+        .await
+        .unwrap()
+        .items;
+    for kind in ["Pod", "PersistentVolumeClaim"] {
+        assert!(
+            events.iter().any(
+                |e| e.reason.as_deref() == Some("FileSystemResizeSuccessful")
+                    && e.involved_object.kind.as_deref() == Some(kind)
+            ),
+            "{kind}: {events:?}"
+        );
+    }
 
     // The first user goes: unpublished only. The last: unstaged, staging dir removed.
     mgr.tear_down_pod(&u1).await.unwrap();

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use strata_store::Store;
 use strata_store::k8s_openapi::api::core::v1::{
     PersistentVolume, PersistentVolumeClaim, Pod, Secret, SecretReference, Volume,
 };
 use strata_store::meta;
+use strata_store::{EventType, Store};
 
 use super::{VolumeManager, store_err};
 use crate::csi_volume::{self, CsiNode, CsiVolume};
@@ -166,7 +166,7 @@ impl<S: Store> VolumeManager<S> {
             v.fs_group = projection::fs_group(pod);
         }
         let target = csi.set_up(&self.inner.cfg.state_dir, &uid, &v).await?;
-        self.expand_if_pending(&csi, &uid, &pvc, &pv, &v).await?;
+        self.expand_if_pending(&csi, pod, &pvc, &pv, &v).await?;
         Ok(PreparedVolume {
             path: target,
             read_only,
@@ -175,11 +175,12 @@ impl<S: Store> VolumeManager<S> {
     }
 
     /// NodeExpandVolume when the claim says node expansion is pending, then records the
-    /// new capacity in the claim's status and clears the pending mark.
+    /// new capacity in the claim's status, clears the pending mark and, as the kubelet,
+    /// a FileSystemResizeSuccessful event on the pod and on the claim.
     pub(super) async fn expand_if_pending(
         &self,
         csi: &CsiNode,
-        pod_uid: &str,
+        pod: &Pod,
         pvc: &PersistentVolumeClaim,
         pv: &PersistentVolume,
         v: &CsiVolume,
@@ -210,6 +211,7 @@ impl<S: Store> VolumeManager<S> {
                 field: "persistentVolume.spec.capacity",
                 reason: format!("{:?} is not a size", want.0),
             })?;
+        let pod_uid = meta::uid(&pod.metadata);
         csi.expand(&self.inner.cfg.state_dir, pod_uid, v, bytes)
             .await?;
         let ns = meta::namespace(&pvc.metadata).to_owned();
@@ -226,8 +228,27 @@ impl<S: Store> VolumeManager<S> {
                 .get_or_insert_with(Default::default)
                 .insert("storage".into(), want.clone());
             match self.inner.store.update_status(&cur).await {
-                Ok(_) => {
+                Ok(cur) => {
                     tracing::info!(pvc = %format!("{ns}/{name}"), size = %want.0, "expanded on the node");
+                    let message = format!(
+                        "MountVolume.NodeExpandVolume succeeded for volume {:?} {}",
+                        v.pv_name, self.inner.cfg.node_name
+                    );
+                    for involved in [meta::object_reference(pod), meta::object_reference(&cur)] {
+                        if let Err(e) = self
+                            .inner
+                            .store
+                            .record_event(
+                                &involved,
+                                EventType::Normal,
+                                "FileSystemResizeSuccessful",
+                                &message,
+                            )
+                            .await
+                        {
+                            tracing::warn!(error = %e, "recording FileSystemResizeSuccessful");
+                        }
+                    }
                     return Ok(());
                 }
                 Err(e) if e.is_conflict() => continue,
