@@ -210,11 +210,29 @@ impl CsiNode {
         };
         let staging = layout::csi_staging(state, &self.driver, &v.volume_handle);
         let cap = self.capability(v);
+        let target = layout::csi_publish(state, pod_uid, &v.pv_name);
+        let (t, d) = (target.clone(), data.clone());
+        // Only the parent: the driver creates the target itself (k8s-semantics §5.6).
+        // Published already (a resync, a restart): as the kubelet's reconciler, nothing
+        // to do, staging included. Calling NodeStage or NodePublish again would be
+        // harmless to the driver but collide with the controller's work on the volume (an
+        // expansion answers ABORTED), and the fsGroup pass below would walk the whole
+        // volume at every resync.
+        let published = blocking(move || {
+            make_dir_with_data(&t, &d, false)?;
+            crate::mount::is_mounted(&t)
+        })
+        .await?;
+        if published {
+            return Ok(target);
+        }
         if self.stage_unstage {
-            let (s, d) = (staging.clone(), data.clone());
+            let (s, d) = (staging.clone(), data);
             // The CO creates the staging dir (0750) and records what it is for (k8s-semantics §5.11).
             // Like the kubelet's MountDevice, stage only what is not staged yet: pods
-            // with different fsGroups share one staging (only the publish differs).
+            // with different fsGroups share one staging (only the publish differs). A
+            // block volume's staging is no mount of its own: staged again, which the
+            // driver answers from its record.
             let staged = blocking(move || {
                 make_dir_with_data(&s, &d, true)?;
                 crate::mount::is_mounted(&s)
@@ -234,21 +252,6 @@ impl CsiNode {
                     .await
                     .map_err(|s| rpc_err("NodeStageVolume", &v.volume_handle, s))?;
             }
-        }
-        let target = layout::csi_publish(state, pod_uid, &v.pv_name);
-        let (t, d) = (target.clone(), data);
-        // Only the parent: the driver creates the target itself (k8s-semantics §5.6).
-        // Published already (a resync, a restart): as the kubelet's reconciler, nothing
-        // to do. Calling NodePublish again would be harmless to the driver but collide
-        // with the controller's work on the volume (an expansion answers ABORTED), and
-        // the fsGroup pass below would walk the whole volume at every resync.
-        let published = blocking(move || {
-            make_dir_with_data(&t, &d, false)?;
-            crate::mount::is_mounted(&t)
-        })
-        .await?;
-        if published {
-            return Ok(target);
         }
         self.client
             .clone()
