@@ -101,6 +101,12 @@ fn logs_and_exec() {
     wait_for("restarted", || running_run(&s, 1));
     let prev = s.ok(&["logs", "tool", "-c", "main", "--previous"]);
     assert!(prev.contains("got-term"), "{prev}");
+    // --tail: the last line of that run only.
+    let last = s.ok(&["logs", "tool", "-c", "main", "--previous", "--tail", "1"]);
+    assert_eq!(last, format!("{}\n", prev.lines().last().unwrap()));
+    assert!(prev.lines().count() > 1, "{prev}");
+    let err = s.fails(&["logs", "tool", "--tail", "-2"]);
+    assert!(err.contains("--tail"), "{err}");
     let now = wait_for("the second run's log", || {
         Some(s.ok(&["logs", "tool", "-c", "main"])).filter(|t| t.contains("run-start"))
     });

@@ -1,4 +1,4 @@
-//! `volctl logs POD [-c C] [-f] [--previous]`: a container's stdout and stderr from the
+//! `volctl logs POD [-c C] [-f] [--previous] [--tail N]`: a container's stdout and stderr from the
 //! files strata-node writes, one per run
 //! (`<state>/logs/<ns>_<pod>_<uid>/<container>/<restart>.log`).
 
@@ -31,6 +31,39 @@ pub struct Args {
     /// Namespace of the pod.
     #[arg(short, long, default_value = "default")]
     namespace: String,
+    /// Only the last N lines of the run's output (then, with -f, what follows); -1: all.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    tail: i64,
+}
+
+/// Where the last `n` lines of `file` begin (a final newline ends the last line, it does
+/// not start another), read backwards in blocks: a long log is not read whole.
+fn tail_offset(file: &mut std::fs::File, n: u64) -> std::io::Result<u64> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let len = file.seek(SeekFrom::End(0))?;
+    if n == 0 {
+        return Ok(len);
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    let mut end = len;
+    let mut seen = 0;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        for (i, b) in chunk.iter().enumerate().rev() {
+            let at = start + i as u64;
+            if *b == b'\n' && at + 1 != len {
+                seen += 1;
+                if seen == n {
+                    return Ok(at + 1);
+                }
+            }
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// The runs that have a log file, oldest first.
@@ -89,6 +122,13 @@ pub async fn run(store: &EmbeddedStore, state: &Path, args: Args) -> anyhow::Res
     let mut file = tokio::fs::File::open(&path)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
+    if let Ok(n) = u64::try_from(args.tail) {
+        let mut f = file.try_clone().await?.into_std().await;
+        let at = tokio::task::spawn_blocking(move || tail_offset(&mut f, n))
+            .await?
+            .with_context(|| format!("reading {}", path.display()))?;
+        file.seek(std::io::SeekFrom::Start(at)).await?;
+    }
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 << 10];
     let id = strata_node::layout::container_id(&c.uid, &c.container, run);
@@ -121,5 +161,36 @@ pub async fn run(store: &EmbeddedStore, state: &Path, args: Args) -> anyhow::Res
         {
             ended = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail(text: &str, n: u64) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        std::fs::write(&path, text).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let at = tail_offset(&mut f, n).unwrap() as usize;
+        text[at..].to_string()
+    }
+
+    #[test]
+    fn tail_takes_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail("a\nb\nc\n", 1), "c\n");
+        assert_eq!(tail("a\nb\nc", 1), "c");
+        assert_eq!(tail("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail("a\nb\nc\n", 3), "a\nb\nc\n");
+        assert_eq!(tail("a\nb\nc\n", 9), "a\nb\nc\n");
+        assert_eq!(tail("a\nb\nc\n", 0), "");
+        assert_eq!(tail("", 3), "");
+        assert_eq!(tail("\n\n", 1), "\n");
+        // Across the 64 KiB blocks it reads backwards in.
+        let long: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(tail(&long, 2), "line 19998\nline 19999\n");
+        assert_eq!(tail(&long, 20_000), long);
     }
 }
