@@ -608,7 +608,9 @@ async fn a_set_up_finished_by_a_retry_wakes_watch_ready() {
     let uid = pod.metadata.uid.clone().unwrap();
     let mgr = manager(&store, state.path(), None);
     mgr.set_periods(Duration::from_millis(100), Duration::from_secs(3600));
-    let mut ready = mgr.watch_ready();
+    let mut ready = mgr.watch_ready(&uid);
+    // Another pod's waiter is not woken by this one.
+    let other = mgr.watch_ready("another-pod-uid");
     assert!(mgr.sync_pod(&pod).await.is_err());
     assert!(!mgr.pod_ready(&uid));
     assert!(!ready.has_changed().unwrap(), "nothing became ready");
@@ -632,6 +634,7 @@ async fn a_set_up_finished_by_a_retry_wakes_watch_ready() {
         .expect("watch_ready changes when the retry sets the pod up")
         .unwrap();
     assert!(mgr.pod_ready(&uid));
+    assert!(!other.has_changed().unwrap(), "another pod's waiter woken");
     assert!(mgr.container_volumes(&uid, "c").is_ok());
     mgr.tear_down_pod(&uid).await.unwrap();
     assert!(!mgr.pod_ready(&uid), "torn down is not ready");

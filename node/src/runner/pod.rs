@@ -411,7 +411,7 @@ impl<S: Store> Worker<S> {
         let rejected =
             (finished == Some("Failed") && old.reason.is_some() && !ctrs.iter().any(|c| c.ran))
                 .then(|| old.clone());
-        let ready = shared.volumes.watch_ready();
+        let ready = shared.volumes.watch_ready(&uid);
         Worker {
             shared,
             ready,

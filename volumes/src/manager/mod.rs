@@ -96,9 +96,9 @@ struct Inner<S> {
     periods: Mutex<Periods>,
     /// Set-ups, tear-downs and re-projections in flight; `run` drains them on its way out.
     tasks: Arc<Tasks>,
-    /// Counts the set-ups that left a pod with every volume ready (see
-    /// [`VolumeManager::watch_ready`]).
-    ready: tokio::sync::watch::Sender<u64>,
+    /// Per pod UID, counts the set-ups that left it with every volume ready (see
+    /// [`VolumeManager::watch_ready`]); an entry goes with the pod's tear-down.
+    ready: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
 }
 
 /// How often `run` retries failed volumes and does a full reconcile, and how long it
@@ -192,7 +192,7 @@ impl<S: Store> VolumeManager<S> {
                     drain: Duration::from_secs(30),
                 }),
                 tasks: Arc::default(),
-                ready: tokio::sync::watch::Sender::new(0),
+                ready: Mutex::default(),
             }),
         })
     }
@@ -258,11 +258,30 @@ impl<S: Store> VolumeManager<S> {
         handoff::container_volumes(&self.inner.cfg.state_dir, &pod, container, &prepared)
     }
 
-    /// Changes each time a set-up leaves a pod with all its volumes ready, whoever asked
-    /// for it (a claim bound, a retry, a watch event): a consumer waiting for a pod's
-    /// volumes wakes on it and asks [`Self::pod_ready`] instead of polling `sync_pod`.
-    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.ready.subscribe()
+    /// Changes each time a set-up leaves pod `pod_uid` with all its volumes ready, whoever
+    /// asked for it (a claim bound, a retry, a watch event): the pod's worker wakes on it
+    /// and asks [`Self::pod_ready`] instead of polling `sync_pod`. One per pod, so that a
+    /// pod becoming ready wakes its own worker, not every waiting one.
+    pub fn watch_ready(&self, pod_uid: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.inner
+            .ready
+            .lock()
+            .expect("lock")
+            .entry(pod_uid.to_owned())
+            .or_insert_with(|| tokio::sync::watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// Wakes [`Self::watch_ready`]'s receivers of `pod_uid`.
+    fn tell_ready(&self, pod_uid: &str) {
+        if let Some(tx) = self.inner.ready.lock().expect("lock").get(pod_uid) {
+            tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Forgets `pod_uid`'s [`Self::watch_ready`] channel (its volumes are torn down).
+    fn forget_ready(&self, pod_uid: &str) {
+        self.inner.ready.lock().expect("lock").remove(pod_uid);
     }
 
     /// Whether pod `pod_uid`'s last set-up left every volume ready (and it has not been

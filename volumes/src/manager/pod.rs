@@ -88,7 +88,7 @@ impl<S: Store> VolumeManager<S> {
         }
         let first_ready = {
             let mut pods = self.inner.pods.lock().expect("lock");
-            let entry = pods.entry(uid).or_default();
+            let entry = pods.entry(uid.clone()).or_default();
             let was_ready = entry.pod.is_some() && entry.errors.is_empty();
             entry.pod = Some(pod.clone());
             entry.prepared.extend(prepared.clone());
@@ -99,7 +99,7 @@ impl<S: Store> VolumeManager<S> {
         if errors.is_empty() {
             if first_ready {
                 tracing::info!(volumes = prepared.len(), "all volumes set up");
-                self.inner.ready.send_modify(|n| *n += 1);
+                self.tell_ready(&uid);
             }
             return Ok(prepared);
         }
@@ -252,6 +252,7 @@ impl<S: Store> VolumeManager<S> {
         })
         .await?;
         self.inner.pods.lock().expect("lock").remove(uid);
+        self.forget_ready(uid);
         self.inner
             .tokens
             .lock()

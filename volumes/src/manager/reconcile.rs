@@ -63,6 +63,7 @@ impl<S: Store> VolumeManager<S> {
         for uid in known {
             if !desired.contains_key(&uid) {
                 self.inner.pods.lock().expect("lock").remove(&uid);
+                self.forget_ready(&uid);
             }
         }
         let syncs = desired.values().map(|p| self.sync_pod(p));
