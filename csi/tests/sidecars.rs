@@ -97,18 +97,26 @@ fn wait_health(port: u16, want: u16, side: &Sidecar, driver: &DriverProcess) -> 
     )
 }
 
+/// The sidecar binary `name` and a driver on a `dir` pool for `test`; None (said why)
+/// when not root or the sidecars are not given. Bind them in this order: locals drop in
+/// reverse, so the driver goes before its pool.
+async fn setup(test: &str, name: &str) -> Option<(PathBuf, LoopPool, DriverProcess)> {
+    if !testkit::require_root(test) {
+        return None;
+    }
+    let bin = sidecar(test, name)?;
+    let pool = LoopPool::new(PoolFs::Dir).expect("make pool");
+    let driver = DriverProcess::start(DriverConfig::new(BIN, NODE).pool(POOL, pool.path())).await;
+    Some((bin, pool, driver))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livenessprobe_follows_the_drivers_probe() {
-    const TEST: &str = "livenessprobe_follows_the_drivers_probe";
-    if !testkit::require_root(TEST) {
-        return;
-    }
-    let Some(bin) = sidecar(TEST, "livenessprobe") else {
+    let Some((bin, _pool, mut driver)) =
+        setup("livenessprobe_follows_the_drivers_probe", "livenessprobe").await
+    else {
         return;
     };
-    let pool = LoopPool::new(PoolFs::Dir).expect("make pool");
-    let mut driver =
-        DriverProcess::start(DriverConfig::new(BIN, NODE).pool(POOL, pool.path())).await;
     let port = free_port();
     // The DaemonSet's args, with this driver's socket and a loopback port.
     let args = vec![
@@ -125,15 +133,14 @@ async fn livenessprobe_follows_the_drivers_probe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_driver_registrar_registers_the_driver_by_its_name() {
-    const TEST: &str = "node_driver_registrar_registers_the_driver_by_its_name";
-    if !testkit::require_root(TEST) {
-        return;
-    }
-    let Some(bin) = sidecar(TEST, "csi-node-driver-registrar") else {
+    let Some((bin, _pool, driver)) = setup(
+        "node_driver_registrar_registers_the_driver_by_its_name",
+        "csi-node-driver-registrar",
+    )
+    .await
+    else {
         return;
     };
-    let pool = LoopPool::new(PoolFs::Dir).expect("make pool");
-    let driver = DriverProcess::start(DriverConfig::new(BIN, NODE).pool(POOL, pool.path())).await;
     let registry = driver.mkdir("plugins_registry");
     let port = free_port();
     // The DaemonSet's args; the kubelet's plugin directory is a temporary one here.
