@@ -28,7 +28,9 @@ fn namespaces_seen_from_inside() {
     );
     assert!(ran.output.contains("pid=1\n"), "{}", ran.output);
     assert!(ran.output.contains("host=inside-host\n"), "{}", ran.output);
-    // The root is our overlay and the table is the container's own, far shorter than the host's.
+    // The table is the container's own (its root is our overlay, checked below) and holds
+    // only what the runtime mounts. Its length is not compared with the host's: a quiet
+    // host can have as few mounts, and CI once saw 25 and 25.
     let mounts: usize = ran
         .output
         .lines()
@@ -36,14 +38,7 @@ fn namespaces_seen_from_inside() {
         .unwrap()
         .parse()
         .unwrap();
-    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .count();
-    assert!(
-        mounts < 30 && mounts != host_mounts,
-        "container sees {mounts} mounts, host {host_mounts}"
-    );
+    assert!(mounts < 30, "container sees {mounts} mounts");
     assert!(
         ran.output.lines().any(|l| l == "1"),
         "root is not the overlay: {}",
