@@ -1189,6 +1189,16 @@ mod tests {
     use crate::driver::test_driver;
     use crate::volumes::CreateArgs;
 
+    /// A test driver on a temporary pool and state dir, with the pools' record mirror on as
+    /// the server sets it up. Bind as `(pool, state, driver)`: locals drop in reverse, so
+    /// the driver goes before its directories.
+    fn mirrored_driver() -> (tempfile::TempDir, tempfile::TempDir, crate::driver::Driver) {
+        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d = test_driver(p.path(), s.path());
+        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        (p, s, d)
+    }
+
     /// A publication of `volume_id` at `target`; `args` tells versions apart.
     fn publish_record(volume_id: &str, target: &str, args: &str) -> PublishRecord {
         PublishRecord {
@@ -1213,9 +1223,7 @@ mod tests {
 
     #[test]
     fn records_follow_objects_and_rebuild_a_lost_database() {
-        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let d = test_driver(p.path(), s.path());
-        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let (p, _s, d) = mirrored_driver();
         let v = d.create_volume(args("m-1")).unwrap();
         let gone = d.create_volume(args("m-2")).unwrap();
         let snap = d.create_snapshot("m-snap", &v.id).unwrap();
@@ -1272,9 +1280,7 @@ mod tests {
     /// journal brings back what was acknowledged, and only that.
     #[test]
     fn the_journal_brings_back_acknowledged_creates_after_power_loss() {
-        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let d = test_driver(p.path(), s.path());
-        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let (p, _s, d) = mirrored_driver();
         d.store
             .mirror()
             .unwrap()
@@ -1340,9 +1346,7 @@ mod tests {
     /// publication is written again or removed.
     #[test]
     fn publication_records_are_slots_and_files_only_when_too_large() {
-        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let d = test_driver(p.path(), s.path());
-        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let (p, _s, d) = mirrored_driver();
         let v = d.create_volume(args("slot-1")).unwrap();
         let rec = |target: &str, args: &str| publish_record(&v.id, target, args);
         let dir = p.path().join("meta/publishes");
@@ -1415,9 +1419,7 @@ mod tests {
     /// takes them from the records, also where the database holds an older record.
     #[test]
     fn publications_the_database_missed_are_adopted_from_their_records() {
-        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let d = test_driver(p.path(), s.path());
-        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let (_p, s, d) = mirrored_driver();
         let v = d.create_volume(args("pub-1")).unwrap();
         let rec = |target: &str, args: &str| publish_record(&v.id, target, args);
         d.store
@@ -1464,9 +1466,8 @@ mod tests {
     /// flushes (never more than one per create).
     #[test]
     fn concurrent_creates_are_journaled() {
-        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let d = std::sync::Arc::new(test_driver(p.path(), s.path()));
-        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let (_p, _s, d) = mirrored_driver();
+        let d = std::sync::Arc::new(d);
         d.store
             .mirror()
             .unwrap()
@@ -1522,9 +1523,7 @@ mod tests {
     #[test]
     fn removed_records_are_reused_as_spares() {
         use std::os::unix::fs::MetadataExt;
-        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let d = test_driver(p.path(), s.path());
-        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let (p, _s, d) = mirrored_driver();
         let meta = p.path().join("meta");
         let spares = || {
             let mut n = sys::fs::list_names(&meta.join(SPARE_DIR)).unwrap();
@@ -1585,9 +1584,7 @@ mod tests {
     /// undone by replay; a finished one, whose Put closed its intent, is not.
     #[test]
     fn replay_undoes_a_create_cut_short_after_its_intent() {
-        let (p, s) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let d = test_driver(p.path(), s.path());
-        d.store.set_mirror(Mirror::open(d.pools.iter()).unwrap());
+        let (p, _s, d) = mirrored_driver();
         let pm = d.store.mirror().unwrap().pool("p").unwrap();
         pm.journal().pause_checkpoints();
         let pool = d.pools.get("p").unwrap().clone();

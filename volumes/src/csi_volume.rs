@@ -212,15 +212,17 @@ impl CsiNode {
         let cap = self.capability(v);
         let target = layout::csi_publish(state, pod_uid, &v.pv_name);
         let (t, d) = (target.clone(), data.clone());
-        // Only the parent: the driver creates the target itself (k8s-semantics §5.6).
         // Published already (a resync, a restart): as the kubelet's reconciler, nothing
         // to do, staging included. Calling NodeStage or NodePublish again would be
         // harmless to the driver but collide with the controller's work on the volume (an
         // expansion answers ABORTED), and the fsGroup pass below would walk the whole
-        // volume at every resync.
+        // volume at every resync. Otherwise only the parent is made: the driver creates
+        // the target itself (k8s-semantics §5.6).
         let published = blocking(move || {
-            make_dir_with_data(&t, &d, false)?;
-            crate::mount::is_mounted(&t)
+            if crate::mount::is_mounted(&t)? {
+                return Ok(true);
+            }
+            make_dir_with_data(&t, &d, false).map(|()| false)
         })
         .await?;
         if published {

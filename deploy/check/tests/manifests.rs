@@ -1004,10 +1004,13 @@ fn sidecar_version(bin: &std::path::Path) -> Option<String> {
         .arg("--version")
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    (out.status.success())
-        .then(|| text.split_whitespace().last().map(str::to_string))
-        .flatten()
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .map(str::to_string)
 }
 
 /// Every sidecar of every install variant parses the flags the manifests give it: a flag

@@ -306,6 +306,30 @@ impl<S: Store> Controller<S> {
         Err(e.into())
     }
 
+    /// Makes the plans of a batch of keys: `batched` (writes only) together through
+    /// [`Self::write_plans`], `single` one by one through [`Self::apply_plan`]. Returns the
+    /// keys whose plan was made; a failed one's error goes to `results`.
+    async fn make_plans(
+        &self,
+        batched: Vec<(String, Plan)>,
+        single: Vec<(String, Plan)>,
+        results: &mut Vec<(String, Result<Requeue>)>,
+    ) -> Vec<String> {
+        let mut made = Vec::new();
+        let mut record = |k: String, r: Result<()>| match r {
+            Ok(()) => made.push(k),
+            Err(e) => results.push((k, Err(e))),
+        };
+        for (k, r) in self.write_plans(batched).await {
+            record(k, r);
+        }
+        for (k, plan) in single {
+            let r = self.apply_plan(plan).await;
+            record(k, r);
+        }
+        made
+    }
+
     /// Makes plans that are object writes only (no events, no claims to wake), each its
     /// own batch, in one store call ([`Store::write_batches`]: one transaction in the
     /// embedded store), and puts each plan's results in the cache as `apply_plan` does.
@@ -415,20 +439,7 @@ impl<S: Store> Controller<S> {
                 }
             }
         }
-        let mut made = Vec::new();
-        for (k, r) in self.write_plans(batched).await {
-            match r {
-                Ok(()) => made.push(k),
-                Err(e) => results.push((k, Err(e))),
-            }
-        }
-        for (k, plan) in single {
-            match self.apply_plan(plan).await {
-                Ok(()) => made.push(k),
-                Err(e) => results.push((k, Err(e))),
-            }
-        }
-        for k in made {
+        for k in self.make_plans(batched, single, &mut results).await {
             let r = self.claim_protection(&k).await.map(|()| Requeue::Done);
             results.push((k, r));
         }
@@ -539,20 +550,7 @@ impl<S: Store> Controller<S> {
                 }
             }
         }
-        let mut made = Vec::new();
-        for (name, r) in self.write_plans(batched).await {
-            match r {
-                Ok(()) => made.push(name),
-                Err(e) => results.push((name, Err(e))),
-            }
-        }
-        for (name, plan) in single {
-            match self.apply_plan(plan).await {
-                Ok(()) => made.push(name),
-                Err(e) => results.push((name, Err(e))),
-            }
-        }
-        for name in made {
+        for name in self.make_plans(batched, single, &mut results).await {
             let r = self.volume_protection(&name).await.map(|()| Requeue::Done);
             results.push((name, r));
         }

@@ -521,18 +521,24 @@ fn spawn_worker<S: Store>(
     queue: &Arc<WorkQueue>,
     sync: fn(Arc<Controller<S>>, String) -> SyncFuture,
 ) -> tokio::task::JoinHandle<()> {
-    let ctl = Arc::clone(ctl);
-    let queue = Arc::clone(queue);
-    let status = Arc::clone(&ctl.status);
-    let name = queue.name;
-    let handle = tokio::spawn(async move {
+    let (ctl, queue) = (Arc::clone(ctl), Arc::clone(queue));
+    spawn_tracked(&ctl.status.clone(), queue.name, async move {
         while let Some(key) = queue.next().await {
             let span = tracing::debug_span!("sync", queue = queue.name, key = %key);
             let result =
                 tracing::Instrument::instrument(sync(Arc::clone(&ctl), key.clone()), span).await;
             finish(&ctl, &queue, &key, result);
         }
-    });
+    })
+}
+
+/// Spawns a queue's worker loop, tracked by the health status under the queue's name.
+fn spawn_tracked(
+    status: &LoopStatus,
+    name: &'static str,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let handle = tokio::spawn(work);
     status.track(name, handle.abort_handle());
     handle
 }
@@ -545,11 +551,8 @@ fn spawn_batch_worker<S: Store>(
     max: usize,
     sync: fn(Arc<Controller<S>>, Vec<String>) -> BatchFuture,
 ) -> tokio::task::JoinHandle<()> {
-    let ctl = Arc::clone(ctl);
-    let queue = Arc::clone(queue);
-    let status = Arc::clone(&ctl.status);
-    let name = queue.name;
-    let handle = tokio::spawn(async move {
+    let (ctl, queue) = (Arc::clone(ctl), Arc::clone(queue));
+    spawn_tracked(&ctl.status.clone(), queue.name, async move {
         while let Some(keys) = queue.next_batch(max).await {
             let span = tracing::debug_span!("sync", queue = queue.name, keys = keys.len());
             let mut held: std::collections::HashSet<String> = keys.iter().cloned().collect();
@@ -564,9 +567,7 @@ fn spawn_batch_worker<S: Store>(
                 queue.done(&key);
             }
         }
-    });
-    status.track(name, handle.abort_handle());
-    handle
+    })
 }
 
 /// What a worker does with a key's result, then the key is done.

@@ -67,27 +67,8 @@ impl WorkQueue {
 
     /// The next key to work on, or None once the queue is shut down.
     pub async fn next(&self) -> Option<String> {
-        loop {
-            let notified = self.notify.notified();
-            {
-                let mut s = self.lock();
-                if s.shut_down {
-                    return None;
-                }
-                if let Some(key) = s.queue.pop_front() {
-                    s.queued.remove(&key);
-                    s.active.insert(key.clone());
-                    let more = !s.queue.is_empty();
-                    drop(s);
-                    if more {
-                        // Wake another idle worker: a stored permit is only ever one.
-                        self.notify.notify_one();
-                    }
-                    return Some(key);
-                }
-            }
-            notified.await;
-        }
+        let mut keys = self.next_batch(1).await?;
+        keys.pop()
     }
 
     /// Every queued key, at most `max`, each then held as [`WorkQueue::next`] holds one
