@@ -3422,122 +3422,82 @@ async fn node_stats_and_expand() {
 // ---------------------------------------------------------------- Busy → ABORTED
 
 /// Two operations on one volume at once: the second gets ABORTED while the first is running,
-/// and succeeds after it. The slow first operation is a snapshot of a volume full of data on
-/// a pool without reflink (a real copy); the test waits until the copy is seen in progress.
+/// and succeeds after it. The first CreateSnapshot is held at its failpoint (armed `=hold`)
+/// after it has taken its locks and written its intent, so it is in flight for exactly as
+/// long as the test needs, whatever the machine's speed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_operations_on_one_volume_are_aborted() {
     if !testkit::require_root("concurrent_operations_on_one_volume_are_aborted") {
         return;
     }
+    const HELD: &str = "create_snapshot:after_intent";
     let mut env = Env::new(PoolFs::Dir).await;
     let mut c = Checks::new("concurrent_operations_on_one_volume_are_aborted");
-    let v = env.create("pvc-busy", 640 * MIB).await;
-    let st = env.stage(&v, "staging", snw()).await;
-    let (_, err) = write_pattern(&st.join("fill"), 512 << 20, 3);
-    assert!(err.is_none(), "fill the volume: {err:?}");
-    env.unstage(&v.volume_id, &st).await;
+    let v = env.create("pvc-busy", 64 * MIB).await;
+    env.restart(&[&format!("{HELD}=hold")]).await;
 
-    let mut observed = false;
-    for attempt in 0..3 {
-        let files_before = env.pool.files();
-        let name = format!("slow-snap-{attempt}");
+    let req = CreateSnapshotRequest {
+        name: "held-snap".into(),
+        source_volume_id: v.volume_id.clone(),
+        ..Default::default()
+    };
+    let first = tokio::spawn({
         let mut ctl = env.ctl.clone();
-        let req = CreateSnapshotRequest {
-            name: name.clone(),
-            source_volume_id: v.volume_id.clone(),
+        let req = req.clone();
+        async move { ctl.create_snapshot(req).await }
+    });
+    env.driver.wait_held(HELD, WAIT);
+    let same = env.ctl.create_snapshot(req.clone()).await;
+    let expand = env
+        .ctl
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 128 * MIB,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(snw()),
             ..Default::default()
-        };
-        let first = tokio::spawn({
-            let req = req.clone();
-            async move { ctl.create_snapshot(req).await }
-        });
-        // In progress = a new file in the pool while the RPC has not answered.
-        let pool = env.pool.path().to_owned();
-        let in_progress = tokio::task::spawn_blocking({
-            let first_done = first.abort_handle();
-            move || {
-                testkit::wait_for("snapshot copy to start or finish", WAIT, || {
-                    if first_done.is_finished() {
-                        return Some(false);
-                    }
-                    let now = walk_files(&pool);
-                    now.iter()
-                        .any(|f| !files_before.contains(f))
-                        .then_some(true)
-                })
-            }
         })
-        .await
-        .unwrap();
-        if !in_progress || first.is_finished() {
-            let _ = first.await;
-            continue;
-        }
-        let same = env.ctl.create_snapshot(req.clone()).await;
-        let expand = env
-            .ctl
-            .controller_expand_volume(ControllerExpandVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                capacity_range: Some(CapacityRange {
-                    required_bytes: 700 * MIB,
-                    limit_bytes: 0,
-                }),
-                volume_capability: Some(snw()),
-                ..Default::default()
-            })
-            .await;
-        let still_running = !first.is_finished();
-        let done = first.await.unwrap();
-        if !still_running {
-            // The copy ended while the second calls were in flight: not a valid observation.
-            continue;
-        }
-        observed = true;
-        c.code_in(
-            "CreateSnapshot of the same name while the first is in flight",
-            "CSI CreateSnapshot: operation pending for the snapshot → ABORTED",
-            same,
-            &[Code::Aborted],
-        );
-        c.code(
-            "ControllerExpandVolume while a snapshot of it is being cut",
-            "CSI §Error Scheme / k8s-semantics §5.2: a second operation on a busy volume → ABORTED",
-            expand,
-            Code::Aborted,
-        );
-        c.ok(
-            "the first CreateSnapshot",
-            "the in-flight operation completes",
-            done,
-        );
-        c.ok(
-            "CreateSnapshot retried after the first finished",
-            "CSI CreateSnapshot idempotency",
-            env.ctl.create_snapshot(req).await,
-        );
-        break;
-    }
-    assert!(
-        observed,
-        "could not observe a snapshot copy in progress in 3 attempts: the busy rule went untested"
+        .await;
+    let delete = env
+        .ctl
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert!(!first.is_finished(), "the held CreateSnapshot answered");
+    c.code_in(
+        "CreateSnapshot of the same name while the first is in flight",
+        "CSI CreateSnapshot: operation pending for the snapshot → ABORTED",
+        same,
+        &[Code::Aborted],
+    );
+    c.code(
+        "ControllerExpandVolume while a snapshot of it is being cut",
+        "CSI §Error Scheme / k8s-semantics §5.2: a second operation on a busy volume → ABORTED",
+        expand,
+        Code::Aborted,
+    );
+    c.code(
+        "DeleteVolume while a snapshot of it is being cut",
+        "CSI §Error Scheme: an operation pending for the volume → ABORTED",
+        delete,
+        Code::Aborted,
+    );
+    env.driver.release(HELD);
+    c.ok(
+        "the first CreateSnapshot",
+        "the in-flight operation completes",
+        first.await.unwrap(),
+    );
+    c.ok(
+        "CreateSnapshot retried after the first finished",
+        "CSI CreateSnapshot idempotency",
+        env.ctl.create_snapshot(req).await,
     );
     c.finish();
-}
-
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.filter_map(|e| e.ok()) {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------- Ephemeral inline volumes

@@ -638,6 +638,7 @@ mod driver {
             }
             cmd.args(&self.config.args);
             cmd.env_remove(FAILPOINTS_ENV);
+            cmd.env(format!("{FAILPOINTS_ENV}_HOLD_DIR"), &self.dir);
             if !failpoints.is_empty() {
                 cmd.env(FAILPOINTS_ENV, failpoints.join(","));
             }
@@ -706,6 +707,34 @@ mod driver {
         /// The temp dir holding socket, state dir, log and scratch paths.
         pub fn dir(&self) -> &Path {
             &self.dir
+        }
+
+        /// Waits until an operation reaches failpoint `name`, armed as `name=hold`, and is
+        /// held there. Panics with the driver's log if the driver exits first.
+        pub fn wait_held(&mut self, name: &str, deadline: Duration) {
+            let file = strata_failpoint::hold_file(&self.dir, name);
+            let start = Instant::now();
+            while !file.exists() {
+                if let Some(status) = self.try_wait() {
+                    panic!(
+                        "driver exited ({status}) before reaching {name}\n{}",
+                        self.log_text()
+                    );
+                }
+                assert!(
+                    start.elapsed() < deadline,
+                    "no operation reached failpoint {name} within {deadline:?}\n{}",
+                    self.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+
+        /// Lets the operation held at failpoint `name` go on.
+        pub fn release(&self, name: &str) {
+            let file = strata_failpoint::hold_file(&self.dir, name);
+            fs::remove_file(&file)
+                .unwrap_or_else(|e| panic!("release {name}: remove {}: {e}", file.display()));
         }
 
         pub fn node_id(&self) -> &str {
