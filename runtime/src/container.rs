@@ -248,6 +248,19 @@ impl Runtime {
             let _ = fs::remove_file(rt.lock_path(id));
         };
         let result = (|| {
+            if !ours.is_empty() {
+                // The volume binds are made in a mount namespace of this process's own, a
+                // copy of the caller's. The container's namespace is cloned from it and
+                // keeps them; the host's mount table never shows them (as under a CRI
+                // runtime, where they live only in the container), and a crash mid-create
+                // leaves none behind. The copy keeps peer groups, so rshared and rslave
+                // volumes still propagate. Under a parent that is itself shared with the
+                // host (a bundle on a shared `/`), a bind still propagates there as
+                // before; premounts.json lets `delete` undo that.
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+                    Error::io("unsharing the mount namespace", "/proc/self/ns/mnt")(e.into())
+                })?;
+            }
             let mut landed = Vec::new();
             for b in &ours {
                 // Record before mounting: a crash between the two leaves an entry

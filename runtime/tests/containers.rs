@@ -350,3 +350,155 @@ fn exit_status_and_log_file() {
     );
     assert!(ran.output.contains("1234"), "{}", ran.output);
 }
+
+/// A tmpfs at `path`, made shared so that binds of it have a peer group to join or follow.
+fn shared_tmpfs(path: &std::path::Path) -> testkit::MountGuard {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir(path).unwrap();
+    mount(
+        Some("tmpfs"),
+        path,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let guard = testkit::MountGuard(path.to_path_buf());
+    mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    guard
+}
+
+/// Mount events really cross between host and container as each volume's propagation
+/// says (HostToContainer: host → container; Bidirectional: both ways), and the volume
+/// binds themselves live only in the container's mount namespace: the host's mount table
+/// does not show them while the container runs (as under a CRI runtime).
+#[test]
+fn mounts_propagate_as_asked_and_volume_binds_stay_in_the_container() {
+    if !testkit::require_root("mounts_propagate_as_asked_and_volume_binds_stay_in_the_container") {
+        return;
+    }
+    let env = Env::new();
+    let img = env.busybox("bb");
+    let id = testkit::unique_id("prop");
+    let h2c = env.path("h2c");
+    let _h2c = shared_tmpfs(&h2c);
+    let both = env.path("both");
+    let _both = shared_tmpfs(&both);
+    std::fs::create_dir(h2c.join("sub")).unwrap();
+    let rootfs = RootfsGuard(
+        strata_runtime::Rootfs::create(
+            &env.store,
+            &id,
+            &img,
+            &strata_runtime::InitLayer::for_hostname(&id),
+        )
+        .unwrap(),
+    );
+    // Each wait is bounded (400 x 50 ms) so a broken propagation fails, not hangs.
+    let mut cfg = sh(
+        "wait_for() { i=0; while [ ! -e \"$1\" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; [ -e \"$1\" ]; }; \
+         echo running; wait_for /h2c/sub/marker && echo saw-host-mount; \
+         mkdir /both/inner && mount -t tmpfs inner /both/inner && echo x > /both/inner/from-container && \
+         wait_for /both/done; umount /both/inner; echo end",
+    );
+    cfg.volumes = vec![
+        BindMount {
+            source: h2c.clone(),
+            destination: "/h2c".into(),
+            read_only: false,
+            propagation: Propagation::HostToContainer,
+        },
+        BindMount {
+            source: both.clone(),
+            destination: "/both".into(),
+            read_only: false,
+            propagation: Propagation::Bidirectional,
+        },
+    ];
+    let mut spec = serde_json::to_value(cfg.to_spec(&id, &rootfs.0.path()).unwrap()).unwrap();
+    // Mounting inside needs CAP_SYS_ADMIN (a privileged container, as Bidirectional requires).
+    for set in ["bounding", "effective", "permitted"] {
+        spec["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_SYS_ADMIN".into());
+    }
+    let bundle = env.path("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let rootfs_path = rootfs.0.path();
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
+    let log = env.path("prop.log");
+    let _guard = testkit::ContainerGuard {
+        binary: BIN.into(),
+        root: env.state.clone(),
+        id: id.clone(),
+    };
+    let mut child = env
+        .cli()
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("--output")
+        .arg(&log)
+        .arg(&id)
+        .spawn()
+        .unwrap();
+    let wait = std::time::Duration::from_secs(20);
+    // Mounts made before the container's binds would be copied by the rbind, not
+    // propagated: the host mounts only once the container runs.
+    testkit::wait_for("the container to run", wait, || {
+        let out = std::fs::read_to_string(&log).unwrap_or_default();
+        out.contains("running").then_some(())
+    });
+    // The host mounts below the HostToContainer source; the container must see it.
+    let sub = h2c.join("sub");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _sub = testkit::MountGuard(sub.clone());
+    std::fs::write(sub.join("marker"), "").unwrap();
+    // The container's mount below its Bidirectional volume must reach the host.
+    let inner = both.join("inner");
+    testkit::wait_for("the container's mount to reach the host", wait, || {
+        inner.join("from-container").exists().then_some(())
+    });
+    let _inner = testkit::MountGuard(inner.clone());
+    assert!(
+        is_mountpoint(&inner),
+        "the container's mount is not a mount on the host"
+    );
+    for dest in ["h2c", "both"] {
+        assert!(
+            !is_mountpoint(&rootfs_path.join(dest)),
+            "the volume bind at /{dest} shows in the host's mount table"
+        );
+    }
+    std::fs::write(both.join("done"), "").unwrap();
+    let status = child.wait().unwrap();
+    let out = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{status}: {out}");
+    assert!(
+        out.contains("saw-host-mount"),
+        "host mount not seen inside: {out}"
+    );
+    assert!(out.contains("end"), "{out}");
+    assert!(
+        !is_mountpoint(&inner),
+        "the container's umount did not reach the host"
+    );
+}

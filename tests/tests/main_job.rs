@@ -163,6 +163,11 @@ fn quickstart_up_down_up_and_delete() {
         })
         .collect();
     assert_eq!(infra_processes(&uids).len(), 2, "one infra process per pod");
+    // The README's health check on a healthy node with running pods: nothing to report
+    // (the volumes' binds into the containers once showed as stale mounts, and
+    // `volctl doctor || (volctl down && ...)` then stopped a healthy node).
+    let doctor = s.ok(&["doctor"]);
+    assert!(doctor.contains("0 problem(s)"), "{doctor}");
 
     // down: every process stops, every mount and loop device goes.
     let out = s.ok(&["down"]);
