@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use strata_runtime::{ExecOptions, ExecOutcome, Helper};
@@ -138,22 +138,37 @@ fn exec_runs_in_the_container_and_returns_its_exit_code() {
         stderr(&o)
     );
 
-    // A long exec does not hold the container: state answers meanwhile.
+    // A long exec does not hold the container: state answers while it still runs (the
+    // exec's process is seen inside first, so the exec is past its set-up).
     let mut long = r
         .env
         .cli()
-        .args(["exec", id, "sleep", "2"])
+        .args(["exec", id, "sleep", "600"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    let o = r.env.cli().args(["state", id]).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    testkit::wait_for("the long exec to run", Duration::from_secs(60), || {
+        let o = exec(&r, &[id, "sh", "-c", "ps -o args | grep -c '^sleep 600'"]);
+        (String::from_utf8_lossy(&o.stdout).trim() == "1").then_some(())
+    });
+    let mut state = r
+        .env
+        .cli()
+        .args(["state", id])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Bounded so that a state that waits for the exec fails here instead of hanging.
+    let answered = testkit::wait_for("state while the exec runs", Duration::from_secs(60), || {
+        state.try_wait().unwrap()
+    });
+    assert!(answered.success(), "state failed while an exec ran");
     assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "state waited for exec"
+        long.try_wait().unwrap().is_none(),
+        "state answered only once the exec had ended"
     );
-    assert!(long.wait().unwrap().success());
+    let o = exec(&r, &[id, "killall", "sleep"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    long.wait().unwrap();
 
     // Timeout: killed, 137.
     let o = exec(&r, &["--timeout", "1", id, "sleep", "30"]);
