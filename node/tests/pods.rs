@@ -284,3 +284,78 @@ async fn a_restarted_node_adopts_running_containers() {
     assert!(env.runtime_ids().is_empty());
     assert!(!strata_volumes::layout::pod_dir(&env.dir, &uid).exists());
 }
+
+/// `$(NAME)` references, as the kubelet expands them: in env values (envFrom's names and
+/// the entries above, never later ones; `$$` escapes), in command and args (the container's
+/// whole environment), and in subPathExpr. A subPathExpr with no value fails the start
+/// with CreateContainerConfigError and runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dollar_references_expand_in_env_command_args_and_sub_path_expr() {
+    if !testkit::require_root("dollar_references_expand_in_env_command_args_and_sub_path_expr") {
+        return;
+    }
+    use strata_store::k8s_openapi::api::core::v1::ConfigMap;
+    let mut env = Env::new("pods-expand");
+    env.start_node();
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "settings", "namespace": "default"},
+        "data": {"FROM_CM": "cm-value"}
+    }))
+    .unwrap();
+    env.store.create(&cm).await.unwrap();
+    let pod = env
+        .create(json!({"metadata": {"name": "expand", "namespace": "default"}, "spec": {
+            "nodeName": "n1",
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{
+                "name": "c", "image": "busybox",
+                "envFrom": [{"configMapRef": {"name": "settings"}}],
+                "env": [
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "GREETING", "value": "hello $(POD_NAME) from $(FROM_CM)"},
+                    {"name": "EARLY", "value": "[$(LATE)]"},
+                    {"name": "LATE", "value": "late"},
+                    {"name": "ESCAPED", "value": "$$(POD_NAME)"}
+                ],
+                "command": ["sh", "-c"],
+                "args": ["printf '%s|%s|%s|%s\\n' \"$GREETING\" \"$EARLY\" \"$ESCAPED\" '$(LATE)' > /own/env; exec sleep 1000"],
+                "volumeMounts": [
+                    {"name": "data", "mountPath": "/data"},
+                    {"name": "data", "mountPath": "/own", "subPathExpr": "pods/$(POD_NAME)"}
+                ]
+            }]}}))
+        .await;
+    let uid = uid(&pod);
+    env.wait_pod("expand", "Running", |p| status(p)["phase"] == "Running")
+        .await;
+    assert_eq!(
+        env.empty_dir_file(&uid, "data", "pods/expand/env"),
+        "hello expand from cm-value|[$(LATE)]|$(POD_NAME)|late\n"
+    );
+
+    // A subPathExpr naming a variable the container does not have: nothing runs.
+    env.create(sh_pod(
+        "no-value",
+        "exec sleep 1000",
+        json!({
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "exec sleep 1000"],
+                "volumeMounts": [{"name": "data", "mountPath": "/own", "subPathExpr": "$(NOT_SET)"}]}]
+        }),
+    ))
+    .await;
+    let p = env
+        .wait_pod("no-value", "CreateContainerConfigError", |p| {
+            container(p, "c")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+        })
+        .await;
+    let msg = container(&p, "c")["state"]["waiting"]["message"].to_string();
+    assert!(msg.contains("missing value for NOT_SET"), "{msg}");
+    assert_eq!(env.runtime_ids().len(), 1, "only the first pod runs");
+
+    env.delete("expand").await;
+    env.delete("no-value").await;
+    env.wait_gone("expand").await;
+    env.wait_gone("no-value").await;
+}

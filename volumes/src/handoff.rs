@@ -12,6 +12,7 @@ use nix::sys::stat::Mode;
 
 use crate::dirfd;
 use crate::error::{Context, Error, Result};
+use crate::expansion;
 use crate::layout;
 use crate::mount;
 
@@ -83,13 +84,34 @@ fn find_container<'p>(pod: &'p Pod, name: &str) -> Option<&'p Container> {
         .find(|c| c.name == name)
 }
 
+/// `subPathExpr` with the container's environment (`NAME=value`): as the kubelet, every
+/// `$(NAME)` must have a non-empty value, and the result is then checked as a subPath is.
+fn expand_sub_path(expr: &str, env: &[String]) -> Result<String> {
+    let lookup = expansion::env_lookup(env);
+    let mut missing: Vec<String> = expansion::references(expr)
+        .into_iter()
+        .filter(|name| lookup(name).is_none_or(str::is_empty))
+        .collect();
+    if !missing.is_empty() {
+        missing.sort();
+        missing.dedup();
+        return Err(Error::InvalidArgument {
+            field: "volumeMounts.subPathExpr",
+            reason: format!("{expr:?}: missing value for {}", missing.join(", ")),
+        });
+    }
+    Ok(expansion::expand(expr, lookup))
+}
+
 /// The mounts and devices of container `container`, in the order of its spec. subPaths
-/// are resolved beneath their volume and bind-mounted under the pod's `volume-subpaths`.
+/// (and subPathExprs, expanded with `env`, the container's `NAME=value` environment) are
+/// resolved beneath their volume and bind-mounted under the pod's `volume-subpaths`.
 pub fn container_volumes(
     state: &Path,
     pod: &Pod,
     container: &str,
     volumes: &BTreeMap<String, PreparedVolume>,
+    env: &[String],
 ) -> Result<ContainerVolumes> {
     let c = find_container(pod, container).ok_or_else(|| Error::InvalidArgument {
         field: "container",
@@ -108,14 +130,25 @@ pub fn container_volumes(
                 reason: format!("{:?} is a block volume: use volumeDevices", m.name),
             });
         }
-        if m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(Error::InvalidArgument {
-                field: "volumeMounts.subPathExpr",
-                reason: "not supported".into(),
-            });
-        }
+        let sub_path = match (
+            m.sub_path.as_deref().filter(|s| !s.is_empty()),
+            m.sub_path_expr.as_deref().filter(|s| !s.is_empty()),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidArgument {
+                    field: "volumeMounts.subPathExpr",
+                    reason: format!(
+                        "mount {:?}: subPath and subPathExpr are mutually exclusive",
+                        m.name
+                    ),
+                });
+            }
+            (Some(sub), None) => Some(sub.to_owned()),
+            (None, Some(expr)) => Some(expand_sub_path(expr, env)?),
+            (None, None) => None,
+        };
         let read_only = v.read_only || m.read_only.unwrap_or(false);
-        let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+        let source = match sub_path.as_deref() {
             None => v.path.clone(),
             Some(sub) => {
                 let target = layout::subpath_dir(state, pod_uid)
@@ -294,6 +327,32 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn sub_path_expr_needs_a_value_for_every_reference() {
+        let env = vec!["POD=web-0".to_string(), "EMPTY=".to_string()];
+        assert_eq!(expand_sub_path("logs/$(POD)", &env).unwrap(), "logs/web-0");
+        assert_eq!(expand_sub_path("$$(POD)", &env).unwrap(), "$(POD)");
+        let err = expand_sub_path("$(NOPE)/$(EMPTY)/$(POD)/$(NOPE)", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing value for EMPTY, NOPE"), "{err}");
+    }
+
+    #[test]
+    fn sub_path_and_sub_path_expr_together_are_refused() {
+        let mut p = pod();
+        let m = &mut p.spec.as_mut().unwrap().containers[0]
+            .volume_mounts
+            .as_mut()
+            .unwrap()[0];
+        m.sub_path = Some("a".into());
+        m.sub_path_expr = Some("$(X)".into());
+        let err = container_volumes(Path::new("/s"), &p, "app", &prepared(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mutually exclusive"), "{err}");
+    }
+
     fn pod() -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "p", "uid": "u1"},
@@ -326,7 +385,7 @@ mod tests {
 
     #[test]
     fn mounts_in_spec_order_with_forced_read_only() {
-        let out = container_volumes(Path::new("/s"), &pod(), "app", &prepared()).unwrap();
+        let out = container_volumes(Path::new("/s"), &pod(), "app", &prepared(), &[]).unwrap();
         let summary: Vec<(&str, &str, bool, Propagation)> = out
             .mounts
             .iter()
@@ -359,10 +418,10 @@ mod tests {
                 device_path: "/dev/xvda".into()
             }]
         );
-        assert!(container_volumes(Path::new("/s"), &pod(), "ghost", &prepared()).is_err());
+        assert!(container_volumes(Path::new("/s"), &pod(), "ghost", &prepared(), &[]).is_err());
         let mut missing = prepared();
         missing.remove("cfg");
-        assert!(container_volumes(Path::new("/s"), &pod(), "app", &missing).is_err());
+        assert!(container_volumes(Path::new("/s"), &pod(), "app", &missing, &[]).is_err());
         assert!(Propagation::parse(Some("Sideways")).is_err());
     }
 

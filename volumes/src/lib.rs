@@ -14,6 +14,7 @@ pub mod csi_volume;
 mod dirfd;
 pub mod empty_dir;
 pub mod error;
+pub mod expansion;
 pub mod handoff;
 pub mod host_path;
 pub mod layout;

@@ -145,7 +145,7 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
     assert_eq!(std::os::unix::fs::MetadataExt::mode(&root) & 0o2070, 0o2070);
 
     // subPath: created inside the volume and bound, never escaping it.
-    let cv = mgr.container_volumes(&u1, "c").unwrap();
+    let cv = mgr.container_volumes(&u1, "c", &[]).unwrap();
     assert_eq!(cv.mounts[0].source, t1);
     assert!(is_mounted(&cv.mounts[1].source));
     assert!(t1.join("logs").is_dir());
@@ -361,7 +361,7 @@ async fn block_volume_through_csi() {
             .is_block_device(),
         "the target is the device"
     );
-    let cv = mgr.container_volumes(&uid, "c").unwrap();
+    let cv = mgr.container_volumes(&uid, "c", &[]).unwrap();
     assert_eq!(cv.devices.len(), 1);
     assert_eq!(cv.devices[0].device_path, "/dev/xvda");
     assert!(cv.mounts.is_empty());

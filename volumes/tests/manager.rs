@@ -81,7 +81,7 @@ async fn api_volumes_live_updates_and_tear_down() {
     assert_eq!(claims.kubernetes.pod.unwrap().uid, uid);
 
     // Hand-off: API-data volumes read-only whatever the mount says; emptyDir writable.
-    let cv = mgr.container_volumes(&uid, "app").unwrap();
+    let cv = mgr.container_volumes(&uid, "app", &[]).unwrap();
     let ro: Vec<(&str, bool)> = cv
         .mounts
         .iter()
@@ -635,7 +635,7 @@ async fn a_set_up_finished_by_a_retry_wakes_watch_ready() {
         .unwrap();
     assert!(mgr.pod_ready(&uid));
     assert!(!other.has_changed().unwrap(), "another pod's waiter woken");
-    assert!(mgr.container_volumes(&uid, "c").is_ok());
+    assert!(mgr.container_volumes(&uid, "c", &[]).is_ok());
     mgr.tear_down_pod(&uid).await.unwrap();
     assert!(!mgr.pod_ready(&uid), "torn down is not ready");
     stop_tx.send(()).unwrap();

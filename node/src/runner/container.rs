@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use strata_runtime::{BindMount, ContainerConfig, Helper, ImageStore, InitLayer, Propagation};
 use strata_store::k8s_openapi::api::core::v1::{Container, Pod};
+use strata_volumes::expansion;
 use strata_volumes::handoff::{self, ContainerVolumes};
 
 use crate::layout;
@@ -143,7 +144,7 @@ impl Engine {
         let rootfs = strata_runtime::Rootfs::create(&self.images, id, image, &init)
             .map_err(|e| StartError::Create(format!("preparing the rootfs: {}", chain(&e))))?;
         let mut cfg = ContainerConfig {
-            args: command_line(c, &defaults.entrypoint, &defaults.cmd),
+            args: command_line(c, &defaults.entrypoint, &defaults.cmd, &plan.env),
             env: merge_env(&defaults.env, &plan.env),
             cwd: PathBuf::from(
                 c.working_dir
@@ -314,12 +315,26 @@ pub fn open_pidfd(pid: i32) -> Result<OwnedFd, String> {
 }
 
 /// The process's arguments: `command` replaces the image's entrypoint and `args` its
-/// cmd; a `command` without `args` drops the image's cmd (core/v1 semantics).
-pub fn command_line(c: &Container, entrypoint: &[String], cmd: &[String]) -> Vec<String> {
-    match (&c.command, &c.args) {
-        (Some(command), Some(args)) => command.iter().chain(args).cloned().collect(),
-        (Some(command), None) => command.clone(),
-        (None, Some(args)) => entrypoint.iter().chain(args).cloned().collect(),
+/// cmd; a `command` without `args` drops the image's cmd (core/v1 semantics). `$(NAME)`
+/// in the container's own `command` and `args` (not the image's) is expanded with `env`,
+/// the container's resolved environment without the image's, as the kubelet does.
+pub fn command_line(
+    c: &Container,
+    entrypoint: &[String],
+    cmd: &[String],
+    env: &[String],
+) -> Vec<String> {
+    let lookup = expansion::env_lookup(env);
+    let expand = |v: &Vec<String>| -> Vec<String> {
+        v.iter().map(|s| expansion::expand(s, &lookup)).collect()
+    };
+    // An empty list counts as unset, as the CRI runtimes read it.
+    let given = |v: &Option<Vec<String>>| v.as_ref().filter(|v| !v.is_empty()).map(expand);
+    let (command, args) = (given(&c.command), given(&c.args));
+    match (command, args) {
+        (Some(command), Some(args)) => command.into_iter().chain(args).collect(),
+        (Some(command), None) => command,
+        (None, Some(args)) => entrypoint.iter().cloned().chain(args).collect(),
         (None, None) => entrypoint.iter().chain(cmd).cloned().collect(),
     }
 }
@@ -388,15 +403,35 @@ mod tests {
     fn command_follows_core_v1() {
         let ep = vec!["/ep".to_string()];
         let cmd = vec!["cmd".to_string()];
-        assert_eq!(command_line(&ctr(None, None), &ep, &cmd), ["/ep", "cmd"]);
-        assert_eq!(command_line(&ctr(Some(&["/x"]), None), &ep, &cmd), ["/x"]);
+        let line = |c: &Container| command_line(c, &ep, &cmd, &[]);
+        assert_eq!(line(&ctr(None, None)), ["/ep", "cmd"]);
+        assert_eq!(line(&ctr(Some(&["/x"]), None)), ["/x"]);
+        assert_eq!(line(&ctr(None, Some(&["a"]))), ["/ep", "a"]);
+        assert_eq!(line(&ctr(Some(&["/x"]), Some(&["a"]))), ["/x", "a"]);
         assert_eq!(
-            command_line(&ctr(None, Some(&["a"])), &ep, &cmd),
-            ["/ep", "a"]
+            line(&ctr(Some(&[]), Some(&[]))),
+            ["/ep", "cmd"],
+            "empty = unset"
         );
+        assert_eq!(line(&ctr(Some(&["/x"]), Some(&[]))), ["/x"]);
+    }
+
+    #[test]
+    fn command_and_args_expand_the_containers_env_but_not_the_images() {
+        let ep = vec!["/ep".to_string(), "$(A)".to_string()];
+        let cmd = vec!["$(A)".to_string()];
+        let env = vec!["A=1".to_string(), "B=two words".to_string()];
+        let c = ctr(None, Some(&["--a=$(A)", "$(B)", "$$(A)", "$(MISSING)"]));
         assert_eq!(
-            command_line(&ctr(Some(&["/x"]), Some(&["a"])), &ep, &cmd),
-            ["/x", "a"]
+            command_line(&c, &ep, &cmd, &env),
+            ["/ep", "$(A)", "--a=1", "two words", "$(A)", "$(MISSING)"]
+        );
+        let c = ctr(Some(&["/bin/$(A)"]), None);
+        assert_eq!(command_line(&c, &ep, &cmd, &env), ["/bin/1"]);
+        assert_eq!(
+            command_line(&ctr(None, None), &ep, &cmd, &env),
+            ["/ep", "$(A)", "$(A)"],
+            "the image's entrypoint and cmd are the runtime's, never expanded"
         );
     }
 

@@ -1,10 +1,12 @@
 //! A container's environment from its spec: `envFrom` first, then `env` (later names
-//! win), reading ConfigMaps and Secrets from the store at start, as the kubelet does.
+//! win, `$(NAME)` in a value expanded), reading ConfigMaps and Secrets from the store at
+//! start, as the kubelet does.
 
 use std::collections::BTreeMap;
 
 use strata_store::Store;
 use strata_store::k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use strata_volumes::expansion;
 
 /// Why an environment could not be built (the CreateContainerConfigError message).
 pub type EnvError = String;
@@ -103,10 +105,10 @@ pub async fn resolve<S: Store>(
 ) -> Result<Vec<String>, EnvError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out: Vec<(String, String)> = Vec::new();
-    let mut set = |name: String, value: String| {
+    fn set(out: &mut Vec<(String, String)>, name: String, value: String) {
         out.retain(|(n, _)| *n != name);
         out.push((name, value));
-    };
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let (data, what, name, optional) = if let Some(r) = &from.config_map_ref {
@@ -121,7 +123,7 @@ pub async fn resolve<S: Store>(
         match data {
             Some(d) => {
                 for (k, v) in d {
-                    set(format!("{prefix}{k}"), v);
+                    set(&mut out, format!("{prefix}{k}"), v);
                 }
             }
             None if optional => {}
@@ -130,7 +132,12 @@ pub async fn resolve<S: Store>(
     }
     for e in c.env.iter().flatten() {
         let Some(from) = &e.value_from else {
-            set(e.name.clone(), e.value.clone().unwrap_or_default());
+            // `$(NAME)` in a value refers to envFrom's names and to the entries above
+            // this one, as the kubelet expands them; valueFrom values are not expanded.
+            let value = expansion::expand(e.value.as_deref().unwrap_or_default(), |name| {
+                out.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+            });
+            set(&mut out, e.name.clone(), value);
             continue;
         };
         let value = if let Some(f) = &from.field_ref {
@@ -145,7 +152,7 @@ pub async fn resolve<S: Store>(
             return Err(format!("env {}: this valueFrom is not supported", e.name));
         };
         if let Some(v) = value {
-            set(e.name.clone(), v);
+            set(&mut out, e.name.clone(), v);
         }
     }
     Ok(out.into_iter().map(|(n, v)| format!("{n}={v}")).collect())

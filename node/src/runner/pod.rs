@@ -990,8 +990,8 @@ impl<S: Store> Worker<S> {
         };
         let volumes = {
             let vm = self.shared.volumes.clone();
-            let (uid, name) = (self.uid.clone(), spec.name.clone());
-            match blocking(move || vm.container_volumes(&uid, &name)).await {
+            let (uid, name, env) = (self.uid.clone(), spec.name.clone(), env.clone());
+            match blocking(move || vm.container_volumes(&uid, &name, &env)).await {
                 Ok(v) => v,
                 Err(e) => return self.start_failed(i, StartError::Config(chain(&e))).await,
             }

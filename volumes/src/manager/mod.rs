@@ -242,8 +242,14 @@ impl<S: Store> VolumeManager<S> {
         &self.inner.issuer
     }
 
-    /// The mounts and devices to hand the runtime for one container of a synced pod.
-    pub fn container_volumes(&self, pod_uid: &str, container: &str) -> Result<ContainerVolumes> {
+    /// The mounts and devices to hand the runtime for one container of a synced pod;
+    /// `env` is the container's resolved environment (`NAME=value`), for subPathExpr.
+    pub fn container_volumes(
+        &self,
+        pod_uid: &str,
+        container: &str,
+        env: &[String],
+    ) -> Result<ContainerVolumes> {
         let (pod, prepared) = {
             let pods = self.inner.pods.lock().expect("lock");
             let e = pods.get(pod_uid).ok_or_else(|| Error::InvalidArgument {
@@ -255,7 +261,7 @@ impl<S: Store> VolumeManager<S> {
                 e.prepared.clone(),
             )
         };
-        handoff::container_volumes(&self.inner.cfg.state_dir, &pod, container, &prepared)
+        handoff::container_volumes(&self.inner.cfg.state_dir, &pod, container, &prepared, env)
     }
 
     /// Changes each time a set-up leaves pod `pod_uid` with all its volumes ready, whoever
