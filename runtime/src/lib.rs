@@ -67,6 +67,6 @@ pub use error::{Error, Result};
 pub use helper::{ExecOutput, Helper};
 pub use image::{Image, ImageDefaults, ImageStore};
 pub use rootfs::{InitLayer, Rootfs};
-pub use spec::{ContainerConfig, NamespaceKind, Resources, write_bundle};
+pub use spec::{ContainerConfig, DeviceNode, NamespaceKind, Resources, write_bundle};
 pub use user::{ResolvedUser, resolve_image_user};
 pub use volumes::{BindMount, Propagation};

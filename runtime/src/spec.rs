@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxCpuBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
     LinuxPidsBuilder, LinuxResourcesBuilder, Spec, UserBuilder,
 };
 
@@ -60,6 +61,44 @@ pub struct Resources {
     pub pids_limit: Option<i64>,
 }
 
+/// A device given to the container (a raw block volume, `volumeDevices`): the host's
+/// device node `source` is bind-mounted at `destination`, at any path, and the devices
+/// cgroup lets the container use that device alone, read-only when `read_only` (a
+/// read-only bind does not stop writes to a device node; the cgroup rule does).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceNode {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub read_only: bool,
+}
+
+impl DeviceNode {
+    /// The cgroup rule allowing this device, from the node's type and number.
+    fn cgroup_rule(&self) -> Result<LinuxDeviceCgroup> {
+        use nix::sys::stat::SFlag;
+        let st = nix::sys::stat::stat(&self.source)
+            .map_err(|e| Error::invalid("device", format!("{}: {e}", self.source.display())))?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        let typ = if kind == SFlag::S_IFBLK {
+            LinuxDeviceType::B
+        } else if kind == SFlag::S_IFCHR {
+            LinuxDeviceType::C
+        } else {
+            return Err(Error::invalid(
+                "device",
+                format!("{} is not a device node", self.source.display()),
+            ));
+        };
+        Ok(LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(typ)
+            .major(nix::sys::stat::major(st.st_rdev) as i64)
+            .minor(nix::sys::stat::minor(st.st_rdev) as i64)
+            .access(if self.read_only { "r" } else { "rw" })
+            .build()?)
+    }
+}
+
 /// What the pod runner asks for one container.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerConfig {
@@ -79,6 +118,9 @@ pub struct ContainerConfig {
     /// Existing namespaces to join, by path (`/proc/<infra pid>/ns/net`, ...).
     pub join_namespaces: Vec<(NamespaceKind, PathBuf)>,
     pub volumes: Vec<BindMount>,
+    /// Raw block volumes, after `volumes`.
+    #[serde(default)]
+    pub devices: Vec<DeviceNode>,
     /// cgroup path (relative to each controller's root); default `/strata-<id>`, flat so
     /// that no parent cgroup is created and removed around every container (a pod
     /// runner may nest containers under a pod cgroup instead).
@@ -101,6 +143,7 @@ impl Default for ContainerConfig {
             readonly_rootfs: false,
             join_namespaces: Vec::new(),
             volumes: Vec::new(),
+            devices: Vec::new(),
             cgroups_path: None,
         }
     }
@@ -173,8 +216,21 @@ impl ContainerConfig {
                 .iter()
                 .any(|m| v.destination.starts_with(m.destination()))
         };
-        let (later, first): (Vec<&BindMount>, Vec<&BindMount>) =
-            self.volumes.iter().partition(below_default);
+        let device_binds: Vec<BindMount> = self
+            .devices
+            .iter()
+            .map(|d| BindMount {
+                source: d.source.clone(),
+                destination: d.destination.clone(),
+                read_only: d.read_only,
+                propagation: crate::volumes::Propagation::None,
+            })
+            .collect();
+        let (later, first): (Vec<&BindMount>, Vec<&BindMount>) = self
+            .volumes
+            .iter()
+            .chain(&device_binds)
+            .partition(below_default);
         let mounts: Vec<_> = first
             .into_iter()
             .map(BindMount::to_oci)
@@ -236,6 +292,20 @@ impl ContainerConfig {
         if let Some(p) = r.pids_limit {
             res = res.pids(LinuxPidsBuilder::default().limit(p).build()?);
         }
+        // Every device denied first, as `runc spec` does; libcontainer then allows its
+        // default set (null, zero, full, tty, random, urandom, ptmx, pts) and the rules
+        // here allow the raw block volumes. Without the deny a container could use any
+        // device node a volume showed it (a hostPath of /dev).
+        let mut rules = vec![
+            LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()?,
+        ];
+        for d in &self.devices {
+            rules.push(d.cgroup_rule()?);
+        }
+        res = res.devices(rules);
         linux.set_resources(Some(res.build()?));
         spec.set_linux(Some(linux));
         Ok(spec)

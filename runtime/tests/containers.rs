@@ -502,3 +502,106 @@ fn mounts_propagate_as_asked_and_volume_binds_stay_in_the_container() {
         "the container's umount did not reach the host"
     );
 }
+
+/// A loop device over a 1 MiB file starting with `head`, detached when dropped.
+struct TestLoop {
+    dev: std::path::PathBuf,
+    file: std::path::PathBuf,
+}
+
+impl TestLoop {
+    fn new(env: &Env, name: &str, head: &[u8]) -> TestLoop {
+        let file = env.path(name);
+        let mut data = head.to_vec();
+        data.resize(1 << 20, 0);
+        std::fs::write(&file, data).unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8(out.stdout).unwrap().trim().into();
+        TestLoop { dev, file }
+    }
+}
+
+impl Drop for TestLoop {
+    fn drop(&mut self) {
+        let root = self.file.parent().unwrap();
+        if let Err(e) = testkit::detach_loop_if_backed_under(&self.dev, root) {
+            eprintln!("cleanup: detach {}: {e}", self.dev.display());
+        }
+    }
+}
+
+/// Raw block volumes: the device nodes given as devices are usable at their paths (under
+/// /dev or anywhere), read-only ones only for reading; any other device node a volume
+/// shows is refused by the devices cgroup, as under runc's default spec.
+#[test]
+fn devices_are_usable_only_as_given() {
+    if !testkit::require_root("devices_are_usable_only_as_given") {
+        return;
+    }
+    let env = Env::new();
+    let img = env.busybox("bb");
+    let rw = TestLoop::new(&env, "rw.img", b"host-bytes");
+    let ro = TestLoop::new(&env, "ro.img", b"read-only-bytes");
+    let other = TestLoop::new(&env, "other.img", b"not-given");
+    let mut cfg = sh(
+        "head -c 10 /dev/xvda; echo; printf container > /dev/xvda && echo wrote-rw; \
+         head -c 15 /data/ro-dev; echo; printf x > /data/ro-dev || echo ro-refused; \
+         head -c 9 /other 2>&1 | grep -q 'not permitted' && echo other-refused; true",
+    );
+    cfg.devices = vec![
+        strata_runtime::DeviceNode {
+            source: rw.dev.clone(),
+            destination: "/dev/xvda".into(),
+            read_only: false,
+        },
+        strata_runtime::DeviceNode {
+            source: ro.dev.clone(),
+            destination: "/data/ro-dev".into(),
+            read_only: true,
+        },
+    ];
+    // Shown through a plain volume, not as a device: the cgroup must refuse it.
+    cfg.volumes = vec![BindMount {
+        source: other.dev.clone(),
+        destination: "/other".into(),
+        read_only: false,
+        propagation: Propagation::None,
+    }];
+    let ran = run(&env, &testkit::unique_id("dev"), &img, &cfg);
+    assert_eq!(ran.code, 0, "{}{}", ran.stderr, ran.output);
+    for line in [
+        "host-bytes",
+        "wrote-rw",
+        "read-only-bytes",
+        "ro-refused",
+        "other-refused",
+    ] {
+        assert!(
+            ran.output.lines().any(|l| l == line),
+            "{line:?} missing: {}",
+            ran.output
+        );
+    }
+    let mut head = [0u8; 9];
+    use std::io::Read;
+    std::fs::File::open(&rw.dev)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(&head, b"container", "the write reached the device");
+
+    // Not a device node: refused before anything runs.
+    let mut bad = sh("true");
+    bad.devices = vec![strata_runtime::DeviceNode {
+        source: rw.file.clone(),
+        destination: "/dev/xvdb".into(),
+        read_only: false,
+    }];
+    let err = bad.to_spec("x", std::path::Path::new("/")).unwrap_err();
+    assert!(err.to_string().contains("not a device node"), "{err}");
+}

@@ -1,6 +1,6 @@
 //! The examples/ files that no other test runs, run under `volctl up` as their comments
 //! say, checking what the comments say a user will see: wait-for-first-consumer,
-//! emptydir-sidecar, init-seed, podpreset and expansion in one node, liveness-restart in
+//! emptydir-sidecar, init-seed, podpreset, expansion and raw-block in one node, liveness-restart in
 //! its own (it waits for a probe to fail).
 
 use serde_json::Value;
@@ -163,6 +163,29 @@ fn examples_do_what_their_comments_say() {
     // No mount collided with the expansion (a resync used to call NodePublish again).
     let events = describe(&s, "pod", "grow-user");
     assert!(!events.contains("already in flight"), "{events}");
+
+    // raw-block: a Block claim as a device node, written by one pod, read by another that
+    // has it read-only and cannot write it.
+    s.ok(&[
+        "apply",
+        "-f",
+        examples().join("raw-block.yaml").to_str().unwrap(),
+    ]);
+    let written = logs_containing(&s, &["block-writer"], "stamped");
+    let mut lines = written.lines();
+    let stamp = lines.next().unwrap().to_string();
+    assert_eq!(
+        lines.next().map(str::trim_end),
+        Some(stamp.as_str()),
+        "read back from the device: {written}"
+    );
+    let read = logs_containing(&s, &["block-reader"], "read-only: write refused");
+    assert_eq!(
+        read.lines().next().map(str::trim_end),
+        Some(stamp.as_str()),
+        "{read}"
+    );
+    assert_eq!(claim(&s, "raw-data")["spec"]["volumeMode"], "Block");
 }
 
 #[test]

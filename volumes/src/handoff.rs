@@ -57,6 +57,10 @@ pub struct ContainerMount {
 pub struct ContainerDevice {
     pub source: PathBuf,
     pub device_path: String,
+    /// The claim is used read-only (the pod's `readOnly` or a read-only publish): the
+    /// container may only read the device, as the kubelet gives it "r" for "mrw".
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -177,6 +181,7 @@ pub fn container_volumes(
         out.devices.push(ContainerDevice {
             source: v.path.clone(),
             device_path: d.device_path.clone(),
+            read_only: v.read_only,
         });
     }
     Ok(out)
@@ -415,7 +420,8 @@ mod tests {
             out.devices,
             vec![ContainerDevice {
                 source: "/s/raw/dev".into(),
-                device_path: "/dev/xvda".into()
+                device_path: "/dev/xvda".into(),
+                read_only: false,
             }]
         );
         assert!(container_volumes(Path::new("/s"), &pod(), "ghost", &prepared(), &[]).is_err());

@@ -195,11 +195,16 @@ impl Engine {
                 },
             })
             .collect();
-        if !plan.volumes.devices.is_empty() {
-            return Err(StartError::Config(
-                "volumeDevices (raw block volumes) are not supported by the pod runner yet".into(),
-            ));
-        }
+        cfg.devices = plan
+            .volumes
+            .devices
+            .iter()
+            .map(|d| strata_runtime::DeviceNode {
+                source: d.source.clone(),
+                destination: PathBuf::from(&d.device_path),
+                read_only: d.read_only,
+            })
+            .collect();
         let spec = cfg
             .to_spec(id, &rootfs.path())
             .map_err(|e| StartError::Config(chain(&e)))?;
