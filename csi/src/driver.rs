@@ -282,15 +282,13 @@ impl Driver {
     /// inline volume.
     pub fn lookup_volume(&self, id: &str) -> Result<Lookup<VolumeRecord>> {
         match ObjectId::parse(id) {
-            Some(oid) if oid.kind == Kind::Volume => {
-                if oid.node != self.node_id {
-                    return Ok(Lookup::OtherNode(oid));
-                }
-                Ok(match self.store.volume(id)? {
-                    Some(v) => Lookup::Found(v),
-                    None => Lookup::Unknown,
-                })
-            }
+            // The database first: a pool that moved here from another node keeps its
+            // objects' ids, which name that node (meta::adopt takes them in).
+            Some(oid) if oid.kind == Kind::Volume => Ok(match self.store.volume(id)? {
+                Some(v) => Lookup::Found(v),
+                None if oid.node != self.node_id => Lookup::OtherNode(oid),
+                None => Lookup::Unknown,
+            }),
             Some(_) => Ok(Lookup::Unknown),
             None => Ok(match self.store.volume_by_name(&ephemeral_name(id))? {
                 Some(v) => Lookup::Found(v),
@@ -313,15 +311,11 @@ impl Driver {
 
     pub fn lookup_snapshot(&self, id: &str) -> Result<Lookup<SnapshotRecord>> {
         match ObjectId::parse(id) {
-            Some(oid) if oid.kind == Kind::Snapshot => {
-                if oid.node != self.node_id {
-                    return Ok(Lookup::OtherNode(oid));
-                }
-                Ok(match self.store.snapshot(id)? {
-                    Some(s) => Lookup::Found(s),
-                    None => Lookup::Unknown,
-                })
-            }
+            Some(oid) if oid.kind == Kind::Snapshot => Ok(match self.store.snapshot(id)? {
+                Some(s) => Lookup::Found(s),
+                None if oid.node != self.node_id => Lookup::OtherNode(oid),
+                None => Lookup::Unknown,
+            }),
             _ => Ok(Lookup::Unknown),
         }
     }

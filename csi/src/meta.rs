@@ -40,7 +40,7 @@
 //! It knows only pools (their root directories) and state records, so every backend gets
 //! it for free.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -1040,6 +1040,8 @@ pub struct Adopted {
     /// Ready objects of the database whose record was missing (written by older
     /// versions) and has been written now.
     pub backfilled: usize,
+    /// Of the objects adopted, how many each other node made (a pool moved here).
+    pub other_nodes: BTreeMap<String, usize>,
 }
 
 /// Start-up, before reconciliation: brings back into the database every object whose
@@ -1051,13 +1053,17 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
     let Some(mirror) = store.mirror() else {
         return Ok(out);
     };
+    // Another node's ids are adopted too: their pool moved here (or this node was
+    // renamed), and the CO still knows the objects by those ids. Counted per node, for one
+    // line at the end rather than one per object.
+    let other_nodes: std::cell::RefCell<BTreeMap<String, usize>> = Default::default();
     let ours = |id: &str, what: &str, path: &Path| -> bool {
         match ObjectId::parse(id) {
-            Some(o) if o.node == node_id => true,
             Some(o) => {
-                tracing::warn!(id, node = %o.node, path = %path.display(),
-                    "{what} record of another node's object; left alone");
-                false
+                if o.node != node_id {
+                    *other_nodes.borrow_mut().entry(o.node).or_default() += 1;
+                }
+                true
             }
             None => {
                 tracing::warn!(id, path = %path.display(), "{what} record with a malformed id; left alone");
@@ -1163,6 +1169,16 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
             out.publishes.push(p.target.display().to_string());
         }
     }
+    out.other_nodes = other_nodes.into_inner();
+    if !out.other_nodes.is_empty() {
+        tracing::warn!(
+            nodes = ?out.other_nodes,
+            this_node = node_id,
+            "adopted objects made on other nodes: their pool moved here or this node was \
+             renamed; their ids keep naming the node they were made on, and the CO must now \
+             place them on this node (e.g. PVs with this node's topology)"
+        );
+    }
     let n = out.volumes.len() + out.snapshots.len() + out.groups.len();
     if n > 0 || !out.stages.is_empty() || !out.publishes.is_empty() {
         tracing::info!(
@@ -1266,13 +1282,15 @@ mod tests {
         assert_eq!(store.volume(&v.id).unwrap(), Some(v.clone()));
         assert_eq!(store.snapshot(&snap.id).unwrap(), Some(snap.clone()));
         assert_eq!(store.provisioned("p"), v.capacity);
-        // Another node's records are not ours to adopt.
+        // The pool moved to node n2: its objects are adopted there under their ids.
         drop(store);
         let s3 = tempfile::tempdir().unwrap();
         let store = Store::open(s3.path()).unwrap();
         store.set_mirror(Mirror::open(pools.iter()).unwrap());
-        assert_eq!(adopt(&store, &pools, "n2").unwrap(), Adopted::default());
-        assert!(store.all_volumes().unwrap().is_empty());
+        let a = adopt(&store, &pools, "n2").unwrap();
+        assert_eq!((a.volumes.len(), a.snapshots.len()), (1, 1));
+        assert_eq!(a.other_nodes, BTreeMap::from([("n1".to_string(), 2)]));
+        assert_eq!(store.volume(&v.id).unwrap(), Some(v.clone()));
     }
 
     /// Power loss right after the replies: everything not flushed is gone (here: the

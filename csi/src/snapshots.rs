@@ -358,9 +358,8 @@ impl Driver {
 
     pub fn lookup_group(&self, id: &str) -> Result<Option<GroupRecord>> {
         match ObjectId::parse(id) {
-            Some(oid) if oid.kind == Kind::Group && oid.node == self.node_id => {
-                self.store.group(id)
-            }
+            // Any node's id: a moved pool's groups are adopted with their ids.
+            Some(oid) if oid.kind == Kind::Group => self.store.group(id),
             _ => Ok(None),
         }
     }

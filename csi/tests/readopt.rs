@@ -193,3 +193,93 @@ async fn state_database_loss_readopts_everything() {
     let records = env.pool.meta_files();
     assert!(records.is_empty(), "metadata records left: {records:?}");
 }
+
+/// The disk moves to another node: a driver with another node id and a state database of
+/// its own, started on the pool, adopts the volumes and snapshots under the ids the CO
+/// knows (they keep naming the node they were made on), serves them for every call, and
+/// says so once in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_moved_to_another_node_is_adopted_there() {
+    if !testkit::require_root("a_pool_moved_to_another_node_is_adopted_there") {
+        return;
+    }
+    let mut first = Env::new(PoolFs::Xfs(512 << 20)).await;
+    let a = first.create("moved-a", 32 * MIB).await;
+    let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    let staging = first.stage(&a, "moved-staging", cap.clone()).await;
+    std::fs::write(staging.join("payload"), b"made on node-a").unwrap();
+    first.unstage(&a.volume_id, &staging).await;
+    let snap = first.snapshot("moved-snap", &a.volume_id).await;
+    let before = inventory(&mut first).await;
+
+    // node-a is gone; the disk is attached to node-b, whose driver starts on it.
+    let Env { driver, pool, .. } = first;
+    drop(driver);
+    let config = DriverConfig::new(BIN, "node-b").pool(POOL, pool.path());
+    let driver = DriverProcess::start(config).await;
+    let mut env = Env::connect(driver, pool).await;
+    let log = env.driver.log_text();
+    assert!(
+        log.contains("adopted objects made on other nodes") && log.contains("node-a"),
+        "the start must say where the objects came from:\n{log}"
+    );
+    let after = inventory(&mut env).await;
+    // The same objects by the same ids; only the node they are now on differs.
+    let mut moved = before.clone();
+    for shown in moved.0.values_mut() {
+        *shown = shown.replace("\"node\": \"node-a\"", "\"node\": \"node-b\"");
+    }
+    assert_eq!(
+        after, moved,
+        "the same volumes and snapshots, by the same ids"
+    );
+    let listed = env.list_volumes().await;
+    let topo = listed[0].volume.as_ref().unwrap().accessible_topology[0]
+        .segments
+        .get(TOPOLOGY_KEY)
+        .cloned();
+    assert_eq!(topo.as_deref(), Some("node-b"), "{listed:?}");
+
+    // CreateVolume by the same name is the same volume; a restore from the moved snapshot
+    // works; the moved volume stages with its data, and can be deleted.
+    let again = env.create("moved-a", 32 * MIB).await;
+    assert_eq!(again.volume_id, a.volume_id);
+    let mut restore = create_req("moved-restored", 32 * MIB);
+    restore.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Snapshot(
+            volume_content_source::SnapshotSource {
+                snapshot_id: snap.snapshot_id.clone(),
+            },
+        )),
+    });
+    let restored = env.create_req(restore).await;
+    assert!(restored.volume_id.starts_with("node-b_"), "{restored:?}");
+    for v in [&a, &restored] {
+        let st = env
+            .stage(v, &format!("{}-st", v.volume_id), cap.clone())
+            .await;
+        assert_eq!(
+            std::fs::read(st.join("payload")).unwrap(),
+            b"made on node-a",
+            "{}",
+            v.volume_id
+        );
+        env.unstage(&v.volume_id, &st).await;
+    }
+    env.ctl
+        .delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("DeleteSnapshot of the moved snapshot");
+    for v in [&a, &restored] {
+        env.delete(&v.volume_id).await;
+    }
+    assert!(env.pool.files().is_empty(), "{:?}", env.pool.files());
+    assert!(
+        env.pool.meta_files().is_empty(),
+        "{:?}",
+        env.pool.meta_files()
+    );
+}
