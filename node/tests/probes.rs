@@ -1,6 +1,7 @@
-//! Liveness and readiness probes on real containers: a failing liveness probe restarts
-//! the container (restart count, events), a readiness probe gates the Ready condition
-//! and the container's `ready`.
+//! Startup, liveness and readiness probes on real containers: a failing liveness probe
+//! restarts the container (restart count, events), a readiness probe gates the Ready
+//! condition and the container's `ready`, a startup probe holds the other probes and
+//! `started` until it succeeds and restarts a container that never starts.
 
 mod common;
 
@@ -107,4 +108,113 @@ async fn readiness_probe_gates_ready() {
     assert_eq!(running_id(&p, "c").as_deref(), Some(id.as_str()));
     env.delete("gated").await;
     env.wait_gone("gated").await;
+}
+
+/// A startup probe: until it succeeds the container is neither started nor ready and its
+/// liveness probe (which would fail) does not run; once it succeeds both start. A startup
+/// probe that never succeeds kills the run after failureThreshold attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_probe_holds_the_other_probes_until_it_succeeds() {
+    if !testkit::require_root("startup_probe_holds_the_other_probes_until_it_succeeds") {
+        return;
+    }
+    let mut env = Env::new("probe-startup");
+    env.start_node();
+    let mut pod = sh_pod(
+        "slow",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        json!({}),
+    );
+    let c = &mut pod["spec"]["containers"][0];
+    c["startupProbe"] = json!({
+        "exec": {"command": ["sh", "-c", "echo x >> /tmp/startup-attempts; cat /tmp/started"]},
+        "periodSeconds": 1, "failureThreshold": 1000,
+    });
+    // Would restart the container at once if it ran before startup succeeded; it leaves
+    // a mark when it runs at all.
+    c["livenessProbe"] = json!({
+        "exec": {"command": ["sh", "-c", "touch /tmp/liveness-ran; cat /tmp/alive"]},
+        "periodSeconds": 1, "failureThreshold": 1,
+    });
+    env.create(pod).await;
+    let p = env
+        .wait_pod("slow", "running", |p| running_id(p, "c").is_some())
+        .await;
+    let id = running_id(&p, "c").unwrap();
+    let attempts = || {
+        let out = env.exec(&id, &["cat", "/tmp/startup-attempts"]);
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    testkit::wait_for("three failed startup probes", DEADLINE, || {
+        (attempts() >= 3).then_some(())
+    });
+    let out = env.exec(&id, &["ls", "/tmp/liveness-ran"]);
+    assert!(
+        !out.status.success(),
+        "liveness ran before startup succeeded"
+    );
+    let ev = env.events("slow").await;
+    assert!(
+        ev.iter()
+            .any(|(r, m)| r == "Unhealthy" && m.starts_with("Startup probe failed")),
+        "{ev:?}"
+    );
+    let p = env
+        .wait_pod("slow", "status written", |p| {
+            status(p)["phase"] == "Running"
+        })
+        .await;
+    let c = container(&p, "c");
+    assert_eq!(
+        (
+            c["started"].clone(),
+            c["ready"].clone(),
+            c["restartCount"].clone()
+        ),
+        (json!(false), json!(false), json!(0)),
+        "{c}"
+    );
+
+    // Started: the liveness probe runs now, and with /tmp/alive present the container is
+    // started, ready (no readiness probe) and never restarted.
+    let out = env.exec(&id, &["touch", "/tmp/alive", "/tmp/started"]);
+    assert!(out.status.success(), "{out:?}");
+    let p = env.wait_pod("slow", "Ready", ready).await;
+    assert_eq!(container(&p, "c")["started"], true);
+    let out = env.exec(&id, &["rm", "/tmp/alive"]);
+    assert!(out.status.success(), "{out:?}");
+    let p = env
+        .wait_pod("slow", "restarted by its liveness probe", |p| {
+            container(p, "c")["restartCount"].as_i64() >= Some(1)
+        })
+        .await;
+    assert_eq!(
+        container(&p, "c")["started"],
+        false,
+        "a new run starts unstarted"
+    );
+    env.delete("slow").await;
+    env.wait_gone("slow").await;
+
+    // A startup probe that never succeeds: killed after failureThreshold attempts.
+    let mut pod = sh_pod("never", "while true; do sleep 0.2; done", json!({}));
+    pod["spec"]["containers"][0]["startupProbe"] = json!({
+        "exec": {"command": ["false"]},
+        "periodSeconds": 1, "failureThreshold": 2,
+    });
+    env.create(pod).await;
+    env.wait_pod("never", "restarted after failing its startup probe", |p| {
+        container(p, "c")["restartCount"].as_i64() >= Some(1)
+    })
+    .await;
+    let ev = env.events("never").await;
+    assert!(
+        ev.iter()
+            .any(|(r, m)| r == "Killing"
+                && m == "Container c failed startup probe, will be restarted"),
+        "{ev:?}"
+    );
+    env.delete("never").await;
+    env.wait_gone("never").await;
+    assert!(env.runtime_ids().is_empty());
 }

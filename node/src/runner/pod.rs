@@ -65,6 +65,9 @@ struct Ctr {
     start_failures: u32,
     /// What the readiness probe last reported for the running run (true without one).
     probe_ready: bool,
+    /// Whether the running run's startup probe has succeeded (true without one): until
+    /// then it is neither started nor ready, and its other probes wait.
+    startup_done: bool,
     /// The probe tasks of the running run, aborted when it ends.
     probes: Vec<tokio::task::AbortHandle>,
 }
@@ -218,9 +221,10 @@ impl Ctr {
         matches!(self.state, St::Running { .. })
     }
 
-    /// Running, and its readiness probe (if any) says so.
+    /// Running, started (its startup probe, if any, succeeded), and its readiness probe
+    /// (if any) says so.
     fn ready(&self) -> bool {
-        self.is_running() && !self.init && self.probe_ready
+        self.is_running() && !self.init && self.startup_done && self.probe_ready
     }
 
     fn stop_probes(&mut self) {
@@ -228,6 +232,7 @@ impl Ctr {
             h.abort();
         }
         self.probe_ready = false;
+        self.startup_done = false;
     }
 
     fn succeeded(&self) -> bool {
@@ -267,7 +272,7 @@ impl Ctr {
             image_id: String::new(),
             container_id,
             ready: self.ready(),
-            started: Some(self.is_running()),
+            started: Some(self.is_running() && self.startup_done),
             restart_count: self.restarts,
             state: Some(state),
             last_state: self.last.clone().map(|t| ContainerState {
@@ -387,6 +392,7 @@ impl<S: Store> Worker<S> {
                 backoff: Backoff::default(),
                 start_failures: 0,
                 probe_ready: false,
+                startup_done: false,
                 probes: Vec::new(),
             };
             if let Some(t) = prev
@@ -544,11 +550,27 @@ impl<S: Store> Worker<S> {
         }
     }
 
-    /// Starts the liveness and readiness probes of container `i`'s running run; a
-    /// container without a readiness probe is ready while it runs.
+    /// Starts the probes of container `i`'s new run: its startup probe alone when it has
+    /// one (the others start once it succeeds, [`Self::startup_succeeded`]), else its
+    /// liveness and readiness probes. A container without a readiness probe is ready
+    /// once started.
     fn start_probes(&mut self, i: usize) {
         let c = &mut self.ctrs[i];
         c.stop_probes();
+        c.startup_done = c.spec.startup_probe.is_none();
+        self.spawn_probes(i);
+    }
+
+    /// The startup probe of container `i`'s run succeeded: its other probes start.
+    fn startup_succeeded(&mut self, i: usize) {
+        let c = &mut self.ctrs[i];
+        c.stop_probes();
+        c.startup_done = true;
+        self.spawn_probes(i);
+    }
+
+    fn spawn_probes(&mut self, i: usize) {
+        let c = &mut self.ctrs[i];
         let St::Running { id, pid, .. } = &c.state else {
             return;
         };
@@ -565,10 +587,15 @@ impl<S: Store> Worker<S> {
                 None => PathBuf::from(format!("/proc/{pid}/ns/net")),
             },
         };
-        for (kind, p) in [
-            (probe::Kind::Liveness, &c.spec.liveness_probe),
-            (probe::Kind::Readiness, &c.spec.readiness_probe),
-        ] {
+        let probes = if c.startup_done {
+            vec![
+                (probe::Kind::Liveness, &c.spec.liveness_probe),
+                (probe::Kind::Readiness, &c.spec.readiness_probe),
+            ]
+        } else {
+            vec![(probe::Kind::Startup, &c.spec.startup_probe)]
+        };
+        for (kind, p) in probes {
             if let Some(p) = p {
                 let task = probe::run(p.clone(), kind, target.clone(), self.probe_tx.clone());
                 c.probes.push(self.probe_tasks.spawn(task));
@@ -601,18 +628,25 @@ impl<S: Store> Worker<S> {
                 ..
             } => self.ctrs[i].probe_ready = ok,
             probe::Msg::Changed {
+                kind: probe::Kind::Startup,
+                ok: true,
+                ..
+            } => self.startup_succeeded(i),
+            probe::Msg::Changed {
                 kind: probe::Kind::Liveness,
                 ok: true,
                 ..
             } => {}
             probe::Msg::Changed {
-                kind: probe::Kind::Liveness,
+                kind: kind @ (probe::Kind::Liveness | probe::Kind::Startup),
                 ok: false,
                 ..
             } => {
-                let grace = self.ctrs[i]
-                    .spec
-                    .liveness_probe
+                let probe = match kind {
+                    probe::Kind::Startup => &self.ctrs[i].spec.startup_probe,
+                    _ => &self.ctrs[i].spec.liveness_probe,
+                };
+                let grace = probe
                     .as_ref()
                     .and_then(|p| p.termination_grace_period_seconds)
                     .or(self
@@ -625,14 +659,17 @@ impl<S: Store> Worker<S> {
                 self.event(
                     EventType::Normal,
                     "Killing",
-                    &format!("Container {name} failed liveness probe, will be restarted"),
+                    &format!(
+                        "Container {name} failed {} probe, will be restarted",
+                        kind.word().to_lowercase()
+                    ),
                 )
                 .await;
                 let engine = self.shared.engine.clone();
                 self.probe_tasks.spawn(async move {
                     let (e, i) = (engine.clone(), id.clone());
                     if let Err(err) = blocking(move || e.signal(&i, "TERM")).await {
-                        tracing::debug!(id, error = %err, "TERM after a failed liveness probe");
+                        tracing::debug!(id, error = %err, "TERM after a failed probe");
                     }
                     tokio::time::sleep(Duration::from_secs(grace)).await;
                     // Gone by now in the usual case: the error is expected then.
@@ -1498,6 +1535,7 @@ mod tests {
             backoff: Backoff::default(),
             start_failures: 0,
             probe_ready: false,
+            startup_done: false,
             probes: Vec::new(),
         }
     }

@@ -1,8 +1,10 @@
-//! Liveness and readiness probes of one container run, as the kubelet's prober worker
-//! runs them: after `initialDelaySeconds`, one attempt every `periodSeconds`, each
+//! Startup, liveness and readiness probes of one container run, as the kubelet's prober
+//! worker runs them: after `initialDelaySeconds`, one attempt every `periodSeconds`, each
 //! bounded by `timeoutSeconds`; a result changes what is reported only after
 //! `successThreshold` successes or `failureThreshold` failures in a row
-//! (k8s-semantics: probes). Readiness starts as not ready, liveness as alive.
+//! (k8s-semantics: probes). Readiness starts as not ready, liveness as alive. A startup
+//! probe reports once: its first success (the others then start), or `failureThreshold`
+//! failures in a row (the run is killed, as for liveness).
 //!
 //! Handlers: `exec` runs through the runtime's exec (`Helper::exec`, with the timeout);
 //! `httpGet` (HTTP on a loopback address) and `tcpSocket` connect from a short-lived
@@ -25,6 +27,7 @@ use super::container::Engine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    Startup,
     Liveness,
     Readiness,
 }
@@ -32,6 +35,7 @@ pub enum Kind {
 impl Kind {
     pub fn word(self) -> &'static str {
         match self {
+            Kind::Startup => "Startup",
             Kind::Liveness => "Liveness",
             Kind::Readiness => "Readiness",
         }
@@ -76,9 +80,9 @@ impl Timing {
             initial_delay: secs(p.initial_delay_seconds, 0, 0),
             period: secs(p.period_seconds, 10, 1),
             timeout: secs(p.timeout_seconds, 1, 1),
-            // Validation requires 1 for liveness; use 1 whatever was given.
+            // Validation requires 1 for liveness and startup; use 1 whatever was given.
             success_threshold: match kind {
-                Kind::Liveness => 1,
+                Kind::Liveness | Kind::Startup => 1,
                 Kind::Readiness => p.success_threshold.unwrap_or(1).max(1) as u32,
             },
             failure_threshold: p.failure_threshold.unwrap_or(3).max(1) as u32,
@@ -101,6 +105,15 @@ impl Counter {
             reported: kind == Kind::Liveness,
             last: None,
             run: 0,
+        }
+    }
+
+    /// How many of the last results in a row were failures.
+    pub fn failures_in_a_row(&self) -> u32 {
+        if self.last == Some(false) {
+            self.run
+        } else {
+            0
         }
     }
 
@@ -166,14 +179,25 @@ pub async fn run(probe: Probe, kind: Kind, target: Target, tx: UnboundedSender<M
         {
             return;
         }
-        if let Some(now) = counter.observe(ok, &t) {
+        let mut changed = counter.observe(ok, &t);
+        if kind == Kind::Startup && !ok && counter.failures_in_a_row() >= t.failure_threshold {
+            // Startup starts as not started, so failures change nothing it reports: its
+            // threshold of failures is what ends it.
+            changed = Some(false);
+        }
+        if let Some(now) = changed {
             let msg = Msg::Changed {
                 container: target.container.name.clone(),
                 id: target.id.clone(),
                 kind,
                 ok: now,
             };
-            if tx.send(msg).is_err() || (kind == Kind::Liveness && !now) {
+            let done = match kind {
+                Kind::Liveness => !now,
+                Kind::Startup => true,
+                Kind::Readiness => false,
+            };
+            if tx.send(msg).is_err() || done {
                 return;
             }
         }
