@@ -19,6 +19,7 @@ pub mod names;
 pub mod namespace;
 pub mod provision;
 pub mod quantity;
+pub mod secrets;
 pub mod selector;
 pub mod snapshot;
 pub mod statefulset;

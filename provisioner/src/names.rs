@@ -92,9 +92,15 @@ pub mod snapshot {
     /// On a content: a restore may change the volume mode from its source's.
     pub const ANN_ALLOW_VOLUME_MODE_CHANGE: &str =
         "snapshot.storage.kubernetes.io/allow-volume-mode-change";
-    /// Class parameters naming the snapshotter's secret (refused: no secrets are passed).
+    /// Class parameters naming the snapshotter's secret (CreateSnapshot, DeleteSnapshot).
     pub const PARAM_SECRET_NAME: &str = "csi.storage.k8s.io/snapshotter-secret-name";
     pub const PARAM_SECRET_NAMESPACE: &str = "csi.storage.k8s.io/snapshotter-secret-namespace";
+    /// On a dynamic content: the snapshotter secret its class named, resolved when the
+    /// content was made; CreateSnapshot and DeleteSnapshot read it from here.
+    pub const ANN_DELETION_SECRET_NAME: &str =
+        "snapshot.storage.kubernetes.io/deletion-secret-name";
+    pub const ANN_DELETION_SECRET_NAMESPACE: &str =
+        "snapshot.storage.kubernetes.io/deletion-secret-namespace";
 
     /// Event reasons.
     pub mod reason {

@@ -17,8 +17,9 @@ use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::meta;
 use crate::names::CSI_PARAM_PREFIX;
 use crate::names::snapshot::{
-    ANN_DEFAULT_CLASS, FINALIZER_CONTENT, PARAM_SECRET_NAME, PARAM_SECRET_NAMESPACE,
+    ANN_DEFAULT_CLASS, ANN_DELETION_SECRET_NAME, ANN_DELETION_SECRET_NAMESPACE, FINALIZER_CONTENT,
 };
+use crate::secrets::{ParamError, SecretRef};
 
 /// The content a dynamic snapshot gets (`snapcontent-<snapshot uid>`), so a retry after a
 /// crash finds the one it made.
@@ -127,19 +128,52 @@ pub fn pick_class<'a>(
 }
 
 /// The class parameters CreateSnapshot gets: the sidecar's `csi.storage.k8s.io/` keys
-/// removed. Snapshotter secrets are refused: nothing here reads Secrets for the driver.
-pub fn create_parameters(class: &VolumeSnapshotClass) -> Result<BTreeMap<String, String>, String> {
-    let params = class.parameters.clone().unwrap_or_default();
-    if params.contains_key(PARAM_SECRET_NAME) || params.contains_key(PARAM_SECRET_NAMESPACE) {
-        return Err(format!(
-            "VolumeSnapshotClass {:?} names snapshotter secrets ({PARAM_SECRET_NAME}), which strata-provisioner does not pass to the driver",
-            meta::name(&class.metadata)
-        ));
-    }
-    Ok(params
+/// (the snapshotter secret's among them) removed.
+pub fn create_parameters(class: &VolumeSnapshotClass) -> BTreeMap<String, String> {
+    class
+        .parameters
+        .clone()
+        .unwrap_or_default()
         .into_iter()
         .filter(|(k, _)| !k.starts_with(CSI_PARAM_PREFIX))
-        .collect())
+        .collect()
+}
+
+/// The snapshotter secret the class names for the dynamic content of `snapshot`
+/// (`getCreateSnapshotInput`); None when it names none.
+pub fn snapshotter_secret(
+    class: &VolumeSnapshotClass,
+    snapshot: &VolumeSnapshot,
+) -> Result<Option<SecretRef>, ParamError> {
+    crate::secrets::snapshotter_secret(
+        class.parameters.as_ref().unwrap_or(&BTreeMap::new()),
+        &content_name(snapshot),
+        meta::namespace(&snapshot.metadata),
+        meta::name(&snapshot.metadata),
+    )
+}
+
+/// The secret CreateSnapshot and DeleteSnapshot of `content` pass: the one its
+/// deletion-secret annotations name (`GetCredentialsFromAnnotation`). The annotations are
+/// written when the content is made, so the class may change or go meanwhile.
+pub fn content_secret(content: &VolumeSnapshotContent) -> Result<Option<SecretRef>, String> {
+    let ann = |k| meta::annotation(&content.metadata, k);
+    match (
+        ann(ANN_DELETION_SECRET_NAME),
+        ann(ANN_DELETION_SECRET_NAMESPACE),
+    ) {
+        (Some(name), Some(namespace)) if !name.is_empty() && !namespace.is_empty() => {
+            Ok(Some(SecretRef {
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+            }))
+        }
+        (Some(_), Some(_)) => Err(format!(
+            "cannot retrieve secrets for snapshot content {:?}, err: secret name or namespace not specified",
+            meta::name(&content.metadata)
+        )),
+        _ => Ok(None),
+    }
 }
 
 /// The CSI volume behind a claim to snapshot, or why a snapshot cannot be taken yet.
@@ -186,10 +220,20 @@ pub fn new_content(
     pv: &PersistentVolume,
     class: &VolumeSnapshotClass,
     volume_handle: &str,
+    secret: Option<&SecretRef>,
 ) -> VolumeSnapshotContent {
     let mut content = VolumeSnapshotContent::default();
     content.metadata.name = Some(content_name(snapshot));
     meta::add_finalizer(&mut content.metadata, FINALIZER_CONTENT);
+    // Only when the class names one: upstream writes no empty pair here.
+    if let Some(r) = secret {
+        meta::set_annotation(&mut content.metadata, ANN_DELETION_SECRET_NAME, &r.name);
+        meta::set_annotation(
+            &mut content.metadata,
+            ANN_DELETION_SECRET_NAMESPACE,
+            &r.namespace,
+        );
+    }
     content.spec = VolumeSnapshotContentSpec {
         volume_snapshot_ref: snapshot_reference(snapshot),
         deletion_policy: class.deletion_policy.clone(),
@@ -333,21 +377,60 @@ mod tests {
     }
 
     #[test]
-    fn parameters_drop_sidecar_keys_and_refuse_secrets() {
+    fn parameters_drop_sidecar_keys_and_secrets_go_on_the_content() {
         let mut c = vsclass("a", "d", false);
         c.parameters = Some(BTreeMap::from([
             ("csi.storage.k8s.io/something".to_string(), "x".to_string()),
             ("keep".to_string(), "y".to_string()),
+            (
+                "csi.storage.k8s.io/snapshotter-secret-name".to_string(),
+                "snap-${volumesnapshot.name}".to_string(),
+            ),
+            (
+                "csi.storage.k8s.io/snapshotter-secret-namespace".to_string(),
+                "${volumesnapshot.namespace}".to_string(),
+            ),
         ]));
         assert_eq!(
-            create_parameters(&c).unwrap(),
+            create_parameters(&c),
             BTreeMap::from([("keep".to_string(), "y".to_string())])
+        );
+        let s = snapshot("s", Some("a"));
+        let secret = snapshotter_secret(&c, &s).unwrap().unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.namespace.as_str()),
+            ("snap-s", "default")
+        );
+        let pv = volume("pv1", "1Gi", &["ReadWriteOnce"]);
+        let content = new_content(&s, &pv, &c, "h", Some(&secret));
+        assert_eq!(
+            meta::annotation(&content.metadata, ANN_DELETION_SECRET_NAME),
+            Some("snap-s")
+        );
+        assert_eq!(content_secret(&content).unwrap(), Some(secret));
+        let plain = new_content(&s, &pv, &vsclass("b", "d", false), "h", None);
+        assert!(!meta::has_annotation(
+            &plain.metadata,
+            ANN_DELETION_SECRET_NAME
+        ));
+        assert_eq!(content_secret(&plain).unwrap(), None);
+        let mut half = content.clone();
+        meta::set_annotation(&mut half.metadata, ANN_DELETION_SECRET_NAMESPACE, "");
+        assert!(
+            content_secret(&half)
+                .unwrap_err()
+                .contains("secret name or namespace not specified")
         );
         c.parameters
             .as_mut()
             .unwrap()
-            .insert(PARAM_SECRET_NAME.into(), "s".into());
-        assert!(create_parameters(&c).unwrap_err().contains("secrets"));
+            .remove("csi.storage.k8s.io/snapshotter-secret-namespace");
+        assert!(
+            snapshotter_secret(&c, &s)
+                .unwrap_err()
+                .to_string()
+                .contains("Both must be specified")
+        );
     }
 
     #[test]
@@ -384,7 +467,7 @@ mod tests {
     fn dynamic_content_is_bound_and_names_the_volume() {
         let s = snapshot("s", Some("a"));
         let pv = volume("pv1", "1Gi", &["ReadWriteOnce"]);
-        let c = new_content(&s, &pv, &vsclass("a", "d", false), "h");
+        let c = new_content(&s, &pv, &vsclass("a", "d", false), "h", None);
         assert_eq!(c.metadata.name.as_deref(), Some("snapcontent-uid-s"));
         assert!(is_bound(&s, &c));
         assert_eq!(csi_snapshot_name(&c), "snapshot-uid-s");
@@ -404,7 +487,7 @@ mod tests {
     fn status_follows_the_content() {
         let s = snapshot("s", None);
         let pv = volume("pv1", "1Gi", &["ReadWriteOnce"]);
-        let mut c = new_content(&s, &pv, &vsclass("a", "d", false), "h");
+        let mut c = new_content(&s, &pv, &vsclass("a", "d", false), "h", None);
         let st = status_from_content(&s, &c);
         assert_eq!(st.ready_to_use, Some(false));
         assert_eq!(

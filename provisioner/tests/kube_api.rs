@@ -396,3 +396,54 @@ fn jiff_now() -> String {
         .unwrap()
         .to_string()
 }
+
+#[tokio::test]
+async fn secrets_are_read_with_one_get_from_the_api_server() {
+    use strata_provisioner::secrets::{SecretRef, read_secret};
+    let (store, mut server) = store();
+    let r = SecretRef {
+        name: "prov".into(),
+        namespace: "team-a".into(),
+    };
+    let reader = {
+        let (store, r) = (store.clone(), r.clone());
+        tokio::spawn(async move { read_secret(&store, &r).await })
+    };
+    let (method, target, _, send) = next(&mut server).await;
+    assert_eq!(method, "GET");
+    assert!(
+        target.starts_with("/api/v1/namespaces/team-a/secrets/prov"),
+        "{target}"
+    );
+    answer(
+        send,
+        200,
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "prov", "namespace": "team-a"},
+            "data": {"password": "aHVudGVyMg=="}
+        }),
+    );
+    let data = reader.await.unwrap().expect("read");
+    let m: BTreeMap<String, String> = data.to_map();
+    assert_eq!(m["password"], "hunter2", "base64 decoded");
+
+    let reader = tokio::spawn(async move { read_secret(&store, &r).await });
+    let (_, target, _, send) = next(&mut server).await;
+    assert!(target.starts_with("/api/v1/namespaces/team-a/secrets/prov"));
+    answer(
+        send,
+        404,
+        json!({
+            "apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "message": "secrets \"prov\" not found", "reason": "NotFound", "code": 404
+        }),
+    );
+    let err = reader.await.unwrap().expect_err("missing");
+    let msg = strata_report::chain(&err);
+    assert!(
+        msg.starts_with("error getting secret prov in namespace team-a"),
+        "{msg}"
+    );
+    quiet(&mut server).await;
+}

@@ -553,7 +553,8 @@ const SNAPSHOTTER: &[Need] = &[
 /// controller/informer.rs lists and watches these kinds cluster-wide; provision.rs and
 /// binder.rs create, update and delete volumes and update claims and claim status
 /// (expansion); store-kube's unconditional update reads the object first (get); its
-/// event recorder creates events and patches their count.
+/// event recorder creates events and patches their count; controller/secrets.rs gets the
+/// Secrets a StorageClass names (in the namespace the class picks).
 const STRATA_PROVISIONER: &[Need] = &[
     cluster(
         "",
@@ -571,6 +572,7 @@ const STRATA_PROVISIONER: &[Need] = &[
     cluster("", "namespaces", &["list", "watch"]),
     cluster("apps", "statefulsets", &["list", "watch"]),
     cluster("", "events", &["create", "patch"]),
+    cluster("", "secrets", &["get"]),
 ];
 /// With --enable-capacity (provisioner/src/capacity.rs): its CSIStorageCapacity objects
 /// in its namespace (listed by label, created, updated with the version listed, deleted),

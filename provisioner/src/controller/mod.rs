@@ -10,6 +10,7 @@ mod informer;
 mod namespace;
 mod provision;
 pub mod queue;
+mod secrets;
 mod snapshot;
 mod statefulset;
 mod status;

@@ -26,6 +26,7 @@ use crate::provision::retry::{Disposition, classify};
 use crate::provision::source::DataSource;
 use crate::provision::volume::{Rejected, build_volume};
 use crate::provision::{self, csi::CsiError, node};
+use crate::secrets::{ClaimValues, SecretRef};
 use crate::{expand, quantity};
 
 impl<S: Store> Controller<S> {
@@ -127,7 +128,7 @@ impl<S: Store> Controller<S> {
             }
         };
         let nodes = vec![self.config.node_id.clone()];
-        let request = match build_create_request(
+        let mut request = match build_create_request(
             &pvc,
             &cfg,
             driver,
@@ -142,6 +143,18 @@ impl<S: Store> Controller<S> {
                 return Ok(Requeue::Backoff);
             }
         };
+        // The class's secrets for this claim; the PV records the references.
+        let secrets = match cfg
+            .secrets
+            .resolve_all(&request.name, &ClaimValues::of(&pvc))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.provisioned(Err("InvalidSecretParameters"));
+                self.record(&failed(e.to_string())).await;
+                return Ok(Requeue::Backoff);
+            }
+        };
         self.record(&Event::on_claim(
             &pvc,
             EventType::Normal,
@@ -152,6 +165,19 @@ impl<S: Store> Controller<S> {
             ),
         ))
         .await;
+        // Read before anything is made: a Secret not there yet fails this attempt alone,
+        // and the backoff retries it.
+        request.secrets = match self
+            .optional_secret_data(secrets.provisioner.as_ref())
+            .await
+        {
+            Ok(data) => data,
+            Err(e) => {
+                self.metrics.provisioned(Err("SecretUnavailable"));
+                self.record(&failed(chain(&e))).await;
+                return Ok(Requeue::Backoff);
+            }
+        };
         let clone_of = match (&request.source, provision::source::data_source(&pvc)) {
             (Some(ContentSource::Volume(_)), Some(ds)) => Some(ds.name().to_string()),
             _ => None,
@@ -170,23 +196,24 @@ impl<S: Store> Controller<S> {
             Ok(v) => v,
             Err(e) => return self.provision_failed(&pvc, &cfg, e, failed).await,
         };
-        let fs_type = match &request.capabilities[0].access_type {
-            AccessType::Mount { fs_type, .. } if !fs_type.is_empty() => Some(fs_type.as_str()),
-            _ => None,
-        };
         let pv = match build_volume(
             &pvc,
             &cfg,
             &driver.name,
             &found.identity,
-            request.required_bytes,
-            fs_type,
+            &request,
             &created,
+            &secrets,
         ) {
             Ok(pv) => pv,
             Err(rejected @ Rejected::TooSmall { .. }) => {
-                // The driver made less than asked: take it back, then report.
-                if let Err(e) = self.csi.delete_volume(&created.volume_id).await {
+                // The driver made less than asked: take it back (with the secrets it was
+                // made with), then report.
+                if let Err(e) = self
+                    .csi
+                    .delete_volume(&created.volume_id, &request.secrets)
+                    .await
+                {
                     warn!(volume_id = %created.volume_id, error = %e, "deleting an undersized volume failed");
                 }
                 self.metrics.provisioned(Err("TooSmall"));
@@ -422,7 +449,21 @@ impl<S: Store> Controller<S> {
         if meta::volume_phase(&pv) != "Released" || policy != "Delete" || (deleting && !has_fin) {
             return Ok(Requeue::Done);
         }
-        if let Err(e) = self.csi.delete_volume(&volume_id).await {
+        let secrets = match self.deletion_secrets(&pv).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.deleted(Err("InvalidSecretParameters"));
+                self.record(&Event::on_volume(
+                    &pv,
+                    EventType::Warning,
+                    reason::VOLUME_FAILED_DELETE,
+                    chain(&e),
+                ))
+                .await;
+                return Ok(Requeue::Backoff);
+            }
+        };
+        if let Err(e) = self.csi.delete_volume(&volume_id, &secrets).await {
             self.metrics.deleted(Err(csi_reason(&e)));
             self.record(&Event::on_volume(
                 &pv,
@@ -531,9 +572,38 @@ impl<S: Store> Controller<S> {
         let cap = expand_capability(&pv);
         let bytes = u64::try_from(size)
             .map_err(|_| Error::Invalid("requested size is too large".into()))?;
+        let failed_msg = |why: String| {
+            format!(
+                "resize volume {pv_name:?} by resizer {:?} failed: {why}",
+                driver.name
+            )
+        };
+        // external-resizer: the Secret the PV names, read for each attempt; without it the
+        // resize fails and is retried.
+        let expand_ref = csi
+            .controller_expand_secret_ref
+            .as_ref()
+            .and_then(SecretRef::from_reference);
+        let secrets = match self.optional_secret_data(expand_ref.as_ref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.expanded(Err("SecretUnavailable"));
+                let msg = failed_msg(chain(&e));
+                self.write_pvc(&expand::failed(&pvc, size, msg.clone(), false), true)
+                    .await?;
+                self.record(&Event::on_claim(
+                    &pvc,
+                    EventType::Warning,
+                    reason::VOLUME_RESIZE_FAILED,
+                    msg,
+                ))
+                .await;
+                return Ok(Requeue::Backoff);
+            }
+        };
         match self
             .csi
-            .expand_volume(&csi.volume_handle, bytes, cap.as_ref())
+            .expand_volume(&csi.volume_handle, bytes, cap.as_ref(), &secrets)
             .await
         {
             Ok((got, node_required)) => {
@@ -574,10 +644,7 @@ impl<S: Store> Controller<S> {
                 // INVALID_ARGUMENT / OUT_OF_RANGE will not succeed by retrying the same size.
                 let infeasible = matches!(e.code, Some(3) | Some(11));
                 self.metrics.expanded(Err(csi_reason(&e)));
-                let msg = format!(
-                    "resize volume {pv_name:?} by resizer {:?} failed: {e}",
-                    driver.name
-                );
+                let msg = failed_msg(e.to_string());
                 self.write_pvc(&expand::failed(&pvc, size, msg.clone(), infeasible), true)
                     .await?;
                 self.record(&Event::on_claim(

@@ -30,7 +30,7 @@ use crate::provision::source::{self, DataSource};
 use crate::snapshot::{
     content_reference, create_parameters, csi_snapshot_name, deletes_snapshot, error_now,
     expected_content, holds_source_claim, is_bound, new_content, pick_class, same_error,
-    snapshot_reference, source_volume, status_from_content,
+    snapshot_reference, snapshotter_secret, source_volume, status_from_content,
 };
 
 /// Events about a snapshot name it even when a content's worker records them.
@@ -310,11 +310,13 @@ impl<S: Store> Controller<S> {
                     return Err(format!("driver {:?} does not support snapshots", driver.name));
                 }
                 let class = pick_class(&snapshot, &c.snapshot_classes, &pv_driver)?;
-                create_parameters(class)?;
-                Ok((pv.clone(), class.clone(), handle))
+                // Resolved now and recorded on the content, which CreateSnapshot and
+                // DeleteSnapshot read it from.
+                let secret = snapshotter_secret(class, &snapshot).map_err(|e| e.to_string())?;
+                Ok((pv.clone(), class.clone(), handle, secret))
             })
         };
-        let (pv, class, handle) = match picked {
+        let (pv, class, handle, secret) = match picked {
             Ok(p) => p,
             Err(msg) => {
                 self.snapshot_failed(&snapshot, reason::CONTENT_CREATION_FAILED, failed(msg))
@@ -330,7 +332,7 @@ impl<S: Store> Controller<S> {
             snapshot = self.write_snapshot(&named, false).await?;
         }
         self.protect_source_claim(&ns, claim).await?;
-        let content = new_content(&snapshot, &pv, &class, &handle);
+        let content = new_content(&snapshot, &pv, &class, &handle, secret.as_ref());
         let saved = match self.store.create(&content).await {
             Ok(c) => c,
             Err(e) if e.is_already_exists() => {
@@ -613,12 +615,22 @@ impl<S: Store> Controller<S> {
             .unwrap_or_default();
         let class: Option<VolumeSnapshotClass> =
             self.cache().snapshot_classes.get(&class_name).cloned();
-        let params = match class
-            .ok_or_else(|| format!("VolumeSnapshotClass {class_name:?} not found"))
-            .and_then(|c| create_parameters(&c))
-        {
-            Ok(p) => p,
+        let params = match class {
+            Some(c) => create_parameters(&c),
+            None => {
+                let msg = format!("VolumeSnapshotClass {class_name:?} not found");
+                self.content_failed(&content, reason::CREATION_FAILED, msg)
+                    .await?;
+                return Ok(Requeue::Backoff);
+            }
+        };
+        let secrets = match self.content_secrets(&content).await {
+            Ok(s) => s,
             Err(msg) => {
+                let msg = format!(
+                    "failed to get input parameters to create snapshot for content {:?}: {msg}",
+                    meta::name(&content.metadata)
+                );
                 self.content_failed(&content, reason::CREATION_FAILED, msg)
                     .await?;
                 return Ok(Requeue::Backoff);
@@ -632,7 +644,11 @@ impl<S: Store> Controller<S> {
         }
         let csi_name = csi_snapshot_name(&content);
         debug!(name = %csi_name, volume, "CreateSnapshot");
-        match self.csi.create_snapshot(&csi_name, volume, &params).await {
+        match self
+            .csi
+            .create_snapshot(&csi_name, volume, &params, &secrets)
+            .await
+        {
             Ok(snap) => {
                 let mut updated = content.clone();
                 updated.status = Some(VolumeSnapshotContentStatus {
@@ -736,10 +752,24 @@ impl<S: Store> Controller<S> {
                 .status
                 .as_ref()
                 .and_then(|s| s.snapshot_handle.clone());
-            if handle.is_none()
+            let recreate = handle.is_none()
                 && meta::has_annotation(&content.metadata, ANN_BEING_CREATED)
-                && let Some(volume) = &content.spec.source.volume_handle
-            {
+                && content.spec.source.volume_handle.is_some();
+            // Read only when a call is made: a content whose snapshot was never taken goes
+            // without its Secret.
+            let secrets = if handle.is_some() || recreate {
+                match self.content_secrets(&content).await {
+                    Ok(s) => s,
+                    Err(msg) => {
+                        self.content_failed(&content, reason::DELETE_FAILED, msg)
+                            .await?;
+                        return Ok(Requeue::Backoff);
+                    }
+                }
+            } else {
+                Default::default()
+            };
+            if recreate && let Some(volume) = &content.spec.source.volume_handle {
                 // A CreateSnapshot whose answer was never recorded (a crash): ask again by
                 // the same name, which returns the snapshot it made, so it is not leaked.
                 let params = self
@@ -752,11 +782,11 @@ impl<S: Store> Controller<S> {
                             .as_deref()
                             .unwrap_or_default(),
                     )
-                    .and_then(|c| create_parameters(c).ok())
+                    .map(create_parameters)
                     .unwrap_or_default();
                 match self
                     .csi
-                    .create_snapshot(&csi_snapshot_name(&content), volume, &params)
+                    .create_snapshot(&csi_snapshot_name(&content), volume, &params, &secrets)
                     .await
                 {
                     Ok(s) => handle = Some(s.snapshot_id),
@@ -771,7 +801,7 @@ impl<S: Store> Controller<S> {
                 }
             }
             if let Some(h) = handle {
-                if let Err(e) = self.csi.delete_snapshot(&h).await {
+                if let Err(e) = self.csi.delete_snapshot(&h, &secrets).await {
                     let msg = format!("failed to delete snapshot {h:?}: {e}");
                     self.content_failed(&content, reason::DELETE_FAILED, msg)
                         .await?;

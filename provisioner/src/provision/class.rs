@@ -5,14 +5,18 @@ use std::collections::BTreeMap;
 use crate::k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::names::{CSI_PARAM_FSTYPE, CSI_PARAM_PREFIX, LEGACY_PARAM_FSTYPE};
+use crate::secrets::ClassSecrets;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassConfig {
     pub name: String,
     pub provisioner: String,
     /// Parameters for the driver: every `csi.storage.k8s.io/` key removed (the deprecated
-    /// `fstype` key stays, as upstream leaves it).
+    /// `fstype` and `csi*SecretName`/`csi*SecretNamespace` keys stay, as upstream leaves
+    /// them).
     pub parameters: BTreeMap<String, String>,
+    /// The Secrets the class names per operation, templates unresolved (`secrets`).
+    pub secrets: ClassSecrets,
     /// From `csi.storage.k8s.io/fstype` or the deprecated `fstype` (any case); None means
     /// the default.
     pub fs_type: Option<String>,
@@ -43,6 +47,7 @@ impl ClassConfig {
             (Some(f), _) | (None, Some(f)) => Some(f.clone()),
             (None, None) => None,
         };
+        let secrets = ClassSecrets::from_parameters(&params).map_err(|e| e.to_string())?;
         let parameters = params
             .into_iter()
             .filter(|(k, _)| !k.starts_with(CSI_PARAM_PREFIX))
@@ -51,6 +56,7 @@ impl ClassConfig {
             name: sc.metadata.name.clone().unwrap_or_default(),
             provisioner: sc.provisioner.clone(),
             parameters,
+            secrets,
             fs_type,
             reclaim_policy: sc.reclaim_policy.clone().unwrap_or_else(|| "Delete".into()),
             wait_for_first_consumer: sc.volume_binding_mode.as_deref()
@@ -92,6 +98,7 @@ mod tests {
     use crate::k8s_openapi::api::core::v1::{
         TopologySelectorLabelRequirement, TopologySelectorTerm,
     };
+    use crate::secrets::Kind;
 
     #[test]
     fn parameters_lose_reserved_keys_and_defaults_apply() {
@@ -103,11 +110,20 @@ mod tests {
                 "csi.storage.k8s.io/provisioner-secret-name".to_string(),
                 "s".to_string(),
             ),
+            (
+                "csi.storage.k8s.io/provisioner-secret-namespace".to_string(),
+                "ns".to_string(),
+            ),
         ]));
         let c = ClassConfig::from_class(&sc).unwrap();
         assert_eq!(
             c.parameters,
             BTreeMap::from([("pool".to_string(), "p1".to_string())])
+        );
+        assert_eq!(
+            c.secrets.get(Kind::Provisioner).map(|t| t.name.as_str()),
+            Some("s"),
+            "the secret keys are the provisioner's, not the driver's"
         );
         assert_eq!(c.fs_type.as_deref(), Some("xfs"));
         assert_eq!(c.reclaim_policy, "Delete");
@@ -127,6 +143,28 @@ mod tests {
             .insert("fstype".into(), "ext4".into());
         let err = ClassConfig::from_class(&sc).unwrap_err();
         assert!(err.contains("differ"), "{err}");
+    }
+
+    #[test]
+    fn a_half_given_secret_pair_refuses_the_class() {
+        let mut sc = class("fast", "Immediate");
+        sc.parameters = Some(BTreeMap::from([(
+            "csi.storage.k8s.io/node-publish-secret-namespace".to_string(),
+            "ns".to_string(),
+        )]));
+        let err = ClassConfig::from_class(&sc).unwrap_err();
+        assert_eq!(
+            err,
+            "failed to get name and namespace template from params: either name and namespace for NodePublish secrets specified, Both must be specified"
+        );
+        // The deprecated keys name a secret and still reach the driver, as upstream.
+        sc.parameters = Some(BTreeMap::from([
+            ("csiNodeStageSecretName".to_string(), "s".to_string()),
+            ("csiNodeStageSecretNamespace".to_string(), "ns".to_string()),
+        ]));
+        let c = ClassConfig::from_class(&sc).unwrap();
+        assert!(c.secrets.get(Kind::NodeStage).is_some());
+        assert!(c.parameters.contains_key("csiNodeStageSecretName"));
     }
 
     #[test]

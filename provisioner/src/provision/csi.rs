@@ -14,6 +14,7 @@ use super::request::{
     AccessMode, AccessType, Capability, ContentSource, CreateRequest, DriverInfo, Topology,
 };
 use super::volume::CreatedVolume;
+use crate::secrets::SecretData;
 
 /// A snapshot as the driver describes it (CreateSnapshot, ListSnapshots).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +171,7 @@ impl CsiClient {
                 }
             }),
             volume_content_source: req.source.as_ref().map(content_source),
+            secrets: req.secrets.to_map(),
             ..Default::default()
         };
         let mut controller = ControllerClient::new(self.channel.clone());
@@ -217,11 +219,15 @@ impl CsiClient {
     }
 
     /// DeleteVolume; NOT_FOUND counts as done ("the volume is already gone").
-    pub async fn delete_volume(&self, volume_id: &str) -> Result<(), CsiError> {
+    pub async fn delete_volume(
+        &self,
+        volume_id: &str,
+        secrets: &SecretData,
+    ) -> Result<(), CsiError> {
         let mut controller = ControllerClient::new(self.channel.clone());
         let req = csi_proto::DeleteVolumeRequest {
             volume_id: volume_id.to_string(),
-            ..Default::default()
+            secrets: secrets.to_map(),
         };
         match self
             .call("DeleteVolume", controller.delete_volume(Request::new(req)))
@@ -234,19 +240,20 @@ impl CsiClient {
     }
 
     /// CreateSnapshot (idempotent by `name`). `parameters` are the class's, with the
-    /// sidecar's `csi.storage.k8s.io/` keys already removed.
+    /// sidecar's `csi.storage.k8s.io/` keys already removed; `secrets` the snapshotter's.
     pub async fn create_snapshot(
         &self,
         name: &str,
         source_volume_id: &str,
         parameters: &std::collections::BTreeMap<String, String>,
+        secrets: &SecretData,
     ) -> Result<SnapshotInfo, CsiError> {
         let mut controller = ControllerClient::new(self.channel.clone());
         let req = csi_proto::CreateSnapshotRequest {
             name: name.to_string(),
             source_volume_id: source_volume_id.to_string(),
             parameters: parameters.clone().into_iter().collect(),
-            ..Default::default()
+            secrets: secrets.to_map(),
         };
         let resp = self
             .call(
@@ -264,11 +271,15 @@ impl CsiClient {
     }
 
     /// DeleteSnapshot; NOT_FOUND counts as done.
-    pub async fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), CsiError> {
+    pub async fn delete_snapshot(
+        &self,
+        snapshot_id: &str,
+        secrets: &SecretData,
+    ) -> Result<(), CsiError> {
         let mut controller = ControllerClient::new(self.channel.clone());
         let req = csi_proto::DeleteSnapshotRequest {
             snapshot_id: snapshot_id.to_string(),
-            ..Default::default()
+            secrets: secrets.to_map(),
         };
         match self
             .call(
@@ -306,11 +317,13 @@ impl CsiClient {
     }
 
     /// ControllerExpandVolume: (new capacity in bytes, node expansion required).
+    /// `secrets` are those the PV's `controllerExpandSecretRef` names.
     pub async fn expand_volume(
         &self,
         volume_id: &str,
         required_bytes: u64,
         cap: Option<&Capability>,
+        secrets: &SecretData,
     ) -> Result<(i64, bool), CsiError> {
         let mut controller = ControllerClient::new(self.channel.clone());
         let req = csi_proto::ControllerExpandVolumeRequest {
@@ -320,7 +333,7 @@ impl CsiClient {
                 limit_bytes: 0,
             }),
             volume_capability: cap.map(capability),
-            ..Default::default()
+            secrets: secrets.to_map(),
         };
         let resp = self
             .call(

@@ -8,6 +8,7 @@ use crate::k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use super::class::ClassConfig;
 use crate::meta::{self, annotation};
 use crate::names::{self, TOPOLOGY_KEY};
+use crate::secrets::SecretData;
 
 /// CSI `AccessMode.Mode` values Kubernetes sends (k8s-semantics §5.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub struct CreateRequest {
     pub capabilities: Vec<Capability>,
     pub parameters: BTreeMap<String, String>,
     pub topology: Option<TopologyRequirement>,
+    /// The class's provisioner Secret; filled in by the controller, which fetches it.
+    pub secrets: SecretData,
 }
 
 /// CSI `VolumeContentSource`, by the driver's ids.
@@ -151,6 +154,7 @@ pub fn build_create_request(
         capabilities,
         parameters: class.parameters.clone(),
         topology,
+        secrets: SecretData::default(),
     })
 }
 

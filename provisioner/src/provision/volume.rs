@@ -9,11 +9,12 @@ use crate::k8s_openapi::api::core::v1::{
 use crate::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::class::ClassConfig;
-use super::request::Topology;
+use super::request::{AccessType, CreateRequest, Topology};
 use crate::binder::class::claim_class;
 use crate::meta::{self, add_finalizer, set_annotation};
 use crate::names;
 use crate::quantity;
+use crate::secrets::{SecretRef, VolumeSecrets};
 
 /// What CreateVolume returned, as plain values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,15 +33,23 @@ pub enum Rejected {
     TooSmall { got: u64, want: u64 },
 }
 
+/// The PV for `created`, the answer to `request`; `secrets` are the class's, resolved for
+/// this claim.
 pub fn build_volume(
     pvc: &PersistentVolumeClaim,
     class: &ClassConfig,
     driver: &str,
     provisioner_identity: &str,
-    requested_bytes: u64,
-    fs_type: Option<&str>,
+    request: &CreateRequest,
     created: &CreatedVolume,
+    secrets: &VolumeSecrets,
 ) -> Result<PersistentVolume, Rejected> {
+    let requested_bytes = request.required_bytes;
+    // The fs type asked for (the class's or the default), not one the driver chose.
+    let fs_type = match request.capabilities.first().map(|c| &c.access_type) {
+        Some(AccessType::Mount { fs_type, .. }) if !fs_type.is_empty() => Some(fs_type.as_str()),
+        _ => None,
+    };
     let capacity = match u64::try_from(created.capacity_bytes) {
         Ok(0) | Err(_) => requested_bytes,
         Ok(got) if got < requested_bytes => {
@@ -100,6 +109,11 @@ pub fn build_volume(
                     fs_type.map(str::to_string)
                 },
                 volume_attributes: Some(attributes),
+                controller_publish_secret_ref: secrets.controller_publish.as_ref().map(Into::into),
+                node_stage_secret_ref: secrets.node_stage.as_ref().map(Into::into),
+                node_publish_secret_ref: secrets.node_publish.as_ref().map(Into::into),
+                controller_expand_secret_ref: secrets.controller_expand.as_ref().map(Into::into),
+                node_expand_secret_ref: secrets.node_expand.as_ref().map(Into::into),
                 ..Default::default()
             }),
             mount_options,
@@ -116,9 +130,18 @@ pub fn build_volume(
         status: None,
     };
     set_annotation(&mut pv.metadata, names::ANN_PROVISIONED_BY, driver);
-    // No deletion secret is configured; upstream records that as empty strings.
-    set_annotation(&mut pv.metadata, names::ANN_DELETION_SECRET_NAME, "");
-    set_annotation(&mut pv.metadata, names::ANN_DELETION_SECRET_NAMESPACE, "");
+    // DeleteVolume reads its secret from here, not from the class, which may have changed
+    // or gone by then; no provisioner secret is recorded as empty strings, as upstream.
+    let (name, namespace) = match &secrets.provisioner {
+        Some(SecretRef { name, namespace }) => (name.as_str(), namespace.as_str()),
+        None => ("", ""),
+    };
+    set_annotation(&mut pv.metadata, names::ANN_DELETION_SECRET_NAME, name);
+    set_annotation(
+        &mut pv.metadata,
+        names::ANN_DELETION_SECRET_NAMESPACE,
+        namespace,
+    );
     if class.reclaim_policy == "Delete" {
         // HonorPVReclaimPolicy: the backing volume is deleted even if the PV goes first.
         add_finalizer(&mut pv.metadata, names::FINALIZER_EXTERNAL_PROVISIONER);
@@ -143,6 +166,29 @@ mod tests {
         }
     }
 
+    fn req(bytes: u64, fs_type: &str) -> CreateRequest {
+        use crate::provision::request::{AccessMode, Capability};
+        CreateRequest {
+            name: "pvc-uid-c".into(),
+            source: None,
+            required_bytes: bytes,
+            capabilities: vec![Capability {
+                access_type: AccessType::Mount {
+                    fs_type: fs_type.into(),
+                    mount_flags: Vec::new(),
+                },
+                mode: AccessMode::SingleNodeWriter,
+            }],
+            parameters: BTreeMap::new(),
+            topology: None,
+            secrets: Default::default(),
+        }
+    }
+
+    fn none() -> VolumeSecrets {
+        VolumeSecrets::default()
+    }
+
     fn cfg() -> ClassConfig {
         let mut sc = class("fast", "Immediate");
         sc.mount_options = Some(vec!["noatime".into()]);
@@ -157,9 +203,9 @@ mod tests {
             &cfg(),
             "strata.csi.io",
             "id-1",
-            1 << 30,
-            Some("ext4"),
+            &req(1 << 30, "ext4"),
             &created(2 << 30),
+            &VolumeSecrets::default(),
         )
         .unwrap();
         assert_eq!(pv.metadata.name.as_deref(), Some("pvc-uid-c"));
@@ -175,6 +221,11 @@ mod tests {
             &pv.metadata,
             names::FINALIZER_EXTERNAL_PROVISIONER
         ));
+        assert_eq!(
+            meta::annotation(&pv.metadata, names::ANN_DELETION_SECRET_NAME),
+            Some(""),
+            "no provisioner secret: recorded as empty, as upstream"
+        );
         let spec = pv.spec.as_ref().unwrap();
         assert_eq!(
             spec.capacity.as_ref().unwrap()["storage"].0,
@@ -225,10 +276,28 @@ mod tests {
     #[test]
     fn zero_capacity_means_requested_and_smaller_is_rejected() {
         let c = claim("c", "1Gi", &["ReadWriteOnce"]);
-        let pv = build_volume(&c, &cfg(), "d", "id", 1 << 30, None, &created(0)).unwrap();
+        let pv = build_volume(
+            &c,
+            &cfg(),
+            "d",
+            "id",
+            &req(1 << 30, ""),
+            &created(0),
+            &none(),
+        )
+        .unwrap();
         assert_eq!(pv.spec.unwrap().capacity.unwrap()["storage"].0, "1Gi");
         assert_eq!(
-            build_volume(&c, &cfg(), "d", "id", 1 << 30, None, &created(1 << 20)).unwrap_err(),
+            build_volume(
+                &c,
+                &cfg(),
+                "d",
+                "id",
+                &req(1 << 30, ""),
+                &created(1 << 20),
+                &none()
+            )
+            .unwrap_err(),
             Rejected::TooSmall {
                 got: 1 << 20,
                 want: 1 << 30
@@ -248,9 +317,9 @@ mod tests {
             &cfg,
             "d",
             "id",
-            1 << 30,
-            Some("ext4"),
+            &req(1 << 30, "ext4"),
             &created(1 << 30),
+            &none(),
         )
         .unwrap();
         assert!(
@@ -271,5 +340,52 @@ mod tests {
             &pv.metadata,
             names::FINALIZER_EXTERNAL_PROVISIONER
         ));
+    }
+
+    #[test]
+    fn pv_records_the_deletion_secret_and_the_other_references() {
+        let c = claim("c", "1Gi", &["ReadWriteOnce"]);
+        let r = |n: &str| {
+            Some(SecretRef {
+                name: n.into(),
+                namespace: "ns".into(),
+            })
+        };
+        let secrets = VolumeSecrets {
+            provisioner: r("prov"),
+            controller_publish: r("cp"),
+            node_stage: r("stage"),
+            node_publish: r("publish"),
+            controller_expand: r("cexp"),
+            node_expand: r("nexp"),
+        };
+        let pv = build_volume(
+            &c,
+            &cfg(),
+            "d",
+            "id",
+            &req(1 << 30, ""),
+            &created(0),
+            &secrets,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                meta::annotation(&pv.metadata, names::ANN_DELETION_SECRET_NAME),
+                meta::annotation(&pv.metadata, names::ANN_DELETION_SECRET_NAMESPACE)
+            ),
+            (Some("prov"), Some("ns"))
+        );
+        let csi = pv.spec.unwrap().csi.unwrap();
+        let name = |r: Option<crate::k8s_openapi::api::core::v1::SecretReference>| {
+            let r = r.unwrap();
+            assert_eq!(r.namespace.as_deref(), Some("ns"));
+            r.name.unwrap()
+        };
+        assert_eq!(name(csi.controller_publish_secret_ref), "cp");
+        assert_eq!(name(csi.node_stage_secret_ref), "stage");
+        assert_eq!(name(csi.node_publish_secret_ref), "publish");
+        assert_eq!(name(csi.controller_expand_secret_ref), "cexp");
+        assert_eq!(name(csi.node_expand_secret_ref), "nexp");
     }
 }
