@@ -382,6 +382,28 @@ impl Runtime {
         c.kill(sig, all).map_err(lc("killing"))
     }
 
+    /// `pause`: freezes every process of a running container (cgroup freezer).
+    #[tracing::instrument(skip_all, fields(id = %id))]
+    pub fn pause(&self, id: &str) -> Result<()> {
+        let _lock = self.lock(id, false)?;
+        let mut c = self.load(id)?;
+        if !c.can_pause() {
+            return Err(bad_state(&c, "pause"));
+        }
+        c.pause().map_err(lc("pausing"))
+    }
+
+    /// `resume`: thaws a paused container.
+    #[tracing::instrument(skip_all, fields(id = %id))]
+    pub fn resume(&self, id: &str) -> Result<()> {
+        let _lock = self.lock(id, false)?;
+        let mut c = self.load(id)?;
+        if !c.can_resume() {
+            return Err(bad_state(&c, "resume"));
+        }
+        c.resume().map_err(lc("resuming"))
+    }
+
     /// `delete`: removes a stopped (or created) container and everything created
     /// for it; `force` kills a running one first. Also finishes what a `create` or
     /// `delete` that died part-way left behind.

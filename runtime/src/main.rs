@@ -109,6 +109,10 @@ enum Command {
         #[arg(short, long)]
         all: bool,
     },
+    /// Freeze every process of a running container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
     /// Delete a stopped or created container and everything made for it.
     Delete {
         /// Kill a running container first.
@@ -275,6 +279,12 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Kill { id, signal, all } => rt
             .kill(&id, &signal, all)
             .with_context(|| format!("killing container {id}"))?,
+        Command::Pause { id } => rt
+            .pause(&id)
+            .with_context(|| format!("pausing container {id}"))?,
+        Command::Resume { id } => rt
+            .resume(&id)
+            .with_context(|| format!("resuming container {id}"))?,
         Command::Delete { force, id } => rt
             .delete(&id, force)
             .with_context(|| format!("deleting container {id}"))?,

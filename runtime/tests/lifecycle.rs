@@ -363,3 +363,49 @@ fn run_forwards_signals_to_the_container() {
 fn libc_sigterm() -> u32 {
     nix::sys::signal::Signal::SIGTERM as u32
 }
+
+/// Whether the container's cgroup is frozen: v1 `freezer.state`, or v2 `cgroup.freeze`.
+fn frozen(id: &str) -> bool {
+    let v1 = Path::new("/sys/fs/cgroup/freezer").join(format!("strata-{id}/freezer.state"));
+    if let Ok(s) = std::fs::read_to_string(&v1) {
+        return s.trim() == "FROZEN";
+    }
+    let v2 = Path::new("/sys/fs/cgroup").join(format!("strata-{id}/cgroup.freeze"));
+    std::fs::read_to_string(&v2)
+        .unwrap_or_else(|e| panic!("{}: {e}", v2.display()))
+        .trim()
+        == "1"
+}
+
+#[test]
+fn pause_freezes_and_resume_thaws() {
+    if !testkit::require_root("pause_freezes_and_resume_thaws") {
+        return;
+    }
+    let b = runc_bundle(&["sh", "-c", "while true; do sleep 0.1; done"], |_| {});
+    let id = testkit::unique_id("pause");
+    let _guard = create(&b, &id, &[]);
+    assert!(err(&cli(&b, &["pause", &id])).contains("is created: cannot pause"));
+    ok(&cli(&b, &["start", &id]));
+
+    ok(&cli(&b, &["pause", &id]));
+    assert_eq!(status(&b, &id), "paused");
+    assert!(frozen(&id), "paused but not frozen");
+    assert!(err(&cli(&b, &["pause", &id])).contains("is paused: cannot pause"));
+    assert!(err(&cli(&b, &["start", &id])).contains("is paused: cannot start"));
+
+    ok(&cli(&b, &["resume", &id]));
+    assert_eq!(status(&b, &id), "running");
+    assert!(!frozen(&id), "resumed but still frozen");
+    assert!(err(&cli(&b, &["resume", &id])).contains("is running: cannot resume"));
+
+    // A paused container goes with delete --force, as with runc.
+    ok(&cli(&b, &["pause", &id]));
+    ok(&cli(&b, &["delete", "--force", &id]));
+    assert!(err(&cli(&b, &["state", &id])).contains("not found"));
+    assert!(
+        !testkit::cgroup_exists(&format!("strata-{id}")),
+        "cgroup left behind"
+    );
+    assert!(err(&cli(&b, &["pause", "no-such"])).contains("not found"));
+}
