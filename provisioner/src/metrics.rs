@@ -4,7 +4,8 @@
 //!
 //! Reasons are few and fixed: `Provisioned`/`Deleted`/`Expanded` on success; on failure the
 //! driver's gRPC code (`ResourceExhausted`, `Unavailable`, ...) or one of `InvalidClass`,
-//! `InvalidRequest`, `TooSmall`, `NotExpandable`, so the label set stays small.
+//! `InvalidSource`, `InvalidRequest`, `InvalidSecretParameters`, `SecretUnavailable`,
+//! `TooSmall`, `InvalidVolume`, `NotExpandable`, so the label set stays small.
 
 use std::sync::Arc;
 

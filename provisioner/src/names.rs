@@ -95,6 +95,11 @@ pub mod snapshot {
     /// Class parameters naming the snapshotter's secret (CreateSnapshot, DeleteSnapshot).
     pub const PARAM_SECRET_NAME: &str = "csi.storage.k8s.io/snapshotter-secret-name";
     pub const PARAM_SECRET_NAMESPACE: &str = "csi.storage.k8s.io/snapshotter-secret-namespace";
+    /// Class parameters naming the secret ListSnapshots gets (a pre-provisioned content's
+    /// status check).
+    pub const PARAM_LIST_SECRET_NAME: &str = "csi.storage.k8s.io/snapshotter-list-secret-name";
+    pub const PARAM_LIST_SECRET_NAMESPACE: &str =
+        "csi.storage.k8s.io/snapshotter-list-secret-namespace";
     /// On a dynamic content: the snapshotter secret its class named, resolved when the
     /// content was made; CreateSnapshot and DeleteSnapshot read it from here.
     pub const ANN_DELETION_SECRET_NAME: &str =

@@ -109,6 +109,16 @@ fn snapshotter_keys() -> Keys {
     }
 }
 
+/// The pair ListSnapshots' secret comes from, on a VolumeSnapshotClass.
+fn snapshotter_list_keys() -> Keys {
+    Keys {
+        label: "SnapshotterList",
+        name: crate::names::snapshot::PARAM_LIST_SECRET_NAME.to_string(),
+        namespace: crate::names::snapshot::PARAM_LIST_SECRET_NAMESPACE.to_string(),
+        deprecated: None,
+    }
+}
+
 /// A name and a namespace as the class gives them, tokens unresolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Templates {
@@ -227,9 +237,15 @@ pub struct ClassSecrets(BTreeMap<Kind, Templates>);
 impl ClassSecrets {
     /// Each kind's own pair, else the `csi.storage.k8s.io/secret-{name,namespace}` pair.
     pub fn from_parameters(params: &BTreeMap<String, String>) -> Result<Self, ParamError> {
+        Self::of_kinds(params, &Kind::ALL)
+    }
+
+    /// As [`ClassSecrets::from_parameters`], reading only `kinds`: a pair of another kind
+    /// is neither read nor checked (DeleteVolume reads only the provisioner's).
+    pub fn of_kinds(params: &BTreeMap<String, String>, kinds: &[Kind]) -> Result<Self, ParamError> {
         let fallback = templates_for(&default_keys(), params, "default ");
         let mut out = BTreeMap::new();
-        for kind in Kind::ALL {
+        for &kind in kinds {
             let own = templates_for(&kind.keys(), params, "")?;
             let templates = match own {
                 Some(t) => Some(t),
@@ -386,6 +402,23 @@ pub fn snapshotter_secret(
         "volumesnapshot.name" => Some(snapshot_name.to_string()),
         _ => None,
     })?;
+    checked(&t, namespace, name).map(Some)
+}
+
+/// The secret ListSnapshots gets when the csi-snapshotter checks the content
+/// `content_name` of a class (`checkandUpdateContentStatusOperation`). Resolved without a
+/// snapshot, as upstream: `${volumesnapshotcontent.name}` is the only token.
+pub fn snapshotter_list_secret(
+    params: &BTreeMap<String, String>,
+    content_name: &str,
+) -> Result<Option<SecretRef>, ParamError> {
+    let Some(t) = templates_for(&snapshotter_list_keys(), params, "")? else {
+        return Ok(None);
+    };
+    let only_content =
+        |token: &str| (token == "volumesnapshotcontent.name").then(|| content_name.to_string());
+    let namespace = resolve(&t.namespace, only_content)?;
+    let name = resolve(&t.name, only_content)?;
     checked(&t, namespace, name).map(Some)
 }
 
@@ -650,6 +683,22 @@ mod tests {
     }
 
     #[test]
+    fn reading_one_kind_ignores_the_pairs_of_the_others() {
+        let p = params(&[
+            ("csi.storage.k8s.io/provisioner-secret-name", "s"),
+            ("csi.storage.k8s.io/provisioner-secret-namespace", "n"),
+            ("csi.storage.k8s.io/node-stage-secret-name", "half"),
+        ]);
+        assert!(ClassSecrets::from_parameters(&p).is_err());
+        let only = ClassSecrets::of_kinds(&p, &[Kind::Provisioner]).unwrap();
+        assert_eq!(
+            only.resolve(Kind::Provisioner, "pv", &claim(None)).unwrap(),
+            r("s", "n")
+        );
+        assert!(only.get(Kind::NodeStage).is_none());
+    }
+
+    #[test]
     fn name_and_namespace_come_together_and_non_empty() {
         let err = secret_of(
             Kind::Provisioner,
@@ -906,6 +955,48 @@ mod tests {
         );
         assert_eq!(
             snapshotter_secret(&params(&[("x", "y")]), "c", "n", "s").unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn snapshotter_list_secret_takes_only_the_content_name() {
+        let p = |name: &str, ns: &str| {
+            snapshotter_list_secret(
+                &params(&[
+                    ("csi.storage.k8s.io/snapshotter-list-secret-name", name),
+                    ("csi.storage.k8s.io/snapshotter-list-secret-namespace", ns),
+                ]),
+                "snapcontent-1",
+            )
+        };
+        assert_eq!(
+            p("list-${volumesnapshotcontent.name}", "ns").unwrap(),
+            r("list-snapcontent-1", "ns")
+        );
+        assert_eq!(
+            p("${volumesnapshot.name}", "ns").unwrap_err().to_string(),
+            "error resolving value \"${volumesnapshot.name}\": invalid tokens: [\"volumesnapshot.name\"]"
+        );
+        let half = snapshotter_list_secret(
+            &params(&[("csi.storage.k8s.io/snapshotter-list-secret-namespace", "n")]),
+            "c",
+        );
+        assert!(
+            half.unwrap_err()
+                .to_string()
+                .contains("either name and namespace for SnapshotterList secrets specified")
+        );
+        // The snapshotter's own pair is not the list pair.
+        assert_eq!(
+            snapshotter_list_secret(
+                &params(&[
+                    ("csi.storage.k8s.io/snapshotter-secret-name", "s"),
+                    ("csi.storage.k8s.io/snapshotter-secret-namespace", "n"),
+                ]),
+                "c"
+            )
+            .unwrap(),
             None
         );
     }

@@ -219,9 +219,22 @@ impl pb::controller_server::Controller for FakeDriver {
 
     async fn list_snapshots(
         &self,
-        _: Request<pb::ListSnapshotsRequest>,
+        req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        unimplemented("ListSnapshots")
+        // Every id names a ready snapshot: enough for a pre-provisioned content.
+        let r = req.into_inner();
+        self.note("ListSnapshots", &r.snapshot_id, &r.secrets);
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            entries: vec![pb::list_snapshots_response::Entry {
+                snapshot: Some(pb::Snapshot {
+                    size_bytes: 1 << 20,
+                    snapshot_id: r.snapshot_id,
+                    ready_to_use: true,
+                    ..Default::default()
+                }),
+            }],
+            next_token: String::new(),
+        }))
     }
 
     async fn get_snapshot(
@@ -660,6 +673,45 @@ async fn a_deletion_secret_gone_by_delete_time_does_not_block_the_delete() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_without_the_annotations_is_deleted_with_its_class_secret() {
+    let h = Harness::start().await;
+    h.apply::<Secret>(secret("old-prov", &[("k", "from-class")]))
+        .await;
+    h.apply::<StorageClass>(class(
+        "secret",
+        json!({
+            "csi.storage.k8s.io/provisioner-secret-name": "${pvc.name}-prov",
+            "csi.storage.k8s.io/provisioner-secret-namespace": "${pvc.namespace}"
+        }),
+    ))
+    .await;
+    // As a provisioner that predates the annotations left it.
+    h.apply::<PersistentVolume>(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": "old-pv", "annotations": {"pv.kubernetes.io/provisioned-by": DRIVER}},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "secret",
+            "csi": {"driver": DRIVER, "volumeHandle": "old-handle"},
+            "claimRef": {"namespace": "default", "name": "old"}
+        }
+    }))
+    .await;
+    let mut c = claim("old", "secret", json!({}));
+    c["spec"]["volumeName"] = json!("old-pv");
+    h.apply::<PersistentVolumeClaim>(c).await;
+    h.bound("old").await;
+    h.delete::<PersistentVolumeClaim>("default", "old").await;
+    let deleted = h.called("DeleteVolume", "old-handle").await;
+    assert_eq!(
+        deleted[0].secrets,
+        map(&[("k", "from-class")]),
+        "the class's provisioner secret, resolved with the claim reference"
+    );
+    h.stop().await;
+}
+
 fn snapshot_class(name: &str, params: Value) -> Value {
     json!({
         "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
@@ -760,6 +812,52 @@ async fn snapshotter_secrets_reach_create_and_delete_snapshot() {
         }
     })
     .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_provisioned_content_is_listed_with_the_snapshotter_list_secret() {
+    let h = Harness::start().await;
+    h.apply::<VolumeSnapshotClass>(snapshot_class(
+        "listed",
+        json!({
+            "csi.storage.k8s.io/snapshotter-list-secret-name": "list-${volumesnapshotcontent.name}",
+            "csi.storage.k8s.io/snapshotter-list-secret-namespace": "default"
+        }),
+    ))
+    .await;
+    h.apply::<VolumeSnapshotContent>(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+        "metadata": {"name": "pre"},
+        "spec": {"deletionPolicy": "Retain", "driver": DRIVER, "source": {"snapshotHandle": "handle-1"},
+                 "volumeSnapshotClassName": "listed",
+                 "volumeSnapshotRef": {"name": "pre-snap", "namespace": "default"}}
+    }))
+    .await;
+    h.apply::<VolumeSnapshot>(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "pre-snap", "namespace": "default"},
+        "spec": {"source": {"volumeSnapshotContentName": "pre"}}
+    }))
+    .await;
+    // Not there yet: the content says so and the driver is not asked.
+    eventually("content pre reports the missing list secret", || async {
+        let c: VolumeSnapshotContent = h.store.get("", "pre").await.ok()?;
+        let msg = c.status?.error?.message?;
+        msg.contains("error getting secret list-pre in namespace default")
+            .then_some(())
+    })
+    .await;
+    assert!(h.driver.calls("ListSnapshots").is_empty());
+    h.apply::<Secret>(secret("list-pre", &[("lister", "yes")]))
+        .await;
+    eventually("snapshot pre-snap ready", || async {
+        let s: VolumeSnapshot = h.store.get("default", "pre-snap").await.ok()?;
+        (s.status.as_ref()?.ready_to_use == Some(true)).then_some(())
+    })
+    .await;
+    let listed = h.called("ListSnapshots", "handle-1").await;
+    assert_eq!(listed[0].secrets, map(&[("lister", "yes")]));
     h.stop().await;
 }
 

@@ -4,6 +4,7 @@
 //! and nowhere else: errors name the Secret, never its content.
 
 use strata_store::Store;
+use strata_store::snapshot::VolumeSnapshotContent;
 use tracing::warn;
 
 use super::Controller;
@@ -13,10 +14,9 @@ use crate::k8s_openapi::api::core::v1::PersistentVolume;
 use crate::meta;
 use crate::secrets::{
     ClaimValues, ClassSecrets, DeletionSecret, FetchError, Kind, ParamError, SecretData, SecretRef,
-    deletion_secret, read_secret,
+    deletion_secret, read_secret, snapshotter_list_secret,
 };
 use crate::snapshot::content_secret;
-use strata_store::snapshot::VolumeSnapshotContent;
 
 /// Why DeleteVolume's secret could not be worked out (a fetch failure is not one: the
 /// delete goes on without it).
@@ -74,7 +74,7 @@ impl<S: Store> Controller<S> {
                         .unwrap_or_default(),
                     annotations: None,
                 };
-                let resolved = ClassSecrets::from_parameters(&params)
+                let resolved = ClassSecrets::of_kinds(&params, &[Kind::Provisioner])
                     .and_then(|s| s.resolve(Kind::Provisioner, &name, &values))
                     .map_err(|source| DeletionRefError {
                         volume: name.clone(),
@@ -107,6 +107,33 @@ impl<S: Store> Controller<S> {
             format!(
                 "cannot get credentials for snapshot content {:?}: {}",
                 meta::name(&content.metadata),
+                chain(&e)
+            )
+        })
+    }
+
+    /// ListSnapshots' secrets for `content`: the snapshotter-list secret of the class it
+    /// names. A content without a class, or whose class is gone, is checked without.
+    pub(crate) async fn list_secrets(
+        &self,
+        content: &VolumeSnapshotContent,
+    ) -> Result<SecretData, String> {
+        let name = meta::name(&content.metadata);
+        let params = content
+            .spec
+            .volume_snapshot_class_name
+            .as_ref()
+            .and_then(|c| self.cache().snapshot_classes.get(c).cloned())
+            .and_then(|c| c.parameters);
+        let Some(params) = params else {
+            return Ok(SecretData::default());
+        };
+        let r = snapshotter_list_secret(&params, name).map_err(|e| {
+            format!("failed to get secret reference for snapshot content {name:?}: {e}")
+        })?;
+        self.optional_secret_data(r.as_ref()).await.map_err(|e| {
+            format!(
+                "failed to get credentials for snapshot content {name:?}: {}",
                 chain(&e)
             )
         })

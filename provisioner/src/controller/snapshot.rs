@@ -696,7 +696,15 @@ impl<S: Store> Controller<S> {
         content: VolumeSnapshotContent,
         handle: &str,
     ) -> Result<Requeue> {
-        match self.csi.get_snapshot(handle).await {
+        let secrets = match self.list_secrets(&content).await {
+            Ok(s) => s,
+            Err(msg) => {
+                self.content_failed(&content, reason::CREATION_FAILED, msg)
+                    .await?;
+                return Ok(Requeue::Backoff);
+            }
+        };
+        match self.csi.get_snapshot(handle, &secrets).await {
             Ok(Some(snap)) => {
                 let mut updated = content.clone();
                 updated.status = Some(VolumeSnapshotContentStatus {

@@ -296,10 +296,16 @@ impl CsiClient {
 
     /// ListSnapshots filtered by id: the driver's view of a pre-provisioned snapshot.
     /// None when the driver does not know it.
-    pub async fn get_snapshot(&self, snapshot_id: &str) -> Result<Option<SnapshotInfo>, CsiError> {
+    /// `secrets` are the class's snapshotter-list secret's.
+    pub async fn get_snapshot(
+        &self,
+        snapshot_id: &str,
+        secrets: &SecretData,
+    ) -> Result<Option<SnapshotInfo>, CsiError> {
         let mut controller = ControllerClient::new(self.channel.clone());
         let req = csi_proto::ListSnapshotsRequest {
             snapshot_id: snapshot_id.to_string(),
+            secrets: secrets.to_map(),
             ..Default::default()
         };
         let resp = self
