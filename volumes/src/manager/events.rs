@@ -211,7 +211,7 @@ impl<S: Store> VolumeManager<S> {
                 } else if known || layout::pod_dir(&me.inner.cfg.state_dir, &uid).exists() {
                     let what = format!("tear down pod {}", meta::key(&pod.metadata));
                     self.spawn_tracked(what, async move {
-                        if let Err(e) = me.tear_down_now(&uid).await {
+                        if let Err(e) = me.tear_down_now(&uid, super::pod::Keep::Nothing).await {
                             tracing::warn!(pod_uid = %uid, error = %e, "tear down failed");
                         }
                     });

@@ -151,7 +151,7 @@ impl<S: Store> VolumeManager<S> {
             let dir = layout::volume_dir(
                 &self.inner.cfg.state_dir,
                 &uid,
-                "kubernetes.io~empty-dir",
+                EMPTY_DIR_PLUGIN,
                 &volume.name,
             );
             let fs_group = projection::fs_group(pod);
@@ -198,14 +198,15 @@ impl<S: Store> VolumeManager<S> {
     pub async fn tear_down_pod(&self, uid: &str) -> Result<()> {
         let (me, u) = (self.clone(), uid.to_owned());
         self.tracked(format!("tear down pod {uid}"), async move {
-            me.tear_down_now(&u).await
+            me.tear_down_now(&u, Keep::Nothing).await
         })
         .await
     }
 
-    /// [`Self::tear_down_pod`] on the caller's task.
+    /// [`Self::tear_down_pod`] on the caller's task; with [`Keep::EmptyDirs`] the pod's
+    /// disk-backed emptyDir directories stay (the node stops, the pod does not).
     #[tracing::instrument(name = "tear_down_pod", skip_all, fields(pod_uid = %uid))]
-    pub(super) async fn tear_down_now(&self, uid: &str) -> Result<()> {
+    pub(super) async fn tear_down_now(&self, uid: &str, keep: Keep) -> Result<()> {
         if !layout::valid_component(uid) {
             return Err(Error::InvalidArgument {
                 field: "pod uid",
@@ -242,13 +243,18 @@ impl<S: Store> VolumeManager<S> {
                     reason: "mounts remain below the pod directory".into(),
                 });
             }
-            let pods = layout::pods_dir(&state);
-            let fd = dirfd::open_dir(&pods)?;
-            dirfd::remove_all_at(
-                std::os::fd::AsFd::as_fd(&fd),
-                std::ffi::OsStr::new(d.file_name().unwrap_or_default()),
-                &pods,
-            )
+            match keep {
+                Keep::Nothing => {
+                    let pods = layout::pods_dir(&state);
+                    let fd = dirfd::open_dir(&pods)?;
+                    dirfd::remove_all_at(
+                        std::os::fd::AsFd::as_fd(&fd),
+                        std::ffi::OsStr::new(d.file_name().unwrap_or_default()),
+                        &pods,
+                    )
+                }
+                Keep::EmptyDirs => remove_all_but_empty_dirs(&d),
+            }
         })
         .await?;
         self.inner.pods.lock().expect("lock").remove(uid);
@@ -263,4 +269,58 @@ impl<S: Store> VolumeManager<S> {
         tracing::info!("volumes torn down");
         Ok(())
     }
+}
+
+/// The plugin directory of emptyDir volumes, below a pod's `volumes`.
+const EMPTY_DIR_PLUGIN: &str = "kubernetes.io~empty-dir";
+
+/// What a pod's tear-down leaves on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keep {
+    Nothing,
+    /// The emptyDir directories, whose contents outlive the node's stop as they outlive
+    /// a reboot under the kubelet (a Memory one is an empty directory by now: its tmpfs
+    /// went with the other mounts).
+    EmptyDirs,
+}
+
+/// Removes everything in pod directory `pod_dir` (nothing is mounted below it) except
+/// `volumes/kubernetes.io~empty-dir`.
+fn remove_all_but_empty_dirs(pod_dir: &std::path::Path) -> Result<()> {
+    let keep = std::ffi::OsStr::new(EMPTY_DIR_PLUGIN);
+    let fd = dirfd::open_dir(pod_dir)?;
+    for name in dir_names(pod_dir)? {
+        if name == "volumes" {
+            let vols = pod_dir.join("volumes");
+            let vfd = dirfd::open_dir(&vols)?;
+            for plugin in dir_names(&vols)? {
+                if plugin != keep {
+                    dirfd::remove_all_at(std::os::fd::AsFd::as_fd(&vfd), &plugin, &vols)?;
+                }
+            }
+        } else {
+            dirfd::remove_all_at(std::os::fd::AsFd::as_fd(&fd), &name, pod_dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn dir_names(dir: &std::path::Path) -> Result<Vec<std::ffi::OsString>> {
+    let rd = std::fs::read_dir(dir).map_err(|source| Error::Fs {
+        op: "read directory",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for e in rd {
+        out.push(
+            e.map_err(|source| Error::Fs {
+                op: "read directory",
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .file_name(),
+        );
+    }
+    Ok(out)
 }

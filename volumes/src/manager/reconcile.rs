@@ -94,11 +94,17 @@ impl<S: Store> VolumeManager<S> {
 
     /// Tears down the volumes of every pod on disk and unstages every CSI volume, leaving
     /// the pods in the store: for a node that stops and takes its mounts with it (`volctl
-    /// down`). The next start sets them up again from the store. Call after `run` returned.
+    /// down`). Disk-backed emptyDirs keep their contents, as across a reboot under the
+    /// kubelet. The next start sets them up again from the store. Call after `run`
+    /// returned.
     pub async fn release_all(&self) -> Result<()> {
         let mut first_err = None;
         for uid in self.pods_on_disk()? {
-            if let Err(e) = self.tear_down_pod(&uid).await {
+            let released = self.tracked(format!("release pod {uid}"), {
+                let (me, u) = (self.clone(), uid.clone());
+                async move { me.tear_down_now(&u, super::pod::Keep::EmptyDirs).await }
+            });
+            if let Err(e) = released.await {
                 tracing::warn!(pod_uid = %uid, error = %e, "releasing a pod's volumes");
                 first_err.get_or_insert(e);
             }
