@@ -1,7 +1,8 @@
 //! Startup, liveness and readiness probes on real containers: a failing liveness probe
 //! restarts the container (restart count, events), a readiness probe gates the Ready
 //! condition and the container's `ready`, a startup probe holds the other probes and
-//! `started` until it succeeds and restarts a container that never starts.
+//! `started` until it succeeds and restarts a container that never starts, a gRPC probe
+//! asks a real gRPC health service.
 
 mod common;
 
@@ -217,4 +218,69 @@ async fn startup_probe_holds_the_other_probes_until_it_succeeds() {
     env.delete("never").await;
     env.wait_gone("never").await;
     assert!(env.runtime_ids().is_empty());
+}
+
+/// A gRPC probe calls the standard health service (here tonic-health, a real gRPC server,
+/// on the host's loopback, reached by a hostNetwork pod): NOT_SERVING fails it with the
+/// kubelet's message, SERVING passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_probe_asks_the_health_service() {
+    if !testkit::require_root("grpc_probe_asks_the_health_service") {
+        return;
+    }
+    use tonic_health::ServingStatus;
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("db", ServingStatus::NotServing)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream_of(listener)),
+    );
+
+    let mut env = Env::new("probe-grpc");
+    env.start_node();
+    let mut pod = sh_pod(
+        "grpc",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        json!({"hostNetwork": true}),
+    );
+    pod["spec"]["containers"][0]["readinessProbe"] = json!({
+        "grpc": {"port": port, "service": "db"},
+        "periodSeconds": 1, "failureThreshold": 1,
+    });
+    env.create(pod).await;
+    testkit::wait_for("a failed gRPC readiness probe", DEADLINE, || {
+        let rt = tokio::runtime::Handle::current();
+        let ev = tokio::task::block_in_place(|| rt.block_on(env.events("grpc")));
+        ev.into_iter().find(|(r, m)| {
+            r == "Unhealthy"
+                && m == "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")"
+        })
+    });
+    let p = env
+        .wait_pod("grpc", "running", |p| running_id(p, "c").is_some())
+        .await;
+    assert!(!ready(&p), "{}", status(&p));
+
+    reporter
+        .set_service_status("db", ServingStatus::Serving)
+        .await;
+    env.wait_pod("grpc", "Ready", ready).await;
+    env.delete("grpc").await;
+    env.wait_gone("grpc").await;
+    server.abort();
+}
+
+/// The accepted connections of `listener`, as tonic's `serve_with_incoming` takes them.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
 }

@@ -9,8 +9,8 @@
 //! Handlers: `exec` runs through the runtime's exec (`Helper::exec`, with the timeout);
 //! `httpGet` (HTTP on a loopback address) and `tcpSocket` connect from a short-lived
 //! thread that has joined the pod's network namespace, so they reach the pod's own
-//! 127.0.0.1 without any address on the host. `grpc` and HTTPS are not supported and
-//! fail with a message saying so.
+//! 127.0.0.1 without any address on the host; so does `grpc`, the standard health
+//! service over h2c. HTTPS is not supported and fails with a message saying so.
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -245,7 +245,7 @@ async fn attempt(
             Err(e) => Err(strata_runtime::error::chain(&e)),
         };
     }
-    let (addr, http) = if let Some(h) = &probe.http_get {
+    let (addr, check) = if let Some(h) = &probe.http_get {
         if h.scheme
             .as_deref()
             .is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"))
@@ -264,17 +264,22 @@ async fn attempt(
             .flatten()
             .map(|x| (x.name.clone(), x.value.clone()))
             .collect();
-        (addr, Some((path, headers)))
+        (addr, Check::Http { path, headers })
     } else if let Some(tcp) = &probe.tcp_socket {
         let addr = SocketAddr::new(
             host(tcp.host.as_deref())?,
             port(&tcp.port, &target.container)?,
         );
-        (addr, None)
-    } else if probe.grpc.is_some() {
-        return Err("gRPC probes are not supported".into());
+        (addr, Check::Tcp)
+    } else if let Some(g) = &probe.grpc {
+        let port = port(&IntOrString::Int(g.port), &target.container)?;
+        let service = g.service.clone().unwrap_or_default();
+        (
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            Check::Grpc { service },
+        )
     } else {
-        return Err("the probe names no handler (exec, httpGet or tcpSocket)".into());
+        return Err("the probe names no handler (exec, httpGet, tcpSocket or grpc)".into());
     };
     let netns = netns
         .ok_or("the pod's network namespace is gone")?
@@ -286,7 +291,7 @@ async fn attempt(
     std::thread::Builder::new()
         .name("probe".into())
         .spawn(move || {
-            let _ = tx.send(in_netns(netns, addr, http, timeout));
+            let _ = tx.send(in_netns(netns, addr, check, timeout));
         })
         .map_err(|e| format!("starting a probe thread: {e}"))?;
     match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
@@ -329,23 +334,42 @@ fn port(p: &IntOrString, c: &Container) -> Result<u16, String> {
         .ok_or_else(|| format!("port {n} is out of range"))
 }
 
+/// What a network probe checks once connected.
+enum Check {
+    Tcp,
+    Http {
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+    Grpc {
+        service: String,
+    },
+}
+
 /// Runs on its own thread: joins the namespace, connects, and for HTTP sends a GET and
-/// reads the status line (2xx and 3xx succeed, as the kubelet's).
+/// reads the status line (2xx and 3xx succeed, as the kubelet's); for gRPC calls the
+/// standard health service (grpc.health.v1.Health/Check), which must answer SERVING.
 fn in_netns(
     netns: OwnedFd,
     addr: SocketAddr,
-    http: Option<(String, Vec<(String, String)>)>,
+    check: Check,
     timeout: Duration,
 ) -> Result<(), String> {
     nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("joining the pod's network namespace: {e}"))?;
     let url = |path: &str| format!("http://{addr}{path}");
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match &http {
-        Some((path, _)) => format!("Get {:?}: dial tcp {addr}: {e}", url(path)),
-        None => format!("dial tcp {addr}: {e}"),
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match &check {
+        Check::Http { path, .. } => format!("Get {:?}: dial tcp {addr}: {e}", url(path)),
+        Check::Grpc { .. } => format!(
+            "timeout: failed to connect service \"{addr}\" within {}s: {e}",
+            timeout.as_secs()
+        ),
+        Check::Tcp => format!("dial tcp {addr}: {e}"),
     })?;
-    let Some((path, headers)) = http else {
-        return Ok(());
+    let (path, headers) = match check {
+        Check::Tcp => return Ok(()),
+        Check::Grpc { service } => return grpc_health_check(s, addr, &service, timeout),
+        Check::Http { path, headers } => (path, headers),
     };
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
@@ -385,6 +409,194 @@ fn in_netns(
     }
 }
 
+/// `grpc.health.v1.Health/Check` for `service` over the connected stream `s` (h2c, as
+/// the kubelet's probe: no TLS), on a runtime of this thread's own, bounded by `timeout`.
+fn grpc_health_check(
+    s: TcpStream,
+    addr: SocketAddr,
+    service: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    s.set_nonblocking(true)
+        .map_err(|e| format!("error: health rpc probe failed: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("error: health rpc probe failed: {e}"))?;
+    let request = grpc_frame(&health_request(service));
+    rt.block_on(async move {
+        let call = async {
+            let tcp = tokio::net::TcpStream::from_std(s).map_err(|e| e.to_string())?;
+            let (client, conn) = h2::client::handshake(tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut client = client.ready().await.map_err(|e| e.to_string())?;
+            let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("user-agent", "kube-probe/strata")
+                .body(())
+                .map_err(|e| e.to_string())?;
+            let (resp, mut send) = client.send_request(req, false).map_err(|e| e.to_string())?;
+            send.send_data(bytes::Bytes::from(request), true)
+                .map_err(|e| e.to_string())?;
+            let resp = resp.await.map_err(|e| e.to_string())?;
+            if resp.status() != http::StatusCode::OK {
+                return Err(format!("HTTP status {}", resp.status()));
+            }
+            // A trailers-only answer (an error) carries grpc-status in the headers.
+            grpc_status(resp.headers())?;
+            let mut body = resp.into_body();
+            let mut data = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+                if data.len() > 64 << 10 {
+                    return Err("health response over 64 KiB".into());
+                }
+            }
+            if let Some(trailers) = body.trailers().await.map_err(|e| e.to_string())? {
+                grpc_status(&trailers)?;
+            }
+            Ok(data)
+        };
+        let data = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(format!("error: health rpc probe failed: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "timeout: health rpc did not complete within {}s",
+                    timeout.as_secs()
+                ));
+            }
+        };
+        match health_status(&data)? {
+            1 => Ok(()),
+            other => Err(format!(
+                "service unhealthy (responded with {:?})",
+                serving_status_name(other)
+            )),
+        }
+    })
+}
+
+/// A gRPC message frame: not compressed, big-endian length, then the message.
+fn grpc_frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + msg.len());
+    out.push(0);
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// `HealthCheckRequest { service = 1 }` in protobuf: the field only when non-empty.
+fn health_request(service: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    if !service.is_empty() {
+        out.push(0x0a); // field 1, length-delimited
+        put_varint(&mut out, service.len() as u64);
+        out.extend_from_slice(service.as_bytes());
+    }
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The `status` (field 1) of one framed `HealthCheckResponse`; absent means 0, UNKNOWN.
+fn health_status(data: &[u8]) -> Result<u64, String> {
+    let malformed = || format!("error: health rpc probe failed: malformed response {data:02x?}");
+    if data.len() < 5 || data[0] != 0 {
+        return Err(malformed());
+    }
+    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+    let msg = data.get(5..5 + len).ok_or_else(malformed)?;
+    let (mut at, mut status) = (0, 0);
+    while at < msg.len() {
+        let key = get_varint(msg, &mut at).ok_or_else(malformed)?;
+        match key & 7 {
+            0 => {
+                let v = get_varint(msg, &mut at).ok_or_else(malformed)?;
+                if key >> 3 == 1 {
+                    status = v;
+                }
+            }
+            2 => {
+                let n = get_varint(msg, &mut at).ok_or_else(malformed)? as usize;
+                at = at
+                    .checked_add(n)
+                    .filter(|e| *e <= msg.len())
+                    .ok_or_else(malformed)?;
+            }
+            1 => at += 8,
+            5 => at += 4,
+            _ => return Err(malformed()),
+        }
+    }
+    Ok(status)
+}
+
+fn serving_status_name(s: u64) -> String {
+    match s {
+        0 => "UNKNOWN".into(),
+        1 => "SERVING".into(),
+        2 => "NOT_SERVING".into(),
+        3 => "SERVICE_UNKNOWN".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Err with the kubelet's wording when `grpc-status` says the call failed.
+fn grpc_status(h: &http::HeaderMap) -> Result<(), String> {
+    let Some(code) = h.get("grpc-status") else {
+        return Ok(());
+    };
+    let code = code.to_str().unwrap_or("?");
+    if code == "0" {
+        return Ok(());
+    }
+    let name = match code {
+        "1" => "Canceled",
+        "2" => "Unknown",
+        "3" => "InvalidArgument",
+        "4" => "DeadlineExceeded",
+        "5" => "NotFound",
+        "7" => "PermissionDenied",
+        "12" => "Unimplemented",
+        "13" => "Internal",
+        "14" => "Unavailable",
+        "16" => "Unauthenticated",
+        other => other,
+    };
+    let msg = h
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or_default();
+    Err(format!("rpc error: code = {name} desc = {msg}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +609,33 @@ mod tests {
             success_threshold: success,
             failure_threshold: failure,
         }
+    }
+
+    #[test]
+    fn health_messages_encode_and_decode_as_protobuf() {
+        assert_eq!(health_request(""), Vec::<u8>::new());
+        assert_eq!(health_request("db"), b"\x0a\x02db");
+        assert_eq!(grpc_frame(b"ab"), b"\x00\x00\x00\x00\x02ab");
+        let long = "s".repeat(200);
+        let req = health_request(&long);
+        assert_eq!(&req[..3], &[0x0a, 0xc8, 0x01], "a two-byte length");
+        // status = SERVING, NOT_SERVING, absent (UNKNOWN), after an unknown field.
+        assert_eq!(health_status(&grpc_frame(&[0x08, 0x01])), Ok(1));
+        assert_eq!(health_status(&grpc_frame(&[0x08, 0x02])), Ok(2));
+        assert_eq!(health_status(&grpc_frame(&[])), Ok(0));
+        assert_eq!(
+            health_status(&grpc_frame(&[0x12, 0x01, 0x7a, 0x08, 0x01])),
+            Ok(1)
+        );
+        for bad in [
+            &b""[..],
+            &[1, 0, 0, 0, 0],
+            &[0, 0, 0, 0, 9, 0x08],
+            &[0, 0, 0, 0, 1, 0x08],
+        ] {
+            assert!(health_status(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(serving_status_name(2), "NOT_SERVING");
     }
 
     #[test]
