@@ -119,6 +119,29 @@ fn snapshotter_list_keys() -> Keys {
     }
 }
 
+/// Whether `key` is one of the secret parameters a StorageClass may hold (every kind's
+/// pair and the default pair; the deprecated keys are not `csi.storage.k8s.io/` ones).
+pub fn is_class_secret_key(key: &str) -> bool {
+    Kind::ALL
+        .into_iter()
+        .map(Kind::keys)
+        .chain([default_keys()])
+        .any(|k| k.name == key || k.namespace == key)
+}
+
+/// Whether `key` is one of the secret parameters a VolumeSnapshotClass may hold: the
+/// snapshotter's, the list call's and the group snapshotter's pairs.
+pub fn is_snapshot_class_secret_key(key: &str) -> bool {
+    const GROUP: [&str; 2] = [
+        "csi.storage.k8s.io/group-snapshotter-secret-name",
+        "csi.storage.k8s.io/group-snapshotter-secret-namespace",
+    ];
+    [snapshotter_keys(), snapshotter_list_keys()]
+        .into_iter()
+        .any(|k| k.name == key || k.namespace == key)
+        || GROUP.contains(&key)
+}
+
 /// A name and a namespace as the class gives them, tokens unresolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Templates {
@@ -999,6 +1022,34 @@ mod tests {
             .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn reserved_secret_keys_are_known_by_class_kind() {
+        for k in [
+            "csi.storage.k8s.io/provisioner-secret-name",
+            "csi.storage.k8s.io/node-expand-secret-namespace",
+            "csi.storage.k8s.io/secret-name",
+        ] {
+            assert!(
+                is_class_secret_key(k) && !is_snapshot_class_secret_key(k),
+                "{k}"
+            );
+        }
+        for k in [
+            "csi.storage.k8s.io/snapshotter-secret-name",
+            "csi.storage.k8s.io/snapshotter-list-secret-namespace",
+            "csi.storage.k8s.io/group-snapshotter-secret-name",
+        ] {
+            assert!(
+                is_snapshot_class_secret_key(k) && !is_class_secret_key(k),
+                "{k}"
+            );
+        }
+        assert!(!is_class_secret_key(
+            "csi.storage.k8s.io/provisioner-secret-nam"
+        ));
+        assert!(!is_class_secret_key("csiProvisionerSecretName"));
     }
 
     #[test]

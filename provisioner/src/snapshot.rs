@@ -19,7 +19,7 @@ use crate::names::CSI_PARAM_PREFIX;
 use crate::names::snapshot::{
     ANN_DEFAULT_CLASS, ANN_DELETION_SECRET_NAME, ANN_DELETION_SECRET_NAMESPACE, FINALIZER_CONTENT,
 };
-use crate::secrets::{ParamError, SecretRef};
+use crate::secrets::{ParamError, SecretRef, is_snapshot_class_secret_key};
 
 /// The content a dynamic snapshot gets (`snapcontent-<snapshot uid>`), so a retry after a
 /// crash finds the one it made.
@@ -128,15 +128,22 @@ pub fn pick_class<'a>(
 }
 
 /// The class parameters CreateSnapshot gets: the sidecar's `csi.storage.k8s.io/` keys
-/// (the snapshotter secret's among them) removed.
-pub fn create_parameters(class: &VolumeSnapshotClass) -> BTreeMap<String, String> {
-    class
-        .parameters
-        .clone()
-        .unwrap_or_default()
+/// (its secrets' pairs) removed; any other key of that prefix is refused, as
+/// csi-snapshotter's `RemovePrefixedParameters` does.
+pub fn create_parameters(class: &VolumeSnapshotClass) -> Result<BTreeMap<String, String>, String> {
+    let params = class.parameters.clone().unwrap_or_default();
+    if let Some(k) = params
+        .keys()
+        .find(|k| k.starts_with(CSI_PARAM_PREFIX) && !is_snapshot_class_secret_key(k))
+    {
+        return Err(format!(
+            "failed to remove CSI Parameters of prefixed keys: found unknown parameter key {k:?} with reserved namespace {CSI_PARAM_PREFIX}"
+        ));
+    }
+    Ok(params
         .into_iter()
         .filter(|(k, _)| !k.starts_with(CSI_PARAM_PREFIX))
-        .collect()
+        .collect())
 }
 
 /// The snapshotter secret the class names for the dynamic content of `snapshot`
@@ -380,7 +387,6 @@ mod tests {
     fn parameters_drop_sidecar_keys_and_secrets_go_on_the_content() {
         let mut c = vsclass("a", "d", false);
         c.parameters = Some(BTreeMap::from([
-            ("csi.storage.k8s.io/something".to_string(), "x".to_string()),
             ("keep".to_string(), "y".to_string()),
             (
                 "csi.storage.k8s.io/snapshotter-secret-name".to_string(),
@@ -392,8 +398,19 @@ mod tests {
             ),
         ]));
         assert_eq!(
-            create_parameters(&c),
+            create_parameters(&c).unwrap(),
             BTreeMap::from([("keep".to_string(), "y".to_string())])
+        );
+        let mut unknown = c.clone();
+        unknown
+            .parameters
+            .as_mut()
+            .unwrap()
+            .insert("csi.storage.k8s.io/something".into(), "x".into());
+        assert!(
+            create_parameters(&unknown)
+                .unwrap_err()
+                .contains("found unknown parameter key \"csi.storage.k8s.io/something\"")
         );
         let s = snapshot("s", Some("a"));
         let secret = snapshotter_secret(&c, &s).unwrap().unwrap();

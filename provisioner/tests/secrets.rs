@@ -612,6 +612,16 @@ async fn malformed_secret_parameters_are_provisioning_failures() {
         }),
     ))
     .await;
+    h.apply::<StorageClass>(class(
+        "typo",
+        json!({
+            "csi.storage.k8s.io/provisioner-secrets-name": "s",
+            "csi.storage.k8s.io/provisioner-secrets-namespace": "default"
+        }),
+    ))
+    .await;
+    h.apply::<PersistentVolumeClaim>(claim("d", "typo", json!({})))
+        .await;
     h.apply::<PersistentVolumeClaim>(claim("a", "half", json!({})))
         .await;
     h.apply::<PersistentVolumeClaim>(claim("b", "badtoken", json!({})))
@@ -637,6 +647,14 @@ async fn malformed_secret_parameters_are_provisioning_failures() {
         "c",
         "ProvisioningFailed",
         "\"${pvc.name}_x\" resolved to \"c_x\" which is not a valid secret name",
+    )
+    .await;
+    // A misspelt key is not dropped silently: the class is refused, as upstream.
+    h.event(
+        "PersistentVolumeClaim",
+        "d",
+        "ProvisioningFailed",
+        "found unknown parameter key \"csi.storage.k8s.io/provisioner-secrets-name\" with reserved namespace csi.storage.k8s.io/",
     )
     .await;
     assert!(h.driver.calls("CreateVolume").is_empty());

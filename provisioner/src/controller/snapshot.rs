@@ -615,10 +615,12 @@ impl<S: Store> Controller<S> {
             .unwrap_or_default();
         let class: Option<VolumeSnapshotClass> =
             self.cache().snapshot_classes.get(&class_name).cloned();
-        let params = match class {
-            Some(c) => create_parameters(&c),
-            None => {
-                let msg = format!("VolumeSnapshotClass {class_name:?} not found");
+        let params = match class
+            .ok_or_else(|| format!("VolumeSnapshotClass {class_name:?} not found"))
+            .and_then(|c| create_parameters(&c))
+        {
+            Ok(p) => p,
+            Err(msg) => {
                 self.content_failed(&content, reason::CREATION_FAILED, msg)
                     .await?;
                 return Ok(Requeue::Backoff);
@@ -790,7 +792,7 @@ impl<S: Store> Controller<S> {
                             .as_deref()
                             .unwrap_or_default(),
                     )
-                    .map(create_parameters)
+                    .and_then(|c| create_parameters(c).ok())
                     .unwrap_or_default();
                 match self
                     .csi

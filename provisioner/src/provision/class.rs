@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::names::{CSI_PARAM_FSTYPE, CSI_PARAM_PREFIX, LEGACY_PARAM_FSTYPE};
-use crate::secrets::ClassSecrets;
+use crate::secrets::{ClassSecrets, is_class_secret_key};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassConfig {
@@ -48,6 +48,15 @@ impl ClassConfig {
             (None, None) => None,
         };
         let secrets = ClassSecrets::from_parameters(&params).map_err(|e| e.to_string())?;
+        // external-provisioner's `removePrefixedParameters`: a reserved key it does not
+        // know is refused, so a misspelt secret key fails rather than passes no secret.
+        if let Some(k) = params.keys().find(|k| {
+            k.starts_with(CSI_PARAM_PREFIX) && *k != CSI_PARAM_FSTYPE && !is_class_secret_key(k)
+        }) {
+            return Err(format!(
+                "failed to strip CSI Parameters of prefixed keys: found unknown parameter key {k:?} with reserved namespace {CSI_PARAM_PREFIX}"
+            ));
+        }
         let parameters = params
             .into_iter()
             .filter(|(k, _)| !k.starts_with(CSI_PARAM_PREFIX))
@@ -143,6 +152,19 @@ mod tests {
             .insert("fstype".into(), "ext4".into());
         let err = ClassConfig::from_class(&sc).unwrap_err();
         assert!(err.contains("differ"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_reserved_key_refuses_the_class() {
+        let mut sc = class("fast", "Immediate");
+        sc.parameters = Some(BTreeMap::from([(
+            "csi.storage.k8s.io/provisioner-secret-nam".to_string(),
+            "s".to_string(),
+        )]));
+        assert_eq!(
+            ClassConfig::from_class(&sc).unwrap_err(),
+            "failed to strip CSI Parameters of prefixed keys: found unknown parameter key \"csi.storage.k8s.io/provisioner-secret-nam\" with reserved namespace csi.storage.k8s.io/"
+        );
     }
 
     #[test]
