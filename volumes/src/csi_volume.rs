@@ -290,13 +290,15 @@ impl CsiNode {
         Ok(target)
     }
 
-    /// NodeExpandVolume on a published volume; returns the size the driver reports.
+    /// NodeExpandVolume on a published volume, with the PV's node-expand `secrets`
+    /// (never logged); returns the size the driver reports.
     pub async fn expand(
         &self,
         state: &Path,
         pod_uid: &str,
         v: &CsiVolume,
         bytes: i64,
+        secrets: BTreeMap<String, String>,
     ) -> Result<i64> {
         if !self.expand {
             return Err(Error::Csi {
@@ -324,7 +326,7 @@ impl CsiNode {
                     String::new()
                 },
                 volume_capability: Some(self.capability(v)),
-                secrets: Default::default(),
+                secrets: secrets.into_iter().collect(),
             })
             .await
             .map_err(|s| rpc_err("NodeExpandVolume", &v.volume_handle, s))?;

@@ -59,7 +59,10 @@ async fn bind(store: &EmbeddedStore, name: &str, handle: &str, size: &str, fs: &
     let pv: PersistentVolume = obj(json!({"metadata": {"name": format!("pv-{name}")}, "spec": {
         "capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
         "persistentVolumeReclaimPolicy": "Retain",
-        "csi": {"driver": DRIVER, "volumeHandle": handle, "fsType": fs},
+        // A Secret that exists only when a test makes it: read at expansion alone, as
+        // the kubelet reads it, so set-up never waits for it.
+        "csi": {"driver": DRIVER, "volumeHandle": handle, "fsType": fs,
+                "nodeExpandSecretRef": {"name": "expand-creds", "namespace": "default"}},
         "claimRef": {"namespace": "default", "name": name}}}));
     store.create(&pv).await.unwrap();
     let pvc: PersistentVolumeClaim = obj(
@@ -189,6 +192,20 @@ async fn pvc_stage_publish_expand_unpublish_unstage() {
             .collect(),
     );
     store.update_status(&pvc).await.unwrap();
+    // The PV's node-expand Secret does not exist yet: the expansion waits for it.
+    let err = mgr.sync_pod(&p1).await.unwrap_err().to_string();
+    assert!(err.contains("expand-creds"), "{err}");
+    let pending: PersistentVolumeClaim = store.get("default", "data").await.unwrap();
+    assert!(
+        pending.status.unwrap().allocated_resource_statuses.unwrap()["storage"]
+            == "NodeResizePending",
+        "still pending without its Secret"
+    );
+    let creds: strata_store::k8s_openapi::api::core::v1::Secret = obj(
+        json!({"metadata": {"name": "expand-creds", "namespace": "default"},
+               "data": {"token": "c2VjcmV0"}}),
+    );
+    store.create(&creds).await.unwrap();
     mgr.sync_pod(&p1).await.unwrap();
     let pvc: PersistentVolumeClaim = store.get("default", "data").await.unwrap();
     let status = pvc.status.unwrap();

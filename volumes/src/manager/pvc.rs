@@ -116,29 +116,6 @@ impl<S: Store> VolumeManager<S> {
                 ),
             });
         }
-        let secret_data = |r: &Option<SecretReference>| {
-            let store = self.inner.store.clone();
-            let r = r.clone();
-            async move {
-                let Some(r) = r else {
-                    return Ok(BTreeMap::new());
-                };
-                let s: Secret = store
-                    .get(
-                        r.namespace.as_deref().unwrap_or_default(),
-                        r.name.as_deref().unwrap_or_default(),
-                    )
-                    .await
-                    .map_err(store_err)?;
-                Ok::<_, Error>(
-                    s.data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                        .collect(),
-                )
-            }
-        };
         let read_only = read_only || csi_src.read_only.unwrap_or(false);
         let v = CsiVolume {
             pv_name: pv_name.clone(),
@@ -152,8 +129,8 @@ impl<S: Store> VolumeManager<S> {
             ),
             read_only,
             volume_context: csi_src.volume_attributes.clone().unwrap_or_default(),
-            stage_secrets: secret_data(&csi_src.node_stage_secret_ref).await?,
-            publish_secrets: secret_data(&csi_src.node_publish_secret_ref).await?,
+            stage_secrets: self.secret_data(&csi_src.node_stage_secret_ref).await?,
+            publish_secrets: self.secret_data(&csi_src.node_publish_secret_ref).await?,
             fs_group: None,
         };
         // fsGroupPolicy ReadWriteOnceWithFSType (the default without a CSIDriver object):
@@ -172,6 +149,27 @@ impl<S: Store> VolumeManager<S> {
             read_only,
             block: v.block,
         })
+    }
+
+    /// The data of the Secret `r` names (none without one), for a CSI call's `secrets`.
+    async fn secret_data(&self, r: &Option<SecretReference>) -> Result<BTreeMap<String, String>> {
+        let Some(r) = r else {
+            return Ok(BTreeMap::new());
+        };
+        let s: Secret = self
+            .inner
+            .store
+            .get(
+                r.namespace.as_deref().unwrap_or_default(),
+                r.name.as_deref().unwrap_or_default(),
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect())
     }
 
     /// NodeExpandVolume when the claim says node expansion is pending, then records the
@@ -212,7 +210,17 @@ impl<S: Store> VolumeManager<S> {
                 reason: format!("{:?} is not a size", want.0),
             })?;
         let pod_uid = meta::uid(&pod.metadata);
-        csi.expand(&self.inner.cfg.state_dir, pod_uid, v, bytes)
+        // Read only now, as the kubelet does: a missing Secret fails the expansion (and it
+        // is retried), never the volume's set-up.
+        let secrets = self
+            .secret_data(
+                &pv.spec
+                    .as_ref()
+                    .and_then(|s| s.csi.as_ref())
+                    .and_then(|c| c.node_expand_secret_ref.clone()),
+            )
+            .await?;
+        csi.expand(&self.inner.cfg.state_dir, pod_uid, v, bytes, secrets)
             .await?;
         let ns = meta::namespace(&pvc.metadata).to_owned();
         let name = meta::name(&pvc.metadata).to_owned();
