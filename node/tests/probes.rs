@@ -2,9 +2,12 @@
 //! restarts the container (restart count, events), a readiness probe gates the Ready
 //! condition and the container's `ready`, a startup probe holds the other probes and
 //! `started` until it succeeds and restarts a container that never starts, a gRPC probe
-//! asks a real gRPC health service.
+//! asks a real gRPC health service, an HTTPS probe speaks TLS to a self-signed server.
 
 mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use common::*;
 use serde_json::json;
@@ -283,4 +286,87 @@ fn tokio_stream_of(
         let r = l.accept().await.map(|(s, _)| s);
         Some((r, l))
     })
+}
+
+/// An HTTPS server on the host's loopback with a self-signed certificate (a test fixture,
+/// valid for 100 years) answering every GET with `status`.
+fn https_server(status: Arc<AtomicU16>) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cert = CertificateDer::from_pem_file(dir.join("probe-tls.crt")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("probe-tls.key")).unwrap();
+    #[allow(deprecated)] // ring, as the node's own TLS
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { continue };
+            let Ok(tls) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut s = rustls::StreamOwned::new(tls, tcp);
+            let mut req = Vec::new();
+            let mut byte = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") {
+                match std::io::Read::read(&mut s, &mut byte) {
+                    Ok(1) => req.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let code = status.load(Ordering::SeqCst);
+            let _ = std::io::Write::write_all(
+                &mut s,
+                format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+            s.conn.send_close_notify();
+            let _ = std::io::Write::flush(&mut s);
+        }
+    });
+    port
+}
+
+/// An HTTPS probe, as the kubelet's: TLS without verifying the (self-signed)
+/// certificate, the status code deciding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_probe_speaks_tls_without_verifying_the_certificate() {
+    if !testkit::require_root("https_probe_speaks_tls_without_verifying_the_certificate") {
+        return;
+    }
+    let status = Arc::new(AtomicU16::new(503));
+    let port = https_server(status.clone());
+    let mut env = Env::new("probe-https");
+    env.start_node();
+    let mut pod = sh_pod(
+        "tls",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+        json!({"hostNetwork": true}),
+    );
+    pod["spec"]["containers"][0]["readinessProbe"] = json!({
+        "httpGet": {"scheme": "HTTPS", "port": port, "path": "/healthz"},
+        "periodSeconds": 1, "failureThreshold": 1,
+    });
+    env.create(pod).await;
+    testkit::wait_for("a failed HTTPS readiness probe", DEADLINE, || {
+        let rt = tokio::runtime::Handle::current();
+        let ev = tokio::task::block_in_place(|| rt.block_on(env.events("tls")));
+        ev.into_iter().find(|(r, m)| {
+            r == "Unhealthy"
+                && m == "Readiness probe failed: HTTP probe failed with statuscode: 503"
+        })
+    });
+    status.store(200, Ordering::SeqCst);
+    env.wait_pod("tls", "Ready", ready).await;
+    env.delete("tls").await;
+    env.wait_gone("tls").await;
 }

@@ -10,9 +10,10 @@
 //! `httpGet` (HTTP on a loopback address) and `tcpSocket` connect from a short-lived
 //! thread that has joined the pod's network namespace, so they reach the pod's own
 //! 127.0.0.1 without any address on the host; so does `grpc`, the standard health
-//! service over h2c. HTTPS is not supported and fails with a message saying so.
+//! service over h2c. HTTPS probes use TLS without verifying the certificate, as the
+//! kubelet's do.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -246,12 +247,11 @@ async fn attempt(
         };
     }
     let (addr, check) = if let Some(h) = &probe.http_get {
-        if h.scheme
-            .as_deref()
-            .is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"))
-        {
-            return Err("HTTPS probes are not supported".into());
-        }
+        let tls = match h.scheme.as_deref().unwrap_or("HTTP") {
+            s if s.eq_ignore_ascii_case("HTTP") => false,
+            s if s.eq_ignore_ascii_case("HTTPS") => true,
+            other => return Err(format!("scheme {other:?} is neither HTTP nor HTTPS")),
+        };
         let addr = SocketAddr::new(host(h.host.as_deref())?, port(&h.port, &target.container)?);
         let path = h
             .path
@@ -264,7 +264,7 @@ async fn attempt(
             .flatten()
             .map(|x| (x.name.clone(), x.value.clone()))
             .collect();
-        (addr, Check::Http { path, headers })
+        (addr, Check::Http { path, headers, tls })
     } else if let Some(tcp) = &probe.tcp_socket {
         let addr = SocketAddr::new(
             host(tcp.host.as_deref())?,
@@ -340,6 +340,8 @@ enum Check {
     Http {
         path: String,
         headers: Vec<(String, String)>,
+        /// HTTPS: TLS without verifying the server's certificate, as the kubelet's probe.
+        tls: bool,
     },
     Grpc {
         service: String,
@@ -357,22 +359,57 @@ fn in_netns(
 ) -> Result<(), String> {
     nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("joining the pod's network namespace: {e}"))?;
-    let url = |path: &str| format!("http://{addr}{path}");
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match &check {
-        Check::Http { path, .. } => format!("Get {:?}: dial tcp {addr}: {e}", url(path)),
+    let url =
+        |path: &str, tls: bool| format!("{}://{addr}{path}", if tls { "https" } else { "http" });
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match &check {
+        Check::Http { path, tls, .. } => {
+            format!("Get {:?}: dial tcp {addr}: {e}", url(path, *tls))
+        }
         Check::Grpc { .. } => format!(
             "timeout: failed to connect service \"{addr}\" within {}s: {e}",
             timeout.as_secs()
         ),
         Check::Tcp => format!("dial tcp {addr}: {e}"),
     })?;
-    let (path, headers) = match check {
+    let (path, headers, tls) = match check {
         Check::Tcp => return Ok(()),
         Check::Grpc { service } => return grpc_health_check(s, addr, &service, timeout),
-        Check::Http { path, headers } => (path, headers),
+        Check::Http { path, headers, tls } => (path, headers, tls),
     };
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
+    let shown = url(&path, tls);
+    let code = if tls {
+        let conn = rustls::ClientConnection::new(
+            insecure_tls_config(),
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+        )
+        .map_err(|e| format!("Get {shown:?}: {e}"))?;
+        http_get(
+            &mut rustls::StreamOwned::new(conn, s),
+            addr,
+            &path,
+            &headers,
+        )
+    } else {
+        let mut s = s;
+        http_get(&mut s, addr, &path, &headers)
+    }
+    .map_err(|e| format!("Get {shown:?}: {e}"))?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// Sends a GET for `path` and reads the status code of the answer.
+fn http_get(
+    s: &mut (impl Read + Write),
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<u16, String> {
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
     let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
     if !has("user-agent") {
@@ -381,31 +418,95 @@ fn in_netns(
     if !has("accept") {
         req.push_str("Accept: */*\r\n");
     }
-    for (k, v) in &headers {
+    for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("Get {:?}: {e}", url(&path)))?;
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    s.flush().map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n") && head.len() < 1024 {
         match s.read(&mut byte) {
             Ok(0) => break,
             Ok(_) => head.push(byte[0]),
-            Err(e) => return Err(format!("Get {:?}: {e}", url(&path))),
+            Err(e) => return Err(e.to_string()),
         }
     }
     let line = String::from_utf8_lossy(&head);
-    let code: u16 = line
-        .split_whitespace()
+    line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("Get {:?}: malformed response {:?}", url(&path), line.trim()))?;
-    if (200..400).contains(&code) {
-        Ok(())
-    } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
+        .ok_or_else(|| format!("malformed response {:?}", line.trim()))
+}
+
+/// TLS for HTTPS probes: the kubelet's probe sets InsecureSkipVerify, so any certificate
+/// is accepted; the handshake's signatures are still checked against it.
+fn insecure_tls_config() -> std::sync::Arc<rustls::ClientConfig> {
+    use std::sync::{Arc, OnceLock};
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            // ring, as kube's TLS here: aws-lc-rs would add a C build for a loopback probe,
+            // which needs no post-quantum key exchange.
+            #[allow(deprecated)]
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
