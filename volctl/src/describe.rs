@@ -1,4 +1,5 @@
-//! `volctl describe KIND NAME`: the object's fields in kubectl's layout, then its events.
+//! `volctl describe KIND [NAME]`: the object's fields in kubectl's layout, then its events;
+//! without NAME, every object of the kind in the namespace, as kubectl does.
 
 use std::fmt::Write as _;
 
@@ -10,13 +11,13 @@ use strata_store::kinds::KindInfo;
 use crate::resource;
 use crate::table;
 
-/// Show details of one object, with the events about it.
+/// Show details of an object, with the events about it (all of a kind without NAME).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Kind: name, plural or short name.
     kind: String,
-    /// Object name.
-    name: String,
+    /// Object name; without it, every object of the kind in the namespace.
+    name: Option<String>,
     /// Namespace of namespaced kinds.
     #[arg(short, long, default_value = "default")]
     namespace: String,
@@ -290,8 +291,31 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
     } else {
         ""
     };
-    let obj = store.get_value(kind.kind_ref, ns, &args.name).await?;
-    let events = store.events_for(kind.kind(), ns, &args.name).await?;
-    print!("{}{}", render_object(kind, &obj), render_events(&events));
+    let objects = match &args.name {
+        Some(name) => vec![store.get_value(kind.kind_ref, ns, name).await?],
+        None => {
+            let ns = kind.namespaced().then_some(ns);
+            store.list_values(kind.kind_ref, ns, None).await?.items
+        }
+    };
+    if objects.is_empty() {
+        // As kubectl: on stderr, and not an error.
+        match kind.namespaced() {
+            true => eprintln!("No resources found in {ns} namespace."),
+            false => eprintln!("No resources found"),
+        }
+        return Ok(());
+    }
+    let mut out = String::new();
+    for (i, obj) in objects.iter().enumerate() {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let events = store.events_for(kind.kind(), ns, name).await?;
+        if i > 0 {
+            out.push_str("\n\n");
+        }
+        out.push_str(&render_object(kind, obj));
+        out.push_str(&render_events(&events));
+    }
+    print!("{out}");
     Ok(())
 }

@@ -395,6 +395,21 @@ async fn describe_shows_events_and_delete_respects_finalizers() {
         "{events}"
     );
 
+    // Without a name, as kubectl: every object of the kind, here the one claim and the
+    // one PV (cluster-scoped, whatever the namespace).
+    assert_eq!(env.ok(&["describe", "pvc"]), text);
+    let pvs = env.ok(&["describe", "pv"]);
+    assert!(
+        pvs.starts_with("Name:") && pvs.matches("\nName:").count() == 0,
+        "{pvs}"
+    );
+    let none = env.run(&["describe", "pvc", "-n", "empty"]);
+    assert!(none.status.success(), "{none:?}");
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("No resources found in empty namespace."),
+        "{none:?}"
+    );
+
     let out = env.ok(&["delete", "pvc", "static-claim"]);
     assert!(
         out.contains("marked for deletion") && out.contains("kubernetes.io/pvc-protection"),
