@@ -588,17 +588,9 @@ impl<S: Store> Controller<S> {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.expanded(Err("SecretUnavailable"));
-                let msg = failed_msg(chain(&e));
-                self.write_pvc(&expand::failed(&pvc, size, msg.clone(), false), true)
-                    .await?;
-                self.record(&Event::on_claim(
-                    &pvc,
-                    EventType::Warning,
-                    reason::VOLUME_RESIZE_FAILED,
-                    msg,
-                ))
-                .await;
-                return Ok(Requeue::Backoff);
+                return self
+                    .resize_failed(&pvc, size, failed_msg(chain(&e)), false)
+                    .await;
             }
         };
         match self
@@ -644,23 +636,35 @@ impl<S: Store> Controller<S> {
                 // INVALID_ARGUMENT / OUT_OF_RANGE will not succeed by retrying the same size.
                 let infeasible = matches!(e.code, Some(3) | Some(11));
                 self.metrics.expanded(Err(csi_reason(&e)));
-                let msg = failed_msg(e.to_string());
-                self.write_pvc(&expand::failed(&pvc, size, msg.clone(), infeasible), true)
-                    .await?;
-                self.record(&Event::on_claim(
-                    &pvc,
-                    EventType::Warning,
-                    reason::VOLUME_RESIZE_FAILED,
-                    msg,
-                ))
-                .await;
-                Ok(if infeasible {
-                    Requeue::Done
-                } else {
-                    Requeue::Backoff
-                })
+                self.resize_failed(&pvc, size, failed_msg(e.to_string()), infeasible)
+                    .await
             }
         }
+    }
+
+    /// A failed resize: the claim's status and a VolumeResizeFailed event; retried with
+    /// back-off unless the size is `infeasible`.
+    async fn resize_failed(
+        &self,
+        pvc: &PersistentVolumeClaim,
+        size: u128,
+        msg: String,
+        infeasible: bool,
+    ) -> Result<Requeue> {
+        self.write_pvc(&expand::failed(pvc, size, msg.clone(), infeasible), true)
+            .await?;
+        self.record(&Event::on_claim(
+            pvc,
+            EventType::Warning,
+            reason::VOLUME_RESIZE_FAILED,
+            msg,
+        ))
+        .await;
+        Ok(if infeasible {
+            Requeue::Done
+        } else {
+            Requeue::Backoff
+        })
     }
 }
 
