@@ -571,7 +571,7 @@ impl<S: Store> Worker<S> {
 
     fn spawn_probes(&mut self, i: usize) {
         let c = &mut self.ctrs[i];
-        let St::Running { id, pid, .. } = &c.state else {
+        let St::Running { id, pid, since, .. } = &c.state else {
             return;
         };
         c.probe_ready = c.spec.readiness_probe.is_none();
@@ -586,6 +586,7 @@ impl<S: Store> Worker<S> {
                 Some(i) => i.netns(),
                 None => PathBuf::from(format!("/proc/{pid}/ns/net")),
             },
+            started: *since,
         };
         let probes = if c.startup_done {
             vec![

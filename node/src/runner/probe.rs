@@ -148,13 +148,16 @@ pub struct Target {
     pub id: String,
     /// The pod's network namespace (`/proc/<pid>/ns/net` of a process in it).
     pub netns: PathBuf,
+    /// When the run started: `initialDelaySeconds` counts from then, as the kubelet's,
+    /// also for probes that start later (after a startup probe succeeded).
+    pub started: tokio::time::Instant,
 }
 
 /// Probes `target` with `probe` until the task is aborted (the run ended) or, for
 /// liveness, until it reports a failure.
 pub async fn run(probe: Probe, kind: Kind, target: Target, tx: UnboundedSender<Msg>) {
     let t = Timing::of(&probe, kind);
-    tokio::time::sleep(t.initial_delay).await;
+    tokio::time::sleep(t.initial_delay.saturating_sub(target.started.elapsed())).await;
     // The namespace is held by an fd from the start: a pid reused later cannot redirect us.
     let path = target.netns.clone();
     let netns = tokio::task::spawn_blocking(move || std::fs::File::open(&path).map(OwnedFd::from))
