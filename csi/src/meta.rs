@@ -1054,17 +1054,10 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
         return Ok(out);
     };
     // Another node's ids are adopted too: their pool moved here (or this node was
-    // renamed), and the CO still knows the objects by those ids. Counted per node, for one
-    // line at the end rather than one per object.
-    let other_nodes: std::cell::RefCell<BTreeMap<String, usize>> = Default::default();
+    // renamed), and the CO still knows the objects by those ids.
     let ours = |id: &str, what: &str, path: &Path| -> bool {
         match ObjectId::parse(id) {
-            Some(o) => {
-                if o.node != node_id {
-                    *other_nodes.borrow_mut().entry(o.node).or_default() += 1;
-                }
-                true
-            }
+            Some(_) => true,
             None => {
                 tracing::warn!(id, path = %path.display(), "{what} record with a malformed id; left alone");
                 false
@@ -1169,7 +1162,14 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
             out.publishes.push(p.target.display().to_string());
         }
     }
-    out.other_nodes = other_nodes.into_inner();
+    // One line for all of another node's objects, not one per object.
+    for id in out.volumes.iter().chain(&out.snapshots).chain(&out.groups) {
+        if let Some(o) = ObjectId::parse(id)
+            && o.node != node_id
+        {
+            *out.other_nodes.entry(o.node).or_default() += 1;
+        }
+    }
     if !out.other_nodes.is_empty() {
         tracing::warn!(
             nodes = ?out.other_nodes,
