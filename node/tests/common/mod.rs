@@ -183,6 +183,13 @@ impl Drop for Env {
                 .args(["delete", "--force", &id])
                 .output();
         }
+        // The pods' infra processes run in process groups of their own and outlive a
+        // killed node: a test that failed before deleting its pods would leave them.
+        let infras: Vec<_> = strata_node::runner::infra::all(&self.dir)
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        strata_node::runner::infra::stop_all(&infras);
         let (mounts, loops) = testkit::cleanup_under(&self.dir);
         if mounts.is_empty() && loops.is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
