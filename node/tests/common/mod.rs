@@ -177,11 +177,23 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.kill_node();
         for id in self.runtime_ids() {
-            let _ = Command::new(runtime_binary())
-                .arg("--root")
-                .arg(strata_node::layout::runtime_root(&self.dir))
-                .args(["delete", "--force", &id])
-                .output();
+            // A probe's exec the killed node started may still hold the container for a
+            // moment: try again before giving up, and say so then.
+            for attempt in 0.. {
+                let out = Command::new(runtime_binary())
+                    .arg("--root")
+                    .arg(strata_node::layout::runtime_root(&self.dir))
+                    .args(["delete", "--force", &id])
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => break,
+                    _ if attempt < 20 => std::thread::sleep(Duration::from_millis(100)),
+                    other => {
+                        eprintln!("cleanup: delete --force {id}: {other:?}");
+                        break;
+                    }
+                }
+            }
         }
         // The pods' infra processes run in process groups of their own and outlive a
         // killed node: a test that failed before deleting its pods would leave them.
