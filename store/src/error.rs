@@ -63,7 +63,7 @@ pub enum Error {
     /// Watch history before this version was compacted: list again and watch from there.
     #[error("resource version {resource_version} is too old: history was compacted")]
     Gone { resource_version: u64 },
-    #[error("unknown kind {0:?}")]
+    #[error("unknown kind {0:?}; this store serves {served}", served = served_kinds())]
     UnknownKind(String),
     /// A manifest document failed to parse or validate; the cause is the source.
     #[error("document {index} ({what})")]
@@ -149,4 +149,14 @@ impl Error {
     pub(crate) fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
         move |source| Error::Database { context, source }
     }
+}
+
+/// `apiVersion/Kind` of every kind the store serves, for the unknown-kind error (a user
+/// who applied a Deployment learns what runs here).
+fn served_kinds() -> String {
+    crate::kinds::all()
+        .iter()
+        .map(|k| format!("{}/{}", k.api_version(), k.kind()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
