@@ -985,7 +985,7 @@ fn adopt_objects<T: Object>(
     pool: &dyn Backend,
     pm: &PoolMeta,
     db: &HashMap<String, (String, Phase)>,
-    ours: &dyn Fn(&str, &str, &Path) -> bool,
+    well_formed: &dyn Fn(&str, &str, &Path) -> bool,
     backfilled: &mut usize,
 ) -> Result<Vec<String>> {
     let what = T::CLASS.dir();
@@ -1004,7 +1004,7 @@ fn adopt_objects<T: Object>(
         let Some(o) = pm.read::<T>(T::CLASS, &name) else {
             continue;
         };
-        if o.id() != id || o.pool() != pool.pool() || !ours(o.id(), what, &path) {
+        if o.id() != id || o.pool() != pool.pool() || !well_formed(o.id(), what, &path) {
             continue;
         }
         if pool.size(o.data())?.is_none() {
@@ -1055,7 +1055,7 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
     };
     // Another node's ids are adopted too: their pool moved here (or this node was
     // renamed), and the CO still knows the objects by those ids.
-    let ours = |id: &str, what: &str, path: &Path| -> bool {
+    let well_formed = |id: &str, what: &str, path: &Path| -> bool {
         match ObjectId::parse(id) {
             Some(_) => true,
             None => {
@@ -1088,7 +1088,7 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
             pool.as_ref(),
             pm,
             &db_volumes,
-            &ours,
+            &well_formed,
             &mut out.backfilled,
         )?);
         out.snapshots.extend(adopt_objects::<SnapshotRecord>(
@@ -1096,7 +1096,7 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
             pool.as_ref(),
             pm,
             &db_snaps,
-            &ours,
+            &well_formed,
             &mut out.backfilled,
         )?);
 
@@ -1111,7 +1111,7 @@ pub fn adopt(store: &Store, pools: &crate::backend::Pools, node_id: &str) -> Res
             let Some(g) = pm.read::<GroupRecord>(Class::Group, &name) else {
                 continue;
             };
-            if g.id != id || !ours(&g.id, "group snapshot", &path) {
+            if g.id != id || !well_formed(&g.id, "group snapshot", &path) {
                 continue;
             }
             // A group is whole only with all its members.

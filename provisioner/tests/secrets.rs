@@ -61,6 +61,8 @@ impl FakeDriver {
     }
 }
 
+/// The answer of the fake's RPCs these tests never reach (the provisioner does not call
+/// them for the flows here); a call would fail its test loudly with UNIMPLEMENTED.
 fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
     Err(Status::unimplemented(format!(
         "{rpc} is not part of the fake"

@@ -353,12 +353,26 @@ impl Runtime {
     /// `start`: runs the user process of a created container.
     #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn start(&self, id: &str) -> Result<()> {
+        self.transition(id, "start", Container::can_start, |c| {
+            c.start().map_err(lc("starting"))
+        })
+    }
+
+    /// One lifecycle step on a loaded container under its lock, refused with the
+    /// container's state unless `allowed`.
+    fn transition(
+        &self,
+        id: &str,
+        action: &'static str,
+        allowed: impl FnOnce(&Container) -> bool,
+        step: impl FnOnce(&mut Container) -> Result<()>,
+    ) -> Result<()> {
         let _lock = self.lock(id, false)?;
         let mut c = self.load(id)?;
-        if !c.can_start() {
-            return Err(bad_state(&c, "start"));
+        if !allowed(&c) {
+            return Err(bad_state(&c, action));
         }
-        c.start().map_err(lc("starting"))
+        step(&mut c)
     }
 
     /// `state` of one container.
@@ -374,34 +388,25 @@ impl Runtime {
     pub fn kill(&self, id: &str, signal: &str, all: bool) -> Result<()> {
         let sig = libcontainer::signal::Signal::try_from(signal)
             .map_err(|_| Error::invalid("signal", format!("{signal:?} is not a signal")))?;
-        let _lock = self.lock(id, false)?;
-        let mut c = self.load(id)?;
-        if !c.can_kill() {
-            return Err(bad_state(&c, "kill"));
-        }
-        c.kill(sig, all).map_err(lc("killing"))
+        self.transition(id, "kill", Container::can_kill, |c| {
+            c.kill(sig, all).map_err(lc("killing"))
+        })
     }
 
     /// `pause`: freezes every process of a running container (cgroup freezer).
     #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn pause(&self, id: &str) -> Result<()> {
-        let _lock = self.lock(id, false)?;
-        let mut c = self.load(id)?;
-        if !c.can_pause() {
-            return Err(bad_state(&c, "pause"));
-        }
-        c.pause().map_err(lc("pausing"))
+        self.transition(id, "pause", Container::can_pause, |c| {
+            c.pause().map_err(lc("pausing"))
+        })
     }
 
     /// `resume`: thaws a paused container.
     #[tracing::instrument(skip_all, fields(id = %id))]
     pub fn resume(&self, id: &str) -> Result<()> {
-        let _lock = self.lock(id, false)?;
-        let mut c = self.load(id)?;
-        if !c.can_resume() {
-            return Err(bad_state(&c, "resume"));
-        }
-        c.resume().map_err(lc("resuming"))
+        self.transition(id, "resume", Container::can_resume, |c| {
+            c.resume().map_err(lc("resuming"))
+        })
     }
 
     /// `delete`: removes a stopped (or created) container and everything created

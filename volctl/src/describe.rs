@@ -299,11 +299,7 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
         }
     };
     if objects.is_empty() {
-        // As kubectl: on stderr, and not an error.
-        match kind.namespaced() {
-            true => eprintln!("No resources found in {ns} namespace."),
-            false => eprintln!("No resources found"),
-        }
+        crate::get::say_none_found(kind.namespaced().then_some(ns));
         return Ok(());
     }
     let mut out = String::new();

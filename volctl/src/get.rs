@@ -231,7 +231,7 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
             printed = true;
         }
         if !printed {
-            eprintln!("No resources found in {} namespace.", args.namespace);
+            say_none_found(Some(&args.namespace));
         }
         return Ok(());
     }
@@ -268,10 +268,7 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
         && missing.is_empty()
         && args.output.is_none_or(|o| matches!(o, Output::Wide))
     {
-        match ns {
-            Some(ns) if kind.namespaced() => eprintln!("No resources found in {ns} namespace."),
-            _ => eprintln!("No resources found"),
-        }
+        say_none_found(ns.filter(|_| kind.namespaced()));
     } else if !items.is_empty() || missing.is_empty() {
         print_objects(kind, &items, args.output, args.all_namespaces, single, true)?;
     }
@@ -338,6 +335,15 @@ pub async fn run(store: &EmbeddedStore, args: Args) -> anyhow::Result<()> {
             .list_values(kind.kind_ref, ns, None)
             .await?
             .resource_version;
+    }
+}
+
+/// kubectl's words for an empty answer, on stderr (it is not an error): with the namespace
+/// for a namespaced kind.
+pub fn say_none_found(namespace: Option<&str>) {
+    match namespace {
+        Some(ns) => eprintln!("No resources found in {ns} namespace."),
+        None => eprintln!("No resources found"),
     }
 }
 

@@ -287,40 +287,21 @@ pub(super) enum Keep {
 /// Removes everything in pod directory `pod_dir` (nothing is mounted below it) except
 /// `volumes/kubernetes.io~empty-dir`.
 fn remove_all_but_empty_dirs(pod_dir: &std::path::Path) -> Result<()> {
+    use std::os::fd::AsFd;
     let keep = std::ffi::OsStr::new(EMPTY_DIR_PLUGIN);
     let fd = dirfd::open_dir(pod_dir)?;
-    for name in dir_names(pod_dir)? {
-        if name == "volumes" {
-            let vols = pod_dir.join("volumes");
-            let vfd = dirfd::open_dir(&vols)?;
-            for plugin in dir_names(&vols)? {
-                if plugin != keep {
-                    dirfd::remove_all_at(std::os::fd::AsFd::as_fd(&vfd), &plugin, &vols)?;
-                }
+    for name in dirfd::list(fd.as_fd(), pod_dir)? {
+        if name != "volumes" {
+            dirfd::remove_all_at(fd.as_fd(), &name, pod_dir)?;
+            continue;
+        }
+        let vols = pod_dir.join("volumes");
+        let vfd = dirfd::open_dir_at(fd.as_fd(), &name, pod_dir)?;
+        for plugin in dirfd::list(vfd.as_fd(), &vols)? {
+            if plugin != keep {
+                dirfd::remove_all_at(vfd.as_fd(), &plugin, &vols)?;
             }
-        } else {
-            dirfd::remove_all_at(std::os::fd::AsFd::as_fd(&fd), &name, pod_dir)?;
         }
     }
     Ok(())
-}
-
-fn dir_names(dir: &std::path::Path) -> Result<Vec<std::ffi::OsString>> {
-    let rd = std::fs::read_dir(dir).map_err(|source| Error::Fs {
-        op: "read directory",
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut out = Vec::new();
-    for e in rd {
-        out.push(
-            e.map_err(|source| Error::Fs {
-                op: "read directory",
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .file_name(),
-        );
-    }
-    Ok(out)
 }
